@@ -1,0 +1,207 @@
+//! In-memory implementations of every port, for tests of the core and of adapters' callers.
+//! They keep the ports' promises (sequence order, publish after "commit") without a disk.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::model::{Alert, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
+use crate::ports::{
+    AlertPublisher, AlertStore, Clock, Durable, EventStore, PatientView, RuleEngine, RuleOutcome,
+    StoreError,
+};
+
+/// Events and alerts in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    events: Mutex<Vec<ClinicalEvent>>,
+    alerts: Mutex<Vec<SequencedAlert>>,
+    publisher: Mutex<Option<Arc<dyn AlertPublisher>>>,
+}
+
+impl MemoryStore {
+    /// A store that publishes committed alert changes to `publisher`.
+    pub fn with_publisher(publisher: Arc<dyn AlertPublisher>) -> Self {
+        MemoryStore { publisher: Mutex::new(Some(publisher)), ..MemoryStore::default() }
+    }
+
+    /// Every event appended so far.
+    pub fn events(&self) -> Vec<ClinicalEvent> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Engine("memory store lock".into())
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError> {
+        self.events.lock().map_err(|_| poisoned())?.push(event.clone());
+        let (tx, rx) = Durable::channel();
+        tx.complete(Ok(()));
+        Ok(rx)
+    }
+
+    async fn events_since(
+        &self,
+        patient: &PatientId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<ClinicalEvent>, StoreError> {
+        let events = self.events.lock().map_err(|_| poisoned())?;
+        Ok(events
+            .iter()
+            .filter(|e| &e.patient_id == patient && e.received_at >= since)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl AlertStore for MemoryStore {
+    async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError> {
+        let change = {
+            let mut alerts = self.alerts.lock().map_err(|_| poisoned())?;
+            let seq = alerts.len() as u64 + 1;
+            let change = SequencedAlert { seq, alert: alert.clone() };
+            alerts.push(change.clone());
+            change
+        };
+        let seq = change.seq;
+        let publisher = self.publisher.lock().map_err(|_| poisoned())?.clone();
+        if let Some(p) = publisher {
+            p.publish(Arc::new(change));
+        }
+        let (tx, rx) = Durable::channel();
+        tx.complete(Ok(seq));
+        Ok(rx)
+    }
+
+    async fn alerts_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SequencedAlert>, StoreError> {
+        let alerts = self.alerts.lock().map_err(|_| poisoned())?;
+        Ok(alerts.iter().filter(|a| a.seq > after).take(limit).cloned().collect())
+    }
+
+    async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError> {
+        let alerts = self.alerts.lock().map_err(|_| poisoned())?;
+        let mut latest: std::collections::BTreeMap<_, SequencedAlert> = Default::default();
+        for a in alerts.iter() {
+            latest.insert(a.alert.id.clone(), a.clone());
+        }
+        Ok(latest.into_values().filter(|a| a.alert.status != AlertStatus::Resolved).collect())
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.alerts.lock().map(|a| a.len() as u64).unwrap_or(0)
+    }
+}
+
+/// Collects published alert changes.
+#[derive(Default)]
+pub struct CollectingPublisher {
+    /// What was published, in order.
+    pub published: Mutex<Vec<Arc<SequencedAlert>>>,
+}
+
+impl AlertPublisher for CollectingPublisher {
+    fn publish(&self, change: Arc<SequencedAlert>) {
+        if let Ok(mut p) = self.published.lock() {
+            p.push(change);
+        }
+    }
+}
+
+/// A clock that stands still until moved.
+pub struct ManualClock(pub Mutex<OffsetDateTime>);
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0.lock().map(|t| *t).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+/// A rule engine backed by a closure.
+pub struct FnRules<F>(pub F);
+
+impl<F> RuleEngine for FnRules<F>
+where
+    F: Fn(&PatientView, &[&str]) -> Vec<RuleOutcome> + Send + Sync + 'static,
+{
+    fn evaluate(&self, view: &Arc<PatientView>, triggers: &[&str]) -> Vec<RuleOutcome> {
+        (self.0)(view, triggers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use crate::ports::RuleVerdict;
+    use crate::router::Router;
+
+    fn event(mrn: &str, rr: f64, at: OffsetDateTime) -> ClinicalEvent {
+        ClinicalEvent {
+            patient_id: PatientId(format!("p-{mrn}")),
+            patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
+            demographics: Demographics { name: Phi("Test, Patient".into()), ..Default::default() },
+            location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
+            control_id: format!("c-{rr}"),
+            received_at: at,
+            kind: EventKind::Observations {
+                observations: vec![Observation {
+                    name: "rr".into(),
+                    value: rr,
+                    unit: "/min".into(),
+                    observed_at: at,
+                    source_code: "MDC|151562".into(),
+                    device: None,
+                }],
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn router_persists_evaluates_and_dedups_alerts_per_patient_and_rule() {
+        let publisher = Arc::new(CollectingPublisher::default());
+        let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
+            let verdict = match v.latest("rr", 600.0) {
+                Some(rr) if rr >= 22.0 => RuleVerdict::Fire {
+                    severity: if rr >= 30.0 { Severity::Critical } else { Severity::High },
+                    score: Some(rr),
+                    summary: "fast breathing".into(),
+                    details: serde_json::json!({}),
+                },
+                _ => RuleVerdict::Resolve { reason: "normal".into() },
+            };
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
+        }));
+        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        for rr in [12.0, 24.0, 24.0, 31.0, 14.0] {
+            router.ingest(event("100", rr, t0)).await.unwrap().wait().await.unwrap();
+        }
+        router.shutdown().await;
+        let published = publisher.published.lock().unwrap().clone();
+        let statuses: Vec<_> =
+            published.iter().map(|c| (c.seq, c.alert.status, c.alert.severity)).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                (1, AlertStatus::Active, Severity::High),
+                (2, AlertStatus::Active, Severity::Critical),
+                (3, AlertStatus::Resolved, Severity::Critical),
+            ],
+            "an unchanged re-fire is not re-published; a rise updates; a resolve closes"
+        );
+        assert!(published.iter().all(|c| c.alert.id == published[0].alert.id));
+        assert_eq!(store.events().len(), 5);
+    }
+}

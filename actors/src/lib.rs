@@ -1,0 +1,14 @@
+//! `vigil-actors`: Vigil's domain core. Events arrive here from the adapters in `vigil`
+//! (MLLP, FHIR), are routed to one actor per patient, persisted through the store ports,
+//! evaluated by the rule port, and published as alerts. No sockets, no database, no Rhai.
+#![warn(missing_docs)]
+
+pub mod fakes;
+pub mod model;
+pub mod patient;
+pub mod ports;
+pub mod router;
+
+pub use model::*;
+pub use ports::*;
+pub use router::{IngestError, Router};

@@ -1,0 +1,243 @@
+//! Model types shared by every layer: identities, clinical events, observations and alerts.
+//! Adapters map wire formats into these; the patient actor and the rule port work on them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A value that is protected health information. `Debug` and `Display` redact it, so it can
+/// never leak through a log line or a panic message by accident.
+#[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Phi<T>(pub T);
+
+impl<T> Phi<T> {
+    /// The protected value, for the few places (the console payload, encryption) that need it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Phi<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<phi>")
+    }
+}
+
+/// The opaque patient id used in actor names, logs, metrics and store keys. It is derived
+/// from the (assigning authority, MRN) pair by a keyed hash, so it reveals neither.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PatientId(pub String);
+
+impl fmt::Display for PatientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An alert's stable id: one per (patient, rule) episode, kept across updates.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AlertId(pub String);
+
+impl fmt::Display for AlertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The identity a sending system gives a patient: PID-3 with its assigning authority.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct PatientKey {
+    /// Assigning authority (PID-3.4), empty when the sender gave none.
+    pub authority: String,
+    /// Medical record number (PID-3.1).
+    pub mrn: Phi<String>,
+}
+
+/// Where a patient is: unit, room and bed (HL7 PV1-3).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Location {
+    /// Nursing unit / point of care, e.g. `ICU`.
+    pub unit: String,
+    /// Room.
+    pub room: String,
+    /// Bed.
+    pub bed: String,
+}
+
+/// Demographics carried by an event. Every field that identifies a person is [`Phi`].
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Demographics {
+    /// Display name, "Family, Given".
+    pub name: Phi<String>,
+    /// Birth date as sent (YYYYMMDD).
+    pub birth_date: Phi<String>,
+    /// Administrative sex (HL7 table 0001).
+    pub sex: String,
+}
+
+/// One measured value, already mapped to Vigil's canonical vocabulary.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Observation {
+    /// Canonical name, e.g. `hr`, `rr`, `sbp` (see `schemas/codes/observations.json`).
+    pub name: String,
+    /// Numeric value in the canonical unit.
+    pub value: f64,
+    /// Canonical UCUM unit.
+    pub unit: String,
+    /// When it was measured.
+    #[serde(with = "time::serde::rfc3339")]
+    pub observed_at: OffsetDateTime,
+    /// The code it came from, `system|code`, for audit.
+    pub source_code: String,
+    /// The device that measured it (OBX-18), when known.
+    pub device: Option<String>,
+}
+
+/// What happened, as far as the patient actor is concerned.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// Vital signs or results.
+    Observations {
+        /// The values.
+        observations: Vec<Observation>,
+    },
+}
+
+/// An event for one patient, as accepted from a sender.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ClinicalEvent {
+    /// Opaque patient id (keyed hash of [`PatientKey`]).
+    pub patient_id: PatientId,
+    /// The patient's identity as sent.
+    pub patient: PatientKey,
+    /// Demographics as sent.
+    pub demographics: Demographics,
+    /// Location as sent, when the message carried one.
+    pub location: Option<Location>,
+    /// The sender's message control id (MSH-10), for idempotency and audit.
+    pub control_id: String,
+    /// When Vigil received it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// The content.
+    pub kind: EventKind,
+}
+
+impl ClinicalEvent {
+    /// Canonical names of the values this event carries, which decide which rules run.
+    pub fn trigger_names(&self) -> Vec<&str> {
+        match &self.kind {
+            EventKind::Observations { observations } => {
+                observations.iter().map(|o| o.name.as_str()).collect()
+            }
+        }
+    }
+}
+
+/// Alert severity, in rising order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+impl Severity {
+    /// Parse the lowercase name used in rules and on the wire.
+    pub fn parse(s: &str) -> Option<Severity> {
+        Some(match s {
+            "info" => Severity::Info,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// Where an alert is in its lifecycle.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// Raised and not yet acknowledged.
+    Active,
+    /// Acknowledged by a clinician.
+    Acknowledged,
+    /// Closed by the rule or a clinician.
+    Resolved,
+}
+
+/// The patient as shown on an alert. The console needs the name to act on it; the type keeps
+/// it out of logs.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct AlertPatient {
+    /// Opaque id.
+    pub id: PatientId,
+    /// MRN as sent.
+    pub mrn: Phi<String>,
+    /// Display name.
+    pub name: Phi<String>,
+    /// Unit.
+    pub unit: String,
+    /// Bed.
+    pub bed: String,
+}
+
+/// The rule that raised an alert.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// Rule id, e.g. `sepsis.qsofa`.
+    pub id: String,
+    /// Content hash of the rule source that produced the result.
+    pub version: String,
+}
+
+/// An alert as persisted and as sent to consoles (`schemas/ws/alert.json`).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable id for this (patient, rule) episode.
+    pub id: AlertId,
+    /// Who.
+    pub patient: AlertPatient,
+    /// Which rule.
+    pub rule: RuleRef,
+    /// How urgent.
+    pub severity: Severity,
+    /// Lifecycle state.
+    pub status: AlertStatus,
+    /// The rule's score, when it computes one.
+    pub score: Option<f64>,
+    /// One line for the board.
+    pub summary: String,
+    /// Rule-specific detail (sub-scores, missing parameters, ...).
+    pub details: serde_json::Value,
+    /// When first raised.
+    #[serde(with = "time::serde::rfc3339")]
+    pub raised_at: OffsetDateTime,
+    /// When last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// An alert with the sequence number its latest change was persisted under.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct SequencedAlert {
+    /// Position in the alert log; strictly increasing, assigned at commit.
+    pub seq: u64,
+    /// The alert as of that change.
+    pub alert: Alert,
+}

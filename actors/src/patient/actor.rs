@@ -1,0 +1,105 @@
+//! The patient actor's behaviour: queue the append (the sender's ACK waits on it), fold the
+//! event into state, run the triggered rules, and queue alert changes, which the alert store
+//! publishes once durable.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::messages::PatientMsg;
+use super::state::PatientState;
+use crate::model::{Alert, ClinicalEvent, PatientId};
+use crate::ports::{AlertStore, Clock, EventStore, RuleEngine};
+
+/// The patient actor. Stateless itself; everything lives in [`PatientState`].
+#[derive(Debug, Default)]
+pub struct PatientActor;
+
+/// What a patient actor starts with.
+pub struct PatientArgs {
+    /// Opaque patient id.
+    pub id: PatientId,
+    /// Event store port.
+    pub events: Arc<dyn EventStore>,
+    /// Alert store port.
+    pub alerts: Arc<dyn AlertStore>,
+    /// Rule port.
+    pub rules: Arc<dyn RuleEngine>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Recent events to rebuild the window from (oldest first).
+    pub history: Vec<ClinicalEvent>,
+    /// Alerts of this patient still open at start.
+    pub open_alerts: Vec<Alert>,
+}
+
+/// Runtime state: the domain state plus the ports.
+pub struct Running {
+    state: PatientState,
+    events: Arc<dyn EventStore>,
+    alerts: Arc<dyn AlertStore>,
+    rules: Arc<dyn RuleEngine>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Actor for PatientActor {
+    type Msg = PatientMsg;
+    type State = Running;
+    type Arguments = PatientArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: PatientArgs,
+    ) -> Result<Running, ActorProcessingErr> {
+        let mut state = PatientState::new(args.id);
+        for event in &args.history {
+            state.apply(event);
+        }
+        for alert in args.open_alerts {
+            state.open_alerts.insert(alert.rule.id.clone(), alert);
+        }
+        Ok(Running {
+            state,
+            events: args.events,
+            alerts: args.alerts,
+            rules: args.rules,
+            clock: args.clock,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: PatientMsg,
+        run: &mut Running,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PatientMsg::Ingest { event, reply } => {
+                let queued = run.events.append(&event).await;
+                let accepted = queued.is_ok();
+                // The sender may have hung up; its message is durable anyway.
+                let _ = reply.send(queued);
+                if !accepted {
+                    // Not accepted means the sender is told so and will resend: do not act on it.
+                    return Ok(());
+                }
+                run.state.apply(&event);
+                let triggers = event.trigger_names();
+                let now = run.clock.now();
+                let view = run.state.view_at(now);
+                let outcomes = run.rules.evaluate(&view, &triggers);
+                drop(view);
+                for alert in run.state.decide(outcomes, now) {
+                    if let Err(error) = run.alerts.upsert_alert(&alert).await {
+                        tracing::error!(patient = %run.state.id, alert = %alert.id, %error, "alert not persisted");
+                    }
+                }
+            }
+            PatientMsg::OpenAlerts { reply } => {
+                let _ = reply.send(run.state.open_alerts.values().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+}

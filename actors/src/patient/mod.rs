@@ -1,0 +1,10 @@
+//! The patient actor: one per patient, owning its live state. Events for a patient are handled
+//! in arrival order: queued for durable append, applied to the window, then evaluated by rules.
+
+mod actor;
+mod messages;
+mod state;
+
+pub use actor::{PatientActor, PatientArgs};
+pub use messages::PatientMsg;
+pub use state::{PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};

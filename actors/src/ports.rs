@@ -1,0 +1,195 @@
+//! Ports: the traits through which the core reaches storage, rules, publication and time.
+//! Adapters live in the `vigil` crate (fjall, ScyllaDB, Rhai, the WebSocket hub); in-memory
+//! fakes live in [`crate::fakes`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+use crate::model::{
+    Alert, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
+};
+
+/// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
+/// is reported as accepted unless it is durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store is overloaded or shutting down and did not take the write.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The storage engine failed; the message names the operation.
+    #[error("storage engine failed during {0}")]
+    Engine(String),
+    /// Stored bytes could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Resolves once a write is durable (the batch it went into has been fsynced).
+#[derive(Debug)]
+pub struct Durable<T = ()> {
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+}
+
+impl<T> Durable<T> {
+    /// A ticket and the handle the committer completes it with.
+    pub fn channel() -> (DurableSender<T>, Durable<T>) {
+        let (tx, rx) = oneshot::channel();
+        (DurableSender { tx }, Durable { rx })
+    }
+
+    /// Wait until the write is durable, or learn that it failed.
+    pub async fn wait(self) -> Result<T, StoreError> {
+        self.rx
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("committer stopped".into())))
+    }
+}
+
+/// The committer's half of a [`Durable`] ticket.
+#[derive(Debug)]
+pub struct DurableSender<T = ()> {
+    tx: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T> DurableSender<T> {
+    /// Complete the ticket. A waiter that went away (a dropped connection) is not an error.
+    pub fn complete(self, result: Result<T, StoreError>) {
+        let _ = self.tx.send(result);
+    }
+}
+
+/// Where accepted events go. `append` only queues (awaiting back-pressure when the committer
+/// is behind); the returned ticket resolves once the event is durable, so one fsync can serve
+/// many events and the patient actor never waits on the disk.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Queue an event for durable append.
+    async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError>;
+
+    /// Recent events of one patient, oldest first, received at or after `since`.
+    async fn events_since(
+        &self,
+        patient: &PatientId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<ClinicalEvent>, StoreError>;
+}
+
+/// Where alerts go. An upsert is assigned the next sequence number when it is committed and is
+/// handed to the [`AlertPublisher`] only after it is durable, in sequence order.
+#[async_trait]
+pub trait AlertStore: Send + Sync + 'static {
+    /// Queue an insert-or-update of an alert (keyed by its id).
+    async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError>;
+
+    /// Alert changes with `seq > after`, in order, at most `limit`.
+    async fn alerts_after(&self, after: u64, limit: usize)
+    -> Result<Vec<SequencedAlert>, StoreError>;
+
+    /// The latest state of every alert that is not resolved, with its last sequence number.
+    async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError>;
+
+    /// The highest sequence number committed so far.
+    fn last_seq(&self) -> u64;
+}
+
+/// Receives every alert change once it is durable, in sequence order. Must not block.
+pub trait AlertPublisher: Send + Sync + 'static {
+    /// Hand a durable alert change to subscribers.
+    fn publish(&self, change: Arc<SequencedAlert>);
+}
+
+/// One numeric sample in a patient's window.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Sample {
+    /// When measured.
+    pub at: OffsetDateTime,
+    /// Value in the canonical unit.
+    pub value: f64,
+}
+
+/// The state a rule sees: bounded windows of recent values by canonical name, location, the
+/// evaluation time. Names and identifiers are deliberately absent: rules never need them.
+#[derive(Clone, Debug, Default)]
+pub struct PatientView {
+    /// Opaque id, for rule error reports.
+    pub patient_id: Option<PatientId>,
+    /// Evaluation time ("now" for freshness limits).
+    pub now: Option<OffsetDateTime>,
+    /// Location.
+    pub location: Location,
+    /// Administrative sex.
+    pub sex: String,
+    /// Recent samples per canonical name, oldest first.
+    pub series: HashMap<String, VecDeque<Sample>>,
+}
+
+impl PatientView {
+    /// Latest value of `name` no older than `max_age` seconds before `now`.
+    pub fn latest(&self, name: &str, max_age_secs: f64) -> Option<f64> {
+        let sample = self.series.get(name)?.back()?;
+        let now = self.now.unwrap_or(sample.at);
+        let age = (now - sample.at).as_seconds_f64();
+        (age <= max_age_secs).then_some(sample.value)
+    }
+}
+
+/// What one rule concluded for one patient.
+#[derive(Clone, PartialEq, Debug)]
+pub enum RuleVerdict {
+    /// Raise or update the rule's alert.
+    Fire {
+        /// Severity.
+        severity: Severity,
+        /// Score, when the rule computes one.
+        score: Option<f64>,
+        /// One line for the board.
+        summary: String,
+        /// Structured detail.
+        details: serde_json::Value,
+    },
+    /// Close the rule's active alert, if any.
+    Resolve {
+        /// Why.
+        reason: String,
+    },
+    /// Nothing to say.
+    Quiet,
+}
+
+/// A rule's verdict with the rule's identity.
+#[derive(Clone, PartialEq, Debug)]
+pub struct RuleOutcome {
+    /// Rule id.
+    pub rule_id: String,
+    /// Rule version (content hash).
+    pub version: String,
+    /// The verdict.
+    pub verdict: RuleVerdict,
+}
+
+/// Evaluates every rule triggered by an event. Failing rules are isolated inside the engine
+/// (counted and reported there); they never fail the caller.
+pub trait RuleEngine: Send + Sync + 'static {
+    /// Run the rules whose triggers include any of `triggers` against `view`.
+    fn evaluate(&self, view: &Arc<PatientView>, triggers: &[&str]) -> Vec<RuleOutcome>;
+}
+
+/// Time, injectable for tests.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}

@@ -1,0 +1,116 @@
+//! The router: owns the patient id -> actor map, starts (and rehydrates) patient actors on
+//! first use, and hands each event to its patient's actor. Actor names carry only opaque ids.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorRef, ActorStatus};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, oneshot};
+
+use crate::model::{Alert, ClinicalEvent, PatientId};
+use crate::patient::{PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
+use crate::ports::{AlertStore, Clock, Durable, EventStore, RuleEngine, StoreError};
+
+/// Why an event was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The store refused or failed the append.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The patient actor could not be started or reached.
+    #[error("patient actor unavailable: {0}")]
+    Actor(String),
+}
+
+/// Routes events to patient actors.
+pub struct Router {
+    actors: DashMap<PatientId, ActorRef<PatientMsg>>,
+    spawn_lock: Mutex<HashMap<PatientId, Vec<Alert>>>,
+    events: Arc<dyn EventStore>,
+    alerts: Arc<dyn AlertStore>,
+    rules: Arc<dyn RuleEngine>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Router {
+    /// A router over the given ports. Open alerts are loaded once so that each patient actor
+    /// starts with its own.
+    pub async fn new(
+        events: Arc<dyn EventStore>,
+        alerts: Arc<dyn AlertStore>,
+        rules: Arc<dyn RuleEngine>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let mut open: HashMap<PatientId, Vec<Alert>> = HashMap::new();
+        for change in alerts.open_alerts().await? {
+            open.entry(change.alert.patient.id.clone()).or_default().push(change.alert);
+        }
+        Ok(Router {
+            actors: DashMap::new(),
+            spawn_lock: Mutex::new(open),
+            events,
+            alerts,
+            rules,
+            clock,
+        })
+    }
+
+    /// Hand an event to its patient's actor; the ticket resolves once the event is durable.
+    pub async fn ingest(&self, event: ClinicalEvent) -> Result<Durable, IngestError> {
+        let actor = self.actor_for(&event.patient_id).await?;
+        let (tx, rx) = oneshot::channel();
+        actor
+            .cast(PatientMsg::Ingest { event: Box::new(event), reply: tx.into() })
+            .map_err(|e| IngestError::Actor(e.to_string()))?;
+        let ticket = rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))??;
+        Ok(ticket)
+    }
+
+    /// Number of live patient actors.
+    pub fn patient_count(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// Stop every patient actor and wait for each to finish its queued messages.
+    pub async fn shutdown(&self) {
+        let actors: Vec<_> = self.actors.iter().map(|e| e.value().clone()).collect();
+        for actor in actors {
+            let _ = actor.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
+        }
+        self.actors.clear();
+    }
+
+    async fn actor_for(&self, id: &PatientId) -> Result<ActorRef<PatientMsg>, IngestError> {
+        if let Some(actor) = self.live(id) {
+            return Ok(actor);
+        }
+        let mut open = self.spawn_lock.lock().await;
+        if let Some(actor) = self.live(id) {
+            return Ok(actor);
+        }
+        let since = self.clock.now() - WINDOW_MAX_AGE;
+        let history = self.events.events_since(id, since.max(OffsetDateTime::UNIX_EPOCH)).await?;
+        let args = PatientArgs {
+            id: id.clone(),
+            events: Arc::clone(&self.events),
+            alerts: Arc::clone(&self.alerts),
+            rules: Arc::clone(&self.rules),
+            clock: Arc::clone(&self.clock),
+            history,
+            open_alerts: open.remove(id).unwrap_or_default(),
+        };
+        let (actor, _handle) = Actor::spawn(None, PatientActor, args)
+            .await
+            .map_err(|e| IngestError::Actor(e.to_string()))?;
+        self.actors.insert(id.clone(), actor.clone());
+        Ok(actor)
+    }
+
+    fn live(&self, id: &PatientId) -> Option<ActorRef<PatientMsg>> {
+        let actor = self.actors.get(id)?.value().clone();
+        matches!(actor.get_status(), ActorStatus::Running | ActorStatus::Starting)
+            .then_some(actor)
+    }
+}
