@@ -1,0 +1,207 @@
+//! `vigil-loadtest` command line: run the demo ward, send one HL7 file, or drive an open-loop load test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::io::AsyncReadExt as _;
+use tracing_subscriber::EnvFilter;
+use vigil_loadtest::mllp::{MllpClient, ack_code};
+use vigil_loadtest::rate::{RateConfig, run_rate};
+use vigil_loadtest::ward::{WardConfig, run_ward};
+
+/// HL7 files are single messages; anything this large is the wrong file.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil-loadtest",
+    version,
+    about = "Simulators and open-loop load generator for Vigil (synthetic data only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a ward of monitored synthetic patients until Ctrl-C.
+    Ward {
+        /// Vigil MLLP listener (host:port).
+        #[arg(long, env = "VIGIL_MLLP", default_value = "127.0.0.1:2575")]
+        mllp: String,
+        /// Occupied beds.
+        #[arg(long, default_value_t = 12)]
+        beds: usize,
+        /// Mean milliseconds between messages from one bed.
+        #[arg(long, default_value_t = 3000)]
+        interval_ms: u64,
+        /// Patients drifting towards sepsis.
+        #[arg(long, default_value_t = 2)]
+        deteriorating: usize,
+        /// Seconds for a deteriorating patient to reach full sepsis.
+        #[arg(long, default_value_t = 180)]
+        deterioration_secs: u64,
+        /// Point of care written to PV1-3.
+        #[arg(long, default_value = "ICU")]
+        unit: String,
+        /// Seed for patients and noise.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Send one HL7 v2 file (LF or CRLF line endings are converted to CR) and print the ACK.
+    Send {
+        /// Vigil MLLP listener (host:port).
+        #[arg(long, env = "VIGIL_MLLP", default_value = "127.0.0.1:2575")]
+        mllp: String,
+        /// Seconds to wait for the connection and for the ACK.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+        /// The HL7 message file.
+        file: PathBuf,
+    },
+    /// Open-loop load test; prints a Markdown report.
+    Rate {
+        /// Vigil MLLP listener (host:port).
+        #[arg(long, env = "VIGIL_MLLP", default_value = "127.0.0.1:2575")]
+        mllp: String,
+        /// Target messages per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Concurrent MLLP connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Distinct synthetic patients.
+        #[arg(long, default_value_t = 500)]
+        patients: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Ward {
+            mllp,
+            beds,
+            interval_ms,
+            deteriorating,
+            deterioration_secs,
+            unit,
+            seed,
+        } => {
+            let cfg = WardConfig {
+                beds,
+                interval: Duration::from_millis(interval_ms),
+                deteriorating,
+                deterioration_period: Duration::from_secs(deterioration_secs),
+                unit,
+                seed,
+            };
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::info!("Ctrl-C received; stopping ward");
+                }
+                // On a signal-handler failure stopping is also the safe choice.
+                let _ = tx.send(true);
+            });
+            let stats = run_ward(mllp, cfg, rx).await?;
+            println!(
+                "sent {} acked {} naks {} errors {}",
+                stats.sent, stats.acked, stats.naks, stats.errors
+            );
+        }
+        Command::Send {
+            mllp,
+            timeout_secs,
+            file,
+        } => {
+            let message = read_hl7_file(&file).await?;
+            let timeout = Duration::from_secs(timeout_secs);
+            let mut client = MllpClient::connect(&mllp, timeout)
+                .await
+                .with_context(|| format!("connecting to {mllp}"))?;
+            let ack = client.send(&message).await.context("sending message")?;
+            println!("{}", ack.replace('\r', "\n").trim_end());
+            match ack_code(&ack) {
+                Some("AA" | "CA") => {}
+                code => anyhow::bail!("message not accepted (MSA-1 {})", code.unwrap_or("missing")),
+            }
+        }
+        Command::Rate {
+            mllp,
+            rate,
+            duration,
+            connections,
+            patients,
+        } => {
+            let report = run_rate(RateConfig {
+                addr: mllp,
+                rate_per_sec: rate,
+                duration: Duration::from_secs(duration),
+                connections,
+                patients,
+            })
+            .await?;
+            print!("{}", report.to_markdown());
+        }
+    }
+    Ok(())
+}
+
+async fn read_hl7_file(path: &PathBuf) -> anyhow::Result<String> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .await
+        .with_context(|| format!("reading {} as UTF-8", path.display()))?;
+    anyhow::ensure!(
+        text.len() as u64 <= MAX_FILE_BYTES,
+        "{} is larger than {MAX_FILE_BYTES} bytes",
+        path.display()
+    );
+    Ok(to_hl7_segments(&text))
+}
+
+/// Normalises line endings to HL7's CR segment terminator and drops blank lines.
+fn to_hl7_segments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split(['\r', '\n']).filter(|l| !l.trim().is_empty()) {
+        out.push_str(line);
+        out.push('\r');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn line_endings_become_cr() {
+        assert_eq!(
+            to_hl7_segments("MSH|a\r\nPID|b\n\nOBX|c"),
+            "MSH|a\rPID|b\rOBX|c\r"
+        );
+    }
+}

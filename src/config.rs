@@ -1,0 +1,195 @@
+//! Configuration: one TOML file (`--config`), overridden by `VIGIL_*` environment variables,
+//! overridden by flags. Unknown keys are errors; `validate` names the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Flags (and their `VIGIL_*` environment equivalents) shared by `serve` and `demo`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// MLLP listen address [default: 127.0.0.1:2575]
+    #[arg(long, env = "VIGIL_MLLP_ADDR")]
+    pub mllp_addr: Option<SocketAddr>,
+    /// HTTP + WebSocket listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "VIGIL_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Data directory [default: ./data]
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Rules directory [default: ./rules]
+    #[arg(long, env = "VIGIL_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Configuration file (TOML)
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The configuration file's shape. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `mllp_addr = "127.0.0.1:2575"`
+    pub mllp_addr: Option<SocketAddr>,
+    /// `http_addr = "127.0.0.1:8080"`
+    pub http_addr: Option<SocketAddr>,
+    /// `data_dir = "./data"`
+    pub data_dir: Option<PathBuf>,
+    /// `rules_dir = "./rules"`
+    pub rules_dir: Option<PathBuf>,
+    /// `[mllp]` section.
+    #[serde(default)]
+    pub mllp: MllpFileConfig,
+    /// `[auth]` section.
+    #[serde(default)]
+    pub auth: AuthFileConfig,
+}
+
+/// `[mllp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpFileConfig {
+    /// Largest accepted frame in bytes (default 1 MiB); larger ones are answered with AR.
+    pub max_frame_bytes: Option<usize>,
+    /// Close a connection idle this long (default 300 s).
+    pub idle_timeout_secs: Option<u64>,
+    /// Most concurrent connections (default 4096).
+    pub max_connections: Option<usize>,
+    /// Most messages in flight on one connection (pipelining; default 256).
+    pub max_in_flight_per_connection: Option<usize>,
+    /// Our MSH-3 in ACKs (default `VIGIL`).
+    pub application: Option<String>,
+    /// Our MSH-4 in ACKs (default `VIGIL`).
+    pub facility: Option<String>,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFileConfig {
+    /// File holding the HS256 secret (hex); created on first run when absent.
+    /// Default: `<data_dir>/keys/jwt.key`.
+    pub jwt_secret_file: Option<PathBuf>,
+}
+
+/// MLLP listener settings.
+#[derive(Debug, Clone)]
+pub struct MllpSettings {
+    /// Largest accepted frame.
+    pub max_frame_bytes: usize,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Connection limit.
+    pub max_connections: usize,
+    /// Pipelining depth per connection.
+    pub max_in_flight_per_connection: usize,
+    /// MSH-3 of our ACKs.
+    pub application: String,
+    /// MSH-4 of our ACKs.
+    pub facility: String,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// MLLP listen address.
+    pub mllp_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Rules directory.
+    pub rules_dir: PathBuf,
+    /// MLLP settings.
+    pub mllp: MllpSettings,
+    /// HS256 secret file.
+    pub jwt_secret_file: PathBuf,
+    /// Messages in flight across all connections before senders wait (bounds actor mailboxes).
+    pub ingest_permits: usize,
+    /// Alert changes a WebSocket session may lag before it must resync.
+    pub hub_capacity: usize,
+}
+
+impl Config {
+    /// Resolve flags/env over the file over defaults, then validate.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "data".into());
+        let config = Config {
+            mllp_addr: args.mllp_addr.or(file.mllp_addr).unwrap_or(([127, 0, 0, 1], 2575).into()),
+            http_addr: args.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 8080).into()),
+            rules_dir: args.rules_dir.clone().or(file.rules_dir).unwrap_or_else(|| "rules".into()),
+            mllp: MllpSettings {
+                max_frame_bytes: file.mllp.max_frame_bytes.unwrap_or(1 << 20),
+                idle_timeout: Duration::from_secs(file.mllp.idle_timeout_secs.unwrap_or(300)),
+                max_connections: file.mllp.max_connections.unwrap_or(4096),
+                max_in_flight_per_connection: file.mllp.max_in_flight_per_connection.unwrap_or(256),
+                application: file.mllp.application.unwrap_or_else(|| "VIGIL".into()),
+                facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
+            },
+            jwt_secret_file: file.auth.jwt_secret_file.unwrap_or_else(|| data_dir.join("keys").join("jwt.key")),
+            data_dir,
+            ingest_permits: 16_384,
+            hub_capacity: 4_096,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values a file or flag could get wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.mllp.max_frame_bytes < 1024 {
+            bail!("mllp.max_frame_bytes must be at least 1024");
+        }
+        if self.mllp.max_connections == 0 {
+            bail!("mllp.max_connections must be at least 1");
+        }
+        if self.mllp.max_in_flight_per_connection == 0 {
+            bail!("mllp.max_in_flight_per_connection must be at least 1");
+        }
+        if self.mllp.idle_timeout.is_zero() {
+            bail!("mllp.idle_timeout_secs must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vigil.toml");
+        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\nmllp_addr = \"127.0.0.1:9001\"\n[mllp]\nmax_frame_bytes = 4096\n").unwrap();
+        let args = ServeArgs {
+            http_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.http_addr.port(), 9100);
+        assert_eq!(c.mllp_addr.port(), 9001);
+        assert_eq!(c.mllp.max_frame_bytes, 4096);
+        std::fs::write(&path, "[mllp]\nmax_frame = 10\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("max_frame"), "{err}");
+        std::fs::write(&path, "[mllp]\nmax_frame_bytes = 10\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("mllp.max_frame_bytes"), "{err}");
+    }
+}

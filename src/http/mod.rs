@@ -1,0 +1,55 @@
+//! HTTP: the axum router for the console page, the `/ws` alert stream, health and metrics.
+
+pub mod console;
+pub mod metrics;
+pub mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use vigil_actors::AlertStore;
+
+use crate::alerts::AlertHub;
+use crate::auth::Auth;
+use crate::ingest::Ingress;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Live alert changes.
+    pub hub: AlertHub,
+    /// Alert history for snapshots and `since`.
+    pub alerts: Arc<dyn AlertStore>,
+    /// Token verification.
+    pub auth: Auth,
+    /// Ingest counters.
+    pub ingress: Arc<Ingress>,
+    /// Live patient actors.
+    pub router: Arc<vigil_actors::Router>,
+    /// Readiness: false while starting and once shutdown begins.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The HTTP routes.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(console::index))
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}

@@ -1,0 +1,228 @@
+//! `/ws`: the console's alert stream (schemas/ws/). The token is checked before the upgrade.
+//! After `subscribe`, a session gets either the alert changes it missed (`since`) or a
+//! snapshot of open alerts, then live changes. Every alert frame carries the change's sequence
+//! number; a session that lags the hub is sent `resync` and backfilled from the store, so a
+//! client never misses a change silently.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use vigil_actors::{Alert, SequencedAlert};
+
+use super::AppState;
+use crate::auth::{AuthError, Claims};
+
+/// Largest client frame accepted.
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Changes read from the store per backfill page.
+const BACKFILL_PAGE: usize = 500;
+/// Heartbeat period.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// `?token=`
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientFrame {
+    Subscribe {
+        #[serde(default)]
+        units: Vec<String>,
+        #[serde(default)]
+        since: Option<u64>,
+    },
+    Ping,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame<'a> {
+    Alert { seq: u64, alert: &'a Alert },
+    Snapshot { seq: u64, alerts: Vec<&'a Alert> },
+    Subscribed { units: &'a [String], seq: u64 },
+    Resync { since: u64 },
+    Heartbeat { seq: u64 },
+    Pong,
+    Error { code: &'a str, message: String },
+}
+
+fn token(query: &TokenQuery, headers: &HeaderMap) -> Option<String> {
+    if let Some(t) = &query.token {
+        return Some(t.clone());
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+}
+
+/// `GET /ws`: verify the token, then upgrade.
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let claims = match token(&query, &headers).ok_or(AuthError::Missing).and_then(|t| state.auth.verify(&t)) {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::info!(reason = %e, "websocket refused");
+            return (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({ "error": e.to_string() })))
+                .into_response();
+        }
+    };
+    ws.max_message_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            let sub = claims.sub.clone();
+            if let Err(e) = Session::new(socket, state, claims).run().await {
+                tracing::debug!(user = %sub, error = %e, "websocket session ended");
+            }
+        })
+}
+
+struct Session {
+    socket: WebSocket,
+    state: AppState,
+    claims: Claims,
+    units: HashSet<String>,
+    /// Subscribed with `*` on a token that allows every unit.
+    all_units: bool,
+    last: u64,
+    subscribed: bool,
+}
+
+type SessionResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+impl Session {
+    fn new(socket: WebSocket, state: AppState, claims: Claims) -> Self {
+        Session { socket, state, claims, units: HashSet::new(), all_units: false, last: 0, subscribed: false }
+    }
+
+    async fn send(&mut self, frame: &ServerFrame<'_>) -> SessionResult {
+        let text = serde_json::to_string(frame)?;
+        self.socket.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    fn wants(&self, alert: &Alert) -> bool {
+        self.units.contains(&alert.patient.unit)
+    }
+
+    async fn run(mut self) -> SessionResult {
+        // Subscribe to the hub first: anything committed after this point arrives live, and
+        // anything before it is in the store; duplicates are dropped by sequence number.
+        let mut live = self.state.hub.subscribe();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                incoming = self.socket.recv() => {
+                    let Some(Ok(msg)) = incoming else { return Ok(()) };
+                    match msg {
+                        Message::Text(text) => self.on_client_frame(&text).await?,
+                        Message::Close(_) => return Ok(()),
+                        _ => {}
+                    }
+                }
+                change = live.recv(), if self.subscribed => match change {
+                    Ok(change) => self.forward(&change).await?,
+                    Err(RecvError::Lagged(_)) => {
+                        let since = self.last;
+                        self.send(&ServerFrame::Resync { since }).await?;
+                        self.backfill(since).await?;
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                _ = heartbeat.tick() => {
+                    let seq = self.last;
+                    self.send(&ServerFrame::Heartbeat { seq }).await?;
+                }
+            }
+        }
+    }
+
+    async fn on_client_frame(&mut self, text: &str) -> SessionResult {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.send(&ServerFrame::Error { code: "bad_request", message: e.to_string() }).await;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.send(&ServerFrame::Pong).await,
+            ClientFrame::Subscribe { units, since } => self.subscribe(units, since).await,
+        }
+    }
+
+    async fn subscribe(&mut self, units: Vec<String>, since: Option<u64>) -> SessionResult {
+        let units: Vec<String> = if units.is_empty() {
+            self.claims.units.clone()
+        } else {
+            units
+        };
+        if let Some(denied) = units.iter().find(|u| !self.claims.may_see(u)) {
+            tracing::info!(user = %self.claims.sub, unit = %denied, "subscription to a unit outside the token refused");
+            let message = format!("unit {denied} is not in your token");
+            return self.send(&ServerFrame::Error { code: "forbidden", message }).await;
+        }
+        self.units = units.iter().cloned().collect();
+        self.all_units = units.iter().any(|u| u == "*");
+        self.subscribed = true;
+        match since {
+            Some(since) => {
+                self.last = since;
+                self.backfill(since).await?;
+            }
+            None => {
+                let seq = self.state.alerts.last_seq();
+                let open = self.state.alerts.open_alerts().await?;
+                let alerts: Vec<&Alert> = open.iter().map(|c| &c.alert).filter(|a| self.sees(a)).collect();
+                let frame = ServerFrame::Snapshot { seq, alerts };
+                let text = serde_json::to_string(&frame)?;
+                self.socket.send(Message::Text(text.into())).await?;
+                self.last = seq;
+            }
+        }
+        let seq = self.last;
+        self.send(&ServerFrame::Subscribed { units: &units, seq }).await
+    }
+
+    fn sees(&self, alert: &Alert) -> bool {
+        self.all_units || self.wants(alert)
+    }
+
+    async fn backfill(&mut self, since: u64) -> SessionResult {
+        let mut after = since;
+        loop {
+            let page = self.state.alerts.alerts_after(after, BACKFILL_PAGE).await?;
+            let Some(last) = page.last().map(|c| c.seq) else { return Ok(()) };
+            for change in &page {
+                self.forward(change).await?;
+            }
+            after = last;
+            if page.len() < BACKFILL_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn forward(&mut self, change: &SequencedAlert) -> SessionResult {
+        if change.seq <= self.last {
+            return Ok(());
+        }
+        self.last = change.seq;
+        if !self.sees(&change.alert) {
+            return Ok(());
+        }
+        self.send(&ServerFrame::Alert { seq: change.seq, alert: &change.alert }).await
+    }
+}

@@ -1,0 +1,121 @@
+//! The `vigil` command: `serve`, `demo` (serve plus a simulated ward) and `token`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vigil::app;
+use vigil::auth::Role;
+use vigil::config::{Config, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Real-time clinical event platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: MLLP, HTTP + WebSocket, embedded store.
+    Serve(ServeArgs),
+    /// Run the server plus a simulated ward of bedside monitors, and print a console link.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Beds in the simulated ward.
+        #[arg(long, default_value_t = 12)]
+        beds: usize,
+        /// Seconds between a monitor's reports.
+        #[arg(long, default_value_t = 3)]
+        interval_secs: u64,
+        /// Seconds a deteriorating patient takes to reach septic shock.
+        #[arg(long, default_value_t = 180)]
+        deterioration_secs: u64,
+    },
+    /// Print a signed console token.
+    Token {
+        /// Role of the holder.
+        #[arg(long, value_enum, default_value = "rrt")]
+        role: Role,
+        /// Unit the holder may see (repeat for several; `*` for all).
+        #[arg(long = "unit", required = true)]
+        units: Vec<String>,
+        /// Subject (user id) in the token.
+        #[arg(long, default_value = "console-user")]
+        sub: String,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 12)]
+        hours: i64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            let config = Config::load(&args)?;
+            let running = app::start(&config).await?;
+            wait_for_signal().await;
+            running.shutdown().await;
+        }
+        Command::Demo { serve, beds, interval_secs, deterioration_secs } => {
+            init_logging();
+            let config = Config::load(&serve)?;
+            let running = app::start(&config).await?;
+            let token = running.auth.issue("demo", Role::Rrt, vec!["*".into()], time::Duration::hours(12));
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let ward = vigil_loadtest::ward::WardConfig {
+                beds,
+                interval: Duration::from_secs(interval_secs.max(1)),
+                deterioration_period: Duration::from_secs(deterioration_secs.max(10)),
+                ..Default::default()
+            };
+            let ward = tokio::spawn(vigil_loadtest::ward::run_ward(running.mllp_addr.to_string(), ward, stop_rx));
+            println!("\nVigil demo running: {beds} simulated beds sending IHE PCD-01 vitals over MLLP to {}.", running.mllp_addr);
+            println!("Open the console:\n\n    http://{}/#token={token}\n", running.http_addr);
+            println!("WebSocket: ws://{}/ws?token=<token>   Stop with Ctrl-C.\n", running.http_addr);
+            wait_for_signal().await;
+            let _ = stop.send(true);
+            match ward.await {
+                Ok(Ok(stats)) => tracing::info!(sent = stats.sent, acked = stats.acked, naks = stats.naks, "ward stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "ward failed"),
+                Err(e) => tracing::warn!(error = %e, "ward task failed"),
+            }
+            running.shutdown().await;
+        }
+        Command::Token { role, units, sub, hours, serve } => {
+            let config = Config::load(&serve)?;
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+            let auth = app::load_auth(&config)?;
+            println!("{}", auth.issue(&sub, role, units, time::Duration::hours(hours)));
+        }
+    }
+    Ok(())
+}

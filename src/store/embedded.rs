@@ -1,0 +1,365 @@
+//! The embedded store: fjall (an LSM engine) with a group-commit thread. Patient actors queue
+//! appends; the committer drains whatever is queued into one write batch, makes it durable
+//! with a single fsync, publishes the alert changes it contained in sequence order, and only
+//! then completes the tickets that the senders' ACKs wait on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use vigil_actors::{
+    Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
+    EventStore, PatientId, SequencedAlert, StoreError,
+};
+
+/// Tuning of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStoreConfig {
+    /// Writes queued ahead of the committer before appenders wait (back-pressure).
+    pub queue_capacity: usize,
+    /// Most writes made durable by one fsync.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        EmbeddedStoreConfig { queue_capacity: 16_384, max_batch: 4_096 }
+    }
+}
+
+enum Job {
+    Event { key: Vec<u8>, value: Vec<u8>, done: DurableSender },
+    Alert { alert: Alert, done: DurableSender<u64> },
+}
+
+struct Keyspaces {
+    db: Database,
+    events: Keyspace,
+    alerts: Keyspace,
+    alert_log: Keyspace,
+}
+
+/// The fjall-backed store. Cloning shares it.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ks: Arc<Keyspaces>,
+    tx: mpsc::Sender<Job>,
+    last_seq: Arc<AtomicU64>,
+    event_counter: AtomicU32,
+    committer: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// The last handle gone: close the queue so the committer makes what is queued durable,
+    /// and wait for it, so a graceful shutdown never leaves an accepted write behind.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(handle) = self.committer.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn engine(op: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
+    move |e| {
+        tracing::error!(error = %e, op, "embedded store failure");
+        StoreError::Engine(op.to_string())
+    }
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store under `dir` and start its committer. Alert changes are handed
+    /// to `publisher` once durable.
+    pub fn open(
+        dir: &Path,
+        config: EmbeddedStoreConfig,
+        publisher: Arc<dyn AlertPublisher>,
+    ) -> Result<Self, StoreError> {
+        let db = Database::builder(dir.join("fjall"))
+            .manual_journal_persist(true)
+            .open()
+            .map_err(engine("open"))?;
+        let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let alerts = db.keyspace("alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let alert_log =
+            db.keyspace("alert_log", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let last_seq = match alert_log.last_key_value() {
+            Some(guard) => {
+                let key = guard.key().map_err(engine("recover"))?;
+                u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt("alert log key is not a sequence number".into())
+                })?)
+            }
+            None => 0,
+        };
+        let ks = Arc::new(Keyspaces { db, events, alerts, alert_log });
+        let last_seq = Arc::new(AtomicU64::new(last_seq));
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let committer = {
+            let ks = Arc::clone(&ks);
+            let last_seq = Arc::clone(&last_seq);
+            std::thread::Builder::new()
+                .name("vigil-committer".into())
+                .spawn(move || run_committer(ks, rx, config.max_batch.max(1), last_seq, publisher))
+                .map_err(|e| StoreError::Engine(format!("start committer: {e}")))?
+        };
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                ks,
+                tx,
+                last_seq,
+                event_counter: AtomicU32::new(rand::random()),
+                committer: std::sync::Mutex::new(Some(committer)),
+            }),
+        })
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.inner
+            .tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Keyspaces) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let ks = Arc::clone(&self.inner.ks);
+        tokio::task::spawn_blocking(move || f(&ks))
+            .await
+            .map_err(|e| StoreError::Engine(format!("read task: {e}")))?
+    }
+}
+
+/// Events are keyed by patient, then time, then a counter: one patient's recent window is a
+/// single range scan in time order.
+fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(patient.0.len() + 1 + 16 + 4);
+    key.extend_from_slice(patient.0.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&at.unix_timestamp_nanos().to_be_bytes());
+    key.extend_from_slice(&counter.to_be_bytes());
+    key
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError> {
+        let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
+        let key = event_key(&event.patient_id, event.received_at, counter);
+        let value = serde_json::to_vec(event)
+            .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+        let (done, ticket) = Durable::channel();
+        self.submit(Job::Event { key, value, done }).await?;
+        Ok(ticket)
+    }
+
+    async fn events_since(
+        &self,
+        patient: &PatientId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<ClinicalEvent>, StoreError> {
+        let from = event_key(patient, since, 0);
+        let mut to = patient.0.as_bytes().to_vec();
+        to.push(1);
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.events.range(from..to) {
+                let (_, value) = guard.into_inner().map_err(engine("read events"))?;
+                out.push(
+                    serde_json::from_slice(&value)
+                        .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AlertStore for EmbeddedStore {
+    async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError> {
+        let (done, ticket) = Durable::channel();
+        self.submit(Job::Alert { alert: alert.clone(), done }).await?;
+        Ok(ticket)
+    }
+
+    async fn alerts_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SequencedAlert>, StoreError> {
+        let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.alert_log.range(from.to_be_bytes()..).take(limit) {
+                let (_, value) = guard.into_inner().map_err(engine("read alert log"))?;
+                out.push(
+                    serde_json::from_slice(&value)
+                        .map_err(|e| StoreError::Corrupt(format!("alert: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError> {
+        self.blocking(|ks| {
+            let mut out = Vec::new();
+            for guard in ks.alerts.iter() {
+                let (_, value) = guard.into_inner().map_err(engine("read alerts"))?;
+                let change: SequencedAlert = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("alert: {e}")))?;
+                if change.alert.status != AlertStatus::Resolved {
+                    out.push(change);
+                }
+            }
+            out.sort_by_key(|c| c.seq);
+            Ok(out)
+        })
+        .await
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.inner.last_seq.load(Ordering::Acquire)
+    }
+}
+
+fn run_committer(
+    ks: Arc<Keyspaces>,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    last_seq: Arc<AtomicU64>,
+    publisher: Arc<dyn AlertPublisher>,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        commit(&ks, &mut jobs, &last_seq, publisher.as_ref());
+    }
+    if let Err(e) = ks.db.persist(PersistMode::SyncAll) {
+        tracing::error!(error = %e, "final persist failed");
+    }
+}
+
+fn commit(
+    ks: &Keyspaces,
+    jobs: &mut Vec<Job>,
+    last_seq: &AtomicU64,
+    publisher: &dyn AlertPublisher,
+) {
+    let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
+    let mut seq = last_seq.load(Ordering::Acquire);
+    let mut changes = Vec::new();
+    let mut failed_encode = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        match job {
+            Job::Event { key, value, .. } => {
+                batch.insert(&ks.events, key.as_slice(), value.as_slice());
+            }
+            Job::Alert { alert, .. } => {
+                let change = SequencedAlert { seq: seq + 1, alert: alert.clone() };
+                match serde_json::to_vec(&change) {
+                    Ok(bytes) => {
+                        seq += 1;
+                        batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), bytes.as_slice());
+                        batch.insert(&ks.alert_log, seq.to_be_bytes(), bytes);
+                        changes.push(Arc::new(change));
+                    }
+                    Err(_) => failed_encode.push(i),
+                }
+            }
+        }
+    }
+    let result = batch.commit().map_err(engine("commit"));
+    if result.is_ok() {
+        last_seq.store(seq, Ordering::Release);
+        for change in &changes {
+            publisher.publish(Arc::clone(change));
+        }
+    }
+    let mut published = changes.iter();
+    for (i, job) in jobs.drain(..).enumerate() {
+        match job {
+            Job::Event { done, .. } => done.complete(result.clone()),
+            Job::Alert { done, .. } => {
+                if failed_encode.contains(&i) {
+                    done.complete(Err(StoreError::Engine("encode alert".into())));
+                    continue;
+                }
+                let seq = published.next().map(|c| c.seq).unwrap_or_default();
+                done.complete(result.clone().map(|()| seq));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_actors::fakes::CollectingPublisher;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_appends_share_commits_and_survive_reopen() {
+        let dir = tempdir();
+        let publisher = Arc::new(CollectingPublisher::default());
+        let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), publisher).unwrap();
+        let patient = PatientId("p1".into());
+        let t0 = OffsetDateTime::now_utc();
+        let mut tickets = Vec::new();
+        for i in 0..200 {
+            let event = test_event(&patient, t0 + time::Duration::milliseconds(i));
+            tickets.push(store.append(&event).await.unwrap());
+        }
+        for t in tickets {
+            t.wait().await.unwrap();
+        }
+        let read = store.events_since(&patient, t0).await.unwrap();
+        assert_eq!(read.len(), 200);
+        assert!(read.windows(2).all(|w| w[0].received_at <= w[1].received_at));
+        drop(store);
+        let reopened =
+            EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), Arc::new(CollectingPublisher::default()))
+                .unwrap();
+        assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 200);
+        assert!(reopened.events_since(&PatientId("p2".into()), t0).await.unwrap().is_empty());
+    }
+
+    pub(crate) fn tempdir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vigil-test-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn test_event(patient: &PatientId, at: OffsetDateTime) -> ClinicalEvent {
+        ClinicalEvent {
+            patient_id: patient.clone(),
+            patient: vigil_actors::PatientKey { authority: "A".into(), mrn: vigil_actors::Phi("1".into()) },
+            demographics: Default::default(),
+            location: None,
+            control_id: "c".into(),
+            received_at: at,
+            kind: vigil_actors::EventKind::Observations { observations: vec![] },
+        }
+    }
+}
