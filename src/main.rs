@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             init_logging();
             let config = Config::load(&args)?;
             let running = app::start(&config).await?;
+            println!("vigil listening: mllp={} http={}", running.mllp_addr, running.http_addr);
             wait_for_signal().await;
             running.shutdown().await;
         }
@@ -88,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             init_logging();
             let config = Config::load(&serve)?;
             let running = app::start(&config).await?;
+            println!("vigil listening: mllp={} http={}", running.mllp_addr, running.http_addr);
             let token = running.auth.issue("demo", Role::Rrt, vec!["*".into()], time::Duration::hours(12));
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             let ward = vigil_loadtest::ward::WardConfig {

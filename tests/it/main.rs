@@ -1,1 +1,8 @@
+//! The one integration test binary of the `vigil` package: real sockets on port 0, the real
+//! embedded store, the real binary where a process boundary matters (kill -9, demo).
 
+mod support;
+
+mod crash;
+mod demo;
+mod e2e;

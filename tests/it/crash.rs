@@ -1,0 +1,72 @@
+//! Durability across `kill -9`: every message that got an accepting ACK is in the store
+//! after the process dies mid-flow, and the server restarts on the same data.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use vigil::crypto::{BlindIndex, load_or_create_key};
+use vigil::store::{EmbeddedStore, EmbeddedStoreConfig};
+use vigil_actors::fakes::CollectingPublisher;
+use vigil_actors::{AlertStore, EventStore};
+use vigil_loadtest::mllp::{MllpClient, ack_code, ack_control_id};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_message_survives_kill_9_and_a_restart() {
+    let dir = tempdir("crash");
+    let data = dir.to_str().unwrap().to_string();
+    let rules = rules_dir();
+    let args = ["serve", "--mllp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", &data, "--rules-dir", rules.to_str().unwrap()];
+    let mut proc = spawn_vigil(&args);
+
+    let mut acked = Vec::new();
+    let mut client = MllpClient::connect(&proc.mllp.to_string(), Duration::from_secs(5)).await.unwrap();
+    // Batches keep messages in flight so the kill lands while commits are under way.
+    'flow: for batch in 0..1000 {
+        let messages: Vec<String> = (0..20)
+            .map(|i| septic_oru(&format!("K-{batch}-{i}"), &format!("MRN-K{}", i % 5), "Kappa"))
+            .collect();
+        if batch == 10 {
+            proc.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+        }
+        match client.send_pipelined(&messages).await {
+            Ok(acks) => {
+                for ack in acks {
+                    assert_eq!(ack_code(&ack), Some("AA"));
+                    acked.push(ack_control_id(&ack).unwrap().to_string());
+                }
+            }
+            Err(_) => break 'flow,
+        }
+    }
+    proc.child.wait().unwrap();
+    assert!(acked.len() >= 200, "only {} acked before the kill", acked.len());
+
+    // Read the store the dead process left behind.
+    let key = load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
+    let index = BlindIndex::new(&key);
+    let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), Arc::new(CollectingPublisher::default())).unwrap();
+    let mut stored = HashSet::new();
+    for p in 0..5 {
+        let id = index.patient_id("HOSP", &format!("MRN-K{p}"));
+        for e in store.events_since(&id, OffsetDateTime::UNIX_EPOCH).await.unwrap() {
+            stored.insert(e.control_id);
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|c| !stored.contains(*c)).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    let alerts = store.open_alerts().await.unwrap();
+    assert_eq!(alerts.len(), 5, "one open qSOFA alert per patient");
+    drop(store);
+
+    // The server comes back on the same data and serves the alerts it had.
+    let proc = spawn_vigil(&args);
+    let token = vigil_token(&dir, "ICU");
+    let mut ws = ws_connect(proc.http, &token).await;
+    ws_send(&mut ws, serde_json::json!({"type": "subscribe", "units": ["ICU"]})).await;
+    let snapshot = ws_next(&mut ws, &["snapshot"], Duration::from_secs(10)).await;
+    assert_eq!(snapshot["alerts"].as_array().unwrap().len(), 5);
+}

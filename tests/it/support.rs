@@ -1,0 +1,135 @@
+//! Shared test support: servers on port 0 (in-process or as the real binary), HL7 messages,
+//! WebSocket clients.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use vigil::config::{Config, ServeArgs};
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-it-{tag}-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn rules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
+}
+
+pub fn config(data_dir: &Path) -> Config {
+    Config::load(&ServeArgs {
+        mllp_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(data_dir.to_path_buf()),
+        rules_dir: Some(rules_dir()),
+        config: None,
+    })
+    .unwrap()
+}
+
+/// HL7 DTM for now.
+pub fn now_dtm() -> String {
+    vigil::ingest::hl7_timestamp(time::OffsetDateTime::now_utc())
+}
+
+/// An ORU^R01 (IHE PCD-01 shape) whose vitals give qSOFA 2 (RR 26, SBP 92) in original mode.
+pub fn septic_oru(control_id: &str, mrn: &str, family: &str) -> String {
+    let ts = now_dtm();
+    [
+        format!("MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|{control_id}|P|2.6"),
+        format!("PID|||{mrn}^^^HOSP^MR||{family}^Test||19600101|M"),
+        "PV1||I|ICU^04^B".to_string(),
+        format!("OBR|1|{control_id}|{control_id}|182777000^monitoring of patient^SCT|||{ts}"),
+        format!("OBX|1|NM|151562^MDC_RESP_RATE^MDC|1.2.1.1|26|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||{ts}||||MON-7"),
+        format!("OBX|2|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.4.1.1|92|266016^MDC_DIM_MMHG^MDC|||||R|||{ts}||||MON-7"),
+        format!("OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|118|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||{ts}||||MON-7"),
+    ]
+    .join("\r")
+}
+
+pub async fn ws_connect(http: SocketAddr, token: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws?token={token}")).await.unwrap();
+    ws
+}
+
+pub async fn ws_send(ws: &mut Ws, value: serde_json::Value) {
+    ws.send(Message::Text(value.to_string().into())).await.unwrap();
+}
+
+/// The next JSON frame whose `type` is one of `types`, skipping heartbeats and others.
+pub async fn ws_next(ws: &mut Ws, types: &[&str], within: Duration) -> serde_json::Value {
+    tokio::time::timeout(within, async {
+        loop {
+            let msg = ws.next().await.expect("websocket closed").expect("websocket error");
+            if let Message::Text(text) = msg {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if types.contains(&v["type"].as_str().unwrap_or_default()) {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {types:?} frame within {within:?}"))
+}
+
+/// The real `vigil` binary as a child process, with its announced addresses.
+pub struct Proc {
+    pub child: Child,
+    pub mllp: SocketAddr,
+    pub http: SocketAddr,
+    pub _stdout: BufReader<std::process::ChildStdout>,
+}
+
+pub fn spawn_vigil(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env("VIGIL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "vigil exited before listening");
+        if let Some(rest) = line.trim().strip_prefix("vigil listening: ") {
+            let mut mllp = None;
+            let mut http = None;
+            for part in rest.split_whitespace() {
+                if let Some(a) = part.strip_prefix("mllp=") {
+                    mllp = a.parse().ok();
+                }
+                if let Some(a) = part.strip_prefix("http=") {
+                    http = a.parse().ok();
+                }
+            }
+            return Proc { child, mllp: mllp.unwrap(), http: http.unwrap(), _stdout: stdout };
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn vigil_token(data_dir: &Path, unit: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["token", "--role", "rrt", "--unit", unit, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
