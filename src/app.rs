@@ -59,10 +59,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let events: Arc<dyn EventStore> = Arc::new(store.clone());
     let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
-    let router = Arc::new(Router::new(events, Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock)).await?);
+    let router = Arc::new(Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock)).await?);
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key));
     let ingress = Arc::new(Ingress::new(
         Arc::clone(&router),
+        events,
         mapper,
         clock,
         config.ingest_permits,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::model::{Alert, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
+use crate::model::{AcceptedMessage, Alert, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
 use crate::ports::{
     AlertPublisher, AlertStore, Clock, Durable, EventStore, PatientView, RuleEngine, RuleOutcome,
     StoreError,
@@ -43,6 +43,17 @@ impl EventStore for MemoryStore {
         let (tx, rx) = Durable::channel();
         tx.complete(Ok(()));
         Ok(rx)
+    }
+
+    async fn accepted_message(
+        &self,
+        sender: &str,
+        control_id: &str,
+    ) -> Result<Option<AcceptedMessage>, StoreError> {
+        let events = self.events.lock().map_err(|_| poisoned())?;
+        Ok(events.iter().find(|e| e.sender == sender && e.control_id == control_id).map(|e| {
+            AcceptedMessage { patient_id: e.patient_id.clone(), received_at: e.received_at }
+        }))
     }
 
     async fn events_since(
@@ -151,7 +162,9 @@ mod tests {
             patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
             demographics: Demographics { name: Phi("Test, Patient".into()), ..Default::default() },
             location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
+            sender: "MON|ICU".into(),
             control_id: format!("c-{rr}"),
+            raw: Phi::default(),
             received_at: at,
             kind: EventKind::Observations {
                 observations: vec![Observation {

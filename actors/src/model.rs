@@ -119,8 +119,14 @@ pub struct ClinicalEvent {
     pub demographics: Demographics,
     /// Location as sent, when the message carried one.
     pub location: Option<Location>,
+    /// Who sent it: sending application and facility (MSH-3 / MSH-4), for idempotency.
+    pub sender: String,
     /// The sender's message control id (MSH-10), for idempotency and audit.
     pub control_id: String,
+    /// The message as received, kept in the store's message log for audit and replay, not
+    /// in the event record.
+    #[serde(default, skip_serializing)]
+    pub raw: Phi<String>,
     /// When Vigil received it.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -137,6 +143,17 @@ impl ClinicalEvent {
             }
         }
     }
+}
+
+/// A message the store has already accepted: the evidence for re-acknowledging a resend
+/// without processing it again.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct AcceptedMessage {
+    /// The patient it was for.
+    pub patient_id: PatientId,
+    /// When it was first received.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
 }
 
 /// Alert severity, in rising order.

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    Alert, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
+    AcceptedMessage, Alert, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
 };
 
 /// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
@@ -69,6 +69,13 @@ impl<T> DurableSender<T> {
 pub trait EventStore: Send + Sync + 'static {
     /// Queue an event for durable append.
     async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError>;
+
+    /// The message `control_id` from `sender`, if an event from it was committed.
+    async fn accepted_message(
+        &self,
+        sender: &str,
+        control_id: &str,
+    ) -> Result<Option<AcceptedMessage>, StoreError>;
 
     /// Recent events of one patient, oldest first, received at or after `since`.
     async fn events_since(

@@ -13,6 +13,8 @@ use super::AppState;
 pub const MLLP_ACCEPTED: &str = "vigil_messages_accepted_total";
 /// Messages answered with AE/AR/CE/CR.
 pub const MLLP_REJECTED: &str = "vigil_messages_rejected_total";
+/// Resends of accepted messages re-acknowledged without processing.
+pub const MLLP_DUPLICATES: &str = "vigil_messages_duplicate_total";
 /// Live patient actors.
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
@@ -27,6 +29,7 @@ pub async fn render(axum::extract::State(state): State<AppState>) -> impl IntoRe
     };
     line(MLLP_ACCEPTED, "counter", m.accepted.load(Ordering::Relaxed));
     line(MLLP_REJECTED, "counter", m.rejected.load(Ordering::Relaxed));
+    line(MLLP_DUPLICATES, "counter", m.duplicates.load(Ordering::Relaxed));
     line(PATIENTS, "gauge", state.router.patient_count() as u64);
     line(ALERT_SEQ, "gauge", state.alerts.last_seq());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -65,7 +65,9 @@ impl Mapper {
             patient,
             demographics,
             location: location.filter(|l| !l.unit.is_empty() || !l.bed.is_empty()),
+            sender: sender_of(msg),
             control_id: msg.control_id().to_string(),
+            raw: Phi(msg.raw().to_string()),
             received_at,
             kind: EventKind::Observations { observations },
         })
@@ -124,6 +126,11 @@ impl Mapper {
     pub fn timestamp(&self, text: &str) -> Option<OffsetDateTime> {
         parse_dtm(text, self.default_offset)
     }
+}
+
+/// The sender a control id is unique within: sending application and facility.
+pub fn sender_of(msg: &Message) -> String {
+    format!("{}|{}", msg.sending_application(), msg.sending_facility())
 }
 
 fn display_name(pid: &Segment) -> String {

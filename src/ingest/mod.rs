@@ -10,9 +10,11 @@ pub mod mllp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use vigil_actors::{Clock, Durable, Router};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use vigil_actors::{Clock, Durable, EventStore, Router};
 
 use hl7::{AckCode, AckError, AckHeader, ErrLocation, ErrSeverity, Message, build_ack};
 use map::Mapper;
@@ -24,11 +26,23 @@ pub struct IngestMetrics {
     pub accepted: AtomicU64,
     /// Messages answered with an error or reject.
     pub rejected: AtomicU64,
+    /// Resends of accepted messages, re-acknowledged without processing.
+    pub duplicates: AtomicU64,
 }
+
+/// A resend within this window of an accepted message is re-acknowledged, not reprocessed.
+pub const DEDUP_WINDOW: time::Duration = time::Duration::days(7);
+
+/// (sender, control id): what a control id is unique within.
+type MessageKey = (String, String);
 
 /// Shared ingest state.
 pub struct Ingress {
     router: Arc<Router>,
+    events: Arc<dyn EventStore>,
+    /// Messages begun but not yet durable, so that a resend arriving meanwhile (a sender that
+    /// timed out and retried on another connection) waits for the first copy's outcome.
+    inflight: DashMap<MessageKey, watch::Receiver<Option<bool>>>,
     mapper: Mapper,
     clock: Arc<dyn Clock>,
     permits: Arc<Semaphore>,
@@ -99,6 +113,21 @@ pub enum Pending {
         permit: OwnedSemaphorePermit,
         /// For the ACK.
         ingress: Arc<Ingress>,
+        /// Tells resends waiting on this message how it ended.
+        inflight: (MessageKey, watch::Sender<Option<bool>>),
+    },
+    /// A resend of a message still in flight: answered as the first copy is.
+    Duplicate {
+        /// Becomes `Some(durable)` when the first copy is answered.
+        first: watch::Receiver<Option<bool>>,
+        /// Header of the ACK.
+        header: Box<AckHeader>,
+        /// Success code, when the sender wants one.
+        success: Option<AckCode>,
+        /// Error code, when the sender wants one.
+        failure: Option<AckCode>,
+        /// For the ACK.
+        ingress: Arc<Ingress>,
     },
 }
 
@@ -107,9 +136,12 @@ impl Pending {
     pub async fn finish(self) -> Option<String> {
         match self {
             Pending::Ready(ack) => ack,
-            Pending::Durable { ticket, header, success, failure, permit, ingress } => {
+            Pending::Durable { ticket, header, success, failure, permit, ingress, inflight } => {
                 let result = ticket.wait().await;
                 drop(permit);
+                let (key, done) = inflight;
+                let _ = done.send(Some(result.is_ok()));
+                ingress.inflight.remove(&key);
                 match result {
                     Ok(()) => {
                         ingress.metrics.accepted.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +155,16 @@ impl Pending {
                     }
                 }
             }
+            Pending::Duplicate { mut first, header, success, failure, ingress } => {
+                let stored = matches!(first.wait_for(Option::is_some).await.map(|v| *v), Ok(Some(true)));
+                if stored {
+                    ingress.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    success.map(|code| ingress.ack(&header, code, &[]))
+                } else {
+                    let err = AckError::new(207, ErrSeverity::Error, "application internal error: message not stored, resend");
+                    failure.map(|code| ingress.ack(&header, code, &[err]))
+                }
+            }
         }
     }
 }
@@ -131,6 +173,7 @@ impl Ingress {
     /// Ingest over `router`. `permits` bounds messages in flight.
     pub fn new(
         router: Arc<Router>,
+        events: Arc<dyn EventStore>,
         mapper: Mapper,
         clock: Arc<dyn Clock>,
         permits: usize,
@@ -139,6 +182,8 @@ impl Ingress {
     ) -> Self {
         Ingress {
             router,
+            events,
+            inflight: DashMap::new(),
             mapper,
             clock,
             permits: Arc::new(Semaphore::new(permits.max(1))),
@@ -167,13 +212,73 @@ impl Ingress {
             return self.reject(&header, mode, true, &errors);
         }
         let received_at = self.clock.now();
+        let key: MessageKey = (map::sender_of(&msg), msg.control_id().to_string());
+        let done = match self.inflight.entry(key.clone()) {
+            Entry::Occupied(first) => {
+                return Pending::Duplicate {
+                    first: first.get().clone(),
+                    header: Box::new(header),
+                    success: mode.success(),
+                    failure: mode.failure(false),
+                    ingress: Arc::clone(self),
+                };
+            }
+            Entry::Vacant(slot) => {
+                let (done, first) = watch::channel(None);
+                slot.insert(first);
+                done
+            }
+        };
+        // From here every return must clear the in-flight entry; `finish` does it for the
+        // durable path, `settle` for the others.
+        let settle = |pending: Pending, stored: bool| {
+            let _ = done.send(Some(stored));
+            self.inflight.remove(&key);
+            pending
+        };
+        match self.events.accepted_message(&key.0, &key.1).await {
+            Ok(Some(first)) if received_at - first.received_at <= DEDUP_WINDOW => {
+                tracing::info!(control_id = %header.control_id, patient = %first.patient_id, "duplicate of an accepted message re-acknowledged, not reprocessed");
+                self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                let ack = mode.success().map(|code| self.ack(&header, code, &[]));
+                return settle(Pending::Ready(ack), true);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(control_id = %header.control_id, error = %e, "message log unreadable; sender told to resend");
+                let err = AckError::new(207, ErrSeverity::Error, "application internal error: resend");
+                return settle(self.reject(&header, mode, false, &[err]), false);
+            }
+        }
+        match self.route(&msg, &header, mode, received_at).await {
+            Ok((ticket, permit)) => Pending::Durable {
+                ticket,
+                header: Box::new(header),
+                success: mode.success(),
+                failure: mode.failure(false),
+                permit,
+                ingress: Arc::clone(self),
+                inflight: (key, done),
+            },
+            Err(reply) => settle(reply, false),
+        }
+    }
+
+    /// Map and hand to the patient's actor: the durability ticket, or the reply now.
+    async fn route(
+        &self,
+        msg: &Message,
+        header: &AckHeader,
+        mode: AckMode,
+        received_at: OffsetDateTime,
+    ) -> Result<(Durable, OwnedSemaphorePermit), Pending> {
         let event = match msg.message_type() {
-            ("ORU", "R01", _) => self.mapper.oru_r01(&msg, received_at),
+            ("ORU", "R01", _) => self.mapper.oru_r01(msg, received_at),
             (code, trigger, _) => {
                 tracing::info!(control_id = %header.control_id, code, trigger, "unsupported message type");
                 let err = AckError::new(200, ErrSeverity::Error, format!("unsupported message type {code}^{trigger}"))
                     .at(ErrLocation { segment: "MSH".into(), sequence: 1, field: 9, component: 0 });
-                return self.reject(&header, mode, true, &[err]);
+                return Err(self.reject(header, mode, true, &[err]));
             }
         };
         let event = match event {
@@ -185,26 +290,19 @@ impl Ingress {
                     field: e.field,
                     component: 0,
                 });
-                return self.reject(&header, mode, false, &[err]);
+                return Err(self.reject(header, mode, false, &[err]));
             }
         };
         let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             let err = AckError::new(207, ErrSeverity::Error, "shutting down, resend");
-            return self.reject(&header, mode, false, &[err]);
+            return Err(self.reject(header, mode, false, &[err]));
         };
         match self.router.ingest(event).await {
-            Ok(ticket) => Pending::Durable {
-                ticket,
-                header: Box::new(header),
-                success: mode.success(),
-                failure: mode.failure(false),
-                permit,
-                ingress: Arc::clone(self),
-            },
+            Ok(ticket) => Ok((ticket, permit)),
             Err(e) => {
                 tracing::error!(control_id = %header.control_id, error = %e, "message not routed; sender told to resend");
                 let err = AckError::new(207, ErrSeverity::Error, "application internal error: resend");
-                self.reject(&header, mode, false, &[err])
+                Err(self.reject(header, mode, false, &[err]))
             }
         }
     }

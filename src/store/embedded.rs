@@ -13,7 +13,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use vigil_actors::{
-    Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
+    AcceptedMessage, Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
     EventStore, PatientId, SequencedAlert, StoreError,
 };
 
@@ -33,13 +33,17 @@ impl Default for EmbeddedStoreConfig {
 }
 
 enum Job {
-    Event { key: Vec<u8>, value: Vec<u8>, done: DurableSender },
+    /// The event, and its message-log entry written in the same batch: a resend of a message
+    /// we acknowledged is always recognised, even after a crash.
+    Event { key: Vec<u8>, value: Vec<u8>, message_key: Vec<u8>, message_value: Vec<u8>, done: DurableSender },
     Alert { alert: Alert, done: DurableSender<u64> },
 }
 
 struct Keyspaces {
     db: Database,
     events: Keyspace,
+    /// Message log: (sender, control id) -> when accepted, for whom, and the raw message.
+    messages: Keyspace,
     alerts: Keyspace,
     alert_log: Keyspace,
 }
@@ -90,6 +94,7 @@ impl EmbeddedStore {
             .open()
             .map_err(engine("open"))?;
         let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let messages = db.keyspace("messages", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let alerts = db.keyspace("alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let alert_log =
             db.keyspace("alert_log", KeyspaceCreateOptions::default).map_err(engine("open"))?;
@@ -102,7 +107,7 @@ impl EmbeddedStore {
             }
             None => 0,
         };
-        let ks = Arc::new(Keyspaces { db, events, alerts, alert_log });
+        let ks = Arc::new(Keyspaces { db, events, messages, alerts, alert_log });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committer = {
@@ -143,6 +148,21 @@ impl EmbeddedStore {
     }
 }
 
+fn message_key(sender: &str, control_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(sender.len() + 1 + control_id.len());
+    key.extend_from_slice(sender.as_bytes());
+    key.push(0);
+    key.extend_from_slice(control_id.as_bytes());
+    key
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MessageRecord {
+    #[serde(flatten)]
+    accepted: AcceptedMessage,
+    raw: String,
+}
+
 /// Events are keyed by patient, then time, then a counter: one patient's recent window is a
 /// single range scan in time order.
 fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
@@ -161,9 +181,31 @@ impl EventStore for EmbeddedStore {
         let key = event_key(&event.patient_id, event.received_at, counter);
         let value = serde_json::to_vec(event)
             .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+        let record = MessageRecord {
+            accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
+            raw: event.raw.expose().clone(),
+        };
+        let message_value = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+        let message_key = message_key(&event.sender, &event.control_id);
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Event { key, value, done }).await?;
+        self.submit(Job::Event { key, value, message_key, message_value, done }).await?;
         Ok(ticket)
+    }
+
+    async fn accepted_message(
+        &self,
+        sender: &str,
+        control_id: &str,
+    ) -> Result<Option<AcceptedMessage>, StoreError> {
+        // A point read answered from memory or one bloom-filtered table: microseconds, so it
+        // runs inline on the ingest path.
+        let Some(bytes) = self.inner.ks.messages.get(message_key(sender, control_id)).map_err(engine("read message log"))? else {
+            return Ok(None);
+        };
+        let record: MessageRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("message: {e}")))?;
+        Ok(Some(record.accepted))
     }
 
     async fn events_since(
@@ -274,8 +316,9 @@ fn commit(
     let mut failed_encode = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         match job {
-            Job::Event { key, value, .. } => {
+            Job::Event { key, value, message_key, message_value, .. } => {
                 batch.insert(&ks.events, key.as_slice(), value.as_slice());
+                batch.insert(&ks.messages, message_key.as_slice(), message_value.as_slice());
             }
             Job::Alert { alert, .. } => {
                 let change = SequencedAlert { seq: seq + 1, alert: alert.clone() };
@@ -343,6 +386,11 @@ mod tests {
                 .unwrap();
         assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 200);
         assert!(reopened.events_since(&PatientId("p2".into()), t0).await.unwrap().is_empty());
+        let first = &read[0];
+        let seen = reopened.accepted_message("S", &first.control_id).await.unwrap().unwrap();
+        assert_eq!(seen.patient_id, patient);
+        assert!(reopened.accepted_message("S", "never-sent").await.unwrap().is_none());
+        assert!(reopened.accepted_message("OTHER", &first.control_id).await.unwrap().is_none());
     }
 
     pub(crate) fn tempdir() -> std::path::PathBuf {
@@ -357,7 +405,9 @@ mod tests {
             patient: vigil_actors::PatientKey { authority: "A".into(), mrn: vigil_actors::Phi("1".into()) },
             demographics: Default::default(),
             location: None,
-            control_id: "c".into(),
+            sender: "S".into(),
+            control_id: format!("c-{}", at.unix_timestamp_nanos()),
+            raw: vigil_actors::Phi("MSH|...".into()),
             received_at: at,
             kind: vigil_actors::EventKind::Observations { observations: vec![] },
         }

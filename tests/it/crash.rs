@@ -2,14 +2,9 @@
 //! after the process dies mid-flow, and the server restarts on the same data.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use time::OffsetDateTime;
-use vigil::crypto::{BlindIndex, load_or_create_key};
-use vigil::store::{EmbeddedStore, EmbeddedStoreConfig};
-use vigil_actors::fakes::CollectingPublisher;
-use vigil_actors::{AlertStore, EventStore};
+use vigil_actors::AlertStore;
 use vigil_loadtest::mllp::{MllpClient, ack_code, ack_control_id};
 
 use crate::support::*;
@@ -46,27 +41,32 @@ async fn every_acked_message_survives_kill_9_and_a_restart() {
     assert!(acked.len() >= 200, "only {} acked before the kill", acked.len());
 
     // Read the store the dead process left behind.
-    let key = load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
-    let index = BlindIndex::new(&key);
-    let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), Arc::new(CollectingPublisher::default())).unwrap();
-    let mut stored = HashSet::new();
-    for p in 0..5 {
-        let id = index.patient_id("HOSP", &format!("MRN-K{p}"));
-        for e in store.events_since(&id, OffsetDateTime::UNIX_EPOCH).await.unwrap() {
-            stored.insert(e.control_id);
-        }
-    }
+    let mrns: Vec<String> = (0..5).map(|p| format!("MRN-K{p}")).collect();
+    let stored: HashSet<String> = stored_control_ids(&dir, &mrns).await.into_iter().collect();
     let lost: Vec<_> = acked.iter().filter(|c| !stored.contains(*c)).collect();
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    let store = open_store(&dir);
     let alerts = store.open_alerts().await.unwrap();
     assert_eq!(alerts.len(), 5, "one open qSOFA alert per patient");
     drop(store);
 
     // The server comes back on the same data and serves the alerts it had.
     let proc = spawn_vigil(&args);
+    // A sender that never saw its ACK resends after the restart: re-acknowledged, not stored twice.
+    let resent = acked.last().unwrap().clone();
+    let (batch, i) = resent.trim_start_matches("K-").split_once('-').unwrap();
+    let _ = batch;
+    let mrn = format!("MRN-K{}", i.parse::<usize>().unwrap() % 5);
+    let mut client = MllpClient::connect(&proc.mllp.to_string(), Duration::from_secs(5)).await.unwrap();
+    let ack = client.send(&septic_oru(&resent, &mrn, "Kappa")).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("AA"));
+    assert_eq!(ack_control_id(&ack), Some(resent.as_str()));
     let token = vigil_token(&dir, "ICU");
     let mut ws = ws_connect(proc.http, &token).await;
     ws_send(&mut ws, serde_json::json!({"type": "subscribe", "units": ["ICU"]})).await;
     let snapshot = ws_next(&mut ws, &["snapshot"], Duration::from_secs(10)).await;
     assert_eq!(snapshot["alerts"].as_array().unwrap().len(), 5);
+    drop(proc);
+    let copies = stored_control_ids(&dir, &[mrn]).await.into_iter().filter(|c| *c == resent).count();
+    assert_eq!(copies, 1, "a resend after restart is not stored again");
 }

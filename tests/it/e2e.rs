@@ -148,3 +148,29 @@ async fn the_external_mllp_send_client_gets_aa() {
     assert!(stdout.contains("MSA|AA|CTRL-EXT-1"), "{stdout}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_message_is_reacknowledged_and_not_processed_twice() {
+    let dir = tempdir("dup");
+    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let addr = server.mllp_addr.to_string();
+    let message = septic_oru("DUP-1", "MRN-DUP", "Epsilon");
+    let mut a = MllpClient::connect(&addr, WAIT).await.unwrap();
+    let mut b = MllpClient::connect(&addr, WAIT).await.unwrap();
+    // Copies in flight together on one connection and on another, then a later resend.
+    let twice = [message.clone(), message.clone()];
+    let (first, other) = tokio::join!(a.send_pipelined(&twice), b.send(&message));
+    let later = a.send(&message).await.unwrap();
+    let mut acks = first.unwrap();
+    acks.extend([other.unwrap(), later]);
+    for ack in &acks {
+        assert_eq!(ack_code(ack), Some("AA"), "{ack}");
+        assert_eq!(ack_control_id(ack), Some("DUP-1"));
+    }
+    // The same control id from another sender is another message.
+    let other_sender = message.replacen("|MONITOR|ICU|", "|MONITOR|WARD|", 1);
+    assert_eq!(ack_code(&a.send(&other_sender).await.unwrap()), Some("AA"));
+    server.shutdown().await;
+    let ids = stored_control_ids(&dir, &["MRN-DUP".to_string()]).await;
+    assert_eq!(ids, vec!["DUP-1".to_string(), "DUP-1".to_string()], "one per sender");
+}

@@ -133,3 +133,23 @@ pub fn vigil_token(data_dir: &Path, unit: &str) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Control ids of every stored event of the given HOSP MRNs, read from the data dir of a
+/// server that is no longer running.
+pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
+    use vigil_actors::EventStore;
+    let key = vigil::crypto::load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
+    let index = vigil::crypto::BlindIndex::new(&key);
+    let store = open_store(dir);
+    let mut ids = Vec::new();
+    for mrn in mrns {
+        let events = store.events_since(&index.patient_id("HOSP", mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+        ids.extend(events.into_iter().map(|e| e.control_id));
+    }
+    ids
+}
+
+pub fn open_store(dir: &Path) -> vigil::store::EmbeddedStore {
+    let publisher = std::sync::Arc::new(vigil_actors::fakes::CollectingPublisher::default());
+    vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), publisher).unwrap()
+}
