@@ -6,3 +6,4 @@ mod support;
 mod crash;
 mod demo;
 mod e2e;
+mod external;
