@@ -169,11 +169,16 @@ mod tests {
             kind: EventKind::Observations {
                 observations: vec![Observation {
                     name: "rr".into(),
-                    value: rr,
+                    value: Some(rr),
+                    text: None,
                     unit: "/min".into(),
                     observed_at: at,
                     source_code: "MDC|151562".into(),
                     device: None,
+                    status: ResultStatus::Final,
+                    result_key: String::new(),
+                    reference_range: None,
+                    abnormal_flags: vec![],
                 }],
             },
         }

@@ -79,32 +79,161 @@ pub struct Demographics {
     pub sex: String,
 }
 
-/// One measured value, already mapped to Vigil's canonical vocabulary.
+/// Status of a result (HL7 OBX-11).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    /// Final (F) or a monitor's real-time value (R).
+    #[default]
+    Final,
+    /// Preliminary (P, I, S).
+    Preliminary,
+    /// Corrected (C): replaces the earlier result with the same key.
+    Corrected,
+    /// Deleted (D): retracts the earlier result with the same key.
+    Deleted,
+}
+
+/// One value, already mapped to Vigil's canonical vocabulary.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Observation {
-    /// Canonical name, e.g. `hr`, `rr`, `sbp` (see `schemas/codes/observations.json`).
+    /// Canonical name, e.g. `hr`, `rr`, `sbp`, `lactate` (see `schemas/codes/observations.json`).
     pub name: String,
-    /// Numeric value in the canonical unit.
-    pub value: f64,
+    /// Numeric value in the canonical unit; `None` for coded or text results.
+    pub value: Option<f64>,
+    /// Coded or text value (e.g. consciousness `A`/`C`/`V`/`P`/`U`, a CWE code); `None` when numeric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Canonical UCUM unit.
     pub unit: String,
-    /// When it was measured.
+    /// When it was measured (specimen or observation time).
     #[serde(with = "time::serde::rfc3339")]
     pub observed_at: OffsetDateTime,
     /// The code it came from, `system|code`, for audit.
     pub source_code: String,
     /// The device that measured it (OBX-18), when known.
     pub device: Option<String>,
+    /// Result status.
+    #[serde(default)]
+    pub status: ResultStatus,
+    /// Identifies the result across corrections: filler order number, code and sub-id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub result_key: String,
+    /// Reference range as sent (OBX-7), in the canonical unit when converted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_range: Option<String>,
+    /// Abnormal flags (OBX-8: `H`, `L`, `HH`, `LL`, `A`, `AA`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abnormal_flags: Vec<String>,
+}
+
+/// An ADT census change (A01..A13).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CensusAction {
+    /// A01 admit.
+    Admit,
+    /// A02 transfer.
+    Transfer,
+    /// A03 discharge.
+    Discharge,
+    /// A04 register (outpatient / emergency).
+    Register,
+    /// A08 update patient information.
+    Update,
+    /// A11 cancel admit / register.
+    CancelAdmit,
+    /// A12 cancel transfer (back to the prior location, PV1-6).
+    CancelTransfer,
+    /// A13 cancel discharge.
+    CancelDischarge,
+}
+
+/// What happened to a medication order (ORC-1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderAction {
+    /// NW: new order.
+    New,
+    /// XO: change order (replaces the order with the same id).
+    Change,
+    /// DC: discontinue.
+    Discontinue,
+    /// CA: cancel.
+    Cancel,
+}
+
+/// A medication on an order or administration.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Medication {
+    /// Order id (placer or filler order number): identifies the order across changes.
+    pub order_id: String,
+    /// RxNorm code (RXCUI) as sent, when the sender coded it as RxNorm.
+    pub rxnorm: Option<String>,
+    /// Drug name, normalised: lowercase, single spaces, no strength or form.
+    pub name: String,
+}
+
+/// A recorded allergy or intolerance (AL1, IAM).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Allergy {
+    /// Allergen code as sent (RxNorm for drugs when coded so), `system|code`.
+    pub code: Option<String>,
+    /// Allergen name, normalised like medication names.
+    pub name: String,
+    /// Allergen type (HL7 table 0127: DA drug, FA food, MA miscellaneous, ...).
+    pub kind: String,
+    /// Severity (table 0128: SV severe, MO moderate, MI mild, U unknown).
+    pub severity: String,
 }
 
 /// What happened, as far as the patient actor is concerned.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    /// Vital signs or results.
+    /// Vital signs or results (ORU^R01, FHIR Observation).
     Observations {
         /// The values.
         observations: Vec<Observation>,
+    },
+    /// Admission, transfer, discharge, registration, update or a cancel of one (ADT).
+    Census {
+        /// Which.
+        action: CensusAction,
+        /// Attending doctor id (PV1-7.1), an opaque staff id.
+        attending: Option<String>,
+        /// Visit / encounter number (PV1-19).
+        encounter: Option<String>,
+    },
+    /// ADT^A40: the records of `prior` are merged into this patient.
+    Merge {
+        /// The identity being retired.
+        prior: PatientKey,
+        /// Its opaque id.
+        prior_id: PatientId,
+    },
+    /// A medication order event (RDE^O11, OMP^O09).
+    MedicationOrder {
+        /// New, change, discontinue or cancel.
+        action: OrderAction,
+        /// The drug.
+        medication: Medication,
+    },
+    /// A medication administration (RAS^O17).
+    Administration {
+        /// The drug given.
+        medication: Medication,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        given_at: OffsetDateTime,
+    },
+    /// Allergies as sent (AL1 segments on ADT, or ADT^A60). `replace` when the message carries
+    /// the complete list.
+    Allergies {
+        /// The allergies.
+        allergies: Vec<Allergy>,
+        /// The list replaces the one on record.
+        replace: bool,
     },
 }
 
@@ -135,12 +264,18 @@ pub struct ClinicalEvent {
 }
 
 impl ClinicalEvent {
-    /// Canonical names of the values this event carries, which decide which rules run.
+    /// The names rules declare as triggers: the canonical names of the values an event
+    /// carries, or `census`, `merge`, `order`, `administration`, `allergy`.
     pub fn trigger_names(&self) -> Vec<&str> {
         match &self.kind {
             EventKind::Observations { observations } => {
                 observations.iter().map(|o| o.name.as_str()).collect()
             }
+            EventKind::Census { .. } => vec!["census"],
+            EventKind::Merge { .. } => vec!["merge"],
+            EventKind::MedicationOrder { .. } => vec!["order"],
+            EventKind::Administration { .. } => vec!["administration"],
+            EventKind::Allergies { .. } => vec!["allergy"],
         }
     }
 }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    AcceptedMessage, Alert, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
+    AcceptedMessage, Alert, Allergy, Medication, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
 };
 
 /// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
@@ -118,8 +118,27 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// The state a rule sees: bounded windows of recent values by canonical name, location, the
-/// evaluation time. Names and identifiers are deliberately absent: rules never need them.
+/// A coded or text value in a patient's window (e.g. consciousness `A`/`C`/`V`/`P`/`U`).
+#[derive(Clone, PartialEq, Debug)]
+pub struct CodedSample {
+    /// When observed.
+    pub at: OffsetDateTime,
+    /// The code or text.
+    pub text: String,
+}
+
+/// A medication the patient is on, with when it started.
+#[derive(Clone, PartialEq, Debug)]
+pub struct ActiveMedication {
+    /// The drug.
+    pub medication: Medication,
+    /// When the order (or first administration) arrived.
+    pub since: OffsetDateTime,
+}
+
+/// The state a rule sees: bounded windows of recent values by canonical name, medications,
+/// allergies, location, age and sex, settings, open alerts, and what triggered this run.
+/// Names and identifiers are deliberately absent: rules never need them.
 #[derive(Clone, Debug, Default)]
 pub struct PatientView {
     /// Opaque id, for rule error reports.
@@ -128,19 +147,49 @@ pub struct PatientView {
     pub now: Option<OffsetDateTime>,
     /// Location.
     pub location: Location,
+    /// Whether the current encounter has been discharged.
+    pub discharged: bool,
     /// Administrative sex.
     pub sex: String,
-    /// Recent samples per canonical name, oldest first.
+    /// Age in whole years at `now`, when the birth date is known.
+    pub age_years: Option<i64>,
+    /// Recent numeric samples per canonical name, oldest first.
     pub series: HashMap<String, VecDeque<Sample>>,
+    /// Recent coded samples per canonical name, oldest first.
+    pub coded: HashMap<String, VecDeque<CodedSample>>,
+    /// Active medications.
+    pub medications: Vec<ActiveMedication>,
+    /// Recorded allergies.
+    pub allergies: Vec<Allergy>,
+    /// Per-patient settings set by clinicians (e.g. `spo2_scale` = `2` for NEWS2).
+    pub settings: HashMap<String, String>,
+    /// Rule ids with an open alert, and its severity.
+    pub open_alerts: Vec<(String, Severity)>,
+    /// The medication order being evaluated, when an order triggered this run.
+    pub new_order: Option<Medication>,
 }
 
 impl PatientView {
     /// Latest value of `name` no older than `max_age` seconds before `now`.
     pub fn latest(&self, name: &str, max_age_secs: f64) -> Option<f64> {
         let sample = self.series.get(name)?.back()?;
-        let now = self.now.unwrap_or(sample.at);
-        let age = (now - sample.at).as_seconds_f64();
-        (age <= max_age_secs).then_some(sample.value)
+        self.fresh(sample.at, max_age_secs).then_some(sample.value)
+    }
+
+    /// Latest coded value of `name` no older than `max_age` seconds before `now`.
+    pub fn latest_coded(&self, name: &str, max_age_secs: f64) -> Option<&str> {
+        let sample = self.coded.get(name)?.back()?;
+        self.fresh(sample.at, max_age_secs).then_some(sample.text.as_str())
+    }
+
+    /// Samples of `name` within the last `secs` seconds before `now`, oldest first.
+    pub fn window(&self, name: &str, secs: f64) -> impl Iterator<Item = &Sample> {
+        self.series.get(name).into_iter().flatten().filter(move |s| self.fresh(s.at, secs))
+    }
+
+    fn fresh(&self, at: OffsetDateTime, max_age_secs: f64) -> bool {
+        let now = self.now.unwrap_or(at);
+        (now - at).as_seconds_f64() <= max_age_secs
     }
 }
 

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::model::{Alert, ClinicalEvent, PatientId};
+use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
 use crate::patient::{PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, RuleEngine, StoreError};
 
@@ -59,6 +59,12 @@ impl Router {
 
     /// Hand an event to its patient's actor; the ticket resolves once the event is durable.
     pub async fn ingest(&self, event: ClinicalEvent) -> Result<Durable, IngestError> {
+        if let EventKind::Merge { prior_id, .. } = &event.kind {
+            // The retired record's actor stops; its history is read by the survivor.
+            if let Some((_, prior)) = self.actors.remove(prior_id) {
+                let _ = prior.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
+            }
+        }
         let actor = self.actor_for(&event.patient_id).await?;
         let (tx, rx) = oneshot::channel();
         actor

@@ -3,7 +3,7 @@
 //! Nothing is guessed: a value whose code, unit or status is not usable is left out.
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
-use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, Observation, PatientKey, Phi};
+use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, Observation, PatientKey, Phi, ResultStatus};
 
 use super::hl7::{Message, Segment};
 use crate::crypto::BlindIndex;
@@ -114,11 +114,16 @@ impl Mapper {
         let device = Some(obx.component(18, 1)).filter(|d| !d.is_empty());
         Some(Observation {
             name: canonical.name.clone(),
-            value,
+            value: Some(value),
+            text: None,
             unit: canonical.unit.clone(),
             observed_at,
             source_code: format!("{}|{}", obx.component(3, 3), code),
             device,
+            status: ResultStatus::Final,
+            result_key: String::new(),
+            reference_range: None,
+            abnormal_flags: Vec::new(),
         })
     }
 
@@ -226,8 +231,8 @@ OBX|6|NM|8867-4^HR^LN||oops\r";
         assert_eq!(event.patient.authority, "HOSP");
         assert_eq!(event.demographics.name.expose(), "Doe, Jane");
         assert_eq!(event.location.as_ref().map(|l| l.bed.as_str()), Some("B"));
-        let EventKind::Observations { observations } = &event.kind;
-        let got: Vec<_> = observations.iter().map(|o| (o.name.as_str(), (o.value * 10.0).round() / 10.0)).collect();
+        let EventKind::Observations { observations } = &event.kind else { panic!("not observations") };
+        let got: Vec<_> = observations.iter().map(|o| (o.name.as_str(), (o.value.unwrap() * 10.0).round() / 10.0)).collect();
         assert_eq!(got, vec![("rr", 24.0), ("temp", 38.5)], "deleted, unknown and non-numeric rows are left out");
         assert_eq!(observations[0].observed_at, datetime!(2026-01-02 03:04:01 UTC));
         assert_eq!(observations[0].device.as_deref(), Some("DEV1"));

@@ -8,7 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::messages::PatientMsg;
 use super::state::PatientState;
-use crate::model::{Alert, ClinicalEvent, PatientId};
+use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
 use crate::ports::{AlertStore, Clock, EventStore, RuleEngine};
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
@@ -87,7 +87,15 @@ impl Actor for PatientActor {
                 run.state.apply(&event);
                 let triggers = event.trigger_names();
                 let now = run.clock.now();
-                let view = run.state.view_at(now);
+                if let EventKind::Merge { prior_id, .. } = &event.kind {
+                    // Fold the retired record's recent history into this one.
+                    let since = now - super::state::WINDOW_MAX_AGE;
+                    match run.events.events_since(prior_id, since).await {
+                        Ok(history) => history.iter().for_each(|e| run.state.apply_history(e)),
+                        Err(error) => tracing::error!(patient = %run.state.id, %error, "merge: prior history unreadable"),
+                    }
+                }
+                let view = run.state.view_at(now, &event);
                 let outcomes = run.rules.evaluate(&view, &triggers);
                 drop(view);
                 for alert in run.state.decide(outcomes, now) {

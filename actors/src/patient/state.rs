@@ -7,10 +7,11 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
-    Alert, AlertId, AlertPatient, AlertStatus, ClinicalEvent, Demographics, EventKind, Location,
-    PatientId, PatientKey, RuleRef,
+    Alert, AlertId, AlertPatient, AlertStatus, CensusAction, ClinicalEvent, Demographics,
+    EventKind, Location, Medication, Observation, OrderAction, PatientId, PatientKey,
+    ResultStatus, RuleRef, Severity,
 };
-use crate::ports::{PatientView, RuleOutcome, RuleVerdict, Sample};
+use crate::ports::{ActiveMedication, CodedSample, PatientView, RuleOutcome, RuleVerdict, Sample};
 
 /// Samples older than this (relative to the newest) leave the window.
 pub const WINDOW_MAX_AGE: Duration = Duration::hours(24);
@@ -62,16 +63,72 @@ impl PatientState {
         match &event.kind {
             EventKind::Observations { observations } => {
                 for o in observations {
-                    let series = view.series.entry(o.name.clone()).or_default();
-                    insert_ordered(series, Sample { at: o.observed_at, value: o.value });
+                    apply_observation(view, o);
+                }
+            }
+            EventKind::Census { action, .. } => match action {
+                CensusAction::Discharge => view.discharged = true,
+                CensusAction::CancelDischarge
+                | CensusAction::Admit
+                | CensusAction::Register
+                | CensusAction::Transfer
+                | CensusAction::CancelTransfer => view.discharged = false,
+                CensusAction::CancelAdmit => {
+                    view.location = Location::default();
+                    view.discharged = true;
+                }
+                CensusAction::Update => {}
+            },
+            // The prior record's history is folded in by the actor, which reads it from the store.
+            EventKind::Merge { .. } => {}
+            EventKind::MedicationOrder { action, medication } => match action {
+                OrderAction::New | OrderAction::Change => {
+                    upsert_medication(view, medication, event.received_at);
+                }
+                OrderAction::Discontinue | OrderAction::Cancel => {
+                    view.medications.retain(|m| m.medication.order_id != medication.order_id);
+                }
+            },
+            EventKind::Administration { medication, given_at } => {
+                upsert_medication(view, medication, *given_at);
+            }
+            EventKind::Allergies { allergies, replace } => {
+                if *replace {
+                    view.allergies.clear();
+                }
+                for allergy in allergies {
+                    if !view.allergies.iter().any(|a| a.name == allergy.name && a.code == allergy.code) {
+                        view.allergies.push(allergy.clone());
+                    }
                 }
             }
         }
     }
 
-    /// Prepare the view for evaluation at `now`.
-    pub fn view_at(&mut self, now: OffsetDateTime) -> Arc<PatientView> {
-        Arc::make_mut(&mut self.view).now = Some(now);
+    /// Fold in an event of another record (a merge): its values, medications and allergies,
+    /// but not its identity, demographics or location.
+    pub fn apply_history(&mut self, event: &ClinicalEvent) {
+        let keep = (self.key.clone(), self.demographics.clone(), self.view.location.clone());
+        self.apply(event);
+        (self.key, self.demographics) = (keep.0, keep.1);
+        Arc::make_mut(&mut self.view).location = keep.2;
+    }
+
+    /// Prepare the view for evaluating `event` at `now`.
+    pub fn view_at(&mut self, now: OffsetDateTime, event: &ClinicalEvent) -> Arc<PatientView> {
+        let age = age_years(self.demographics.birth_date.expose(), now);
+        let open: Vec<(String, Severity)> =
+            self.open_alerts.iter().map(|(rule, a)| (rule.clone(), a.severity)).collect();
+        let view = Arc::make_mut(&mut self.view);
+        view.now = Some(now);
+        view.age_years = age;
+        view.open_alerts = open;
+        view.new_order = match &event.kind {
+            EventKind::MedicationOrder { action: OrderAction::New | OrderAction::Change, medication } => {
+                Some(medication.clone())
+            }
+            _ => None,
+        };
         Arc::clone(&self.view)
     }
 
@@ -153,6 +210,54 @@ impl PatientState {
     }
 }
 
+fn apply_observation(view: &mut PatientView, o: &Observation) {
+    match (o.value, &o.text) {
+        (Some(value), _) => {
+            let series = view.series.entry(o.name.clone()).or_default();
+            if o.status == ResultStatus::Deleted {
+                series.retain(|s| s.at != o.observed_at);
+            } else {
+                insert_ordered(series, Sample { at: o.observed_at, value });
+            }
+        }
+        (None, Some(text)) => {
+            let series = view.coded.entry(o.name.clone()).or_default();
+            if o.status == ResultStatus::Deleted {
+                series.retain(|s| s.at != o.observed_at);
+            } else {
+                let pos = series.iter().rposition(|s| s.at <= o.observed_at).map_or(0, |p| p + 1);
+                if pos > 0 && series.get(pos - 1).is_some_and(|s| s.at == o.observed_at) {
+                    series.remove(pos - 1);
+                    series.insert(pos - 1, CodedSample { at: o.observed_at, text: text.clone() });
+                } else {
+                    series.insert(pos, CodedSample { at: o.observed_at, text: text.clone() });
+                }
+                while series.len() > WINDOW_MAX_SAMPLES {
+                    series.pop_front();
+                }
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+fn upsert_medication(view: &mut PatientView, medication: &Medication, at: OffsetDateTime) {
+    match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
+        Some(existing) => existing.medication = medication.clone(),
+        None => view.medications.push(ActiveMedication { medication: medication.clone(), since: at }),
+    }
+}
+
+/// Whole years between a `YYYYMMDD` birth date and `now`.
+fn age_years(birth_date: &str, now: OffsetDateTime) -> Option<i64> {
+    let year: i64 = birth_date.get(0..4)?.parse().ok()?;
+    let month: u8 = birth_date.get(4..6)?.parse().ok()?;
+    let day: u8 = birth_date.get(6..8)?.parse().ok()?;
+    let had_birthday = (u8::from(now.month()), now.day()) >= (month, day);
+    let age = i64::from(now.year()) - year - i64::from(!had_birthday);
+    (0..=150).contains(&age).then_some(age)
+}
+
 /// Insert keeping time order (monitors resend and interfaces reorder), then trim the window.
 fn insert_ordered(series: &mut VecDeque<Sample>, sample: Sample) {
     let pos = series.iter().rposition(|s| s.at <= sample.at).map_or(0, |p| p + 1);
@@ -176,6 +281,15 @@ fn insert_ordered(series: &mut VecDeque<Sample>, sample: Sample) {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn age_counts_whole_years_and_rejects_nonsense() {
+        let now = datetime!(2026-06-15 12:00 UTC);
+        assert_eq!(age_years("19600615", now), Some(66));
+        assert_eq!(age_years("19600616", now), Some(65));
+        assert_eq!(age_years("1960", now), None);
+        assert_eq!(age_years("30000101", now), None);
+    }
 
     #[test]
     fn window_stays_ordered_bounded_and_deduplicated() {
