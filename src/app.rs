@@ -42,6 +42,8 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
+    escalation: JoinHandle<()>,
+    sessions_closed: tokio::sync::mpsc::Receiver<()>,
     router: Arc<Router>,
     store: EmbeddedStore,
 }
@@ -81,7 +83,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let http_addr = http_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
+    let audit = crate::audit::AuditLog::open(store.database()).context("opening the audit log")?;
+    let state_alerts = Arc::clone(&alerts);
+    let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
     let state = AppState {
+        sessions,
+        shutdown: shutdown_rx.clone(),
+        audit,
         hub,
         alerts,
         auth: auth.clone(),
@@ -107,9 +115,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "http server failed");
         }
     });
+    let escalation = tokio::spawn(crate::alerts::escalation::run(
+        config.escalation.clone(),
+        Arc::clone(&state_alerts),
+        Arc::clone(&router),
+        shutdown.subscribe(),
+    ));
     ready.store(true, Ordering::Release);
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
-    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, router, store })
+    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, sessions_closed, router, store })
 }
 
 fn load_rules(dir: &Path) -> anyhow::Result<RhaiRules> {
@@ -134,6 +148,11 @@ impl Running {
         }
         if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
             tracing::warn!("http did not stop within 5 s");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
+        let mut sessions = self.sessions_closed;
+        if tokio::time::timeout(Duration::from_secs(5), sessions.recv()).await.is_err() {
+            tracing::warn!("websocket sessions did not close within 5 s");
         }
         self.router.shutdown().await;
         drop(self.router);

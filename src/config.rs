@@ -46,6 +46,25 @@ pub struct FileConfig {
     /// `[auth]` section.
     #[serde(default)]
     pub auth: AuthFileConfig,
+    /// `[escalation]` section.
+    #[serde(default)]
+    pub escalation: EscalationFileConfig,
+}
+
+/// `[escalation]`: an alert not acknowledged within its severity's window escalates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationFileConfig {
+    /// Seconds for critical alerts (default 120).
+    pub critical_secs: Option<u64>,
+    /// Seconds for high alerts (default 300).
+    pub high_secs: Option<u64>,
+    /// Seconds for medium alerts (default 900).
+    pub medium_secs: Option<u64>,
+    /// Units that also see escalated alerts (default `["RRT"]`).
+    pub units: Option<Vec<String>>,
+    /// Roles that also see escalated alerts (default `["rrt"]`).
+    pub roles: Option<Vec<String>>,
 }
 
 /// `[mllp]`
@@ -111,6 +130,8 @@ pub struct Config {
     pub ingest_permits: usize,
     /// Alert changes a WebSocket session may lag before it must resync.
     pub hub_capacity: usize,
+    /// Escalation of unacknowledged alerts.
+    pub escalation: crate::alerts::escalation::EscalationPolicy,
 }
 
 impl Config {
@@ -137,6 +158,7 @@ impl Config {
             data_dir,
             ingest_permits: 16_384,
             hub_capacity: 4_096,
+            escalation: escalation_policy(file.escalation),
         };
         config.validate()?;
         Ok(config)
@@ -153,11 +175,38 @@ impl Config {
         if self.mllp.max_in_flight_per_connection == 0 {
             bail!("mllp.max_in_flight_per_connection must be at least 1");
         }
+        if self.escalation.windows.iter().any(|(_, w)| w.is_some_and(|w| w.is_zero())) {
+            bail!("escalation windows (escalation.*_secs) must be at least 1 second");
+        }
         if self.mllp.idle_timeout.is_zero() {
             bail!("mllp.idle_timeout_secs must be at least 1");
         }
         Ok(())
     }
+}
+
+fn escalation_policy(file: EscalationFileConfig) -> crate::alerts::escalation::EscalationPolicy {
+    use vigil_actors::Severity;
+    let mut policy = crate::alerts::escalation::EscalationPolicy::default();
+    let secs = |s: Option<u64>| s.map(|s| time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)));
+    for (severity, value) in [
+        (Severity::Critical, secs(file.critical_secs)),
+        (Severity::High, secs(file.high_secs)),
+        (Severity::Medium, secs(file.medium_secs)),
+    ] {
+        if let Some(window) = value {
+            if let Some(slot) = policy.windows.iter_mut().find(|(s, _)| *s == severity) {
+                slot.1 = Some(window);
+            }
+        }
+    }
+    if let Some(units) = file.units {
+        policy.units = units;
+    }
+    if let Some(roles) = file.roles {
+        policy.roles = roles;
+    }
+    policy
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -10,3 +10,4 @@ pub mod config;
 pub mod ingest;
 pub mod app;
 pub mod http;
+pub mod audit;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::model::{AcceptedMessage, Alert, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
+use crate::model::{AcceptedMessage, Alert, AlertId, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
 use crate::ports::{
     AlertPublisher, AlertStore, Clock, Durable, EventStore, PatientView, RuleEngine, RuleOutcome,
     StoreError,
@@ -72,11 +72,11 @@ impl EventStore for MemoryStore {
 
 #[async_trait]
 impl AlertStore for MemoryStore {
-    async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError> {
+    async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError> {
         let change = {
             let mut alerts = self.alerts.lock().map_err(|_| poisoned())?;
             let seq = alerts.len() as u64 + 1;
-            let change = SequencedAlert { seq, alert: alert.clone() };
+            let change = SequencedAlert { seq, notify, alert: alert.clone() };
             alerts.push(change.clone());
             change
         };
@@ -88,6 +88,11 @@ impl AlertStore for MemoryStore {
         let (tx, rx) = Durable::channel();
         tx.complete(Ok(seq));
         Ok(rx)
+    }
+
+    async fn alert(&self, id: &AlertId) -> Result<Option<SequencedAlert>, StoreError> {
+        let alerts = self.alerts.lock().map_err(|_| poisoned())?;
+        Ok(alerts.iter().rev().find(|a| &a.alert.id == id).cloned())
     }
 
     async fn alerts_after(
@@ -154,6 +159,7 @@ mod tests {
     use super::*;
     use crate::model::*;
     use crate::ports::RuleVerdict;
+    use crate::patient::ActFailure;
     use crate::router::Router;
 
     fn event(mrn: &str, rr: f64, at: OffsetDateTime) -> ClinicalEvent {
@@ -220,6 +226,52 @@ mod tests {
             "an unchanged re-fire is not re-published; a rise updates; a resolve closes"
         );
         assert!(published.iter().all(|c| c.alert.id == published[0].alert.id));
+        assert_eq!(published.iter().map(|c| c.notify).collect::<Vec<_>>(), vec![true, true, false]);
         assert_eq!(store.events().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn acknowledge_holds_until_severity_rises_and_resolve_closes() {
+        let publisher = Arc::new(CollectingPublisher::default());
+        let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
+            let rr = v.latest("rr", 600.0).unwrap_or(0.0);
+            let severity = if rr >= 30.0 { Severity::Critical } else { Severity::High };
+            let verdict = RuleVerdict::Fire { severity, score: Some(rr), summary: "rr".into(), details: serde_json::json!({}) };
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
+        }));
+        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let patient = PatientId("p-200".into());
+        router.ingest(event("200", 24.0, t0)).await.unwrap().wait().await.unwrap();
+        let id = publisher.published.lock().unwrap()[0].alert.id.clone();
+
+        let ack = AlertAction::Acknowledge { by: "nurse-1".into() };
+        let (acked, ticket) = router.act(&patient, id.clone(), ack.clone()).await.unwrap();
+        ticket.wait().await.unwrap();
+        assert_eq!(acked.status, AlertStatus::Acknowledged);
+        assert_eq!(acked.acknowledged.as_ref().map(|a| a.by.as_str()), Some("nurse-1"));
+        assert!(matches!(router.act(&patient, id.clone(), ack).await, Err(ActFailure::Refused(_))));
+
+        router.ingest(event("200", 25.0, t0)).await.unwrap().wait().await.unwrap();
+        router.ingest(event("200", 32.0, t0)).await.unwrap().wait().await.unwrap();
+        let resolve = AlertAction::Resolve { by: "nurse-1".into(), reason: "treated".into() };
+        let (resolved, _) = router.act(&patient, id.clone(), resolve.clone()).await.unwrap();
+        assert_eq!(resolved.status, AlertStatus::Resolved);
+        assert!(matches!(router.act(&patient, id, resolve).await, Err(ActFailure::Refused(_))));
+        router.shutdown().await;
+
+        let changes: Vec<_> = publisher.published.lock().unwrap().iter().map(|c| (c.alert.status, c.notify)).collect();
+        assert_eq!(
+            changes,
+            vec![
+                (AlertStatus::Active, true),
+                (AlertStatus::Acknowledged, false),
+                (AlertStatus::Acknowledged, false), // a quiet update keeps the acknowledgement
+                (AlertStatus::Active, true),        // a severity rise asks for a new one
+                (AlertStatus::Resolved, false),
+            ]
+        );
     }
 }

@@ -383,6 +383,108 @@ pub struct Alert {
     /// When last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Who acknowledged it and when.
+    #[serde(default)]
+    pub acknowledged: Option<Actioned>,
+    /// Who resolved it (a user, or `rule:<id>`), when and why.
+    #[serde(default)]
+    pub resolved: Option<Resolution>,
+    /// Set once the alert went unacknowledged past its severity's window.
+    #[serde(default)]
+    pub escalation: Option<Escalation>,
+    /// Comments from the care team, oldest first.
+    #[serde(default)]
+    pub comments: Vec<Comment>,
+}
+
+/// Who did something to an alert, and when.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Actioned {
+    /// User id (token subject).
+    pub by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// How an alert was closed.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Resolution {
+    /// User id, or `rule:<rule id>` when the rule resolved it.
+    pub by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Why.
+    pub reason: String,
+}
+
+/// An escalation of an unacknowledged alert.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Escalation {
+    /// 1 for the first escalation, and so on.
+    pub level: u32,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Units that now also see the alert.
+    pub units: Vec<String>,
+    /// Roles that now also see the alert.
+    pub roles: Vec<String>,
+}
+
+/// A comment on an alert. Free text may hold PHI: it is never logged.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Comment {
+    /// User id.
+    pub by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The text.
+    pub text: Phi<String>,
+}
+
+/// A clinician's (or the escalation timer's) action on an alert.
+#[derive(Clone, PartialEq, Debug)]
+pub enum AlertAction {
+    /// Acknowledge.
+    Acknowledge {
+        /// User id.
+        by: String,
+    },
+    /// Resolve with a reason.
+    Resolve {
+        /// User id.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// Add a comment.
+    Comment {
+        /// User id.
+        by: String,
+        /// Text.
+        text: String,
+    },
+    /// Escalate to further units and roles.
+    Escalate {
+        /// Units.
+        units: Vec<String>,
+        /// Roles.
+        roles: Vec<String>,
+    },
+}
+
+impl Alert {
+    /// Whether a session scoped to `units` with `role` sees this alert: its unit, or a unit or
+    /// role it has been escalated to.
+    pub fn visible_to(&self, may_see_unit: impl Fn(&str) -> bool, role: &str) -> bool {
+        may_see_unit(&self.patient.unit)
+            || self.escalation.as_ref().is_some_and(|e| {
+                e.units.iter().any(|u| may_see_unit(u)) || e.roles.iter().any(|r| r == role)
+            })
+    }
 }
 
 /// An alert with the sequence number its latest change was persisted under.
@@ -390,6 +492,10 @@ pub struct Alert {
 pub struct SequencedAlert {
     /// Position in the alert log; strictly increasing, assigned at commit.
     pub seq: u64,
+    /// Whether consoles should notify (sound): a new alert, a severity rise, an escalation.
+    /// Updates of score or details are delivered quietly.
+    #[serde(default)]
+    pub notify: bool,
     /// The alert as of that change.
     pub alert: Alert,
 }

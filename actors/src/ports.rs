@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    AcceptedMessage, Alert, Allergy, Medication, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
+    AcceptedMessage, Alert, AlertId, Allergy, Medication, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
 };
 
 /// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
@@ -89,8 +89,12 @@ pub trait EventStore: Send + Sync + 'static {
 /// handed to the [`AlertPublisher`] only after it is durable, in sequence order.
 #[async_trait]
 pub trait AlertStore: Send + Sync + 'static {
-    /// Queue an insert-or-update of an alert (keyed by its id).
-    async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError>;
+    /// Queue an insert-or-update of an alert (keyed by its id). `notify` travels with the
+    /// change to consoles (sound for new alerts, severity rises, escalations).
+    async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError>;
+
+    /// The latest state of one alert.
+    async fn alert(&self, id: &AlertId) -> Result<Option<SequencedAlert>, StoreError>;
 
     /// Alert changes with `seq > after`, in order, at most `limit`.
     async fn alerts_after(&self, after: u64, limit: usize)

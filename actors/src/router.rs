@@ -9,8 +9,8 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
-use crate::patient::{PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
+use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, PatientId};
+use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, RuleEngine, StoreError};
 
 /// Why an event was not accepted.
@@ -72,6 +72,23 @@ impl Router {
             .map_err(|e| IngestError::Actor(e.to_string()))?;
         let ticket = rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))??;
         Ok(ticket)
+    }
+
+    /// Apply a clinician's or the escalation timer's action to an open alert of `patient`.
+    /// The change is queued for storage; the returned ticket carries its sequence number.
+    pub async fn act(
+        &self,
+        patient: &PatientId,
+        alert_id: AlertId,
+        action: AlertAction,
+    ) -> Result<(Alert, Durable<u64>), ActFailure> {
+        let unavailable = |e: String| ActFailure::Store(StoreError::Unavailable(e));
+        let actor = self.actor_for(patient).await.map_err(|e| unavailable(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        actor
+            .cast(PatientMsg::Act { alert_id, action, reply: tx.into() })
+            .map_err(|e| unavailable(e.to_string()))?;
+        rx.await.map_err(|_| unavailable("actor stopped".into()))?
     }
 
     /// Number of live patient actors.

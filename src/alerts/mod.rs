@@ -3,6 +3,8 @@
 //! the bounded channel is told to resync and backfills from the store by sequence number, so
 //! nothing is lost silently.
 
+pub mod escalation;
+
 use std::sync::Arc;
 
 use tokio::sync::broadcast;

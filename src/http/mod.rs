@@ -1,5 +1,6 @@
 //! HTTP: the axum router for the console page, the `/ws` alert stream, health and metrics.
 
+pub mod api;
 pub mod console;
 pub mod metrics;
 pub mod ws;
@@ -31,6 +32,13 @@ pub struct AppState {
     pub ingress: Arc<Ingress>,
     /// Live patient actors.
     pub router: Arc<vigil_actors::Router>,
+    /// Audit log.
+    pub audit: crate::audit::AuditLog,
+    /// Held by every WebSocket session (and this state); shutdown waits until all are dropped,
+    /// so no session outlives the store it reads.
+    pub sessions: tokio::sync::mpsc::Sender<()>,
+    /// Turns true when shutdown begins: WebSocket sessions close.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Readiness: false while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
 }
@@ -43,6 +51,8 @@ pub fn routes(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
+        .merge(api::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .with_state(state)
 }
 

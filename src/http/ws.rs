@@ -16,6 +16,8 @@ use tokio::sync::broadcast::error::RecvError;
 use vigil_actors::{Alert, SequencedAlert};
 
 use super::AppState;
+use super::api::{act_on_alert, role_name, sees};
+use vigil_actors::AlertAction;
 use crate::auth::{AuthError, Claims};
 
 /// Largest client frame accepted.
@@ -39,22 +41,51 @@ enum ClientFrame {
         #[serde(default)]
         units: Vec<String>,
         #[serde(default)]
+        patients: Vec<String>,
+        #[serde(default)]
         since: Option<u64>,
     },
     Ping,
+    Ack {
+        #[serde(rename = "ref")]
+        reference: String,
+        alert_id: String,
+    },
+    Resolve {
+        #[serde(rename = "ref")]
+        reference: String,
+        alert_id: String,
+        reason: String,
+    },
+    Comment {
+        #[serde(rename = "ref")]
+        reference: String,
+        alert_id: String,
+        text: String,
+    },
 }
 
 /// Frames the server sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerFrame<'a> {
-    Alert { seq: u64, alert: &'a Alert },
+    Alert { seq: u64, notify: bool, alert: &'a Alert },
     Snapshot { seq: u64, alerts: Vec<&'a Alert> },
-    Subscribed { units: &'a [String], seq: u64 },
-    Resync { since: u64 },
+    Subscribed { units: &'a [String], patients: &'a [String], seq: u64 },
+    Resync { since: u64, seq: u64 },
     Heartbeat { seq: u64 },
-    Pong,
-    Error { code: &'a str, message: String },
+    Pong { seq: u64 },
+    Reply {
+        #[serde(rename = "ref")]
+        reference: &'a str,
+        seq: u64,
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        alert: Option<&'a Alert>,
+    },
+    Error { code: &'a str, message: String, seq: u64 },
 }
 
 fn token(query: &TokenQuery, headers: &HeaderMap) -> Option<String> {
@@ -94,6 +125,7 @@ struct Session {
     state: AppState,
     claims: Claims,
     units: HashSet<String>,
+    patients: HashSet<String>,
     /// Subscribed with `*` on a token that allows every unit.
     all_units: bool,
     last: u64,
@@ -104,7 +136,7 @@ type SessionResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 impl Session {
     fn new(socket: WebSocket, state: AppState, claims: Claims) -> Self {
-        Session { socket, state, claims, units: HashSet::new(), all_units: false, last: 0, subscribed: false }
+        Session { socket, state, claims, units: HashSet::new(), patients: HashSet::new(), all_units: false, last: 0, subscribed: false }
     }
 
     async fn send(&mut self, frame: &ServerFrame<'_>) -> SessionResult {
@@ -113,18 +145,23 @@ impl Session {
         Ok(())
     }
 
-    fn wants(&self, alert: &Alert) -> bool {
-        self.units.contains(&alert.patient.unit)
-    }
 
     async fn run(mut self) -> SessionResult {
+        let _open = self.state.sessions.clone();
         // Subscribe to the hub first: anything committed after this point arrives live, and
         // anything before it is in the store; duplicates are dropped by sequence number.
         let mut live = self.state.hub.subscribe();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
+        let mut shutdown = self.state.shutdown.clone();
         loop {
             tokio::select! {
+                _ = shutdown.changed() => {
+                    // Going away (1001): the console reconnects with `since` and misses nothing.
+                    let close = axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
+                    let _ = self.socket.send(Message::Close(Some(close))).await;
+                    return Ok(());
+                }
                 incoming = self.socket.recv() => {
                     let Some(Ok(msg)) = incoming else { return Ok(()) };
                     match msg {
@@ -137,7 +174,7 @@ impl Session {
                     Ok(change) => self.forward(&change).await?,
                     Err(RecvError::Lagged(_)) => {
                         let since = self.last;
-                        self.send(&ServerFrame::Resync { since }).await?;
+                        self.send(&ServerFrame::Resync { since, seq: since }).await?;
                         self.backfill(since).await?;
                     }
                     Err(RecvError::Closed) => return Ok(()),
@@ -154,16 +191,40 @@ impl Session {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                return self.send(&ServerFrame::Error { code: "bad_request", message: e.to_string() }).await;
+                let seq = self.last;
+                return self.send(&ServerFrame::Error { code: "bad_request", message: e.to_string(), seq }).await;
             }
         };
-        match frame {
-            ClientFrame::Ping => self.send(&ServerFrame::Pong).await,
-            ClientFrame::Subscribe { units, since } => self.subscribe(units, since).await,
+        let by = self.claims.sub.clone();
+        let (reference, alert_id, action) = match frame {
+            ClientFrame::Ping => {
+                let seq = self.last;
+                return self.send(&ServerFrame::Pong { seq }).await;
+            }
+            ClientFrame::Subscribe { units, patients, since } => return self.subscribe(units, patients, since).await,
+            ClientFrame::Ack { reference, alert_id } => (reference, alert_id, AlertAction::Acknowledge { by }),
+            ClientFrame::Resolve { reference, alert_id, reason } => {
+                (reference, alert_id, AlertAction::Resolve { by, reason })
+            }
+            ClientFrame::Comment { reference, alert_id, text } => {
+                (reference, alert_id, AlertAction::Comment { by, text })
+            }
+        };
+        let result = act_on_alert(&self.state, &self.claims, &alert_id, action).await;
+        let seq = self.last;
+        match &result {
+            Ok(change) => {
+                let frame = ServerFrame::Reply { reference: &reference, seq, ok: true, error: None, alert: Some(&change.alert) };
+                self.send(&frame).await
+            }
+            Err(e) => {
+                let frame = ServerFrame::Reply { reference: &reference, seq, ok: false, error: Some(e.to_string()), alert: None };
+                self.send(&frame).await
+            }
         }
     }
 
-    async fn subscribe(&mut self, units: Vec<String>, since: Option<u64>) -> SessionResult {
+    async fn subscribe(&mut self, units: Vec<String>, patients: Vec<String>, since: Option<u64>) -> SessionResult {
         let units: Vec<String> = if units.is_empty() {
             self.claims.units.clone()
         } else {
@@ -172,9 +233,13 @@ impl Session {
         if let Some(denied) = units.iter().find(|u| !self.claims.may_see(u)) {
             tracing::info!(user = %self.claims.sub, unit = %denied, "subscription to a unit outside the token refused");
             let message = format!("unit {denied} is not in your token");
-            return self.send(&ServerFrame::Error { code: "forbidden", message }).await;
+            self.state.audit.record(&self.claims.sub, role_name(self.claims.role), "subscribe", denied, "denied: unit not in token");
+            let seq = self.last;
+            return self.send(&ServerFrame::Error { code: "forbidden", message, seq }).await;
         }
+        self.state.audit.record(&self.claims.sub, role_name(self.claims.role), "subscribe", &units.join(","), "ok");
         self.units = units.iter().cloned().collect();
+        self.patients = patients.iter().cloned().collect();
         self.all_units = units.iter().any(|u| u == "*");
         self.subscribed = true;
         match since {
@@ -193,11 +258,19 @@ impl Session {
             }
         }
         let seq = self.last;
-        self.send(&ServerFrame::Subscribed { units: &units, seq }).await
+        self.send(&ServerFrame::Subscribed { units: &units, patients: &patients, seq }).await
     }
 
+    /// Subscribed to the alert's unit (or a unit it escalated to, or its patient), and the
+    /// token allows it.
     fn sees(&self, alert: &Alert) -> bool {
-        self.all_units || self.wants(alert)
+        if !sees(&self.claims, alert) {
+            return false;
+        }
+        let role = role_name(self.claims.role);
+        self.all_units
+            || self.patients.contains(&alert.patient.id.0)
+            || alert.visible_to(|u| self.units.contains(u), role)
     }
 
     async fn backfill(&mut self, since: u64) -> SessionResult {
@@ -223,6 +296,6 @@ impl Session {
         if !self.sees(&change.alert) {
             return Ok(());
         }
-        self.send(&ServerFrame::Alert { seq: change.seq, alert: &change.alert }).await
+        self.send(&ServerFrame::Alert { seq: change.seq, notify: change.notify, alert: &change.alert }).await
     }
 }

@@ -13,7 +13,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use vigil_actors::{
-    AcceptedMessage, Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
+    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
     EventStore, PatientId, SequencedAlert, StoreError,
 };
 
@@ -36,7 +36,7 @@ enum Job {
     /// The event, and its message-log entry written in the same batch: a resend of a message
     /// we acknowledged is always recognised, even after a crash.
     Event { key: Vec<u8>, value: Vec<u8>, message_key: Vec<u8>, message_value: Vec<u8>, done: DurableSender },
-    Alert { alert: Alert, done: DurableSender<u64> },
+    Alert { alert: Alert, notify: bool, done: DurableSender<u64> },
 }
 
 struct Keyspaces {
@@ -127,6 +127,11 @@ impl EmbeddedStore {
                 committer: std::sync::Mutex::new(Some(committer)),
             }),
         })
+    }
+
+    /// The underlying database, for adapters that keep their own keyspaces in it (audit).
+    pub fn database(&self) -> Database {
+        self.inner.ks.db.clone()
     }
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
@@ -233,10 +238,17 @@ impl EventStore for EmbeddedStore {
 
 #[async_trait]
 impl AlertStore for EmbeddedStore {
-    async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError> {
+    async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError> {
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Alert { alert: alert.clone(), done }).await?;
+        self.submit(Job::Alert { alert: alert.clone(), notify, done }).await?;
         Ok(ticket)
+    }
+
+    async fn alert(&self, id: &AlertId) -> Result<Option<SequencedAlert>, StoreError> {
+        let Some(bytes) = self.inner.ks.alerts.get(id.0.as_bytes()).map_err(engine("read alert"))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt(format!("alert: {e}")))
     }
 
     async fn alerts_after(
@@ -320,8 +332,8 @@ fn commit(
                 batch.insert(&ks.events, key.as_slice(), value.as_slice());
                 batch.insert(&ks.messages, message_key.as_slice(), message_value.as_slice());
             }
-            Job::Alert { alert, .. } => {
-                let change = SequencedAlert { seq: seq + 1, alert: alert.clone() };
+            Job::Alert { alert, notify, .. } => {
+                let change = SequencedAlert { seq: seq + 1, notify: *notify, alert: alert.clone() };
                 match serde_json::to_vec(&change) {
                     Ok(bytes) => {
                         seq += 1;

@@ -1,9 +1,11 @@
 //! The one integration test binary of the `vigil` package: real sockets on port 0, the real
-//! embedded store, the real binary where a process boundary matters (kill -9, demo).
+//! embedded store, the real binary where a process boundary matters (kill -9, demo, browser).
 
 mod support;
 
+mod browser;
 mod crash;
 mod demo;
 mod e2e;
 mod external;
+mod protocol;

@@ -98,11 +98,22 @@ impl Actor for PatientActor {
                 let view = run.state.view_at(now, &event);
                 let outcomes = run.rules.evaluate(&view, &triggers);
                 drop(view);
-                for alert in run.state.decide(outcomes, now) {
-                    if let Err(error) = run.alerts.upsert_alert(&alert).await {
+                for (alert, notify) in run.state.decide(outcomes, now) {
+                    if let Err(error) = run.alerts.upsert_alert(&alert, notify).await {
                         tracing::error!(patient = %run.state.id, alert = %alert.id, %error, "alert not persisted");
                     }
                 }
+            }
+            PatientMsg::Act { alert_id, action, reply } => {
+                let now = run.clock.now();
+                let result = match run.state.act(&alert_id, action, now) {
+                    Ok((alert, notify)) => match run.alerts.upsert_alert(&alert, notify).await {
+                        Ok(ticket) => Ok((alert, ticket)),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(refused) => Err(refused.into()),
+                };
+                let _ = reply.send(result);
             }
             PatientMsg::OpenAlerts { reply } => {
                 let _ = reply.send(run.state.open_alerts.values().cloned().collect());

@@ -2,8 +2,21 @@
 
 use ractor::RpcReplyPort;
 
-use crate::model::{Alert, ClinicalEvent};
+use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent};
 use crate::ports::{Durable, StoreError};
+
+use super::state::ActError;
+
+/// Why an action failed: refused by the alert's state, or not persisted.
+#[derive(Debug, thiserror::Error)]
+pub enum ActFailure {
+    /// The alert's state refuses the action.
+    #[error(transparent)]
+    Refused(#[from] ActError),
+    /// The change could not be queued for storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// A message to a patient actor.
 #[derive(Debug)]
@@ -14,6 +27,15 @@ pub enum PatientMsg {
         event: Box<ClinicalEvent>,
         /// Answered as soon as the append is queued.
         reply: RpcReplyPort<Result<Durable, StoreError>>,
+    },
+    /// A clinician's or the escalation timer's action on one of this patient's open alerts.
+    Act {
+        /// Which alert.
+        alert_id: AlertId,
+        /// What to do.
+        action: AlertAction,
+        /// The changed alert and the ticket of its persistence (carrying its sequence number).
+        reply: RpcReplyPort<Result<(Alert, Durable<u64>), ActFailure>>,
     },
     /// The alerts of this patient that are not resolved.
     OpenAlerts {

@@ -6,5 +6,5 @@ mod messages;
 mod state;
 
 pub use actor::{PatientActor, PatientArgs};
-pub use messages::PatientMsg;
-pub use state::{PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};
+pub use messages::{ActFailure, PatientMsg};
+pub use state::{ActError, PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};

@@ -7,11 +7,22 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
-    Alert, AlertId, AlertPatient, AlertStatus, CensusAction, ClinicalEvent, Demographics,
+    Actioned, Alert, AlertAction, AlertId, Comment, Escalation, Phi, Resolution, AlertPatient, AlertStatus, CensusAction, ClinicalEvent, Demographics,
     EventKind, Location, Medication, Observation, OrderAction, PatientId, PatientKey,
     ResultStatus, RuleRef, Severity,
 };
 use crate::ports::{ActiveMedication, CodedSample, PatientView, RuleOutcome, RuleVerdict, Sample};
+
+/// Why an action on an alert was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActError {
+    /// No open alert with that id for this patient (never raised, or already resolved).
+    #[error("alert is not open")]
+    NotOpen,
+    /// Acknowledged already (or, for escalation, no longer waiting for acknowledgement).
+    #[error("alert is already acknowledged")]
+    AlreadyAcknowledged,
+}
 
 /// Samples older than this (relative to the newest) leave the window.
 pub const WINDOW_MAX_AGE: Duration = Duration::hours(24);
@@ -133,14 +144,16 @@ impl PatientState {
     }
 
     /// Turn rule outcomes into alert changes, applying dedup per (patient, rule): a re-fire of
-    /// an open alert updates it; a resolve closes it; nothing changes when nothing differs.
-    pub fn decide(&mut self, outcomes: Vec<RuleOutcome>, now: OffsetDateTime) -> Vec<Alert> {
+    /// an open alert updates it (quietly, unless its severity rises, which re-notifies and
+    /// asks for a new acknowledgement); a resolve closes it; nothing changes when nothing
+    /// differs. Each change comes with whether consoles should notify.
+    pub fn decide(&mut self, outcomes: Vec<RuleOutcome>, now: OffsetDateTime) -> Vec<(Alert, bool)> {
         let mut changes = Vec::new();
         for outcome in outcomes {
             match outcome.verdict {
                 RuleVerdict::Fire { severity, score, summary, details } => {
                     let rule = RuleRef { id: outcome.rule_id.clone(), version: outcome.version };
-                    let alert = match self.open_alerts.get(&outcome.rule_id) {
+                    let (alert, notify) = match self.open_alerts.get(&outcome.rule_id) {
                         Some(open) => {
                             if open.severity == severity
                                 && open.score == score
@@ -149,7 +162,8 @@ impl PatientState {
                             {
                                 continue;
                             }
-                            Alert {
+                            let rose = severity > open.severity;
+                            let mut alert = Alert {
                                 rule,
                                 severity,
                                 score,
@@ -158,28 +172,40 @@ impl PatientState {
                                 patient: self.alert_patient(),
                                 updated_at: now,
                                 ..open.clone()
+                            };
+                            if rose {
+                                alert.status = AlertStatus::Active;
+                                alert.acknowledged = None;
                             }
+                            (alert, rose)
                         }
-                        None => Alert {
-                            id: AlertId(format!(
-                                "{}-{}-{}",
-                                self.id,
-                                outcome.rule_id,
-                                now.unix_timestamp_nanos() / 1_000_000
-                            )),
-                            patient: self.alert_patient(),
-                            rule,
-                            severity,
-                            status: AlertStatus::Active,
-                            score,
-                            summary,
-                            details,
-                            raised_at: now,
-                            updated_at: now,
-                        },
+                        None => (
+                            Alert {
+                                id: AlertId(format!(
+                                    "{}-{}-{}",
+                                    self.id,
+                                    outcome.rule_id,
+                                    now.unix_timestamp_nanos() / 1_000_000
+                                )),
+                                patient: self.alert_patient(),
+                                rule,
+                                severity,
+                                status: AlertStatus::Active,
+                                score,
+                                summary,
+                                details,
+                                raised_at: now,
+                                updated_at: now,
+                                acknowledged: None,
+                                resolved: None,
+                                escalation: None,
+                                comments: Vec::new(),
+                            },
+                            true,
+                        ),
                     };
                     self.open_alerts.insert(outcome.rule_id, alert.clone());
-                    changes.push(alert);
+                    changes.push((alert, notify));
                 }
                 RuleVerdict::Resolve { reason } => {
                     let Some(mut alert) = self.open_alerts.remove(&outcome.rule_id) else {
@@ -187,15 +213,62 @@ impl PatientState {
                     };
                     alert.status = AlertStatus::Resolved;
                     alert.updated_at = now;
-                    if let serde_json::Value::Object(map) = &mut alert.details {
-                        map.insert("resolved_reason".into(), reason.into());
-                    }
-                    changes.push(alert);
+                    alert.resolved = Some(Resolution { by: format!("rule:{}", outcome.rule_id), at: now, reason });
+                    changes.push((alert, false));
                 }
                 RuleVerdict::Quiet => {}
             }
         }
         changes
+    }
+
+    /// Apply a clinician's or the escalation timer's action to an open alert.
+    pub fn act(
+        &mut self,
+        alert_id: &AlertId,
+        action: AlertAction,
+        now: OffsetDateTime,
+    ) -> Result<(Alert, bool), ActError> {
+        let rule_id = self
+            .open_alerts
+            .iter()
+            .find(|(_, a)| &a.id == alert_id)
+            .map(|(rule, _)| rule.clone())
+            .ok_or(ActError::NotOpen)?;
+        let Some(alert) = self.open_alerts.get_mut(&rule_id) else { return Err(ActError::NotOpen) };
+        let notify = match action {
+            AlertAction::Acknowledge { by } => {
+                if alert.status == AlertStatus::Acknowledged {
+                    return Err(ActError::AlreadyAcknowledged);
+                }
+                alert.status = AlertStatus::Acknowledged;
+                alert.acknowledged = Some(Actioned { by, at: now });
+                false
+            }
+            AlertAction::Resolve { by, reason } => {
+                alert.status = AlertStatus::Resolved;
+                alert.resolved = Some(Resolution { by, at: now, reason });
+                false
+            }
+            AlertAction::Comment { by, text } => {
+                alert.comments.push(Comment { by, at: now, text: Phi(text) });
+                false
+            }
+            AlertAction::Escalate { units, roles } => {
+                if alert.status != AlertStatus::Active {
+                    return Err(ActError::AlreadyAcknowledged);
+                }
+                let level = alert.escalation.as_ref().map_or(1, |e| e.level + 1);
+                alert.escalation = Some(Escalation { level, at: now, units, roles });
+                true
+            }
+        };
+        alert.updated_at = now;
+        let changed = alert.clone();
+        if changed.status == AlertStatus::Resolved {
+            self.open_alerts.remove(&rule_id);
+        }
+        Ok((changed, notify))
     }
 
     fn alert_patient(&self) -> AlertPatient {

@@ -1,0 +1,53 @@
+//! The console in real headless Chromium: an HL7 message raises an alert that appears on the
+//! board, a click acknowledges it, a second session sees it acknowledged, and after a server
+//! restart it is still acknowledged. Screenshots land in target/browser-shots/.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+fn node_script(phase: &str, proc: &Proc, token: &str, mrn: &str, shots: &Path) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run `npm ci --prefix tests/browser` (tests/run does) and install Debian's chromium"
+    );
+    let out = Command::new("node")
+        .arg(dir.join("console.mjs"))
+        .arg(phase)
+        .env("VIGIL_HTTP", proc.http.to_string())
+        .env("VIGIL_MLLP", proc.mllp.to_string())
+        .env("VIGIL_TOKEN", token)
+        .env("VIGIL_MRN", mrn)
+        .env("VIGIL_SHOTS", shots)
+        .output()
+        .expect("node must be installed to run the browser test");
+    assert!(
+        out.status.success(),
+        "browser phase {phase} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_acknowledges_and_keeps_acknowledged_across_restart() {
+    let dir = tempdir("browser");
+    let data = dir.to_str().unwrap().to_string();
+    let rules = rules_dir();
+    let args = ["serve", "--mllp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", &data, "--rules-dir", rules.to_str().unwrap()];
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
+    let mrn = format!("MRN-BR-{}", rand::random::<u32>());
+    let token = vigil_token(&dir, "ICU");
+
+    let proc = spawn_vigil(&args);
+    let (p, t, m, s) = (&proc, token.clone(), mrn.clone(), shots.clone());
+    tokio::task::block_in_place(|| node_script("alert-and-ack", p, &t, &m, &s));
+    drop(proc);
+
+    let proc = spawn_vigil(&args);
+    tokio::task::block_in_place(|| node_script("after-restart", &proc, &token, &mrn, &shots));
+    assert!(shots.join("board-acknowledged.png").exists());
+    assert!(shots.join("board-after-restart.png").exists());
+}

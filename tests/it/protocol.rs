@@ -1,0 +1,232 @@
+//! The console protocol: every server frame validates against schemas/ws/; a reconnect with
+//! `since` returns exactly the changes missed; ack/resolve over WebSocket and REST, with roles,
+//! unit scoping and audit.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vigil::auth::Role;
+use vigil_loadtest::mllp::{MllpClient, ack_code};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Resolves the schemas' `$id`s to the files in schemas/ws/.
+struct LocalSchemas;
+
+impl jsonschema::Retrieve for LocalSchemas {
+    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri.as_str().rsplit('/').next().unwrap_or_default();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/ws").join(name);
+        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+    }
+}
+
+fn validator(file: &str) -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/ws").join(file)).unwrap(),
+    )
+    .unwrap();
+    jsonschema::options().with_retriever(LocalSchemas).build(&schema).unwrap()
+}
+
+/// A WebSocket client that checks every frame it receives against the server-frame schema.
+struct Console {
+    ws: Ws,
+    schema: jsonschema::Validator,
+    client_schema: jsonschema::Validator,
+}
+
+impl Console {
+    async fn connect(http: std::net::SocketAddr, token: &str) -> Console {
+        Console { ws: ws_connect(http, token).await, schema: validator("server-frame.json"), client_schema: validator("client-frame.json") }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        let errors: Vec<String> = self.client_schema.iter_errors(&frame).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "client frame {frame} does not match schemas/ws/client-frame.json: {errors:?}");
+        ws_send(&mut self.ws, frame).await;
+    }
+
+    async fn next(&mut self, types: &[&str]) -> Value {
+        use futures_util::StreamExt;
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let msg = self.ws.next().await.expect("closed").expect("ws error");
+                let tokio_tungstenite::tungstenite::Message::Text(text) = msg else { continue };
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                let errors: Vec<String> = self.schema.iter_errors(&frame).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "frame {frame} does not match schemas/ws/server-frame.json: {errors:?}");
+                if types.contains(&frame["type"].as_str().unwrap_or_default()) {
+                    return frame;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {types:?} frame"))
+    }
+}
+
+async fn raise(mllp: &mut MllpClient, n: usize) {
+    let ack = mllp.send(&septic_oru(&format!("PR-{n}"), &format!("MRN-PR-{n}"), "Protocol")).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("AA"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_since_returns_exactly_the_missed_changes() {
+    let dir = tempdir("since");
+    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let token = server.auth.issue("rrt-1", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+
+    let mut console = Console::connect(server.http_addr, &token).await;
+    console.send(json!({"type": "subscribe", "units": ["ICU"]})).await;
+    let snapshot = console.next(&["snapshot"]).await;
+    assert_eq!(snapshot["alerts"], json!([]));
+    console.next(&["subscribed"]).await;
+    raise(&mut mllp, 1).await;
+    raise(&mut mllp, 2).await;
+    let mut last = 0;
+    for _ in 0..2 {
+        last = console.next(&["alert"]).await["seq"].as_u64().unwrap();
+    }
+    drop(console); // the console goes away (network drop, laptop lid)
+
+    for n in 3..8 {
+        raise(&mut mllp, n).await;
+    }
+    let mut console = Console::connect(server.http_addr, &token).await;
+    console.send(json!({"type": "subscribe", "units": ["ICU"], "since": last})).await;
+    let mut seqs = Vec::new();
+    let mut patients = Vec::new();
+    for _ in 0..5 {
+        let frame = console.next(&["alert"]).await;
+        seqs.push(frame["seq"].as_u64().unwrap());
+        patients.push(frame["alert"]["patient"]["mrn"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seqs, ((last + 1)..=(last + 5)).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(patients, (3..8).map(|n| format!("MRN-PR-{n}")).collect::<Vec<_>>());
+    let subscribed = console.next(&["subscribed"]).await;
+    assert_eq!(subscribed["seq"], last + 5);
+    // And live again: the next change arrives with the next number.
+    raise(&mut mllp, 8).await;
+    assert_eq!(console.next(&["alert"]).await["seq"], last + 6);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() {
+    let dir = tempdir("ack");
+    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let rrt = server.auth.issue("rrt-7", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let other_unit = server.auth.issue("nurse-9", Role::Nurse, vec!["WARD3".into()], time::Duration::hours(1));
+    let informaticist = server.auth.issue("inf-1", Role::Informaticist, vec!["*".into()], time::Duration::hours(1));
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+
+    let mut a = Console::connect(server.http_addr, &rrt).await;
+    a.send(json!({"type": "subscribe", "units": [], "since": 0})).await;
+    a.next(&["subscribed"]).await;
+    let mut b = Console::connect(server.http_addr, &rrt).await;
+    b.send(json!({"type": "subscribe"})).await;
+    b.next(&["subscribed"]).await;
+    raise(&mut mllp, 1).await;
+    let raised = a.next(&["alert"]).await;
+    assert_eq!(raised["notify"], true, "a new alert notifies");
+    let id = raised["alert"]["id"].as_str().unwrap().to_string();
+    b.next(&["alert"]).await;
+
+    a.send(json!({"type": "ack", "ref": "r1", "alert_id": id})).await;
+    let reply = a.next(&["reply"]).await;
+    assert_eq!((reply["ref"].as_str(), reply["ok"].as_bool()), (Some("r1"), Some(true)), "{reply}");
+    assert_eq!(reply["alert"]["acknowledged"]["by"], "rrt-7");
+    let seen = b.next(&["alert"]).await;
+    assert_eq!(seen["alert"]["status"], "acknowledged");
+    assert_eq!(seen["notify"], false);
+
+    a.send(json!({"type": "ack", "ref": "r2", "alert_id": id})).await;
+    let again = a.next(&["reply"]).await;
+    assert_eq!(again["ok"], false);
+    assert!(again["error"].as_str().unwrap().contains("already acknowledged"));
+
+    let http = reqwest_like(server.http_addr);
+    let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &other_unit, json!({"reason": "x"})).await;
+    assert_eq!(status, 404, "another unit's nurse cannot see it: {body}");
+    let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &informaticist, json!({"reason": "x"})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({"reason": "fluids given, reassessed"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alert"]["status"], "resolved");
+    assert_eq!(body["alert"]["resolved"]["reason"], "fluids given, reassessed");
+    assert_eq!(b.next(&["alert"]).await["alert"]["status"], "resolved");
+
+    let (status, body) = http.get("/api/alerts?status=resolved&since=0", &rrt).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["alerts"].as_array().unwrap().len(), 1);
+    let (status, _) = http.get("/api/alerts?unit=ICU", &other_unit).await;
+    assert_eq!(status, 403);
+    let (status, _) = http.get("/api/alerts", "forged.token.here").await;
+    assert_eq!(status, 401);
+    let (status, body) = http.get("/api/openapi.json", &rrt).await;
+    assert_eq!(status, 200);
+    assert!(body["paths"]["/api/alerts"].is_object());
+    server.shutdown().await;
+
+    let store = open_store(&dir);
+    let audit = vigil::audit::AuditLog::open(store.database()).unwrap();
+    let records = audit.since(time::OffsetDateTime::UNIX_EPOCH, 1000);
+    let has = |action: &str, outcome: &str| records.iter().any(|r| r.action == action && r.outcome.starts_with(outcome));
+    assert!(has("ack", "ok") && has("resolve", "ok") && has("resolve", "denied") && has("view_alerts", "denied") && has("subscribe", "ok"));
+    assert!(records.iter().all(|r| !r.target.contains("Protocol")), "no names in the audit log");
+}
+
+/// A minimal HTTP/1.1 JSON client over a TcpStream, enough for the API tests.
+struct Http(std::net::SocketAddr);
+
+fn reqwest_like(addr: std::net::SocketAddr) -> Http {
+    Http(addr)
+}
+
+impl Http {
+    async fn request(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut stream = tokio::net::TcpStream::connect(self.0).await.unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.0,
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+        let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+        (status, serde_json::from_str(&payload).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.request("GET", path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.request("POST", path, token, Some(body)).await
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
