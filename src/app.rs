@@ -61,7 +61,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let events: Arc<dyn EventStore> = Arc::new(store.clone());
     let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
-    let router = Arc::new(Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock)).await?);
+    let live = crate::alerts::live::LiveHub::new(1024);
+    let router = Arc::new(
+        Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock))
+            .await?
+            .with_live_feed(Arc::new(live.clone())),
+    );
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key));
     let ingress = Arc::new(Ingress::new(
         Arc::clone(&router),
@@ -87,6 +92,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
     let state = AppState {
+        live,
         sessions,
         shutdown: shutdown_rx.clone(),
         audit,

@@ -499,3 +499,49 @@ pub struct SequencedAlert {
     /// The alert as of that change.
     pub alert: Alert,
 }
+
+/// The latest value of one canonical name.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct LatestValue {
+    /// Numeric value, when numeric.
+    pub value: Option<f64>,
+    /// Coded value, when coded.
+    pub text: Option<String>,
+    /// When measured.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A point of a trend: Unix seconds and value.
+pub type TrendPoint = (i64, f64);
+
+/// What the console's patient view shows: who and where, latest values, 24 h trends,
+/// medications, allergies and open alerts. Contains PHI; serve only to authorised users and
+/// audit each view.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct PatientSummary {
+    /// Opaque id.
+    pub id: PatientId,
+    /// MRN.
+    pub mrn: Phi<String>,
+    /// Name.
+    pub name: Phi<String>,
+    /// Age in years.
+    pub age_years: Option<i64>,
+    /// Administrative sex.
+    pub sex: String,
+    /// Where.
+    pub location: Location,
+    /// Discharged.
+    pub discharged: bool,
+    /// Latest value per canonical name.
+    pub latest: std::collections::BTreeMap<String, LatestValue>,
+    /// Numeric trends over the window, at most a few hundred points each.
+    pub trends: std::collections::BTreeMap<String, Vec<TrendPoint>>,
+    /// Active medications (normalised names).
+    pub medications: Vec<Medication>,
+    /// Allergies.
+    pub allergies: Vec<Allergy>,
+    /// Open alerts.
+    pub open_alerts: Vec<Alert>,
+}

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    AcceptedMessage, Alert, AlertId, Allergy, Medication, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
+    AcceptedMessage, Alert, AlertId, Allergy, Medication, Observation, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
 };
 
 /// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
@@ -111,6 +111,13 @@ pub trait AlertStore: Send + Sync + 'static {
 pub trait AlertPublisher: Send + Sync + 'static {
     /// Hand a durable alert change to subscribers.
     fn publish(&self, change: Arc<SequencedAlert>);
+}
+
+/// Live, non-durable feed of observations as patient actors apply them (for consoles that
+/// have a patient open). Must not block; losing a frame here loses nothing (the store has it).
+pub trait LiveFeed: Send + Sync + 'static {
+    /// Observations just applied for `patient`.
+    fn observations(&self, patient: &PatientId, location: &Location, observations: &[Observation]);
 }
 
 /// One numeric sample in a patient's window.

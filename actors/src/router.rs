@@ -9,9 +9,9 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, PatientId};
+use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, PatientId, PatientSummary};
 use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
-use crate::ports::{AlertStore, Clock, Durable, EventStore, RuleEngine, StoreError};
+use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, RuleEngine, StoreError};
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,9 @@ pub enum IngestError {
     /// The store refused or failed the append.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No such patient (no live actor, no recent events).
+    #[error("unknown patient")]
+    UnknownPatient,
     /// The patient actor could not be started or reached.
     #[error("patient actor unavailable: {0}")]
     Actor(String),
@@ -32,9 +35,31 @@ pub struct Router {
     alerts: Arc<dyn AlertStore>,
     rules: Arc<dyn RuleEngine>,
     clock: Arc<dyn Clock>,
+    live: Option<Arc<dyn LiveFeed>>,
 }
 
 impl Router {
+    /// Send every patient's applied observations to `feed` (consoles' live vitals).
+    pub fn with_live_feed(mut self, feed: Arc<dyn LiveFeed>) -> Self {
+        self.live = Some(feed);
+        self
+    }
+
+    /// The console's summary of a patient (starting its actor from the store if needed).
+    /// An id with no live actor and no recent events is unknown: no actor is started for it.
+    pub async fn summary(&self, patient: &PatientId) -> Result<PatientSummary, IngestError> {
+        if self.live(patient).is_none() {
+            let since = self.clock.now() - WINDOW_MAX_AGE;
+            if self.events.events_since(patient, since).await?.is_empty() {
+                return Err(IngestError::UnknownPatient);
+            }
+        }
+        let actor = self.actor_for(patient).await?;
+        let (tx, rx) = oneshot::channel();
+        actor.cast(PatientMsg::Summary { reply: tx.into() }).map_err(|e| IngestError::Actor(e.to_string()))?;
+        rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))
+    }
+
     /// A router over the given ports. Open alerts are loaded once so that each patient actor
     /// starts with its own.
     pub async fn new(
@@ -54,6 +79,7 @@ impl Router {
             alerts,
             rules,
             clock,
+            live: None,
         })
     }
 
@@ -123,6 +149,7 @@ impl Router {
             clock: Arc::clone(&self.clock),
             history,
             open_alerts: open.remove(id).unwrap_or_default(),
+            live: self.live.clone(),
         };
         let (actor, _handle) = Actor::spawn(None, PatientActor, args)
             .await

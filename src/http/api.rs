@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use vigil_actors::patient::{ActError, ActFailure};
-use vigil_actors::{Alert, AlertAction, AlertId, AlertStatus, PatientId, SequencedAlert};
+use vigil_actors::{Alert, AlertAction, AlertId, AlertStatus, IngestError, PatientId, PatientSummary, SequencedAlert};
 
 use super::AppState;
 use crate::auth::{Claims, Role};
@@ -140,6 +140,39 @@ pub async fn act_on_alert(
     let seq = ticket.wait().await?;
     state.audit.record(&claims.sub, role, name, alert_id, "ok");
     Ok(SequencedAlert { seq, notify: false, alert })
+}
+
+/// The summary of a patient the caller may see (their unit, or an open alert of theirs the
+/// caller sees through escalation). Audited either way.
+pub async fn patient_summary(state: &AppState, claims: &Claims, id: &str) -> Result<PatientSummary, ApiError> {
+    let role = role_name(claims.role);
+    let summary = match state.router.summary(&PatientId(id.to_string())).await {
+        Ok(summary) => summary,
+        Err(IngestError::UnknownPatient) => {
+            state.audit.record(&claims.sub, role, "view_patient", id, "denied: unknown patient");
+            return Err(ApiError::NotFound("no such patient".into()));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "patient summary unavailable");
+            return Err(ApiError::Unavailable);
+        }
+    };
+    let visible = claims.may_see(&summary.location.unit) || summary.open_alerts.iter().any(|a| sees(claims, a));
+    if !visible {
+        state.audit.record(&claims.sub, role, "view_patient", id, "denied: unit not in token");
+        return Err(ApiError::NotFound("no such patient".into()));
+    }
+    state.audit.record(&claims.sub, role, "view_patient", id, "ok");
+    Ok(summary)
+}
+
+async fn get_patient(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<PatientSummary>, ApiError> {
+    let claims = authenticate(&state, &headers, "view_patient")?;
+    patient_summary(&state, &claims, &id).await.map(Json)
 }
 
 /// `GET /api/alerts` filters.
@@ -280,6 +313,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/alerts/{id}/ack", post(ack))
         .route("/api/alerts/{id}/resolve", post(resolve))
         .route("/api/alerts/{id}/comment", post(comment))
+        .route("/api/patients/{id}", get(get_patient))
         .route("/api/openapi.json", get(openapi))
 }
 

@@ -22,6 +22,8 @@ use crate::ingest::Ingress;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// Live vitals of open patients.
+    pub live: crate::alerts::live::LiveHub,
     /// Live alert changes.
     pub hub: AlertHub,
     /// Alert history for snapshots and `since`.

@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use vigil_actors::{Alert, SequencedAlert};
 
 use super::AppState;
-use super::api::{act_on_alert, role_name, sees};
+use super::api::{act_on_alert, patient_summary, role_name, sees};
 use vigil_actors::AlertAction;
 use crate::auth::{AuthError, Claims};
 
@@ -63,6 +63,10 @@ enum ClientFrame {
         alert_id: String,
         text: String,
     },
+    Watch {
+        patient: String,
+    },
+    Unwatch,
 }
 
 /// Frames the server sends.
@@ -86,6 +90,8 @@ enum ServerFrame<'a> {
         alert: Option<&'a Alert>,
     },
     Error { code: &'a str, message: String, seq: u64 },
+    Patient { seq: u64, summary: &'a vigil_actors::PatientSummary },
+    Vitals { seq: u64, patient: &'a str, observations: &'a [vigil_actors::Observation] },
 }
 
 fn token(query: &TokenQuery, headers: &HeaderMap) -> Option<String> {
@@ -126,6 +132,8 @@ struct Session {
     claims: Claims,
     units: HashSet<String>,
     patients: HashSet<String>,
+    /// The patient open in this console, with its live feed.
+    watching: Option<(String, tokio::sync::broadcast::Receiver<std::sync::Arc<crate::alerts::live::LiveObservations>>)>,
     /// Subscribed with `*` on a token that allows every unit.
     all_units: bool,
     last: u64,
@@ -136,7 +144,7 @@ type SessionResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 impl Session {
     fn new(socket: WebSocket, state: AppState, claims: Claims) -> Self {
-        Session { socket, state, claims, units: HashSet::new(), patients: HashSet::new(), all_units: false, last: 0, subscribed: false }
+        Session { socket, state, claims, units: HashSet::new(), patients: HashSet::new(), watching: None, all_units: false, last: 0, subscribed: false }
     }
 
     async fn send(&mut self, frame: &ServerFrame<'_>) -> SessionResult {
@@ -179,6 +187,12 @@ impl Session {
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 },
+                update = next_live(&mut self.watching) => {
+                    if let Some(update) = update {
+                        let seq = self.last;
+                        self.send(&ServerFrame::Vitals { seq, patient: &update.patient.0, observations: &update.observations }).await?;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let seq = self.last;
                     self.send(&ServerFrame::Heartbeat { seq }).await?;
@@ -202,6 +216,11 @@ impl Session {
                 return self.send(&ServerFrame::Pong { seq }).await;
             }
             ClientFrame::Subscribe { units, patients, since } => return self.subscribe(units, patients, since).await,
+            ClientFrame::Watch { patient } => return self.watch(patient).await,
+            ClientFrame::Unwatch => {
+                self.watching = None;
+                return Ok(());
+            }
             ClientFrame::Ack { reference, alert_id } => (reference, alert_id, AlertAction::Acknowledge { by }),
             ClientFrame::Resolve { reference, alert_id, reason } => {
                 (reference, alert_id, AlertAction::Resolve { by, reason })
@@ -220,6 +239,22 @@ impl Session {
             Err(e) => {
                 let frame = ServerFrame::Reply { reference: &reference, seq, ok: false, error: Some(e.to_string()), alert: None };
                 self.send(&frame).await
+            }
+        }
+    }
+
+    async fn watch(&mut self, patient: String) -> SessionResult {
+        // Subscribe before reading the summary so no value falls between the two.
+        let live = self.state.live.subscribe();
+        match patient_summary(&self.state, &self.claims, &patient).await {
+            Ok(summary) => {
+                self.watching = Some((patient, live));
+                let seq = self.last;
+                self.send(&ServerFrame::Patient { seq, summary: &summary }).await
+            }
+            Err(e) => {
+                let seq = self.last;
+                self.send(&ServerFrame::Error { code: "not_found", message: e.to_string(), seq }).await
             }
         }
     }
@@ -297,5 +332,22 @@ impl Session {
             return Ok(());
         }
         self.send(&ServerFrame::Alert { seq: change.seq, notify: change.notify, alert: &change.alert }).await
+    }
+}
+
+/// The next live update for the watched patient; pending forever when none is watched.
+/// Lagging drops updates (the store has them), never the session.
+async fn next_live(
+    watching: &mut Option<(String, tokio::sync::broadcast::Receiver<std::sync::Arc<crate::alerts::live::LiveObservations>>)>,
+) -> Option<std::sync::Arc<crate::alerts::live::LiveObservations>> {
+    let Some((patient, rx)) = watching.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(update) if update.patient.0 == *patient => return Some(update),
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
     }
 }

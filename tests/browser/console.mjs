@@ -79,7 +79,24 @@ try {
     await row(a).locator("td.status", { hasText: "acknowledged by" }).waitFor({ timeout: 10000 });
     if (await row(b).getByRole("button", { name: "Acknowledge" }).count() !== 0) throw new Error("B still offers Acknowledge");
     await b.screenshot({ path: path.join(shots, "board-acknowledged.png"), fullPage: true });
-    console.log("alert shown in both sessions and acknowledged from A, seen acknowledged in B");
+
+    // The patient view: latest values, then a live update as the monitor reports again.
+    await row(a).locator("td.pt").click();
+    const rrTile = a.locator('#p-latest .tile[data-vital="rr"] b');
+    await rrTile.waitFor({ timeout: 10000 });
+    if ((await rrTile.innerText()).trim() !== "28") throw new Error(`RR tile shows ${await rrTile.innerText()}`);
+    const ts2 = hl7Now();
+    const update = [
+      `MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|${ts2}||ORU^R01^ORU_R01|BROWSER-2|P|2.6`,
+      `PID|||${mrn}^^^HOSP^MR||Browser^Test||19600101|F`,
+      `PV1||I|ICU^07^A`,
+      `OBX|1|NM|151562^MDC_RESP_RATE^MDC|1.2.1.1|31|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||${ts2}`,
+    ].join("\r");
+    const ack2 = await sendMllp(env("VIGIL_MLLP"), update);
+    if (!ack2.includes("MSA|AA|BROWSER-2")) throw new Error(`unexpected ACK: ${ack2}`);
+    await a.locator('#p-latest .tile[data-vital="rr"] b', { hasText: "31" }).waitFor({ timeout: 10000 });
+    await a.screenshot({ path: path.join(shots, "patient-view.png"), fullPage: true });
+    console.log("alert shown in both sessions, acknowledged from A, seen acknowledged in B; patient view updated live");
   } else if (phase === "after-restart") {
     const c = await openBoard();
     await row(c).locator("td.status", { hasText: "acknowledged by" }).waitFor({ timeout: 10000 });

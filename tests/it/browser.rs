@@ -49,5 +49,6 @@ async fn console_shows_acknowledges_and_keeps_acknowledged_across_restart() {
     let proc = spawn_vigil(&args);
     tokio::task::block_in_place(|| node_script("after-restart", &proc, &token, &mrn, &shots));
     assert!(shots.join("board-acknowledged.png").exists());
+    assert!(shots.join("patient-view.png").exists());
     assert!(shots.join("board-after-restart.png").exists());
 }

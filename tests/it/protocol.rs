@@ -69,7 +69,8 @@ impl Console {
 }
 
 async fn raise(mllp: &mut MllpClient, n: usize) {
-    let ack = mllp.send(&septic_oru(&format!("PR-{n}"), &format!("MRN-PR-{n}"), "Protocol")).await.unwrap();
+    let control = format!("PR-{n}-{}", rand::random::<u32>());
+    let ack = mllp.send(&septic_oru(&control, &format!("MRN-PR-{n}"), "Protocol")).await.unwrap();
     assert_eq!(ack_code(&ack), Some("AA"));
 }
 
@@ -180,6 +181,47 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     let has = |action: &str, outcome: &str| records.iter().any(|r| r.action == action && r.outcome.starts_with(outcome));
     assert!(has("ack", "ok") && has("resolve", "ok") && has("resolve", "denied") && has("view_alerts", "denied") && has("subscribe", "ok"));
     assert!(records.iter().all(|r| !r.target.contains("Protocol")), "no names in the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_patient_streams_live_vitals_only_to_those_who_may_see_it() {
+    let dir = tempdir("watch");
+    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let rrt = server.auth.issue("rrt-2", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let ward = server.auth.issue("nurse-3", Role::Nurse, vec!["WARD3".into()], time::Duration::hours(1));
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    raise(&mut mllp, 1).await;
+
+    let mut console = Console::connect(server.http_addr, &rrt).await;
+    console.send(json!({"type": "subscribe"})).await;
+    let snapshot = console.next(&["snapshot"]).await;
+    let patient = snapshot["alerts"][0]["patient"]["id"].as_str().unwrap().to_string();
+    console.send(json!({"type": "watch", "patient": patient})).await;
+    let opened = console.next(&["patient"]).await;
+    assert_eq!(opened["summary"]["latest"]["rr"]["value"], 26.0);
+    assert_eq!(opened["summary"]["name"], "Protocol, Test");
+    assert_eq!(opened["summary"]["trends"]["sbp"].as_array().unwrap().len(), 1);
+    assert_eq!(opened["summary"]["open_alerts"][0]["rule"]["id"], "sepsis.qsofa");
+
+    raise(&mut mllp, 1).await; // the same patient reports again (a new control id each time)
+    let vitals = console.next(&["vitals"]).await;
+    assert_eq!(vitals["patient"], patient.as_str());
+    assert!(vitals["observations"].as_array().unwrap().iter().any(|o| o["name"] == "rr"));
+
+    let mut other = Console::connect(server.http_addr, &ward).await;
+    other.send(json!({"type": "watch", "patient": patient})).await;
+    let refused = other.next(&["error", "patient"]).await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("not_found")));
+
+    let http = reqwest_like(server.http_addr);
+    let (status, body) = http.get(&format!("/api/patients/{patient}"), &rrt).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["location"]["unit"], "ICU");
+    let (status, _) = http.get(&format!("/api/patients/{patient}"), &ward).await;
+    assert_eq!(status, 404);
+    let (status, _) = http.get("/api/patients/0000000000000000000000000000dead", &rrt).await;
+    assert_eq!(status, 404, "an unknown id starts no actor and reveals nothing");
+    server.shutdown().await;
 }
 
 /// A minimal HTTP/1.1 JSON client over a TcpStream, enough for the API tests.

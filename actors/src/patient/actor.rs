@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::messages::PatientMsg;
 use super::state::PatientState;
 use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
-use crate::ports::{AlertStore, Clock, EventStore, RuleEngine};
+use crate::ports::{AlertStore, Clock, EventStore, LiveFeed, RuleEngine};
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
 #[derive(Debug, Default)]
@@ -31,6 +31,8 @@ pub struct PatientArgs {
     pub history: Vec<ClinicalEvent>,
     /// Alerts of this patient still open at start.
     pub open_alerts: Vec<Alert>,
+    /// Live observation feed, when consoles want one.
+    pub live: Option<Arc<dyn LiveFeed>>,
 }
 
 /// Runtime state: the domain state plus the ports.
@@ -40,6 +42,7 @@ pub struct Running {
     alerts: Arc<dyn AlertStore>,
     rules: Arc<dyn RuleEngine>,
     clock: Arc<dyn Clock>,
+    live: Option<Arc<dyn LiveFeed>>,
 }
 
 impl Actor for PatientActor {
@@ -65,6 +68,7 @@ impl Actor for PatientActor {
             alerts: args.alerts,
             rules: args.rules,
             clock: args.clock,
+            live: args.live,
         })
     }
 
@@ -85,6 +89,9 @@ impl Actor for PatientActor {
                     return Ok(());
                 }
                 run.state.apply(&event);
+                if let (Some(live), EventKind::Observations { observations }) = (&run.live, &event.kind) {
+                    live.observations(&run.state.id, &run.state.view.location, observations);
+                }
                 let triggers = event.trigger_names();
                 let now = run.clock.now();
                 if let EventKind::Merge { prior_id, .. } = &event.kind {
@@ -114,6 +121,9 @@ impl Actor for PatientActor {
                     Err(refused) => Err(refused.into()),
                 };
                 let _ = reply.send(result);
+            }
+            PatientMsg::Summary { reply } => {
+                let _ = reply.send(run.state.summary(run.clock.now()));
             }
             PatientMsg::OpenAlerts { reply } => {
                 let _ = reply.send(run.state.open_alerts.values().cloned().collect());

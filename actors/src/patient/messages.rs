@@ -2,7 +2,7 @@
 
 use ractor::RpcReplyPort;
 
-use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent};
+use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, PatientSummary};
 use crate::ports::{Durable, StoreError};
 
 use super::state::ActError;
@@ -36,6 +36,11 @@ pub enum PatientMsg {
         action: AlertAction,
         /// The changed alert and the ticket of its persistence (carrying its sequence number).
         reply: RpcReplyPort<Result<(Alert, Durable<u64>), ActFailure>>,
+    },
+    /// The console's summary of this patient.
+    Summary {
+        /// Answered with the summary.
+        reply: RpcReplyPort<PatientSummary>,
     },
     /// The alerts of this patient that are not resolved.
     OpenAlerts {

@@ -1,14 +1,15 @@
 //! A patient actor's state: identity, location, bounded windows of recent values and the
 //! alerts currently open per rule.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
     Actioned, Alert, AlertAction, AlertId, Comment, Escalation, Phi, Resolution, AlertPatient, AlertStatus, CensusAction, ClinicalEvent, Demographics,
-    EventKind, Location, Medication, Observation, OrderAction, PatientId, PatientKey,
+    EventKind, LatestValue, Location, Medication, Observation, OrderAction, PatientId, PatientKey,
+    PatientSummary, TrendPoint,
     ResultStatus, RuleRef, Severity,
 };
 use crate::ports::{ActiveMedication, CodedSample, PatientView, RuleOutcome, RuleVerdict, Sample};
@@ -123,6 +124,43 @@ impl PatientState {
         self.apply(event);
         (self.key, self.demographics) = (keep.0, keep.1);
         Arc::make_mut(&mut self.view).location = keep.2;
+    }
+
+    /// The console's summary of this patient at `now`.
+    pub fn summary(&self, now: OffsetDateTime) -> PatientSummary {
+        let view = &self.view;
+        let mut latest = BTreeMap::new();
+        let mut trends = BTreeMap::new();
+        for (name, series) in &view.series {
+            if let Some(s) = series.back() {
+                latest.insert(name.clone(), LatestValue { value: Some(s.value), text: None, at: s.at });
+            }
+            // At most ~300 points: keep every k-th sample so a 24 h minute-by-minute series
+            // draws the same shape at a fraction of the payload.
+            let step = series.len().div_ceil(300).max(1);
+            let points: Vec<TrendPoint> =
+                series.iter().step_by(step).map(|s| (s.at.unix_timestamp(), s.value)).collect();
+            trends.insert(name.clone(), points);
+        }
+        for (name, series) in &view.coded {
+            if let Some(s) = series.back() {
+                latest.insert(name.clone(), LatestValue { value: None, text: Some(s.text.clone()), at: s.at });
+            }
+        }
+        PatientSummary {
+            id: self.id.clone(),
+            mrn: self.key.as_ref().map(|k| k.mrn.clone()).unwrap_or_default(),
+            name: self.demographics.name.clone(),
+            age_years: age_years(self.demographics.birth_date.expose(), now),
+            sex: view.sex.clone(),
+            location: view.location.clone(),
+            discharged: view.discharged,
+            latest,
+            trends,
+            medications: view.medications.iter().map(|m| m.medication.clone()).collect(),
+            allergies: view.allergies.clone(),
+            open_alerts: self.open_alerts.values().cloned().collect(),
+        }
     }
 
     /// Prepare the view for evaluating `event` at `now`.
