@@ -26,8 +26,14 @@ use crate::vocab::Vocabulary;
 
 /// The key that signs console tokens.
 pub fn load_auth(config: &Config) -> anyhow::Result<Auth> {
-    let key = load_or_create_key(&config.jwt_secret_file)?;
-    Ok(Auth::hs256(&key))
+    if config.auth_algorithm == "HS256" {
+        let key = load_or_create_key(&config.jwt_secret_file)?;
+        return Ok(Auth::hs256(&key));
+    }
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading key file {}", p.display()));
+    let public = read(config.auth_public_key.as_deref().context("auth.public_key_file")?)?;
+    let private = config.auth_private_key.as_deref().map(read).transpose()?;
+    Ok(Auth::asymmetric(&config.auth_algorithm, &public, private.as_deref(), &config.auth_issuers)?)
 }
 
 /// A running server.

@@ -60,12 +60,26 @@ pub enum AuthError {
     Invalid,
 }
 
-/// Issues and verifies tokens with one key; the algorithm is pinned.
+/// Issues and verifies tokens with one key; the algorithm is pinned, so a token signed any
+/// other way (including `none` or an HS256 token made with a public key) is refused.
 #[derive(Clone)]
 pub struct Auth {
-    encoding: EncodingKey,
+    algorithm: Algorithm,
+    /// Absent for an external identity provider whose private key we never see.
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
+}
+
+/// Key material for a signing algorithm.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The PEM did not parse as a key for the algorithm.
+    #[error("{0}")]
+    Pem(String),
+    /// The algorithm is not one we accept.
+    #[error("unsupported algorithm {0}: use HS256, RS256 or ES256")]
+    Algorithm(String),
 }
 
 const ISSUER: &str = "vigil";
@@ -73,18 +87,53 @@ const ISSUER: &str = "vigil";
 impl Auth {
     /// HS256 with `secret`.
     pub fn hs256(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[ISSUER]);
-        validation.leeway = 5;
-        Auth {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
+        Auth::pinned(Algorithm::HS256, Some(EncodingKey::from_secret(secret)), DecodingKey::from_secret(secret), &[ISSUER])
     }
 
-    /// A token for `sub` with `role` over `units`, valid for `ttl`.
+    /// RS256 or ES256 with an identity provider's public key (PEM), accepting tokens from
+    /// `issuers` (our own `vigil` when empty). A private key (PEM) lets `vigil token` issue too.
+    pub fn asymmetric(
+        algorithm: &str,
+        public_pem: &[u8],
+        private_pem: Option<&[u8]>,
+        issuers: &[String],
+    ) -> Result<Self, KeyError> {
+        let pem = |e: jsonwebtoken::errors::Error| KeyError::Pem(e.to_string());
+        let (alg, decoding, encoding) = match algorithm {
+            "RS256" => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(public_pem).map_err(pem)?,
+                private_pem.map(EncodingKey::from_rsa_pem).transpose().map_err(pem)?,
+            ),
+            "ES256" => (
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem(public_pem).map_err(pem)?,
+                private_pem.map(EncodingKey::from_ec_pem).transpose().map_err(pem)?,
+            ),
+            other => return Err(KeyError::Algorithm(other.to_string())),
+        };
+        let issuers: Vec<&str> = if issuers.is_empty() { vec![ISSUER] } else { issuers.iter().map(String::as_str).collect() };
+        Ok(Auth::pinned(alg, encoding, decoding, &issuers))
+    }
+
+    fn pinned(algorithm: Algorithm, encoding: Option<EncodingKey>, decoding: DecodingKey, issuers: &[&str]) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.set_issuer(issuers);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = 5;
+        Auth { algorithm, encoding, decoding, validation }
+    }
+
+    /// Whether this server can issue tokens (it holds the signing key).
+    pub fn can_issue(&self) -> bool {
+        self.encoding.is_some()
+    }
+
+    /// A token for `sub` with `role` over `units`, valid for `ttl`; empty when this server
+    /// does not hold the signing key (an external identity provider issues tokens then).
     pub fn issue(&self, sub: &str, role: Role, units: Vec<String>, ttl: time::Duration) -> String {
+        let Some(encoding) = &self.encoding else { return String::new() };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = Claims {
             sub: sub.into(),
@@ -94,9 +143,8 @@ impl Auth {
             exp: now + ttl.whole_seconds(),
             iss: ISSUER.into(),
         };
-        // Encoding HS256 claims that serialize cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .unwrap_or_default()
+        // Encoding claims that serialize with a key that parsed cannot fail.
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding).unwrap_or_default()
     }
 
     /// Verify a token.
@@ -126,5 +174,45 @@ mod tests {
         let expired = auth.issue("u1", Role::Rrt, vec!["*".into()], time::Duration::hours(-1));
         assert!(matches!(auth.verify(&expired), Err(AuthError::Expired)));
         assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid)));
+    }
+
+    fn openssl(args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("openssl")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl is needed to make test keys");
+        if let Some(input) = input {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    #[test]
+    fn es256_and_rs256_from_an_identity_provider_with_the_algorithm_pinned() {
+        for (alg, genkey) in [
+            ("ES256", vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+            ("RS256", vec!["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        ] {
+            let private = openssl(&genkey, None);
+            let public = openssl(&["pkey", "-pubout"], Some(&private));
+            let idp = Auth::asymmetric(alg, &public, Some(&private), &["https://idp.example".into()]).unwrap();
+            let mut token = idp.issue("u7", Role::Physician, vec!["ICU".into()], time::Duration::hours(1));
+            // Our issue() stamps iss=vigil; the provider's tokens carry its own issuer.
+            assert!(matches!(idp.verify(&token), Err(AuthError::Invalid)), "issuer is checked");
+            let verifier = Auth::asymmetric(alg, &public, None, &[]).unwrap();
+            assert!(!verifier.can_issue());
+            assert_eq!(verifier.verify(&token).unwrap().role, Role::Physician);
+            // Algorithm confusion: an HS256 token keyed with the public key is refused.
+            let hs = Auth::hs256(&public).issue("u7", Role::Admin, vec!["*".into()], time::Duration::hours(1));
+            assert!(matches!(verifier.verify(&hs), Err(AuthError::Invalid)), "{alg}: HS256 token accepted");
+            token.push('x');
+            assert!(matches!(verifier.verify(&token), Err(AuthError::Invalid)));
+        }
+        assert!(matches!(Auth::asymmetric("none", b"", None, &[]), Err(KeyError::Algorithm(_))));
     }
 }

@@ -92,6 +92,15 @@ pub struct AuthFileConfig {
     /// File holding the HS256 secret (hex); created on first run when absent.
     /// Default: `<data_dir>/keys/jwt.key`.
     pub jwt_secret_file: Option<PathBuf>,
+    /// `HS256` (default, our own secret), `RS256` or `ES256` (an identity provider's key).
+    pub algorithm: Option<String>,
+    /// RS256/ES256: the identity provider's public key (PEM).
+    pub public_key_file: Option<PathBuf>,
+    /// RS256/ES256: a private key (PEM) so `vigil token` can issue; usually absent.
+    pub private_key_file: Option<PathBuf>,
+    /// RS256/ES256: accepted `iss` values (default `vigil`).
+    #[serde(default)]
+    pub issuers: Vec<String>,
 }
 
 /// MLLP listener settings.
@@ -126,6 +135,14 @@ pub struct Config {
     pub mllp: MllpSettings,
     /// HS256 secret file.
     pub jwt_secret_file: PathBuf,
+    /// Token algorithm and key files.
+    pub auth_algorithm: String,
+    /// RS256/ES256 public key.
+    pub auth_public_key: Option<PathBuf>,
+    /// RS256/ES256 private key.
+    pub auth_private_key: Option<PathBuf>,
+    /// RS256/ES256 issuers.
+    pub auth_issuers: Vec<String>,
     /// Messages in flight across all connections before senders wait (bounds actor mailboxes).
     pub ingest_permits: usize,
     /// Alert changes a WebSocket session may lag before it must resync.
@@ -155,6 +172,10 @@ impl Config {
                 facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
             },
             jwt_secret_file: file.auth.jwt_secret_file.unwrap_or_else(|| data_dir.join("keys").join("jwt.key")),
+            auth_algorithm: file.auth.algorithm.unwrap_or_else(|| "HS256".into()),
+            auth_public_key: file.auth.public_key_file,
+            auth_private_key: file.auth.private_key_file,
+            auth_issuers: file.auth.issuers,
             data_dir,
             ingest_permits: 16_384,
             hub_capacity: 4_096,
@@ -177,6 +198,12 @@ impl Config {
         }
         if self.escalation.windows.iter().any(|(_, w)| w.is_some_and(|w| w.is_zero())) {
             bail!("escalation windows (escalation.*_secs) must be at least 1 second");
+        }
+        match (self.auth_algorithm.as_str(), &self.auth_public_key) {
+            ("HS256", _) => {}
+            ("RS256" | "ES256", Some(_)) => {}
+            ("RS256" | "ES256", None) => bail!("auth.public_key_file is required with auth.algorithm = {}", self.auth_algorithm),
+            (other, _) => bail!("auth.algorithm must be HS256, RS256 or ES256, not {other}"),
         }
         if self.mllp.idle_timeout.is_zero() {
             bail!("mllp.idle_timeout_secs must be at least 1");

@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let auth = app::load_auth(&config)?;
+            anyhow::ensure!(auth.can_issue(), "this server verifies tokens from an identity provider ({}); it holds no key to issue them", config.auth_algorithm);
             println!("{}", auth.issue(&sub, role, units, time::Duration::hours(hours)));
         }
     }

@@ -224,6 +224,48 @@ async fn an_opened_patient_streams_live_vitals_only_to_those_who_may_see_it() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_alert_escalates_visibly_to_the_rapid_response_team() {
+    let dir = tempdir("escalate");
+    let mut config = config(&dir);
+    for (severity, window) in config.escalation.windows.iter_mut() {
+        if *severity == vigil_actors::Severity::High {
+            *window = Some(time::Duration::seconds(1));
+        }
+    }
+    config.escalation.period = Duration::from_millis(100);
+    let server = vigil::app::start(&config).await.unwrap();
+    let icu = server.auth.issue("nurse-1", Role::Nurse, vec!["ICU".into()], time::Duration::hours(1));
+    let team = server.auth.issue("rrt-1", Role::Rrt, vec!["RRT".into()], time::Duration::hours(1));
+
+    let mut rrt = Console::connect(server.http_addr, &team).await;
+    rrt.send(json!({"type": "subscribe", "units": ["RRT"]})).await;
+    assert_eq!(rrt.next(&["snapshot"]).await["alerts"], json!([]));
+    let mut nurse = Console::connect(server.http_addr, &icu).await;
+    nurse.send(json!({"type": "subscribe"})).await;
+    nurse.next(&["subscribed"]).await;
+
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    raise(&mut mllp, 1).await;
+    let raised = nurse.next(&["alert"]).await;
+    assert!(raised["alert"]["escalation"].is_null());
+
+    // Nobody acknowledges: after the high-severity window the team sees it, with a notification.
+    let escalated = rrt.next(&["alert"]).await;
+    assert_eq!(escalated["alert"]["id"], raised["alert"]["id"]);
+    assert_eq!(escalated["alert"]["escalation"]["level"], 1);
+    assert_eq!(escalated["alert"]["escalation"]["units"], json!(["RRT"]));
+    assert_eq!(escalated["notify"], true);
+    let seen_by_nurse = nurse.next(&["alert"]).await;
+    assert_eq!(seen_by_nurse["alert"]["escalation"]["level"], 1);
+
+    // The team acknowledges; escalation stops.
+    let id = escalated["alert"]["id"].as_str().unwrap().to_string();
+    rrt.send(json!({"type": "ack", "ref": "a", "alert_id": id})).await;
+    assert_eq!(rrt.next(&["reply"]).await["ok"], true);
+    server.shutdown().await;
+}
+
 /// A minimal HTTP/1.1 JSON client over a TcpStream, enough for the API tests.
 struct Http(std::net::SocketAddr);
 
