@@ -60,7 +60,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let events: Arc<dyn EventStore> = Arc::new(store.clone());
     let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
     let router = Arc::new(Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock)).await?);
-    let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key));
+    let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
+        .with_mrn_type(config.hl7.mrn_identifier_type.clone())
+        .with_default_offset(config.hl7.default_utc_offset);
     let ingress = Arc::new(Ingress::new(
         Arc::clone(&router),
         events,
@@ -69,7 +71,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.ingest_permits,
         config.mllp.application.clone(),
         config.mllp.facility.clone(),
-    ));
+    )
+    .with_unsupported(config.hl7.unsupported));
 
     let mllp_listener = TcpListener::bind(config.mllp_addr)
         .await

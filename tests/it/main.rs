@@ -6,4 +6,5 @@ mod support;
 mod crash;
 mod demo;
 mod e2e;
+mod fixtures;
 mod external;
