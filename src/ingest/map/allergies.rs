@@ -70,7 +70,8 @@ fn normalise_system(code: &str) -> String {
     }
 }
 
-/// Whether a coding-system name means RxNorm.
+/// Whether a coding-system name means RxNorm (HL7 table 0396 `RXNORM`, also `RXN` and the FHIR
+/// URI), in any letter case.
 pub(super) fn is_rxnorm(system: &str) -> bool {
-    matches!(system, "RXNORM" | "RxNorm" | "RXN" | "rxnorm" | "http://www.nlm.nih.gov/research/umls/rxnorm")
+    ["RXNORM", "RXN", "http://www.nlm.nih.gov/research/umls/rxnorm"].iter().any(|s| s.eq_ignore_ascii_case(system.trim()))
 }

@@ -95,7 +95,7 @@ fn missing_identity_and_pid_are_located_errors() {
 fn adt_census_with_allergies_cancel_transfer_and_merge() {
     let msg = "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||ADT^A01|A1|P|2.5\r\
 PID|||9^^^HOSP^MR\r\
-PV1||I|ICU^3^A|||||D123^House||||||||||||V77\r\
+PV1||I|ICU^3^A||||D123^House||||||||||||V77\r\
 AL1|1|DA|70618^Penicillin^RxNorm|SV|hives\r";
     let events = mapper().adt_census(&Message::parse(msg.as_bytes()).unwrap(), CensusAction::Admit, OffsetDateTime::now_utc()).unwrap();
     assert_eq!(events.len(), 2);
@@ -138,7 +138,7 @@ ORC|DC||F200\rRXE|^^^20260102|LOC9^Vancomycin 1 g IV^L^11124^vancomycin^RxNorm\r
         ]
     );
     let msg = "MSH|^~\\&|RX|HOSP|VIGIL|HOSP|20260102||RAS^O17|S1|P|2.5\rPID|||9^^^HOSP^MR\rORC|RE|P100\r\
-RXA|0|1|202601020800+0000||723^Amoxicillin^RXNORM|500|mg\rRXA|0|2|202601021400+0000||723^Amoxicillin^RXNORM|500|mg||||||||||||RE\r";
+RXA|0|1|202601020800+0000||723^Amoxicillin^RXNORM|500|mg\rRXA|0|2|202601021400+0000||723^Amoxicillin^RXNORM|500|mg|||||||||||||RE\r";
     let events = mapper().ras_o17(&Message::parse(msg.as_bytes()).unwrap(), OffsetDateTime::now_utc()).unwrap();
     assert_eq!(events.len(), 1, "a refused dose is not an administration");
     let EventKind::Administration { medication, given_at } = &events[0].kind else { panic!() };
