@@ -151,3 +151,21 @@ async fn every_fixture_gets_its_acks_and_stores_its_events() {
         assert_subset(&expected, &Value::Array(stored.clone()), name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_types_can_be_accepted_and_ignored_by_config() {
+    let dir = tempdir("ignore");
+    let mut cfg = config(&dir);
+    cfg.hl7.unsupported = vigil::config::UnsupportedPolicy::Ignore;
+    let server = vigil::app::start(&cfg).await.unwrap();
+    let addr = server.mllp_addr.to_string();
+    let original = "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||ADT^A31^ADT_A05|IGN-1|P|2.5\rPID|||IGN-MRN^^^HOSP^MR\r";
+    let acks = exchange(&addr, original.as_bytes(), 1).await;
+    assert_eq!(ack_field(&acks[0], "MSA", 1).as_deref(), Some("AA"), "{acks:?}");
+    let enhanced = "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||MFN^M02|IGN-2|P|2.5|||AL|SU\r";
+    let acks = exchange(&addr, enhanced.as_bytes(), 2).await;
+    let codes: Vec<_> = acks.iter().map(|a| ack_field(a, "MSA", 1).unwrap_or_default()).collect();
+    assert_eq!(codes, ["CA", "AA"]);
+    server.shutdown().await;
+    assert!(stored_events(&dir, "HOSP", "IGN-MRN").await.is_empty(), "an ignored message is not stored");
+}
