@@ -73,7 +73,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await?
             .with_live_feed(Arc::new(live.clone())),
     );
-    let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key));
+    let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
+        .with_mrn_type(config.hl7.mrn_identifier_type.clone())
+        .with_default_offset(config.hl7.default_utc_offset);
     let ingress = Arc::new(Ingress::new(
         Arc::clone(&router),
         events,
@@ -82,7 +84,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.ingest_permits,
         config.mllp.application.clone(),
         config.mllp.facility.clone(),
-    ));
+    )
+    .with_unsupported(config.hl7.unsupported));
 
     let mllp_listener = TcpListener::bind(config.mllp_addr)
         .await

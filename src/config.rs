@@ -49,6 +49,9 @@ pub struct FileConfig {
     /// `[escalation]` section.
     #[serde(default)]
     pub escalation: EscalationFileConfig,
+    /// `[hl7]` section.
+    #[serde(default)]
+    pub hl7: Hl7FileConfig,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -65,6 +68,67 @@ pub struct EscalationFileConfig {
     pub units: Option<Vec<String>>,
     /// Roles that also see escalated alerts (default `["rrt"]`).
     pub roles: Option<Vec<String>>,
+}
+
+/// `[hl7]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7FileConfig {
+    /// PID-3 / MRG-1 identifier type (CX-5) of the MRN (default `MR`).
+    pub mrn_identifier_type: Option<String>,
+    /// Offset assumed for timestamps sent without one, `+HH:MM` (default `+00:00`).
+    pub default_utc_offset: Option<String>,
+    /// Message types Vigil does not map: `reject` (AR, code 200; default) or `ignore`
+    /// (accepted, not stored, logged at info).
+    pub unsupported: Option<UnsupportedPolicy>,
+}
+
+/// What to do with a message type Vigil does not map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsupportedPolicy {
+    /// AR (CR in enhanced mode) with ERR-3 code 200.
+    #[default]
+    Reject,
+    /// AA (CA): accepted and ignored, not stored.
+    Ignore,
+}
+
+/// HL7 mapping settings.
+#[derive(Debug, Clone)]
+pub struct Hl7Settings {
+    /// PID-3 identifier type of the MRN.
+    pub mrn_identifier_type: String,
+    /// Offset for timestamps without one.
+    pub default_utc_offset: time::UtcOffset,
+    /// Unsupported message types.
+    pub unsupported: UnsupportedPolicy,
+}
+
+impl Default for Hl7Settings {
+    fn default() -> Self {
+        Hl7Settings { mrn_identifier_type: "MR".into(), default_utc_offset: time::UtcOffset::UTC, unsupported: UnsupportedPolicy::Reject }
+    }
+}
+
+/// `+HH:MM` / `-HH:MM` (also `Z`, `+HHMM`).
+fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
+    let text = text.trim();
+    if text == "Z" {
+        return Some(time::UtcOffset::UTC);
+    }
+    let sign: i8 = match text.get(..1)? {
+        "+" => 1,
+        "-" => -1,
+        _ => return None,
+    };
+    let digits: String = text.get(1..)?.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) || text.len() > 6 {
+        return None;
+    }
+    let h: i8 = digits.get(..2)?.parse().ok()?;
+    let m: i8 = digits.get(2..)?.parse().ok()?;
+    time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
 }
 
 /// `[mllp]`
@@ -149,6 +213,8 @@ pub struct Config {
     pub hub_capacity: usize,
     /// Escalation of unacknowledged alerts.
     pub escalation: crate::alerts::escalation::EscalationPolicy,
+    /// HL7 mapping settings.
+    pub hl7: Hl7Settings,
 }
 
 impl Config {
@@ -159,6 +225,16 @@ impl Config {
             None => FileConfig::default(),
         };
         let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "data".into());
+        let default_utc_offset = match &file.hl7.default_utc_offset {
+            Some(text) => parse_utc_offset(text)
+                .with_context(|| format!("hl7.default_utc_offset must look like +01:00, not {text:?}"))?,
+            None => time::UtcOffset::UTC,
+        };
+        let hl7 = Hl7Settings {
+            mrn_identifier_type: file.hl7.mrn_identifier_type.unwrap_or_else(|| "MR".into()),
+            default_utc_offset,
+            unsupported: file.hl7.unsupported.unwrap_or_default(),
+        };
         let config = Config {
             mllp_addr: args.mllp_addr.or(file.mllp_addr).unwrap_or(([127, 0, 0, 1], 2575).into()),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 8080).into()),
@@ -180,6 +256,7 @@ impl Config {
             ingest_permits: 16_384,
             hub_capacity: 4_096,
             escalation: escalation_policy(file.escalation),
+            hl7,
         };
         config.validate()?;
         Ok(config)
@@ -204,6 +281,9 @@ impl Config {
             ("RS256" | "ES256", Some(_)) => {}
             ("RS256" | "ES256", None) => bail!("auth.public_key_file is required with auth.algorithm = {}", self.auth_algorithm),
             (other, _) => bail!("auth.algorithm must be HS256, RS256 or ES256, not {other}"),
+        }
+        if self.hl7.mrn_identifier_type.trim().is_empty() {
+            bail!("hl7.mrn_identifier_type must not be empty");
         }
         if self.mllp.idle_timeout.is_zero() {
             bail!("mllp.idle_timeout_secs must be at least 1");
@@ -267,5 +347,24 @@ mod tests {
         std::fs::write(&path, "[mllp]\nmax_frame_bytes = 10\n").unwrap();
         let err = format!("{:#}", Config::load(&args).unwrap_err());
         assert!(err.contains("mllp.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn hl7_section_sets_identity_zone_and_unsupported_policy() {
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vigil.toml");
+        let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        std::fs::write(&path, "[hl7]\nmrn_identifier_type = \"PI\"\ndefault_utc_offset = \"-05:00\"\nunsupported = \"ignore\"\n").unwrap();
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.hl7.mrn_identifier_type, "PI");
+        assert_eq!(c.hl7.default_utc_offset, time::UtcOffset::from_hms(-5, 0, 0).unwrap());
+        assert_eq!(c.hl7.unsupported, UnsupportedPolicy::Ignore);
+        std::fs::write(&path, "[hl7]\ndefault_utc_offset = \"EST\"\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("hl7.default_utc_offset"), "{err}");
+        std::fs::write(&path, "[hl7]\nunsupported = \"drop\"\n").unwrap();
+        assert!(Config::load(&args).is_err());
+        assert_eq!(Config::load(&ServeArgs::default()).unwrap().hl7.unsupported, UnsupportedPolicy::Reject);
     }
 }

@@ -7,5 +7,6 @@ mod browser;
 mod crash;
 mod demo;
 mod e2e;
+mod fixtures;
 mod external;
 mod protocol;

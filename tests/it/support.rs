@@ -153,3 +153,13 @@ pub fn open_store(dir: &Path) -> vigil::store::EmbeddedStore {
     let publisher = std::sync::Arc::new(vigil_actors::fakes::CollectingPublisher::default());
     vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), publisher).unwrap()
 }
+
+/// Every stored event of a patient (assigning authority + MRN), read from the data dir of a
+/// server that is no longer running.
+pub async fn stored_events(dir: &Path, authority: &str, mrn: &str) -> Vec<vigil_actors::ClinicalEvent> {
+    use vigil_actors::EventStore;
+    let key = vigil::crypto::load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
+    let index = vigil::crypto::BlindIndex::new(&key);
+    let store = open_store(dir);
+    store.events_since(&index.patient_id(authority, mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap()
+}

@@ -103,9 +103,11 @@ impl MllpDecoder {
                 Some(Decoded::Frame(frame))
             }
             None if self.buf.len() - 1 > self.max_frame => {
-                let prefix = self.buf[1..1 + OVERSIZED_PREFIX.min(self.buf.len() - 1)].to_vec();
+                // A trailing 0x1C may be the first half of the end marker: it stays in the
+                // buffer, and so out of both the prefix and the length (found by fuzzing).
                 let keep = usize::from(self.buf.last() == Some(&EB));
                 let consumed = self.buf.len() - keep;
+                let prefix = self.buf[1..1 + OVERSIZED_PREFIX.min(consumed - 1)].to_vec();
                 self.skipping = Some((prefix, consumed - 1));
                 self.buf.drain(..consumed);
                 None
@@ -170,6 +172,20 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0], Decoded::Oversized { len: 10_000, prefix } if prefix.len() >= 1024 && prefix.len() <= OVERSIZED_PREFIX), "{:?}", out[0]);
         assert_eq!(out[1], Decoded::Frame(b"MSH|after".to_vec()));
+    }
+
+    #[test]
+    fn an_end_marker_split_across_reads_of_an_oversized_frame_stays_out_of_its_prefix() {
+        let mut d = MllpDecoder::new(1024);
+        let mut first = vec![SB];
+        first.extend(std::iter::repeat_n(b'x', 1077));
+        first.push(EB);
+        d.extend(&first);
+        assert_eq!(d.decode(), None);
+        d.extend(&[CR]);
+        let Some(Decoded::Oversized { prefix, len }) = d.decode() else { panic!("expected oversized") };
+        assert_eq!(len, 1077);
+        assert!(prefix.len() <= len && !prefix.contains(&EB), "prefix {} of a {len} byte frame", prefix.len());
     }
 
     proptest! {

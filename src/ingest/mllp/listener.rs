@@ -18,7 +18,8 @@ use super::codec::{Decoded, MllpDecoder, frame};
 use crate::config::MllpSettings;
 use crate::ingest::{Ingress, Pending};
 
-type AckFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+/// The frames answering one message: none, one ACK, or an accept ACK then an application ACK.
+type AckFuture = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 
 /// Accept connections until `shutdown` turns true, then let every connection finish the
 /// messages it has begun and wait for them.
@@ -91,8 +92,8 @@ async fn connection(
         }
         let can_read = reading && pending.len() < settings.max_in_flight_per_connection;
         tokio::select! {
-            Some(ack) = pending.next(), if !pending.is_empty() => {
-                if let Some(ack) = ack {
+            Some(acks) = pending.next(), if !pending.is_empty() => {
+                for ack in acks {
                     stream.write_all(&frame(ack.as_bytes())).await?;
                 }
                 deadline = Instant::now() + settings.idle_timeout;

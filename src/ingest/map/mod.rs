@@ -1,0 +1,223 @@
+//! HL7 v2 message -> clinical events. Reads identity (PID-3, the MR repetition), demographics
+//! and location, then hands each message type to its module: `oru` (IHE PCD-01 vitals and lab
+//! results), `adt` (census, merge), `allergies` (AL1, IAM), `orders` (RDE, OMP, RAS).
+//! Nothing is guessed: a value whose code, unit or status is not usable is left out.
+//!
+//! Adding a trigger event: a function here or in a submodule returning `Vec<ClinicalEvent>`,
+//! an arm in `Ingress::route`, a fixture in tests/fixtures/hl7/ with its expected outcome, and
+//! a row in docs/hl7.md.
+
+mod adt;
+mod allergies;
+mod orders;
+mod oru;
+
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, PatientKey, Phi};
+
+use super::hl7::{Message, Repetition, Segment};
+use crate::crypto::BlindIndex;
+use crate::vocab::Vocabulary;
+
+pub use orders::normalise_drug_name;
+
+/// Why a message could not become an event; carries what the ERR segment needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapError {
+    /// Segment name.
+    pub segment: &'static str,
+    /// Field number; 0 when the segment itself is missing.
+    pub field: u32,
+    /// HL7 table 0357 code.
+    pub code: u16,
+    /// What is wrong (no patient data in it).
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for MapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field == 0 {
+            f.write_str(self.what)
+        } else {
+            write!(f, "{}-{}: {}", self.segment, self.field, self.what)
+        }
+    }
+}
+
+impl std::error::Error for MapError {}
+
+impl MapError {
+    const fn new(segment: &'static str, field: u32, code: u16, what: &'static str) -> Self {
+        MapError { segment, field, code, what }
+    }
+}
+
+const NO_PID: MapError = MapError::new("PID", 0, 100, "PID segment is required");
+
+/// Maps parsed messages to events.
+pub struct Mapper {
+    vocab: Vocabulary,
+    index: BlindIndex,
+    /// Offset assumed for timestamps sent without one.
+    default_offset: UtcOffset,
+    /// PID-3 identifier type that names the MRN (CX-5).
+    mrn_type: String,
+}
+
+impl Mapper {
+    /// A mapper with the given vocabulary and blind index, UTC for zone-less timestamps, and
+    /// `MR` as the identifier type of the MRN.
+    pub fn new(vocab: Vocabulary, index: BlindIndex) -> Self {
+        Mapper { vocab, index, default_offset: UtcOffset::UTC, mrn_type: "MR".into() }
+    }
+
+    /// The PID-3 identifier type (CX-5) that names the MRN (`[hl7] mrn_identifier_type`).
+    pub fn with_mrn_type(mut self, mrn_type: impl Into<String>) -> Self {
+        self.mrn_type = mrn_type.into();
+        self
+    }
+
+    /// The offset assumed for timestamps without one (`[hl7] default_utc_offset`).
+    pub fn with_default_offset(mut self, offset: UtcOffset) -> Self {
+        self.default_offset = offset;
+        self
+    }
+
+    /// HL7 DTM `YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]`; the default offset when none.
+    pub fn timestamp(&self, text: &str) -> Option<OffsetDateTime> {
+        parse_dtm(text, self.default_offset)
+    }
+
+    /// The key the MRN is found under: the PID-3 (or MRG-1) repetition whose identifier type
+    /// is the configured one; failing that, the first repetition sent without a type. An
+    /// identifier of another type (SS, PI, ...) is never taken for the MRN.
+    fn identity(&self, segment: &Segment, field: usize, missing: MapError) -> Result<PatientKey, MapError> {
+        let field = segment.field(field).ok_or(missing.clone())?;
+        let mut untyped = None;
+        for rep in field.repetitions() {
+            let id = rep.component(1);
+            if id.trim().is_empty() {
+                continue;
+            }
+            let key = PatientKey { authority: rep.component(4), mrn: Phi(id) };
+            let kind = rep.component(5);
+            if kind == self.mrn_type {
+                return Ok(key);
+            }
+            if kind.is_empty() {
+                untyped.get_or_insert(key);
+            }
+        }
+        untyped.ok_or(missing)
+    }
+
+    fn patient_key(&self, pid: &Segment) -> Result<PatientKey, MapError> {
+        self.identity(pid, 3, MapError::new("PID", 3, 101, "PID-3 has no patient identifier of the configured MRN type"))
+    }
+
+    /// An event for the patient of `pid` with the message's envelope; the caller sets the
+    /// location and kind.
+    fn event(&self, msg: &Message, pid: &Segment, received_at: OffsetDateTime, kind: EventKind) -> Result<ClinicalEvent, MapError> {
+        let patient = self.patient_key(pid)?;
+        Ok(ClinicalEvent {
+            patient_id: self.index.patient_id(&patient.authority, patient.mrn.expose()),
+            patient,
+            demographics: Demographics {
+                name: Phi(display_name(pid)),
+                birth_date: Phi(pid.text(7)),
+                sex: pid.text(8),
+            },
+            location: None,
+            sender: sender_of(msg),
+            control_id: msg.control_id().to_string(),
+            raw: Phi(msg.raw().to_string()),
+            received_at,
+            kind,
+        })
+    }
+}
+
+/// Location from a PL field (unit^room^bed); `None` when neither unit nor bed is sent.
+fn location(segment: &Segment, field: usize) -> Option<Location> {
+    let l = Location {
+        unit: segment.component(field, 1),
+        room: segment.component(field, 2),
+        bed: segment.component(field, 3),
+    };
+    (!l.unit.is_empty() || !l.bed.is_empty()).then_some(l)
+}
+
+/// `system|code` of a coded element's first triplet with a code, for audit.
+fn coded(rep: &Repetition<'_>) -> Option<String> {
+    for (code, system) in [(1, 3), (4, 6)] {
+        let c = rep.component(code);
+        if !c.is_empty() {
+            return Some(format!("{}|{}", rep.component(system), c));
+        }
+    }
+    None
+}
+
+/// The sender a control id is unique within: sending application and facility.
+pub fn sender_of(msg: &Message) -> String {
+    format!("{}|{}", msg.sending_application(), msg.sending_facility())
+}
+
+fn display_name(pid: &Segment) -> String {
+    let family = pid.component(5, 1);
+    let given = pid.component(5, 2);
+    match (family.is_empty(), given.is_empty()) {
+        (false, false) => format!("{family}, {given}"),
+        (false, true) => family,
+        _ => given,
+    }
+}
+
+/// Parse an HL7 DTM. Precision below the day is optional, as the standard allows.
+pub fn parse_dtm(text: &str, default_offset: UtcOffset) -> Option<OffsetDateTime> {
+    let text = text.trim();
+    let (body, offset) = match text.find(['+', '-']) {
+        Some(i) => {
+            let (b, z) = text.split_at(i);
+            let sign: i8 = if z.starts_with('-') { -1 } else { 1 };
+            let digits = z.get(1..)?;
+            if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let h: i8 = digits.get(..2)?.parse().ok()?;
+            let m: i8 = digits.get(2..)?.parse().ok()?;
+            (b, UtcOffset::from_hms(sign * h, sign * m, 0).ok()?)
+        }
+        None => (text, default_offset),
+    };
+    let (whole, fraction) = match body.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (body, None),
+    };
+    if whole.len() < 8 || whole.len() > 14 || whole.len() % 2 != 0 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> { whole.get(r).map(|s| s.parse().ok()).unwrap_or(Some(0)) };
+    let year = i32::try_from(num(0..4)?).ok()?;
+    let month = Month::try_from(u8::try_from(num(4..6)?).ok()?).ok()?;
+    let day = u8::try_from(num(6..8)?).ok()?;
+    let nanos = match fraction {
+        Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            f.parse::<u32>().ok()? * 10u32.pow(9 - f.len() as u32)
+        }
+        Some(_) => return None,
+        None => 0,
+    };
+    let time = Time::from_hms_nano(
+        u8::try_from(num(8..10)?).ok()?,
+        u8::try_from(num(10..12)?).ok()?,
+        u8::try_from(num(12..14)?).ok()?,
+        nanos,
+    )
+    .ok()?;
+    let date = Date::from_calendar_date(year, month, day).ok()?;
+    Some(PrimitiveDateTime::new(date, time).assume_offset(offset))
+}
+
+#[cfg(test)]
+mod tests;

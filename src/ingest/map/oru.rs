@@ -1,0 +1,214 @@
+//! ORU^R01 -> one observations event: IHE PCD-01 vitals (MDC codes, OBX-4 containment,
+//! OBX-18 device) and lab results (LOINC; NM, SN, ST, CWE; units, reference ranges, abnormal
+//! flags; OBX-11 status with corrections and deletions keyed by filler order, code and sub-id).
+
+use time::OffsetDateTime;
+use vigil_actors::{ClinicalEvent, EventKind, Observation, ResultStatus};
+
+use super::{MapError, Mapper, NO_PID, location};
+use crate::ingest::hl7::{Message, Segment};
+use crate::vocab::{Canonical, CodeSystem, UnitMatch, ValueType};
+
+/// The order an OBX belongs to.
+struct OrderContext {
+    /// Filler order number (OBR-3.1), else placer (OBR-2.1).
+    order_number: String,
+    /// OBR-7 observation date/time.
+    observed_at: Option<OffsetDateTime>,
+}
+
+impl Mapper {
+    /// ORU^R01 (vitals per IHE PCD-01, or results) -> an observations event.
+    pub fn oru_r01(&self, msg: &Message, received_at: OffsetDateTime) -> Result<Vec<ClinicalEvent>, MapError> {
+        let pid = msg.segment("PID").ok_or(NO_PID)?;
+        let mut event = self.event(msg, pid, received_at, EventKind::Observations { observations: Vec::new() })?;
+        event.location = msg.segment("PV1").and_then(|pv1| location(pv1, 3));
+        let mut observations = Vec::new();
+        let mut order = OrderContext { order_number: String::new(), observed_at: None };
+        for segment in msg.segments() {
+            match segment.name() {
+                "OBR" => {
+                    let filler = segment.component(3, 1);
+                    order = OrderContext {
+                        order_number: if filler.is_empty() { segment.component(2, 1) } else { filler },
+                        observed_at: self.timestamp(&segment.text(7)),
+                    };
+                }
+                "OBX" => {
+                    if let Some(o) = self.observation(segment, &order, received_at) {
+                        observations.push(o);
+                    }
+                }
+                _ => {}
+            }
+        }
+        event.kind = EventKind::Observations { observations };
+        Ok(vec![event])
+    }
+
+    /// The canonical analyte of OBX-3: the primary triplet, else the alternate one (a LIS
+    /// often sends its local code first and LOINC second).
+    fn analyte(&self, obx: &Segment) -> Option<(&Canonical, String)> {
+        [(1, 3), (4, 6)].into_iter().find_map(|(code, system)| {
+            let code = obx.component(3, code);
+            let system_name = obx.component(3, system);
+            let canonical = self.vocab.lookup(CodeSystem::parse(&system_name)?, &code)?;
+            Some((canonical, format!("{system_name}|{code}")))
+        })
+    }
+
+    fn observation(&self, obx: &Segment, order: &OrderContext, received_at: OffsetDateTime) -> Option<Observation> {
+        let status = match obx.text(11).as_str() {
+            // R is a monitor's real-time value (PCD-01); an empty status is taken as final.
+            "F" | "R" | "" => ResultStatus::Final,
+            "P" | "I" | "S" => ResultStatus::Preliminary,
+            "C" | "A" => ResultStatus::Corrected,
+            "D" => ResultStatus::Deleted,
+            // W (wrong, retracted by a later D or C), X (cannot be obtained), N, O, U: no value.
+            _ => return None,
+        };
+        let (canonical, source_code) = self.analyte(obx)?;
+        let result_key = format!("{}|{}|{}", order.order_number, obx.component(3, 1), obx.text(4));
+        let observed_at = self.timestamp(&obx.text(14)).or(order.observed_at).unwrap_or(received_at);
+        let mut observation = Observation {
+            name: canonical.name.clone(),
+            value: None,
+            text: None,
+            unit: canonical.unit.clone(),
+            observed_at,
+            source_code,
+            device: Some(obx.component(18, 1)).filter(|d| !d.is_empty()),
+            status,
+            result_key,
+            reference_range: None,
+            abnormal_flags: obx
+                .field(8)
+                .map(|f| f.repetitions().map(|r| r.component(1)).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+        };
+        if status == ResultStatus::Deleted {
+            // A deletion retracts the earlier result by key; it carries no value.
+            return Some(observation);
+        }
+        match canonical.value_type {
+            ValueType::Text => {
+                let text = coded_or_text(obx)?;
+                observation.text = Some(text);
+            }
+            ValueType::Numeric => {
+                let (value, comparator) = numeric(obx)?;
+                let unit = self.unit_of(obx, canonical)?;
+                let convert = |v: f64| match unit {
+                    UnitMatch::Convert { scale, offset } => v * scale + offset,
+                    _ => v,
+                };
+                let value = convert(value);
+                if !value.is_finite() {
+                    return None;
+                }
+                observation.value = Some(value);
+                observation.text = comparator.map(|c| format!("{c}{}", trim_float(value)));
+                observation.reference_range = reference_range(&obx.text(7), &convert);
+            }
+        }
+        Some(observation)
+    }
+
+    /// The unit of OBX-6 (`code^text^system`; either part may be the one the table knows).
+    /// `None` when the unit is incompatible with the analyte or unknown.
+    fn unit_of(&self, obx: &Segment, canonical: &Canonical) -> Option<UnitMatch> {
+        let candidates: Vec<String> =
+            [obx.component(6, 1), obx.component(6, 2)].into_iter().filter(|u| !u.trim().is_empty()).collect();
+        if candidates.is_empty() {
+            return Some(UnitMatch::Canonical);
+        }
+        let mut verdict = UnitMatch::Unknown;
+        for unit in &candidates {
+            match self.vocab.unit_match(canonical, unit) {
+                m @ (UnitMatch::Canonical | UnitMatch::Convert { .. }) => return Some(m),
+                UnitMatch::Incompatible => verdict = UnitMatch::Incompatible,
+                UnitMatch::Unknown => {}
+            }
+        }
+        tracing::debug!(analyte = %canonical.name, ?verdict, "observation dropped: unit not usable for the analyte");
+        None
+    }
+}
+
+/// The number in OBX-5 for NM (or an empty OBX-2, as monitors send), SN (`>^10`, `^2.5`,
+/// `<=^0.01`), or an ST that is a plain number; with the comparator when there is one.
+fn numeric(obx: &Segment) -> Option<(f64, Option<String>)> {
+    let parse = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+    match obx.text(2).as_str() {
+        "NM" | "" => parse(&obx.text(5)).map(|v| (v, None)),
+        "SN" => {
+            // comparator ^ num1 ^ separator/suffix ^ num2: a range or ratio is not one number.
+            if !obx.component(5, 3).is_empty() || !obx.component(5, 4).is_empty() {
+                return None;
+            }
+            let comparator = obx.component(5, 1);
+            let comparator = match comparator.as_str() {
+                "" | "=" => None,
+                ">" | "<" | ">=" | "<=" | "<>" => Some(comparator),
+                _ => return None,
+            };
+            parse(&obx.component(5, 2)).map(|v| (v, comparator))
+        }
+        "ST" => {
+            let text = obx.text(5);
+            let text = text.trim();
+            for c in [">=", "<=", ">", "<"] {
+                if let Some(rest) = text.strip_prefix(c) {
+                    return parse(rest).map(|v| (v, Some(c.to_string())));
+                }
+            }
+            parse(text).map(|v| (v, None))
+        }
+        _ => None,
+    }
+}
+
+/// Text of a coded (CWE/CE/CNE/CF: the code, component 1) or string (ST/TX/FT) value.
+fn coded_or_text(obx: &Segment) -> Option<String> {
+    let text = match obx.text(2).as_str() {
+        "CWE" | "CE" | "CNE" | "CF" => obx.component(5, 1),
+        "ST" | "TX" | "FT" | "IS" | "ID" => obx.text(5),
+        _ => return None,
+    };
+    let text = text.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// OBX-7 in the canonical unit: `low-high`, `>low`, `<high` (and `<=`/`>=`) converted; other
+/// shapes kept as sent when no conversion applies, dropped when one does (a range in the wrong
+/// unit would mislead).
+fn reference_range(text: &str, convert: &dyn Fn(f64) -> f64) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let num = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| trim_float(convert(v)));
+    for c in [">=", "<=", ">", "<"] {
+        if let Some(rest) = text.strip_prefix(c) {
+            return num(rest).map(|v| format!("{c}{v}"));
+        }
+    }
+    // `low-high`; the split skips a leading sign.
+    if let Some(i) = text.get(1..).and_then(|t| t.find('-')).map(|i| i + 1) {
+        let (low, high) = (text.get(..i)?, text.get(i + 1..)?);
+        if let (Some(l), Some(h)) = (num(low), num(high)) {
+            return Some(format!("{l}-{h}"));
+        }
+    }
+    if let Some(v) = num(text) {
+        return Some(v);
+    }
+    (convert(1.0) == 1.0 && convert(0.0) == 0.0).then(|| text.to_string())
+}
+
+/// A float without noise: up to 4 decimals, trailing zeros removed.
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
