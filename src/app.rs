@@ -112,10 +112,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         router: Arc::clone(&router),
         ready: Arc::clone(&ready),
     };
+    let tls = match &config.mllp.tls {
+        Some(tls) => Some(crate::ingest::mllp::listener::tls_acceptor(&tls.cert_file, &tls.key_file)?),
+        None => None,
+    };
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
         mllp_listener,
         ingress,
         config.mllp.clone(),
+        tls,
         shutdown_rx.clone(),
     ));
     let mut http_shutdown = shutdown_rx;

@@ -147,6 +147,18 @@ pub struct MllpFileConfig {
     pub application: Option<String>,
     /// Our MSH-4 in ACKs (default `VIGIL`).
     pub facility: Option<String>,
+    /// `[mllp.tls]`: serve MLLP over TLS.
+    pub tls: Option<TlsFileConfig>,
+}
+
+/// `[mllp.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    /// Certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// `[auth]`
@@ -182,6 +194,8 @@ pub struct MllpSettings {
     pub application: String,
     /// MSH-4 of our ACKs.
     pub facility: String,
+    /// TLS certificate and key, when MLLP is served over TLS.
+    pub tls: Option<TlsFileConfig>,
 }
 
 /// The resolved configuration.
@@ -246,6 +260,7 @@ impl Config {
                 max_in_flight_per_connection: file.mllp.max_in_flight_per_connection.unwrap_or(256),
                 application: file.mllp.application.unwrap_or_else(|| "VIGIL".into()),
                 facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
+                tls: file.mllp.tls,
             },
             jwt_secret_file: file.auth.jwt_secret_file.unwrap_or_else(|| data_dir.join("keys").join("jwt.key")),
             auth_algorithm: file.auth.algorithm.unwrap_or_else(|| "HS256".into()),

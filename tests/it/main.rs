@@ -9,4 +9,5 @@ mod demo;
 mod e2e;
 mod fixtures;
 mod external;
+mod mllp;
 mod protocol;

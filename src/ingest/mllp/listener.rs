@@ -8,14 +8,36 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::codec::{Decoded, MllpDecoder, frame};
 use crate::config::MllpSettings;
+
+/// A TLS acceptor from PEM files: the certificate chain and its private key.
+pub fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .with_context(|| format!("reading mllp.tls.cert_file {}", cert_pem.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing mllp.tls.cert_file {}", cert_pem.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem)
+        .with_context(|| format!("reading mllp.tls.key_file {}", key_pem.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("tls protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("mllp.tls: certificate and key do not match")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 use crate::ingest::{Ingress, Pending};
 
 /// The frames answering one message: none, one ACK, or an accept ACK then an application ACK.
@@ -27,6 +49,7 @@ pub async fn serve(
     listener: TcpListener,
     ingress: Arc<Ingress>,
     settings: MllpSettings,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(settings.max_connections));
@@ -51,8 +74,20 @@ pub async fn serve(
         let ingress = Arc::clone(&ingress);
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            if let Err(e) = connection(stream, ingress, &settings, shutdown).await {
+            let result = match tls {
+                Some(acceptor) => {
+                    // A handshake that stalls must not hold a connection slot forever.
+                    match tokio::time::timeout(settings.idle_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, ingress, &settings, shutdown).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "tls handshake timed out")),
+                    }
+                }
+                None => connection(stream, ingress, &settings, shutdown).await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "mllp connection ended with an error");
             }
             drop(permit);
@@ -62,15 +97,15 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     ingress: Arc<Ingress>,
     settings: &MllpSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut decoder = MllpDecoder::new(settings.max_frame_bytes);
     let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     let mut reading = true;
     let mut deadline = Instant::now() + settings.idle_timeout;
     loop {

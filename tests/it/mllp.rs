@@ -1,0 +1,138 @@
+//! The MLLP listener's promises at the socket: TLS, a thousand concurrent connections, the
+//! frame size limit answered with AR, noise outside frames ignored, idle connections closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vigil::config::TlsFileConfig;
+use vigil_loadtest::mllp::{MllpClient, ack_code, ack_control_id, frame};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Read one framed reply.
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("reply in time").unwrap();
+        assert!(n > 0, "connection closed before a reply");
+        buf.extend_from_slice(&byte[..n]);
+        if let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+            return String::from_utf8_lossy(&buf[1..end]).into_owned();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_over_tls_is_acknowledged_and_plaintext_is_not() {
+    let dir = tempdir("tls");
+    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let d = dir.to_str().unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    // A test CA, and a server certificate it signs (webpki refuses a CA as the end entity).
+    for args in [
+        [&["req", "-x509", "-days", "1", "-subj", "/CN=Vigil Test CA"][..], &ec, &["-keyout", &format!("{d}/ca.key"), "-out", &format!("{d}/ca.pem")]].concat(),
+        [&["req", "-subj", "/CN=localhost"][..], &ec, &["-keyout", &format!("{d}/key.pem"), "-out", &format!("{d}/leaf.csr")]].concat(),
+        vec!["x509", "-req", "-days", "1", "-in", &format!("{d}/leaf.csr"), "-CA", &format!("{d}/ca.pem"), "-CAkey", &format!("{d}/ca.key"),
+             "-CAcreateserial", "-out", &format!("{d}/cert.pem"), "-extfile", &format!("{d}/ext.cnf")],
+    ] {
+        let status = std::process::Command::new("openssl")
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl makes the test certificates");
+        assert!(status.success(), "openssl {args:?}");
+    }
+    let mut config = config(&dir);
+    config.mllp.tls = Some(TlsFileConfig { cert_file: cert.clone(), key_file: key });
+    let server = vigil::app::start(&config).await.unwrap();
+
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(server.mllp_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(&frame(&septic_oru("TLS-1", "MRN-TLS", "Tau"))).await.unwrap();
+    let ack = read_frame(&mut tls).await;
+    assert_eq!((ack_code(&ack), ack_control_id(&ack)), (Some("AA"), Some("TLS-1")), "{ack}");
+
+    // A plaintext sender on the TLS port gets no ACK: its frame is never taken as a message.
+    let mut plain = TcpStream::connect(server.mllp_addr).await.unwrap();
+    plain.write_all(&frame(&septic_oru("PLAIN-1", "MRN-TLS", "Tau"))).await.unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(WAIT, plain.read_to_end(&mut reply)).await.expect("server closes it");
+    assert!(read.is_err() || !String::from_utf8_lossy(&reply).contains("MSA|AA"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_connections_are_all_acknowledged() {
+    let dir = tempdir("many");
+    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let addr = server.mllp_addr.to_string();
+    // Open every connection first, so all 1,000 are held at once, then send on each.
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        clients.push(MllpClient::connect(&addr, WAIT).await.unwrap());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let control = format!("C1K-{i}");
+            let ack = client.send(&septic_oru(&control, &format!("MRN-C1K-{}", i % 50), "Kilo")).await.unwrap();
+            (control, ack)
+        });
+    }
+    let mut acked = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (control, ack) = done.unwrap();
+        assert_eq!(ack_code(&ack), Some("AA"), "{ack}");
+        assert_eq!(ack_control_id(&ack), Some(control.as_str()));
+        acked += 1;
+    }
+    assert_eq!(acked, 1000);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_get_ar_noise_is_ignored_and_idle_connections_close() {
+    let dir = tempdir("limits");
+    let mut config = config(&dir);
+    config.mllp.max_frame_bytes = 4096;
+    config.mllp.idle_timeout = Duration::from_secs(1);
+    let server = vigil::app::start(&config).await.unwrap();
+    let mut stream = TcpStream::connect(server.mllp_addr).await.unwrap();
+
+    let big = format!("{}\rNTE|1||{}", septic_oru("BIG-1", "MRN-BIG", "Large"), "x".repeat(10_000));
+    let mut bytes = b"garbage before the frame".to_vec();
+    bytes.extend(frame(&big));
+    bytes.extend(b"\r\n noise between frames \r\n");
+    bytes.extend(frame(&septic_oru("SMALL-1", "MRN-BIG", "Large")));
+    stream.write_all(&bytes).await.unwrap();
+    let first = read_frame(&mut stream).await;
+    assert_eq!((ack_code(&first), ack_control_id(&first)), (Some("AR"), Some("BIG-1")), "{first}");
+    assert!(first.contains("exceeds the 4096 byte limit"), "{first}");
+    let second = read_frame(&mut stream).await;
+    assert_eq!((ack_code(&second), ack_control_id(&second)), (Some("AA"), Some("SMALL-1")), "{second}");
+
+    // Silent for longer than the idle timeout: the server closes the connection.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "idle connection not closed: {closed:?}");
+    server.shutdown().await;
+}
