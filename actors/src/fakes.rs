@@ -38,8 +38,8 @@ fn poisoned() -> StoreError {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError> {
-        self.events.lock().map_err(|_| poisoned())?.push(event.clone());
+    async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError> {
+        self.events.lock().map_err(|_| poisoned())?.extend(events.iter().cloned());
         let (tx, rx) = Durable::channel();
         tx.complete(Ok(()));
         Ok(rx)

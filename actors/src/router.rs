@@ -19,6 +19,9 @@ pub enum IngestError {
     /// The store refused or failed the append.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// One bundle held events of different patients.
+    #[error("events of one bundle must be for one patient")]
+    MixedPatients,
     /// No such patient (no live actor, no recent events).
     #[error("unknown patient")]
     UnknownPatient,
@@ -85,16 +88,32 @@ impl Router {
 
     /// Hand an event to its patient's actor; the ticket resolves once the event is durable.
     pub async fn ingest(&self, event: ClinicalEvent) -> Result<Durable, IngestError> {
-        if let EventKind::Merge { prior_id, .. } = &event.kind {
-            // The retired record's actor stops; its history is read by the survivor.
-            if let Some((_, prior)) = self.actors.remove(prior_id) {
-                let _ = prior.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
+        self.ingest_all(vec![event]).await
+    }
+
+    /// Hand the events of one message for one patient to its actor, to be stored atomically;
+    /// the ticket resolves once all are durable.
+    pub async fn ingest_all(&self, events: Vec<ClinicalEvent>) -> Result<Durable, IngestError> {
+        let Some(patient) = events.first().map(|e| e.patient_id.clone()) else {
+            let (done, ticket) = Durable::channel();
+            done.complete(Ok(()));
+            return Ok(ticket);
+        };
+        if events.iter().any(|e| e.patient_id != patient) {
+            return Err(IngestError::MixedPatients);
+        }
+        for event in &events {
+            if let EventKind::Merge { prior_id, .. } = &event.kind {
+                // The retired record's actor stops; its history is read by the survivor.
+                if let Some((_, prior)) = self.actors.remove(prior_id) {
+                    let _ = prior.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
+                }
             }
         }
-        let actor = self.actor_for(&event.patient_id).await?;
+        let actor = self.actor_for(&patient).await?;
         let (tx, rx) = oneshot::channel();
         actor
-            .cast(PatientMsg::Ingest { event: Box::new(event), reply: tx.into() })
+            .cast(PatientMsg::Ingest { events, reply: tx.into() })
             .map_err(|e| IngestError::Actor(e.to_string()))?;
         let ticket = rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))??;
         Ok(ticket)

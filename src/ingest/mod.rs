@@ -369,9 +369,18 @@ impl Ingress {
             let err = AckError::new(207, ErrSeverity::Error, "shutting down, resend");
             return Err(self.reject(header, mode, Refusal::Internal, &[err]));
         };
-        let mut tickets = Vec::with_capacity(events.len());
+        // One bundle per patient, in message order: a patient's events of one message are
+        // stored atomically (an A01 with its AL1 allergies, an RDE with several orders).
+        let mut bundles: Vec<Vec<ClinicalEvent>> = Vec::new();
         for event in events {
-            match self.router.ingest(event).await {
+            match bundles.last_mut() {
+                Some(last) if last.first().is_some_and(|e| e.patient_id == event.patient_id) => last.push(event),
+                _ => bundles.push(vec![event]),
+            }
+        }
+        let mut tickets = Vec::with_capacity(bundles.len());
+        for bundle in bundles {
+            match self.router.ingest_all(bundle).await {
                 Ok(ticket) => tickets.push(ticket),
                 Err(e) => {
                     // Events already routed may become durable; the sender resends and the

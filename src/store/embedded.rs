@@ -33,10 +33,18 @@ impl Default for EmbeddedStoreConfig {
 }
 
 enum Job {
-    /// The event, and its message-log entry written in the same batch: a resend of a message
-    /// we acknowledged is always recognised, even after a crash.
-    Event { key: Vec<u8>, value: Vec<u8>, message_key: Vec<u8>, message_value: Vec<u8>, done: DurableSender },
+    /// The events of one message, each with its message-log entry, written in the same batch:
+    /// all or none survive a crash, and a resend of a message we acknowledged is always
+    /// recognised.
+    Events { records: Vec<EventRecord>, done: DurableSender },
     Alert { alert: Alert, notify: bool, done: DurableSender<u64> },
+}
+
+struct EventRecord {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    message_key: Vec<u8>,
+    message_value: Vec<u8>,
 }
 
 struct Keyspaces {
@@ -181,20 +189,27 @@ fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
-    async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError> {
-        let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
-        let key = event_key(&event.patient_id, event.received_at, counter);
-        let value = serde_json::to_vec(event)
-            .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
-        let record = MessageRecord {
-            accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
-            raw: event.raw.expose().clone(),
-        };
-        let message_value = serde_json::to_vec(&record)
-            .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
-        let message_key = message_key(&event.sender, &event.control_id);
+    async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError> {
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
+            let value = serde_json::to_vec(event)
+                .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+            let record = MessageRecord {
+                accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
+                raw: event.raw.expose().clone(),
+            };
+            let message_value = serde_json::to_vec(&record)
+                .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+            records.push(EventRecord {
+                key: event_key(&event.patient_id, event.received_at, counter),
+                value,
+                message_key: message_key(&event.sender, &event.control_id),
+                message_value,
+            });
+        }
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Event { key, value, message_key, message_value, done }).await?;
+        self.submit(Job::Events { records, done }).await?;
         Ok(ticket)
     }
 
@@ -328,9 +343,11 @@ fn commit(
     let mut failed_encode = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         match job {
-            Job::Event { key, value, message_key, message_value, .. } => {
-                batch.insert(&ks.events, key.as_slice(), value.as_slice());
-                batch.insert(&ks.messages, message_key.as_slice(), message_value.as_slice());
+            Job::Events { records, .. } => {
+                for r in records {
+                    batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
+                    batch.insert(&ks.messages, r.message_key.as_slice(), r.message_value.as_slice());
+                }
             }
             Job::Alert { alert, notify, .. } => {
                 let change = SequencedAlert { seq: seq + 1, notify: *notify, alert: alert.clone() };
@@ -356,7 +373,7 @@ fn commit(
     let mut published = changes.iter();
     for (i, job) in jobs.drain(..).enumerate() {
         match job {
-            Job::Event { done, .. } => done.complete(result.clone()),
+            Job::Events { done, .. } => done.complete(result.clone()),
             Job::Alert { done, .. } => {
                 if failed_encode.contains(&i) {
                     done.complete(Err(StoreError::Engine("encode alert".into())));

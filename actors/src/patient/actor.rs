@@ -45,6 +45,34 @@ pub struct Running {
     live: Option<Arc<dyn LiveFeed>>,
 }
 
+impl Running {
+    /// Fold one accepted event into the state, then run the rules it triggers.
+    async fn on_event(&mut self, event: &ClinicalEvent) {
+        self.state.apply(event);
+        if let (Some(live), EventKind::Observations { observations }) = (&self.live, &event.kind) {
+            live.observations(&self.state.id, &self.state.view.location, observations);
+        }
+        let now = self.clock.now();
+        if let EventKind::Merge { prior_id, .. } = &event.kind {
+            // Fold the retired record's recent history into this one.
+            let since = now - super::state::WINDOW_MAX_AGE;
+            match self.events.events_since(prior_id, since).await {
+                Ok(history) => history.iter().for_each(|e| self.state.apply_history(e)),
+                Err(error) => tracing::error!(patient = %self.state.id, %error, "merge: prior history unreadable"),
+            }
+        }
+        let triggers = event.trigger_names();
+        let view = self.state.view_at(now, event);
+        let outcomes = self.rules.evaluate(&view, &triggers);
+        drop(view);
+        for (alert, notify) in self.state.decide(outcomes, now) {
+            if let Err(error) = self.alerts.upsert_alert(&alert, notify).await {
+                tracing::error!(patient = %self.state.id, alert = %alert.id, %error, "alert not persisted");
+            }
+        }
+    }
+}
+
 impl Actor for PatientActor {
     type Msg = PatientMsg;
     type State = Running;
@@ -79,8 +107,8 @@ impl Actor for PatientActor {
         run: &mut Running,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PatientMsg::Ingest { event, reply } => {
-                let queued = run.events.append(&event).await;
+            PatientMsg::Ingest { events, reply } => {
+                let queued = run.events.append_all(&events).await;
                 let accepted = queued.is_ok();
                 // The sender may have hung up; its message is durable anyway.
                 let _ = reply.send(queued);
@@ -88,27 +116,8 @@ impl Actor for PatientActor {
                     // Not accepted means the sender is told so and will resend: do not act on it.
                     return Ok(());
                 }
-                run.state.apply(&event);
-                if let (Some(live), EventKind::Observations { observations }) = (&run.live, &event.kind) {
-                    live.observations(&run.state.id, &run.state.view.location, observations);
-                }
-                let triggers = event.trigger_names();
-                let now = run.clock.now();
-                if let EventKind::Merge { prior_id, .. } = &event.kind {
-                    // Fold the retired record's recent history into this one.
-                    let since = now - super::state::WINDOW_MAX_AGE;
-                    match run.events.events_since(prior_id, since).await {
-                        Ok(history) => history.iter().for_each(|e| run.state.apply_history(e)),
-                        Err(error) => tracing::error!(patient = %run.state.id, %error, "merge: prior history unreadable"),
-                    }
-                }
-                let view = run.state.view_at(now, &event);
-                let outcomes = run.rules.evaluate(&view, &triggers);
-                drop(view);
-                for (alert, notify) in run.state.decide(outcomes, now) {
-                    if let Err(error) = run.alerts.upsert_alert(&alert, notify).await {
-                        tracing::error!(patient = %run.state.id, alert = %alert.id, %error, "alert not persisted");
-                    }
+                for event in &events {
+                    run.on_event(event).await;
                 }
             }
             PatientMsg::Act { alert_id, action, reply } => {

@@ -21,10 +21,11 @@ pub enum ActFailure {
 /// A message to a patient actor.
 #[derive(Debug)]
 pub enum PatientMsg {
-    /// Accept an event: the reply carries the durability ticket the sender's ACK waits on.
+    /// Accept the events of one message: the reply carries the durability ticket the
+    /// sender's ACK waits on (one ticket: they are stored atomically).
     Ingest {
-        /// The event.
-        event: Box<ClinicalEvent>,
+        /// The events, in message order.
+        events: Vec<ClinicalEvent>,
         /// Answered as soon as the append is queued.
         reply: RpcReplyPort<Result<Durable, StoreError>>,
     },
