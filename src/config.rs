@@ -49,6 +49,9 @@ pub struct FileConfig {
     /// `[escalation]` section.
     #[serde(default)]
     pub escalation: EscalationFileConfig,
+    /// `[[webhooks]]`: outbound alert delivery, one entry per endpoint.
+    #[serde(default)]
+    pub webhooks: Vec<crate::alerts::webhooks::WebhookFileConfig>,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -132,6 +135,8 @@ pub struct Config {
     pub hub_capacity: usize,
     /// Escalation of unacknowledged alerts.
     pub escalation: crate::alerts::escalation::EscalationPolicy,
+    /// Outbound alert webhooks (secrets already read; validated).
+    pub webhooks: Vec<crate::alerts::webhooks::WebhookEndpoint>,
 }
 
 impl Config {
@@ -159,6 +164,7 @@ impl Config {
             ingest_permits: 16_384,
             hub_capacity: 4_096,
             escalation: escalation_policy(file.escalation),
+            webhooks: crate::alerts::webhooks::endpoints_from_file(file.webhooks)?,
         };
         config.validate()?;
         Ok(config)

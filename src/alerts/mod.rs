@@ -4,6 +4,7 @@
 //! nothing is lost silently.
 
 pub mod escalation;
+pub mod webhooks;
 
 use std::sync::Arc;
 

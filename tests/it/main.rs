@@ -9,3 +9,4 @@ mod demo;
 mod e2e;
 mod external;
 mod protocol;
+mod webhooks;
