@@ -213,6 +213,7 @@ async fn webhooks_sign_retry_filter_dead_letter_and_resume_after_restart() {
     let dir = tempdir("webhooks");
     let (receiver_addr, receiver) = start_receiver().await;
     let config = webhook_config(&dir, receiver_addr);
+    vigil::alerts::webhooks::install_tls_provider();
     let http = reqwest::Client::new();
     let log = Arc::clone(&receiver.log);
     let accepted = move |endpoint: &str| -> Vec<u64> {

@@ -281,8 +281,7 @@ impl Webhooks {
         if endpoints.is_empty() {
             return Ok(Vec::new());
         }
-        // Process-wide rustls provider (ring); a provider installed earlier is kept.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("vigil-webhooks/", env!("CARGO_PKG_VERSION")))
@@ -314,6 +313,13 @@ impl Webhooks {
         }
         Ok(tasks)
     }
+}
+
+/// Install the process-wide rustls crypto provider (ring) unless one is installed. Every
+/// `reqwest::Client` in the process needs it first: reqwest is built without its own provider
+/// (`rustls-no-provider`) and panics otherwise.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn is_loopback(host: &str) -> bool {
