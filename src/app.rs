@@ -49,6 +49,7 @@ pub struct Running {
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
     escalation: JoinHandle<()>,
+    webhooks: Vec<JoinHandle<()>>,
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
     router: Arc<Router>,
     store: EmbeddedStore,
@@ -116,6 +117,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Some(tls) => Some(crate::ingest::mllp::listener::tls_acceptor(&tls.cert_file, &tls.key_file)?),
         None => None,
     };
+    // Before MLLP starts: a new endpoint's cursor is the log's end, so nothing later is skipped.
+    let webhook_ledger = crate::alerts::webhooks::Webhooks::open(store.database()).context("opening the webhook ledger")?;
+    let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
         mllp_listener,
         ingress,
@@ -125,7 +129,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
-        let app = http::routes(state);
+        let app = http::routes(state).layer(axum::Extension(webhook_ledger));
         let served = axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_shutdown.wait_for(|s| *s).await;
@@ -143,7 +147,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     ready.store(true, Ordering::Release);
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
-    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, sessions_closed, router, store })
+    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, webhooks, sessions_closed, router, store })
 }
 
 fn load_rules(dir: &Path) -> anyhow::Result<RhaiRules> {
@@ -170,6 +174,8 @@ impl Running {
             tracing::warn!("http did not stop within 5 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
+        // Webhook dispatchers abandon an in-flight POST after 1 s; their cursors make that safe.
+        crate::alerts::webhooks::stop(self.webhooks, tokio::time::Instant::now() + Duration::from_secs(3)).await;
         let mut sessions = self.sessions_closed;
         if tokio::time::timeout(Duration::from_secs(5), sessions.recv()).await.is_err() {
             tracing::warn!("websocket sessions did not close within 5 s");

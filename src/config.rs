@@ -52,6 +52,9 @@ pub struct FileConfig {
     /// `[hl7]` section.
     #[serde(default)]
     pub hl7: Hl7FileConfig,
+    /// `[[webhooks]]`: outbound alert delivery, one entry per endpoint.
+    #[serde(default)]
+    pub webhooks: Vec<crate::alerts::webhooks::WebhookFileConfig>,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -229,6 +232,8 @@ pub struct Config {
     pub escalation: crate::alerts::escalation::EscalationPolicy,
     /// HL7 mapping settings.
     pub hl7: Hl7Settings,
+    /// Outbound alert webhooks (secrets already read; validated).
+    pub webhooks: Vec<crate::alerts::webhooks::WebhookEndpoint>,
 }
 
 impl Config {
@@ -272,6 +277,7 @@ impl Config {
             hub_capacity: 4_096,
             escalation: escalation_policy(file.escalation),
             hl7,
+            webhooks: crate::alerts::webhooks::endpoints_from_file(file.webhooks)?,
         };
         config.validate()?;
         Ok(config)

@@ -5,6 +5,7 @@
 
 pub mod escalation;
 pub mod live;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -19,9 +19,18 @@ pub const MLLP_DUPLICATES: &str = "vigil_messages_duplicate_total";
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
 pub const ALERT_SEQ: &str = "vigil_alert_last_seq";
+/// Alert changes a webhook endpoint accepted (2xx).
+pub const WEBHOOK_DELIVERED: &str = "vigil_webhook_delivered_total";
+/// Webhook attempts that failed and were retried.
+pub const WEBHOOK_RETRIED: &str = "vigil_webhook_retried_total";
+/// Alert changes given up on and written to the webhook dead letters.
+pub const WEBHOOK_DEAD_LETTERED: &str = "vigil_webhook_dead_lettered_total";
 
 /// Render the metrics.
-pub async fn render(axum::extract::State(state): State<AppState>) -> impl IntoResponse {
+pub async fn render(
+    axum::extract::State(state): State<AppState>,
+    webhooks: Option<axum::Extension<crate::alerts::webhooks::Webhooks>>,
+) -> impl IntoResponse {
     let m = &state.ingress.metrics;
     let mut out = String::new();
     let mut line = |name: &str, kind: &str, value: u64| {
@@ -32,5 +41,10 @@ pub async fn render(axum::extract::State(state): State<AppState>) -> impl IntoRe
     line(MLLP_DUPLICATES, "counter", m.duplicates.load(Ordering::Relaxed));
     line(PATIENTS, "gauge", state.router.patient_count() as u64);
     line(ALERT_SEQ, "gauge", state.alerts.last_seq());
+    let webhook = webhooks.map(|w| w.0.metrics);
+    let count = |read: fn(&crate::alerts::webhooks::WebhookMetrics) -> u64| webhook.as_deref().map_or(0, read);
+    line(WEBHOOK_DELIVERED, "counter", count(|m| m.delivered.load(Ordering::Relaxed)));
+    line(WEBHOOK_RETRIED, "counter", count(|m| m.retried.load(Ordering::Relaxed)));
+    line(WEBHOOK_DEAD_LETTERED, "counter", count(|m| m.dead_lettered.load(Ordering::Relaxed)));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -54,6 +54,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .merge(api::routes())
+        .merge(crate::alerts::webhooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .with_state(state)
 }

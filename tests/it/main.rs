@@ -11,3 +11,4 @@ mod fixtures;
 mod external;
 mod mllp;
 mod protocol;
+mod webhooks;
