@@ -266,6 +266,39 @@ async fn an_unacknowledged_alert_escalates_visibly_to_the_rapid_response_team() 
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_that_falls_behind_gets_resync_and_every_change_exactly_once() {
+    let dir = tempdir("lag");
+    let mut config = config(&dir);
+    config.hub_capacity = 1; // any session slower than the committer lags at once
+    let server = vigil::app::start(&config).await.unwrap();
+    let token = server.auth.issue("rrt-9", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let mut console = Console::connect(server.http_addr, &token).await;
+    console.send(json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;
+    console.next(&["subscribed"]).await;
+
+    // 300 patients' alerts committed in a few group commits: published faster than one
+    // session can write them out.
+    let messages: Vec<String> =
+        (0..300).map(|i| septic_oru(&format!("LAG-{i}"), &format!("MRN-LAG-{i}"), "Lag")).collect();
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    for ack in mllp.send_pipelined(&messages).await.unwrap() {
+        assert_eq!(ack_code(&ack), Some("AA"));
+    }
+    let mut seqs = Vec::new();
+    let mut resyncs = 0;
+    while seqs.len() < 300 {
+        let frame = console.next(&["alert", "resync"]).await;
+        match frame["type"].as_str() {
+            Some("resync") => resyncs += 1,
+            _ => seqs.push(frame["seq"].as_u64().unwrap()),
+        }
+    }
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>(), "every change once, in order, after any resync");
+    assert!(resyncs >= 1, "the session never lagged, so this test proved nothing");
+    server.shutdown().await;
+}
+
 /// A minimal HTTP/1.1 JSON client over a TcpStream, enough for the API tests.
 struct Http(std::net::SocketAddr);
 
