@@ -266,3 +266,18 @@ impl Clock for SystemClock {
         OffsetDateTime::now_utc()
     }
 }
+
+/// Every port a patient actor uses, shared by the router and each actor it starts.
+#[derive(Clone)]
+pub struct Ports {
+    /// Event store.
+    pub events: Arc<dyn EventStore>,
+    /// Alert store.
+    pub alerts: Arc<dyn AlertStore>,
+    /// Rules.
+    pub rules: Arc<dyn RuleEngine>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Live observation feed, when consoles want one.
+    pub live: Option<Arc<dyn LiveFeed>>,
+}

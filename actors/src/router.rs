@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, PatientId, PatientSummary};
 use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
-use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, RuleEngine, StoreError};
+use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -34,17 +34,13 @@ pub enum IngestError {
 pub struct Router {
     actors: DashMap<PatientId, ActorRef<PatientMsg>>,
     spawn_lock: Mutex<HashMap<PatientId, Vec<Alert>>>,
-    events: Arc<dyn EventStore>,
-    alerts: Arc<dyn AlertStore>,
-    rules: Arc<dyn RuleEngine>,
-    clock: Arc<dyn Clock>,
-    live: Option<Arc<dyn LiveFeed>>,
+    ports: Ports,
 }
 
 impl Router {
     /// Send every patient's applied observations to `feed` (consoles' live vitals).
     pub fn with_live_feed(mut self, feed: Arc<dyn LiveFeed>) -> Self {
-        self.live = Some(feed);
+        self.ports.live = Some(feed);
         self
     }
 
@@ -52,8 +48,8 @@ impl Router {
     /// An id with no live actor and no recent events is unknown: no actor is started for it.
     pub async fn summary(&self, patient: &PatientId) -> Result<PatientSummary, IngestError> {
         if self.live(patient).is_none() {
-            let since = self.clock.now() - WINDOW_MAX_AGE;
-            if self.events.events_since(patient, since).await?.is_empty() {
+            let since = self.ports.clock.now() - WINDOW_MAX_AGE;
+            if self.ports.events.events_since(patient, since).await?.is_empty() {
                 return Err(IngestError::UnknownPatient);
             }
         }
@@ -78,11 +74,7 @@ impl Router {
         Ok(Router {
             actors: DashMap::new(),
             spawn_lock: Mutex::new(open),
-            events,
-            alerts,
-            rules,
-            clock,
-            live: None,
+            ports: Ports { events, alerts, rules, clock, live: None },
         })
     }
 
@@ -158,17 +150,13 @@ impl Router {
         if let Some(actor) = self.live(id) {
             return Ok(actor);
         }
-        let since = self.clock.now() - WINDOW_MAX_AGE;
-        let history = self.events.events_since(id, since.max(OffsetDateTime::UNIX_EPOCH)).await?;
+        let since = self.ports.clock.now() - WINDOW_MAX_AGE;
+        let history = self.ports.events.events_since(id, since.max(OffsetDateTime::UNIX_EPOCH)).await?;
         let args = PatientArgs {
             id: id.clone(),
-            events: Arc::clone(&self.events),
-            alerts: Arc::clone(&self.alerts),
-            rules: Arc::clone(&self.rules),
-            clock: Arc::clone(&self.clock),
+            ports: self.ports.clone(),
             history,
             open_alerts: open.remove(id).unwrap_or_default(),
-            live: self.live.clone(),
         };
         let (actor, _handle) = Actor::spawn(None, PatientActor, args)
             .await

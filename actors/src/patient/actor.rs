@@ -2,14 +2,12 @@
 //! event into state, run the triggered rules, and queue alert changes, which the alert store
 //! publishes once durable.
 
-use std::sync::Arc;
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::messages::PatientMsg;
 use super::state::PatientState;
 use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
-use crate::ports::{AlertStore, Clock, EventStore, LiveFeed, RuleEngine};
+use crate::ports::Ports;
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
 #[derive(Debug, Default)]
@@ -19,54 +17,42 @@ pub struct PatientActor;
 pub struct PatientArgs {
     /// Opaque patient id.
     pub id: PatientId,
-    /// Event store port.
-    pub events: Arc<dyn EventStore>,
-    /// Alert store port.
-    pub alerts: Arc<dyn AlertStore>,
-    /// Rule port.
-    pub rules: Arc<dyn RuleEngine>,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
+    /// The ports.
+    pub ports: Ports,
     /// Recent events to rebuild the window from (oldest first).
     pub history: Vec<ClinicalEvent>,
     /// Alerts of this patient still open at start.
     pub open_alerts: Vec<Alert>,
-    /// Live observation feed, when consoles want one.
-    pub live: Option<Arc<dyn LiveFeed>>,
 }
 
 /// Runtime state: the domain state plus the ports.
 pub struct Running {
     state: PatientState,
-    events: Arc<dyn EventStore>,
-    alerts: Arc<dyn AlertStore>,
-    rules: Arc<dyn RuleEngine>,
-    clock: Arc<dyn Clock>,
-    live: Option<Arc<dyn LiveFeed>>,
+    ports: Ports,
 }
 
 impl Running {
     /// Fold one accepted event into the state, then run the rules it triggers.
     async fn on_event(&mut self, event: &ClinicalEvent) {
         self.state.apply(event);
-        if let (Some(live), EventKind::Observations { observations }) = (&self.live, &event.kind) {
+        if let (Some(live), EventKind::Observations { observations }) = (&self.ports.live, &event.kind) {
             live.observations(&self.state.id, &self.state.view.location, observations);
         }
-        let now = self.clock.now();
+        let now = self.ports.clock.now();
         if let EventKind::Merge { prior_id, .. } = &event.kind {
             // Fold the retired record's recent history into this one.
             let since = now - super::state::WINDOW_MAX_AGE;
-            match self.events.events_since(prior_id, since).await {
+            match self.ports.events.events_since(prior_id, since).await {
                 Ok(history) => history.iter().for_each(|e| self.state.apply_history(e)),
                 Err(error) => tracing::error!(patient = %self.state.id, %error, "merge: prior history unreadable"),
             }
         }
         let triggers = event.trigger_names();
         let view = self.state.view_at(now, event);
-        let outcomes = self.rules.evaluate(&view, &triggers);
+        let outcomes = self.ports.rules.evaluate(&view, &triggers);
         drop(view);
         for (alert, notify) in self.state.decide(outcomes, now) {
-            if let Err(error) = self.alerts.upsert_alert(&alert, notify).await {
+            if let Err(error) = self.ports.alerts.upsert_alert(&alert, notify).await {
                 tracing::error!(patient = %self.state.id, alert = %alert.id, %error, "alert not persisted");
             }
         }
@@ -90,14 +76,7 @@ impl Actor for PatientActor {
         for alert in args.open_alerts {
             state.open_alerts.insert(alert.rule.id.clone(), alert);
         }
-        Ok(Running {
-            state,
-            events: args.events,
-            alerts: args.alerts,
-            rules: args.rules,
-            clock: args.clock,
-            live: args.live,
-        })
+        Ok(Running { state, ports: args.ports })
     }
 
     async fn handle(
@@ -108,7 +87,7 @@ impl Actor for PatientActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PatientMsg::Ingest { events, reply } => {
-                let queued = run.events.append_all(&events).await;
+                let queued = run.ports.events.append_all(&events).await;
                 let accepted = queued.is_ok();
                 // The sender may have hung up; its message is durable anyway.
                 let _ = reply.send(queued);
@@ -121,9 +100,9 @@ impl Actor for PatientActor {
                 }
             }
             PatientMsg::Act { alert_id, action, reply } => {
-                let now = run.clock.now();
+                let now = run.ports.clock.now();
                 let result = match run.state.act(&alert_id, action, now) {
-                    Ok((alert, notify)) => match run.alerts.upsert_alert(&alert, notify).await {
+                    Ok((alert, notify)) => match run.ports.alerts.upsert_alert(&alert, notify).await {
                         Ok(ticket) => Ok((alert, ticket)),
                         Err(e) => Err(e.into()),
                     },
@@ -132,7 +111,7 @@ impl Actor for PatientActor {
                 let _ = reply.send(result);
             }
             PatientMsg::Summary { reply } => {
-                let _ = reply.send(run.state.summary(run.clock.now()));
+                let _ = reply.send(run.state.summary(run.ports.clock.now()));
             }
             PatientMsg::OpenAlerts { reply } => {
                 let _ = reply.send(run.state.open_alerts.values().cloned().collect());
