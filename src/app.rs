@@ -44,6 +44,7 @@ pub struct Running {
     http: JoinHandle<()>,
     router: Arc<Router>,
     store: EmbeddedStore,
+    rules_watch: JoinHandle<()>,
 }
 
 /// Build everything and start listening.
@@ -55,11 +56,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let hub = AlertHub::new(config.hub_capacity);
     let store = EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), Arc::new(hub.clone()))
         .context("opening the embedded store")?;
-    let rules = load_rules(&config.rules_dir)?;
+    let rules = Arc::new(load_rules(&config.rules_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let events: Arc<dyn EventStore> = Arc::new(store.clone());
     let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
-    let router = Arc::new(Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock)).await?);
+    let router = Arc::new(Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>, Arc::clone(&clock)).await?);
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key));
     let ingress = Arc::new(Ingress::new(
         Arc::clone(&router),
@@ -87,8 +88,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         auth: auth.clone(),
         ingress: Arc::clone(&ingress),
         router: Arc::clone(&router),
+        rules: Arc::clone(&rules),
         ready: Arc::clone(&ready),
     };
+    let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
         mllp_listener,
         ingress,
@@ -109,7 +112,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
     ready.store(true, Ordering::Release);
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
-    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, router, store })
+    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, router, store, rules_watch })
 }
 
 fn load_rules(dir: &Path) -> anyhow::Result<RhaiRules> {
@@ -135,6 +138,7 @@ impl Running {
         if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
             tracing::warn!("http did not stop within 5 s");
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.rules_watch).await;
         self.router.shutdown().await;
         drop(self.router);
         // Dropping the last store handle joins the committer after its final fsync.

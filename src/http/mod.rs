@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod metrics;
+pub mod rules_api;
 pub mod ws;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub ingress: Arc<Ingress>,
     /// Live patient actors.
     pub router: Arc<vigil_actors::Router>,
+    /// The rule host (listing, replacing rules over `/api/rules`).
+    pub rules: Arc<crate::rules::RhaiRules>,
     /// Readiness: false while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
 }
@@ -43,6 +46,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
+        .merge(rules_api::routes())
         .with_state(state)
 }
 
