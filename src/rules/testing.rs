@@ -271,6 +271,12 @@ fn subset(expected: &Value, actual: &Value, path: &str, out: &mut Vec<String>) {
                 out.push(format!("details{path}: {a}, expected {e}"));
             }
         }
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            // Same length; each element matched as a subset (objects may omit keys).
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                subset(ev, av, &format!("{path}[{i}]"), out);
+            }
+        }
         (e, a) if e == a => {}
         (e, a) => out.push(format!("details{path}: {a}, expected {e}")),
     }
