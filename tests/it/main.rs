@@ -7,3 +7,4 @@ mod crash;
 mod demo;
 mod e2e;
 mod external;
+mod rules;
