@@ -26,18 +26,18 @@ fn reason(status: StatusCode, error: &str, message: impl Into<String>) -> Respon
     (status, axum::Json(json!({ "error": error, "reason": message.into() }))).into_response()
 }
 
-fn authorise(state: &AppState, headers: &HeaderMap, write: bool) -> Result<Claims, Response> {
+fn authorise(state: &AppState, headers: &HeaderMap, write: bool) -> Result<Claims, Box<Response>> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string()))?;
-    let claims = state.auth.verify(token.trim()).map_err(|e| reason(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
+        .ok_or_else(|| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string())))?;
+    let claims = state.auth.verify(token.trim()).map_err(|e| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())))?;
     let allowed = matches!(claims.role, Role::Informaticist | Role::Admin)
         || (!write && matches!(claims.role, Role::Pharmacist | Role::Physician));
     if !allowed {
         let need = if write { "informaticist or admin" } else { "informaticist, admin, pharmacist or physician" };
-        return Err(reason(StatusCode::FORBIDDEN, "forbidden", format!("role {:?} may not do this; needs {need}", claims.role)));
+        return Err(Box::new(reason(StatusCode::FORBIDDEN, "forbidden", format!("role {:?} may not do this; needs {need}", claims.role))));
     }
     Ok(claims)
 }
@@ -67,7 +67,7 @@ fn error_json(e: &RuleError) -> serde_json::Value {
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorise(&state, &headers, false) {
-        return r;
+        return *r;
     }
     let rules: Vec<_> = state.rules.rules().iter().map(|r| describe(r)).collect();
     let errors: Vec<_> = state.rules.last_errors().iter().map(error_json).collect();
@@ -76,7 +76,7 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = authorise(&state, &headers, false) {
-        return r;
+        return *r;
     }
     match state.rules.rules().iter().find(|r| r.id == id) {
         Some(rule) => {
@@ -91,7 +91,7 @@ async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<
 async fn replace(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: String) -> Response {
     let claims = match authorise(&state, &headers, true) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if body.len() > MAX_RULE_BYTES {
         return reason(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a rule source is at most {MAX_RULE_BYTES} bytes"));

@@ -124,13 +124,13 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
 
     // Windows.
     engine.register_fn("min", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        p.stat(name, seconds(&secs), &|it: &mut dyn Iterator<Item = f64>| it.reduce(f64::min))
+        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::min))
     });
     engine.register_fn("max", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        p.stat(name, seconds(&secs), &|it: &mut dyn Iterator<Item = f64>| it.reduce(f64::max))
+        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::max))
     });
     engine.register_fn("mean", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        p.stat(name, seconds(&secs), &|it: &mut dyn Iterator<Item = f64>| {
+        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| {
             let (sum, n) = it.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
             (n > 0).then(|| sum / n as f64)
         })
@@ -147,6 +147,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
     engine.register_fn("trend", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
         opt_float(p.trend_per_hour(name, seconds(&secs)))
+    });
+    engine.register_fn("span", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        // Seconds from the oldest sample in the window to now.
+        let now = p.now();
+        opt_float(p.recent(name, seconds(&secs)).last().zip(now).map(|(s, n)| (n - s.at).as_seconds_f64()))
     });
     engine.register_fn("window", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Array {
         let now = p.now();

@@ -79,10 +79,10 @@ impl Tables {
                 }
             };
             let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            if name == "drug_classes" {
-                if let Err(message) = tables.index_classes(&json) {
-                    errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
-                }
+            if name == "drug_classes"
+                && let Err(message) = tables.index_classes(&json)
+            {
+                errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
             }
             match rhai::serde::to_dynamic(&json) {
                 Ok(value) => {

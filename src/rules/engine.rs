@@ -566,4 +566,55 @@ mod tests {
             fn evaluate(p) { eval("1") }"#;
         assert!(load_rule(&engine, Path::new("e"), src).is_err());
     }
+
+    #[test]
+    fn window_statistics_and_coded_values() {
+        let now = time::OffsetDateTime::now_utc();
+        let mut series = HashMap::new();
+        let samples = (0..5).map(|i| Sample { at: now - time::Duration::minutes(30 * (4 - i)), value: 100.0 + 10.0 * i as f64 });
+        series.insert("sbp".to_string(), samples.collect::<VecDeque<_>>());
+        let mut coded = HashMap::new();
+        coded.insert("consciousness".to_string(), VecDeque::from([vigil_actors::CodedSample { at: now, text: "V".into() }]));
+        let view = Arc::new(PatientView { now: Some(now), series, coded, ..PatientView::default() });
+        let engine = hardened_engine();
+        let src = r#"fn meta() { #{ id: "t.w", severity: "low", triggers: ["sbp"] } }
+            fn evaluate(p) { alert("low", "w", #{ score: 0,
+                min: p.min("sbp", 3600), max: p.max("sbp", 3600), mean: p.mean("sbp", 3600),
+                count: p.count("sbp", 7200), delta: p.delta("sbp", 7200), trend: p.trend("sbp", 7200),
+                none: p.mean("hr", 3600), acvpu: p.latest_coded("consciousness", 60), o2: p.on_oxygen() }) }"#;
+        let host = RhaiRules::new(hardened_engine(), vec![load_rule(&engine, Path::new("w"), src).unwrap()]);
+        let out = host.evaluate(&view, &["sbp"]);
+        let RuleVerdict::Fire { details, .. } = &out[0].verdict else { panic!("{out:?}") };
+        assert_eq!(details["min"], 120.0);
+        assert_eq!(details["max"], 140.0);
+        assert_eq!(details["mean"], 130.0);
+        assert_eq!(details["count"], 5);
+        assert_eq!(details["delta"], 40.0);
+        assert!((details["trend"].as_f64().unwrap() - 20.0).abs() < 1e-9, "{details}");
+        assert!(details["none"].is_null());
+        assert_eq!(details["acvpu"], "V");
+        assert_eq!(details["o2"], false);
+    }
+
+    #[test]
+    fn replace_swaps_only_valid_versions_and_reload_keeps_the_old_set_on_error() {
+        let dir = std::env::temp_dir().join(format!("vigil-rules-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.rhai"), OK_RULE).unwrap();
+        let host = RhaiRules::from_dir(&dir).unwrap();
+        let v1 = host.rules()[0].version.clone();
+        let err = host.replace("t.ok", "fn meta() { #{ id: \"t.ok\", severity: \"low\", triggers: [\"rr\"] } }\nfn evaluate(p) { p.nope() }").unwrap_err();
+        assert!(matches!(err, ReplaceError::Invalid(RuleError::Invalid { .. })), "{err}");
+        let err = host.replace("t.ok", &OK_RULE.replace("t.ok", "t.other")).unwrap_err();
+        assert!(matches!(err, ReplaceError::IdMismatch { .. }));
+        assert_eq!(host.rules()[0].version, v1);
+        let v2 = host.replace("t.ok", &OK_RULE.replace("\"rr\", 60", "\"rr\", 120")).unwrap().version.clone();
+        assert_ne!(v1, v2);
+        assert_eq!(host.rules()[0].version, v2);
+        std::fs::write(dir.join("t.rhai"), "fn meta( {").unwrap();
+        assert!(host.reload().is_err());
+        assert_eq!(host.rules()[0].version, v2, "a broken file leaves the running version");
+        assert_eq!(host.last_errors().len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
