@@ -53,6 +53,7 @@ pub struct Running {
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
     router: Arc<Router>,
     store: EmbeddedStore,
+    rules_watch: JoinHandle<()>,
 }
 
 /// Build everything and start listening.
@@ -64,13 +65,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let hub = AlertHub::new(config.hub_capacity);
     let store = EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), Arc::new(hub.clone()))
         .context("opening the embedded store")?;
-    let rules = load_rules(&config.rules_dir)?;
+    let rules = Arc::new(load_rules(&config.rules_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let events: Arc<dyn EventStore> = Arc::new(store.clone());
     let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
     let live = crate::alerts::live::LiveHub::new(1024);
     let router = Arc::new(
-        Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock))
+        Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>, Arc::clone(&clock))
             .await?
             .with_live_feed(Arc::new(live.clone())),
     );
@@ -111,6 +112,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         auth: auth.clone(),
         ingress: Arc::clone(&ingress),
         router: Arc::clone(&router),
+        rules: Arc::clone(&rules),
         ready: Arc::clone(&ready),
     };
     let tls = match &config.mllp.tls {
@@ -120,6 +122,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // Before MLLP starts: a new endpoint's cursor is the log's end, so nothing later is skipped.
     let webhook_ledger = crate::alerts::webhooks::Webhooks::open(store.database()).context("opening the webhook ledger")?;
     let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
+    let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
         mllp_listener,
         ingress,
@@ -147,7 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     ready.store(true, Ordering::Release);
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
-    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, webhooks, sessions_closed, router, store })
+    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, webhooks, sessions_closed, router, store, rules_watch })
 }
 
 fn load_rules(dir: &Path) -> anyhow::Result<RhaiRules> {
@@ -180,6 +183,7 @@ impl Running {
         if tokio::time::timeout(Duration::from_secs(5), sessions.recv()).await.is_err() {
             tracing::warn!("websocket sessions did not close within 5 s");
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.rules_watch).await;
         self.router.shutdown().await;
         drop(self.router);
         // Dropping the last store handle joins the committer after its final fsync.

@@ -33,6 +33,9 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         deterioration_secs: u64,
     },
+    /// Check or test the rules: `vigil rules check [DIR]`, `vigil rules test [DIR]`.
+    #[command(subcommand)]
+    Rules(vigil::rules::cli::RulesCommand),
     /// Print a signed console token.
     Token {
         /// Role of the holder.
@@ -111,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             }
             running.shutdown().await;
         }
+        Command::Rules(command) => std::process::exit(vigil::rules::cli::run(command)),
         Command::Token { role, units, sub, hours, serve } => {
             let config = Config::load(&serve)?;
             std::fs::create_dir_all(&config.data_dir)

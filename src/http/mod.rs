@@ -3,6 +3,7 @@
 pub mod api;
 pub mod console;
 pub mod metrics;
+pub mod rules_api;
 pub mod ws;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub sessions: tokio::sync::mpsc::Sender<()>,
     /// Turns true when shutdown begins: WebSocket sessions close.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The rule host (listing, replacing rules over `/api/rules`).
+    pub rules: Arc<crate::rules::RhaiRules>,
     /// Readiness: false while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
 }
@@ -54,6 +57,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .merge(api::routes())
+        .merge(rules_api::routes())
         .merge(crate::alerts::webhooks::routes())
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .with_state(state)

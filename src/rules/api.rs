@@ -1,10 +1,15 @@
-//! The functions rules call: the patient view (`p.latest(name, max_age_s)`, ...) and the
-//! verdict constructors `alert(severity, summary, details)` and `resolve(reason)`.
+//! The functions rules call: the patient view (`p.latest(name, max_age_s)`, window statistics,
+//! medications, allergies, settings, ...), the data tables (`data(name)`) and the verdict
+//! constructors `alert(severity, summary, details)` and `resolve(reason)`. Documented for
+//! authors in `rules/README.md`.
 
 use std::sync::Arc;
 
-use rhai::{Dynamic, Engine, ImmutableString, Map};
-use vigil_actors::PatientView;
+use rhai::{Array, Dynamic, Engine, ImmutableString, Map};
+use time::OffsetDateTime;
+use vigil_actors::{Medication, PatientView, Sample};
+
+use super::data::{SharedTables, Tables, rxnorm_code};
 
 /// The patient as a rule sees it: values and location, never names or identifiers.
 #[derive(Clone)]
@@ -13,25 +18,274 @@ pub struct RulePatient(pub Arc<PatientView>);
 /// Key under which a verdict map records what it is.
 pub const VERDICT_KEY: &str = "__verdict";
 
-fn seconds(max_age: Dynamic) -> f64 {
+/// Freshness of the oxygen values behind `p.on_oxygen()` when none is given: one hour.
+const OXYGEN_MAX_AGE_S: f64 = 3600.0;
+
+fn seconds(max_age: &Dynamic) -> f64 {
     max_age.as_float().ok().or_else(|| max_age.as_int().ok().map(|i| i as f64)).unwrap_or(0.0)
 }
 
-/// Register the rule API on `engine`.
-pub fn register(engine: &mut Engine) {
+fn opt_float(v: Option<f64>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, Dynamic::from_float)
+}
+
+fn opt_text(v: Option<&str>) -> Dynamic {
+    v.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(s)))
+}
+
+impl RulePatient {
+    fn now(&self) -> Option<OffsetDateTime> {
+        self.0.now
+    }
+
+    /// Samples of `name` no older than `secs`, newest first: walks back from the newest so a
+    /// 24 h window of minute samples costs only what the asked-for window holds.
+    fn recent(&self, name: &str, secs: f64) -> impl Iterator<Item = &Sample> {
+        let now = self.now();
+        self.0.series.get(name).into_iter().flat_map(|s| s.iter().rev()).take_while(move |s| {
+            let now = now.unwrap_or(s.at);
+            (now - s.at).as_seconds_f64() <= secs
+        })
+    }
+
+    fn stat(&self, name: &str, secs: f64, f: impl Fn(&mut dyn Iterator<Item = f64>) -> Option<f64>) -> Dynamic {
+        let mut it = self.recent(name, secs).map(|s| s.value);
+        opt_float(f(&mut it))
+    }
+
+    fn trend_per_hour(&self, name: &str, secs: f64) -> Option<f64> {
+        let now = self.now()?;
+        let points: Vec<(f64, f64)> =
+            self.recent(name, secs).map(|s| (-(now - s.at).as_seconds_f64() / 3600.0, s.value)).collect();
+        if points.len() < 2 {
+            return None;
+        }
+        let n = points.len() as f64;
+        let (mx, my) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+        let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+        (sxx > 0.0).then(|| sxy / sxx)
+    }
+
+    fn age_of(&self, name: &str) -> Option<f64> {
+        let now = self.now()?;
+        let numeric = self.0.series.get(name).and_then(|s| s.back()).map(|s| s.at);
+        let coded = self.0.coded.get(name).and_then(|s| s.back()).map(|s| s.at);
+        let at = numeric.into_iter().chain(coded).max()?;
+        Some((now - at).as_seconds_f64())
+    }
+
+    fn on_oxygen(&self, max_age: f64) -> bool {
+        self.0.latest("fio2", max_age).is_some_and(|f| f > 21.0) || self.0.latest("o2_flow", max_age).is_some_and(|f| f > 0.0)
+    }
+
+    fn since_s(&self, at: OffsetDateTime) -> Dynamic {
+        self.now().map_or(Dynamic::UNIT, |now| Dynamic::from_float((now - at).as_seconds_f64()))
+    }
+}
+
+fn classes(tables: &Tables, name: &str, rxnorm: Option<&str>) -> Array {
+    tables.classes_of(name, rxnorm).into_iter().map(Dynamic::from).collect()
+}
+
+fn medication_map(tables: &Tables, m: &Medication) -> Map {
+    let mut map = Map::new();
+    map.insert("name".into(), m.name.as_str().into());
+    map.insert("rxnorm".into(), opt_text(m.rxnorm.as_deref()));
+    map.insert("order_id".into(), m.order_id.as_str().into());
+    map.insert("classes".into(), classes(tables, &m.name, m.rxnorm.as_deref()).into());
+    map
+}
+
+fn drug_matches(m: &Medication, query: &str) -> bool {
+    let query = query.trim();
+    m.rxnorm.as_deref() == Some(query)
+        || super::data::normalise_drug_name(&m.name) == super::data::normalise_drug_name(query)
+}
+
+fn current(tables: &SharedTables) -> Arc<Tables> {
+    tables.read().map(|t| Arc::clone(&t)).unwrap_or_default()
+}
+
+/// Register the rule API on `engine`; table functions read `tables`.
+pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_type_with_name::<RulePatient>("Patient");
+
+    // Values and freshness.
     engine.register_fn("latest", |p: &mut RulePatient, name: &str, max_age: Dynamic| -> Dynamic {
-        p.0.latest(name, seconds(max_age)).map_or(Dynamic::UNIT, Dynamic::from_float)
+        opt_float(p.0.latest(name, seconds(&max_age)))
     });
     engine.register_fn("has", |p: &mut RulePatient, name: &str, max_age: Dynamic| -> bool {
-        p.0.latest(name, seconds(max_age)).is_some()
+        p.0.latest(name, seconds(&max_age)).is_some() || p.0.latest_coded(name, seconds(&max_age)).is_some()
     });
-    engine.register_get("unit", |p: &mut RulePatient| -> ImmutableString {
-        p.0.location.unit.as_str().into()
+    engine.register_fn("latest_coded", |p: &mut RulePatient, name: &str, max_age: Dynamic| -> Dynamic {
+        opt_text(p.0.latest_coded(name, seconds(&max_age)))
     });
-    engine.register_get("sex", |p: &mut RulePatient| -> ImmutableString {
-        p.0.sex.as_str().into()
+    engine.register_fn("age_of", |p: &mut RulePatient, name: &str| -> Dynamic { opt_float(p.age_of(name)) });
+
+    // Windows.
+    engine.register_fn("min", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::min))
     });
+    engine.register_fn("max", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::max))
+    });
+    engine.register_fn("mean", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| {
+            let (sum, n) = it.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+            (n > 0).then(|| sum / n as f64)
+        })
+    });
+    engine.register_fn("count", |p: &mut RulePatient, name: &str, secs: Dynamic| -> i64 {
+        p.recent(name, seconds(&secs)).count() as i64
+    });
+    engine.register_fn("delta", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        // Newest minus oldest in the window; needs two samples.
+        let mut it = p.recent(name, seconds(&secs));
+        let newest = it.next().map(|s| s.value);
+        let oldest = it.last().map(|s| s.value);
+        opt_float(newest.zip(oldest).map(|(n, o)| n - o))
+    });
+    engine.register_fn("trend", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        opt_float(p.trend_per_hour(name, seconds(&secs)))
+    });
+    engine.register_fn("span", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+        // Seconds from the oldest sample in the window to now.
+        let now = p.now();
+        opt_float(p.recent(name, seconds(&secs)).last().zip(now).map(|(s, n)| (n - s.at).as_seconds_f64()))
+    });
+    engine.register_fn("window", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Array {
+        let now = p.now();
+        let mut out: Array = p
+            .recent(name, seconds(&secs))
+            .map(|s| {
+                let mut m = Map::new();
+                let ago = now.map_or(0.0, |n| (n - s.at).as_seconds_f64());
+                m.insert("ago_s".into(), Dynamic::from_float(ago));
+                m.insert("value".into(), Dynamic::from_float(s.value));
+                Dynamic::from_map(m)
+            })
+            .collect();
+        out.reverse();
+        out
+    });
+
+    // Oxygen.
+    engine.register_fn("on_oxygen", |p: &mut RulePatient| -> bool { p.on_oxygen(OXYGEN_MAX_AGE_S) });
+    engine.register_fn("on_oxygen", |p: &mut RulePatient, max_age: Dynamic| -> bool { p.on_oxygen(seconds(&max_age)) });
+    engine.register_fn("oxygen_recorded", |p: &mut RulePatient| -> bool {
+        p.0.latest("fio2", OXYGEN_MAX_AGE_S).is_some() || p.0.latest("o2_flow", OXYGEN_MAX_AGE_S).is_some()
+    });
+
+    // Who and where (never names or identifiers).
+    engine.register_get("unit", |p: &mut RulePatient| -> ImmutableString { p.0.location.unit.as_str().into() });
+    engine.register_get("location", |p: &mut RulePatient| -> Map {
+        let mut m = Map::new();
+        m.insert("unit".into(), p.0.location.unit.as_str().into());
+        m.insert("room".into(), p.0.location.room.as_str().into());
+        m.insert("bed".into(), p.0.location.bed.as_str().into());
+        m
+    });
+    engine.register_get("sex", |p: &mut RulePatient| -> ImmutableString { p.0.sex.as_str().into() });
+    engine.register_get("age", |p: &mut RulePatient| -> Dynamic { p.0.age_years.map_or(Dynamic::UNIT, Dynamic::from_int) });
+    engine.register_get("discharged", |p: &mut RulePatient| -> bool { p.0.discharged });
+
+    // Settings and open alerts.
+    engine.register_fn("setting", |p: &mut RulePatient, name: &str| -> Dynamic {
+        opt_text(p.0.settings.get(name).map(String::as_str))
+    });
+    engine.register_fn("open_alert", |p: &mut RulePatient, rule: &str| -> Dynamic {
+        let found = p.0.open_alerts.iter().find(|(id, _)| id == rule);
+        found.map_or(Dynamic::UNIT, |(_, s)| Dynamic::from(ImmutableString::from(severity_name(*s))))
+    });
+    engine.register_get("open_alerts", |p: &mut RulePatient| -> Map {
+        p.0.open_alerts.iter().map(|(id, s)| (id.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(*s))))).collect()
+    });
+
+    // Medications.
+    let t = Arc::clone(&tables);
+    engine.register_get("medications", move |p: &mut RulePatient| -> Array {
+        let tables = current(&t);
+        p.0.medications
+            .iter()
+            .map(|m| {
+                let mut map = medication_map(&tables, &m.medication);
+                map.insert("since_s".into(), p.since_s(m.since));
+                Dynamic::from_map(map)
+            })
+            .collect()
+    });
+    let t = Arc::clone(&tables);
+    engine.register_get("new_order", move |p: &mut RulePatient| -> Dynamic {
+        let tables = current(&t);
+        p.0.new_order.as_ref().map_or(Dynamic::UNIT, |m| Dynamic::from_map(medication_map(&tables, m)))
+    });
+    engine.register_fn("on_med", |p: &mut RulePatient, drug: &str| -> bool {
+        p.0.medications.iter().any(|m| drug_matches(&m.medication, drug))
+    });
+    let t = Arc::clone(&tables);
+    engine.register_fn("on_class", move |p: &mut RulePatient, class: &str| -> bool {
+        let tables = current(&t);
+        p.0.medications.iter().any(|m| {
+            tables.classes_of(&m.medication.name, m.medication.rxnorm.as_deref()).iter().any(|c| c == class)
+        })
+    });
+    let t = Arc::clone(&tables);
+    engine.register_fn("meds_in_class", move |p: &mut RulePatient, class: &str| -> Array {
+        let tables = current(&t);
+        p.0.medications
+            .iter()
+            .filter(|m| tables.classes_of(&m.medication.name, m.medication.rxnorm.as_deref()).iter().any(|c| c == class))
+            .map(|m| Dynamic::from_map(medication_map(&tables, &m.medication)))
+            .collect()
+    });
+
+    // Allergies.
+    let t = Arc::clone(&tables);
+    engine.register_get("allergies", move |p: &mut RulePatient| -> Array {
+        let tables = current(&t);
+        p.0.allergies
+            .iter()
+            .map(|a| {
+                let rx = a.code.as_deref().and_then(rxnorm_code);
+                let mut m = Map::new();
+                m.insert("name".into(), a.name.as_str().into());
+                m.insert("code".into(), opt_text(a.code.as_deref()));
+                m.insert("rxnorm".into(), opt_text(rx));
+                m.insert("kind".into(), a.kind.as_str().into());
+                m.insert("severity".into(), a.severity.as_str().into());
+                m.insert("classes".into(), classes(&tables, &a.name, rx).into());
+                Dynamic::from_map(m)
+            })
+            .collect()
+    });
+    engine.register_fn("allergic_to", |p: &mut RulePatient, drug: &str| -> bool {
+        let wanted = super::data::normalise_drug_name(drug);
+        p.0.allergies.iter().any(|a| {
+            super::data::normalise_drug_name(&a.name) == wanted || a.code.as_deref().and_then(rxnorm_code) == Some(drug.trim())
+        })
+    });
+
+    // Tables.
+    let t = Arc::clone(&tables);
+    engine.register_fn("data", move |name: &str| -> Dynamic { current(&t).get(name) });
+    let t = Arc::clone(&tables);
+    engine.register_fn("drug_classes", move |name: &str, rxnorm: Dynamic| -> Array {
+        let rx = rxnorm.into_immutable_string().ok();
+        classes(&current(&t), name, rx.as_deref())
+    });
+    engine.register_fn("normalise_drug_name", |name: &str| -> ImmutableString {
+        super::data::normalise_drug_name(name).into()
+    });
+
+    // Small helpers for table logic (in Rust: they run per order against every medication).
+    engine.register_fn("intersects", |a: &mut Array, b: Array| -> bool {
+        a.iter().any(|x| {
+            let x = x.clone().into_immutable_string().ok();
+            b.iter().any(|y| x.is_some() && y.clone().into_immutable_string().ok() == x)
+        })
+    });
+
+    // Verdicts.
     engine.register_fn("alert", |severity: &str, summary: &str, details: Map| -> Map {
         let mut m = Map::new();
         m.insert(VERDICT_KEY.into(), "fire".into());
@@ -46,4 +300,15 @@ pub fn register(engine: &mut Engine) {
         m.insert("reason".into(), reason.into());
         m
     });
+}
+
+fn severity_name(s: vigil_actors::Severity) -> &'static str {
+    use vigil_actors::Severity::*;
+    match s {
+        Info => "info",
+        Low => "low",
+        Medium => "medium",
+        High => "high",
+        Critical => "critical",
+    }
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use vigil_actors::{PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
 
 use super::api::{self, RulePatient, VERDICT_KEY};
+use super::data::{SharedTables, Tables};
 
 /// A rule that cannot be loaded, with where.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,8 +39,14 @@ pub enum RuleError {
     },
 }
 
-/// The one place the sandbox limits are set: every rule runs in an engine built here.
+/// The one place the sandbox limits are set: every rule runs in an engine built here. Rules
+/// see no tables; see [`hardened_engine_with`].
 pub fn hardened_engine() -> Engine {
+    hardened_engine_with(SharedTables::default())
+}
+
+/// The hardened engine whose `data(...)` and drug-class functions read `tables`.
+pub fn hardened_engine_with(tables: SharedTables) -> Engine {
     let mut engine = Engine::new();
     // Enough for any scoring rule (a NEWS2 evaluation uses a few thousand); an endless loop
     // stops in milliseconds instead of stalling the patient's actor.
@@ -55,7 +62,9 @@ pub fn hardened_engine() -> Engine {
     // Rules are not allowed to write to the server's output (PHI could leak through it).
     engine.on_print(|_| {});
     engine.on_debug(|_, _, _| {});
-    api::register(&mut engine);
+    // `no_module` is set for the crate, so there is no `import` and no file access; the
+    // standard packages have no file or network functions.
+    api::register(&mut engine, tables);
     engine
 }
 
@@ -69,12 +78,23 @@ pub struct LoadedRule {
     pub title: String,
     /// Default severity.
     pub severity: Severity,
-    /// Canonical names whose arrival runs the rule.
+    /// Canonical names (or event kinds) whose arrival runs the rule.
     pub triggers: Vec<String>,
+    /// Published sources the rule implements.
+    pub references: Vec<String>,
+    /// Dedup / cooldown window, seconds: how long after a resolve the same rule should stay
+    /// quiet for the patient (`cooldown_s` in `meta()`, 0 when absent). Re-fires of an open
+    /// alert are always deduplicated per (patient, rule) by the patient actor.
+    pub cooldown_s: i64,
+    /// Lint warnings (unknown trigger names, missing references).
+    pub warnings: Vec<String>,
     /// Source file.
     pub path: PathBuf,
+    /// The source text.
+    pub source: String,
     ast: AST,
     failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for LoadedRule {
@@ -88,6 +108,11 @@ impl LoadedRule {
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// The last evaluation error (engine and rule text only, never patient data).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
 }
 
 fn invalid(file: &Path, pos: rhai::Position, message: impl Into<String>) -> RuleError {
@@ -99,6 +124,16 @@ fn invalid(file: &Path, pos: rhai::Position, message: impl Into<String>) -> Rule
     }
 }
 
+/// Trigger names a rule may declare: event kinds and the canonical vocabulary (including the
+/// laboratory names). Unknown names are a lint warning, not an error, so a rule can ship
+/// before its code mapping.
+pub const KNOWN_TRIGGERS: &[&str] = &[
+    "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp",
+    "dbp", "map", "temp", "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate",
+    "creatinine", "bilirubin", "platelets", "inr", "paco2", "potassium", "sodium", "glucose",
+    "hemoglobin", "troponin",
+];
+
 /// Compile one rule source and read its metadata.
 pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRule, RuleError> {
     let ast = engine.compile(source).map_err(|e| invalid(path, e.1, e.0.to_string()))?;
@@ -106,28 +141,52 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
         ast.iter_functions().any(|f| f.name == name && f.params.len() == params)
     };
     if !has_fn("meta", 0) || !has_fn("evaluate", 1) {
-        return Err(invalid(path, rhai::Position::NONE, "a rule defines fn meta() and fn evaluate(p)"));
+        return Err(invalid(path, rhai::Position::new(1, 1), "a rule defines fn meta() and fn evaluate(p)"));
     }
     let meta: Map = engine
         .call_fn(&mut Scope::new(), &ast, "meta", ())
         .map_err(|e| invalid(path, e.position(), format!("meta(): {e}")))?;
+    // Metadata errors point at `fn meta`.
+    let meta_pos = source
+        .lines()
+        .position(|l| l.contains("fn meta"))
+        .map_or(rhai::Position::NONE, |i| rhai::Position::new(u16::try_from(i + 1).unwrap_or(u16::MAX), 1));
     let text = |key: &str| -> Result<String, RuleError> {
         meta.get(key)
             .and_then(|v| v.clone().into_string().ok())
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| invalid(path, rhai::Position::NONE, format!("meta() needs a text `{key}`")))
+            .ok_or_else(|| invalid(path, meta_pos, format!("meta() needs a text `{key}`")))
     };
     let id = text("id")?;
     let severity_name = text("severity")?;
     let severity = Severity::parse(&severity_name).ok_or_else(|| {
-        invalid(path, rhai::Position::NONE, format!("unknown severity `{severity_name}`"))
+        invalid(path, meta_pos, format!("unknown severity `{severity_name}`"))
     })?;
-    let triggers = meta
-        .get("triggers")
-        .and_then(|v| v.clone().into_typed_array::<rhai::ImmutableString>().ok())
-        .map(|a| a.into_iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    let names = |key: &str| {
+        meta.get(key)
+            .and_then(|v| v.clone().into_typed_array::<rhai::ImmutableString>().ok())
+            .map(|a| a.into_iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    };
+    let triggers = names("triggers")
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| invalid(path, rhai::Position::NONE, "meta() needs `triggers`, a list of names"))?;
+        .ok_or_else(|| invalid(path, meta_pos, "meta() needs `triggers`, a list of names"))?;
+    let references = names("references").unwrap_or_default();
+    let cooldown_s = match meta.get("cooldown_s") {
+        None => 0,
+        Some(v) => v
+            .as_int()
+            .ok()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| invalid(path, meta_pos, "meta() `cooldown_s` is a whole number of seconds >= 0"))?,
+    };
+    let mut warnings: Vec<String> = triggers
+        .iter()
+        .filter(|t| !KNOWN_TRIGGERS.contains(&t.as_str()))
+        .map(|t| format!("trigger `{t}` is not a known canonical name or event kind"))
+        .collect();
+    if references.is_empty() {
+        warnings.push("meta() has no `references`: cite the published source".into());
+    }
     let digest = Sha256::digest(source.as_bytes());
     Ok(LoadedRule {
         title: text("title").unwrap_or_else(|_| id.clone()),
@@ -135,14 +194,62 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
         version: hex::encode(&digest[..6]),
         severity,
         triggers,
+        references,
+        cooldown_s,
+        warnings,
         path: path.to_path_buf(),
+        source: source.to_string(),
         ast,
         failures: AtomicU64::new(0),
+        last_error: Mutex::new(None),
     })
 }
 
-/// Load every `*.rhai` file directly under `dir`, sorted by name. Any error fails the load.
-pub fn load_dir(engine: &Engine, dir: &Path) -> Result<Vec<LoadedRule>, Vec<RuleError>> {
+/// Views a rule must evaluate without error before it is accepted: nothing recorded, a full
+/// set of ordinary values, and a medication order. Catches misspelt functions, type errors
+/// and runaway loops at load time instead of on a patient.
+fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
+    use std::collections::VecDeque;
+    use vigil_actors::{ActiveMedication, Allergy, CodedSample, Medication, Sample};
+    let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    let empty = PatientView { now: Some(now), ..PatientView::default() };
+    let mut full = empty.clone();
+    let normal = [
+        ("hr", 80.0), ("pulse", 80.0), ("rr", 16.0), ("spo2", 97.0), ("sbp", 120.0), ("dbp", 70.0),
+        ("map", 87.0), ("temp", 37.0), ("gcs", 15.0), ("fio2", 21.0), ("o2_flow", 0.0), ("wbc", 8.0),
+        ("bands", 2.0), ("lactate", 1.0), ("creatinine", 0.9), ("bilirubin", 0.6), ("platelets", 250.0),
+        ("inr", 1.0), ("paco2", 40.0), ("potassium", 4.0), ("sodium", 140.0), ("glucose", 100.0),
+        ("hemoglobin", 13.0), ("troponin", 5.0),
+    ];
+    for (name, value) in normal {
+        let samples = (0..3).map(|i| Sample { at: now - time::Duration::minutes(i * 30), value }).rev();
+        full.series.insert(name.into(), samples.collect::<VecDeque<_>>());
+    }
+    full.coded.insert("consciousness".into(), VecDeque::from([CodedSample { at: now, text: "A".into() }]));
+    full.age_years = Some(60);
+    full.sex = "F".into();
+    full.settings.insert("spo2_scale".into(), "1".into());
+    let med = Medication { order_id: "lint-1".into(), rxnorm: Some("161".into()), name: "acetaminophen".into() };
+    full.medications.push(ActiveMedication { medication: med.clone(), since: now });
+    full.allergies.push(Allergy { code: Some("RXNORM|7980".into()), name: "penicillin g".into(), kind: "DA".into(), severity: "SV".into() });
+    let mut order = full.clone();
+    order.new_order = Some(Medication { order_id: "lint-2".into(), ..med });
+    vec![("no data", Arc::new(empty)), ("ordinary values", Arc::new(full)), ("a new order", Arc::new(order))]
+}
+
+/// Run `rule` against the lint views; the first error, with its position, rejects it.
+pub fn lint_rule(engine: &Engine, rule: &LoadedRule) -> Result<(), RuleError> {
+    for (what, view) in lint_views() {
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        let result = engine
+            .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &rule.ast, "evaluate", (RulePatient(view),))
+            .map_err(|e| invalid(&rule.path, e.position(), format!("evaluate(p) with {what}: {e}")))?;
+        verdict(result).map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn rhai_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<RuleError>> {
     let io = |e: std::io::Error| vec![RuleError::Io { file: dir.display().to_string(), message: e.to_string() }];
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
@@ -150,12 +257,19 @@ pub fn load_dir(engine: &Engine, dir: &Path) -> Result<Vec<LoadedRule>, Vec<Rule
         .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// Load and lint every `*.rhai` file directly under `dir`, sorted by name. Any error fails
+/// the load.
+pub fn load_dir(engine: &Engine, dir: &Path) -> Result<Vec<LoadedRule>, Vec<RuleError>> {
     let mut rules = Vec::new();
     let mut errors = Vec::new();
-    for path in paths {
+    for path in rhai_files(dir)? {
         let loaded = std::fs::read_to_string(&path)
             .map_err(|e| RuleError::Io { file: path.display().to_string(), message: e.to_string() })
-            .and_then(|source| load_rule(engine, &path, &source));
+            .and_then(|source| load_rule(engine, &path, &source))
+            .and_then(|rule| lint_rule(engine, &rule).map(|()| rule));
         match loaded {
             Ok(rule) if rules.iter().any(|r: &LoadedRule| r.id == rule.id) => errors.push(invalid(
                 &path,
@@ -169,10 +283,35 @@ pub fn load_dir(engine: &Engine, dir: &Path) -> Result<Vec<LoadedRule>, Vec<Rule
     if errors.is_empty() { Ok(rules) } else { Err(errors) }
 }
 
+/// Why a new version of a rule was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The source does not compile, lacks metadata or fails the lint.
+    #[error(transparent)]
+    Invalid(#[from] RuleError),
+    /// The id in `meta()` is not the one addressed.
+    #[error("meta() id `{found}` does not match `{expected}`")]
+    IdMismatch {
+        /// Addressed id.
+        expected: String,
+        /// Id in the source.
+        found: String,
+    },
+    /// The new file could not be written.
+    #[error("writing the rule file failed: {0}")]
+    Io(String),
+}
+
 /// The rule set in use, swapped whole on reload.
 pub struct RhaiRules {
     engine: Engine,
+    tables: SharedTables,
     rules: RwLock<Arc<Vec<Arc<LoadedRule>>>>,
+    dir: Option<PathBuf>,
+    /// Serialises reloads and replacements (evaluation never waits on it).
+    reload: Mutex<()>,
+    /// Errors of the last reload attempt that was refused (shown to informaticists).
+    last_errors: Mutex<Vec<RuleError>>,
     /// Rule ids whose failure has been logged already: a rule failing on every event is
     /// reported once, not once per event.
     reported: Mutex<HashMap<String, String>>,
@@ -183,21 +322,124 @@ impl RhaiRules {
     pub fn new(engine: Engine, rules: Vec<LoadedRule>) -> Self {
         RhaiRules {
             engine,
+            tables: SharedTables::default(),
             rules: RwLock::new(Arc::new(rules.into_iter().map(Arc::new).collect())),
+            dir: None,
+            reload: Mutex::new(()),
+            last_errors: Mutex::new(Vec::new()),
             reported: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Load `dir` with a hardened engine.
+    /// Load `dir` (rules `*.rhai`, tables `data/*.json`) with a hardened engine.
     pub fn from_dir(dir: &Path) -> Result<Self, Vec<RuleError>> {
-        let engine = hardened_engine();
+        let tables = Tables::load(&dir.join("data"))?;
+        let shared: SharedTables = Arc::new(RwLock::new(Arc::new(tables)));
+        let engine = hardened_engine_with(Arc::clone(&shared));
         let rules = load_dir(&engine, dir)?;
-        Ok(RhaiRules::new(engine, rules))
+        let mut host = RhaiRules::new(engine, rules);
+        host.tables = shared;
+        host.dir = Some(dir.to_path_buf());
+        Ok(host)
+    }
+
+    /// The directory the rules come from, when loaded from one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// The rules in use.
     pub fn rules(&self) -> Arc<Vec<Arc<LoadedRule>>> {
         self.rules.read().map(|r| Arc::clone(&r)).unwrap_or_default()
+    }
+
+    /// Names of the data tables in use.
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.read().map(|t| t.names()).unwrap_or_default()
+    }
+
+    /// Errors of the last refused reload (empty after a successful one).
+    pub fn last_errors(&self) -> Vec<RuleError> {
+        self.last_errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Reload the directory: every rule and table is compiled and linted first; only when all
+    /// succeed are they swapped in together. On error the running set is untouched.
+    pub fn reload(&self) -> Result<Vec<(String, String)>, Vec<RuleError>> {
+        let Some(dir) = &self.dir else { return Ok(Vec::new()) };
+        let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = Tables::load(&dir.join("data")).and_then(|tables| {
+            // Rules are linted against the new tables: swap them in for the check and back
+            // on failure (evaluations in between see a consistent old or new table set).
+            let previous = self.swap_tables(Arc::new(tables));
+            match load_dir(&self.engine, dir) {
+                Ok(rules) => Ok(rules),
+                Err(errors) => {
+                    self.swap_tables(previous);
+                    Err(errors)
+                }
+            }
+        });
+        match outcome {
+            Ok(rules) => {
+                let versions = rules.iter().map(|r| (r.id.clone(), r.version.clone())).collect();
+                self.swap_rules(rules.into_iter().map(Arc::new).collect());
+                if let Ok(mut e) = self.last_errors.lock() {
+                    e.clear();
+                }
+                Ok(versions)
+            }
+            Err(errors) => {
+                if let Ok(mut e) = self.last_errors.lock() {
+                    e.clone_from(&errors);
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Replace (or add) rule `id` with `source`: compiled, linted and checked before an atomic
+    /// swap; written to the rules directory (atomically, via a temporary file) so it survives
+    /// a restart. A rejected source leaves the running version in place.
+    pub fn replace(&self, id: &str, source: &str) -> Result<Arc<LoadedRule>, ReplaceError> {
+        let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.rules();
+        let path = current
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.path.clone())
+            .or_else(|| self.dir.as_ref().map(|d| d.join(format!("{id}.rhai"))))
+            .unwrap_or_else(|| PathBuf::from(format!("{id}.rhai")));
+        let rule = load_rule(&self.engine, &path, source)?;
+        lint_rule(&self.engine, &rule)?;
+        if rule.id != id {
+            return Err(ReplaceError::IdMismatch { expected: id.into(), found: rule.id });
+        }
+        if self.dir.is_some() {
+            let tmp = path.with_extension("rhai.tmp");
+            std::fs::write(&tmp, source)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| ReplaceError::Io(e.to_string()))?;
+        }
+        let rule = Arc::new(rule);
+        let mut next: Vec<Arc<LoadedRule>> = current.iter().filter(|r| r.id != id).cloned().collect();
+        next.push(Arc::clone(&rule));
+        next.sort_by(|a, b| a.path.cmp(&b.path));
+        self.swap_rules(next);
+        Ok(rule)
+    }
+
+    fn swap_rules(&self, rules: Vec<Arc<LoadedRule>>) {
+        if let Ok(mut slot) = self.rules.write() {
+            *slot = Arc::new(rules);
+        }
+    }
+
+    fn swap_tables(&self, tables: Arc<Tables>) -> Arc<Tables> {
+        match self.tables.write() {
+            Ok(mut slot) => std::mem::replace(&mut *slot, tables),
+            Err(_) => tables,
+        }
     }
 
     fn run(&self, rule: &LoadedRule, view: &Arc<PatientView>) -> Result<RuleVerdict, String> {
@@ -211,6 +453,9 @@ impl RhaiRules {
 
     fn report_failure(&self, rule: &LoadedRule, error: &str) {
         rule.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = rule.last_error.lock() {
+            *last = Some(error.to_string());
+        }
         let Ok(mut reported) = self.reported.lock() else { return };
         if reported.get(&rule.id).is_some_and(|v| v == &rule.version) {
             return;
@@ -320,5 +565,56 @@ mod tests {
         let src = r#"fn meta() { #{ id: "t.e", severity: "low", triggers: ["rr"] } }
             fn evaluate(p) { eval("1") }"#;
         assert!(load_rule(&engine, Path::new("e"), src).is_err());
+    }
+
+    #[test]
+    fn window_statistics_and_coded_values() {
+        let now = time::OffsetDateTime::now_utc();
+        let mut series = HashMap::new();
+        let samples = (0..5).map(|i| Sample { at: now - time::Duration::minutes(30 * (4 - i)), value: 100.0 + 10.0 * i as f64 });
+        series.insert("sbp".to_string(), samples.collect::<VecDeque<_>>());
+        let mut coded = HashMap::new();
+        coded.insert("consciousness".to_string(), VecDeque::from([vigil_actors::CodedSample { at: now, text: "V".into() }]));
+        let view = Arc::new(PatientView { now: Some(now), series, coded, ..PatientView::default() });
+        let engine = hardened_engine();
+        let src = r#"fn meta() { #{ id: "t.w", severity: "low", triggers: ["sbp"] } }
+            fn evaluate(p) { alert("low", "w", #{ score: 0,
+                min: p.min("sbp", 3600), max: p.max("sbp", 3600), mean: p.mean("sbp", 3600),
+                count: p.count("sbp", 7200), delta: p.delta("sbp", 7200), trend: p.trend("sbp", 7200),
+                none: p.mean("hr", 3600), acvpu: p.latest_coded("consciousness", 60), o2: p.on_oxygen() }) }"#;
+        let host = RhaiRules::new(hardened_engine(), vec![load_rule(&engine, Path::new("w"), src).unwrap()]);
+        let out = host.evaluate(&view, &["sbp"]);
+        let RuleVerdict::Fire { details, .. } = &out[0].verdict else { panic!("{out:?}") };
+        assert_eq!(details["min"], 120.0);
+        assert_eq!(details["max"], 140.0);
+        assert_eq!(details["mean"], 130.0);
+        assert_eq!(details["count"], 5);
+        assert_eq!(details["delta"], 40.0);
+        assert!((details["trend"].as_f64().unwrap() - 20.0).abs() < 1e-9, "{details}");
+        assert!(details["none"].is_null());
+        assert_eq!(details["acvpu"], "V");
+        assert_eq!(details["o2"], false);
+    }
+
+    #[test]
+    fn replace_swaps_only_valid_versions_and_reload_keeps_the_old_set_on_error() {
+        let dir = std::env::temp_dir().join(format!("vigil-rules-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.rhai"), OK_RULE).unwrap();
+        let host = RhaiRules::from_dir(&dir).unwrap();
+        let v1 = host.rules()[0].version.clone();
+        let err = host.replace("t.ok", "fn meta() { #{ id: \"t.ok\", severity: \"low\", triggers: [\"rr\"] } }\nfn evaluate(p) { p.nope() }").unwrap_err();
+        assert!(matches!(err, ReplaceError::Invalid(RuleError::Invalid { .. })), "{err}");
+        let err = host.replace("t.ok", &OK_RULE.replace("t.ok", "t.other")).unwrap_err();
+        assert!(matches!(err, ReplaceError::IdMismatch { .. }));
+        assert_eq!(host.rules()[0].version, v1);
+        let v2 = host.replace("t.ok", &OK_RULE.replace("\"rr\", 60", "\"rr\", 120")).unwrap().version.clone();
+        assert_ne!(v1, v2);
+        assert_eq!(host.rules()[0].version, v2);
+        std::fs::write(dir.join("t.rhai"), "fn meta( {").unwrap();
+        assert!(host.reload().is_err());
+        assert_eq!(host.rules()[0].version, v2, "a broken file leaves the running version");
+        assert_eq!(host.last_errors().len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,8 +1,16 @@
 //! The Rhai rule host behind the `RuleEngine` port: one hardened engine constructor, rule
-//! loading with metadata and content-hash versions, and evaluation with every failure
-//! isolated to the rule that caused it.
+//! loading with metadata and content-hash versions, data tables, hot reload, the `vigil
+//! rules` commands and the data-driven rule test harness; evaluation isolates every failure
+//! to the rule that caused it.
 
 mod api;
+pub mod cli;
+pub mod data;
 mod engine;
+pub mod testing;
+pub mod watch;
 
-pub use engine::{LoadedRule, RhaiRules, RuleError, hardened_engine, load_dir, load_rule};
+pub use engine::{
+    KNOWN_TRIGGERS, LoadedRule, ReplaceError, RhaiRules, RuleError, hardened_engine, hardened_engine_with,
+    lint_rule, load_dir, load_rule,
+};

@@ -11,4 +11,5 @@ mod fixtures;
 mod external;
 mod mllp;
 mod protocol;
+mod rules;
 mod webhooks;

@@ -13,16 +13,24 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Read one framed reply.
-async fn read_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut byte)).await.expect("reply in time").unwrap();
-        assert!(n > 0, "connection closed before a reply");
-        buf.extend_from_slice(&byte[..n]);
-        if let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
-            return String::from_utf8_lossy(&buf[1..end]).into_owned();
+/// Reads framed replies, keeping bytes that arrive ahead of the frame asked for.
+#[derive(Default)]
+struct Frames {
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    async fn next<S: tokio::io::AsyncRead + Unpin>(&mut self, stream: &mut S) -> String {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                let frame = String::from_utf8_lossy(&self.buf[1..end]).into_owned();
+                self.buf.drain(..end + 2);
+                return frame;
+            }
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("reply in time").unwrap();
+            assert!(n > 0, "connection closed before a reply");
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
@@ -68,7 +76,7 @@ async fn mllp_over_tls_is_acknowledged_and_plaintext_is_not() {
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     tls.write_all(&frame(&septic_oru("TLS-1", "MRN-TLS", "Tau"))).await.unwrap();
-    let ack = read_frame(&mut tls).await;
+    let ack = Frames::default().next(&mut tls).await;
     assert_eq!((ack_code(&ack), ack_control_id(&ack)), (Some("AA"), Some("TLS-1")), "{ack}");
 
     // A plaintext sender on the TLS port gets no ACK: its frame is never taken as a message.
@@ -124,10 +132,11 @@ async fn oversized_frames_get_ar_noise_is_ignored_and_idle_connections_close() {
     bytes.extend(b"\r\n noise between frames \r\n");
     bytes.extend(frame(&septic_oru("SMALL-1", "MRN-BIG", "Large")));
     stream.write_all(&bytes).await.unwrap();
-    let first = read_frame(&mut stream).await;
+    let mut frames = Frames::default();
+    let first = frames.next(&mut stream).await;
     assert_eq!((ack_code(&first), ack_control_id(&first)), (Some("AR"), Some("BIG-1")), "{first}");
     assert!(first.contains("exceeds the 4096 byte limit"), "{first}");
-    let second = read_frame(&mut stream).await;
+    let second = frames.next(&mut stream).await;
     assert_eq!((ack_code(&second), ack_control_id(&second)), (Some("AA"), Some("SMALL-1")), "{second}");
 
     // Silent for longer than the idle timeout: the server closes the connection.

@@ -77,7 +77,7 @@ async fn raise(mllp: &mut MllpClient, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_with_since_returns_exactly_the_missed_changes() {
     let dir = tempdir("since");
-    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let server = vigil::app::start(&config_qsofa_only(&dir)).await.unwrap();
     let token = server.auth.issue("rrt-1", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
     let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
 
@@ -119,7 +119,7 @@ async fn reconnect_with_since_returns_exactly_the_missed_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() {
     let dir = tempdir("ack");
-    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let server = vigil::app::start(&config_qsofa_only(&dir)).await.unwrap();
     let rrt = server.auth.issue("rrt-7", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
     let other_unit = server.auth.issue("nurse-9", Role::Nurse, vec!["WARD3".into()], time::Duration::hours(1));
     let informaticist = server.auth.issue("inf-1", Role::Informaticist, vec!["*".into()], time::Duration::hours(1));
@@ -186,7 +186,7 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opened_patient_streams_live_vitals_only_to_those_who_may_see_it() {
     let dir = tempdir("watch");
-    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let server = vigil::app::start(&config_qsofa_only(&dir)).await.unwrap();
     let rrt = server.auth.issue("rrt-2", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
     let ward = server.auth.issue("nurse-3", Role::Nurse, vec!["WARD3".into()], time::Duration::hours(1));
     let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
@@ -227,7 +227,7 @@ async fn an_opened_patient_streams_live_vitals_only_to_those_who_may_see_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_alert_escalates_visibly_to_the_rapid_response_team() {
     let dir = tempdir("escalate");
-    let mut config = config(&dir);
+    let mut config = config_qsofa_only(&dir);
     for (severity, window) in config.escalation.windows.iter_mut() {
         if *severity == vigil_actors::Severity::High {
             *window = Some(time::Duration::seconds(1));
@@ -269,7 +269,7 @@ async fn an_unacknowledged_alert_escalates_visibly_to_the_rapid_response_team() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_that_falls_behind_gets_resync_and_every_change_exactly_once() {
     let dir = tempdir("lag");
-    let mut config = config(&dir);
+    let mut config = config_qsofa_only(&dir);
     config.hub_capacity = 1; // any session slower than the committer lags at once
     let server = vigil::app::start(&config).await.unwrap();
     let token = server.auth.issue("rrt-9", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));

@@ -34,6 +34,17 @@ pub fn config(data_dir: &Path) -> Config {
     .unwrap()
 }
 
+/// A configuration whose only rule is qSOFA: for tests of the protocol and delivery, where
+/// one message must raise exactly one alert whatever else the shipped pack grows to.
+pub fn config_qsofa_only(data_dir: &Path) -> Config {
+    let rules = data_dir.join("rules-qsofa-only");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::copy(rules_dir().join("sepsis_qsofa.rhai"), rules.join("sepsis_qsofa.rhai")).unwrap();
+    let mut config = config(data_dir);
+    config.rules_dir = rules;
+    config
+}
+
 /// HL7 DTM for now.
 pub fn now_dtm() -> String {
     vigil::ingest::hl7_timestamp(time::OffsetDateTime::now_utc())

@@ -168,7 +168,7 @@ min_severity = "critical"
         mllp_addr: Some("127.0.0.1:0".parse().unwrap()),
         http_addr: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(dir.to_path_buf()),
-        rules_dir: Some(rules_dir()),
+        rules_dir: Some(config_qsofa_only(dir).rules_dir),
         config: Some(path),
     })
     .unwrap()

@@ -1,0 +1,202 @@
+//! The whole rule pack on one event for a patient with a full 24 h window (1-minute vitals,
+//! 6-hourly labs, charted consciousness, ten active medications, allergies), next to a
+//! baseline of one trivial rule in the same run. Criterion reports means/medians; a manual
+//! loop of individually timed runs reports p50/p99 (sorted samples).
+//!
+//! Run: `cargo bench --bench rules_pack`
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use time::OffsetDateTime;
+use vigil::rules::{RhaiRules, hardened_engine, load_rule};
+use vigil_actors::patient::PatientState;
+use vigil_actors::{
+    Allergy, ClinicalEvent, Demographics, EventKind, Location, Medication, Observation, OrderAction, PatientId,
+    PatientKey, Phi, ResultStatus, RuleEngine,
+};
+
+const VITALS: [&str; 6] = ["hr", "rr", "spo2", "sbp", "map", "temp"];
+const ALL: [&str; 30] = [
+    "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp", "dbp", "map", "temp",
+    "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate", "creatinine", "bilirubin", "platelets", "inr",
+    "paco2", "potassium", "sodium", "glucose", "hemoglobin", "troponin",
+];
+
+fn obs(name: &str, value: Option<f64>, text: Option<&str>, at: OffsetDateTime) -> Observation {
+    Observation {
+        name: name.into(),
+        value,
+        text: text.map(Into::into),
+        unit: String::new(),
+        observed_at: at,
+        source_code: String::new(),
+        device: None,
+        status: ResultStatus::Final,
+        result_key: String::new(),
+        reference_range: None,
+        abnormal_flags: Vec::new(),
+    }
+}
+
+fn event(at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
+    ClinicalEvent {
+        patient_id: PatientId("bench".into()),
+        patient: PatientKey { authority: "B".into(), mrn: Phi("SYNTH".into()) },
+        demographics: Demographics { name: Phi("Synthetic, Bench".into()), birth_date: Phi("19500101".into()), sex: "F".into() },
+        location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
+        sender: "BENCH".into(),
+        control_id: "B".into(),
+        raw: Phi(String::new()),
+        received_at: at,
+        kind,
+    }
+}
+
+fn vitals_event(at: OffsetDateTime, i: i64) -> ClinicalEvent {
+    let wobble = (i % 7) as f64;
+    let observations = vec![
+        obs("hr", Some(95.0 + wobble), None, at),
+        obs("rr", Some(21.0 + (i % 3) as f64), None, at),
+        obs("spo2", Some(94.0), None, at),
+        obs("sbp", Some(104.0 - wobble), None, at),
+        obs("map", Some(72.0), None, at),
+        obs("temp", Some(38.2), None, at),
+    ];
+    event(at, EventKind::Observations { observations })
+}
+
+/// A patient with 24 h of minute vitals, labs every 6 h, ACVPU every 4 h, 10 medications.
+fn full_patient(start: OffsetDateTime) -> (PatientState, OffsetDateTime) {
+    let mut state = PatientState::new(PatientId("bench".into()));
+    let minute = time::Duration::minutes(1);
+    for i in 0..1440 {
+        let at = start + minute * i as i32;
+        state.apply(&vitals_event(at, i));
+        if i % 360 == 0 {
+            let labs = [("wbc", 13.5), ("bands", 6.0), ("lactate", 2.4), ("creatinine", 1.4), ("bilirubin", 1.0), ("platelets", 180.0), ("inr", 1.2), ("paco2", 34.0), ("potassium", 4.2), ("sodium", 138.0), ("glucose", 140.0), ("hemoglobin", 11.0), ("troponin", 12.0)];
+            let observations = labs.iter().map(|(n, v)| obs(n, Some(*v), None, at)).collect();
+            state.apply(&event(at, EventKind::Observations { observations }));
+        }
+        if i % 240 == 0 {
+            let observations = vec![obs("consciousness", None, Some("A"), at), obs("fio2", Some(28.0), None, at), obs("gcs", Some(15.0), None, at)];
+            state.apply(&event(at, EventKind::Observations { observations }));
+        }
+    }
+    let meds = [("8123", "phenelzine"), ("36567", "simvastatin"), ("7646", "omeprazole"), ("161", "acetaminophen"), ("5640", "ibuprofen"), ("6809", "metformin"), ("29046", "lisinopril"), ("83367", "atorvastatin"), ("6918", "metoprolol"), ("1191", "aspirin")];
+    for (n, (rx, name)) in meds.iter().enumerate() {
+        let medication = Medication { order_id: format!("O{n}"), rxnorm: Some((*rx).into()), name: (*name).into() };
+        state.apply(&event(start, EventKind::MedicationOrder { action: OrderAction::New, medication }));
+    }
+    let allergies = vec![
+        Allergy { code: Some("RXNORM|7980".into()), name: "penicillin".into(), kind: "DA".into(), severity: "SV".into() },
+        Allergy { code: None, name: "sulfa".into(), kind: "DA".into(), severity: "MO".into() },
+    ];
+    state.apply(&event(start, EventKind::Allergies { allergies, replace: true }));
+    (state, start + minute * 1440)
+}
+
+fn trivial_rules() -> RhaiRules {
+    let engine = hardened_engine();
+    let source = r#"
+        fn meta() { #{ id: "bench.trivial", severity: "low", triggers: ["rr"], references: ["-"] } }
+        fn evaluate(p) { let rr = p.latest("rr", 3600); if rr != () && rr > 40.0 { alert("low", "rr", #{ score: rr }) } else { resolve("ok") } }
+    "#;
+    let rule = load_rule(&engine, Path::new("trivial.rhai"), source).unwrap();
+    RhaiRules::new(engine, vec![rule])
+}
+
+fn pack() -> RhaiRules {
+    RhaiRules::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap()
+}
+
+/// p50/p99 in µs of `n` individually timed runs of `f`.
+fn percentiles(n: usize, mut f: impl FnMut()) -> (f64, f64) {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let mut samples: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    let at = |q: f64| samples[((n as f64 * q) as usize).min(n - 1)].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
+}
+
+fn bench(c: &mut Criterion) {
+    let start = time::macros::datetime!(2026-03-01 00:00 UTC);
+    let (mut state, now) = full_patient(start);
+    let trivial = trivial_rules();
+    let rules = pack();
+    let order = Medication { order_id: "NEW".into(), rxnorm: Some("36437".into()), name: "sertraline".into() };
+    let order_event = event(now, EventKind::MedicationOrder { action: OrderAction::New, medication: order });
+
+    // A view per scenario (the actor's view as the rules see it at `now`).
+    let vitals = vitals_event(now, 1440);
+    state.apply(&vitals);
+    let vitals_view = state.view_at(now, &vitals);
+    let order_view = {
+        let mut v = (*vitals_view).clone();
+        v.new_order = order_event_medication(&order_event);
+        v.medications.push(vigil_actors::ActiveMedication { medication: v.new_order.clone().unwrap(), since: now });
+        Arc::new(v)
+    };
+    assert_eq!(rules.rules().len(), 7);
+    let fired = rules.evaluate(&vitals_view, &ALL);
+    assert!(fired.len() >= 5, "the whole pack runs: {fired:?}");
+
+    const N: usize = 20_000;
+    let report = [
+        ("baseline: one trivial rule", percentiles(N, || { black_box(trivial.evaluate(&vitals_view, &["rr"])); })),
+        ("pack, vitals event (4 rules triggered)", percentiles(N, || { black_box(rules.evaluate(&vitals_view, &VITALS)); })),
+        ("pack, all 7 rules forced", percentiles(N, || { black_box(rules.evaluate(&vitals_view, &ALL)); })),
+        ("pack, order event (ddi + allergy, 11 meds)", percentiles(N, || { black_box(rules.evaluate(&order_view, &["order"])); })),
+    ];
+    // The actor's full cycle for one event: fold in, prepare the view, evaluate, decide.
+    let mut i = 1441;
+    let cycle = percentiles(N / 4, || {
+        let at = start + time::Duration::minutes(i);
+        let e = vitals_event(at, i);
+        state.apply(&e);
+        let view = state.view_at(at, &e);
+        let outcomes = rules.evaluate(&view, &e.trigger_names());
+        drop(view);
+        black_box(state.decide(outcomes, at));
+        i += 1;
+    });
+    println!("\nrules_pack manual loop ({N} timed runs each, after warm-up):");
+    for (name, (p50, p99)) in report.iter().chain([("actor cycle: apply + view_at + pack + decide", cycle)].iter()) {
+        println!("  {name:<48} p50 {p50:>8.2} us   p99 {p99:>8.2} us");
+    }
+    drop(vitals_view);
+
+    let mut group = c.benchmark_group("rules_pack");
+    group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    let (state2, now2) = full_patient(start);
+    let mut state2 = state2;
+    let v = vitals_event(now2, 1440);
+    state2.apply(&v);
+    let view = state2.view_at(now2, &v);
+    group.bench_function("baseline_trivial_rule", |b| b.iter(|| trivial.evaluate(&view, &["rr"])));
+    group.bench_function("pack_vitals_event", |b| b.iter(|| rules.evaluate(&view, &VITALS)));
+    group.bench_function("pack_all_rules", |b| b.iter(|| rules.evaluate(&view, &ALL)));
+    group.bench_function("pack_order_event", |b| b.iter(|| rules.evaluate(&order_view, &["order"])));
+    group.finish();
+}
+
+fn order_event_medication(e: &ClinicalEvent) -> Option<Medication> {
+    match &e.kind {
+        EventKind::MedicationOrder { medication, .. } => Some(medication.clone()),
+        _ => None,
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,178 @@
+//! Data tables next to the rules (`rules/data/*.json`): loaded by the host, exposed to rules
+//! with `data(name)`, and indexed for drug-class membership so pharmacists edit tables, not code.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rhai::{Dynamic, ImmutableString};
+
+use super::engine::RuleError;
+
+/// Every table of a rules directory, converted once at load.
+#[derive(Default)]
+pub struct Tables {
+    /// Table name (file stem) to its content, as a shared (cheaply cloned) Rhai value.
+    raw: HashMap<String, Dynamic>,
+    /// `rx:<rxcui>` or `name:<normalised name>` to the drug classes it belongs to.
+    class_of: HashMap<String, Vec<ImmutableString>>,
+    /// Content fingerprint (for change detection and reporting).
+    pub fingerprint: String,
+}
+
+/// The tables in use, swapped whole on reload. Rule functions read through this handle.
+pub type SharedTables = Arc<RwLock<Arc<Tables>>>;
+
+/// Lowercase, single spaces, common salt and form words removed (`sertraline hydrochloride`
+/// matches `sertraline`).
+pub fn normalise_drug_name(name: &str) -> String {
+    const SALTS: &[&str] = &[
+        "hydrochloride", "hcl", "sodium", "potassium", "sulfate", "sulphate", "maleate", "citrate",
+        "tartrate", "mesylate", "besylate", "calcium", "succinate", "fumarate", "hyclate",
+        "trihydrate", "monohydrate", "magnesium", "acetate", "bromide", "phosphate", "dimesylate",
+    ];
+    let lower = name.trim().to_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let kept: Vec<&str> = words.iter().copied().filter(|w| !SALTS.contains(w)).collect();
+    if kept.is_empty() { words.join(" ") } else { kept.join(" ") }
+}
+
+/// The RxNorm code in an allergen or medication code: a bare code, or `system|code` whose
+/// system names RxNorm. Other code systems give `None`.
+pub fn rxnorm_code(code: &str) -> Option<&str> {
+    let code = code.trim();
+    match code.rsplit_once('|') {
+        None => (!code.is_empty() && code.chars().all(|c| c.is_ascii_digit())).then_some(code),
+        Some((system, value)) => {
+            let system = system.to_ascii_lowercase();
+            (system.contains("rxnorm") || system == "rxn" || system.ends_with("|rxnorm")).then_some(value)
+        }
+    }
+}
+
+impl Tables {
+    /// Load every `*.json` under `dir` (a missing directory means no tables).
+    pub fn load(dir: &Path) -> Result<Tables, Vec<RuleError>> {
+        let mut tables = Tables::default();
+        let Ok(entries) = std::fs::read_dir(dir) else { return Ok(tables) };
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        let mut errors = Vec::new();
+        let mut hasher_input = String::new();
+        for path in paths {
+            let file = path.display().to_string();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(RuleError::Io { file, message: e.to_string() });
+                    continue;
+                }
+            };
+            let json: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(RuleError::Invalid { file, line: e.line(), column: e.column(), message: e.to_string() });
+                    continue;
+                }
+            };
+            let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            if name == "drug_classes"
+                && let Err(message) = tables.index_classes(&json)
+            {
+                errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
+            }
+            match rhai::serde::to_dynamic(&json) {
+                Ok(value) => {
+                    tables.raw.insert(name, value.into_shared());
+                }
+                Err(e) => errors.push(RuleError::Invalid { file, line: 0, column: 0, message: e.to_string() }),
+            }
+            hasher_input.push_str(&text);
+        }
+        use sha2::Digest;
+        tables.fingerprint = hex::encode(&sha2::Sha256::digest(hasher_input.as_bytes())[..6]);
+        if errors.is_empty() { Ok(tables) } else { Err(errors) }
+    }
+
+    fn index_classes(&mut self, json: &serde_json::Value) -> Result<(), String> {
+        let classes = json.get("classes").and_then(|c| c.as_object()).ok_or("drug_classes.json needs an object `classes`")?;
+        for (class, body) in classes {
+            let class_name: ImmutableString = class.as_str().into();
+            let mut add = |key: String| {
+                let entry = self.class_of.entry(key).or_default();
+                if !entry.contains(&class_name) {
+                    entry.push(class_name.clone());
+                }
+            };
+            add(format!("name:{}", normalise_drug_name(class)));
+            for alias in body.get("aliases").and_then(|a| a.as_array()).into_iter().flatten() {
+                let alias = alias.as_str().ok_or(format!("class `{class}`: aliases are text"))?;
+                add(format!("name:{}", normalise_drug_name(alias)));
+            }
+            let members = body.get("members").and_then(|m| m.as_array()).ok_or(format!("class `{class}` needs `members`"))?;
+            for member in members {
+                let name = member.get("name").and_then(|n| n.as_str()).ok_or(format!("class `{class}`: a member needs a `name`"))?;
+                add(format!("name:{}", normalise_drug_name(name)));
+                if let Some(rx) = member.get("rxnorm").and_then(|r| r.as_str()) {
+                    add(format!("rx:{rx}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A table by name, or `()`.
+    pub fn get(&self, name: &str) -> Dynamic {
+        self.raw.get(name).cloned().unwrap_or(Dynamic::UNIT)
+    }
+
+    /// Table names.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.raw.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Classes of a drug given by name and/or RxNorm code (ingredient).
+    pub fn classes_of(&self, name: &str, rxnorm: Option<&str>) -> Vec<ImmutableString> {
+        let mut out: Vec<ImmutableString> = Vec::new();
+        let keys = [rxnorm.map(|r| format!("rx:{r}")), (!name.is_empty()).then(|| format!("name:{}", normalise_drug_name(name)))];
+        for key in keys.into_iter().flatten() {
+            for class in self.class_of.get(&key).into_iter().flatten() {
+                if !out.contains(class) {
+                    out.push(class.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_codes_normalise() {
+        assert_eq!(normalise_drug_name("  Sertraline   Hydrochloride "), "sertraline");
+        assert_eq!(normalise_drug_name("Methylene Blue"), "methylene blue");
+        assert_eq!(rxnorm_code("RXNORM|7980"), Some("7980"));
+        assert_eq!(rxnorm_code("http://www.nlm.nih.gov/research/umls/rxnorm|36437"), Some("36437"));
+        assert_eq!(rxnorm_code("SNOMED|91936005"), None);
+        assert_eq!(rxnorm_code("8123"), Some("8123"));
+    }
+
+    #[test]
+    fn shipped_tables_load_and_index_classes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
+        let tables = Tables::load(&dir).unwrap();
+        assert!(tables.names().contains(&"interactions".to_string()));
+        let by_code = tables.classes_of("", Some("8123"));
+        assert!(by_code.iter().any(|c| c == "maoi"), "{by_code:?}");
+        assert!(tables.classes_of("Phenelzine Sulfate", None).iter().any(|c| c == "maoi"));
+        assert!(tables.classes_of("amoxicillin", None).iter().any(|c| c == "penicillins"));
+    }
+}

@@ -1,0 +1,80 @@
+//! Hot reload from disk: a task polls the rules directory (`*.rhai` and `data/*.json`) and,
+//! once a change has settled (debounce), reloads the whole set through
+//! [`RhaiRules::reload`], which swaps only when everything compiles and lints. Polling content
+//! hashes (a few small files) works the same on every filesystem, containers and network
+//! mounts included, where inotify events can be missing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::RhaiRules;
+
+/// How often the directory is looked at.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A fingerprint of everything a reload reads.
+pub fn fingerprint(dir: &Path) -> Vec<u8> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (sub, ext) in [(dir.to_path_buf(), "rhai"), (dir.join("data"), "json")] {
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == ext)));
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update(std::fs::read(&file).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hasher.finalize().to_vec()
+}
+
+/// Watch `rules.dir()` until `shutdown` turns true. A change is reloaded once two consecutive
+/// polls agree (so an editor's half-written file is not compiled); a refused reload is logged
+/// with file, line and column and the running rules stay.
+pub fn spawn(rules: Arc<RhaiRules>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(dir) = rules.dir().map(Path::to_path_buf) else { return };
+        let fp_dir = dir.clone();
+        let mut loaded = tokio::task::spawn_blocking(move || fingerprint(&fp_dir)).await.unwrap_or_default();
+        let mut pending: Option<Vec<u8>> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+            let fp_dir = dir.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&fp_dir)).await else { continue };
+            if now == loaded {
+                pending = None;
+                continue;
+            }
+            if pending.as_ref() != Some(&now) {
+                pending = Some(now);
+                continue;
+            }
+            pending = None;
+            loaded = now;
+            let host = Arc::clone(&rules);
+            match tokio::task::spawn_blocking(move || host.reload()).await {
+                Ok(Ok(versions)) => {
+                    for (rule, version) in versions {
+                        tracing::info!(%rule, %version, "rule loaded");
+                    }
+                }
+                Ok(Err(errors)) => {
+                    for error in errors {
+                        tracing::warn!(%error, "rules reload refused; the running rules stay");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "rules reload task failed"),
+            }
+        }
+    })
+}
