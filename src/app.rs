@@ -16,12 +16,13 @@ use vigil_actors::{AlertStore, Clock, EventStore, Router, SystemClock};
 use crate::alerts::AlertHub;
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::crypto::{BlindIndex, load_or_create_key};
+use crate::config::Backend;
+use crate::crypto::{BlindIndex, KeyRing, load_or_create_key};
 use crate::http::{self, AppState};
 use crate::ingest::Ingress;
 use crate::ingest::map::Mapper;
 use crate::rules::RhaiRules;
-use crate::store::{EmbeddedStore, EmbeddedStoreConfig};
+use crate::store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaStore, ScyllaStoreConfig};
 use crate::vocab::Vocabulary;
 
 /// The key that signs console tokens.
@@ -43,22 +44,61 @@ pub struct Running {
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
     router: Arc<Router>,
-    store: EmbeddedStore,
+    store: Store,
+}
+
+/// The adapter in use; dropping it flushes.
+enum Store {
+    Embedded(EmbeddedStore),
+    Scylla(ScyllaStore),
+}
+
+impl Store {
+    fn ports(&self) -> (Arc<dyn EventStore>, Arc<dyn AlertStore>) {
+        match self {
+            Store::Embedded(s) => (Arc::new(s.clone()), Arc::new(s.clone())),
+            Store::Scylla(s) => (Arc::new(s.clone()), Arc::new(s.clone())),
+        }
+    }
+}
+
+/// Key material used to live in `<data_dir>/keys/`. Never generate a new index key beside an
+/// old one: every patient id would change. Ask the operator to move it.
+fn refuse_keys_in_data_dir(config: &Config) -> anyhow::Result<()> {
+    let old = config.data_dir.join("keys");
+    if old.exists() {
+        anyhow::bail!(
+            "{} holds key material inside the data directory; move its files to {} (store.keys_dir) and remove it",
+            old.display(),
+            config.store.keys_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Build everything and start listening.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    refuse_keys_in_data_dir(config)?;
     let auth = load_auth(config)?;
-    let index_key = load_or_create_key(&config.data_dir.join("keys").join("index.key"))?;
+    let index_key = load_or_create_key(&config.store.index_key_file())?;
+    let keys = Arc::new(KeyRing::load_or_create(&config.store.keys_file)?);
     let hub = AlertHub::new(config.hub_capacity);
-    let store = EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), Arc::new(hub.clone()))
-        .context("opening the embedded store")?;
+    let store = match config.store.backend {
+        Backend::Embedded => Store::Embedded(
+            EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), keys, Arc::new(hub.clone()))
+                .context("opening the embedded store")?,
+        ),
+        Backend::Scylla => Store::Scylla(
+            ScyllaStore::connect(ScyllaStoreConfig::from_settings(&config.store), keys, Arc::new(hub.clone()))
+                .await
+                .context("connecting to ScyllaDB")?,
+        ),
+    };
+    let (events, alerts) = store.ports();
     let rules = load_rules(&config.rules_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let events: Arc<dyn EventStore> = Arc::new(store.clone());
-    let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
     let router = Arc::new(Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::new(rules), Arc::clone(&clock)).await?);
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key));
     let ingress = Arc::new(Ingress::new(
@@ -137,8 +177,14 @@ impl Running {
         }
         self.router.shutdown().await;
         drop(self.router);
-        // Dropping the last store handle joins the committer after its final fsync.
-        tokio::task::spawn_blocking(move || drop(self.store)).await.ok();
+        match self.store {
+            // Dropping the last store handle joins the committer after its final fsync.
+            Store::Embedded(store) => {
+                tokio::task::spawn_blocking(move || drop(store)).await.ok();
+            }
+            // Everything queued is acknowledged by the cluster before this returns.
+            Store::Scylla(store) => store.close().await,
+        }
         tracing::info!("vigil stopped");
     }
 }

@@ -33,6 +33,8 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         deterioration_secs: u64,
     },
+    /// Manage the field-encryption key ring (`vigil keys rotate`, `vigil keys list`).
+    Keys(vigil::crypto::cli::KeysArgs),
     /// Print a signed console token.
     Token {
         /// Role of the holder.
@@ -111,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             }
             running.shutdown().await;
         }
+        Command::Keys(args) => vigil::crypto::cli::run(&args)?,
         Command::Token { role, units, sub, hours, serve } => {
             let config = Config::load(&serve)?;
             std::fs::create_dir_all(&config.data_dir)

@@ -89,7 +89,9 @@ pub trait EventStore: Send + Sync + 'static {
 /// handed to the [`AlertPublisher`] only after it is durable, in sequence order.
 #[async_trait]
 pub trait AlertStore: Send + Sync + 'static {
-    /// Queue an insert-or-update of an alert (keyed by its id).
+    /// Queue an insert-or-update of an alert (keyed by its id). Idempotent: an upsert equal to
+    /// the alert's latest stored state resolves to that state's sequence number and is not
+    /// published again, so replaying events after a crash never alerts twice.
     async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError>;
 
     /// Alert changes with `seq > after`, in order, at most `limit`.

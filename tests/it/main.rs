@@ -7,3 +7,5 @@ mod crash;
 mod demo;
 mod e2e;
 mod external;
+mod kassandra;
+mod storage;

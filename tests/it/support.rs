@@ -138,7 +138,7 @@ pub fn vigil_token(data_dir: &Path, unit: &str) -> String {
 /// server that is no longer running.
 pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
     use vigil_actors::EventStore;
-    let key = vigil::crypto::load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
+    let key = vigil::crypto::load_or_create_key(&vigil::config::default_keys_dir(dir).join("index.key")).unwrap();
     let index = vigil::crypto::BlindIndex::new(&key);
     let store = open_store(dir);
     let mut ids = Vec::new();
@@ -151,5 +151,6 @@ pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
 
 pub fn open_store(dir: &Path) -> vigil::store::EmbeddedStore {
     let publisher = std::sync::Arc::new(vigil_actors::fakes::CollectingPublisher::default());
-    vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), publisher).unwrap()
+    let keys = vigil::crypto::KeyRing::load_or_create(&vigil::config::default_keys_dir(dir).join("field.keys")).unwrap();
+    vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), std::sync::Arc::new(keys), publisher).unwrap()
 }
