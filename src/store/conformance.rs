@@ -163,7 +163,7 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
         assert!(all.iter().all(|e| &e.patient_id == patient));
         let times: Vec<_> = all.iter().map(|e| e.received_at).collect();
         assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
-        assert_eq!(all[3].kind, event(patient, "", "", t0, 3.0).kind, "content round-trips");
+        assert_eq!(all[3].kind, event(patient, "", "", t0 + time::Duration::seconds(30), 3.0).kind, "content round-trips");
         let later = events.events_since(patient, t0 + time::Duration::seconds(200)).await.unwrap();
         assert_eq!(later.len(), 5, "only events at or after `since`");
         assert_eq!(later[0].received_at, t0 + time::Duration::seconds(200));

@@ -60,7 +60,7 @@ async fn a_patients_name_and_mrn_never_reach_the_data_dir_in_plaintext() {
     let mrn = format!("MRN{:012}", rand::random::<u64>() % 1_000_000_000_000);
     let server = vigil::app::start(&config(&dir)).await.unwrap();
     let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), Duration::from_secs(10)).await.unwrap();
-    let message = septic_oru("PHI-0001", &mrn, "Quartermaine").replace("^Test^", "^Zebulon^");
+    let message = septic_oru("PHI-0001", &mrn, "Quartermaine").replace("Quartermaine^Test", "Quartermaine^Zebulon");
     assert!(message.contains("Quartermaine^Zebulon"), "{message}");
     let ack = mllp.send(&message).await.unwrap();
     assert_eq!(ack_code(&ack), Some("AA"), "{ack}");
