@@ -43,7 +43,7 @@ enum Job {
     /// The event, and its message-log entry written in the same batch: a resend of a message
     /// we acknowledged is always recognised, even after a crash.
     Event { key: Vec<u8>, value: Vec<u8>, message_key: Vec<u8>, message_value: Vec<u8>, done: DurableSender },
-    Alert { alert: Alert, done: DurableSender<u64> },
+    Alert { alert: Box<Alert>, done: DurableSender<u64> },
 }
 
 struct Keyspaces {
@@ -266,7 +266,7 @@ impl EventStore for EmbeddedStore {
 impl AlertStore for EmbeddedStore {
     async fn upsert_alert(&self, alert: &Alert) -> Result<Durable<u64>, StoreError> {
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Alert { alert: alert.clone(), done }).await?;
+        self.submit(Job::Alert { alert: Box::new(alert.clone()), done }).await?;
         Ok(ticket)
     }
 
@@ -359,12 +359,12 @@ fn commit(
                         None
                     }),
                 };
-                if let Some(current) = current.filter(|c| &c.alert == alert) {
+                if let Some(current) = current.filter(|c| &c.alert == alert.as_ref()) {
                     // Idempotent: the same state again (a replay) gets the same number.
                     outcomes.push(Some(Ok(current.seq)));
                     continue;
                 }
-                let change = SequencedAlert { seq: seq + 1, alert: alert.clone() };
+                let change = SequencedAlert { seq: seq + 1, alert: alert.as_ref().clone() };
                 let sealed = serde_json::to_vec(&change)
                     .map_err(|e| StoreError::Engine(format!("encode alert: {e}")))
                     .and_then(|bytes| {

@@ -34,6 +34,8 @@ pub async fn serve() -> Kassandra {
     let accept = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let session = Arc::clone(&session);
+            // Answers are small frames: without NODELAY each waits for the peer's delayed ACK.
+            let _ = socket.set_nodelay(true);
             tokio::spawn(async move {
                 let (read, write) = socket.into_split();
                 let mut requests = kassandra::frame::request_stream(read);
