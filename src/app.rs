@@ -16,12 +16,13 @@ use vigil_actors::{AlertStore, Clock, EventStore, Router, SystemClock};
 use crate::alerts::AlertHub;
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::crypto::{BlindIndex, load_or_create_key};
+use crate::config::Backend;
+use crate::crypto::{BlindIndex, KeyRing, load_or_create_key};
 use crate::http::{self, AppState};
 use crate::ingest::Ingress;
 use crate::ingest::map::Mapper;
 use crate::rules::RhaiRules;
-use crate::store::{EmbeddedStore, EmbeddedStoreConfig};
+use crate::store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaStore, ScyllaStoreConfig};
 use crate::vocab::Vocabulary;
 
 /// The key that signs console tokens.
@@ -52,23 +53,75 @@ pub struct Running {
     webhooks: Vec<JoinHandle<()>>,
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
     router: Arc<Router>,
-    store: EmbeddedStore,
+    store: Store,
     rules_watch: JoinHandle<()>,
+}
+
+/// The adapter in use; dropping it flushes.
+enum Store {
+    Embedded(EmbeddedStore),
+    Scylla(ScyllaStore, fjall::Database),
+}
+
+impl Store {
+    fn ports(&self) -> (Arc<dyn EventStore>, Arc<dyn AlertStore>) {
+        match self {
+            Store::Embedded(s) => (Arc::new(s.clone()), Arc::new(s.clone())),
+            Store::Scylla(s, _) => (Arc::new(s.clone()), Arc::new(s.clone())),
+        }
+    }
+
+    /// The node-local database for the audit log and webhook cursors: the embedded store's
+    /// own, or a small one in the data directory beside a ScyllaDB deployment.
+    fn local(&self) -> fjall::Database {
+        match self {
+            Store::Embedded(s) => s.database(),
+            Store::Scylla(_, db) => db.clone(),
+        }
+    }
+}
+
+/// Key material used to live in `<data_dir>/keys/`. Never generate a new index key beside an
+/// old one: every patient id would change. Ask the operator to move it.
+fn refuse_keys_in_data_dir(config: &Config) -> anyhow::Result<()> {
+    let old = config.data_dir.join("keys");
+    if old.exists() {
+        anyhow::bail!(
+            "{} holds key material inside the data directory; move its files to {} (store.keys_dir) and remove it",
+            old.display(),
+            config.store.keys_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Build everything and start listening.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    refuse_keys_in_data_dir(config)?;
     let auth = load_auth(config)?;
-    let index_key = load_or_create_key(&config.data_dir.join("keys").join("index.key"))?;
+    let index_key = load_or_create_key(&config.store.index_key_file())?;
+    let keys = Arc::new(KeyRing::load_or_create(&config.store.keys_file)?);
     let hub = AlertHub::new(config.hub_capacity);
-    let store = EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), Arc::new(hub.clone()))
-        .context("opening the embedded store")?;
+    let store = match config.store.backend {
+        Backend::Embedded => Store::Embedded(
+            EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), keys, Arc::new(hub.clone()))
+                .context("opening the embedded store")?,
+        ),
+        Backend::Scylla => {
+            let local = fjall::Database::builder(config.data_dir.join("local"))
+                .open()
+                .context("opening the node-local database (audit, webhook cursors)")?;
+            let scylla = ScyllaStore::connect(ScyllaStoreConfig::from_settings(&config.store), keys, Arc::new(hub.clone()))
+                .await
+                .context("connecting to ScyllaDB")?;
+            Store::Scylla(scylla, local)
+        }
+    };
+    let (events, alerts) = store.ports();
     let rules = Arc::new(load_rules(&config.rules_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let events: Arc<dyn EventStore> = Arc::new(store.clone());
-    let alerts: Arc<dyn AlertStore> = Arc::new(store.clone());
     let live = crate::alerts::live::LiveHub::new(1024);
     let router = Arc::new(
         Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>, Arc::clone(&clock))
@@ -99,7 +152,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let http_addr = http_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let audit = crate::audit::AuditLog::open(store.database()).context("opening the audit log")?;
+    let audit = crate::audit::AuditLog::open(store.local()).context("opening the audit log")?;
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
     let state = AppState {
@@ -120,7 +173,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         None => None,
     };
     // Before MLLP starts: a new endpoint's cursor is the log's end, so nothing later is skipped.
-    let webhook_ledger = crate::alerts::webhooks::Webhooks::open(store.database()).context("opening the webhook ledger")?;
+    let webhook_ledger = crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
     let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
     let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
@@ -186,8 +239,19 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.rules_watch).await;
         self.router.shutdown().await;
         drop(self.router);
-        // Dropping the last store handle joins the committer after its final fsync.
-        tokio::task::spawn_blocking(move || drop(self.store)).await.ok();
+        match self.store {
+            // Dropping the last store handle joins the committer after its final fsync.
+            Store::Embedded(store) => {
+                tokio::task::spawn_blocking(move || drop(store)).await.ok();
+            }
+            // Everything queued is acknowledged by the cluster before this returns.
+            Store::Scylla(store, local) => {
+                store.close().await;
+                if let Err(e) = local.persist(fjall::PersistMode::SyncAll) {
+                    tracing::error!(error = %e, "final persist of the local database failed");
+                }
+            }
+        }
         tracing::info!("vigil stopped");
     }
 }

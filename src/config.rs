@@ -55,6 +55,9 @@ pub struct FileConfig {
     /// `[[webhooks]]`: outbound alert delivery, one entry per endpoint.
     #[serde(default)]
     pub webhooks: Vec<crate::alerts::webhooks::WebhookFileConfig>,
+    /// `[store]` section.
+    #[serde(default)]
+    pub store: StoreFileConfig,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -132,6 +135,45 @@ fn parse_utc_offset(text: &str) -> Option<time::UtcOffset> {
     let h: i8 = digits.get(..2)?.parse().ok()?;
     let m: i8 = digits.get(2..)?.parse().ok()?;
     time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFileConfig {
+    /// `embedded` (default) or `scylla`. Env: `VIGIL_STORE`.
+    pub backend: Option<String>,
+    /// Directory of key material (blind-index key, JWT key, field key ring). Must not be
+    /// inside the data directory. Default: `<data_dir>-keys` beside it. Env: `VIGIL_KEYS_DIR`.
+    pub keys_dir: Option<PathBuf>,
+    /// The field-encryption key ring. Default: `<keys_dir>/field.keys`. Env: `VIGIL_KEYS_FILE`.
+    pub keys_file: Option<PathBuf>,
+    /// Days kept: observations and other clinical events (default 2192).
+    pub retention_observations_days: Option<u32>,
+    /// Days kept: raw inbound messages (default 2192).
+    pub retention_raw_messages_days: Option<u32>,
+    /// Days kept: audit records; at least 6 years (2192 days, the default).
+    pub retention_audit_days: Option<u32>,
+    /// `[store.scylla]`
+    #[serde(default)]
+    pub scylla: ScyllaFileConfig,
+}
+
+/// `[store.scylla]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScyllaFileConfig {
+    /// Contact points, `host:port`. Env: `VIGIL_SCYLLA_NODES` (comma-separated).
+    pub nodes: Option<Vec<String>>,
+    /// Keyspace (default `vigil`).
+    pub keyspace: Option<String>,
+    /// `NetworkTopologyStrategy` replication, data centre -> replicas, e.g. `{ dc1 = 3 }`.
+    /// When absent, `SimpleStrategy` with `replication_factor` (for one node or tests).
+    pub datacenters: Option<std::collections::BTreeMap<String, u32>>,
+    /// `SimpleStrategy` replication factor (default 1).
+    pub replication_factor: Option<u32>,
+    /// Consistency of reads and writes (default `local_quorum`).
+    pub consistency: Option<String>,
 }
 
 /// `[mllp]`
@@ -234,6 +276,89 @@ pub struct Config {
     pub hl7: Hl7Settings,
     /// Outbound alert webhooks (secrets already read; validated).
     pub webhooks: Vec<crate::alerts::webhooks::WebhookEndpoint>,
+    /// Storage and key locations.
+    pub store: StoreSettings,
+}
+
+/// Which store adapter runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// fjall in the data directory.
+    Embedded,
+    /// A ScyllaDB cluster.
+    Scylla,
+}
+
+/// Days each kind of record is kept (TTLs on ScyllaDB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Observations and other clinical events, and alerts.
+    pub observations_days: u32,
+    /// Raw inbound messages (the message log).
+    pub raw_messages_days: u32,
+    /// Audit records (at least six years).
+    pub audit_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { observations_days: 2192, raw_messages_days: 2192, audit_days: MIN_AUDIT_DAYS }
+    }
+}
+
+/// Six years, in days (leap days included).
+pub const MIN_AUDIT_DAYS: u32 = 2192;
+
+/// ScyllaDB connection settings.
+#[derive(Debug, Clone)]
+pub struct ScyllaSettings {
+    /// Contact points.
+    pub nodes: Vec<String>,
+    /// Keyspace.
+    pub keyspace: String,
+    /// Data centre -> replicas (`NetworkTopologyStrategy`); empty means `SimpleStrategy`.
+    pub datacenters: std::collections::BTreeMap<String, u32>,
+    /// `SimpleStrategy` replication factor.
+    pub replication_factor: u32,
+    /// Consistency name (`local_quorum`, `quorum`, `one`, ...).
+    pub consistency: String,
+}
+
+/// `[store]`, resolved.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Adapter.
+    pub backend: Backend,
+    /// Key material directory (outside the data directory).
+    pub keys_dir: PathBuf,
+    /// Field-encryption key ring file.
+    pub keys_file: PathBuf,
+    /// Retention per kind.
+    pub retention: Retention,
+    /// ScyllaDB settings (used when `backend` is `scylla`).
+    pub scylla: ScyllaSettings,
+}
+
+impl StoreSettings {
+    /// The blind-index key file.
+    pub fn index_key_file(&self) -> PathBuf {
+        self.keys_dir.join("index.key")
+    }
+}
+
+/// The default key directory: `<data_dir>-keys`, beside the data directory, never in it.
+pub fn default_keys_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+    name.push("-keys");
+    data_dir.with_file_name(name)
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn env_string(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 impl Config {
@@ -254,6 +379,34 @@ impl Config {
             default_utc_offset,
             unsupported: file.hl7.unsupported.unwrap_or_default(),
         };
+        let store_file = file.store;
+        let keys_dir = env_path("VIGIL_KEYS_DIR").or(store_file.keys_dir).unwrap_or_else(|| default_keys_dir(&data_dir));
+        let backend = match env_string("VIGIL_STORE").or(store_file.backend).as_deref() {
+            None | Some("embedded") => Backend::Embedded,
+            Some("scylla") => Backend::Scylla,
+            Some(other) => bail!("store.backend must be `embedded` or `scylla`, not `{other}`"),
+        };
+        let scylla_file = store_file.scylla;
+        let store = StoreSettings {
+            backend,
+            keys_file: env_path("VIGIL_KEYS_FILE").or(store_file.keys_file).unwrap_or_else(|| keys_dir.join("field.keys")),
+            keys_dir,
+            retention: Retention {
+                observations_days: store_file.retention_observations_days.unwrap_or(2192),
+                raw_messages_days: store_file.retention_raw_messages_days.unwrap_or(2192),
+                audit_days: store_file.retention_audit_days.unwrap_or(MIN_AUDIT_DAYS),
+            },
+            scylla: ScyllaSettings {
+                nodes: env_string("VIGIL_SCYLLA_NODES")
+                    .map(|v| v.split(',').map(|n| n.trim().to_string()).collect())
+                    .or(scylla_file.nodes)
+                    .unwrap_or_else(|| vec!["127.0.0.1:9042".into()]),
+                keyspace: scylla_file.keyspace.unwrap_or_else(|| "vigil".into()),
+                datacenters: scylla_file.datacenters.unwrap_or_default(),
+                replication_factor: scylla_file.replication_factor.unwrap_or(1),
+                consistency: scylla_file.consistency.unwrap_or_else(|| "local_quorum".into()),
+            },
+        };
         let config = Config {
             mllp_addr: args.mllp_addr.or(file.mllp_addr).unwrap_or(([127, 0, 0, 1], 2575).into()),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 8080).into()),
@@ -267,7 +420,7 @@ impl Config {
                 facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
                 tls: file.mllp.tls,
             },
-            jwt_secret_file: file.auth.jwt_secret_file.unwrap_or_else(|| data_dir.join("keys").join("jwt.key")),
+            jwt_secret_file: file.auth.jwt_secret_file.unwrap_or_else(|| store.keys_dir.join("jwt.key")),
             auth_algorithm: file.auth.algorithm.unwrap_or_else(|| "HS256".into()),
             auth_public_key: file.auth.public_key_file,
             auth_private_key: file.auth.private_key_file,
@@ -278,6 +431,7 @@ impl Config {
             escalation: escalation_policy(file.escalation),
             hl7,
             webhooks: crate::alerts::webhooks::endpoints_from_file(file.webhooks)?,
+            store,
         };
         config.validate()?;
         Ok(config)
@@ -309,6 +463,21 @@ impl Config {
         if self.mllp.idle_timeout.is_zero() {
             bail!("mllp.idle_timeout_secs must be at least 1");
         }
+        let r = self.store.retention;
+        if r.audit_days < MIN_AUDIT_DAYS {
+            bail!("store.retention_audit_days must be at least {MIN_AUDIT_DAYS} (six years)");
+        }
+        if r.observations_days == 0 || r.raw_messages_days == 0 {
+            bail!("store.retention_observations_days and store.retention_raw_messages_days must be at least 1");
+        }
+        for (key, path) in [("store.keys_dir", &self.store.keys_dir), ("store.keys_file", &self.store.keys_file), ("auth.jwt_secret_file", &self.jwt_secret_file)] {
+            if inside(path, &self.data_dir) {
+                bail!("{key} ({}) must not be inside the data directory: a copy of the data must not carry its keys", path.display());
+            }
+        }
+        if self.store.scylla.nodes.is_empty() {
+            bail!("store.scylla.nodes must name at least one node");
+        }
         Ok(())
     }
 }
@@ -335,6 +504,14 @@ fn escalation_policy(file: EscalationFileConfig) -> crate::alerts::escalation::E
         policy.roles = roles;
     }
     policy
+}
+
+/// Whether `path` lies under `dir`, comparing absolute forms (the files need not exist yet).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let path = absolute(path);
+    let dir = absolute(dir);
+    path.components().collect::<Vec<_>>().starts_with(&dir.components().collect::<Vec<_>>())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -387,5 +564,28 @@ mod tests {
         std::fs::write(&path, "[hl7]\nunsupported = \"drop\"\n").unwrap();
         assert!(Config::load(&args).is_err());
         assert_eq!(Config::load(&ServeArgs::default()).unwrap().hl7.unsupported, UnsupportedPolicy::Reject);
+    }
+
+    #[test]
+    fn keys_default_beside_the_data_dir_never_inside_and_audit_is_kept_six_years() {
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data");
+        let args = ServeArgs { data_dir: Some(data.clone()), config: Some(dir.join("v.toml")), ..ServeArgs::default() };
+        std::fs::write(dir.join("v.toml"), "[store]\nretention_observations_days = 30\n").unwrap();
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.store.keys_dir, dir.join("data-keys"));
+        assert_eq!(c.store.keys_file, dir.join("data-keys").join("field.keys"));
+        assert_eq!(c.jwt_secret_file, dir.join("data-keys").join("jwt.key"));
+        assert_eq!(c.store.retention.observations_days, 30);
+        assert_eq!(c.store.retention.audit_days, MIN_AUDIT_DAYS);
+        std::fs::write(dir.join("v.toml"), format!("[store]\nkeys_file = \"{}\"\n", data.join("k").display())).unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("store.keys_file") && err.contains("inside the data directory"), "{err}");
+        std::fs::write(dir.join("v.toml"), "[store]\nretention_audit_days = 365\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("store.retention_audit_days"), "{err}");
+        std::fs::write(dir.join("v.toml"), "[store.scylla]\ndatacenters = { dc1 = 3 }\nconsistency = \"local_quorum\"\n").unwrap();
+        assert_eq!(Config::load(&args).unwrap().store.scylla.datacenters.get("dc1"), Some(&3));
     }
 }

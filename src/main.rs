@@ -36,6 +36,8 @@ enum Command {
     /// Check or test the rules: `vigil rules check [DIR]`, `vigil rules test [DIR]`.
     #[command(subcommand)]
     Rules(vigil::rules::cli::RulesCommand),
+    /// Manage the field-encryption key ring (`vigil keys rotate`, `vigil keys list`).
+    Keys(vigil::crypto::cli::KeysArgs),
     /// Print a signed console token.
     Token {
         /// Role of the holder.
@@ -115,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             running.shutdown().await;
         }
         Command::Rules(command) => std::process::exit(vigil::rules::cli::run(command)),
+        Command::Keys(args) => vigil::crypto::cli::run(&args)?,
         Command::Token { role, units, sub, hours, serve } => {
             let config = Config::load(&serve)?;
             std::fs::create_dir_all(&config.data_dir)

@@ -75,6 +75,11 @@ impl AlertStore for MemoryStore {
     async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError> {
         let change = {
             let mut alerts = self.alerts.lock().map_err(|_| poisoned())?;
+            if let Some(same) = alerts.iter().rev().find(|c| c.alert.id == alert.id).filter(|c| &c.alert == alert) {
+                let (tx, rx) = Durable::channel();
+                tx.complete(Ok(same.seq));
+                return Ok(rx);
+            }
             let seq = alerts.len() as u64 + 1;
             let change = SequencedAlert { seq, notify, alert: alert.clone() };
             alerts.push(change.clone());

@@ -96,7 +96,9 @@ pub trait EventStore: Send + Sync + 'static {
 #[async_trait]
 pub trait AlertStore: Send + Sync + 'static {
     /// Queue an insert-or-update of an alert (keyed by its id). `notify` travels with the
-    /// change to consoles (sound for new alerts, severity rises, escalations).
+    /// change to consoles (sound for new alerts, severity rises, escalations). Idempotent: an
+    /// upsert equal to the alert's latest stored state resolves to that state's sequence
+    /// number and is not published again, so replaying events after a crash never alerts twice.
     async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError>;
 
     /// The latest state of one alert.

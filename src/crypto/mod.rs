@@ -1,5 +1,12 @@
 //! Keys and keyed hashes. Patient identifiers become opaque ids here (HMAC-SHA-256 blind
-//! index), before they reach actor names, logs or store keys.
+//! index), before they reach actor names, logs or store keys; PHI values are sealed with
+//! AES-256-GCM ([`KeyRing`]) before they reach the disk. Key material lives outside the data
+//! directory.
+
+pub mod cli;
+mod keyring;
+
+pub use keyring::{Aad, KeyRing, rotate};
 
 use std::path::Path;
 
@@ -21,6 +28,12 @@ pub enum CryptoError {
     /// The key file does not hold a 32-byte hex key.
     #[error("key file {0} does not hold 64 hex characters")]
     Malformed(String),
+    /// Encryption failed.
+    #[error("field encryption failed")]
+    Seal,
+    /// A sealed value could not be decrypted.
+    #[error("sealed value does not open: {0}")]
+    Open(String),
 }
 
 /// Read a 32-byte hex key from `path`, creating it (mode 0600) with random bytes if absent.
@@ -44,7 +57,7 @@ pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], CryptoError> {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -2,6 +2,12 @@
 //! appends; the committer drains whatever is queued into one write batch, makes it durable
 //! with a single fsync, publishes the alert changes it contained in sequence order, and only
 //! then completes the tickets that the senders' ACKs wait on.
+//!
+//! Every value is sealed with AES-256-GCM ([`KeyRing`]) before it reaches fjall, with the
+//! keyspace and row key as associated data; keys are opaque (blind-index patient ids, sender +
+//! control id, alert ids, sequence numbers), so no PHI reaches the disk in plaintext.
+//! An alert upsert identical to the alert's stored state is a no-op (same sequence number, no
+//! publication): replaying events after a crash never alerts twice.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +18,9 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
-use vigil_actors::{
-    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
+use crate::crypto::{Aad, KeyRing};
+use vigil_actors::{AlertId, 
+    AcceptedMessage, Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
     EventStore, PatientId, SequencedAlert, StoreError,
 };
 
@@ -37,9 +44,10 @@ enum Job {
     /// all or none survive a crash, and a resend of a message we acknowledged is always
     /// recognised.
     Events { records: Vec<EventRecord>, done: DurableSender },
-    Alert { alert: Alert, notify: bool, done: DurableSender<u64> },
+    Alert { alert: Box<Alert>, notify: bool, done: DurableSender<u64> },
 }
 
+/// One event ready for the batch: sealed record and sealed message-log entry.
 struct EventRecord {
     key: Vec<u8>,
     value: Vec<u8>,
@@ -49,6 +57,7 @@ struct EventRecord {
 
 struct Keyspaces {
     db: Database,
+    keys: Arc<KeyRing>,
     events: Keyspace,
     /// Message log: (sender, control id) -> when accepted, for whom, and the raw message.
     messages: Keyspace,
@@ -90,11 +99,12 @@ fn engine(op: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
 }
 
 impl EmbeddedStore {
-    /// Open (or create) the store under `dir` and start its committer. Alert changes are handed
-    /// to `publisher` once durable.
+    /// Open (or create) the store under `dir` and start its committer. Values are sealed with
+    /// `keys`; alert changes are handed to `publisher` once durable.
     pub fn open(
         dir: &Path,
         config: EmbeddedStoreConfig,
+        keys: Arc<KeyRing>,
         publisher: Arc<dyn AlertPublisher>,
     ) -> Result<Self, StoreError> {
         let db = Database::builder(dir.join("fjall"))
@@ -115,7 +125,7 @@ impl EmbeddedStore {
             }
             None => 0,
         };
-        let ks = Arc::new(Keyspaces { db, events, messages, alerts, alert_log });
+        let ks = Arc::new(Keyspaces { db, keys, events, messages, alerts, alert_log });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committer = {
@@ -137,7 +147,8 @@ impl EmbeddedStore {
         })
     }
 
-    /// The underlying database, for adapters that keep their own keyspaces in it (audit).
+    /// The underlying database, for adapters that keep their own keyspaces in it (audit,
+    /// webhook cursors).
     pub fn database(&self) -> Database {
         self.inner.ks.db.clone()
     }
@@ -159,6 +170,28 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Engine(format!("read task: {e}")))?
     }
+}
+
+const EVENTS: &str = "events";
+const MESSAGES: &str = "messages";
+const ALERTS: &str = "alerts";
+const ALERT_LOG: &str = "alert_log";
+
+fn seal(keys: &KeyRing, table: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+    keys.seal(Aad { table, key, column: "record" }, plaintext)
+        .map_err(|e| StoreError::Engine(format!("seal {table}: {e}")))
+}
+
+fn open_json<T: serde::de::DeserializeOwned>(
+    keys: &KeyRing,
+    table: &str,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<T, StoreError> {
+    let plaintext = keys
+        .open(Aad { table, key, column: "record" }, sealed)
+        .map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?;
+    serde_json::from_slice(&plaintext).map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))
 }
 
 fn message_key(sender: &str, control_id: &str) -> Vec<u8> {
@@ -190,23 +223,23 @@ fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError> {
+        let keys = &self.inner.ks.keys;
         let mut records = Vec::with_capacity(events.len());
         for event in events {
             let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
+            let key = event_key(&event.patient_id, event.received_at, counter);
             let value = serde_json::to_vec(event)
                 .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+            let value = seal(keys, EVENTS, &key, &value)?;
             let record = MessageRecord {
                 accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
                 raw: event.raw.expose().clone(),
             };
             let message_value = serde_json::to_vec(&record)
                 .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
-            records.push(EventRecord {
-                key: event_key(&event.patient_id, event.received_at, counter),
-                value,
-                message_key: message_key(&event.sender, &event.control_id),
-                message_value,
-            });
+            let message_key = message_key(&event.sender, &event.control_id);
+            let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
+            records.push(EventRecord { key, value, message_key, message_value });
         }
         let (done, ticket) = Durable::channel();
         self.submit(Job::Events { records, done }).await?;
@@ -220,11 +253,11 @@ impl EventStore for EmbeddedStore {
     ) -> Result<Option<AcceptedMessage>, StoreError> {
         // A point read answered from memory or one bloom-filtered table: microseconds, so it
         // runs inline on the ingest path.
-        let Some(bytes) = self.inner.ks.messages.get(message_key(sender, control_id)).map_err(engine("read message log"))? else {
+        let key = message_key(sender, control_id);
+        let Some(bytes) = self.inner.ks.messages.get(&key).map_err(engine("read message log"))? else {
             return Ok(None);
         };
-        let record: MessageRecord =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("message: {e}")))?;
+        let record: MessageRecord = open_json(&self.inner.ks.keys, MESSAGES, &key, &bytes)?;
         Ok(Some(record.accepted))
     }
 
@@ -239,11 +272,8 @@ impl EventStore for EmbeddedStore {
         self.blocking(move |ks| {
             let mut out = Vec::new();
             for guard in ks.events.range(from..to) {
-                let (_, value) = guard.into_inner().map_err(engine("read events"))?;
-                out.push(
-                    serde_json::from_slice(&value)
-                        .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?,
-                );
+                let (key, value) = guard.into_inner().map_err(engine("read events"))?;
+                out.push(open_json(&ks.keys, EVENTS, &key, &value)?);
             }
             Ok(out)
         })
@@ -255,15 +285,12 @@ impl EventStore for EmbeddedStore {
 impl AlertStore for EmbeddedStore {
     async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError> {
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Alert { alert: alert.clone(), notify, done }).await?;
+        self.submit(Job::Alert { alert: Box::new(alert.clone()), notify, done }).await?;
         Ok(ticket)
     }
 
     async fn alert(&self, id: &AlertId) -> Result<Option<SequencedAlert>, StoreError> {
-        let Some(bytes) = self.inner.ks.alerts.get(id.0.as_bytes()).map_err(engine("read alert"))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt(format!("alert: {e}")))
+        stored_alert(&self.inner.ks, &id.0)
     }
 
     async fn alerts_after(
@@ -275,11 +302,8 @@ impl AlertStore for EmbeddedStore {
         self.blocking(move |ks| {
             let mut out = Vec::new();
             for guard in ks.alert_log.range(from.to_be_bytes()..).take(limit) {
-                let (_, value) = guard.into_inner().map_err(engine("read alert log"))?;
-                out.push(
-                    serde_json::from_slice(&value)
-                        .map_err(|e| StoreError::Corrupt(format!("alert: {e}")))?,
-                );
+                let (key, value) = guard.into_inner().map_err(engine("read alert log"))?;
+                out.push(open_json(&ks.keys, ALERT_LOG, &key, &value)?);
             }
             Ok(out)
         })
@@ -290,9 +314,8 @@ impl AlertStore for EmbeddedStore {
         self.blocking(|ks| {
             let mut out = Vec::new();
             for guard in ks.alerts.iter() {
-                let (_, value) = guard.into_inner().map_err(engine("read alerts"))?;
-                let change: SequencedAlert = serde_json::from_slice(&value)
-                    .map_err(|e| StoreError::Corrupt(format!("alert: {e}")))?;
+                let (key, value) = guard.into_inner().map_err(engine("read alerts"))?;
+                let change: SequencedAlert = open_json(&ks.keys, ALERTS, &key, &value)?;
                 if change.alert.status != AlertStatus::Resolved {
                     out.push(change);
                 }
@@ -340,25 +363,49 @@ fn commit(
     let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
     let mut seq = last_seq.load(Ordering::Acquire);
     let mut changes = Vec::new();
-    let mut failed_encode = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
+    // Per alert job: the sequence number it resolves to, or why it failed.
+    let mut outcomes: Vec<Option<Result<u64, StoreError>>> = Vec::with_capacity(jobs.len());
+    // Latest state per alert id in this batch, ahead of what the keyspace holds.
+    let mut latest: std::collections::HashMap<String, SequencedAlert> = std::collections::HashMap::new();
+    for job in jobs.iter() {
         match job {
             Job::Events { records, .. } => {
                 for r in records {
                     batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
                     batch.insert(&ks.messages, r.message_key.as_slice(), r.message_value.as_slice());
                 }
+                outcomes.push(None);
             }
             Job::Alert { alert, notify, .. } => {
-                let change = SequencedAlert { seq: seq + 1, notify: *notify, alert: alert.clone() };
-                match serde_json::to_vec(&change) {
-                    Ok(bytes) => {
+                let current = match latest.get(&alert.id.0) {
+                    Some(change) => Some(change.clone()),
+                    None => stored_alert(ks, &alert.id.0).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "stored alert unreadable; writing the new state");
+                        None
+                    }),
+                };
+                if let Some(current) = current.filter(|c| &c.alert == alert.as_ref()) {
+                    // Idempotent: the same state again (a replay) gets the same number.
+                    outcomes.push(Some(Ok(current.seq)));
+                    continue;
+                }
+                let change = SequencedAlert { seq: seq + 1, notify: *notify, alert: alert.as_ref().clone() };
+                let sealed = serde_json::to_vec(&change)
+                    .map_err(|e| StoreError::Engine(format!("encode alert: {e}")))
+                    .and_then(|bytes| {
+                        let id = change.alert.id.0.as_bytes();
+                        Ok((seal(&ks.keys, ALERTS, id, &bytes)?, seal(&ks.keys, ALERT_LOG, &change.seq.to_be_bytes(), &bytes)?))
+                    });
+                match sealed {
+                    Ok((state, log)) => {
                         seq += 1;
-                        batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), bytes.as_slice());
-                        batch.insert(&ks.alert_log, seq.to_be_bytes(), bytes);
+                        batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), state);
+                        batch.insert(&ks.alert_log, seq.to_be_bytes(), log);
+                        latest.insert(change.alert.id.0.clone(), change.clone());
+                        outcomes.push(Some(Ok(seq)));
                         changes.push(Arc::new(change));
                     }
-                    Err(_) => failed_encode.push(i),
+                    Err(e) => outcomes.push(Some(Err(e))),
                 }
             }
         }
@@ -370,19 +417,21 @@ fn commit(
             publisher.publish(Arc::clone(change));
         }
     }
-    let mut published = changes.iter();
-    for (i, job) in jobs.drain(..).enumerate() {
+    for (job, outcome) in jobs.drain(..).zip(outcomes) {
         match job {
             Job::Events { done, .. } => done.complete(result.clone()),
             Job::Alert { done, .. } => {
-                if failed_encode.contains(&i) {
-                    done.complete(Err(StoreError::Engine("encode alert".into())));
-                    continue;
-                }
-                let seq = published.next().map(|c| c.seq).unwrap_or_default();
-                done.complete(result.clone().map(|()| seq));
+                let outcome = outcome.unwrap_or_else(|| Err(StoreError::Engine("alert outcome".into())));
+                done.complete(result.clone().and(outcome));
             }
         }
+    }
+}
+
+fn stored_alert(ks: &Keyspaces, id: &str) -> Result<Option<SequencedAlert>, StoreError> {
+    match ks.alerts.get(id.as_bytes()).map_err(engine("read alert"))? {
+        Some(bytes) => open_json(&ks.keys, ALERTS, id.as_bytes(), &bytes).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -395,7 +444,7 @@ mod tests {
     async fn many_appends_share_commits_and_survive_reopen() {
         let dir = tempdir();
         let publisher = Arc::new(CollectingPublisher::default());
-        let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), publisher).unwrap();
+        let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), publisher).unwrap();
         let patient = PatientId("p1".into());
         let t0 = OffsetDateTime::now_utc();
         let mut tickets = Vec::new();
@@ -411,7 +460,7 @@ mod tests {
         assert!(read.windows(2).all(|w| w[0].received_at <= w[1].received_at));
         drop(store);
         let reopened =
-            EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), Arc::new(CollectingPublisher::default()))
+            EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), Arc::new(CollectingPublisher::default()))
                 .unwrap();
         assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 200);
         assert!(reopened.events_since(&PatientId("p2".into()), t0).await.unwrap().is_empty());
@@ -420,6 +469,18 @@ mod tests {
         assert_eq!(seen.patient_id, patient);
         assert!(reopened.accepted_message("S", "never-sent").await.unwrap().is_none());
         assert!(reopened.accepted_message("OTHER", &first.control_id).await.unwrap().is_none());
+    }
+
+    pub(crate) fn test_keys() -> Arc<KeyRing> {
+        Arc::new(KeyRing::from_keys(&[(1, [9; 32])]).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let publisher = Arc::new(crate::store::conformance::RecordingPublisher::default());
+        let store = EmbeddedStore::open(&tempdir(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
+        let store = Arc::new(store);
+        crate::store::conformance::run(store.clone(), store, publisher, crate::store::conformance::Capabilities::FULL).await;
     }
 
     pub(crate) fn tempdir() -> std::path::PathBuf {

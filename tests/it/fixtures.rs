@@ -123,8 +123,7 @@ async fn every_fixture_gets_its_acks_and_stores_its_events() {
     }
     server.shutdown().await;
 
-    let key = vigil::crypto::load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
-    let index = vigil::crypto::BlindIndex::new(&key);
+    let index = blind_index(&dir);
     for (fx, control_id) in control_ids {
         let name = fx["file"].as_str().unwrap();
         let Some(mrn) = fx["patient"].as_str() else { continue };

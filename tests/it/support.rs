@@ -149,8 +149,7 @@ pub fn vigil_token(data_dir: &Path, unit: &str) -> String {
 /// server that is no longer running.
 pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
     use vigil_actors::EventStore;
-    let key = vigil::crypto::load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
-    let index = vigil::crypto::BlindIndex::new(&key);
+    let index = blind_index(dir);
     let store = open_store(dir);
     let mut ids = Vec::new();
     for mrn in mrns {
@@ -162,15 +161,21 @@ pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
 
 pub fn open_store(dir: &Path) -> vigil::store::EmbeddedStore {
     let publisher = std::sync::Arc::new(vigil_actors::fakes::CollectingPublisher::default());
-    vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), publisher).unwrap()
+    let keys = vigil::crypto::KeyRing::load_or_create(&vigil::config::default_keys_dir(dir).join("field.keys")).unwrap();
+    vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), std::sync::Arc::new(keys), publisher).unwrap()
+}
+
+/// The blind index a server on `dir` used (its key lives beside the data dir, never in it).
+pub fn blind_index(dir: &Path) -> vigil::crypto::BlindIndex {
+    let key = vigil::crypto::load_or_create_key(&vigil::config::default_keys_dir(dir).join("index.key")).unwrap();
+    vigil::crypto::BlindIndex::new(&key)
 }
 
 /// Every stored event of a patient (assigning authority + MRN), read from the data dir of a
 /// server that is no longer running.
 pub async fn stored_events(dir: &Path, authority: &str, mrn: &str) -> Vec<vigil_actors::ClinicalEvent> {
     use vigil_actors::EventStore;
-    let key = vigil::crypto::load_or_create_key(&dir.join("keys").join("index.key")).unwrap();
-    let index = vigil::crypto::BlindIndex::new(&key);
+    let index = blind_index(dir);
     let store = open_store(dir);
     store.events_since(&index.patient_id(authority, mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap()
 }

@@ -1,0 +1,226 @@
+//! Field encryption at rest: AES-256-GCM with a key ring. Every PHI value the stores write
+//! (event records, alert records, raw messages) passes through [`KeyRing::seal`] on its way to
+//! disk and [`KeyRing::open`] on its way back.
+//!
+//! Sealed format: `0x01 | key id (u32 BE) | nonce (12 bytes, random) | ciphertext + tag`.
+//! The associated data binds a ciphertext to its table, row key and column, so a value copied
+//! into another row or column fails to decrypt instead of being read as someone else's data.
+//!
+//! The ring file holds one `<id> <64 hex>` line per key; the highest id is the active one
+//! (`vigil keys rotate` appends a line). Old keys stay to decrypt what they sealed. The file
+//! never lives in the data directory (see `docs/storage.md`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+
+use super::CryptoError;
+
+const FORMAT_V1: u8 = 1;
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+
+/// Where a sealed value sits: the associated data of its ciphertext.
+#[derive(Clone, Copy, Debug)]
+pub struct Aad<'a> {
+    /// Table or keyspace name.
+    pub table: &'a str,
+    /// The row's key bytes.
+    pub key: &'a [u8],
+    /// Column name (`record` when the whole value is sealed).
+    pub column: &'a str,
+}
+
+impl Aad<'_> {
+    fn encode(&self) -> Vec<u8> {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") never collide.
+        let mut out = Vec::with_capacity(16 + self.table.len() + self.key.len() + self.column.len());
+        out.extend_from_slice(b"vigil/v1");
+        for part in [self.table.as_bytes(), self.key, self.column.as_bytes()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+}
+
+/// The field-encryption keys: one cipher per key, built once at load time.
+pub struct KeyRing {
+    active: u32,
+    ciphers: BTreeMap<u32, Aes256Gcm>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing").field("active", &self.active).field("keys", &self.ciphers.len()).finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring from `(id, key)` pairs; the highest id is active.
+    pub fn from_keys(keys: &[(u32, [u8; 32])]) -> Result<Self, CryptoError> {
+        let mut ciphers = BTreeMap::new();
+        for (id, key) in keys {
+            let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Malformed("key ring".into()))?;
+            if ciphers.insert(*id, cipher).is_some() {
+                return Err(CryptoError::Malformed(format!("key ring: key id {id} appears twice")));
+            }
+        }
+        let active = *ciphers.keys().next_back().ok_or_else(|| CryptoError::Malformed("key ring is empty".into()))?;
+        Ok(KeyRing { active, ciphers })
+    }
+
+    /// Read the ring file at `path`, creating it (mode 0600) with one random key if absent.
+    pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
+        if !path.exists() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io_error(path))?;
+            }
+            let key: [u8; 32] = rand::random();
+            super::write_private(path, &render(&[(1, key)])).map_err(io_error(path))?;
+        }
+        Self::from_keys(&read_ring(path)?)
+    }
+
+    /// The id new values are sealed with.
+    pub fn active_id(&self) -> u32 {
+        self.active
+    }
+
+    /// Every key id, oldest first.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.ciphers.keys().copied().collect()
+    }
+
+    /// Encrypt `plaintext` with the active key and a fresh random nonce.
+    pub fn seal(&self, aad: Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let cipher = self.ciphers.get(&self.active).ok_or(CryptoError::Seal)?;
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let aad = aad.encode();
+        let sealed = cipher
+            .encrypt(&nonce.into(), Payload { msg: plaintext, aad: &aad })
+            .map_err(|_| CryptoError::Seal)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&self.active.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Decrypt a value sealed by [`KeyRing::seal`] with any key of the ring.
+    pub fn open(&self, aad: Aad<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < HEADER_LEN || sealed[0] != FORMAT_V1 {
+            return Err(CryptoError::Open("not a sealed value".into()));
+        }
+        let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
+        let cipher = self.ciphers.get(&id).ok_or_else(|| CryptoError::Open(format!("unknown key id {id}")))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[5..HEADER_LEN]);
+        let aad = aad.encode();
+        cipher
+            .decrypt(&nonce.into(), Payload { msg: &sealed[HEADER_LEN..], aad: &aad })
+            .map_err(|_| CryptoError::Open("authentication failed (wrong key, row or column)".into()))
+    }
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> CryptoError + '_ {
+    move |source| CryptoError::Io { path: path.display().to_string(), source }
+}
+
+fn render(keys: &[(u32, [u8; 32])]) -> String {
+    let mut text = String::from("# vigil field-encryption key ring: <key id> <hex key>; the highest id is active.\n# Keep this file outside the data directory and back it up separately.\n");
+    for (id, key) in keys {
+        text.push_str(&format!("{id} {}\n", hex::encode(key)));
+    }
+    text
+}
+
+fn read_ring(path: &Path) -> Result<Vec<(u32, [u8; 32])>, CryptoError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    let malformed = |line: usize| CryptoError::Malformed(format!("{} line {line}: expected `<id> <64 hex>`", path.display()));
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (id, key) = line.split_once(char::is_whitespace).ok_or_else(|| malformed(n + 1))?;
+        let id: u32 = id.parse().map_err(|_| malformed(n + 1))?;
+        let key: [u8; 32] = hex::decode(key.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| malformed(n + 1))?;
+        keys.push((id, key));
+    }
+    Ok(keys)
+}
+
+/// Add a new active key to the ring at `path` (created when absent); returns its id. The file
+/// is replaced atomically (write to a temporary file, fsync, rename).
+pub fn rotate(path: &Path) -> Result<u32, CryptoError> {
+    let mut keys = if path.exists() { read_ring(path)? } else { Vec::new() };
+    let id = keys.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+    keys.push((id, rand::random()));
+    KeyRing::from_keys(&keys)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error(path))?;
+    }
+    let tmp: PathBuf = path.with_extension(format!("tmp-{}", rand::random::<u32>()));
+    super::write_private(&tmp, &render(&keys)).map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AAD: Aad<'static> = Aad { table: "events", key: b"p1", column: "record" };
+
+    #[test]
+    fn seals_with_random_nonces_and_binds_table_key_and_column() {
+        let ring = KeyRing::from_keys(&[(1, [7; 32])]).unwrap();
+        let a = ring.seal(AAD, b"Quartermaine^Zebulon").unwrap();
+        let b = ring.seal(AAD, b"Quartermaine^Zebulon").unwrap();
+        assert_ne!(a, b, "a fresh nonce per value");
+        assert_eq!(ring.open(AAD, &a).unwrap(), b"Quartermaine^Zebulon");
+        for other in [
+            Aad { table: "alerts", ..AAD },
+            Aad { key: b"p2", ..AAD },
+            Aad { column: "raw", ..AAD },
+        ] {
+            assert!(ring.open(other, &a).is_err(), "{other:?}");
+        }
+        let mut tampered = a.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(ring.open(AAD, &tampered).is_err());
+        assert!(!a.windows(7).any(|w| w == b"Zebulon"));
+    }
+
+    #[test]
+    fn rotation_adds_an_active_key_and_old_keys_still_decrypt() {
+        let dir = std::env::temp_dir().join(format!("vigil-ring-{}", rand::random::<u64>()));
+        let path = dir.join("field.keys");
+        let first = KeyRing::load_or_create(&path).unwrap();
+        assert_eq!(first.active_id(), 1);
+        let old = first.seal(AAD, b"old").unwrap();
+        assert_eq!(rotate(&path).unwrap(), 2);
+        let second = KeyRing::load_or_create(&path).unwrap();
+        assert_eq!(second.key_ids(), vec![1, 2]);
+        let new = second.seal(AAD, b"new").unwrap();
+        assert_eq!(u32::from_be_bytes(new[1..5].try_into().unwrap()), 2, "the format carries the key id");
+        assert_eq!(second.open(AAD, &old).unwrap(), b"old");
+        assert_eq!(second.open(AAD, &new).unwrap(), b"new");
+        assert!(first.open(AAD, &new).is_err(), "a ring without key 2 cannot read it");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&path, "1 abc\n").unwrap();
+        assert!(matches!(KeyRing::load_or_create(&path), Err(CryptoError::Malformed(_))));
+    }
+}

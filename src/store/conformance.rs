@@ -1,0 +1,255 @@
+//! The conformance suite of the store ports: one generic async function that every
+//! `EventStore` + `AlertStore` adapter must pass (embedded, the in-memory fake, ScyllaDB over
+//! kassandra for what kassandra supports, a real ScyllaDB cluster when `VIGIL_TEST_SCYLLA` is
+//! set). It panics on the first broken promise. Ids are random, so it can run against a shared
+//! cluster.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use time::OffsetDateTime;
+use vigil_actors::{
+    Alert, AlertId, AlertPatient, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Demographics,
+    EventKind, EventStore, Observation, PatientId, PatientKey, Phi, ResultStatus, RuleRef, SequencedAlert,
+    Severity,
+};
+
+/// What an adapter's backend can be asked. kassandra drops clustering-key ranges from the
+/// statements it prepares, so range reads are checked on the embedded store, the fake and a
+/// real cluster only.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// `events_since` and `alerts_after` (clustering ranges on ScyllaDB).
+    pub range_reads: bool,
+}
+
+impl Capabilities {
+    /// Everything.
+    pub const FULL: Capabilities = Capabilities { range_reads: true };
+    /// ScyllaDB over kassandra.
+    pub const KASSANDRA: Capabilities = Capabilities { range_reads: false };
+}
+
+/// Records published changes and, for each, whether the store already counted it as committed
+/// (`last_seq() >= seq`) when it was published.
+#[derive(Default)]
+pub struct RecordingPublisher {
+    store: OnceLock<Arc<dyn AlertStore>>,
+    /// (change, committed when published)
+    pub published: Mutex<Vec<(Arc<SequencedAlert>, bool)>>,
+}
+
+impl RecordingPublisher {
+    fn seqs(&self) -> Vec<u64> {
+        self.published.lock().map(|p| p.iter().map(|(c, _)| c.seq).collect()).unwrap_or_default()
+    }
+}
+
+impl AlertPublisher for RecordingPublisher {
+    fn publish(&self, change: Arc<SequencedAlert>) {
+        let committed = self.store.get().is_some_and(|s| s.last_seq() >= change.seq);
+        if let Ok(mut p) = self.published.lock() {
+            p.push((change, committed));
+        }
+    }
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}-{:016x}", rand::random::<u64>())
+}
+
+/// A small observation event.
+pub fn event(patient: &PatientId, mrn: &str, control_id: &str, at: OffsetDateTime, value: f64) -> ClinicalEvent {
+    ClinicalEvent {
+        patient_id: patient.clone(),
+        patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
+        demographics: Demographics { name: Phi("Conformance^Casey".into()), ..Default::default() },
+        location: None,
+        sender: "CONF|LAB".into(),
+        control_id: control_id.into(),
+        raw: Phi(format!("MSH|^~\\&|CONF|LAB|||||ORU^R01|{control_id}|P|2.6")),
+        received_at: at,
+        kind: EventKind::Observations {
+            observations: vec![Observation {
+                name: "hr".into(),
+                value: Some(value),
+                text: None,
+                unit: "/min".into(),
+                observed_at: at,
+                source_code: "MDC|147842".into(),
+                device: None,
+                status: ResultStatus::Final,
+                result_key: String::new(),
+                reference_range: None,
+                abnormal_flags: vec![],
+            }],
+        },
+    }
+}
+
+/// An alert for `patient` on `unit`.
+pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, status: AlertStatus, at: OffsetDateTime) -> Alert {
+    Alert {
+        id: AlertId(id.into()),
+        patient: AlertPatient {
+            id: patient.clone(),
+            mrn: Phi("MRN-CONF".into()),
+            name: Phi("Conformance, Casey".into()),
+            unit: unit.into(),
+            bed: "1".into(),
+        },
+        rule: RuleRef { id: "conf.rule".into(), version: "v1".into() },
+        severity,
+        status,
+        score: Some(2.0),
+        summary: "conformance".into(),
+        details: serde_json::json!({"k": 1}),
+        raised_at: at,
+        updated_at: at,
+        acknowledged: None,
+        resolved: None,
+        escalation: None,
+        comments: Vec::new(),
+    }
+}
+
+/// Run the whole suite. `publisher` must be the one the store publishes to.
+pub async fn run(
+    events: Arc<dyn EventStore>,
+    alerts: Arc<dyn AlertStore>,
+    publisher: Arc<RecordingPublisher>,
+    caps: Capabilities,
+) {
+    let _ = publisher.store.set(Arc::clone(&alerts));
+    // Whole milliseconds: every backend keeps at least that precision.
+    let t0 = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp() - 3600).unwrap();
+    events_round_trip(&events, t0, caps).await;
+    alert_changes(&alerts, &publisher, t0, caps).await;
+}
+
+async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, caps: Capabilities) {
+    // Many concurrent appenders, one patient each, 25 events apiece.
+    let patients: Vec<PatientId> = (0..4).map(|_| PatientId(unique("pat"))).collect();
+    let run = unique("ctl");
+    let mut tasks = Vec::new();
+    for (p, patient) in patients.iter().enumerate() {
+        let events = Arc::clone(events);
+        let patient = patient.clone();
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tickets = Vec::new();
+            for i in 0..25 {
+                let at = t0 + time::Duration::seconds(i * 10);
+                let e = event(&patient, "MRN-CONF", &format!("{run}-{p}-{i}"), at, i as f64);
+                tickets.push(events.append(&e).await.expect("append queued"));
+            }
+            for ticket in tickets {
+                ticket.wait().await.expect("durable");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("appender");
+    }
+    for (p, patient) in patients.iter().enumerate() {
+        let seen = events.accepted_message("CONF|LAB", &format!("{run}-{p}-7")).await.unwrap();
+        let seen = seen.expect("an appended message is accepted");
+        assert_eq!(&seen.patient_id, patient);
+        assert_eq!(seen.received_at, t0 + time::Duration::seconds(70));
+    }
+    assert!(events.accepted_message("CONF|LAB", &format!("{run}-never")).await.unwrap().is_none());
+    assert!(events.accepted_message("OTHER|LAB", &format!("{run}-0-0")).await.unwrap().is_none(), "keyed by sender too");
+    if !caps.range_reads {
+        return;
+    }
+    for patient in &patients {
+        let all = events.events_since(patient, t0).await.unwrap();
+        assert_eq!(all.len(), 25, "every event of the patient");
+        assert!(all.iter().all(|e| &e.patient_id == patient));
+        let times: Vec<_> = all.iter().map(|e| e.received_at).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        assert_eq!(all[3].kind, event(patient, "", "", t0 + time::Duration::seconds(30), 3.0).kind, "content round-trips");
+        let later = events.events_since(patient, t0 + time::Duration::seconds(200)).await.unwrap();
+        assert_eq!(later.len(), 5, "only events at or after `since`");
+        assert_eq!(later[0].received_at, t0 + time::Duration::seconds(200));
+    }
+    assert!(events.events_since(&PatientId(unique("nobody")), t0).await.unwrap().is_empty());
+}
+
+async fn alert_changes(alerts: &Arc<dyn AlertStore>, publisher: &Arc<RecordingPublisher>, t0: OffsetDateTime, caps: Capabilities) {
+    let base = alerts.last_seq();
+    let patient = PatientId(unique("pat"));
+    let (a1, a2) = (unique("alert"), unique("alert"));
+    let upsert = |a: Alert| {
+        let alerts = Arc::clone(alerts);
+        async move { alerts.upsert_alert(&a, true).await.expect("queued").wait().await.expect("durable") }
+    };
+    let first = alert(&a1, &patient, "ICU", Severity::High, AlertStatus::Active, t0);
+    let s1 = upsert(first.clone()).await;
+    assert!(s1 > base, "numbers rise from the last committed one");
+    assert!(alerts.last_seq() >= s1);
+    assert!(publisher.seqs().contains(&s1), "published before the ticket resolves");
+    let s2 = upsert(alert(&a2, &patient, "ICU", Severity::Medium, AlertStatus::Active, t0)).await;
+    assert!(s2 > s1);
+    // The latest state of one alert, by id.
+    let read = alerts.alert(&AlertId(a1.clone())).await.unwrap().expect("stored");
+    assert_eq!((read.seq, &read.alert), (s1, &first));
+    assert!(alerts.alert(&AlertId(unique("never"))).await.unwrap().is_none());
+    // Idempotence: the same upsert again (a replay) changes nothing and publishes nothing.
+    let published_before = publisher.seqs().len();
+    assert_eq!(upsert(first.clone()).await, s1, "the same state keeps its number");
+    assert_eq!(publisher.seqs().len(), published_before, "a replayed upsert is not published again");
+    let mut raised = first.clone();
+    raised.severity = Severity::Critical;
+    raised.updated_at = t0 + time::Duration::seconds(5);
+    let s3 = upsert(raised.clone()).await;
+    assert!(s3 > s2);
+    let mut closed = alert(&a2, &patient, "ICU", Severity::Medium, AlertStatus::Resolved, t0);
+    closed.updated_at = t0 + time::Duration::seconds(6);
+    let s4 = upsert(closed).await;
+    assert!(s4 > s3);
+
+    let open = alerts.open_alerts().await.unwrap();
+    let mine: Vec<_> = open.iter().filter(|c| c.alert.patient.id == patient).collect();
+    assert_eq!(mine.len(), 1, "one open alert: the resolved one is excluded, the updated one appears once");
+    assert_eq!(mine[0].seq, s3);
+    assert_eq!(mine[0].alert, raised, "its latest state");
+
+    // Concurrent upserts: distinct, rising numbers, published in order, each after commit.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let a = alert(&unique("alert"), &patient, "WARD", Severity::Low, AlertStatus::Active, t0 + time::Duration::seconds(i));
+        tasks.push(tokio::spawn(upsert(a)));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.expect("upserter"));
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 20, "distinct numbers");
+    assert!(seqs[0] > s4);
+    let published = publisher.published.lock().unwrap().clone();
+    let mine: Vec<_> = published.iter().filter(|(c, _)| c.seq > base).collect();
+    assert!(mine.windows(2).all(|w| w[0].0.seq < w[1].0.seq), "published in sequence order");
+    assert!(mine.iter().all(|(_, committed)| *committed), "published only once committed");
+    assert_eq!(mine.len(), 24, "every change once: 4 + 20");
+
+    if !caps.range_reads {
+        return;
+    }
+    let all = alerts.alerts_after(base, 1000).await.unwrap();
+    let expected: Vec<u64> = mine.iter().map(|(c, _)| c.seq).collect();
+    assert_eq!(all.iter().map(|c| c.seq).collect::<Vec<_>>(), expected, "the log holds every published change");
+    assert_eq!(all[0].alert, first);
+    let mut paged = Vec::new();
+    let mut after = base;
+    loop {
+        let page = alerts.alerts_after(after, 7).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        paged.extend(page.into_iter().map(|c| c.seq));
+    }
+    assert_eq!(paged, expected, "paging returns each change once, in order");
+    assert!(alerts.alerts_after(u64::MAX, 10).await.unwrap().is_empty());
+}
