@@ -175,6 +175,25 @@ fn bench(c: &mut Criterion) {
     for (name, (p50, p99)) in report.iter().chain([("actor cycle: apply + view_at + pack + decide", cycle)].iter()) {
         println!("  {name:<48} p50 {p50:>8.2} us   p99 {p99:>8.2} us");
     }
+    // Each rule alone (with the shipped tables), all triggers: where the pack's time goes.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut files: Vec<_> = std::fs::read_dir(&shipped).unwrap().filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rhai")).collect();
+    files.sort();
+    println!("  each rule alone, all triggers ({} timed runs each):", N / 4);
+    for file in files {
+        let dir = std::env::temp_dir().join(format!("vigil-bench-rule-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::copy(&file, dir.join(file.file_name().unwrap())).unwrap();
+        for table in std::fs::read_dir(shipped.join("data")).unwrap().filter_map(|e| e.ok()) {
+            std::fs::copy(table.path(), dir.join("data").join(table.file_name())).unwrap();
+        }
+        let one = RhaiRules::from_dir(&dir).unwrap();
+        let (p50, p99) = percentiles(N / 4, || { black_box(one.evaluate(&vitals_view, &ALL)); });
+        let (o50, o99) = percentiles(N / 4, || { black_box(one.evaluate(&order_view, &["order"])); });
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        println!("    {name:<24} vitals p50 {p50:>8.2} us p99 {p99:>8.2} us | order p50 {o50:>8.2} us p99 {o99:>8.2} us");
+    }
     drop(vitals_view);
 
     let mut group = c.benchmark_group("rules_pack");
