@@ -567,6 +567,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_configuration_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vigil.example.toml");
+        let args = ServeArgs { config: Some(path), ..ServeArgs::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.mllp.facility, "HOSP");
+        assert_eq!(c.store.keys_dir, PathBuf::from("/etc/vigil/keys"));
+        assert_eq!(c.hl7.mrn_identifier_type, "MR");
+    }
+
+    #[test]
     fn keys_default_beside_the_data_dir_never_inside_and_audit_is_kept_six_years() {
         let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
