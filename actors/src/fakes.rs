@@ -157,6 +157,10 @@ where
     fn evaluate(&self, view: &Arc<PatientView>, triggers: &[&str]) -> Vec<RuleOutcome> {
         (self.0)(view, triggers)
     }
+
+    fn evaluate_all(&self, view: &Arc<PatientView>) -> Vec<RuleOutcome> {
+        (self.0)(view, &[])
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +213,7 @@ mod tests {
                     summary: "fast breathing".into(),
                     details: serde_json::json!({}),
                 },
-                _ => RuleVerdict::Resolve { reason: "normal".into() },
+                _ => RuleVerdict::Resolve { reason: "normal".into(), details: serde_json::Value::Null },
             };
             vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
         }));

@@ -544,4 +544,7 @@ pub struct PatientSummary {
     pub allergies: Vec<Allergy>,
     /// Open alerts.
     pub open_alerts: Vec<Alert>,
+    /// What each rule computes now, alerting or not (e.g. the NEWS2 breakdown), by rule id.
+    #[serde(default)]
+    pub scores: std::collections::BTreeMap<String, serde_json::Value>,
 }

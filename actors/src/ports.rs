@@ -230,6 +230,9 @@ pub enum RuleVerdict {
     Resolve {
         /// Why.
         reason: String,
+        /// What the rule computed below its threshold (e.g. a NEWS2 breakdown), `Null` if
+        /// nothing; shown in the patient view, never alerted on.
+        details: serde_json::Value,
     },
     /// Nothing to say.
     Quiet,
@@ -251,6 +254,9 @@ pub struct RuleOutcome {
 pub trait RuleEngine: Send + Sync + 'static {
     /// Run the rules whose triggers include any of `triggers` against `view`.
     fn evaluate(&self, view: &Arc<PatientView>, triggers: &[&str]) -> Vec<RuleOutcome>;
+
+    /// Run every rule against `view` (for the patient view's scores, not for alerting).
+    fn evaluate_all(&self, view: &Arc<PatientView>) -> Vec<RuleOutcome>;
 }
 
 /// Time, injectable for tests.

@@ -300,6 +300,15 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         m.insert("reason".into(), reason.into());
         m
     });
+    // `resolve(reason, details)`: below threshold, with what the rule computed (shown in the
+    // patient view, e.g. a low NEWS2 with its sub-scores).
+    engine.register_fn("resolve", |reason: &str, details: Map| -> Map {
+        let mut m = Map::new();
+        m.insert(VERDICT_KEY.into(), "resolve".into());
+        m.insert("reason".into(), reason.into());
+        m.insert("details".into(), details.into());
+        m
+    });
 }
 
 fn severity_name(s: vigil_actors::Severity) -> &'static str {

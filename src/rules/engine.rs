@@ -482,17 +482,23 @@ fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
             let score = details.get("score").and_then(serde_json::Value::as_f64);
             Ok(RuleVerdict::Fire { severity, score, summary: text("summary"), details })
         }
-        "resolve" => Ok(RuleVerdict::Resolve { reason: text("reason") }),
+        "resolve" => {
+            let details = match map.get("details") {
+                Some(d) if !d.is_unit() => rhai::serde::from_dynamic(d).map_err(|e| format!("details: {e}"))?,
+                _ => serde_json::Value::Null,
+            };
+            Ok(RuleVerdict::Resolve { reason: text("reason"), details })
+        }
         _ => Err("evaluate must return alert(...), resolve(...) or nothing".into()),
     }
 }
 
-impl RuleEngine for RhaiRules {
-    fn evaluate(&self, view: &Arc<PatientView>, triggers: &[&str]) -> Vec<RuleOutcome> {
+impl RhaiRules {
+    fn evaluate_where(&self, view: &Arc<PatientView>, runs: impl Fn(&LoadedRule) -> bool) -> Vec<RuleOutcome> {
         let rules = self.rules();
         let mut outcomes = Vec::new();
         for rule in rules.iter() {
-            if !rule.triggers.iter().any(|t| triggers.contains(&t.as_str())) {
+            if !runs(rule) {
                 continue;
             }
             match self.run(rule, view) {
@@ -505,6 +511,16 @@ impl RuleEngine for RhaiRules {
             }
         }
         outcomes
+    }
+}
+
+impl RuleEngine for RhaiRules {
+    fn evaluate(&self, view: &Arc<PatientView>, triggers: &[&str]) -> Vec<RuleOutcome> {
+        self.evaluate_where(view, |rule| rule.triggers.iter().any(|t| triggers.contains(&t.as_str())))
+    }
+
+    fn evaluate_all(&self, view: &Arc<PatientView>) -> Vec<RuleOutcome> {
+        self.evaluate_where(view, |_| true)
     }
 }
 

@@ -299,6 +299,41 @@ async fn a_console_that_falls_behind_gets_resync_and_every_change_exactly_once()
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_patient_summary_carries_the_news2_breakdown_even_below_alert_thresholds() {
+    let dir = tempdir("news2");
+    let server = vigil::app::start(&config(&dir)).await.unwrap(); // the shipped pack
+    let rrt = server.auth.issue("rrt-4", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let ts = now_dtm();
+    let message = [
+        format!("MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|N2-1|P|2.6"),
+        "PID|||MRN-N2^^^HOSP^MR||Calm^Test||19700101|F".to_string(),
+        "PV1||I|ICU^09^A".to_string(),
+        format!("OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||80|264864^^MDC|||||R|||{ts}"),
+        format!("OBX|2|NM|151562^MDC_RESP_RATE^MDC||16|264928^^MDC|||||R|||{ts}"),
+        format!("OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC||97|262688^^MDC|||||R|||{ts}"),
+        format!("OBX|4|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC||120|266016^^MDC|||||R|||{ts}"),
+        format!("OBX|5|NM|150344^MDC_TEMP^MDC||37.0|268192^^MDC|||||R|||{ts}"),
+        format!("OBX|6|CWE|67775-7^Level of consciousness^LN||A^Alert^HL70000||||||F|||{ts}"),
+        // On air, charted: without it NEWS2 does not know and stays partial (never invented).
+        format!("OBX|7|NM|3150-0^Inhaled oxygen concentration^LN||21|%|||||F|||{ts}"),
+    ]
+    .join("\r");
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    assert_eq!(ack_code(&mllp.send(&message).await.unwrap()), Some("AA"));
+    let patient = blind_index(&dir).patient_id("HOSP", "MRN-N2");
+    let (status, body) = reqwest_like(server.http_addr).get(&format!("/api/patients/{patient}"), &rrt).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["open_alerts"], json!([]), "a well patient raises nothing");
+    let news2 = &body["scores"]["news2"];
+    assert!(news2.is_object(), "no NEWS2 breakdown: latest {} scores {}", body["latest"], body["scores"]);
+    assert_eq!(news2["score"], 0, "{news2}");
+    assert_eq!(news2["band"], "low");
+    assert_eq!(news2["partial"], false);
+    assert_eq!(news2["subscores"]["rr"], 0);
+    server.shutdown().await;
+}
+
 /// A minimal HTTP/1.1 JSON client over a TcpStream, enough for the API tests.
 struct Http(std::net::SocketAddr);
 

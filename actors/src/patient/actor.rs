@@ -7,7 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::messages::PatientMsg;
 use super::state::PatientState;
 use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
-use crate::ports::Ports;
+use crate::ports::{Ports, RuleVerdict};
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
 #[derive(Debug, Default)]
@@ -111,7 +111,19 @@ impl Actor for PatientActor {
                 let _ = reply.send(result);
             }
             PatientMsg::Summary { reply } => {
-                let _ = reply.send(run.state.summary(run.ports.clock.now()));
+                let now = run.ports.clock.now();
+                let mut summary = run.state.summary(now);
+                let view = run.state.view_now(now);
+                for outcome in run.ports.rules.evaluate_all(&view) {
+                    let details = match outcome.verdict {
+                        RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details,
+                        RuleVerdict::Quiet => continue,
+                    };
+                    if !details.is_null() {
+                        summary.scores.insert(outcome.rule_id, details);
+                    }
+                }
+                let _ = reply.send(summary);
             }
             PatientMsg::OpenAlerts { reply } => {
                 let _ = reply.send(run.state.open_alerts.values().cloned().collect());

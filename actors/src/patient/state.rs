@@ -160,7 +160,16 @@ impl PatientState {
             medications: view.medications.iter().map(|m| m.medication.clone()).collect(),
             allergies: view.allergies.clone(),
             open_alerts: self.open_alerts.values().cloned().collect(),
+            scores: BTreeMap::new(),
         }
+    }
+
+    /// The view at `now` with no triggering event (for on-demand scores).
+    pub fn view_now(&mut self, now: OffsetDateTime) -> Arc<PatientView> {
+        let view = Arc::make_mut(&mut self.view);
+        view.now = Some(now);
+        view.new_order = None;
+        Arc::clone(&self.view)
     }
 
     /// Prepare the view for evaluating `event` at `now`.
@@ -245,7 +254,7 @@ impl PatientState {
                     self.open_alerts.insert(outcome.rule_id, alert.clone());
                     changes.push((alert, notify));
                 }
-                RuleVerdict::Resolve { reason } => {
+                RuleVerdict::Resolve { reason, .. } => {
                     let Some(mut alert) = self.open_alerts.remove(&outcome.rule_id) else {
                         continue;
                     };
