@@ -38,8 +38,11 @@ fn poisoned() -> StoreError {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError> {
+    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
         self.events.lock().map_err(|_| poisoned())?.extend(events.iter().cloned());
+        for (alert, notify) in alerts {
+            self.upsert_alert(alert, *notify).await?;
+        }
         let (tx, rx) = Durable::channel();
         tx.complete(Ok(()));
         Ok(rx)

@@ -67,13 +67,16 @@ impl<T> DurableSender<T> {
 /// many events and the patient actor never waits on the disk.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Queue the events of one message for one patient for durable append, atomically: one
-    /// ticket, and after a crash either all of them are stored or none is.
-    async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError>;
+    /// Queue the events of one message for one patient, with the alert changes the rules
+    /// made of them, for durable append, atomically: one ticket, and after a crash either all
+    /// of them are stored or none is — so an acknowledged message never lacks its alerts, and
+    /// nothing needs replaying. Alert changes are numbered and published as by
+    /// [`AlertStore::upsert_alert`] (`notify` with each).
+    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError>;
 
     /// Queue one event for durable append.
     async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError> {
-        self.append_all(std::slice::from_ref(event)).await
+        self.append_all(std::slice::from_ref(event), &[]).await
     }
 
     /// The message `control_id` from `sender`, if an event from it was committed.

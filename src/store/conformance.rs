@@ -124,6 +124,32 @@ pub async fn run(
     let t0 = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp() - 3600).unwrap();
     events_round_trip(&events, t0, caps).await;
     alert_changes(&alerts, &publisher, t0, caps).await;
+    events_with_their_alerts(&events, &alerts, &publisher, t0, caps).await;
+}
+
+/// A message's events and the alert changes the rules made of them share one ticket: once it
+/// resolves, both are stored and the alert is published; the same again changes nothing.
+async fn events_with_their_alerts(
+    events: &Arc<dyn EventStore>,
+    alerts: &Arc<dyn AlertStore>,
+    publisher: &Arc<RecordingPublisher>,
+    t0: OffsetDateTime,
+    caps: Capabilities,
+) {
+    let patient = PatientId(unique("pat"));
+    let raised = alert(&unique("alert"), &patient, "ICU", Severity::High, AlertStatus::Active, t0);
+    let e = event(&patient, "MRN-CONF", &unique("ctl"), t0, 24.0);
+    events.append_all(std::slice::from_ref(&e), &[(raised.clone(), true)]).await.expect("queued").wait().await.expect("durable");
+    let stored = alerts.alert(&raised.id).await.unwrap().expect("the alert is stored with its event");
+    assert_eq!(stored.alert, raised);
+    assert!(publisher.seqs().contains(&stored.seq), "and published once durable");
+    if caps.range_reads {
+        assert!(events.events_since(&patient, t0).await.unwrap().iter().any(|x| x.control_id == e.control_id));
+    }
+    let before = publisher.seqs().len();
+    let again = event(&patient, "MRN-CONF", &unique("ctl"), t0, 24.0);
+    events.append_all(std::slice::from_ref(&again), &[(raised.clone(), true)]).await.unwrap().wait().await.unwrap();
+    assert_eq!(publisher.seqs().len(), before, "an identical alert state is not published again");
 }
 
 async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, caps: Capabilities) {

@@ -43,7 +43,7 @@ enum Job {
     /// The events of one message, each with its message-log entry, written in the same batch:
     /// all or none survive a crash, and a resend of a message we acknowledged is always
     /// recognised.
-    Events { records: Vec<EventRecord>, done: DurableSender },
+    Events { records: Vec<EventRecord>, alerts: Vec<(Box<Alert>, bool)>, done: DurableSender },
     Alert { alert: Box<Alert>, notify: bool, done: DurableSender<u64> },
 }
 
@@ -222,7 +222,7 @@ fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
-    async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError> {
+    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
         let keys = &self.inner.ks.keys;
         let mut records = Vec::with_capacity(events.len());
         for event in events {
@@ -242,7 +242,8 @@ impl EventStore for EmbeddedStore {
             records.push(EventRecord { key, value, message_key, message_value });
         }
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Events { records, done }).await?;
+        let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
+        self.submit(Job::Events { records, alerts, done }).await?;
         Ok(ticket)
     }
 
@@ -354,6 +355,38 @@ fn run_committer(
     }
 }
 
+/// An alert change ready for the batch, or the number of an identical stored state.
+enum Staged {
+    Unchanged(u64),
+    New { change: SequencedAlert, state: Vec<u8>, log: Vec<u8> },
+}
+
+/// Number and seal one alert change as `next`, unless it equals the latest state (the batch's
+/// own, else the stored one): idempotent, so a replay never alerts twice.
+fn stage_alert(
+    ks: &Keyspaces,
+    latest: &std::collections::HashMap<String, SequencedAlert>,
+    next: u64,
+    alert: &Alert,
+    notify: bool,
+) -> Result<Staged, StoreError> {
+    let current = match latest.get(&alert.id.0) {
+        Some(change) => Some(change.clone()),
+        None => stored_alert(ks, &alert.id.0).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "stored alert unreadable; writing the new state");
+            None
+        }),
+    };
+    if let Some(current) = current.filter(|c| &c.alert == alert) {
+        return Ok(Staged::Unchanged(current.seq));
+    }
+    let change = SequencedAlert { seq: next, notify, alert: alert.clone() };
+    let bytes = serde_json::to_vec(&change).map_err(|e| StoreError::Engine(format!("encode alert: {e}")))?;
+    let state = seal(&ks.keys, ALERTS, change.alert.id.0.as_bytes(), &bytes)?;
+    let log = seal(&ks.keys, ALERT_LOG, &next.to_be_bytes(), &bytes)?;
+    Ok(Staged::New { change, state, log })
+}
+
 fn commit(
     ks: &Keyspaces,
     jobs: &mut Vec<Job>,
@@ -363,52 +396,59 @@ fn commit(
     let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
     let mut seq = last_seq.load(Ordering::Acquire);
     let mut changes = Vec::new();
-    // Per alert job: the sequence number it resolves to, or why it failed.
-    let mut outcomes: Vec<Option<Result<u64, StoreError>>> = Vec::with_capacity(jobs.len());
+    // Per job: the sequence number it resolves to (alerts), or why it failed.
+    let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(jobs.len());
     // Latest state per alert id in this batch, ahead of what the keyspace holds.
     let mut latest: std::collections::HashMap<String, SequencedAlert> = std::collections::HashMap::new();
     for job in jobs.iter() {
-        match job {
-            Job::Events { records, .. } => {
-                for r in records {
-                    batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
-                    batch.insert(&ks.messages, r.message_key.as_slice(), r.message_value.as_slice());
+        // Stage a job's alert changes first: a job goes into the batch whole or not at all.
+        let wanted: Vec<(&Alert, bool)> = match job {
+            Job::Events { alerts, .. } => alerts.iter().map(|(a, n)| (a.as_ref(), *n)).collect(),
+            Job::Alert { alert, notify, .. } => vec![(alert.as_ref(), *notify)],
+        };
+        let mut staged = Vec::with_capacity(wanted.len());
+        let mut overlay = latest.clone();
+        let mut next = seq;
+        let mut failed = None;
+        for (alert, notify) in wanted {
+            match stage_alert(ks, &overlay, next + 1, alert, notify) {
+                Ok(Staged::New { change, state, log }) => {
+                    next += 1;
+                    overlay.insert(change.alert.id.0.clone(), change.clone());
+                    staged.push(Staged::New { change, state, log });
                 }
-                outcomes.push(None);
-            }
-            Job::Alert { alert, notify, .. } => {
-                let current = match latest.get(&alert.id.0) {
-                    Some(change) => Some(change.clone()),
-                    None => stored_alert(ks, &alert.id.0).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "stored alert unreadable; writing the new state");
-                        None
-                    }),
-                };
-                if let Some(current) = current.filter(|c| &c.alert == alert.as_ref()) {
-                    // Idempotent: the same state again (a replay) gets the same number.
-                    outcomes.push(Some(Ok(current.seq)));
-                    continue;
-                }
-                let change = SequencedAlert { seq: seq + 1, notify: *notify, alert: alert.as_ref().clone() };
-                let sealed = serde_json::to_vec(&change)
-                    .map_err(|e| StoreError::Engine(format!("encode alert: {e}")))
-                    .and_then(|bytes| {
-                        let id = change.alert.id.0.as_bytes();
-                        Ok((seal(&ks.keys, ALERTS, id, &bytes)?, seal(&ks.keys, ALERT_LOG, &change.seq.to_be_bytes(), &bytes)?))
-                    });
-                match sealed {
-                    Ok((state, log)) => {
-                        seq += 1;
-                        batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), state);
-                        batch.insert(&ks.alert_log, seq.to_be_bytes(), log);
-                        latest.insert(change.alert.id.0.clone(), change.clone());
-                        outcomes.push(Some(Ok(seq)));
-                        changes.push(Arc::new(change));
-                    }
-                    Err(e) => outcomes.push(Some(Err(e))),
+                Ok(unchanged) => staged.push(unchanged),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
         }
+        if let Some(e) = failed {
+            outcomes.push(Err(e));
+            continue;
+        }
+        if let Job::Events { records, .. } = job {
+            for r in records {
+                batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
+                batch.insert(&ks.messages, r.message_key.as_slice(), r.message_value.as_slice());
+            }
+        }
+        let mut number = 0;
+        for s in staged {
+            match s {
+                Staged::Unchanged(n) => number = n,
+                Staged::New { change, state, log } => {
+                    batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), state);
+                    batch.insert(&ks.alert_log, change.seq.to_be_bytes(), log);
+                    number = change.seq;
+                    changes.push(Arc::new(change));
+                }
+            }
+        }
+        seq = next;
+        latest = overlay;
+        outcomes.push(Ok(number));
     }
     let result = batch.commit().map_err(engine("commit"));
     if result.is_ok() {
@@ -418,12 +458,10 @@ fn commit(
         }
     }
     for (job, outcome) in jobs.drain(..).zip(outcomes) {
+        let outcome = result.clone().and(outcome);
         match job {
-            Job::Events { done, .. } => done.complete(result.clone()),
-            Job::Alert { done, .. } => {
-                let outcome = outcome.unwrap_or_else(|| Err(StoreError::Engine("alert outcome".into())));
-                done.complete(result.clone().and(outcome));
-            }
+            Job::Events { done, .. } => done.complete(outcome.map(|_| ())),
+            Job::Alert { done, .. } => done.complete(outcome),
         }
     }
 }

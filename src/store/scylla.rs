@@ -213,7 +213,7 @@ enum Job {
     /// are what marks a message as accepted (the duplicate check), go in a second round only
     /// for messages whose every event row was acknowledged. A partial write therefore leaves
     /// the message unaccepted, and the sender's resend is processed, not re-acknowledged.
-    Events { events: Vec<SealedEvent>, done: DurableSender },
+    Events { events: Vec<SealedEvent>, alerts: Vec<(Box<Alert>, bool)>, done: DurableSender },
     Alert { alert: Box<Alert>, notify: bool, done: DurableSender<u64> },
     /// Everything queued before it is committed, then the committer stops.
     Close(tokio::sync::oneshot::Sender<()>),
@@ -445,7 +445,7 @@ async fn recover_last_seq(sh: &Shared) -> Result<u64, StoreError> {
 
 #[async_trait]
 impl EventStore for ScyllaStore {
-    async fn append_all(&self, events: &[ClinicalEvent]) -> Result<Durable, StoreError> {
+    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
         let keys = &self.shared.keys;
         let mut sealed = Vec::with_capacity(events.len());
         for event in events {
@@ -460,7 +460,8 @@ impl EventStore for ScyllaStore {
             sealed.push(SealedEvent { event: Box::new(event.clone()), body, raw, event_id });
         }
         let (done, ticket) = Durable::channel();
-        self.submit(Job::Events { events: sealed, done }).await?;
+        let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
+        self.submit(Job::Events { events: sealed, alerts, done }).await?;
         Ok(ticket)
     }
 
@@ -663,7 +664,24 @@ async fn commit(
     for (i, job) in jobs.iter().enumerate() {
         unchanged.push(None);
         match job {
-            Job::Events { events, .. } => {
+            Job::Events { events, alerts, .. } => {
+                // The alert changes the rules made of these events go into the same write:
+                // the message is accepted (message-log rows, second round) only if they land.
+                let mut staged = Ok(());
+                for (alert, notify) in alerts {
+                    match stage_alert(sh, latest, next_seq, &mut round, i, alert, *notify).await {
+                        Ok(Staged::New(change)) => changes.push((i, change)),
+                        Ok(Staged::Unchanged(_)) => {}
+                        Err(e) => {
+                            staged = Err(e);
+                            break;
+                        }
+                    }
+                }
+                if let Err(e) = staged {
+                    outcomes.push(Err(e));
+                    continue;
+                }
                 for sealed in events {
                     let SealedEvent { event, body, event_id, raw } = sealed;
                     let patient = event.patient_id.0.as_str();
@@ -687,33 +705,14 @@ async fn commit(
             }
             Job::Close(_) => outcomes.push(Ok(None)),
             Job::Alert { alert, notify, .. } => {
-                let id = alert.id.0.as_str();
-                let current = match latest.get(id) {
-                    Some(c) => Ok(Some(c.clone())),
-                    None => stored_alert(sh, id).await,
-                };
-                let current = match current {
-                    Ok(c) => c,
-                    Err(e) => {
-                        outcomes.push(Err(e));
-                        continue;
+                match stage_alert(sh, latest, next_seq, &mut round, i, alert, *notify).await {
+                    Ok(Staged::Unchanged(seq)) => {
+                        unchanged[i] = Some(seq);
+                        outcomes.push(Ok(None));
                     }
-                };
-                if let Some(current) = current.filter(|c| &c.alert == alert.as_ref()) {
-                    unchanged[i] = Some(current.seq);
-                    latest.insert(id.to_string(), current);
-                    outcomes.push(Ok(None));
-                    continue;
-                }
-                let seq = *next_seq + 1;
-                let change = SequencedAlert { seq, notify: *notify, alert: alert.as_ref().clone() };
-                let rows = alert_rows(sh, &change, &mut round, i);
-                match rows {
-                    Ok(()) => {
-                        *next_seq = seq;
-                        latest.insert(id.to_string(), change.clone());
-                        changes.push((i, Arc::new(change)));
-                        outcomes.push(Ok(Some(seq)));
+                    Ok(Staged::New(change)) => {
+                        outcomes.push(Ok(Some(change.seq)));
+                        changes.push((i, change));
                     }
                     Err(e) => outcomes.push(Err(e)),
                 }
@@ -795,6 +794,41 @@ async fn send_round(sh: &Shared, round: Round) -> HashMap<usize, StoreError> {
         }
     }
     failed
+}
+
+/// An alert change staged into a round, or the number of an identical stored state.
+enum Staged {
+    Unchanged(u64),
+    New(Arc<SequencedAlert>),
+}
+
+/// Number and stage one alert change, unless it equals the latest state (this node's view of
+/// it, else the stored one): idempotent, so a replay never alerts twice.
+async fn stage_alert(
+    sh: &Shared,
+    latest: &mut HashMap<String, SequencedAlert>,
+    next_seq: &mut u64,
+    round: &mut Round,
+    job: usize,
+    alert: &Alert,
+    notify: bool,
+) -> Result<Staged, StoreError> {
+    let id = alert.id.0.as_str();
+    let current = match latest.get(id) {
+        Some(c) => Some(c.clone()),
+        None => stored_alert(sh, id).await?,
+    };
+    if let Some(current) = current.filter(|c| &c.alert == alert) {
+        let seq = current.seq;
+        latest.insert(id.to_string(), current);
+        return Ok(Staged::Unchanged(seq));
+    }
+    let seq = *next_seq + 1;
+    let change = SequencedAlert { seq, notify, alert: alert.clone() };
+    alert_rows(sh, &change, round, job)?;
+    *next_seq = seq;
+    latest.insert(id.to_string(), change.clone());
+    Ok(Staged::New(Arc::new(change)))
 }
 
 fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usize) -> Result<(), StoreError> {

@@ -32,8 +32,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Fold one accepted event into the state, then run the rules it triggers.
-    async fn on_event(&mut self, event: &ClinicalEvent) {
+    /// Fold one event into the state and run the rules it triggers: the alert changes to
+    /// commit with it.
+    async fn on_event(&mut self, event: &ClinicalEvent) -> Vec<(Alert, bool)> {
         self.state.apply(event);
         if let (Some(live), EventKind::Observations { observations }) = (&self.ports.live, &event.kind) {
             live.observations(&self.state.id, &self.state.view.location, observations);
@@ -51,11 +52,7 @@ impl Running {
         let view = self.state.view_at(now, event);
         let outcomes = self.ports.rules.evaluate(&view, &triggers);
         drop(view);
-        for (alert, notify) in self.state.decide(outcomes, now) {
-            if let Err(error) = self.ports.alerts.upsert_alert(&alert, notify).await {
-                tracing::error!(patient = %self.state.id, alert = %alert.id, %error, "alert not persisted");
-            }
-        }
+        self.state.decide(outcomes, now)
     }
 }
 
@@ -87,17 +84,20 @@ impl Actor for PatientActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PatientMsg::Ingest { events, reply } => {
-                let queued = run.ports.events.append_all(&events).await;
-                let accepted = queued.is_ok();
+                // Rules run first (microseconds), so the events and the alert changes they
+                // cause are committed together: the ACK, which waits on this ticket, then means
+                // both are durable. If queuing fails the sender is told to resend; the state
+                // already holds the values, and re-applying the same samples replaces them.
+                let mut changes = Vec::new();
+                for event in &events {
+                    changes.extend(run.on_event(event).await);
+                }
+                let queued = run.ports.events.append_all(&events, &changes).await;
+                if let Err(error) = &queued {
+                    tracing::error!(patient = %run.state.id, %error, "message and its alert changes not queued");
+                }
                 // The sender may have hung up; its message is durable anyway.
                 let _ = reply.send(queued);
-                if !accepted {
-                    // Not accepted means the sender is told so and will resend: do not act on it.
-                    return Ok(());
-                }
-                for event in &events {
-                    run.on_event(event).await;
-                }
             }
             PatientMsg::Act { alert_id, action, reply } => {
                 let now = run.ports.clock.now();
