@@ -50,6 +50,19 @@ async fn every_acked_message_survives_kill_9_and_a_restart() {
     // The same vitals raise NEWS2 and SIRS alerts too; count the qSOFA ones.
     let qsofa = alerts.iter().filter(|a| a.alert.rule.id == "sepsis.qsofa").count();
     assert_eq!(qsofa, 5, "one open qSOFA alert per patient");
+    // Every alert these vitals should raise (RR 26, SBP 92, HR 118: qSOFA 2, SIRS 2, NEWS2 7)
+    // exists, for every patient, exactly once — and nothing else.
+    let index = blind_index(&dir);
+    for mrn in &mrns {
+        let id = index.patient_id("HOSP", mrn);
+        let mut rules: Vec<&str> =
+            alerts.iter().filter(|a| a.alert.patient.id == id).map(|a| a.alert.rule.id.as_str()).collect();
+        rules.sort_unstable();
+        assert_eq!(rules, vec!["news2", "sepsis.qsofa", "sepsis.sirs"], "{mrn}");
+    }
+    let log = store.alerts_after(0, 100_000).await.unwrap();
+    let raised: HashSet<&str> = log.iter().map(|c| c.alert.id.0.as_str()).collect();
+    assert_eq!(raised.len(), 15, "each alert was raised once: no second episode after the kill");
     drop(store);
 
     // The server comes back on the same data and serves the alerts it had.
