@@ -152,12 +152,22 @@ impl Router {
         }
         let since = self.ports.clock.now() - WINDOW_MAX_AGE;
         let history = self.ports.events.events_since(id, since.max(OffsetDateTime::UNIX_EPOCH)).await?;
-        let args = PatientArgs {
-            id: id.clone(),
-            ports: self.ports.clone(),
-            history,
-            open_alerts: open.remove(id).unwrap_or_default(),
+        // First start: the open alerts loaded at start-up. A restart after the actor failed:
+        // read them again, or its alerts would be re-raised as new episodes.
+        let open_alerts = match open.remove(id) {
+            Some(alerts) => alerts,
+            None if self.actors.contains_key(id) => self
+                .ports
+                .alerts
+                .open_alerts()
+                .await?
+                .into_iter()
+                .filter(|c| &c.alert.patient.id == id)
+                .map(|c| c.alert)
+                .collect(),
+            None => Vec::new(),
         };
+        let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), history, open_alerts };
         let (actor, _handle) = Actor::spawn(None, PatientActor, args)
             .await
             .map_err(|e| IngestError::Actor(e.to_string()))?;

@@ -15,6 +15,8 @@ pub const MLLP_ACCEPTED: &str = "vigil_messages_accepted_total";
 pub const MLLP_REJECTED: &str = "vigil_messages_rejected_total";
 /// Resends of accepted messages re-acknowledged without processing.
 pub const MLLP_DUPLICATES: &str = "vigil_messages_duplicate_total";
+/// Bytes received outside MLLP frames and discarded.
+pub const MLLP_DISCARDED: &str = "vigil_mllp_discarded_bytes_total";
 /// Live patient actors.
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
@@ -39,6 +41,7 @@ pub async fn render(
     line(MLLP_ACCEPTED, "counter", m.accepted.load(Ordering::Relaxed));
     line(MLLP_REJECTED, "counter", m.rejected.load(Ordering::Relaxed));
     line(MLLP_DUPLICATES, "counter", m.duplicates.load(Ordering::Relaxed));
+    line(MLLP_DISCARDED, "counter", m.discarded_bytes.load(Ordering::Relaxed));
     line(PATIENTS, "gauge", state.router.patient_count() as u64);
     line(ALERT_SEQ, "gauge", state.alerts.last_seq());
     let webhook = webhooks.map(|w| w.0.metrics);

@@ -31,6 +31,8 @@ pub struct IngestMetrics {
     pub rejected: AtomicU64,
     /// Resends of accepted messages, re-acknowledged without processing.
     pub duplicates: AtomicU64,
+    /// Bytes received outside MLLP frames, discarded.
+    pub discarded_bytes: AtomicU64,
 }
 
 /// A resend within this window of an accepted message is re-acknowledged, not reprocessed.

@@ -143,5 +143,18 @@ async fn oversized_frames_get_ar_noise_is_ignored_and_idle_connections_close() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "idle connection not closed: {closed:?}");
+
+    // The bytes outside frames were counted.
+    let noise = "garbage before the frame".len() + "\r\n noise between frames \r\n".len();
+    let mut http = TcpStream::connect(server.http_addr).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut metrics = String::new();
+    http.read_to_string(&mut metrics).await.unwrap();
+    let discarded: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vigil_mllp_discarded_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the discarded-bytes counter is exported");
+    assert_eq!(discarded, noise);
     server.shutdown().await;
 }

@@ -153,6 +153,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if decoder.discarded() > 0 {
+        ingress.metrics.discarded_bytes.fetch_add(decoder.discarded(), std::sync::atomic::Ordering::Relaxed);
         tracing::info!(bytes = decoder.discarded(), "mllp bytes outside frames discarded");
     }
     stream.shutdown().await
