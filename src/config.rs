@@ -491,10 +491,8 @@ fn escalation_policy(file: EscalationFileConfig) -> crate::alerts::escalation::E
         (Severity::High, secs(file.high_secs)),
         (Severity::Medium, secs(file.medium_secs)),
     ] {
-        if let Some(window) = value {
-            if let Some(slot) = policy.windows.iter_mut().find(|(s, _)| *s == severity) {
-                slot.1 = Some(window);
-            }
+        if let (Some(window), Some(slot)) = (value, policy.windows.iter_mut().find(|(s, _)| *s == severity)) {
+            slot.1 = Some(window);
         }
     }
     if let Some(units) = file.units {

@@ -358,7 +358,7 @@ fn run_committer(
 /// An alert change ready for the batch, or the number of an identical stored state.
 enum Staged {
     Unchanged(u64),
-    New { change: SequencedAlert, state: Vec<u8>, log: Vec<u8> },
+    New { change: Box<SequencedAlert>, state: Vec<u8>, log: Vec<u8> },
 }
 
 /// Number and seal one alert change as `next`, unless it equals the latest state (the batch's
@@ -384,7 +384,7 @@ fn stage_alert(
     let bytes = serde_json::to_vec(&change).map_err(|e| StoreError::Engine(format!("encode alert: {e}")))?;
     let state = seal(&ks.keys, ALERTS, change.alert.id.0.as_bytes(), &bytes)?;
     let log = seal(&ks.keys, ALERT_LOG, &next.to_be_bytes(), &bytes)?;
-    Ok(Staged::New { change, state, log })
+    Ok(Staged::New { change: Box::new(change), state, log })
 }
 
 fn commit(
@@ -414,7 +414,7 @@ fn commit(
             match stage_alert(ks, &overlay, next + 1, alert, notify) {
                 Ok(Staged::New { change, state, log }) => {
                     next += 1;
-                    overlay.insert(change.alert.id.0.clone(), change.clone());
+                    overlay.insert(change.alert.id.0.clone(), (*change).clone());
                     staged.push(Staged::New { change, state, log });
                 }
                 Ok(unchanged) => staged.push(unchanged),
@@ -442,7 +442,7 @@ fn commit(
                     batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), state);
                     batch.insert(&ks.alert_log, change.seq.to_be_bytes(), log);
                     number = change.seq;
-                    changes.push(Arc::new(change));
+                    changes.push(Arc::new(*change));
                 }
             }
         }

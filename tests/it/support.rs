@@ -99,6 +99,9 @@ pub struct Proc {
     pub _stdout: BufReader<std::process::ChildStdout>,
 }
 
+// The child is waited for by `Proc::drop`, or just before the panic when it never listened;
+// clippy cannot see the drop.
+#[allow(clippy::zombie_processes)]
 pub fn spawn_vigil(args: &[&str]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
@@ -111,7 +114,10 @@ pub fn spawn_vigil(args: &[&str]) -> Proc {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "vigil exited before listening");
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("vigil exited before listening: {status:?}");
+        }
         if let Some(rest) = line.trim().strip_prefix("vigil listening: ") {
             let mut mllp = None;
             let mut http = None;
