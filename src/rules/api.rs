@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use rhai::{Array, Dynamic, Engine, ImmutableString, Map};
+use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map};
 use time::OffsetDateTime;
 use vigil_actors::{Medication, PatientView, Sample};
 
@@ -84,7 +84,59 @@ impl RulePatient {
 }
 
 fn classes(tables: &Tables, name: &str, rxnorm: Option<&str>) -> Array {
-    tables.classes_of(name, rxnorm).into_iter().map(Dynamic::from).collect()
+    let mut out = Array::new();
+    tables.for_classes(name, rxnorm, |c| out.push(Dynamic::from(c.clone())));
+    out
+}
+
+fn has_class(tables: &Tables, name: &str, rxnorm: Option<&str>, wanted: &[ImmutableString]) -> bool {
+    let mut found = false;
+    tables.for_classes(name, rxnorm, |c| found |= wanted.contains(c));
+    found
+}
+
+/// `p.interactions()`: the hits of `interactions.json` between the new order and each other
+/// active medication (not the order itself, not the same drug), medications in order and
+/// interactions in table order: `[#{ interaction, title, risk, ordered, active, source }]`.
+fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
+    let mut hits = Array::new();
+    let Some(order) = view.new_order.as_ref() else { return hits };
+    let rx = order.rxnorm.as_deref();
+    // Interactions the ordered drug takes part in, and on which side.
+    let relevant: Vec<(&super::data::Interaction, bool, bool)> = tables
+        .interactions()
+        .iter()
+        .filter_map(|ix| {
+            let on_a = has_class(tables, &order.name, rx, &ix.a);
+            let on_b = has_class(tables, &order.name, rx, &ix.b);
+            (on_a || on_b).then_some((ix, on_a, on_b))
+        })
+        .collect();
+    if relevant.is_empty() {
+        return hits;
+    }
+    let order_name = super::data::normalised(&order.name);
+    for med in &view.medications {
+        let m = &med.medication;
+        let same_drug = (m.rxnorm.is_some() && m.rxnorm == order.rxnorm) || super::data::normalised(&m.name) == order_name;
+        if m.order_id == order.order_id || same_drug {
+            continue;
+        }
+        for (ix, on_a, on_b) in &relevant {
+            let m_rx = m.rxnorm.as_deref();
+            if (*on_a && has_class(tables, &m.name, m_rx, &ix.b)) || (*on_b && has_class(tables, &m.name, m_rx, &ix.a)) {
+                let mut hit = Map::new();
+                hit.insert("interaction".into(), ix.id.clone());
+                hit.insert("title".into(), ix.title.clone());
+                hit.insert("risk".into(), ix.risk.clone());
+                hit.insert("ordered".into(), order.name.as_str().into());
+                hit.insert("active".into(), m.name.as_str().into());
+                hit.insert("source".into(), ix.source.clone());
+                hits.push(Dynamic::from_map(hit));
+            }
+        }
+    }
+    hits
 }
 
 fn medication_map(tables: &Tables, m: &Medication) -> Map {
@@ -234,7 +286,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         let tables = current(&t);
         p.0.medications
             .iter()
-            .filter(|m| tables.classes_of(&m.medication.name, m.medication.rxnorm.as_deref()).iter().any(|c| c == class))
+            .filter(|m| {
+                let mut found = false;
+                tables.for_classes(&m.medication.name, m.medication.rxnorm.as_deref(), |c| found |= c == class);
+                found
+            })
             .map(|m| Dynamic::from_map(medication_map(&tables, &m.medication)))
             .collect()
     });
@@ -266,13 +322,29 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
 
     // Tables.
+    // Table functions are volatile: the optimizer must not fold them into a compiled rule.
     let t = Arc::clone(&tables);
-    engine.register_fn("data", move |name: &str| -> Dynamic { current(&t).get(name) });
+    FuncRegistration::new("data")
+        .with_volatility(true)
+        .register_into_engine(engine, move |name: &str| -> Dynamic { current(&t).get(name) });
     let t = Arc::clone(&tables);
-    engine.register_fn("drug_classes", move |name: &str, rxnorm: Dynamic| -> Array {
-        let rx = rxnorm.into_immutable_string().ok();
-        classes(&current(&t), name, rx.as_deref())
-    });
+    FuncRegistration::new("drug_classes").with_volatility(true).register_into_engine(
+        engine,
+        move |name: &str, rxnorm: Dynamic| -> Array {
+            let rx = rxnorm.into_immutable_string().ok();
+            classes(&current(&t), name, rx.as_deref())
+        },
+    );
+    let t = Arc::clone(&tables);
+    FuncRegistration::new("critical_analytes")
+        .with_volatility(true)
+        .register_into_engine(engine, move || -> Array { current(&t).critical_names() });
+    let t = Arc::clone(&tables);
+    FuncRegistration::new("critical_value")
+        .with_volatility(true)
+        .register_into_engine(engine, move |name: &str| -> Dynamic { current(&t).critical_value(name) });
+    let t = Arc::clone(&tables);
+    engine.register_fn("interactions", move |p: &mut RulePatient| -> Array { interaction_hits(&current(&t), &p.0) });
     engine.register_fn("normalise_drug_name", |name: &str| -> ImmutableString {
         super::data::normalise_drug_name(name).into()
     });

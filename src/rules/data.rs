@@ -14,10 +14,33 @@ use super::engine::RuleError;
 pub struct Tables {
     /// Table name (file stem) to its content, as a shared (cheaply cloned) Rhai value.
     raw: HashMap<String, Dynamic>,
-    /// `rx:<rxcui>` or `name:<normalised name>` to the drug classes it belongs to.
-    class_of: HashMap<String, Vec<ImmutableString>>,
+    /// RxNorm ingredient code to the drug classes it belongs to.
+    class_by_rx: HashMap<String, Vec<ImmutableString>>,
+    /// Normalised drug name to the drug classes it belongs to.
+    class_by_name: HashMap<String, Vec<ImmutableString>>,
+    /// `interactions.json` `interactions[]`, indexed once (see [`Tables::interaction_hits`]).
+    interactions: Vec<Interaction>,
+    /// `critical_values.json` `values`: analyte names in key order, and each analyte's limits.
+    critical_names: rhai::Array,
+    critical: HashMap<String, Dynamic>,
     /// Content fingerprint (for change detection and reporting).
     pub fingerprint: String,
+}
+
+/// One interaction pair of `interactions.json`, with the fields a hit reports.
+pub struct Interaction {
+    /// Class ids on side a and side b.
+    pub a: Vec<ImmutableString>,
+    /// Class ids on side b.
+    pub b: Vec<ImmutableString>,
+    /// `id`, `title`, `risk`, `source` as Rhai values (`()` when absent).
+    pub id: Dynamic,
+    /// Title.
+    pub title: Dynamic,
+    /// Risk.
+    pub risk: Dynamic,
+    /// Source.
+    pub source: Dynamic,
 }
 
 /// The tables in use, swapped whole on reload. Rule functions read through this handle.
@@ -26,15 +49,30 @@ pub type SharedTables = Arc<RwLock<Arc<Tables>>>;
 /// Lowercase, single spaces, common salt and form words removed (`sertraline hydrochloride`
 /// matches `sertraline`).
 pub fn normalise_drug_name(name: &str) -> String {
+    normalised(name).into_owned()
+}
+
+/// [`normalise_drug_name`] without allocating when `name` is already normal (lowercase ASCII,
+/// single spaces, no salt word).
+pub fn normalised(name: &str) -> std::borrow::Cow<'_, str> {
     const SALTS: &[&str] = &[
         "hydrochloride", "hcl", "sodium", "potassium", "sulfate", "sulphate", "maleate", "citrate",
         "tartrate", "mesylate", "besylate", "calcium", "succinate", "fumarate", "hyclate",
         "trihydrate", "monohydrate", "magnesium", "acetate", "bromide", "phosphate", "dimesylate",
     ];
+    let already = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || (b.is_ascii_punctuation()) || b == b' ')
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
+        && !name.contains("  ")
+        && !name.split(' ').any(|w| SALTS.contains(&w));
+    if already {
+        return std::borrow::Cow::Borrowed(name);
+    }
     let lower = name.trim().to_lowercase();
     let words: Vec<&str> = lower.split_whitespace().collect();
     let kept: Vec<&str> = words.iter().copied().filter(|w| !SALTS.contains(w)).collect();
-    if kept.is_empty() { words.join(" ") } else { kept.join(" ") }
+    std::borrow::Cow::Owned(if kept.is_empty() { words.join(" ") } else { kept.join(" ") })
 }
 
 /// The RxNorm code in an allergen or medication code: a bare code, or `system|code` whose
@@ -84,6 +122,16 @@ impl Tables {
             {
                 errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
             }
+            if name == "interactions"
+                && let Err(message) = tables.index_interactions(&json)
+            {
+                errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
+            }
+            if name == "critical_values"
+                && let Err(message) = tables.index_critical(&json)
+            {
+                errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
+            }
             match rhai::serde::to_dynamic(&json) {
                 Ok(value) => {
                     tables.raw.insert(name, value.into_shared());
@@ -102,7 +150,11 @@ impl Tables {
         for (class, body) in classes {
             let class_name: ImmutableString = class.as_str().into();
             let mut add = |key: String| {
-                let entry = self.class_of.entry(key).or_default();
+                let (map, key) = match key.strip_prefix("rx:") {
+                    Some(rx) => (&mut self.class_by_rx, rx.to_string()),
+                    None => (&mut self.class_by_name, key.trim_start_matches("name:").to_string()),
+                };
+                let entry = map.entry(key).or_default();
                 if !entry.contains(&class_name) {
                     entry.push(class_name.clone());
                 }
@@ -124,6 +176,61 @@ impl Tables {
         Ok(())
     }
 
+    fn index_interactions(&mut self, json: &serde_json::Value) -> Result<(), String> {
+        let list = json.get("interactions").and_then(|i| i.as_array()).ok_or("interactions.json needs an array `interactions`")?;
+        let text = |v: Option<&serde_json::Value>| -> Result<Dynamic, String> {
+            match v {
+                None => Ok(Dynamic::UNIT),
+                Some(v) => rhai::serde::to_dynamic(v).map_err(|e| e.to_string()),
+            }
+        };
+        for (i, ix) in list.iter().enumerate() {
+            let side = |key: &str| -> Result<Vec<ImmutableString>, String> {
+                let items = ix.get(key).and_then(|a| a.as_array()).ok_or(format!("interaction {i}: `{key}` is a list of class ids"))?;
+                items
+                    .iter()
+                    .map(|c| c.as_str().map(ImmutableString::from).ok_or(format!("interaction {i}: class ids are text")))
+                    .collect()
+            };
+            self.interactions.push(Interaction {
+                a: side("a")?,
+                b: side("b")?,
+                id: text(ix.get("id"))?,
+                title: text(ix.get("title"))?,
+                risk: text(ix.get("risk"))?,
+                source: text(ix.get("source"))?,
+            });
+        }
+        Ok(())
+    }
+
+    fn index_critical(&mut self, json: &serde_json::Value) -> Result<(), String> {
+        let values = json.get("values").and_then(|v| v.as_object()).ok_or("critical_values.json needs an object `values`")?;
+        let mut names: Vec<&String> = values.keys().collect();
+        names.sort();
+        self.critical_names = names.iter().map(|n| Dynamic::from(ImmutableString::from(n.as_str()))).collect();
+        for (name, limits) in values {
+            let limits = rhai::serde::to_dynamic(limits).map_err(|e| format!("values.{name}: {e}"))?;
+            self.critical.insert(name.clone(), limits);
+        }
+        Ok(())
+    }
+
+    /// Analytes of `critical_values.json` (`values` keys, sorted as a Rhai map's keys are).
+    pub fn critical_names(&self) -> rhai::Array {
+        self.critical_names.clone()
+    }
+
+    /// Limits of one analyte of `critical_values.json`, or `()`.
+    pub fn critical_value(&self, name: &str) -> Dynamic {
+        self.critical.get(name).cloned().unwrap_or(Dynamic::UNIT)
+    }
+
+    /// The indexed interactions of `interactions.json`, in table order.
+    pub fn interactions(&self) -> &[Interaction] {
+        &self.interactions
+    }
+
     /// A table by name, or `()`.
     pub fn get(&self, name: &str) -> Dynamic {
         self.raw.get(name).cloned().unwrap_or(Dynamic::UNIT)
@@ -139,15 +246,22 @@ impl Tables {
     /// Classes of a drug given by name and/or RxNorm code (ingredient).
     pub fn classes_of(&self, name: &str, rxnorm: Option<&str>) -> Vec<ImmutableString> {
         let mut out: Vec<ImmutableString> = Vec::new();
-        let keys = [rxnorm.map(|r| format!("rx:{r}")), (!name.is_empty()).then(|| format!("name:{}", normalise_drug_name(name)))];
-        for key in keys.into_iter().flatten() {
-            for class in self.class_of.get(&key).into_iter().flatten() {
-                if !out.contains(class) {
-                    out.push(class.clone());
-                }
+        self.for_classes(name, rxnorm, |class| out.push(class.clone()));
+        out
+    }
+
+    /// Call `f` with each class of a drug (as [`Tables::classes_of`], without duplicates).
+    pub fn for_classes(&self, name: &str, rxnorm: Option<&str>, mut f: impl FnMut(&ImmutableString)) {
+        let by_rx = rxnorm.and_then(|r| self.class_by_rx.get(r)).map(Vec::as_slice).unwrap_or_default();
+        let by_name = if name.is_empty() { None } else { self.class_by_name.get(normalised(name).as_ref()) };
+        for class in by_rx {
+            f(class);
+        }
+        for class in by_name.map(Vec::as_slice).unwrap_or_default() {
+            if !by_rx.contains(class) {
+                f(class);
             }
         }
-        out
     }
 }
 

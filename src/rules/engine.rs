@@ -59,6 +59,9 @@ pub fn hardened_engine_with(tables: SharedTables) -> Engine {
     engine.set_max_variables(256);
     engine.set_max_functions(256);
     engine.disable_symbol("eval");
+    // Constant folding and eager evaluation of pure functions at compile time (table
+    // functions are registered volatile, so they are never folded).
+    engine.set_optimization_level(rhai::OptimizationLevel::Full);
     // Rules are not allowed to write to the server's output (PHI could leak through it).
     engine.on_print(|_| {});
     engine.on_debug(|_, _, _| {});
@@ -476,21 +479,54 @@ fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
         "fire" => {
             let severity_name = text("severity");
             let severity = Severity::parse(&severity_name).ok_or(format!("unknown severity `{severity_name}`"))?;
-            let details = map.get("details").cloned().unwrap_or(Dynamic::UNIT);
-            let details: serde_json::Value =
-                rhai::serde::from_dynamic(&details).map_err(|e| format!("details: {e}"))?;
+            let details = match map.get("details") {
+                Some(d) => to_json(d).map_err(|e| format!("details: {e}"))?,
+                None => serde_json::Value::Null,
+            };
             let score = details.get("score").and_then(serde_json::Value::as_f64);
             Ok(RuleVerdict::Fire { severity, score, summary: text("summary"), details })
         }
         "resolve" => {
             let details = match map.get("details") {
-                Some(d) if !d.is_unit() => rhai::serde::from_dynamic(d).map_err(|e| format!("details: {e}"))?,
+                Some(d) if !d.is_unit() => to_json(d).map_err(|e| format!("details: {e}"))?,
                 _ => serde_json::Value::Null,
             };
             Ok(RuleVerdict::Resolve { reason: text("reason"), details })
         }
         _ => Err("evaluate must return alert(...), resolve(...) or nothing".into()),
     }
+}
+
+/// A rule's details as JSON: what `rhai::serde::from_dynamic` gives, without its generic
+/// deserializer for the common value types (it falls back to it for any other).
+fn to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    if d.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = d.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = d.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(f) = d.as_float() {
+        return Ok(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number));
+    }
+    if let Some(s) = d.read_lock::<rhai::ImmutableString>() {
+        return Ok(Value::String(s.as_str().to_owned()));
+    }
+    if let Some(a) = d.read_lock::<rhai::Array>() {
+        return a.iter().map(to_json).collect::<Result<Vec<_>, _>>().map(Value::Array);
+    }
+    if let Some(m) = d.read_lock::<Map>() {
+        let mut out = serde_json::Map::new();
+        for (k, v) in m.iter() {
+            out.insert(k.to_string(), to_json(v)?);
+        }
+        return Ok(Value::Object(out));
+    }
+    rhai::serde::from_dynamic(d).map_err(|e| e.to_string())
 }
 
 impl RhaiRules {
