@@ -206,7 +206,17 @@ impl PatientView {
 
     /// Samples of `name` within the last `secs` seconds before `now`, oldest first.
     pub fn window(&self, name: &str, secs: f64) -> impl Iterator<Item = &Sample> {
-        self.series.get(name).into_iter().flatten().filter(move |s| self.fresh(s.at, secs))
+        let series = self.series.get(name);
+        // Samples are kept in time order: find the window's start by binary search instead of
+        // testing every sample of a 24 h series.
+        let start = match (series, self.now) {
+            // A rule may pass any number: out of range or NaN means the whole series.
+            (Some(s), Some(now)) => time::Duration::checked_seconds_f64(secs.max(0.0))
+                .and_then(|d| now.checked_sub(d))
+                .map_or(0, |cutoff| s.partition_point(|x| x.at < cutoff)),
+            _ => 0,
+        };
+        series.into_iter().flat_map(move |s| s.range(start..))
     }
 
     fn fresh(&self, at: OffsetDateTime, max_age_secs: f64) -> bool {

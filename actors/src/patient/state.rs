@@ -403,6 +403,21 @@ mod tests {
     use time::macros::datetime;
 
     #[test]
+    fn a_window_holds_exactly_the_samples_within_its_seconds() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut view = PatientView { now: Some(t0 + Duration::minutes(60)), ..PatientView::default() };
+        let series = view.series.entry("hr".into()).or_default();
+        for m in 0..=60 {
+            series.push_back(Sample { at: t0 + Duration::minutes(m), value: m as f64 });
+        }
+        let values = |secs: f64| view.window("hr", secs).map(|s| s.value).collect::<Vec<_>>();
+        assert_eq!(values(600.0), (50..=60).map(f64::from).collect::<Vec<_>>(), "the boundary sample is in");
+        assert_eq!(values(0.0), vec![60.0]);
+        assert_eq!(values(1e18).len(), 61);
+        assert!(view.window("rr", 600.0).next().is_none());
+    }
+
+    #[test]
     fn age_counts_whole_years_and_rejects_nonsense() {
         let now = datetime!(2026-06-15 12:00 UTC);
         assert_eq!(age_years("19600615", now), Some(66));
