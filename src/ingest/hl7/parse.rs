@@ -1864,32 +1864,4 @@ ZVG|1|custom^data\r";
         assert!(dbg.contains("PV1|1|I|W1^101^A"));
     }
 
-    /// Run with `cargo test --release -- --ignored --nocapture` to see the cost.
-    #[test]
-    #[ignore = "timing only"]
-    fn timing_1kb_oru() {
-        let mut s = String::from(
-            "MSH|^~\\&|LAB|HOSP|VIGIL|V|20240101120000||ORU^R01^ORU_R01|CTL1|P|2.5.1\rPID|1||123^^^H^MR~456^^^H^PI||DOE^JOHN||19800101|M\rOBR|1|A1|B1|CBC^Complete blood count^L\r",
-        );
-        let mut i = 1;
-        while s.len() < 1024 {
-            s.push_str(&format!(
-                "OBX|{i}|NM|718-7^Hemoglobin^LN||13.{i}|g/dL^grams per deciliter^UCUM|12-16|N|||F\r"
-            ));
-            i += 1;
-        }
-        let n = 20_000;
-        let t = std::time::Instant::now();
-        let mut total = 0;
-        for _ in 0..n {
-            let m = Message::parse(s.as_bytes()).expect("parses");
-            total += m.segments().len();
-        }
-        let per = t.elapsed() / n;
-        println!(
-            "{} bytes, {} segments: {per:?} per parse",
-            s.len(),
-            total / n as usize
-        );
-    }
 }
