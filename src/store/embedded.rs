@@ -407,14 +407,17 @@ fn commit(
             Job::Alert { alert, notify, .. } => vec![(alert.as_ref(), *notify)],
         };
         let mut staged = Vec::with_capacity(wanted.len());
-        let mut overlay = latest.clone();
+        // Staged straight into `latest`, remembering what each entry replaced, so a job that
+        // fails part-way is undone without copying the map for every job.
+        let mut undo: Vec<(String, Option<SequencedAlert>)> = Vec::new();
         let mut next = seq;
         let mut failed = None;
         for (alert, notify) in wanted {
-            match stage_alert(ks, &overlay, next + 1, alert, notify) {
+            match stage_alert(ks, &latest, next + 1, alert, notify) {
                 Ok(Staged::New { change, state, log }) => {
                     next += 1;
-                    overlay.insert(change.alert.id.0.clone(), (*change).clone());
+                    let id = change.alert.id.0.clone();
+                    undo.push((id.clone(), latest.insert(id, (*change).clone())));
                     staged.push(Staged::New { change, state, log });
                 }
                 Ok(unchanged) => staged.push(unchanged),
@@ -425,6 +428,12 @@ fn commit(
             }
         }
         if let Some(e) = failed {
+            for (id, previous) in undo.into_iter().rev() {
+                match previous {
+                    Some(p) => latest.insert(id, p),
+                    None => latest.remove(&id),
+                };
+            }
             outcomes.push(Err(e));
             continue;
         }
@@ -447,7 +456,6 @@ fn commit(
             }
         }
         seq = next;
-        latest = overlay;
         outcomes.push(Ok(number));
     }
     let result = batch.commit().map_err(engine("commit"));
