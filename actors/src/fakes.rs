@@ -268,6 +268,15 @@ mod tests {
 
         router.ingest(event("200", 25.0, t0)).await.unwrap().wait().await.unwrap();
         router.ingest(event("200", 32.0, t0)).await.unwrap().wait().await.unwrap();
+        for i in 0..crate::patient::MAX_COMMENTS {
+            let comment = AlertAction::Comment { by: "nurse-1".into(), text: format!("note {i}") };
+            router.act(&patient, id.clone(), comment).await.unwrap();
+        }
+        let one_more = AlertAction::Comment { by: "nurse-1".into(), text: "too many".into() };
+        assert!(
+            matches!(router.act(&patient, id.clone(), one_more).await, Err(ActFailure::Refused(crate::patient::ActError::TooManyComments))),
+            "comments on one alert are bounded"
+        );
         let resolve = AlertAction::Resolve { by: "nurse-1".into(), reason: "treated".into() };
         let (resolved, _) = router.act(&patient, id.clone(), resolve.clone()).await.unwrap();
         assert_eq!(resolved.status, AlertStatus::Resolved);
@@ -282,8 +291,11 @@ mod tests {
                 (AlertStatus::Acknowledged, false),
                 (AlertStatus::Acknowledged, false), // a quiet update keeps the acknowledgement
                 (AlertStatus::Active, true),        // a severity rise asks for a new one
-                (AlertStatus::Resolved, false),
             ]
+            .into_iter()
+            .chain(std::iter::repeat_n((AlertStatus::Active, false), crate::patient::MAX_COMMENTS)) // comments
+            .chain([(AlertStatus::Resolved, false)])
+            .collect::<Vec<_>>()
         );
     }
 }

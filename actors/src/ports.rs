@@ -205,7 +205,7 @@ impl PatientView {
     }
 
     /// Samples of `name` within the last `secs` seconds before `now`, oldest first.
-    pub fn window(&self, name: &str, secs: f64) -> impl Iterator<Item = &Sample> {
+    pub fn window(&self, name: &str, secs: f64) -> impl DoubleEndedIterator<Item = &Sample> {
         let series = self.series.get(name);
         // Samples are kept in time order: find the window's start by binary search instead of
         // testing every sample of a 24 h series.

@@ -112,6 +112,16 @@ pub async fn act_on_alert(
         AlertAction::Comment { .. } => "comment",
         AlertAction::Escalate { .. } => "escalate",
     };
+    // Checked here, where REST and WebSocket commands meet, so neither path can skip it.
+    match &action {
+        AlertAction::Resolve { reason, .. } if reason.trim().is_empty() => {
+            return Err(ApiError::BadRequest("a reason is required to resolve an alert".into()));
+        }
+        AlertAction::Comment { text, .. } if text.trim().is_empty() || text.len() > 4000 => {
+            return Err(ApiError::BadRequest("a comment is 1 to 4000 characters".into()));
+        }
+        _ => {}
+    }
     let role = role_name(claims.role);
     let deny = |reason: &str| {
         state.audit.record(&claims.sub, role, name, alert_id, &format!("denied: {reason}"));
@@ -132,8 +142,8 @@ pub async fn act_on_alert(
     let patient: PatientId = current.alert.patient.id.clone();
     let (alert, ticket) = state.router.act(&patient, id, action).await.map_err(|e| match e {
         ActFailure::Refused(ActError::NotOpen) => ApiError::Conflict("alert is not open".into()),
-        ActFailure::Refused(ActError::AlreadyAcknowledged) => {
-            ApiError::Conflict("alert is already acknowledged".into())
+        ActFailure::Refused(refused @ (ActError::AlreadyAcknowledged | ActError::TooManyComments)) => {
+            ApiError::Conflict(refused.to_string())
         }
         ActFailure::Store(e) => ApiError::from(e),
     })?;
@@ -273,9 +283,6 @@ async fn resolve(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers, "resolve")?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if body.text.trim().is_empty() {
-        return Err(ApiError::BadRequest("a reason is required to resolve an alert".into()));
-    }
     let action = AlertAction::Resolve { by: claims.sub.clone(), reason: body.text };
     let change = act_on_alert(&state, &claims, &id, action).await?;
     Ok(Json(serde_json::json!({"seq": change.seq, "alert": change.alert})))
@@ -289,9 +296,6 @@ async fn comment(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers, "comment")?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if body.text.trim().is_empty() || body.text.len() > 4000 {
-        return Err(ApiError::BadRequest("a comment is 1 to 4000 characters".into()));
-    }
     let action = AlertAction::Comment { by: claims.sub.clone(), text: body.text };
     let change = act_on_alert(&state, &claims, &id, action).await?;
     Ok(Json(serde_json::json!({"seq": change.seq, "alert": change.alert})))

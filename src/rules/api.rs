@@ -38,14 +38,10 @@ impl RulePatient {
         self.0.now
     }
 
-    /// Samples of `name` no older than `secs`, newest first: walks back from the newest so a
-    /// 24 h window of minute samples costs only what the asked-for window holds.
+    /// Samples of `name` no older than `secs`, newest first (the view's window, which finds its
+    /// start by binary search, so a 24 h series costs only what the window holds).
     fn recent(&self, name: &str, secs: f64) -> impl Iterator<Item = &Sample> {
-        let now = self.now();
-        self.0.series.get(name).into_iter().flat_map(|s| s.iter().rev()).take_while(move |s| {
-            let now = now.unwrap_or(s.at);
-            (now - s.at).as_seconds_f64() <= secs
-        })
+        self.0.window(name, secs).rev()
     }
 
     fn stat(&self, name: &str, secs: f64, f: impl Fn(&mut dyn Iterator<Item = f64>) -> Option<f64>) -> Dynamic {

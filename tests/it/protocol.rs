@@ -145,6 +145,12 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     assert_eq!(seen["alert"]["status"], "acknowledged");
     assert_eq!(seen["notify"], false);
 
+    // The WebSocket path checks what REST checks: a resolve needs a reason.
+    a.send(json!({"type": "resolve", "ref": "r0", "alert_id": id, "reason": " "})).await;
+    let refused = a.next(&["reply"]).await;
+    assert_eq!(refused["ok"], false);
+    assert!(refused["error"].as_str().unwrap().contains("reason is required"), "{refused}");
+
     a.send(json!({"type": "ack", "ref": "r2", "alert_id": id})).await;
     let again = a.next(&["reply"]).await;
     assert_eq!(again["ok"], false);

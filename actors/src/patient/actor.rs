@@ -125,9 +125,6 @@ impl Actor for PatientActor {
                 }
                 let _ = reply.send(summary);
             }
-            PatientMsg::OpenAlerts { reply } => {
-                let _ = reply.send(run.state.open_alerts.values().cloned().collect());
-            }
         }
         Ok(())
     }

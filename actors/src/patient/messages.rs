@@ -43,9 +43,4 @@ pub enum PatientMsg {
         /// Answered with the summary.
         reply: RpcReplyPort<PatientSummary>,
     },
-    /// The alerts of this patient that are not resolved.
-    OpenAlerts {
-        /// Answered with a copy.
-        reply: RpcReplyPort<Vec<Alert>>,
-    },
 }

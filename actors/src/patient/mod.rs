@@ -7,4 +7,4 @@ mod state;
 
 pub use actor::{PatientActor, PatientArgs};
 pub use messages::{ActFailure, PatientMsg};
-pub use state::{ActError, PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};
+pub use state::{ActError, MAX_COMMENTS, PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};

@@ -23,7 +23,13 @@ pub enum ActError {
     /// Acknowledged already (or, for escalation, no longer waiting for acknowledgement).
     #[error("alert is already acknowledged")]
     AlreadyAcknowledged,
+    /// The alert holds the most comments it may.
+    #[error("alert already has {MAX_COMMENTS} comments")]
+    TooManyComments,
 }
+
+/// Comments kept on one alert: the alert travels whole to every console, so it stays bounded.
+pub const MAX_COMMENTS: usize = 200;
 
 /// Samples older than this (relative to the newest) leave the window.
 pub const WINDOW_MAX_AGE: Duration = Duration::hours(24);
@@ -298,6 +304,9 @@ impl PatientState {
                 false
             }
             AlertAction::Comment { by, text } => {
+                if alert.comments.len() >= MAX_COMMENTS {
+                    return Err(ActError::TooManyComments);
+                }
                 alert.comments.push(Comment { by, at: now, text: Phi(text) });
                 false
             }
