@@ -18,6 +18,7 @@ pub struct MemoryStore {
     events: Mutex<Vec<ClinicalEvent>>,
     alerts: Mutex<Vec<SequencedAlert>>,
     publisher: Mutex<Option<Arc<dyn AlertPublisher>>>,
+    publish_order: Mutex<()>,
 }
 
 impl MemoryStore {
@@ -76,6 +77,10 @@ impl EventStore for MemoryStore {
 #[async_trait]
 impl AlertStore for MemoryStore {
     async fn upsert_alert(&self, alert: &Alert, notify: bool) -> Result<Durable<u64>, StoreError> {
+        // Numbering and publishing under one lock, so concurrent upserts publish in sequence
+        // order (the port's promise); the alerts lock itself is released before publishing,
+        // because a publisher may read the store.
+        let _order = self.publish_order.lock().map_err(|_| poisoned())?;
         let change = {
             let mut alerts = self.alerts.lock().map_err(|_| poisoned())?;
             if let Some(same) = alerts.iter().rev().find(|c| c.alert.id == alert.id).filter(|c| &c.alert == alert) {

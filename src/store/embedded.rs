@@ -63,6 +63,9 @@ struct Keyspaces {
     messages: Keyspace,
     alerts: Keyspace,
     alert_log: Keyspace,
+    /// Ids of alerts that are not resolved (values empty), kept in the same batches as the
+    /// alerts: reading the open ones never scans every alert ever raised.
+    open_index: Keyspace,
 }
 
 /// The fjall-backed store. Cloning shares it.
@@ -125,7 +128,9 @@ impl EmbeddedStore {
             }
             None => 0,
         };
-        let ks = Arc::new(Keyspaces { db, keys, events, messages, alerts, alert_log });
+        let open_index =
+            db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let ks = Arc::new(Keyspaces { db, keys, events, messages, alerts, alert_log, open_index });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committer = {
@@ -314,10 +319,10 @@ impl AlertStore for EmbeddedStore {
     async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError> {
         self.blocking(|ks| {
             let mut out = Vec::new();
-            for guard in ks.alerts.iter() {
-                let (key, value) = guard.into_inner().map_err(engine("read alerts"))?;
-                let change: SequencedAlert = open_json(&ks.keys, ALERTS, &key, &value)?;
-                if change.alert.status != AlertStatus::Resolved {
+            for guard in ks.open_index.iter() {
+                let id = guard.key().map_err(engine("read open alerts"))?;
+                let id = std::str::from_utf8(&id).map_err(|_| StoreError::Corrupt("open alert id".into()))?;
+                if let Some(change) = stored_alert(ks, id)? {
                     out.push(change);
                 }
             }
@@ -448,6 +453,12 @@ fn commit(
             match s {
                 Staged::Unchanged(n) => number = n,
                 Staged::New { change, state, log } => {
+                    let id = change.alert.id.0.as_bytes();
+                    if change.alert.status == AlertStatus::Resolved {
+                        batch.remove(&ks.open_index, id);
+                    } else {
+                        batch.insert(&ks.open_index, id, []);
+                    }
                     batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), state);
                     batch.insert(&ks.alert_log, change.seq.to_be_bytes(), log);
                     number = change.seq;
