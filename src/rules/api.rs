@@ -21,8 +21,23 @@ pub const VERDICT_KEY: &str = "__verdict";
 /// Freshness of the oxygen values behind `p.on_oxygen()` when none is given: one hour.
 const OXYGEN_MAX_AGE_S: f64 = 3600.0;
 
-fn seconds(max_age: &Dynamic) -> f64 {
-    max_age.as_float().ok().or_else(|| max_age.as_int().ok().map(|i| i as f64)).unwrap_or(0.0)
+/// Register `p.name(canonical_name, seconds)` twice, for whole and decimal seconds.
+fn secs_fn<R: Into<Dynamic>>(
+    engine: &mut Engine,
+    name: &str,
+    f: impl Fn(&RulePatient, &str, f64) -> R + Send + Sync + Clone + 'static,
+) {
+    let g = f.clone();
+    engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: i64| -> Dynamic { g(p, n, secs as f64).into() });
+    engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: f64| -> Dynamic { f(p, n, secs).into() });
+}
+
+/// A number a rule passed (whole or decimal), or an error naming what it got.
+fn number(v: &Dynamic) -> Result<f64, Box<rhai::EvalAltResult>> {
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
+        .ok_or_else(|| format!("a number was expected, not {}", v.type_name()).into())
 }
 
 fn opt_float(v: Option<f64>) -> Dynamic {
@@ -72,6 +87,29 @@ impl RulePatient {
 
     fn on_oxygen(&self, max_age: f64) -> bool {
         self.0.latest("fio2", max_age).is_some_and(|f| f > 21.0) || self.0.latest("o2_flow", max_age).is_some_and(|f| f > 0.0)
+    }
+
+    fn sustained(
+        &self,
+        name: &str,
+        threshold: &Dynamic,
+        min_span: &Dynamic,
+        window: &Dynamic,
+        holds: impl Fn(f64, f64) -> bool,
+    ) -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+        let (threshold, min_span, window) = (number(threshold)?, number(min_span)?, number(window)?);
+        let Some(now) = self.now() else { return Ok(Dynamic::UNIT) };
+        let (mut count, mut oldest, mut all) = (0usize, None, true);
+        for s in self.0.window(name, window) {
+            count += 1;
+            oldest.get_or_insert(s.at);
+            all &= holds(s.value, threshold);
+        }
+        let span = oldest.map(|at| (now - at).as_seconds_f64());
+        Ok(match span {
+            Some(span) if all && count >= 2 && span >= min_span => Dynamic::from_float(span),
+            _ => Dynamic::UNIT,
+        })
     }
 
     fn since_s(&self, at: OffsetDateTime) -> Dynamic {
@@ -135,6 +173,32 @@ fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
     hits
 }
 
+/// `p.critical_results(max_age)`: `[#{ analyte, value, unit, limit, text }]` in analyte order;
+/// an error when `critical_values.json` is absent (a silent empty list would hide it).
+fn critical_results(tables: &Tables, view: &PatientView, secs: f64) -> Result<Array, Box<rhai::EvalAltResult>> {
+    if tables.critical_limits().is_empty() {
+        return Err("table critical_values.json is missing or empty".into());
+    }
+    let mut found = Array::new();
+    for limits in tables.critical_limits() {
+        let Some(value) = view.latest(&limits.analyte, secs) else { continue };
+        let Some(limit) = limits.broken(value) else { continue };
+        let text = if limits.unit.is_empty() {
+            format!("{} {value} ({limit})", limits.analyte)
+        } else {
+            format!("{} {value} {} ({limit})", limits.analyte, limits.unit)
+        };
+        let mut m = Map::new();
+        m.insert("analyte".into(), limits.analyte.clone().into());
+        m.insert("value".into(), Dynamic::from_float(value));
+        m.insert("unit".into(), limits.unit.clone().into());
+        m.insert("limit".into(), limit.into());
+        m.insert("text".into(), text.into());
+        found.push(Dynamic::from_map(m));
+    }
+    Ok(found)
+}
+
 fn medication_map(tables: &Tables, m: &Medication) -> Map {
     let mut map = Map::new();
     map.insert("name".into(), m.name.as_str().into());
@@ -158,53 +222,41 @@ fn current(tables: &SharedTables) -> Arc<Tables> {
 pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_type_with_name::<RulePatient>("Patient");
 
-    // Values and freshness.
-    engine.register_fn("latest", |p: &mut RulePatient, name: &str, max_age: Dynamic| -> Dynamic {
-        opt_float(p.0.latest(name, seconds(&max_age)))
-    });
-    engine.register_fn("has", |p: &mut RulePatient, name: &str, max_age: Dynamic| -> bool {
-        p.0.latest(name, seconds(&max_age)).is_some() || p.0.latest_coded(name, seconds(&max_age)).is_some()
-    });
-    engine.register_fn("latest_coded", |p: &mut RulePatient, name: &str, max_age: Dynamic| -> Dynamic {
-        opt_text(p.0.latest_coded(name, seconds(&max_age)))
-    });
+    // Values and freshness. Seconds are typed (whole or decimal), not `Dynamic`: a typed
+    // signature resolves on the first lookup, and a text passed as seconds is an error at
+    // load (lint) instead of a silent 0.
+    secs_fn(engine, "latest", |p, name, secs| opt_float(p.0.latest(name, secs)));
+    secs_fn(engine, "has", |p, name, secs| p.0.latest(name, secs).is_some() || p.0.latest_coded(name, secs).is_some());
+    secs_fn(engine, "latest_coded", |p, name, secs| opt_text(p.0.latest_coded(name, secs)));
     engine.register_fn("age_of", |p: &mut RulePatient, name: &str| -> Dynamic { opt_float(p.age_of(name)) });
 
     // Windows.
-    engine.register_fn("min", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::min))
-    });
-    engine.register_fn("max", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::max))
-    });
-    engine.register_fn("mean", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        p.stat(name, seconds(&secs), |it: &mut dyn Iterator<Item = f64>| {
+    secs_fn(engine, "min", |p, name, secs| p.stat(name, secs, |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::min)));
+    secs_fn(engine, "max", |p, name, secs| p.stat(name, secs, |it: &mut dyn Iterator<Item = f64>| it.reduce(f64::max)));
+    secs_fn(engine, "mean", |p, name, secs| {
+        p.stat(name, secs, |it: &mut dyn Iterator<Item = f64>| {
             let (sum, n) = it.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
             (n > 0).then(|| sum / n as f64)
         })
     });
-    engine.register_fn("count", |p: &mut RulePatient, name: &str, secs: Dynamic| -> i64 {
-        p.recent(name, seconds(&secs)).count() as i64
-    });
-    engine.register_fn("delta", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+    secs_fn(engine, "count", |p, name, secs| p.recent(name, secs).count() as i64);
+    secs_fn(engine, "delta", |p, name, secs| {
         // Newest minus oldest in the window; needs two samples.
-        let mut it = p.recent(name, seconds(&secs));
+        let mut it = p.recent(name, secs);
         let newest = it.next().map(|s| s.value);
         let oldest = it.last().map(|s| s.value);
         opt_float(newest.zip(oldest).map(|(n, o)| n - o))
     });
-    engine.register_fn("trend", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
-        opt_float(p.trend_per_hour(name, seconds(&secs)))
-    });
-    engine.register_fn("span", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Dynamic {
+    secs_fn(engine, "trend", |p, name, secs| opt_float(p.trend_per_hour(name, secs)));
+    secs_fn(engine, "span", |p, name, secs| {
         // Seconds from the oldest sample in the window to now.
         let now = p.now();
-        opt_float(p.recent(name, seconds(&secs)).last().zip(now).map(|(s, n)| (n - s.at).as_seconds_f64()))
+        opt_float(p.recent(name, secs).last().zip(now).map(|(s, n)| (n - s.at).as_seconds_f64()))
     });
-    engine.register_fn("window", |p: &mut RulePatient, name: &str, secs: Dynamic| -> Array {
+    secs_fn(engine, "window", |p, name, secs| -> Array {
         let now = p.now();
         let mut out: Array = p
-            .recent(name, seconds(&secs))
+            .recent(name, secs)
             .map(|s| {
                 let mut m = Map::new();
                 let ago = now.map_or(0.0, |n| (n - s.at).as_seconds_f64());
@@ -217,9 +269,21 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         out
     });
 
+    // Sustained: `p.sustained_below(name, threshold, min_span_s, window_s)` is the span in
+    // seconds (oldest reading in the window to now) when there are >= 2 readings in the last
+    // `window_s`, spanning >= `min_span_s`, all below `threshold`; `()` otherwise (persistent
+    // hypotension, hypoxia, ...). `sustained_above` likewise.
+    engine.register_fn("sustained_below", |p: &mut RulePatient, name: &str, threshold: Dynamic, min_span: Dynamic, window: Dynamic| {
+        p.sustained(name, &threshold, &min_span, &window, |v, t| v < t)
+    });
+    engine.register_fn("sustained_above", |p: &mut RulePatient, name: &str, threshold: Dynamic, min_span: Dynamic, window: Dynamic| {
+        p.sustained(name, &threshold, &min_span, &window, |v, t| v > t)
+    });
+
     // Oxygen.
     engine.register_fn("on_oxygen", |p: &mut RulePatient| -> bool { p.on_oxygen(OXYGEN_MAX_AGE_S) });
-    engine.register_fn("on_oxygen", |p: &mut RulePatient, max_age: Dynamic| -> bool { p.on_oxygen(seconds(&max_age)) });
+    engine.register_fn("on_oxygen", |p: &mut RulePatient, secs: i64| -> bool { p.on_oxygen(secs as f64) });
+    engine.register_fn("on_oxygen", |p: &mut RulePatient, secs: f64| -> bool { p.on_oxygen(secs) });
     engine.register_fn("oxygen_recorded", |p: &mut RulePatient| -> bool {
         p.0.latest("fio2", OXYGEN_MAX_AGE_S).is_some() || p.0.latest("o2_flow", OXYGEN_MAX_AGE_S).is_some()
     });
@@ -339,6 +403,22 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     FuncRegistration::new("critical_value")
         .with_volatility(true)
         .register_into_engine(engine, move |name: &str| -> Dynamic { current(&t).critical_value(name) });
+    // Score tables (`data/scores.json`), evaluated host-side: one call per chart.
+    let t = Arc::clone(&tables);
+    engine.register_fn("score", move |p: &mut RulePatient, name: &str| -> Result<Map, Box<rhai::EvalAltResult>> {
+        let tables = current(&t);
+        let table = tables.score(name).ok_or_else(|| format!("no score table `{name}` in data/scores.json"))?;
+        Ok(table.evaluate(&p.0))
+    });
+    // Latest results of the analytes in `critical_values.json` that break a limit.
+    let t = Arc::clone(&tables);
+    engine.register_fn("critical_results", move |p: &mut RulePatient, secs: i64| -> Result<Array, Box<rhai::EvalAltResult>> {
+        critical_results(&current(&t), &p.0, secs as f64)
+    });
+    let t = Arc::clone(&tables);
+    engine.register_fn("critical_results", move |p: &mut RulePatient, secs: f64| -> Result<Array, Box<rhai::EvalAltResult>> {
+        critical_results(&current(&t), &p.0, secs)
+    });
     let t = Arc::clone(&tables);
     engine.register_fn("interactions", move |p: &mut RulePatient| -> Array { interaction_hits(&current(&t), &p.0) });
     engine.register_fn("normalise_drug_name", |name: &str| -> ImmutableString {
@@ -351,6 +431,21 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
             let x = x.clone().into_immutable_string().ok();
             b.iter().any(|y| x.is_some() && y.clone().into_immutable_string().ok() == x)
         })
+    });
+
+    // `join(list, separator)`: a list's items as one text (summaries without closures).
+    engine.register_fn("join", |list: &mut Array, separator: &str| -> ImmutableString {
+        let mut out = String::new();
+        for (i, item) in list.iter().enumerate() {
+            if i > 0 {
+                out.push_str(separator);
+            }
+            match item.read_lock::<ImmutableString>() {
+                Some(s) => out.push_str(&s),
+                None => out.push_str(&item.to_string()),
+            }
+        }
+        out.into()
     });
 
     // Verdicts.

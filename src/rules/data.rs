@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use rhai::{Dynamic, ImmutableString};
 
 use super::engine::RuleError;
+use super::scores::ScoreTable;
 
 /// Every table of a rules directory, converted once at load.
 #[derive(Default)]
@@ -23,6 +24,10 @@ pub struct Tables {
     /// `critical_values.json` `values`: analyte names in key order, and each analyte's limits.
     critical_names: rhai::Array,
     critical: HashMap<String, Dynamic>,
+    /// The same limits, typed, in name order (for `p.critical_results`).
+    critical_limits: Vec<CriticalLimits>,
+    /// `scores.json` `scores`: score tables by name (see [`super::scores`]).
+    scores: HashMap<String, ScoreTable>,
     /// Content fingerprint (for change detection and reporting).
     pub fingerprint: String,
 }
@@ -41,6 +46,37 @@ pub struct Interaction {
     pub risk: Dynamic,
     /// Source.
     pub source: Dynamic,
+}
+
+/// One analyte's limits of `critical_values.json`: `below`/`above` strict, `at_or_*` inclusive.
+#[derive(Debug, Default)]
+pub struct CriticalLimits {
+    /// Canonical analyte name.
+    pub analyte: ImmutableString,
+    /// Canonical unit (for the finding's text).
+    pub unit: ImmutableString,
+    /// Critical when value < below.
+    pub below: Option<f64>,
+    /// Critical when value <= at_or_below.
+    pub at_or_below: Option<f64>,
+    /// Critical when value > above.
+    pub above: Option<f64>,
+    /// Critical when value >= at_or_above.
+    pub at_or_above: Option<f64>,
+}
+
+impl CriticalLimits {
+    /// The limit `value` breaks (`"> 6.2"`), the last of below, at_or_below, above,
+    /// at_or_above that does; `None` when none does.
+    pub fn broken(&self, value: f64) -> Option<String> {
+        let checks = [
+            (self.below, "<", value < self.below.unwrap_or(f64::NAN)),
+            (self.at_or_below, "<=", value <= self.at_or_below.unwrap_or(f64::NAN)),
+            (self.above, ">", value > self.above.unwrap_or(f64::NAN)),
+            (self.at_or_above, ">=", value >= self.at_or_above.unwrap_or(f64::NAN)),
+        ];
+        checks.iter().rev().find(|(limit, _, hit)| limit.is_some() && *hit).map(|(limit, op, _)| format!("{op} {}", limit.unwrap_or_default()))
+    }
 }
 
 /// The tables in use, swapped whole on reload. Rule functions read through this handle.
@@ -132,6 +168,11 @@ impl Tables {
             {
                 errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
             }
+            if name == "scores"
+                && let Err(message) = tables.index_scores(&json)
+            {
+                errors.push(RuleError::Invalid { file: file.clone(), line: 0, column: 0, message });
+            }
             match rhai::serde::to_dynamic(&json) {
                 Ok(value) => {
                     tables.raw.insert(name, value.into_shared());
@@ -209,11 +250,44 @@ impl Tables {
         let mut names: Vec<&String> = values.keys().collect();
         names.sort();
         self.critical_names = names.iter().map(|n| Dynamic::from(ImmutableString::from(n.as_str()))).collect();
-        for (name, limits) in values {
+        for name in names {
+            let limits = &values[name.as_str()];
+            let number = |key: &str| -> Result<Option<f64>, String> {
+                match limits.get(key) {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(v) => v.as_f64().map(Some).ok_or(format!("values.{name}.{key}: a number")),
+                }
+            };
+            self.critical_limits.push(CriticalLimits {
+                analyte: name.as_str().into(),
+                unit: limits.get("unit").and_then(|u| u.as_str()).unwrap_or("").into(),
+                below: number("below")?,
+                at_or_below: number("at_or_below")?,
+                above: number("above")?,
+                at_or_above: number("at_or_above")?,
+            });
             let limits = rhai::serde::to_dynamic(limits).map_err(|e| format!("values.{name}: {e}"))?;
             self.critical.insert(name.clone(), limits);
         }
         Ok(())
+    }
+
+    fn index_scores(&mut self, json: &serde_json::Value) -> Result<(), String> {
+        let scores = json.get("scores").and_then(|s| s.as_object()).ok_or("scores.json needs an object `scores`")?;
+        for (name, table) in scores {
+            self.scores.insert(name.clone(), ScoreTable::parse(name, table)?);
+        }
+        Ok(())
+    }
+
+    /// A score table of `scores.json` by name.
+    pub fn score(&self, name: &str) -> Option<&ScoreTable> {
+        self.scores.get(name)
+    }
+
+    /// The analytes of `critical_values.json` with their limits, in name order.
+    pub fn critical_limits(&self) -> &[CriticalLimits] {
+        &self.critical_limits
     }
 
     /// Analytes of `critical_values.json` (`values` keys, sorted as a Rhai map's keys are).

@@ -7,6 +7,7 @@ mod api;
 pub mod cli;
 pub mod data;
 mod engine;
+pub mod scores;
 pub mod testing;
 pub mod watch;
 

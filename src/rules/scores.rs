@@ -1,0 +1,467 @@
+//! Score tables (`rules/data/scores.json`): published scoring charts and criteria lists (NEWS2
+//! chart 1, the SIRS and qSOFA criteria, SEP-1 organ dysfunction) kept as data, checked at
+//! load, and evaluated host-side by `p.score(name)`.
+//!
+//! A rule keeps the decisions (which total alerts, at what severity, what is said, what a
+//! partial score may do); the table keeps the chart. Evaluating a chart in Rust costs about
+//! what one rule-API call costs, where the same chart in script costs tens of calls (each
+//! ~0.3 µs on the reference machine, see docs/BENCHMARKS.md).
+//!
+//! Format (see rules/README.md): `scores.<name>.items` is a list of items; an item has a `key`,
+//! optional `when` conditions (`setting`: map of patient settings that must equal the given
+//! text; `on_oxygen`: true/false), `inputs` (each: canonical `name`, `max_age_s`, optional
+//! `label` and `coded`, and `points`: ordered `[op, threshold, points]` bands ending with
+//! `["else", points]`, first match wins) and `combine` (`max`, the default, or `first`: the
+//! first fresh input is scored). Items sharing a key are alternatives: the first whose `when`
+//! holds is used. The pseudo-input `on_oxygen` is 1 when FiO2 > 21 % or an O2 flow > 0 is
+//! current, 0 when on air, and missing when neither is recorded.
+
+use std::fmt::Write as _;
+
+use rhai::{Array, Dynamic, ImmutableString, Map};
+use serde_json::Value;
+use vigil_actors::PatientView;
+
+/// One score table, parsed and checked.
+#[derive(Debug)]
+pub struct ScoreTable {
+    items: Vec<Item>,
+    /// Items scoring at least this are listed in `flagged` (NEWS2: a single parameter of 3).
+    flag_at: Option<i64>,
+    /// Freshness of the oxygen values behind `when.on_oxygen`, seconds.
+    oxygen_max_age_s: f64,
+}
+
+#[derive(Debug)]
+struct Item {
+    key: ImmutableString,
+    when: Vec<Condition>,
+    inputs: Vec<Input>,
+    first: bool,
+}
+
+#[derive(Debug)]
+enum Condition {
+    Setting { name: String, equals: String },
+    OnOxygen(bool),
+}
+
+#[derive(Debug)]
+struct Input {
+    name: String,
+    label: ImmutableString,
+    max_age_s: f64,
+    kind: Kind,
+    bands: Vec<Band>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Numeric,
+    Coded,
+    OnOxygen,
+}
+
+#[derive(Debug)]
+struct Band {
+    op: Op,
+    threshold: Threshold,
+    points: i64,
+    /// " (> 20)": what a finding of this band says after the value, made once at load.
+    suffix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    Else,
+}
+
+impl Op {
+    fn symbol(self) -> &'static str {
+        match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Else => "else",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Threshold {
+    None,
+    Number(f64),
+    Text(String),
+}
+
+/// A value an input read.
+#[derive(Clone, Copy)]
+enum Reading<'a> {
+    Number(f64),
+    Text(&'a str),
+}
+
+/// Freshness of FiO2 / O2 flow when a table does not say: one hour.
+const OXYGEN_MAX_AGE_S: f64 = 3600.0;
+
+/// Whether the patient is on oxygen (`Some(true)`), on air (`Some(false)`) or neither is
+/// recorded within `max_age` seconds (`None`).
+pub fn oxygen_status(view: &PatientView, max_age: f64) -> Option<bool> {
+    let fio2 = view.latest("fio2", max_age);
+    let flow = view.latest("o2_flow", max_age);
+    if fio2.is_none() && flow.is_none() {
+        return None;
+    }
+    Some(fio2.is_some_and(|f| f > 21.0) || flow.is_some_and(|f| f > 0.0))
+}
+
+/// 23.0 reads "23", 38.25 reads "38.25" (whole numbers, the common case, without float
+/// formatting).
+fn push_number(out: &mut String, v: f64) {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+impl Band {
+    fn matches(&self, reading: Reading<'_>) -> bool {
+        match (self.op, &self.threshold, reading) {
+            (Op::Else, _, _) => true,
+            (op, Threshold::Number(t), Reading::Number(v)) => match op {
+                Op::Lt => v < *t,
+                Op::Le => v <= *t,
+                Op::Gt => v > *t,
+                Op::Ge => v >= *t,
+                Op::Eq => v == *t,
+                Op::Ne => v != *t,
+                Op::Else => true,
+            },
+            (Op::Eq, Threshold::Text(t), Reading::Text(v)) => v.eq_ignore_ascii_case(t),
+            (Op::Ne, Threshold::Text(t), Reading::Text(v)) => !v.eq_ignore_ascii_case(t),
+            _ => false,
+        }
+    }
+}
+
+impl Input {
+    fn read<'v>(&self, view: &'v PatientView) -> Option<Reading<'v>> {
+        match self.kind {
+            Kind::Numeric => view.latest(&self.name, self.max_age_s).map(Reading::Number),
+            Kind::Coded => view.latest_coded(&self.name, self.max_age_s).map(Reading::Text),
+            Kind::OnOxygen => oxygen_status(view, self.max_age_s).map(|on| Reading::Number(if on { 1.0 } else { 0.0 })),
+        }
+    }
+
+    fn value(&self, reading: Reading<'_>) -> Dynamic {
+        match (reading, &self.kind) {
+            (Reading::Number(v), Kind::OnOxygen) => Dynamic::from_bool(v > 0.0),
+            (Reading::Number(v), _) => Dynamic::from_float(v),
+            (Reading::Text(t), _) => Dynamic::from(ImmutableString::from(t)),
+        }
+    }
+
+    /// "RR 23 (> 20)": what met, for summaries.
+    fn finding(&self, reading: Reading<'_>, band: &Band) -> ImmutableString {
+        let mut text = String::with_capacity(self.label.len() + band.suffix.len() + 8);
+        text.push_str(&self.label);
+        if self.kind != Kind::OnOxygen {
+            text.push(' ');
+            match reading {
+                Reading::Number(v) => push_number(&mut text, v),
+                Reading::Text(t) => text.push_str(t),
+            }
+            text.push_str(&band.suffix);
+        }
+        text.into()
+    }
+}
+
+impl ScoreTable {
+    /// Evaluate the table for `view`: `#{ score, subscores, values, missing, partial, met,
+    /// flagged }` (see rules/README.md).
+    pub fn evaluate(&self, view: &PatientView) -> Map {
+        let mut total = 0i64;
+        let mut points = Map::new();
+        let mut values = Map::new();
+        let mut missing = Array::new();
+        let mut met = Array::new();
+        let mut flagged = Array::new();
+        let mut oxygen: Option<Option<bool>> = None;
+        for item in &self.items {
+            if points.contains_key(item.key.as_str()) {
+                continue;
+            }
+            let applies = item.when.iter().all(|c| match c {
+                Condition::Setting { name, equals } => view.settings.get(name).is_some_and(|v| v == equals),
+                Condition::OnOxygen(wanted) => {
+                    let on = *oxygen.get_or_insert_with(|| oxygen_status(view, self.oxygen_max_age_s));
+                    on.unwrap_or(false) == *wanted
+                }
+            });
+            if !applies {
+                continue;
+            }
+            // The scoring input: the first fresh one (`first`) or the one scoring most.
+            let mut best: Option<(i64, &Input, Reading<'_>, &Band)> = None;
+            for input in &item.inputs {
+                let Some(reading) = input.read(view) else { continue };
+                values.insert(input.name.as_str().into(), input.value(reading));
+                let Some(band) = input.bands.iter().find(|b| b.matches(reading)) else { continue };
+                if best.as_ref().is_none_or(|(p, ..)| band.points > *p) {
+                    best = Some((band.points, input, reading, band));
+                }
+                if item.first {
+                    break;
+                }
+            }
+            match best {
+                None => {
+                    // Only when no input is fresh (a fresh value outside every band scores 0).
+                    let any_read = item.inputs.iter().any(|i| values.contains_key(i.name.as_str()));
+                    if !any_read {
+                        missing.push(Dynamic::from(item.key.clone()));
+                    }
+                    points.insert(item.key.as_str().into(), Dynamic::from_int(0));
+                }
+                Some((p, input, reading, band)) => {
+                    total += p;
+                    points.insert(item.key.as_str().into(), Dynamic::from_int(p));
+                    if p > 0 {
+                        met.push(Dynamic::from(input.finding(reading, band)));
+                    }
+                    if self.flag_at.is_some_and(|f| p >= f) {
+                        flagged.push(Dynamic::from(item.key.clone()));
+                    }
+                }
+            }
+        }
+        let mut out = Map::new();
+        out.insert("score".into(), Dynamic::from_int(total));
+        out.insert("partial".into(), Dynamic::from_bool(!missing.is_empty()));
+        out.insert("subscores".into(), points.into());
+        out.insert("values".into(), values.into());
+        out.insert("missing".into(), missing.into());
+        out.insert("met".into(), met.into());
+        out.insert("flagged".into(), flagged.into());
+        out
+    }
+
+    /// Parse and check one table; errors name the place (`news2.items[3].inputs[0].points[1]`).
+    pub fn parse(name: &str, json: &Value) -> Result<ScoreTable, String> {
+        let items = json
+            .get("items")
+            .and_then(Value::as_array)
+            .filter(|i| !i.is_empty())
+            .ok_or(format!("{name}: `items` is a non-empty list"))?;
+        let flag_at = match json.get("flag_at") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or(format!("{name}.flag_at: a whole number"))?),
+        };
+        let oxygen_max_age_s = match json.get("oxygen_max_age_s") {
+            None => OXYGEN_MAX_AGE_S,
+            Some(v) => seconds(v).ok_or(format!("{name}.oxygen_max_age_s: seconds >= 0"))?,
+        };
+        let items = items.iter().enumerate().map(|(i, item)| parse_item(&format!("{name}.items[{i}]"), item)).collect::<Result<_, _>>()?;
+        Ok(ScoreTable { items, flag_at, oxygen_max_age_s })
+    }
+
+    /// Canonical names the table reads (for trigger lint and documentation).
+    pub fn input_names(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().flat_map(|i| i.inputs.iter().map(|x| x.name.as_str()))
+    }
+}
+
+fn seconds(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|s| s.is_finite() && *s >= 0.0)
+}
+
+fn parse_item(at: &str, item: &Value) -> Result<Item, String> {
+    let key = item.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or(format!("{at}: `key` is text"))?;
+    let mut when = Vec::new();
+    if let Some(w) = item.get("when") {
+        let w = w.as_object().ok_or(format!("{at}.when: an object"))?;
+        for (k, v) in w {
+            match k.as_str() {
+                "setting" => {
+                    let settings = v.as_object().ok_or(format!("{at}.when.setting: an object of setting: text"))?;
+                    for (name, value) in settings {
+                        let equals = value.as_str().ok_or(format!("{at}.when.setting.{name}: text"))?;
+                        when.push(Condition::Setting { name: name.clone(), equals: equals.to_string() });
+                    }
+                }
+                "on_oxygen" => when.push(Condition::OnOxygen(v.as_bool().ok_or(format!("{at}.when.on_oxygen: true or false"))?)),
+                other => return Err(format!("{at}.when: unknown condition `{other}` (setting, on_oxygen)")),
+            }
+        }
+    }
+    let first = match item.get("combine").map(|c| c.as_str()) {
+        None | Some(Some("max")) => false,
+        Some(Some("first")) => true,
+        _ => return Err(format!("{at}.combine: `max` or `first`")),
+    };
+    let inputs = item
+        .get("inputs")
+        .and_then(Value::as_array)
+        .filter(|i| !i.is_empty())
+        .ok_or(format!("{at}: `inputs` is a non-empty list"))?;
+    let inputs = inputs.iter().enumerate().map(|(i, x)| parse_input(&format!("{at}.inputs[{i}]"), x)).collect::<Result<_, _>>()?;
+    Ok(Item { key: key.into(), when, inputs, first })
+}
+
+fn parse_input(at: &str, input: &Value) -> Result<Input, String> {
+    let name = input.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or(format!("{at}: `name` is text"))?;
+    let max_age_s = input.get("max_age_s").and_then(seconds).ok_or(format!("{at}: `max_age_s` is seconds >= 0"))?;
+    let coded = input.get("coded").and_then(Value::as_bool).unwrap_or(false);
+    let kind = if name == "on_oxygen" { Kind::OnOxygen } else if coded { Kind::Coded } else { Kind::Numeric };
+    let label = input.get("label").and_then(Value::as_str).unwrap_or(name);
+    let bands = input.get("points").and_then(Value::as_array).filter(|b| !b.is_empty()).ok_or(format!("{at}: `points` is a non-empty list"))?;
+    let bands: Vec<Band> = bands.iter().enumerate().map(|(i, b)| parse_band(&format!("{at}.points[{i}]"), b, &kind)).collect::<Result<_, _>>()?;
+    if let Some(i) = bands.iter().position(|b| b.op == Op::Else)
+        && i + 1 != bands.len()
+    {
+        return Err(format!("{at}.points[{i}]: `else` is the last band"));
+    }
+    Ok(Input { name: name.to_string(), label: label.into(), max_age_s, kind, bands })
+}
+
+fn parse_band(at: &str, band: &Value, kind: &Kind) -> Result<Band, String> {
+    let parts = band.as_array().ok_or(format!("{at}: [op, threshold, points] or [\"else\", points]"))?;
+    let op = match parts.first().and_then(Value::as_str) {
+        Some("<") => Op::Lt,
+        Some("<=") => Op::Le,
+        Some(">") => Op::Gt,
+        Some(">=") => Op::Ge,
+        Some("==") => Op::Eq,
+        Some("!=") => Op::Ne,
+        Some("else") => Op::Else,
+        _ => return Err(format!("{at}: op is one of < <= > >= == != else")),
+    };
+    let points_at = if op == Op::Else { 1 } else { 2 };
+    if parts.len() != points_at + 1 {
+        return Err(format!("{at}: [op, threshold, points] or [\"else\", points]"));
+    }
+    let points = parts[points_at].as_i64().ok_or(format!("{at}: points are a whole number"))?;
+    let threshold = match (op, parts.get(1)) {
+        (Op::Else, _) => Threshold::None,
+        (_, Some(Value::Number(n))) if *kind != Kind::Coded => Threshold::Number(n.as_f64().unwrap_or(f64::NAN)),
+        (Op::Eq | Op::Ne, Some(Value::String(s))) if *kind == Kind::Coded => Threshold::Text(s.clone()),
+        _ if *kind == Kind::Coded => return Err(format!("{at}: a coded input compares with == or != and text")),
+        _ => return Err(format!("{at}: the threshold is a number")),
+    };
+    let suffix = match &threshold {
+        Threshold::Number(t) => {
+            let mut s = format!(" ({} ", op.symbol());
+            push_number(&mut s, *t);
+            s.push(')');
+            s
+        }
+        Threshold::Text(t) => format!(" ({} {t})", op.symbol()),
+        Threshold::None => String::new(),
+    };
+    Ok(Band { op, threshold, points, suffix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, VecDeque};
+    use time::OffsetDateTime;
+    use vigil_actors::{CodedSample, Sample};
+
+    fn view(values: &[(&str, f64)], coded: &[(&str, &str)], settings: &[(&str, &str)]) -> PatientView {
+        let now = OffsetDateTime::now_utc();
+        let mut series = HashMap::new();
+        for (name, value) in values {
+            series.insert(name.to_string(), VecDeque::from([Sample { at: now, value: *value }]));
+        }
+        let coded = coded
+            .iter()
+            .map(|(n, t)| (n.to_string(), VecDeque::from([CodedSample { at: now, text: t.to_string() }])))
+            .collect();
+        let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        PatientView { now: Some(now), series, coded, settings, ..PatientView::default() }
+    }
+
+    fn table(json: &str) -> ScoreTable {
+        ScoreTable::parse("t", &serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    fn int(m: &Map, path: &[&str]) -> i64 {
+        let mut v = Dynamic::from_map(m.clone());
+        for p in path {
+            v = v.cast::<Map>().get(*p).cloned().unwrap();
+        }
+        v.as_int().unwrap()
+    }
+
+    #[test]
+    fn bands_first_match_max_and_first_combines_and_missing() {
+        let t = table(
+            r#"{ "flag_at": 3, "items": [
+                { "key": "rr", "inputs": [
+                    { "name": "rr", "max_age_s": 3600, "label": "RR", "points": [[">", 20, 1], ["else", 0]] },
+                    { "name": "paco2", "max_age_s": 86400, "label": "PaCO2", "points": [["<", 32, 1], ["else", 0]] } ] },
+                { "key": "pulse", "combine": "first", "inputs": [
+                    { "name": "hr", "max_age_s": 3600, "points": [["<=", 40, 3], ["<=", 90, 0], ["else", 3]] },
+                    { "name": "pulse", "max_age_s": 3600, "points": [["else", 1]] } ] },
+                { "key": "acvpu", "inputs": [ { "name": "consciousness", "coded": true, "max_age_s": 14400, "points": [["==", "A", 0], ["else", 3]] } ] },
+                { "key": "temp", "inputs": [ { "name": "temp", "max_age_s": 3600, "points": [["<", 36, 1], [">", 38, 1], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let out = t.evaluate(&view(&[("rr", 16.0), ("paco2", 30.0), ("hr", 35.0), ("pulse", 60.0)], &[("consciousness", "V")], &[]));
+        assert_eq!(int(&out, &["subscores", "rr"]), 1, "PaCO2 < 32 meets even with a normal RR");
+        assert_eq!(int(&out, &["subscores", "pulse"]), 3, "first fresh input (hr) is scored, pulse ignored");
+        assert_eq!(int(&out, &["subscores", "acvpu"]), 3);
+        assert_eq!(int(&out, &["subscores", "temp"]), 0);
+        assert_eq!(int(&out, &["score"]), 7);
+        let list = |k: &str| out.get(k).unwrap().clone().into_typed_array::<ImmutableString>().unwrap();
+        assert_eq!(list("missing"), vec!["temp"]);
+        assert_eq!(list("flagged"), vec!["pulse", "acvpu"]);
+        assert_eq!(list("met"), vec!["PaCO2 30 (< 32)", "hr 35 (<= 40)", "consciousness V"]);
+        assert!(out.get("partial").unwrap().as_bool().unwrap());
+    }
+
+    #[test]
+    fn conditions_choose_among_alternatives_and_oxygen_is_a_pseudo_input() {
+        let t = table(
+            r#"{ "items": [
+                { "key": "spo2", "when": { "setting": { "spo2_scale": "2" }, "on_oxygen": true }, "inputs": [ { "name": "spo2", "max_age_s": 3600, "points": [["<=", 92, 0], ["<=", 94, 1], ["else", 3]] } ] },
+                { "key": "spo2", "when": { "setting": { "spo2_scale": "2" } }, "inputs": [ { "name": "spo2", "max_age_s": 3600, "points": [["else", 0]] } ] },
+                { "key": "spo2", "inputs": [ { "name": "spo2", "max_age_s": 3600, "points": [["<=", 95, 1], ["else", 0]] } ] },
+                { "key": "air_or_oxygen", "inputs": [ { "name": "on_oxygen", "max_age_s": 3600, "points": [["==", 1, 2], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let scale2_o2 = t.evaluate(&view(&[("spo2", 97.0), ("fio2", 28.0)], &[], &[("spo2_scale", "2")]));
+        assert_eq!(int(&scale2_o2, &["subscores", "spo2"]), 3);
+        assert_eq!(int(&scale2_o2, &["subscores", "air_or_oxygen"]), 2);
+        let scale2_air = t.evaluate(&view(&[("spo2", 97.0), ("fio2", 21.0)], &[], &[("spo2_scale", "2")]));
+        assert_eq!(int(&scale2_air, &["subscores", "spo2"]), 0);
+        assert_eq!(int(&scale2_air, &["subscores", "air_or_oxygen"]), 0);
+        let scale1 = t.evaluate(&view(&[("spo2", 95.0)], &[], &[]));
+        assert_eq!(int(&scale1, &["subscores", "spo2"]), 1);
+        let missing = scale1.get("missing").unwrap().clone().into_typed_array::<ImmutableString>().unwrap();
+        assert_eq!(missing, vec!["air_or_oxygen"], "no FiO2 or flow recorded: oxygen status is missing, not 'air'");
+    }
+
+    #[test]
+    fn malformed_tables_are_refused_with_the_place() {
+        let bad = |json: &str| ScoreTable::parse("t", &serde_json::from_str(json).unwrap()).unwrap_err();
+        assert!(bad(r#"{ "items": [] }"#).contains("items"));
+        assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "max_age_s": 60, "points": [["=>", 1, 1]] } ] } ] }"#).contains("t.items[0].inputs[0].points[0]"));
+        assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "max_age_s": 60, "points": [["else", 0], [">", 1, 1]] } ] } ] }"#).contains("last"));
+        assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "points": [["else", 0]] } ] } ] }"#).contains("max_age_s"));
+        assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "c", "coded": true, "max_age_s": 1, "points": [["<", 1, 1]] } ] } ] }"#).contains("coded"));
+        assert!(bad(r#"{ "items": [ { "key": "a", "when": { "weather": "rain" }, "inputs": [ { "name": "rr", "max_age_s": 1, "points": [["else", 0]] } ] } ] }"#).contains("unknown condition"));
+    }
+}
