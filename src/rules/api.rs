@@ -10,13 +10,33 @@ use time::OffsetDateTime;
 use vigil_actors::{Medication, PatientView, Sample};
 
 use super::data::{SharedTables, Tables, rxnorm_code};
+use super::scores::Scored;
 
 /// The patient as a rule sees it: values and location, never names or identifiers.
 #[derive(Clone)]
 pub struct RulePatient(pub Arc<PatientView>);
 
-/// Key under which a verdict map records what it is.
-pub const VERDICT_KEY: &str = "__verdict";
+/// What `evaluate(p)` returns: `alert(...)` or `resolve(...)` (details are a map or a
+/// [`Scored`]).
+#[derive(Clone)]
+pub enum Verdict {
+    /// `alert(severity, summary, details)`.
+    Fire {
+        /// Severity name.
+        severity: ImmutableString,
+        /// One line for the console.
+        summary: ImmutableString,
+        /// Details.
+        details: Dynamic,
+    },
+    /// `resolve(reason)` / `resolve(reason, details)`.
+    Resolve {
+        /// Why.
+        reason: ImmutableString,
+        /// Details (`()` when none).
+        details: Dynamic,
+    },
+}
 
 /// Freshness of the oxygen values behind `p.on_oxygen()` when none is given: one hour.
 const OXYGEN_MAX_AGE_S: f64 = 3600.0;
@@ -405,7 +425,12 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         .register_into_engine(engine, move |name: &str| -> Dynamic { current(&t).critical_value(name) });
     // Score tables (`data/scores.json`), evaluated host-side: one call per chart.
     let t = Arc::clone(&tables);
-    engine.register_fn("score", move |p: &mut RulePatient, name: &str| -> Result<Map, Box<rhai::EvalAltResult>> {
+    engine.register_type_with_name::<Scored>("Score");
+    engine.register_indexer_get(|s: &mut Scored, name: &str| -> Dynamic { s.get(name) });
+    engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
+    engine.register_fn("value", |s: &mut Scored, name: &str| -> Dynamic { s.value(name) });
+    engine.register_fn("remove", |s: &mut Scored, name: &str| -> Dynamic { s.remove(name) });
+    engine.register_fn("score", move |p: &mut RulePatient, name: &str| -> Result<Scored, Box<rhai::EvalAltResult>> {
         let tables = current(&t);
         let table = tables.score(name).ok_or_else(|| format!("no score table `{name}` in data/scores.json"))?;
         Ok(table.evaluate(&p.0))
@@ -449,29 +474,16 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
 
     // Verdicts.
-    engine.register_fn("alert", |severity: &str, summary: &str, details: Map| -> Map {
-        let mut m = Map::new();
-        m.insert(VERDICT_KEY.into(), "fire".into());
-        m.insert("severity".into(), severity.into());
-        m.insert("summary".into(), summary.into());
-        m.insert("details".into(), details.into());
-        m
+    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { severity, summary, details };
+    engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Map| fire(severity, summary, details.into()));
+    engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Scored| {
+        fire(severity, summary, Dynamic::from(details))
     });
-    engine.register_fn("resolve", |reason: &str| -> Map {
-        let mut m = Map::new();
-        m.insert(VERDICT_KEY.into(), "resolve".into());
-        m.insert("reason".into(), reason.into());
-        m
-    });
+    engine.register_fn("resolve", |reason: ImmutableString| Verdict::Resolve { reason, details: Dynamic::UNIT });
     // `resolve(reason, details)`: below threshold, with what the rule computed (shown in the
     // patient view, e.g. a low NEWS2 with its sub-scores).
-    engine.register_fn("resolve", |reason: &str, details: Map| -> Map {
-        let mut m = Map::new();
-        m.insert(VERDICT_KEY.into(), "resolve".into());
-        m.insert("reason".into(), reason.into());
-        m.insert("details".into(), details.into());
-        m
-    });
+    engine.register_fn("resolve", |reason: ImmutableString, details: Map| Verdict::Resolve { reason, details: details.into() });
+    engine.register_fn("resolve", |reason: ImmutableString, details: Scored| Verdict::Resolve { reason, details: Dynamic::from(details) });
 }
 
 fn severity_name(s: vigil_actors::Severity) -> &'static str {

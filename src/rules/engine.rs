@@ -11,7 +11,8 @@ use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, Scope};
 use sha2::{Digest, Sha256};
 use vigil_actors::{PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
 
-use super::api::{self, RulePatient, VERDICT_KEY};
+use super::api::{self, RulePatient, Verdict};
+use super::scores::Scored;
 use super::data::{SharedTables, Tables};
 
 /// A rule that cannot be loaded, with where.
@@ -473,27 +474,18 @@ fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
     if result.is_unit() {
         return Ok(RuleVerdict::Quiet);
     }
-    let map: Map = result.try_cast().ok_or("evaluate must return alert(...), resolve(...) or nothing")?;
-    let text = |key: &str| map.get(key).and_then(|v| v.clone().into_string().ok()).unwrap_or_default();
-    match text(VERDICT_KEY).as_str() {
-        "fire" => {
-            let severity_name = text("severity");
-            let severity = Severity::parse(&severity_name).ok_or(format!("unknown severity `{severity_name}`"))?;
-            let details = match map.get("details") {
-                Some(d) => to_json(d).map_err(|e| format!("details: {e}"))?,
-                None => serde_json::Value::Null,
-            };
+    let verdict: Verdict = result.try_cast().ok_or("evaluate must return alert(...), resolve(...) or nothing")?;
+    match verdict {
+        Verdict::Fire { severity, summary, details } => {
+            let severity = Severity::parse(&severity).ok_or(format!("unknown severity `{severity}`"))?;
+            let details = to_json(&details).map_err(|e| format!("details: {e}"))?;
             let score = details.get("score").and_then(serde_json::Value::as_f64);
-            Ok(RuleVerdict::Fire { severity, score, summary: text("summary"), details })
+            Ok(RuleVerdict::Fire { severity, score, summary: summary.to_string(), details })
         }
-        "resolve" => {
-            let details = match map.get("details") {
-                Some(d) if !d.is_unit() => to_json(d).map_err(|e| format!("details: {e}"))?,
-                _ => serde_json::Value::Null,
-            };
-            Ok(RuleVerdict::Resolve { reason: text("reason"), details })
+        Verdict::Resolve { reason, details } => {
+            let details = to_json(&details).map_err(|e| format!("details: {e}"))?;
+            Ok(RuleVerdict::Resolve { reason: reason.to_string(), details })
         }
-        _ => Err("evaluate must return alert(...), resolve(...) or nothing".into()),
     }
 }
 
@@ -525,6 +517,9 @@ fn to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
             out.insert(k.to_string(), to_json(v)?);
         }
         return Ok(Value::Object(out));
+    }
+    if let Some(s) = d.read_lock::<Scored>() {
+        return s.to_json(to_json);
     }
     rhai::serde::from_dynamic(d).map_err(|e| e.to_string())
 }

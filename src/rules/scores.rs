@@ -18,7 +18,7 @@
 
 use std::fmt::Write as _;
 
-use rhai::{Array, Dynamic, ImmutableString, Map};
+use rhai::{Array, Dynamic, ImmutableString};
 use serde_json::Value;
 use vigil_actors::PatientView;
 
@@ -26,8 +26,10 @@ use vigil_actors::PatientView;
 #[derive(Debug)]
 pub struct ScoreTable {
     items: Vec<Item>,
-    /// Items scoring at least this are listed in `flagged` (NEWS2: a single parameter of 3).
+    /// Items scoring at least this are listed (NEWS2: a single parameter of 3) ...
     flag_at: Option<i64>,
+    /// ... under this name (`flagged_as`, default `flagged`).
+    flagged_as: ImmutableString,
     /// Freshness of the oxygen values behind `when.on_oxygen`, seconds.
     oxygen_max_age_s: f64,
 }
@@ -48,7 +50,7 @@ enum Condition {
 
 #[derive(Debug)]
 struct Input {
-    name: String,
+    name: ImmutableString,
     label: ImmutableString,
     max_age_s: f64,
     kind: Kind,
@@ -188,18 +190,12 @@ impl Input {
 }
 
 impl ScoreTable {
-    /// Evaluate the table for `view`: `#{ score, subscores, values, missing, partial, met,
-    /// flagged }` (see rules/README.md).
-    pub fn evaluate(&self, view: &PatientView) -> Map {
-        let mut total = 0i64;
-        let mut points = Map::new();
-        let mut values = Map::new();
-        let mut missing = Array::new();
-        let mut met = Array::new();
-        let mut flagged = Array::new();
+    /// Evaluate the table for `view` (see [`Scored`]).
+    pub fn evaluate(&self, view: &PatientView) -> Scored {
+        let mut out = Scored::default();
         let mut oxygen: Option<Option<bool>> = None;
         for item in &self.items {
-            if points.contains_key(item.key.as_str()) {
+            if out.subscores.iter().any(|(k, _)| *k == item.key) {
                 continue;
             }
             let applies = item.when.iter().all(|c| match c {
@@ -214,9 +210,13 @@ impl ScoreTable {
             }
             // The scoring input: the first fresh one (`first`) or the one scoring most.
             let mut best: Option<(i64, &Input, Reading<'_>, &Band)> = None;
+            let mut any_read = false;
             for input in &item.inputs {
                 let Some(reading) = input.read(view) else { continue };
-                values.insert(input.name.as_str().into(), input.value(reading));
+                any_read = true;
+                if !out.values.iter().any(|(n, _)| *n == input.name) {
+                    out.values.push((input.name.clone(), input.value(reading)));
+                }
                 let Some(band) = input.bands.iter().find(|b| b.matches(reading)) else { continue };
                 if best.as_ref().is_none_or(|(p, ..)| band.points > *p) {
                     best = Some((band.points, input, reading, band));
@@ -225,35 +225,24 @@ impl ScoreTable {
                     break;
                 }
             }
+            let points = best.as_ref().map_or(0, |b| b.0);
+            out.subscores.push((item.key.clone(), points));
+            out.score += points;
             match best {
-                None => {
-                    // Only when no input is fresh (a fresh value outside every band scores 0).
-                    let any_read = item.inputs.iter().any(|i| values.contains_key(i.name.as_str()));
-                    if !any_read {
-                        missing.push(Dynamic::from(item.key.clone()));
-                    }
-                    points.insert(item.key.as_str().into(), Dynamic::from_int(0));
-                }
+                // Missing only when no input is fresh (a fresh value outside every band scores 0).
+                None if !any_read => out.missing.push(item.key.clone()),
+                None => {}
                 Some((p, input, reading, band)) => {
-                    total += p;
-                    points.insert(item.key.as_str().into(), Dynamic::from_int(p));
                     if p > 0 {
-                        met.push(Dynamic::from(input.finding(reading, band)));
+                        out.met.push(input.finding(reading, band));
                     }
                     if self.flag_at.is_some_and(|f| p >= f) {
-                        flagged.push(Dynamic::from(item.key.clone()));
+                        out.flagged.push(item.key.clone());
                     }
                 }
             }
         }
-        let mut out = Map::new();
-        out.insert("score".into(), Dynamic::from_int(total));
-        out.insert("partial".into(), Dynamic::from_bool(!missing.is_empty()));
-        out.insert("subscores".into(), points.into());
-        out.insert("values".into(), values.into());
-        out.insert("missing".into(), missing.into());
-        out.insert("met".into(), met.into());
-        out.insert("flagged".into(), flagged.into());
+        out.flagged_as = self.flag_at.map(|_| self.flagged_as.clone());
         out
     }
 
@@ -273,7 +262,8 @@ impl ScoreTable {
             Some(v) => seconds(v).ok_or(format!("{name}.oxygen_max_age_s: seconds >= 0"))?,
         };
         let items = items.iter().enumerate().map(|(i, item)| parse_item(&format!("{name}.items[{i}]"), item)).collect::<Result<_, _>>()?;
-        Ok(ScoreTable { items, flag_at, oxygen_max_age_s })
+        let flagged_as = json.get("flagged_as").and_then(Value::as_str).unwrap_or("flagged").into();
+        Ok(ScoreTable { items, flag_at, flagged_as, oxygen_max_age_s })
     }
 
     /// Canonical names the table reads (for trigger lint and documentation).
@@ -332,7 +322,7 @@ fn parse_input(at: &str, input: &Value) -> Result<Input, String> {
     {
         return Err(format!("{at}.points[{i}]: `else` is the last band"));
     }
-    Ok(Input { name: name.to_string(), label: label.into(), max_age_s, kind, bands })
+    Ok(Input { name: name.into(), label: label.into(), max_age_s, kind, bands })
 }
 
 fn parse_band(at: &str, band: &Value, kind: &Kind) -> Result<Band, String> {
@@ -372,9 +362,106 @@ fn parse_band(at: &str, band: &Value, kind: &Kind) -> Result<Band, String> {
     Ok(Band { op, threshold, points, suffix })
 }
 
+/// What `p.score(name)` gives a rule: the scored chart, read as properties (`s.score`,
+/// `s.subscores`, `s.values`, `s.met`, `s.missing`, `s.partial`, and the table's flagged list
+/// under its `flagged_as` name), extended or overridden by the rule (`s.band = "high"`), and
+/// passed whole as an alert's details, which turns it into JSON directly: no script map is
+/// built on the way.
+#[derive(Debug, Clone, Default)]
+pub struct Scored {
+    score: i64,
+    subscores: Vec<(ImmutableString, i64)>,
+    values: Vec<(ImmutableString, Dynamic)>,
+    met: Vec<ImmutableString>,
+    missing: Vec<ImmutableString>,
+    flagged: Vec<ImmutableString>,
+    flagged_as: Option<ImmutableString>,
+    /// Properties the rule set, in order; they win over the scored ones of the same name.
+    extra: Vec<(ImmutableString, Dynamic)>,
+    /// Scored properties the rule removed (`s.remove("met")`).
+    removed: Vec<ImmutableString>,
+}
+
+fn texts(list: &[ImmutableString]) -> Array {
+    list.iter().map(|t| Dynamic::from(t.clone())).collect()
+}
+
+impl Scored {
+    /// A property: one the rule set, else a scored one, else `()`.
+    pub fn get(&self, name: &str) -> Dynamic {
+        if let Some((_, v)) = self.extra.iter().rev().find(|(k, _)| k == name) {
+            return v.clone();
+        }
+        if self.removed.iter().any(|k| k == name) {
+            return Dynamic::UNIT;
+        }
+        match name {
+            "score" => Dynamic::from_int(self.score),
+            "partial" => Dynamic::from_bool(!self.missing.is_empty()),
+            "subscores" => Dynamic::from_map(self.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect()),
+            "values" => Dynamic::from_map(self.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect()),
+            "met" => texts(&self.met).into(),
+            "missing" => texts(&self.missing).into(),
+            _ if self.flagged_as.as_deref() == Some(name) => texts(&self.flagged).into(),
+            _ => Dynamic::UNIT,
+        }
+    }
+
+    /// The value an input read (`s.value("lactate")`), or `()`.
+    pub fn value(&self, name: &str) -> Dynamic {
+        self.values.iter().find(|(k, _)| k == name).map_or(Dynamic::UNIT, |(_, v)| v.clone())
+    }
+
+    /// Take a property out (it leaves the details), returning its value.
+    pub fn remove(&mut self, name: &str) -> Dynamic {
+        let value = self.get(name);
+        self.extra.retain(|(k, _)| k != name);
+        self.removed.push(name.into());
+        value
+    }
+
+    /// Set (or override) a property.
+    pub fn set(&mut self, name: &str, value: Dynamic) {
+        match self.extra.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = value,
+            None => self.extra.push((name.into(), value)),
+        }
+    }
+
+    /// The details JSON: scored properties, then the rule's (converted by `convert`).
+    pub fn to_json(&self, convert: impl Fn(&Dynamic) -> Result<Value, String>) -> Result<Value, String> {
+        let mut out = serde_json::Map::new();
+        let overridden = |name: &str| self.extra.iter().any(|(k, _)| k == name) || self.removed.iter().any(|k| k == name);
+        let text_list = |list: &[ImmutableString]| Value::Array(list.iter().map(|t| Value::String(t.to_string())).collect());
+        let mut put = |name: &str, value: Value| {
+            if !overridden(name) {
+                out.insert(name.to_string(), value);
+            }
+        };
+        put("score", Value::from(self.score));
+        put("partial", Value::Bool(!self.missing.is_empty()));
+        put("subscores", Value::Object(self.subscores.iter().map(|(k, p)| (k.to_string(), Value::from(*p))).collect()));
+        let mut values = serde_json::Map::new();
+        for (k, v) in &self.values {
+            values.insert(k.to_string(), convert(v)?);
+        }
+        put("values", Value::Object(values));
+        put("met", text_list(&self.met));
+        put("missing", text_list(&self.missing));
+        if let Some(name) = &self.flagged_as {
+            put(name, text_list(&self.flagged));
+        }
+        for (k, v) in &self.extra {
+            out.insert(k.to_string(), convert(v)?);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rhai::Map;
     use std::collections::{HashMap, VecDeque};
     use time::OffsetDateTime;
     use vigil_actors::{CodedSample, Sample};
@@ -397,9 +484,9 @@ mod tests {
         ScoreTable::parse("t", &serde_json::from_str(json).unwrap()).unwrap()
     }
 
-    fn int(m: &Map, path: &[&str]) -> i64 {
-        let mut v = Dynamic::from_map(m.clone());
-        for p in path {
+    fn int(s: &Scored, path: &[&str]) -> i64 {
+        let mut v = s.get(path[0]);
+        for p in &path[1..] {
             v = v.cast::<Map>().get(*p).cloned().unwrap();
         }
         v.as_int().unwrap()
@@ -425,11 +512,24 @@ mod tests {
         assert_eq!(int(&out, &["subscores", "acvpu"]), 3);
         assert_eq!(int(&out, &["subscores", "temp"]), 0);
         assert_eq!(int(&out, &["score"]), 7);
-        let list = |k: &str| out.get(k).unwrap().clone().into_typed_array::<ImmutableString>().unwrap();
+        let list = |k: &str| out.get(k).into_typed_array::<ImmutableString>().unwrap();
         assert_eq!(list("missing"), vec!["temp"]);
         assert_eq!(list("flagged"), vec!["pulse", "acvpu"]);
         assert_eq!(list("met"), vec!["PaCO2 30 (< 32)", "hr 35 (<= 40)", "consciousness V"]);
-        assert!(out.get("partial").unwrap().as_bool().unwrap());
+        assert!(out.get("partial").as_bool().unwrap());
+        // Rule-set properties win, and the details JSON carries both.
+        let mut out = out;
+        out.set("score", Dynamic::from_int(9));
+        out.set("band", Dynamic::from(ImmutableString::from("high")));
+        assert_eq!(out.get("score").as_int().unwrap(), 9);
+        let json = out.to_json(|d| Ok(serde_json::Value::String(d.to_string()))).unwrap();
+        assert_eq!(json["score"], "9");
+        assert_eq!(json["band"], "high");
+        assert_eq!(json["subscores"]["pulse"], 3);
+        assert_eq!(json["flagged"][1], "acvpu");
+        assert_eq!(out.remove("met").into_typed_array::<ImmutableString>().unwrap().len(), 3);
+        assert!(out.get("met").is_unit());
+        assert!(out.to_json(|_| Ok(serde_json::Value::Null)).unwrap().get("met").is_none());
     }
 
     #[test]
@@ -450,7 +550,7 @@ mod tests {
         assert_eq!(int(&scale2_air, &["subscores", "air_or_oxygen"]), 0);
         let scale1 = t.evaluate(&view(&[("spo2", 95.0)], &[], &[]));
         assert_eq!(int(&scale1, &["subscores", "spo2"]), 1);
-        let missing = scale1.get("missing").unwrap().clone().into_typed_array::<ImmutableString>().unwrap();
+        let missing = scale1.get("missing").into_typed_array::<ImmutableString>().unwrap();
         assert_eq!(missing, vec!["air_or_oxygen"], "no FiO2 or flow recorded: oxygen status is missing, not 'air'");
     }
 
