@@ -300,6 +300,22 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         p.sustained(name, &threshold, &min_span, &window, |v, t| v > t)
     });
 
+    // `p.since_first(name, window_s, op, threshold)`: seconds since the oldest reading of the
+    // last `window_s` with `value op threshold` (op: < <= > >=), or `()` (clocks that start at
+    // a first abnormal result, e.g. SEP-1's repeat lactate).
+    engine.register_fn("since_first", |p: &mut RulePatient, name: &str, window: Dynamic, op: &str, threshold: Dynamic| {
+        let (window, threshold) = (number(&window)?, number(&threshold)?);
+        let test: fn(f64, f64) -> bool = match op {
+            "<" => |v, t| v < t,
+            "<=" => |v, t| v <= t,
+            ">" => |v, t| v > t,
+            ">=" => |v, t| v >= t,
+            _ => return Err(format!("since_first: op is one of < <= > >=, not `{op}`").into()),
+        };
+        let first = p.0.window(name, window).find(|s| test(s.value, threshold));
+        Ok::<_, Box<rhai::EvalAltResult>>(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at)))
+    });
+
     // Oxygen.
     engine.register_fn("on_oxygen", |p: &mut RulePatient| -> bool { p.on_oxygen(OXYGEN_MAX_AGE_S) });
     engine.register_fn("on_oxygen", |p: &mut RulePatient, secs: i64| -> bool { p.on_oxygen(secs as f64) });
@@ -430,6 +446,9 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
     engine.register_fn("value", |s: &mut Scored, name: &str| -> Dynamic { s.value(name) });
     engine.register_fn("remove", |s: &mut Scored, name: &str| -> Dynamic { s.remove(name) });
+    // `s += #{ stage: "...", ... }` / `s.mixin(map)`: set several properties in one step.
+    engine.register_fn("mixin", |s: &mut Scored, map: Map| s.mixin(map));
+    engine.register_fn("+=", |s: &mut Scored, map: Map| s.mixin(map));
     engine.register_fn("score", move |p: &mut RulePatient, name: &str| -> Result<Scored, Box<rhai::EvalAltResult>> {
         let tables = current(&t);
         let table = tables.score(name).ok_or_else(|| format!("no score table `{name}` in data/scores.json"))?;

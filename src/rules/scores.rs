@@ -420,6 +420,13 @@ impl Scored {
         value
     }
 
+    /// Set every property of `map`.
+    pub fn mixin(&mut self, map: rhai::Map) {
+        for (k, v) in map {
+            self.set(&k, v);
+        }
+    }
+
     /// Set (or override) a property.
     pub fn set(&mut self, name: &str, value: Dynamic) {
         match self.extra.iter_mut().find(|(k, _)| k == name) {
