@@ -8,6 +8,10 @@ use vigil::app;
 use vigil::auth::Role;
 use vigil::config::{Config, ServeArgs};
 
+// Many small allocations per event (rule values, details); see docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "Real-time clinical event platform")]
 struct Cli {

@@ -443,6 +443,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     let t = Arc::clone(&tables);
     engine.register_type_with_name::<Scored>("Score");
     engine.register_indexer_get(|s: &mut Scored, name: &str| -> Dynamic { s.get(name) });
+    // The scored properties as getters (a property without one falls back to the indexer,
+    // after a failed lookup that costs as much again).
+    for name in ["score", "partial", "subscores", "values", "met", "missing", "flagged"] {
+        engine.register_get(name, move |s: &mut Scored| -> Dynamic { s.get(name) });
+    }
     engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
     engine.register_fn("value", |s: &mut Scored, name: &str| -> Dynamic { s.value(name) });
     engine.register_fn("remove", |s: &mut Scored, name: &str| -> Dynamic { s.remove(name) });

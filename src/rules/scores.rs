@@ -402,6 +402,7 @@ impl Scored {
             "values" => Dynamic::from_map(self.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect()),
             "met" => texts(&self.met).into(),
             "missing" => texts(&self.missing).into(),
+            "flagged" => texts(&self.flagged).into(),
             _ if self.flagged_as.as_deref() == Some(name) => texts(&self.flagged).into(),
             _ => Dynamic::UNIT,
         }
