@@ -219,9 +219,9 @@ mod tests {
                     severity: if rr >= 30.0 { Severity::Critical } else { Severity::High },
                     score: Some(rr),
                     summary: "fast breathing".into(),
-                    details: serde_json::json!({}),
+                    details: crate::model::Details::from_value(&serde_json::json!({})),
                 },
-                _ => RuleVerdict::Resolve { reason: "normal".into(), details: serde_json::Value::Null },
+                _ => RuleVerdict::Resolve { reason: "normal".into(), details: crate::model::Details::null() },
             };
             vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
         }));
@@ -256,7 +256,7 @@ mod tests {
         let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
             let rr = v.latest("rr", 600.0).unwrap_or(0.0);
             let severity = if rr >= 30.0 { Severity::Critical } else { Severity::High };
-            let verdict = RuleVerdict::Fire { severity, score: Some(rr), summary: "rr".into(), details: serde_json::json!({}) };
+            let verdict = RuleVerdict::Fire { severity, score: Some(rr), summary: "rr".into(), details: crate::model::Details::from_value(&serde_json::json!({})) };
             vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();

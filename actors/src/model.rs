@@ -376,7 +376,7 @@ pub struct Alert {
     /// One line for the board.
     pub summary: String,
     /// Rule-specific detail (sub-scores, missing parameters, ...).
-    pub details: serde_json::Value,
+    pub details: Details,
     /// When first raised.
     #[serde(with = "time::serde::rfc3339")]
     pub raised_at: OffsetDateTime,
@@ -546,5 +546,80 @@ pub struct PatientSummary {
     pub open_alerts: Vec<Alert>,
     /// What each rule computes now, alerting or not (e.g. the NEWS2 breakdown), by rule id.
     #[serde(default)]
-    pub scores: std::collections::BTreeMap<String, serde_json::Value>,
+    pub scores: std::collections::BTreeMap<String, Details>,
+}
+
+/// A rule's details: a JSON document kept as the text the rule host wrote. Compared as text,
+/// stored and sent verbatim (no tree is built for a value that is only ever passed on), and
+/// cheap to clone. `null` when a rule gives none.
+#[derive(Clone)]
+pub struct Details(std::sync::Arc<serde_json::value::RawValue>);
+
+impl Details {
+    /// `null`.
+    pub fn null() -> Self {
+        Details::from_json_text("null".into()).unwrap_or_else(|_| unreachable!("null is JSON"))
+    }
+
+    /// Details from JSON text, checked.
+    pub fn from_json_text(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(|raw| Details(raw.into()))
+    }
+
+    /// Details from JSON text already written by a serializer (not parsed again).
+    pub fn from_raw(raw: Box<serde_json::value::RawValue>) -> Self {
+        Details(raw.into())
+    }
+
+    /// Details from a JSON value.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        serde_json::value::to_raw_value(value).map_or_else(|_| Details::null(), |raw| Details(raw.into()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parsed (for tests and for reading a field).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether the details are `null`.
+    pub fn is_null(&self) -> bool {
+        self.0.get() == "null"
+    }
+}
+
+impl Default for Details {
+    fn default() -> Self {
+        Details::null()
+    }
+}
+
+impl PartialEq for Details {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl fmt::Debug for Details {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+impl Serialize for Details {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through a value, so any deserializer works (a raw value only comes from JSON text).
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(Details::from_value(&value))
+    }
 }

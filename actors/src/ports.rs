@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
+    Details,
     AcceptedMessage, Alert, AlertId, Allergy, Medication, Observation, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
 };
 
@@ -237,7 +238,7 @@ pub enum RuleVerdict {
         /// One line for the board.
         summary: String,
         /// Structured detail.
-        details: serde_json::Value,
+        details: Details,
     },
     /// Close the rule's active alert, if any.
     Resolve {
@@ -245,7 +246,7 @@ pub enum RuleVerdict {
         reason: String,
         /// What the rule computed below its threshold (e.g. a NEWS2 breakdown), `Null` if
         /// nothing; shown in the patient view, never alerted on.
-        details: serde_json::Value,
+        details: Details,
     },
     /// Nothing to say.
     Quiet,

@@ -275,7 +275,12 @@ impl Tables {
     fn index_scores(&mut self, json: &serde_json::Value) -> Result<(), String> {
         let scores = json.get("scores").and_then(|s| s.as_object()).ok_or("scores.json needs an object `scores`")?;
         for (name, table) in scores {
-            self.scores.insert(name.clone(), ScoreTable::parse(name, table)?);
+            let table = ScoreTable::parse(name, table)?;
+            // A misspelt input would read nothing and leave its item missing forever.
+            if let Some(unknown) = table.input_names().find(|n| *n != "on_oxygen" && !super::engine::KNOWN_TRIGGERS.contains(n)) {
+                return Err(format!("{name}: input `{unknown}` is not a canonical name (schemas/codes/observations.json)"));
+            }
+            self.scores.insert(name.clone(), table);
         }
         Ok(())
     }
@@ -351,6 +356,17 @@ mod tests {
         assert_eq!(rxnorm_code("http://www.nlm.nih.gov/research/umls/rxnorm|36437"), Some("36437"));
         assert_eq!(rxnorm_code("SNOMED|91936005"), None);
         assert_eq!(rxnorm_code("8123"), Some("8123"));
+    }
+
+    #[test]
+    fn a_score_table_reading_an_unknown_name_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vigil-scores-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = r#"{ "scores": { "t": { "items": [ { "key": "a", "inputs": [ { "name": "spo", "max_age_s": 60, "points": [["else", 0]] } ] } ] } } }"#;
+        std::fs::write(dir.join("scores.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("`spo` is not a canonical name"), "{}", errors[0]);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

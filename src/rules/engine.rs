@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, Scope};
 use sha2::{Digest, Sha256};
-use vigil_actors::{PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
+use vigil_actors::{Details, PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
 
 use super::api::{self, RulePatient, Verdict};
 use super::scores::Scored;
@@ -478,50 +478,72 @@ fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
     match verdict {
         Verdict::Fire { severity, summary, details } => {
             let severity = Severity::parse(&severity).ok_or(format!("unknown severity `{severity}`"))?;
-            let details = to_json(&details).map_err(|e| format!("details: {e}"))?;
-            let score = details.get("score").and_then(serde_json::Value::as_f64);
-            Ok(RuleVerdict::Fire { severity, score, summary: summary.to_string(), details })
+            let score = score_of(&details);
+            Ok(RuleVerdict::Fire { severity, score, summary: summary.to_string(), details: details_json(&details)? })
         }
-        Verdict::Resolve { reason, details } => {
-            let details = to_json(&details).map_err(|e| format!("details: {e}"))?;
-            Ok(RuleVerdict::Resolve { reason: reason.to_string(), details })
-        }
+        Verdict::Resolve { reason, details } => Ok(RuleVerdict::Resolve { reason: reason.to_string(), details: details_json(&details)? }),
     }
 }
 
-/// A rule's details as JSON: what `rhai::serde::from_dynamic` gives, without its generic
-/// deserializer for the common value types (it falls back to it for any other).
-fn to_json(d: &Dynamic) -> Result<serde_json::Value, String> {
-    use serde_json::Value;
-    if d.is_unit() {
-        return Ok(Value::Null);
-    }
-    if let Ok(b) = d.as_bool() {
-        return Ok(Value::Bool(b));
-    }
-    if let Ok(i) = d.as_int() {
-        return Ok(Value::from(i));
-    }
-    if let Ok(f) = d.as_float() {
-        return Ok(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number));
-    }
-    if let Some(s) = d.read_lock::<rhai::ImmutableString>() {
-        return Ok(Value::String(s.as_str().to_owned()));
-    }
-    if let Some(a) = d.read_lock::<rhai::Array>() {
-        return a.iter().map(to_json).collect::<Result<Vec<_>, _>>().map(Value::Array);
-    }
-    if let Some(m) = d.read_lock::<Map>() {
-        let mut out = serde_json::Map::new();
-        for (k, v) in m.iter() {
-            out.insert(k.to_string(), to_json(v)?);
+/// The `score` of a rule's details (a number), if any.
+fn score_of(details: &Dynamic) -> Option<f64> {
+    let score = if let Some(m) = details.read_lock::<Map>() {
+        m.get("score").cloned()?
+    } else if let Some(s) = details.read_lock::<Scored>() {
+        s.get("score")
+    } else {
+        return None;
+    };
+    score.as_float().ok().or_else(|| score.as_int().ok().map(|i| i as f64))
+}
+
+/// A rule's details as JSON text, written straight from the script's values.
+fn details_json(details: &Dynamic) -> Result<Details, String> {
+    serde_json::value::to_raw_value(&DynJson(details)).map(|raw| Details::from_raw(raw)).map_err(|e| format!("details: {e}"))
+}
+
+/// A script value as JSON: maps, arrays, text, numbers (non-finite as `null`), booleans,
+/// `()` as `null`, a [`Scored`] as its properties; anything else through Rhai's serde.
+pub(crate) struct DynJson<'a>(pub &'a Dynamic);
+
+impl serde::Serialize for DynJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let d = self.0;
+        if d.is_unit() {
+            return s.serialize_unit();
         }
-        return Ok(Value::Object(out));
+        if let Ok(b) = d.as_bool() {
+            return s.serialize_bool(b);
+        }
+        if let Ok(i) = d.as_int() {
+            return s.serialize_i64(i);
+        }
+        if let Ok(f) = d.as_float() {
+            return if f.is_finite() { s.serialize_f64(f) } else { s.serialize_unit() };
+        }
+        if let Some(t) = d.read_lock::<rhai::ImmutableString>() {
+            return s.serialize_str(&t);
+        }
+        if let Some(a) = d.read_lock::<rhai::Array>() {
+            let mut seq = s.serialize_seq(Some(a.len()))?;
+            for x in a.iter() {
+                seq.serialize_element(&DynJson(x))?;
+            }
+            return seq.end();
+        }
+        if let Some(m) = d.read_lock::<Map>() {
+            let mut map = s.serialize_map(Some(m.len()))?;
+            for (k, v) in m.iter() {
+                map.serialize_entry(k.as_str(), &DynJson(v))?;
+            }
+            return map.end();
+        }
+        if let Some(scored) = d.read_lock::<Scored>() {
+            return scored.serialize_with(s, |v| DynJson(v));
+        }
+        d.serialize(s)
     }
-    if let Some(s) = d.read_lock::<Scored>() {
-        return s.to_json(to_json);
-    }
-    rhai::serde::from_dynamic(d).map_err(|e| e.to_string())
 }
 
 impl RhaiRules {
@@ -607,6 +629,23 @@ mod tests {
     }
 
     #[test]
+    fn details_are_written_as_json_text_with_scores_nested_and_non_finite_numbers_as_null() {
+        let engine = hardened_engine();
+        let src = r#"fn meta() { #{ id: "t.j", severity: "low", triggers: ["rr"] } }
+            fn evaluate(p) { alert("low", "j", #{ score: 2, text: "a \"quoted\"\nline", nan: 0.0 / 0.0, list: [1, 2.5, (), true], nested: #{ x: 1 } }) }"#;
+        let host = RhaiRules::new(hardened_engine(), vec![load_rule(&engine, Path::new("j"), src).unwrap()]);
+        let out = host.evaluate(&view(&[("rr", 20.0)]), &["rr"]);
+        let RuleVerdict::Fire { details, score, .. } = &out[0].verdict else { panic!("{out:?}") };
+        assert_eq!(*score, Some(2.0));
+        let v = details.to_value();
+        assert_eq!(v["text"], "a \"quoted\"\nline");
+        assert!(v["nan"].is_null());
+        assert_eq!(v["list"], serde_json::json!([1, 2.5, null, true]));
+        assert_eq!(v["nested"]["x"], 1);
+        assert_eq!(Details::from_json_text(details.as_str().to_string()).unwrap(), *details, "valid JSON text");
+    }
+
+    #[test]
     fn eval_is_not_available_to_rules() {
         let engine = hardened_engine();
         let src = r#"fn meta() { #{ id: "t.e", severity: "low", triggers: ["rr"] } }
@@ -632,6 +671,7 @@ mod tests {
         let host = RhaiRules::new(hardened_engine(), vec![load_rule(&engine, Path::new("w"), src).unwrap()]);
         let out = host.evaluate(&view, &["sbp"]);
         let RuleVerdict::Fire { details, .. } = &out[0].verdict else { panic!("{out:?}") };
+        let details = details.to_value();
         assert_eq!(details["min"], 120.0);
         assert_eq!(details["max"], 140.0);
         assert_eq!(details["mean"], 130.0);

@@ -436,33 +436,60 @@ impl Scored {
         }
     }
 
-    /// The details JSON: scored properties, then the rule's (converted by `convert`).
-    pub fn to_json(&self, convert: impl Fn(&Dynamic) -> Result<Value, String>) -> Result<Value, String> {
-        let mut out = serde_json::Map::new();
-        let overridden = |name: &str| self.extra.iter().any(|(k, _)| k == name) || self.removed.iter().any(|k| k == name);
-        let text_list = |list: &[ImmutableString]| Value::Array(list.iter().map(|t| Value::String(t.to_string())).collect());
-        let mut put = |name: &str, value: Value| {
-            if !overridden(name) {
-                out.insert(name.to_string(), value);
-            }
-        };
-        put("score", Value::from(self.score));
-        put("partial", Value::Bool(!self.missing.is_empty()));
-        put("subscores", Value::Object(self.subscores.iter().map(|(k, p)| (k.to_string(), Value::from(*p))).collect()));
-        let mut values = serde_json::Map::new();
-        for (k, v) in &self.values {
-            values.insert(k.to_string(), convert(v)?);
+    /// Serialise as the details object: scored properties (less those the rule removed or
+    /// set), then the rule's own, each through `wrap`.
+    pub fn serialize_with<'a, S: serde::Serializer, W: serde::Serialize + 'a>(
+        &'a self,
+        s: S,
+        wrap: impl Fn(&'a Dynamic) -> W,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let shown = |name: &str| !self.extra.iter().any(|(k, _)| k == name) && !self.removed.iter().any(|k| k == name);
+        let list = |l: &'a [ImmutableString]| l.iter().map(|t| t.as_str()).collect::<Vec<&str>>();
+        let mut map = s.serialize_map(None)?;
+        if shown("score") {
+            map.serialize_entry("score", &self.score)?;
         }
-        put("values", Value::Object(values));
-        put("met", text_list(&self.met));
-        put("missing", text_list(&self.missing));
-        if let Some(name) = &self.flagged_as {
-            put(name, text_list(&self.flagged));
+        if shown("partial") {
+            map.serialize_entry("partial", &!self.missing.is_empty())?;
+        }
+        if shown("subscores") {
+            let subscores: Vec<(&str, i64)> = self.subscores.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+            map.serialize_entry("subscores", &Pairs(&subscores))?;
+        }
+        if shown("values") {
+            let values: Vec<(&str, W)> = self.values.iter().map(|(k, v)| (k.as_str(), wrap(v))).collect();
+            map.serialize_entry("values", &Pairs(&values))?;
+        }
+        if shown("met") {
+            map.serialize_entry("met", &list(&self.met))?;
+        }
+        if shown("missing") {
+            map.serialize_entry("missing", &list(&self.missing))?;
+        }
+        if let Some(name) = &self.flagged_as
+            && shown(name)
+        {
+            map.serialize_entry(name.as_str(), &list(&self.flagged))?;
         }
         for (k, v) in &self.extra {
-            out.insert(k.to_string(), convert(v)?);
+            map.serialize_entry(k.as_str(), &wrap(v))?;
         }
-        Ok(Value::Object(out))
+        map.end()
+    }
+}
+
+/// Name-value pairs serialised as an object, in order.
+struct Pairs<'a, V>(&'a [(&'a str, V)]);
+
+impl<V: serde::Serialize> serde::Serialize for Pairs<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 
@@ -486,6 +513,18 @@ mod tests {
             .collect();
         let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         PatientView { now: Some(now), series, coded, settings, ..PatientView::default() }
+    }
+
+    fn json_of(s: &Scored) -> serde_json::Value {
+        struct Text<'a>(&'a Dynamic);
+        impl serde::Serialize for Text<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0.to_string())
+            }
+        }
+        let mut out = Vec::new();
+        s.serialize_with(&mut serde_json::Serializer::new(&mut out), |v| Text(v)).unwrap();
+        serde_json::from_slice(&out).unwrap()
     }
 
     fn table(json: &str) -> ScoreTable {
@@ -530,14 +569,14 @@ mod tests {
         out.set("score", Dynamic::from_int(9));
         out.set("band", Dynamic::from(ImmutableString::from("high")));
         assert_eq!(out.get("score").as_int().unwrap(), 9);
-        let json = out.to_json(|d| Ok(serde_json::Value::String(d.to_string()))).unwrap();
+        let json = json_of(&out);
         assert_eq!(json["score"], "9");
         assert_eq!(json["band"], "high");
         assert_eq!(json["subscores"]["pulse"], 3);
         assert_eq!(json["flagged"][1], "acvpu");
         assert_eq!(out.remove("met").into_typed_array::<ImmutableString>().unwrap().len(), 3);
         assert!(out.get("met").is_unit());
-        assert!(out.to_json(|_| Ok(serde_json::Value::Null)).unwrap().get("met").is_none());
+        assert!(json_of(&out).get("met").is_none());
     }
 
     #[test]

@@ -305,7 +305,7 @@ fn check(state: &PatientState, expect: &[Expect], expect_not: &[String], when: &
         }
         if let Some(details) = &e.details {
             let mut diffs = Vec::new();
-            subset(details, &alert.details, "", &mut diffs);
+            subset(details, &alert.details.to_value(), "", &mut diffs);
             out.extend(diffs.into_iter().map(|d| format!("{when}: `{}` {d}", e.rule)));
         }
     }

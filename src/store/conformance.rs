@@ -102,7 +102,7 @@ pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, stat
         status,
         score: Some(2.0),
         summary: "conformance".into(),
-        details: serde_json::json!({"k": 1}),
+        details: vigil_actors::Details::from_value(&serde_json::json!({"k": 1})),
         raised_at: at,
         updated_at: at,
         acknowledged: None,

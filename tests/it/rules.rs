@@ -141,7 +141,7 @@ async fn an_edited_rule_is_picked_up_within_2_s_and_a_broken_put_is_refused() {
 
     // Edit the file on disk: the watcher reloads it within 2 s and the new version fires.
     let file = rules.join("sepsis_qsofa.rhai");
-    let edited = std::fs::read_to_string(&file).unwrap().replace("\"qSOFA \" + points", "\"qSOFA (edited) \" + points");
+    let edited = std::fs::read_to_string(&file).unwrap().replace("\"qSOFA \" + q.score", "\"qSOFA (edited) \" + q.score");
     assert!(edited.contains("(edited)"));
     std::fs::write(&file, &edited).unwrap();
     let edited_at = Instant::now();
@@ -158,8 +158,8 @@ async fn an_edited_rule_is_picked_up_within_2_s_and_a_broken_put_is_refused() {
     assert_eq!(status, 403, "{body}");
 
     // A broken version is refused with file, line and column; the running one stays.
-    let broken = edited.replacen("let points = 0;", "let points = ;", 1);
-    let line = broken.lines().position(|l| l.contains("let points = ;")).unwrap() + 1;
+    let broken = edited.replacen("let q = p.score(\"qsofa\");", "let q = ;", 1);
+    let line = broken.lines().position(|l| l.contains("let q = ;")).unwrap() + 1;
     let (status, body) = http(server.http_addr, "PUT", "/api/rules/sepsis.qsofa", Some(&informaticist), &broken).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["line"], json!(line), "{body}");

@@ -38,8 +38,10 @@ pub fn config(data_dir: &Path) -> Config {
 /// one message must raise exactly one alert whatever else the shipped pack grows to.
 pub fn config_qsofa_only(data_dir: &Path) -> Config {
     let rules = data_dir.join("rules-qsofa-only");
-    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::create_dir_all(rules.join("data")).unwrap();
     std::fs::copy(rules_dir().join("sepsis_qsofa.rhai"), rules.join("sepsis_qsofa.rhai")).unwrap();
+    // qSOFA's criteria are its table in data/scores.json.
+    std::fs::copy(rules_dir().join("data").join("scores.json"), rules.join("data").join("scores.json")).unwrap();
     let mut config = config(data_dir);
     config.rules_dir = rules;
     config
