@@ -499,7 +499,7 @@ fn score_of(details: &Dynamic) -> Option<f64> {
 
 /// A rule's details as JSON text, written straight from the script's values.
 fn details_json(details: &Dynamic) -> Result<Details, String> {
-    serde_json::value::to_raw_value(&DynJson(details)).map(|raw| Details::from_raw(raw)).map_err(|e| format!("details: {e}"))
+    serde_json::value::to_raw_value(&DynJson(details)).map(Details::from_raw).map_err(|e| format!("details: {e}"))
 }
 
 /// A script value as JSON: maps, arrays, text, numbers (non-finite as `null`), booleans,
@@ -540,7 +540,7 @@ impl serde::Serialize for DynJson<'_> {
             return map.end();
         }
         if let Some(scored) = d.read_lock::<Scored>() {
-            return scored.serialize_with(s, |v| DynJson(v));
+            return scored.serialize_with(s, DynJson);
         }
         d.serialize(s)
     }

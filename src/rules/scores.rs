@@ -523,7 +523,7 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        s.serialize_with(&mut serde_json::Serializer::new(&mut out), |v| Text(v)).unwrap();
+        s.serialize_with(&mut serde_json::Serializer::new(&mut out), Text).unwrap();
         serde_json::from_slice(&out).unwrap()
     }
 
