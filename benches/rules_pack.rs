@@ -163,6 +163,20 @@ fn bench(c: &mut Criterion) {
     let fired = rules.evaluate(&vitals_view, &ALL);
     assert!(fired.len() == rules.rules().len(), "every rule runs without error: {fired:?}");
 
+    // `VIGIL_BENCH_PROFILE=N`: only N evaluations of the vitals event and N of the order
+    // event, nothing else, for a profiler (`valgrind --tool=callgrind` counts instructions,
+    // repeatable on a noisy machine).
+    if let Some(n) = std::env::var("VIGIL_BENCH_PROFILE").ok().and_then(|n| n.parse::<usize>().ok()) {
+        for _ in 0..n {
+            black_box(rules.evaluate(&vitals_view, &VITALS));
+        }
+        for _ in 0..n {
+            black_box(rules.evaluate(&order_view, &["order"]));
+        }
+        println!("profiled {n} vitals and {n} order evaluations");
+        return;
+    }
+
     const N: usize = 20_000;
     let report = [
         ("baseline: one trivial rule", percentiles(N, || { black_box(trivial.evaluate(&vitals_view, &["rr"])); })),

@@ -223,7 +223,7 @@ mod tests {
                 },
                 _ => RuleVerdict::Resolve { reason: "normal".into(), details: crate::model::Details::null() },
             };
-            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), cooldown_s: 0, verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
         for rr in [12.0, 24.0, 24.0, 31.0, 14.0] {
@@ -257,7 +257,7 @@ mod tests {
             let rr = v.latest("rr", 600.0).unwrap_or(0.0);
             let severity = if rr >= 30.0 { Severity::Critical } else { Severity::High };
             let verdict = RuleVerdict::Fire { severity, score: Some(rr), summary: "rr".into(), details: crate::model::Details::from_value(&serde_json::json!({})) };
-            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), verdict }]
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), cooldown_s: 0, verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
         let patient = PatientId("p-200".into());

@@ -259,6 +259,10 @@ pub struct RuleOutcome {
     pub rule_id: String,
     /// Rule version (content hash).
     pub version: String,
+    /// The rule's cooldown, seconds: after its alert for a patient is resolved (by the rule or
+    /// by a clinician), a re-fire at the same or a lower severity within this window raises
+    /// nothing. A higher severity always raises. 0: no cooldown.
+    pub cooldown_s: i64,
     /// The verdict.
     pub verdict: RuleVerdict,
 }

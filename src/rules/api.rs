@@ -12,9 +12,34 @@ use vigil_actors::{Medication, PatientView, Sample};
 use super::data::{SharedTables, Tables, rxnorm_code};
 use super::scores::Scored;
 
-/// The patient as a rule sees it: values and location, never names or identifiers.
+/// The patient as a rule sees it: values and location, never names or identifiers. The second
+/// field holds the score tables already evaluated for this view, shared by the rules of one
+/// pass (SEP-1 reads the SIRS chart that the SIRS rule has just scored).
 #[derive(Clone)]
-pub struct RulePatient(pub Arc<PatientView>);
+pub struct RulePatient(pub Arc<PatientView>, pub ScoreMemo);
+
+impl RulePatient {
+    /// A patient for one evaluation pass over `view`.
+    pub fn new(view: Arc<PatientView>) -> Self {
+        RulePatient(view, ScoreMemo::default())
+    }
+}
+
+/// Score tables evaluated for one view, by table name (a handful per pass).
+#[derive(Clone, Default)]
+pub struct ScoreMemo(Arc<std::sync::Mutex<Vec<(ImmutableString, Scored)>>>);
+
+impl ScoreMemo {
+    fn get_or(&self, name: &str, evaluate: impl FnOnce() -> Result<Scored, Box<rhai::EvalAltResult>>) -> Result<Scored, Box<rhai::EvalAltResult>> {
+        let Ok(mut memo) = self.0.lock() else { return evaluate() };
+        if let Some((_, s)) = memo.iter().find(|(n, _)| n == name) {
+            return Ok(s.clone());
+        }
+        let scored = evaluate()?;
+        memo.push((name.into(), scored.clone()));
+        Ok(scored)
+    }
+}
 
 /// What `evaluate(p)` returns: `alert(...)` or `resolve(...)` (details are a map or a
 /// [`Scored`]).
@@ -455,9 +480,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_fn("mixin", |s: &mut Scored, map: Map| s.mixin(map));
     engine.register_fn("+=", |s: &mut Scored, map: Map| s.mixin(map));
     engine.register_fn("score", move |p: &mut RulePatient, name: &str| -> Result<Scored, Box<rhai::EvalAltResult>> {
-        let tables = current(&t);
-        let table = tables.score(name).ok_or_else(|| format!("no score table `{name}` in data/scores.json"))?;
-        Ok(table.evaluate(&p.0))
+        p.1.get_or(name, || {
+            let tables = current(&t);
+            let table = tables.score(name).ok_or_else(|| format!("no score table `{name}` in data/scores.json"))?;
+            Ok(table.evaluate(&p.0))
+        })
     });
     // Latest results of the analytes in `critical_values.json` that break a limit.
     let t = Arc::clone(&tables);

@@ -246,7 +246,7 @@ pub fn lint_rule(engine: &Engine, rule: &LoadedRule) -> Result<(), RuleError> {
     for (what, view) in lint_views() {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result = engine
-            .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &rule.ast, "evaluate", (RulePatient(view),))
+            .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &rule.ast, "evaluate", (RulePatient::new(view),))
             .map_err(|e| invalid(&rule.path, e.position(), format!("evaluate(p) with {what}: {e}")))?;
         verdict(result).map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
     }
@@ -446,11 +446,11 @@ impl RhaiRules {
         }
     }
 
-    fn run(&self, rule: &LoadedRule, view: &Arc<PatientView>) -> Result<RuleVerdict, String> {
+    fn run(&self, rule: &LoadedRule, patient: &RulePatient) -> Result<RuleVerdict, String> {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result: Dynamic = self
             .engine
-            .call_fn_with_options(options, &mut Scope::new(), &rule.ast, "evaluate", (RulePatient(Arc::clone(view)),))
+            .call_fn_with_options(options, &mut Scope::new(), &rule.ast, "evaluate", (patient.clone(),))
             .map_err(|e| e.to_string())?;
         verdict(result)
     }
@@ -549,15 +549,17 @@ impl serde::Serialize for DynJson<'_> {
 impl RhaiRules {
     fn evaluate_where(&self, view: &Arc<PatientView>, runs: impl Fn(&LoadedRule) -> bool) -> Vec<RuleOutcome> {
         let rules = self.rules();
+        let patient = RulePatient::new(Arc::clone(view));
         let mut outcomes = Vec::new();
         for rule in rules.iter() {
             if !runs(rule) {
                 continue;
             }
-            match self.run(rule, view) {
+            match self.run(rule, &patient) {
                 Ok(verdict) => outcomes.push(RuleOutcome {
                     rule_id: rule.id.clone(),
                     version: rule.version.clone(),
+                    cooldown_s: rule.cooldown_s,
                     verdict,
                 }),
                 Err(error) => self.report_failure(rule, &error),
@@ -681,6 +683,33 @@ mod tests {
         assert!(details["none"].is_null());
         assert_eq!(details["acvpu"], "V");
         assert_eq!(details["o2"], false);
+    }
+
+    #[test]
+    fn rules_of_one_pass_share_a_score_but_never_each_others_changes_to_it() {
+        let dir = std::env::temp_dir().join(format!("vigil-rules-memo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/data/scores.json");
+        std::fs::copy(shipped, dir.join("data/scores.json")).unwrap();
+        // `a` runs first (files in name order) and rewrites its copy of the SIRS score.
+        std::fs::write(dir.join("a.rhai"), r#"fn meta() { #{ id: "t.a", severity: "low", triggers: ["hr"], references: ["-"] } }
+            fn evaluate(p) { let s = p.score("sirs"); s.remove("met"); s.score = 99; alert("low", "a", s) }"#).unwrap();
+        std::fs::write(dir.join("b.rhai"), r#"fn meta() { #{ id: "t.b", severity: "low", triggers: ["hr"], references: ["-"] } }
+            fn evaluate(p) { let s = p.score("sirs"); alert("low", "b " + s.met.len(), s) }"#).unwrap();
+        let host = RhaiRules::from_dir(&dir).unwrap();
+        let out = host.evaluate(&view(&[("hr", 120.0), ("temp", 39.0), ("rr", 12.0)]), &["hr"]);
+        let fired = |id: &str| match &out.iter().find(|o| o.rule_id == id).unwrap().verdict {
+            RuleVerdict::Fire { score, summary, details, .. } => (*score, summary.clone(), details.to_value()),
+            other => panic!("{other:?}"),
+        };
+        let (a_score, _, a) = fired("t.a");
+        assert_eq!(a_score, Some(99.0));
+        assert!(a.get("met").is_none(), "{a}");
+        let (b_score, b_summary, b) = fired("t.b");
+        assert_eq!(b_score, Some(2.0), "hr > 90 and temp > 38: the chart as scored");
+        assert_eq!(b_summary, "b 2");
+        assert_eq!(b["met"].as_array().map(Vec::len), Some(2), "{b}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

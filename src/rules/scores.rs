@@ -192,7 +192,7 @@ impl Input {
 impl ScoreTable {
     /// Evaluate the table for `view` (see [`Scored`]).
     pub fn evaluate(&self, view: &PatientView) -> Scored {
-        let mut out = Scored::default();
+        let mut out = Chart::default();
         let mut oxygen: Option<Option<bool>> = None;
         for item in &self.items {
             if out.subscores.iter().any(|(k, _)| *k == item.key) {
@@ -243,7 +243,7 @@ impl ScoreTable {
             }
         }
         out.flagged_as = self.flag_at.map(|_| self.flagged_as.clone());
-        out
+        Scored { chart: std::sync::Arc::new(out), extra: Vec::new(), removed: Vec::new() }
     }
 
     /// Parse and check one table; errors name the place (`news2.items[3].inputs[0].points[1]`).
@@ -369,6 +369,18 @@ fn parse_band(at: &str, band: &Value, kind: &Kind) -> Result<Band, String> {
 /// built on the way.
 #[derive(Debug, Clone, Default)]
 pub struct Scored {
+    /// What the table scored, shared: a rule's copies (arguments, the pass's memo) cost a
+    /// reference count, not the lists.
+    chart: std::sync::Arc<Chart>,
+    /// Properties the rule set, in order; they win over the scored ones of the same name.
+    extra: Vec<(ImmutableString, Dynamic)>,
+    /// Scored properties the rule removed (`s.remove("met")`).
+    removed: Vec<ImmutableString>,
+}
+
+/// The scored chart itself.
+#[derive(Debug, Default)]
+struct Chart {
     score: i64,
     subscores: Vec<(ImmutableString, i64)>,
     values: Vec<(ImmutableString, Dynamic)>,
@@ -376,10 +388,6 @@ pub struct Scored {
     missing: Vec<ImmutableString>,
     flagged: Vec<ImmutableString>,
     flagged_as: Option<ImmutableString>,
-    /// Properties the rule set, in order; they win over the scored ones of the same name.
-    extra: Vec<(ImmutableString, Dynamic)>,
-    /// Scored properties the rule removed (`s.remove("met")`).
-    removed: Vec<ImmutableString>,
 }
 
 fn texts(list: &[ImmutableString]) -> Array {
@@ -396,21 +404,21 @@ impl Scored {
             return Dynamic::UNIT;
         }
         match name {
-            "score" => Dynamic::from_int(self.score),
-            "partial" => Dynamic::from_bool(!self.missing.is_empty()),
-            "subscores" => Dynamic::from_map(self.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect()),
-            "values" => Dynamic::from_map(self.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect()),
-            "met" => texts(&self.met).into(),
-            "missing" => texts(&self.missing).into(),
-            "flagged" => texts(&self.flagged).into(),
-            _ if self.flagged_as.as_deref() == Some(name) => texts(&self.flagged).into(),
+            "score" => Dynamic::from_int(self.chart.score),
+            "partial" => Dynamic::from_bool(!self.chart.missing.is_empty()),
+            "subscores" => Dynamic::from_map(self.chart.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect()),
+            "values" => Dynamic::from_map(self.chart.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect()),
+            "met" => texts(&self.chart.met).into(),
+            "missing" => texts(&self.chart.missing).into(),
+            "flagged" => texts(&self.chart.flagged).into(),
+            _ if self.chart.flagged_as.as_deref() == Some(name) => texts(&self.chart.flagged).into(),
             _ => Dynamic::UNIT,
         }
     }
 
     /// The value an input read (`s.value("lactate")`), or `()`.
     pub fn value(&self, name: &str) -> Dynamic {
-        self.values.iter().find(|(k, _)| k == name).map_or(Dynamic::UNIT, |(_, v)| v.clone())
+        self.chart.values.iter().find(|(k, _)| k == name).map_or(Dynamic::UNIT, |(_, v)| v.clone())
     }
 
     /// Take a property out (it leaves the details), returning its value.
@@ -448,29 +456,29 @@ impl Scored {
         let list = |l: &'a [ImmutableString]| l.iter().map(|t| t.as_str()).collect::<Vec<&str>>();
         let mut map = s.serialize_map(None)?;
         if shown("score") {
-            map.serialize_entry("score", &self.score)?;
+            map.serialize_entry("score", &self.chart.score)?;
         }
         if shown("partial") {
-            map.serialize_entry("partial", &!self.missing.is_empty())?;
+            map.serialize_entry("partial", &!self.chart.missing.is_empty())?;
         }
         if shown("subscores") {
-            let subscores: Vec<(&str, i64)> = self.subscores.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+            let subscores: Vec<(&str, i64)> = self.chart.subscores.iter().map(|(k, p)| (k.as_str(), *p)).collect();
             map.serialize_entry("subscores", &Pairs(&subscores))?;
         }
         if shown("values") {
-            let values: Vec<(&str, W)> = self.values.iter().map(|(k, v)| (k.as_str(), wrap(v))).collect();
+            let values: Vec<(&str, W)> = self.chart.values.iter().map(|(k, v)| (k.as_str(), wrap(v))).collect();
             map.serialize_entry("values", &Pairs(&values))?;
         }
         if shown("met") {
-            map.serialize_entry("met", &list(&self.met))?;
+            map.serialize_entry("met", &list(&self.chart.met))?;
         }
         if shown("missing") {
-            map.serialize_entry("missing", &list(&self.missing))?;
+            map.serialize_entry("missing", &list(&self.chart.missing))?;
         }
-        if let Some(name) = &self.flagged_as
+        if let Some(name) = &self.chart.flagged_as
             && shown(name)
         {
-            map.serialize_entry(name.as_str(), &list(&self.flagged))?;
+            map.serialize_entry(name.as_str(), &list(&self.chart.flagged))?;
         }
         for (k, v) in &self.extra {
             map.serialize_entry(k.as_str(), &wrap(v))?;

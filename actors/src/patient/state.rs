@@ -50,6 +50,10 @@ pub struct PatientState {
     pub view: Arc<PatientView>,
     /// Open (not resolved) alerts by rule id.
     pub open_alerts: HashMap<String, Alert>,
+    /// When each rule's last alert was resolved, and at what severity: the start of its
+    /// cooldown (one entry per rule that ever resolved here). Kept in memory: a restarted
+    /// actor starts with no cooldowns running.
+    pub resolved: HashMap<String, (OffsetDateTime, Severity)>,
 }
 
 impl PatientState {
@@ -62,6 +66,7 @@ impl PatientState {
             demographics: Demographics::default(),
             view: Arc::new(view),
             open_alerts: HashMap::new(),
+            resolved: HashMap::new(),
         }
     }
 
@@ -199,11 +204,14 @@ impl PatientState {
     /// Turn rule outcomes into alert changes, applying dedup per (patient, rule): a re-fire of
     /// an open alert updates it (quietly, unless its severity rises, which re-notifies and
     /// asks for a new acknowledgement); a resolve closes it; nothing changes when nothing
-    /// differs. Each change comes with whether consoles should notify.
+    /// differs. A new alert within the rule's cooldown after its last one was resolved is held
+    /// back unless its severity is higher. Each change comes with whether consoles should
+    /// notify.
     pub fn decide(&mut self, outcomes: Vec<RuleOutcome>, now: OffsetDateTime) -> Vec<(Alert, bool)> {
         let mut changes = Vec::new();
         for outcome in outcomes {
             match outcome.verdict {
+                RuleVerdict::Fire { severity, .. } if self.cooling_down(&outcome.rule_id, outcome.cooldown_s, severity, now) => {}
                 RuleVerdict::Fire { severity, score, summary, details } => {
                     let rule = RuleRef { id: outcome.rule_id.clone(), version: outcome.version };
                     let (alert, notify) = match self.open_alerts.get(&outcome.rule_id) {
@@ -267,6 +275,7 @@ impl PatientState {
                     alert.status = AlertStatus::Resolved;
                     alert.updated_at = now;
                     alert.resolved = Some(Resolution { by: format!("rule:{}", outcome.rule_id), at: now, reason });
+                    self.resolved.insert(outcome.rule_id, (now, alert.severity));
                     changes.push((alert, false));
                 }
                 RuleVerdict::Quiet => {}
@@ -323,8 +332,20 @@ impl PatientState {
         let changed = alert.clone();
         if changed.status == AlertStatus::Resolved {
             self.open_alerts.remove(&rule_id);
+            self.resolved.insert(rule_id, (now, changed.severity));
         }
         Ok((changed, notify))
+    }
+
+    /// Whether a new alert of `rule` at `severity` falls within the cooldown that began when
+    /// its last alert was resolved (and is not more severe than that one).
+    fn cooling_down(&self, rule: &str, cooldown_s: i64, severity: Severity, now: OffsetDateTime) -> bool {
+        if cooldown_s <= 0 || self.open_alerts.contains_key(rule) {
+            return false;
+        }
+        self.resolved.get(rule).is_some_and(|(at, resolved_severity)| {
+            severity <= *resolved_severity && now - *at < Duration::seconds(cooldown_s)
+        })
     }
 
     fn alert_patient(&self) -> AlertPatient {
@@ -424,6 +445,44 @@ mod tests {
         assert_eq!(values(0.0), vec![60.0]);
         assert_eq!(values(1e18).len(), 61);
         assert!(view.window("rr", 600.0).next().is_none());
+    }
+
+    #[test]
+    fn a_rule_cooling_down_after_a_resolve_raises_nothing_unless_its_severity_rises() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-cool".into()));
+        let outcome = |severity, cooldown_s| RuleOutcome {
+            rule_id: "t.cool".into(),
+            version: "v1".into(),
+            cooldown_s,
+            verdict: RuleVerdict::Fire { severity, score: None, summary: "s".into(), details: crate::model::Details::null() },
+        };
+        let minutes = |m| t0 + Duration::minutes(m);
+        let raised = state.decide(vec![outcome(Severity::High, 600)], t0);
+        assert_eq!(raised.len(), 1);
+        // A clinician resolves it; the condition still holds and the rule fires again.
+        let resolve = AlertAction::Resolve { by: "rrt-1".into(), reason: "reviewed".into() };
+        state.act(&raised[0].0.id, resolve, minutes(1)).unwrap();
+        assert!(state.decide(vec![outcome(Severity::High, 600)], minutes(2)).is_empty(), "same severity within 10 min");
+        assert!(state.decide(vec![outcome(Severity::Medium, 600)], minutes(10)).is_empty(), "lower severity within 10 min");
+        let again = state.decide(vec![outcome(Severity::High, 600)], minutes(11));
+        assert_eq!(again.len(), 1, "the cooldown has run out");
+        assert_ne!(again[0].0.id, raised[0].0.id, "a new alert episode");
+        // Resolved by the rule this time: a rise in severity is never held back.
+        let rule_resolve = RuleOutcome {
+            verdict: RuleVerdict::Resolve { reason: "normal".into(), details: crate::model::Details::null() },
+            ..outcome(Severity::High, 600)
+        };
+        assert_eq!(state.decide(vec![rule_resolve], minutes(12)).len(), 1);
+        assert!(state.decide(vec![outcome(Severity::High, 600)], minutes(13)).is_empty());
+        let critical = state.decide(vec![outcome(Severity::Critical, 600)], minutes(13));
+        assert_eq!(critical.len(), 1);
+        assert!(critical[0].1, "and it notifies");
+        // Without a cooldown every re-fire after a resolve is a new alert at once.
+        let mut plain = PatientState::new(PatientId("p-plain".into()));
+        let first = plain.decide(vec![outcome(Severity::High, 0)], t0);
+        plain.act(&first[0].0.id, AlertAction::Resolve { by: "rrt-1".into(), reason: "r".into() }, minutes(1)).unwrap();
+        assert_eq!(plain.decide(vec![outcome(Severity::High, 0)], minutes(2)).len(), 1);
     }
 
     #[test]
