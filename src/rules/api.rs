@@ -77,12 +77,41 @@ fn secs_fn<R: Into<Dynamic>>(
     engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: f64| -> Dynamic { f(p, n, secs).into() });
 }
 
-/// A number a rule passed (whole or decimal), or an error naming what it got.
-fn number(v: &Dynamic) -> Result<f64, Box<rhai::EvalAltResult>> {
-    v.as_float()
-        .ok()
-        .or_else(|| v.as_int().ok().map(|i| i as f64))
-        .ok_or_else(|| format!("a number was expected, not {}", v.type_name()).into())
+/// A whole or decimal number a rule passed, as a decimal.
+trait Num: Copy + Send + Sync + 'static {
+    fn num(self) -> f64;
+}
+
+impl Num for i64 {
+    fn num(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Num for f64 {
+    fn num(self) -> f64 {
+        self
+    }
+}
+
+/// Register `p.name(canonical_name, a, b, c)` for every whole/decimal combination of `a`, `b`
+/// and `c`.
+fn numbers3(engine: &mut Engine, name: &str, f: impl Fn(&RulePatient, &str, f64, f64, f64) -> Dynamic + Send + Sync + Clone + 'static) {
+    fn one<A: Num, B: Num, C: Num>(
+        engine: &mut Engine,
+        name: &str,
+        f: impl Fn(&RulePatient, &str, f64, f64, f64) -> Dynamic + Send + Sync + 'static,
+    ) {
+        engine.register_fn(name, move |p: &mut RulePatient, n: &str, a: A, b: B, c: C| f(p, n, a.num(), b.num(), c.num()));
+    }
+    one::<i64, i64, i64>(engine, name, f.clone());
+    one::<i64, i64, f64>(engine, name, f.clone());
+    one::<i64, f64, i64>(engine, name, f.clone());
+    one::<i64, f64, f64>(engine, name, f.clone());
+    one::<f64, i64, i64>(engine, name, f.clone());
+    one::<f64, i64, f64>(engine, name, f.clone());
+    one::<f64, f64, i64>(engine, name, f.clone());
+    one::<f64, f64, f64>(engine, name, f);
 }
 
 fn opt_float(v: Option<f64>) -> Dynamic {
@@ -134,16 +163,8 @@ impl RulePatient {
         self.0.latest("fio2", max_age).is_some_and(|f| f > 21.0) || self.0.latest("o2_flow", max_age).is_some_and(|f| f > 0.0)
     }
 
-    fn sustained(
-        &self,
-        name: &str,
-        threshold: &Dynamic,
-        min_span: &Dynamic,
-        window: &Dynamic,
-        holds: impl Fn(f64, f64) -> bool,
-    ) -> Result<Dynamic, Box<rhai::EvalAltResult>> {
-        let (threshold, min_span, window) = (number(threshold)?, number(min_span)?, number(window)?);
-        let Some(now) = self.now() else { return Ok(Dynamic::UNIT) };
+    fn sustained(&self, name: &str, threshold: f64, min_span: f64, window: f64, holds: impl Fn(f64, f64) -> bool) -> Dynamic {
+        let Some(now) = self.now() else { return Dynamic::UNIT };
         let (mut count, mut oldest, mut all) = (0usize, None, true);
         for s in self.0.window(name, window) {
             count += 1;
@@ -151,10 +172,10 @@ impl RulePatient {
             all &= holds(s.value, threshold);
         }
         let span = oldest.map(|at| (now - at).as_seconds_f64());
-        Ok(match span {
+        match span {
             Some(span) if all && count >= 2 && span >= min_span => Dynamic::from_float(span),
             _ => Dynamic::UNIT,
-        })
+        }
     }
 
     fn since_s(&self, at: OffsetDateTime) -> Dynamic {
@@ -318,18 +339,16 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     // seconds (oldest reading in the window to now) when there are >= 2 readings in the last
     // `window_s`, spanning >= `min_span_s`, all below `threshold`; `()` otherwise (persistent
     // hypotension, hypoxia, ...). `sustained_above` likewise.
-    engine.register_fn("sustained_below", |p: &mut RulePatient, name: &str, threshold: Dynamic, min_span: Dynamic, window: Dynamic| {
-        p.sustained(name, &threshold, &min_span, &window, |v, t| v < t)
-    });
-    engine.register_fn("sustained_above", |p: &mut RulePatient, name: &str, threshold: Dynamic, min_span: Dynamic, window: Dynamic| {
-        p.sustained(name, &threshold, &min_span, &window, |v, t| v > t)
-    });
+    // Numbers are typed (whole or decimal: every combination is registered) for the same
+    // reason as seconds above; a `Dynamic` parameter costs a search through every overload
+    // shape on each call.
+    numbers3(engine, "sustained_below", |p, name, threshold, min_span, window| p.sustained(name, threshold, min_span, window, |v, t| v < t));
+    numbers3(engine, "sustained_above", |p, name, threshold, min_span, window| p.sustained(name, threshold, min_span, window, |v, t| v > t));
 
     // `p.since_first(name, window_s, op, threshold)`: seconds since the oldest reading of the
     // last `window_s` with `value op threshold` (op: < <= > >=), or `()` (clocks that start at
     // a first abnormal result, e.g. SEP-1's repeat lactate).
-    engine.register_fn("since_first", |p: &mut RulePatient, name: &str, window: Dynamic, op: &str, threshold: Dynamic| {
-        let (window, threshold) = (number(&window)?, number(&threshold)?);
+    let since_first = |p: &RulePatient, name: &str, window: f64, op: &str, threshold: f64| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
         let test: fn(f64, f64) -> bool = match op {
             "<" => |v, t| v < t,
             "<=" => |v, t| v <= t,
@@ -338,8 +357,16 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
             _ => return Err(format!("since_first: op is one of < <= > >=, not `{op}`").into()),
         };
         let first = p.0.window(name, window).find(|s| test(s.value, threshold));
-        Ok::<_, Box<rhai::EvalAltResult>>(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at)))
-    });
+        Ok(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at)))
+    };
+    macro_rules! since_first_as {
+        ($($w:ty, $t:ty);*) => {$(
+            engine.register_fn("since_first", move |p: &mut RulePatient, name: &str, window: $w, op: &str, threshold: $t| {
+                since_first(p, name, window.num(), op, threshold.num())
+            });
+        )*};
+    }
+    since_first_as!(i64, i64; i64, f64; f64, i64; f64, f64);
 
     // Oxygen.
     engine.register_fn("on_oxygen", |p: &mut RulePatient| -> bool { p.on_oxygen(OXYGEN_MAX_AGE_S) });

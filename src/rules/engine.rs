@@ -669,7 +669,9 @@ mod tests {
             fn evaluate(p) { alert("low", "w", #{ score: 0,
                 min: p.min("sbp", 3600), max: p.max("sbp", 3600), mean: p.mean("sbp", 3600),
                 count: p.count("sbp", 7200), delta: p.delta("sbp", 7200), trend: p.trend("sbp", 7200),
-                none: p.mean("hr", 3600), acvpu: p.latest_coded("consciousness", 60), o2: p.on_oxygen() }) }"#;
+                none: p.mean("hr", 3600), acvpu: p.latest_coded("consciousness", 60), o2: p.on_oxygen(),
+                low: p.sustained_below("sbp", 150, 3600.0, 7200), not_low: p.sustained_below("sbp", 135.5, 60, 7200.0),
+                high_since: p.since_first("sbp", 7200.0, ">", 125), never: p.since_first("sbp", 7200, ">=", 140.5) }) }"#;
         let host = RhaiRules::new(hardened_engine(), vec![load_rule(&engine, Path::new("w"), src).unwrap()]);
         let out = host.evaluate(&view, &["sbp"]);
         let RuleVerdict::Fire { details, .. } = &out[0].verdict else { panic!("{out:?}") };
@@ -683,6 +685,10 @@ mod tests {
         assert!(details["none"].is_null());
         assert_eq!(details["acvpu"], "V");
         assert_eq!(details["o2"], false);
+        assert_eq!(details["low"], 7200.0, "all five readings below 150 over two hours");
+        assert!(details["not_low"].is_null(), "140 is not below 135.5");
+        assert_eq!(details["high_since"], 1800.0, "130 thirty minutes ago is the first above 125");
+        assert!(details["never"].is_null());
     }
 
     #[test]
