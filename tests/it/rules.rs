@@ -141,7 +141,7 @@ async fn an_edited_rule_is_picked_up_within_2_s_and_a_broken_put_is_refused() {
 
     // Edit the file on disk: the watcher reloads it within 2 s and the new version fires.
     let file = rules.join("sepsis_qsofa.rhai");
-    let edited = std::fs::read_to_string(&file).unwrap().replace("\"qSOFA \" + q.score", "\"qSOFA (edited) \" + q.score");
+    let edited = std::fs::read_to_string(&file).unwrap().replace("`qSOFA ${q.score}", "`qSOFA (edited) ${q.score}");
     assert!(edited.contains("(edited)"));
     std::fs::write(&file, &edited).unwrap();
     let edited_at = Instant::now();
