@@ -72,12 +72,15 @@ fn secs_fn<R: Into<Dynamic>>(
     name: &str,
     f: impl Fn(&RulePatient, &str, f64) -> R + Send + Sync + Clone + 'static,
 ) {
-    let g = f.clone();
-    engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: i64| -> Dynamic { g(p, n, secs as f64).into() });
-    engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: f64| -> Dynamic { f(p, n, secs).into() });
+    fn one<S: Num, R: Into<Dynamic>>(engine: &mut Engine, name: &str, f: impl Fn(&RulePatient, &str, f64) -> R + Send + Sync + 'static) {
+        engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: S| -> Dynamic { f(p, n, secs.num()).into() });
+    }
+    one::<i64, R>(engine, name, f.clone());
+    one::<f64, R>(engine, name, f);
 }
 
-/// A whole or decimal number a rule passed, as a decimal.
+/// A whole or decimal number a rule passed, as a decimal. Every function taking numbers is
+/// registered once per whole/decimal combination (`secs_fn`, `numbers3`, `since_first`).
 trait Num: Copy + Send + Sync + 'static {
     fn num(self) -> f64;
 }
@@ -348,25 +351,24 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     // `p.since_first(name, window_s, op, threshold)`: seconds since the oldest reading of the
     // last `window_s` with `value op threshold` (op: < <= > >=), or `()` (clocks that start at
     // a first abnormal result, e.g. SEP-1's repeat lactate).
-    let since_first = |p: &RulePatient, name: &str, window: f64, op: &str, threshold: f64| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
-        let test: fn(f64, f64) -> bool = match op {
-            "<" => |v, t| v < t,
-            "<=" => |v, t| v <= t,
-            ">" => |v, t| v > t,
-            ">=" => |v, t| v >= t,
-            _ => return Err(format!("since_first: op is one of < <= > >=, not `{op}`").into()),
-        };
-        let first = p.0.window(name, window).find(|s| test(s.value, threshold));
-        Ok(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at)))
-    };
-    macro_rules! since_first_as {
-        ($($w:ty, $t:ty);*) => {$(
-            engine.register_fn("since_first", move |p: &mut RulePatient, name: &str, window: $w, op: &str, threshold: $t| {
-                since_first(p, name, window.num(), op, threshold.num())
-            });
-        )*};
+    fn since_first<W: Num, T: Num>(engine: &mut Engine) {
+        engine.register_fn("since_first", |p: &mut RulePatient, name: &str, window: W, op: &str, threshold: T| {
+            let test: fn(f64, f64) -> bool = match op {
+                "<" => |v, t| v < t,
+                "<=" => |v, t| v <= t,
+                ">" => |v, t| v > t,
+                ">=" => |v, t| v >= t,
+                _ => return Err(format!("since_first: op is one of < <= > >=, not `{op}`").into()),
+            };
+            let threshold = threshold.num();
+            let first = p.0.window(name, window.num()).find(|s| test(s.value, threshold));
+            Ok::<_, Box<rhai::EvalAltResult>>(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at)))
+        });
     }
-    since_first_as!(i64, i64; i64, f64; f64, i64; f64, f64);
+    since_first::<i64, i64>(engine);
+    since_first::<i64, f64>(engine);
+    since_first::<f64, i64>(engine);
+    since_first::<f64, f64>(engine);
 
     // Oxygen.
     engine.register_fn("on_oxygen", |p: &mut RulePatient| -> bool { p.on_oxygen(OXYGEN_MAX_AGE_S) });
