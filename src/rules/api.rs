@@ -499,7 +499,7 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_indexer_get(|s: &mut Scored, name: &str| -> Dynamic { s.get(name) });
     // The scored properties as getters (a property without one falls back to the indexer,
     // after a failed lookup that costs as much again).
-    for name in ["score", "partial", "subscores", "values", "met", "missing", "flagged"] {
+    for name in ["score", "partial", "ceiling", "subscores", "values", "met", "missing", "flagged"] {
         engine.register_get(name, move |s: &mut Scored| -> Dynamic { s.get(name) });
     }
     engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
@@ -553,6 +553,8 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         out.into()
     });
 
+    register_episode_clocks(engine, Arc::clone(&tables));
+
     // Verdicts.
     let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { severity, summary, details };
     engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Map| fire(severity, summary, details.into()));
@@ -575,4 +577,89 @@ fn severity_name(s: vigil_actors::Severity) -> &'static str {
         High => "high",
         Critical => "critical",
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Episode clocks (SEP-1): time zero, runs of abnormal readings, treatments given, times as text.
+// Host-side because each replaces a loop over a day of readings in script.
+// ---------------------------------------------------------------------------------------------
+
+fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
+    // `p.onset(table_a, min_a, table_b, min_b, within_s)`: seconds since the current episode's
+    // time zero (`scores::onset`: >= min_a items of table_a and >= min_b of table_b met by
+    // readings within `within_s` of each other, continuously since), looking back 2 x within_s;
+    // `()` when not met together now.
+    fn onset_fn<W: Num>(engine: &mut Engine, tables: SharedTables) {
+        engine.register_fn(
+            "onset",
+            move |p: &mut RulePatient, a: &str, min_a: i64, b: &str, min_b: i64, within: W| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+                let tables = current(&tables);
+                let table = |n: &str| tables.score(n).ok_or_else(|| format!("no score table `{n}` in data/scores.json"));
+                let within = within.num();
+                let at = super::scores::onset(&p.0, &[(table(a)?, min_a), (table(b)?, min_b)], within, 2.0 * within);
+                Ok(at.map_or(Dynamic::UNIT, |at| p.since_s(at)))
+            },
+        );
+    }
+    onset_fn::<i64>(engine, Arc::clone(&tables));
+    onset_fn::<f64>(engine, Arc::clone(&tables));
+
+    // `p.abnormal_run(table, key, lookback_s)`: the current run of consecutive readings of the
+    // item `key` scoring > 0 (readings at one instant are one reading): `#{ readings, since_s
+    // (oldest of the run), last_s (newest), span_s (between them), initial_s (second of the
+    // first two consecutive abnormal readings in the lookback) }`, `()` for what is absent.
+    fn run_fn<W: Num>(engine: &mut Engine, tables: SharedTables) {
+        engine.register_fn(
+            "abnormal_run",
+            move |p: &mut RulePatient, table: &str, key: &str, lookback: W| -> Result<Map, Box<rhai::EvalAltResult>> {
+                let tables = current(&tables);
+                let t = tables.score(table).ok_or_else(|| format!("no score table `{table}` in data/scores.json"))?;
+                let run = t.abnormal_run(&p.0, key, lookback.num()).ok_or_else(|| format!("score table `{table}` has no item `{key}`"))?;
+                let ago = |at: Option<OffsetDateTime>| at.map_or(Dynamic::UNIT, |at| p.since_s(at));
+                let mut m = Map::new();
+                m.insert("readings".into(), Dynamic::from_int(run.readings as i64));
+                m.insert("since_s".into(), ago(run.first));
+                m.insert("last_s".into(), ago(run.last));
+                let span = run.first.zip(run.last).map(|(f, l)| (l - f).as_seconds_f64());
+                m.insert("span_s".into(), opt_float(span));
+                m.insert("initial_s".into(), ago(run.initial));
+                Ok(m)
+            },
+        );
+    }
+    run_fn::<i64>(engine, Arc::clone(&tables));
+    run_fn::<f64>(engine, Arc::clone(&tables));
+
+    // `p.iso_time(seconds_ago)`: that moment as RFC 3339 text (UTC), or `()`.
+    fn iso_fn<S: Num>(engine: &mut Engine) {
+        engine.register_fn("iso_time", |p: &mut RulePatient, ago: S| -> Dynamic {
+            let at = p.now().zip(time::Duration::checked_seconds_f64(ago.num())).and_then(|(now, d)| now.checked_sub(d));
+            let text = at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok());
+            text.map_or(Dynamic::UNIT, |t| Dynamic::from(ImmutableString::from(t)))
+        });
+    }
+    iso_fn::<i64>(engine);
+    iso_fn::<f64>(engine);
+
+    // `p.given(names)`: seconds since the earliest active medication whose normalised name is
+    // in `names` (or starts with one of them followed by a space: `lactated ringer's 1000 ml`),
+    // or one of whose classes (data/drug_classes.json) is; `()` when none.
+    engine.register_fn("given", move |p: &mut RulePatient, names: Array| -> Dynamic {
+        let tables = current(&tables);
+        let raw: Vec<ImmutableString> = names.iter().filter_map(|n| n.read_lock::<ImmutableString>().map(|n| n.clone())).collect();
+        let wanted: Vec<String> = raw.iter().map(|n| super::data::normalise_drug_name(n)).collect();
+        let earliest = p
+            .0
+            .medications
+            .iter()
+            .filter(|m| {
+                let name = super::data::normalise_drug_name(&m.medication.name);
+                let mut hit = wanted.iter().any(|w| name.strip_prefix(w.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(' ')));
+                tables.for_classes(&m.medication.name, m.medication.rxnorm.as_deref(), |c| hit |= raw.contains(c));
+                hit
+            })
+            .map(|m| m.since)
+            .min();
+        earliest.map_or(Dynamic::UNIT, |at| p.since_s(at))
+    });
 }

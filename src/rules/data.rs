@@ -277,7 +277,7 @@ impl Tables {
         for (name, table) in scores {
             let table = ScoreTable::parse(name, table)?;
             // A misspelt input would read nothing and leave its item missing forever.
-            if let Some(unknown) = table.input_names().find(|n| *n != "on_oxygen" && !super::engine::KNOWN_TRIGGERS.contains(n)) {
+            if let Some(unknown) = table.input_names().find(|n| !super::scores::PSEUDO_INPUTS.contains(n) && !super::engine::KNOWN_TRIGGERS.contains(n)) {
                 return Err(format!("{name}: input `{unknown}` is not a canonical name (schemas/codes/observations.json)"));
             }
             self.scores.insert(name.clone(), table);

@@ -134,7 +134,7 @@ fn invalid(file: &Path, pos: rhai::Position, message: impl Into<String>) -> Rule
 pub const KNOWN_TRIGGERS: &[&str] = &[
     "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp",
     "dbp", "map", "temp", "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate",
-    "creatinine", "bilirubin", "platelets", "inr", "paco2", "potassium", "sodium", "glucose",
+    "creatinine", "bilirubin", "platelets", "inr", "aptt", "paco2", "potassium", "sodium", "glucose",
     "hemoglobin", "troponin",
 ];
 
