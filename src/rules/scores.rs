@@ -838,4 +838,117 @@ mod tests {
         assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "c", "coded": true, "max_age_s": 1, "points": [["<", 1, 1]] } ] } ] }"#).contains("coded"));
         assert!(bad(r#"{ "items": [ { "key": "a", "when": { "weather": "rain" }, "inputs": [ { "name": "rr", "max_age_s": 1, "points": [["else", 0]] } ] } ] }"#).contains("unknown condition"));
     }
+
+    /// A view at `now` with samples `(name, minutes before now, value)`.
+    fn timed(samples: &[(&str, i64, f64)], settings: &[(&str, &str)]) -> PatientView {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let mut series: HashMap<String, VecDeque<Sample>> = HashMap::new();
+        let mut sorted = samples.to_vec();
+        sorted.sort_by_key(|s| -s.1);
+        for (name, ago, value) in sorted {
+            series.entry(name.to_string()).or_default().push_back(Sample { at: now - time::Duration::minutes(ago), value });
+        }
+        let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        PatientView { now: Some(now), series, settings, ..PatientView::default() }
+    }
+
+    #[test]
+    fn unknown_values_are_missing_and_the_ceiling_bounds_a_partial_score() {
+        let t = table(
+            r#"{ "items": [
+                { "key": "acvpu", "combine": "first", "inputs": [
+                    { "name": "consciousness", "coded": true, "max_age_s": 14400, "points": [["==", "A", 0], ["==", "V", 3]] },
+                    { "name": "gcs", "max_age_s": 14400, "points": [["<", 15, 3], ["else", 0]] } ] },
+                { "key": "rr", "inputs": [ { "name": "rr", "max_age_s": 3600, "points": [[">", 20, 2], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let unknown = t.evaluate(&view(&[("rr", 16.0)], &[("consciousness", "X")], &[]));
+        assert_eq!(int(&unknown, &["subscores", "acvpu"]), 0, "an unlisted text scores nothing");
+        assert_eq!(unknown.get("missing").into_typed_array::<ImmutableString>().unwrap(), vec!["acvpu"], "and is unknown");
+        assert_eq!(unknown.get("ceiling").as_int().unwrap(), 3, "0 known + 3 the missing item could score");
+        assert_eq!(unknown.get("values").cast::<Map>().get("consciousness").unwrap().to_string(), "X", "the value is shown");
+        assert!(json_of(&unknown).get("ceiling").is_none(), "the ceiling is not part of the details");
+        let gcs = t.evaluate(&view(&[("rr", 16.0), ("gcs", 13.0)], &[("consciousness", "X")], &[]));
+        assert_eq!(int(&gcs, &["subscores", "acvpu"]), 3, "an unknown text falls through to the next input");
+        assert_eq!(gcs.get("ceiling").as_int().unwrap(), 3);
+        let complete = t.evaluate(&view(&[("rr", 25.0)], &[("consciousness", "A")], &[]));
+        assert_eq!(complete.get("ceiling").as_int().unwrap(), 2, "nothing missing: the ceiling is the score");
+    }
+
+    fn sep1_like() -> (ScoreTable, ScoreTable) {
+        let sirs = table(
+            r#"{ "items": [
+                { "key": "temp", "inputs": [ { "name": "temp", "max_age_s": 3600, "points": [[">", 38, 1], ["else", 0]] } ] },
+                { "key": "hr", "inputs": [ { "name": "hr", "max_age_s": 3600, "points": [[">", 90, 1], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let organ = table(
+            r#"{ "items": [
+                { "key": "lactate", "inputs": [ { "name": "lactate", "max_age_s": 21600, "points": [[">", 2, 1], ["else", 0]] } ] },
+                { "key": "sbp", "inputs": [
+                    { "name": "sbp", "max_age_s": 3600, "points": [["<", 90, 1], ["else", 0]] },
+                    { "name": "map", "max_age_s": 3600, "points": [["<", 65, 1], ["else", 0]] },
+                    { "name": "sbp_fall", "max_age_s": 3600, "points": [[">", 40, 1], ["else", 0]] } ] }
+            ] }"#,
+        );
+        (sirs, organ)
+    }
+
+    fn onset_min(v: &PatientView) -> Option<i64> {
+        let (sirs, organ) = sep1_like();
+        onset(v, &[(&sirs, 2), (&organ, 1)], 21_600.0, 43_200.0).map(|at| (v.now.unwrap() - at).whole_minutes())
+    }
+
+    #[test]
+    fn onset_is_the_last_criterion_met_within_six_hours_and_survives_a_reading_ageing_out() {
+        // SIRS at 300 min ago, lactate at 180 min ago: time zero is the lactate.
+        let v = timed(&[("temp", 300, 38.5), ("hr", 300, 110.0), ("lactate", 180, 2.5), ("temp", 10, 38.4), ("hr", 10, 112.0)], &[]);
+        assert_eq!(onset_min(&v), Some(180));
+        // Criteria more than 6 h apart never meet together.
+        let v = timed(&[("temp", 500, 38.5), ("hr", 500, 110.0), ("lactate", 130, 2.5)], &[]);
+        assert_eq!(onset_min(&v), None);
+        // The lactate of 400 min ago ages out 40 min ago; a creatinine-like new finding (low
+        // SBP) 20 min later continues the episode: time zero stays 400 min ago.
+        let v = timed(
+            &[("temp", 400, 38.5), ("hr", 400, 110.0), ("lactate", 400, 2.5), ("temp", 20, 38.5), ("hr", 20, 110.0), ("sbp", 20, 85.0)],
+            &[],
+        );
+        assert_eq!(onset_min(&v), Some(400));
+        // Not met now: no time zero.
+        let v = timed(&[("temp", 30, 38.5), ("hr", 30, 80.0), ("lactate", 30, 2.5)], &[]);
+        assert_eq!(onset_min(&v), None);
+    }
+
+    #[test]
+    fn abnormal_runs_are_consecutive_readings_and_sbp_fall_uses_the_baseline() {
+        let (_, organ) = sep1_like();
+        let run = |v: &PatientView| {
+            let r = organ.abnormal_run(v, "sbp", 86_400.0).unwrap();
+            let ago = |t: Option<OffsetDateTime>| t.map(|t| (v.now.unwrap() - t).whole_minutes());
+            (r.readings, ago(r.first), ago(r.last), ago(r.initial))
+        };
+        // Low, normal, low, low (MAP only), low: the run is the last three; initial hypotension
+        // is the second of the first two consecutive lows.
+        let v = timed(
+            &[("sbp", 200, 85.0), ("sbp", 150, 120.0), ("sbp", 100, 85.0), ("sbp", 60, 100.0), ("map", 60, 60.0), ("sbp", 10, 86.0)],
+            &[],
+        );
+        assert_eq!(run(&v), (3, Some(100), Some(10), Some(60)));
+        // Newest reading normal: no current run.
+        let v = timed(&[("sbp", 60, 85.0), ("sbp", 30, 85.0), ("sbp", 5, 120.0)], &[]);
+        assert_eq!(run(&v), (0, None, None, Some(30)));
+        // SBP 105 is a fall of 45 from a baseline of 150 (median of 6-24 h ago).
+        let v = timed(&[("sbp", 900, 150.0), ("sbp", 700, 148.0), ("sbp", 400, 152.0), ("sbp", 30, 105.0), ("sbp", 0, 104.0)], &[]);
+        assert_eq!(sbp_baseline(&v), Some(150.0));
+        assert_eq!(run(&v).0, 2);
+        let scored = organ.evaluate(&v);
+        assert_eq!(int(&scored, &["subscores", "sbp"]), 1);
+        assert_eq!(scored.get("met").into_typed_array::<ImmutableString>().unwrap(), vec!["sbp_fall 46 (> 40)"]);
+        // A recorded baseline wins; fewer than 3 old readings and no setting: no baseline.
+        let v = timed(&[("sbp", 30, 105.0)], &[("sbp_baseline", "140")]);
+        assert_eq!(sbp_baseline(&v), Some(140.0));
+        let v = timed(&[("sbp", 400, 150.0), ("sbp", 30, 105.0)], &[("sbp_baseline", "not a number")]);
+        assert_eq!(sbp_baseline(&v), None);
+        assert_eq!(run(&v).0, 0, "without a baseline only SBP/MAP thresholds apply");
+    }
 }
