@@ -152,9 +152,11 @@ pub fn sbp_baseline(view: &PatientView) -> Option<f64> {
     if values.len() < 3 {
         return None;
     }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+    // The median in linear time (a day of minute readings is ~1 000 values).
+    let (len, mid) = (values.len(), values.len() / 2);
+    let (below, upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    let upper = *upper;
+    Some(if len % 2 == 1 { upper } else { (below.iter().copied().fold(f64::MIN, f64::max) + upper) / 2.0 })
 }
 
 /// 23.0 reads "23", 38.25 reads "38.25" (whole numbers, the common case, without float
@@ -342,12 +344,18 @@ impl ScoreTable {
     /// `lookback_s` seconds; `None` when the table has no such item. See [`Run`].
     pub fn abnormal_run(&self, view: &PatientView, key: &str, lookback_s: f64) -> Option<Run> {
         let item = self.applicable(view).into_iter().find(|i| i.key == key)?;
+        // Each series once, abnormal when any input reading it scores (SBP and SBP fall share
+        // the SBP series); series are in time order, so the sort merges a few sorted runs.
+        let inputs: Vec<(&str, Option<f64>, &Input)> = item.inputs.iter().filter_map(|i| i.series(view).map(|(s, b)| (s, b, i))).collect();
         let mut readings: Vec<(OffsetDateTime, bool)> = Vec::new();
-        for input in &item.inputs {
-            let Some((series, baseline)) = input.series(view) else { continue };
+        for (i, (series, ..)) in inputs.iter().enumerate() {
+            if inputs[..i].iter().any(|(s, ..)| s == series) {
+                continue;
+            }
+            let on_series: Vec<&(&str, Option<f64>, &Input)> = inputs.iter().filter(|(s, ..)| s == series).collect();
             for s in view.window(series, lookback_s) {
-                let value = baseline.map_or(s.value, |b| b - s.value);
-                readings.push((s.at, input.points_of(value) > 0));
+                let abnormal = on_series.iter().any(|(_, baseline, input)| input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0);
+                readings.push((s.at, abnormal));
             }
         }
         readings.sort_by_key(|r| r.0);
