@@ -317,6 +317,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_patient_is_passivated_and_its_next_event_rebuilds_it_with_the_same_window() {
+        let store = Arc::new(MemoryStore::with_publisher(Arc::new(CollectingPublisher::default())));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        // Records the RR window each rule run sees, per patient; raises for RR >= 30 only.
+        type Seen = Vec<(PatientId, Vec<f64>)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+            let window: Vec<f64> = v.window("rr", 86_400.0).map(|s| s.value).collect();
+            record.lock().unwrap().push((v.patient_id.clone().unwrap(), window));
+            match v.latest("rr", 600.0) {
+                Some(rr) if rr >= 30.0 => vec![RuleOutcome {
+                    rule_id: "t.rr".into(),
+                    version: "v1".into(),
+                    policy: AlertPolicy::default(),
+                    verdict: RuleVerdict::Fire {
+                        finding: None,
+                        severity: Severity::High,
+                        score: Some(rr),
+                        summary: "rr".into(),
+                        details: crate::model::Details::null(),
+                        partial: false,
+                    },
+                }],
+                _ => Vec::new(),
+            }
+        }));
+        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
+        // Three patients with two readings each; the third's RR raises an alert.
+        for minute in [0, 10] {
+            *clock.0.lock().unwrap() = at(minute);
+            for (mrn, rr) in [("400", 18.0), ("401", 18.0), ("402", 31.0)] {
+                router.ingest(event(mrn, rr + minute as f64 / 10.0, at(minute))).await.unwrap().wait().await.unwrap();
+            }
+        }
+        assert_eq!(router.patient_count(), 3);
+        *clock.0.lock().unwrap() = at(10) + time::Duration::minutes(59);
+        assert_eq!(router.passivate_idle(time::Duration::hours(1)).await, 0, "not idle for an hour yet");
+        *clock.0.lock().unwrap() = at(10) + time::Duration::minutes(61);
+        assert_eq!(router.passivate_idle(time::Duration::hours(1)).await, 2, "idle, no open alert");
+        assert_eq!(router.patient_count(), 1, "only the patient with an open alert keeps a live actor");
+
+        // The next event rebuilds the passivated patient from the store: its rules see the
+        // window a never-passivated patient with the same history sees.
+        seen.lock().unwrap().clear();
+        *clock.0.lock().unwrap() = at(72);
+        router.ingest(event("400", 20.0, at(72))).await.unwrap().wait().await.unwrap();
+        assert_eq!(router.patient_count(), 2);
+        let window = seen.lock().unwrap().last().unwrap().clone();
+        assert_eq!(window.0, PatientId("p-400".into()));
+        assert_eq!(window.1, vec![18.0, 19.0, 20.0], "the history came back from the store");
+        router.shutdown().await;
+        assert_eq!(router.patient_count(), 0);
+    }
+
+    #[tokio::test]
     async fn acknowledge_holds_until_severity_rises_and_resolve_closes() {
         let publisher = Arc::new(CollectingPublisher::default());
         let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));

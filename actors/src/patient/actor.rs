@@ -29,6 +29,8 @@ pub struct PatientArgs {
 pub struct Running {
     state: PatientState,
     ports: Ports,
+    /// When the actor last had an event or an action (for passivation).
+    last_active: time::OffsetDateTime,
 }
 
 impl Running {
@@ -73,15 +75,19 @@ impl Actor for PatientActor {
         for alert in args.open_alerts {
             state.restore_open(alert);
         }
-        Ok(Running { state, ports: args.ports })
+        let last_active = args.ports.clock.now();
+        Ok(Running { state, ports: args.ports, last_active })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: PatientMsg,
         run: &mut Running,
     ) -> Result<(), ActorProcessingErr> {
+        if matches!(msg, PatientMsg::Ingest { .. } | PatientMsg::Act { .. }) {
+            run.last_active = run.ports.clock.now();
+        }
         match msg {
             PatientMsg::Ingest { events, reply } => {
                 // Rules run first (microseconds), so the events and the alert changes they
@@ -109,6 +115,17 @@ impl Actor for PatientActor {
                     Err(refused) => Err(refused.into()),
                 };
                 let _ = reply.send(result);
+            }
+            PatientMsg::Passivate { idle_for, reply } => {
+                let now = run.ports.clock.now();
+                let idle = now - run.last_active >= idle_for && !run.state.has_running_clock(now);
+                let _ = reply.send(idle);
+                if idle {
+                    // Everything it holds is in the store: its next event rebuilds it. Draining
+                    // finishes what is queued already; later sends are refused with the message,
+                    // which the router hands to a successor.
+                    let _ = myself.drain();
+                }
             }
             PatientMsg::Summary { reply } => {
                 let now = run.ports.clock.now();

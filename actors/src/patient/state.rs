@@ -70,6 +70,9 @@ pub const MAX_CLOSED: usize = 512;
 #[derive(Debug, Clone)]
 struct Closed {
     at: OffsetDateTime,
+    /// Until when remembering it changes what a re-fire does (cooldown, reopen window, or the
+    /// day a "hold until changed" lasts).
+    matters_until: OffsetDateTime,
     severity: Severity,
     by_clinician: bool,
     alert: Alert,
@@ -451,7 +454,8 @@ impl PatientState {
         alert.stale = false;
         alert.updated_at = now;
         alert.resolved = Some(Resolution { by: format!("rule:{}", key.0), at: now, reason: reason.to_string() });
-        self.resolved.insert(key, Closed { at: now, severity: alert.severity, by_clinician: false, alert: alert.clone() });
+        let matters_until = now + Duration::seconds(policy.reopen_s.max(policy.cooldown_s));
+        self.resolved.insert(key, Closed { at: now, matters_until, severity: alert.severity, by_clinician: false, alert: alert.clone() });
         Some((alert, false))
     }
 
@@ -504,10 +508,17 @@ impl PatientState {
         if changed.status == AlertStatus::Resolved {
             self.open_alerts.remove(&key);
             self.clearing.remove(&key);
-            let closed = Closed { at: now, severity: changed.severity, by_clinician: true, alert: changed.clone() };
+            // The rule's cooldown is not known here: remember it for as long as any could last.
+            let closed = Closed { at: now, matters_until: now + WINDOW_MAX_AGE, severity: changed.severity, by_clinician: true, alert: changed.clone() };
             self.resolved.insert(key, closed);
         }
         Ok((changed, notify))
+    }
+
+    /// Whether stopping this actor now would change what it decides later: an alert is open
+    /// (or clearing), or a closed alert's cooldown or reopen window is still running.
+    pub fn has_running_clock(&self, now: OffsetDateTime) -> bool {
+        !self.open_alerts.is_empty() || !self.clearing.is_empty() || self.resolved.values().any(|c| c.matters_until > now)
     }
 
     /// Closed alerts are remembered for a day (cooldowns, reopening, what a clinician saw),
