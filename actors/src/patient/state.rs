@@ -12,7 +12,7 @@ use crate::model::{
     PatientSummary, TrendPoint,
     ResultStatus, RuleRef, Severity,
 };
-use crate::ports::{ActiveMedication, CodedSample, PatientView, RuleOutcome, RuleVerdict, Sample};
+use crate::ports::{ActiveMedication, CodedSample, MAX_MEDICATIONS, MEDICATION_MEMORY, PatientView, RuleOutcome, RuleVerdict, Sample};
 
 /// Why an action on an alert was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,24 +104,37 @@ impl PatientState {
             },
             // The prior record's history is folded in by the actor, which reads it from the store.
             EventKind::Merge { .. } => {}
-            EventKind::MedicationOrder { action, medication } => match action {
-                OrderAction::New | OrderAction::Change => {
-                    upsert_medication(view, medication, event.received_at);
+            EventKind::MedicationOrder { action, medication } => {
+                match action {
+                    OrderAction::New | OrderAction::Change => upsert_medication(view, medication, event.received_at),
+                    OrderAction::Discontinue | OrderAction::Cancel => {
+                        stop_medication(view, medication, *action, event.received_at);
+                    }
                 }
-                OrderAction::Discontinue | OrderAction::Cancel => {
-                    view.medications.retain(|m| m.medication.order_id != medication.order_id);
-                }
-            },
+                forget_old_medications(view, event.received_at);
+            }
             EventKind::Administration { medication, given_at } => {
-                upsert_medication(view, medication, *given_at);
+                record_administration(view, medication, *given_at);
+                forget_old_medications(view, event.received_at.max(*given_at));
             }
             EventKind::Allergies { allergies, replace } => {
-                if *replace {
-                    view.allergies.clear();
+                // What this event adds to the record (or changes the severity of) is checked
+                // against the active medications (`med.allergy`); a list sent again is not.
+                let previous = std::mem::take(&mut view.allergies);
+                view.new_allergies.clear();
+                if !*replace {
+                    view.allergies = previous.clone();
                 }
                 for allergy in allergies {
-                    if !view.allergies.iter().any(|a| a.name == allergy.name && a.code == allergy.code) {
-                        view.allergies.push(allergy.clone());
+                    let same = |a: &&crate::model::Allergy| a.name == allergy.name && a.code == allergy.code;
+                    let known = previous.iter().find(same);
+                    if known.is_none_or(|a| a.severity != allergy.severity) {
+                        view.new_allergies.push(allergy.clone());
+                    }
+                    match view.allergies.iter_mut().find(|a| a.name == allergy.name && a.code == allergy.code) {
+                        // The sender's latest word on type and severity stands.
+                        Some(a) => a.clone_from(allergy),
+                        None => view.allergies.push(allergy.clone()),
                     }
                 }
             }
@@ -168,7 +181,7 @@ impl PatientState {
             discharged: view.discharged,
             latest,
             trends,
-            medications: view.medications.iter().map(|m| m.medication.clone()).collect(),
+            medications: view.medications.iter().filter(|m| m.stopped.is_none()).map(|m| m.medication.clone()).collect(),
             allergies: view.allergies.clone(),
             open_alerts: self.open_alerts.values().cloned().collect(),
             scores: BTreeMap::new(),
@@ -180,6 +193,7 @@ impl PatientState {
         let view = Arc::make_mut(&mut self.view);
         view.now = Some(now);
         view.new_order = None;
+        view.new_allergies.clear();
         Arc::clone(&self.view)
     }
 
@@ -198,6 +212,9 @@ impl PatientState {
             }
             _ => None,
         };
+        if !matches!(event.kind, EventKind::Allergies { .. }) {
+            view.new_allergies.clear();
+        }
         Arc::clone(&self.view)
     }
 
@@ -391,10 +408,62 @@ fn apply_observation(view: &mut PatientView, o: &Observation) {
     }
 }
 
+/// A new or changed order: running (again) from `at`, or the same order with its drug updated.
 fn upsert_medication(view: &mut PatientView, medication: &Medication, at: OffsetDateTime) {
     match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
-        Some(existing) => existing.medication = medication.clone(),
-        None => view.medications.push(ActiveMedication { medication: medication.clone(), since: at }),
+        Some(existing) => {
+            existing.medication = medication.clone();
+            if existing.stopped.is_some() || existing.administered_only {
+                existing.since = at;
+            }
+            existing.administered_only = false;
+            existing.stopped = None;
+        }
+        None => view.medications.push(ActiveMedication::ordered(medication.clone(), at)),
+    }
+}
+
+/// A discontinued order is kept with its stop time (its washout is the tables' business); a
+/// cancelled order that was never given is forgotten (it never reached the patient).
+fn stop_medication(view: &mut PatientView, medication: &Medication, action: OrderAction, at: OffsetDateTime) {
+    let Some(pos) = view.medications.iter().position(|m| m.medication.order_id == medication.order_id) else { return };
+    let Some(m) = view.medications.get_mut(pos) else { return };
+    if action == OrderAction::Cancel && m.last_given.is_none() && !m.administered_only {
+        view.medications.remove(pos);
+    } else if m.stopped.is_none() {
+        m.stopped = Some(at);
+    }
+}
+
+/// A dose given: of a known order (its latest dose), or a one-off with no order.
+fn record_administration(view: &mut PatientView, medication: &Medication, given_at: OffsetDateTime) {
+    match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
+        Some(existing) => {
+            existing.last_given = Some(existing.last_given.map_or(given_at, |g| g.max(given_at)));
+            if existing.administered_only {
+                existing.medication = medication.clone();
+                existing.stopped = None;
+            }
+        }
+        None => view.medications.push(ActiveMedication::administered(medication.clone(), given_at)),
+    }
+}
+
+/// Drop what stopped (or was last given) longer than [`MEDICATION_MEMORY`] before `now`, and
+/// keep the list bounded: past [`MAX_MEDICATIONS`] the oldest stopped or one-off entries go
+/// first, then the oldest orders.
+fn forget_old_medications(view: &mut PatientView, now: OffsetDateTime) {
+    let ended = |m: &ActiveMedication| m.stopped.or(if m.administered_only { m.last_given } else { None });
+    view.medications.retain(|m| ended(m).is_none_or(|at| now - at <= MEDICATION_MEMORY));
+    while view.medications.len() > MAX_MEDICATIONS {
+        let oldest_ended = view.medications.iter().enumerate().filter_map(|(i, m)| ended(m).map(|at| (at, i))).min().map(|(_, i)| i);
+        let oldest = oldest_ended.or_else(|| view.medications.iter().enumerate().min_by_key(|(_, m)| m.since).map(|(i, _)| i));
+        match oldest {
+            Some(i) => {
+                view.medications.remove(i);
+            }
+            None => break,
+        }
     }
 }
 
