@@ -574,4 +574,57 @@ mod tests {
         assert!(tables.classes_of("Phenelzine Sulfate", None).iter().any(|c| c == "maoi"));
         assert!(tables.classes_of("amoxicillin", None).iter().any(|c| c == "penicillins"));
     }
+
+    #[test]
+    fn combination_names_split_into_normalised_ingredients() {
+        assert_eq!(split_combination("amoxicillin / clavulanate potassium"), ["amoxicillin", "clavulanate"]);
+        assert_eq!(split_combination("sulfamethoxazole-trimethoprim"), ["sulfamethoxazole", "trimethoprim"]);
+        assert_eq!(split_combination("dextroamphetamine and amphetamine"), ["dextroamphetamine", "amphetamine"]);
+        assert_eq!(split_combination("lopinavir+ritonavir"), ["lopinavir", "ritonavir"]);
+        assert_eq!(split_combination("sertraline"), ["sertraline"]);
+        assert_eq!(split_combination("/ - "), Vec::<String>::new());
+    }
+
+    #[test]
+    fn shipped_tables_give_ingredients_and_times() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
+        let tables = Tables::load(&dir).unwrap();
+        let names = |name: &str, rx: Option<&str>| tables.ingredients(name, rx).into_iter().map(|i| i.name.to_string()).collect::<Vec<_>>();
+        assert_eq!(names("Bactrim DS", Some("10831")), ["sulfamethoxazole", "trimethoprim"], "by the product's RxNorm code");
+        assert_eq!(names("co-amoxiclav", None), ["amoxicillin", "clavulanate"], "by a listed name");
+        assert_eq!(names("Amoxicillin / Clavulanate Potassium", None), ["amoxicillin", "clavulanate"], "by splitting");
+        assert_eq!(names("Nardil", Some("8123")), ["phenelzine"], "a member's code gives its name");
+        assert_eq!(names("methylene blue", None), ["methylene blue"]);
+        assert_eq!(tables.ingredients("co-trimoxazole", None)[0].rxnorm.as_deref(), Some("10180"));
+        let classes = tables.classes_of("lopinavir/ritonavir", None);
+        assert!(classes.iter().any(|c| c == "protease_inhibitors") && classes.iter().any(|c| c == "cyp3a4_strong_inhibitors"), "{classes:?}");
+        assert!(tables.is_combination("Bactrim", Some("10831")) && !tables.is_combination("sertraline", Some("36437")));
+        let one = |name: &str, rx: Option<&str>| tables.ingredients(name, rx).remove(0);
+        let day = 86400.0;
+        assert_eq!(tables.washout_s(&one("", Some("8123"))), 14.0 * day, "phenelzine by code");
+        assert_eq!(tables.washout_s(&one("linezolid", None)), day, "a member's own washout");
+        assert_eq!(tables.washout_s(&one("fluoxetine", None)), 35.0 * day);
+        assert_eq!(tables.washout_s(&one("sertraline", None)), 0.0);
+        assert_eq!(tables.active_after_dose_s(&one("omeprazole", None)), 72.0 * 3600.0, "the class's");
+        assert_eq!(tables.active_after_dose_s(&one("acetaminophen", None)), 24.0 * 3600.0, "the default");
+    }
+
+    #[test]
+    fn a_washout_longer_than_the_actor_remembers_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vigil-washout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = r#"{ "classes": { "x": { "washout_days": 90, "members": [ { "name": "x" } ] } } }"#;
+        std::fs::write(dir.join("drug_classes.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("classes.x.washout_days: 90 is longer than the 60 days"), "{}", errors[0]);
+        let table = r#"{ "classes": { "x": { "members": [ { "name": "x", "active_after_dose_h": -1 } ] } } }"#;
+        std::fs::write(dir.join("drug_classes.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("classes.x.members[0].active_after_dose_h: a number >= 0"), "{}", errors[0]);
+        let table = r#"{ "classes": {}, "combinations": [ { "name": "x/y", "ingredients": [ { "name": "x" } ] } ] }"#;
+        std::fs::write(dir.join("drug_classes.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("two ingredients or more"), "{}", errors[0]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -580,4 +580,113 @@ mod tests {
         }
         assert_eq!(s.len(), WINDOW_MAX_SAMPLES);
     }
+
+    fn med_event(at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
+        ClinicalEvent {
+            patient_id: PatientId("p-meds".into()),
+            patient: crate::model::PatientKey { authority: "T".into(), mrn: Phi("SYNTH-1".into()) },
+            demographics: Demographics::default(),
+            location: None,
+            sender: "T|T".into(),
+            control_id: "1".into(),
+            raw: Phi(String::new()),
+            received_at: at,
+            kind,
+        }
+    }
+
+    fn drug(order_id: &str, name: &str) -> Medication {
+        Medication { order_id: order_id.into(), rxnorm: None, name: name.into() }
+    }
+
+    fn order(at: OffsetDateTime, action: OrderAction, medication: Medication) -> ClinicalEvent {
+        med_event(at, EventKind::MedicationOrder { action, medication })
+    }
+
+    #[test]
+    fn a_discontinued_order_is_kept_with_its_stop_time_and_a_cancel_before_any_dose_forgets_it() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        state.apply(&order(t0, OrderAction::New, drug("O1", "phenelzine")));
+        state.apply(&order(t0, OrderAction::New, drug("O2", "sertraline")));
+        state.apply(&order(t0 + Duration::hours(1), OrderAction::Discontinue, drug("O1", "phenelzine")));
+        state.apply(&order(t0 + Duration::hours(2), OrderAction::Cancel, drug("O2", "sertraline")));
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), 1, "the cancelled order was never given: gone");
+        assert_eq!(meds[0].stopped, Some(t0 + Duration::hours(1)), "the discontinued one stays, for its washout");
+        assert!(state.summary(t0).medications.is_empty(), "the patient view lists running medications only");
+        // Ordered again: running from the new order.
+        state.apply(&order(t0 + Duration::days(2), OrderAction::New, drug("O1", "phenelzine")));
+        let m = &state.view.medications[0];
+        assert_eq!((m.stopped, m.since), (None, t0 + Duration::days(2)));
+        // A cancel after a dose was given is a stop, not a deletion.
+        state.apply(&med_event(t0 + Duration::days(3), EventKind::Administration { medication: drug("O1", "phenelzine"), given_at: t0 + Duration::days(3) }));
+        state.apply(&order(t0 + Duration::days(4), OrderAction::Cancel, drug("O1", "phenelzine")));
+        assert_eq!(state.view.medications[0].stopped, Some(t0 + Duration::days(4)));
+    }
+
+    #[test]
+    fn a_dose_without_an_order_is_a_one_off_and_a_dose_on_an_order_updates_it() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        let give = |state: &mut PatientState, m: Medication, at: OffsetDateTime| {
+            state.apply(&med_event(at, EventKind::Administration { medication: m, given_at: at }));
+        };
+        give(&mut state, drug("RAS-1", "methylene blue"), t0);
+        state.apply(&order(t0, OrderAction::New, drug("O1", "linezolid")));
+        give(&mut state, drug("O1", "linezolid"), t0 + Duration::hours(3));
+        give(&mut state, drug("RAS-1", "methylene blue"), t0 + Duration::hours(5));
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), 2);
+        assert!(meds[0].administered_only && meds[0].last_given == Some(t0 + Duration::hours(5)), "{:?}", meds[0]);
+        assert!(!meds[1].administered_only && meds[1].last_given == Some(t0 + Duration::hours(3)), "{:?}", meds[1]);
+        // An order for the one-off's id makes it an order.
+        state.apply(&order(t0 + Duration::hours(6), OrderAction::New, drug("RAS-1", "methylene blue")));
+        assert!(!state.view.medications[0].administered_only);
+    }
+
+    #[test]
+    fn stopped_medications_are_forgotten_after_the_memory_and_the_list_stays_bounded() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        state.apply(&order(t0, OrderAction::New, drug("OLD", "phenelzine")));
+        state.apply(&order(t0, OrderAction::Discontinue, drug("OLD", "phenelzine")));
+        let later = t0 + MEDICATION_MEMORY + Duration::minutes(1);
+        state.apply(&order(later, OrderAction::New, drug("NEW", "sertraline")));
+        let ids: Vec<&str> = state.view.medications.iter().map(|m| m.medication.order_id.as_str()).collect();
+        assert_eq!(ids, ["NEW"]);
+        for i in 0..(MAX_MEDICATIONS + 20) {
+            let at = later + Duration::seconds(i as i64);
+            state.apply(&order(at, OrderAction::New, drug(&format!("O{i}"), "drug")));
+            if i % 2 == 0 {
+                state.apply(&order(at, OrderAction::Discontinue, drug(&format!("O{i}"), "drug")));
+            }
+        }
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), MAX_MEDICATIONS);
+        assert!(meds.iter().any(|m| m.medication.order_id == "NEW"), "running orders outlast stopped ones");
+        assert!(!meds.iter().any(|m| m.medication.order_id == "O0"), "the oldest stopped went first");
+    }
+
+    #[test]
+    fn only_allergies_new_to_the_record_or_more_or_less_severe_are_new() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        let allergy = |name: &str, severity: &str| crate::model::Allergy { code: None, name: name.into(), kind: "DA".into(), severity: severity.into() };
+        let record = |state: &mut PatientState, allergies: Vec<crate::model::Allergy>, replace: bool| {
+            let event = med_event(t0, EventKind::Allergies { allergies, replace });
+            state.apply(&event);
+            state.view_at(t0, &event).new_allergies.iter().map(|a| a.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(record(&mut state, vec![allergy("penicillin", "MO")], false), ["penicillin"]);
+        assert!(record(&mut state, vec![allergy("penicillin", "MO")], false).is_empty(), "sent again: nothing new");
+        assert_eq!(record(&mut state, vec![allergy("penicillin", "SV"), allergy("sulfa", "MI")], false), ["penicillin", "sulfa"]);
+        assert_eq!(state.view.allergies.len(), 2);
+        assert_eq!(state.view.allergies[0].severity, "SV", "the latest severity stands");
+        assert!(record(&mut state, vec![allergy("sulfa", "MI")], true).is_empty());
+        assert_eq!(state.view.allergies.len(), 1, "a complete list replaces the record");
+        let vitals = med_event(t0, EventKind::Observations { observations: Vec::new() });
+        state.apply(&vitals);
+        assert!(state.view_at(t0, &vitals).new_allergies.is_empty(), "other events carry no new allergies");
+    }
 }
