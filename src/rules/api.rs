@@ -254,7 +254,8 @@ fn ddi_key(a: &str, b: &str) -> String {
 /// its washout (not the order itself, not the same ingredient); one hit per pair of
 /// ingredients, medications in order and interactions in table order:
 /// `[#{ interaction, title, risk, ordered, active, ordered_ingredient, active_ingredient, key,
-/// washout, stopped_s, source }]`.
+/// text, washout, stopped_s, source }]` (`text`: `ordered + active`, a combination with its
+/// ingredient).
 fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
     let mut hits = Array::new();
     let Some(order) = view.new_order.as_ref() else { return hits };
@@ -317,6 +318,9 @@ fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
                 found.insert("ordered_ingredient".into(), ordered_ingredient.name.clone().into());
                 found.insert("active_ingredient".into(), ingredient.name.clone().into());
                 found.insert("key".into(), key.as_str().into());
+                let ordered_text = drug_text(&order.name, ordered.len() > 1, &ordered_ingredient.name);
+                let active_text = drug_text(&m.name, ingredients.len() > 1, &ingredient.name);
+                found.insert("text".into(), format!("{ordered_text} + {active_text}").into());
                 found.insert("washout".into(), stopped_s.is_some().into());
                 found.insert("stopped_s".into(), opt_float(stopped_s));
                 found.insert("source".into(), ix.source.clone());
@@ -326,6 +330,12 @@ fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
         }
     }
     hits
+}
+
+/// A drug for a summary: its name, with the ingredient concerned when it is a combination
+/// (`lopinavir/ritonavir [ritonavir]`).
+fn drug_text(name: &str, combination: bool, ingredient: &str) -> String {
+    if combination { format!("{name} [{ingredient}]") } else { name.to_string() }
 }
 
 /// Whether a recorded reaction is severe: HL7 table 0128 `SV`, FHIR criticality `high` or
@@ -360,6 +370,7 @@ fn match_allergy(tables: &Tables, drug: &Medication, drug_ingredients: &[Ingredi
         m.insert("drug".into(), drug.name.as_str().into());
         m.insert("order_id".into(), drug.order_id.as_str().into());
         m.insert("ingredient".into(), ingredient.name.clone().into());
+        m.insert("drug_text".into(), drug_text(&drug.name, drug_ingredients.len() > 1, &ingredient.name).into());
         m.insert("allergen".into(), allergy.name.as_str().into());
         m.insert("match_by".into(), (if by_ingredient { "ingredient" } else { "class" }).into());
         m.insert("class".into(), class.map_or(Dynamic::UNIT, Dynamic::from));
@@ -373,7 +384,8 @@ fn match_allergy(tables: &Tables, drug: &Medication, drug_ingredients: &[Ingredi
 
 /// `p.allergy_matches()`: for an order, the ordered drug against every recorded allergy; for
 /// an allergies event, each newly recorded allergy against every active medication.
-/// `[#{ drug, order_id, ingredient, allergen, match_by, class, reaction_severity, severe, key }]`.
+/// `[#{ drug, order_id, ingredient, drug_text, allergen, match_by, class, reaction_severity, severe,
+/// key }]`.
 fn allergy_matches(tables: &Tables, view: &PatientView) -> Array {
     let (mut out, mut keys) = (Array::new(), Vec::new());
     if let Some(order) = &view.new_order {
