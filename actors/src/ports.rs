@@ -157,14 +157,46 @@ pub struct CodedSample {
     pub text: String,
 }
 
-/// A medication the patient is on, with when it started.
+/// A medication the patient is on or was on recently: an order (active until discontinued), or
+/// an administration with no order (a one-off dose, active for a time after the dose that the
+/// drug tables set per class). A discontinued drug is kept, with when it stopped, for as long
+/// as a washout may last ([`MEDICATION_MEMORY`]): an MAO inhibitor still interacts for 14 days.
+/// Whether a drug is active or in its washout at a given time is decided by the rule host,
+/// which holds the tables.
 #[derive(Clone, PartialEq, Debug)]
 pub struct ActiveMedication {
     /// The drug.
     pub medication: Medication,
     /// When the order (or first administration) arrived.
     pub since: OffsetDateTime,
+    /// Known from administrations only (no order): a one-off dose.
+    pub administered_only: bool,
+    /// The latest administration, when any was recorded.
+    pub last_given: Option<OffsetDateTime>,
+    /// When the order was discontinued (or cancelled after a dose); `None` while it runs.
+    pub stopped: Option<OffsetDateTime>,
 }
+
+impl ActiveMedication {
+    /// An order that started at `since`.
+    pub fn ordered(medication: Medication, since: OffsetDateTime) -> Self {
+        ActiveMedication { medication, since, administered_only: false, last_given: None, stopped: None }
+    }
+
+    /// A dose given at `at` with no order on record.
+    pub fn administered(medication: Medication, at: OffsetDateTime) -> Self {
+        ActiveMedication { medication, since: at, administered_only: true, last_given: Some(at), stopped: None }
+    }
+}
+
+/// How long a discontinued medication or a one-off dose is remembered after it stopped (or
+/// was given): the longest washout plus active time the drug tables may declare (the tables
+/// are refused at load when they exceed it). 60 days.
+pub const MEDICATION_MEMORY: time::Duration = time::Duration::days(60);
+
+/// At most this many medications (running, stopped or one-off) are kept per patient; the
+/// oldest stopped ones go first.
+pub const MAX_MEDICATIONS: usize = 256;
 
 /// An open alert as a rule sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -198,10 +230,14 @@ pub struct PatientView {
     pub series: HashMap<String, VecDeque<Sample>>,
     /// Recent coded samples per canonical name, oldest first.
     pub coded: HashMap<String, VecDeque<CodedSample>>,
-    /// Active medications.
+    /// Medications: running orders, one-off doses and recently stopped drugs (see
+    /// [`ActiveMedication`]).
     pub medications: Vec<ActiveMedication>,
     /// Recorded allergies.
     pub allergies: Vec<Allergy>,
+    /// The allergies the triggering event recorded that were not on record before (or whose
+    /// severity changed); empty for other events.
+    pub new_allergies: Vec<Allergy>,
     /// Per-patient settings set by clinicians (e.g. `spo2_scale` = `2` for NEWS2).
     pub settings: HashMap<String, String>,
     /// Open alerts: rule id, finding (empty for a rule's one alert) and severity.

@@ -262,7 +262,7 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
     full.sex = "F".into();
     full.settings.insert("spo2_scale".into(), "1".into());
     let med = Medication { order_id: "lint-1".into(), rxnorm: Some("161".into()), name: "acetaminophen".into() };
-    full.medications.push(ActiveMedication { medication: med.clone(), since: now });
+    full.medications.push(ActiveMedication::ordered(med.clone(), now));
     full.allergies.push(Allergy { code: Some("RXNORM|7980".into()), name: "penicillin g".into(), kind: "DA".into(), severity: "SV".into() });
     let mut order = full.clone();
     order.new_order = Some(Medication { order_id: "lint-2".into(), ..med });

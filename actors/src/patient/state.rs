@@ -13,7 +13,8 @@ use crate::model::{
     ResultStatus, RuleRef, Severity,
 };
 use crate::ports::{
-    ActiveMedication, AlertPolicy, CodedSample, OpenAlertRef, PatientView, RuleOutcome, RuleVerdict, Sample,
+    ActiveMedication, AlertPolicy, CodedSample, MAX_MEDICATIONS, MEDICATION_MEMORY, OpenAlertRef, PatientView, RuleOutcome,
+    RuleVerdict, Sample,
 };
 
 /// Why an action on an alert was refused.
@@ -155,24 +156,37 @@ impl PatientState {
             },
             // The prior record's history is folded in by the actor, which reads it from the store.
             EventKind::Merge { .. } => {}
-            EventKind::MedicationOrder { action, medication } => match action {
-                OrderAction::New | OrderAction::Change => {
-                    upsert_medication(view, medication, event.received_at);
+            EventKind::MedicationOrder { action, medication } => {
+                match action {
+                    OrderAction::New | OrderAction::Change => upsert_medication(view, medication, event.received_at),
+                    OrderAction::Discontinue | OrderAction::Cancel => {
+                        stop_medication(view, medication, *action, event.received_at);
+                    }
                 }
-                OrderAction::Discontinue | OrderAction::Cancel => {
-                    view.medications.retain(|m| m.medication.order_id != medication.order_id);
-                }
-            },
+                forget_old_medications(view, event.received_at);
+            }
             EventKind::Administration { medication, given_at } => {
-                upsert_medication(view, medication, *given_at);
+                record_administration(view, medication, *given_at);
+                forget_old_medications(view, event.received_at.max(*given_at));
             }
             EventKind::Allergies { allergies, replace } => {
-                if *replace {
-                    view.allergies.clear();
+                // What this event adds to the record (or changes the severity of) is checked
+                // against the active medications (`med.allergy`); a list sent again is not.
+                let previous = std::mem::take(&mut view.allergies);
+                view.new_allergies.clear();
+                if !*replace {
+                    view.allergies = previous.clone();
                 }
                 for allergy in allergies {
-                    if !view.allergies.iter().any(|a| a.name == allergy.name && a.code == allergy.code) {
-                        view.allergies.push(allergy.clone());
+                    let same = |a: &&crate::model::Allergy| a.name == allergy.name && a.code == allergy.code;
+                    let known = previous.iter().find(same);
+                    if known.is_none_or(|a| a.severity != allergy.severity) {
+                        view.new_allergies.push(allergy.clone());
+                    }
+                    match view.allergies.iter_mut().find(|a| a.name == allergy.name && a.code == allergy.code) {
+                        // The sender's latest word on type and severity stands.
+                        Some(a) => a.clone_from(allergy),
+                        None => view.allergies.push(allergy.clone()),
                     }
                 }
             }
@@ -230,7 +244,7 @@ impl PatientState {
             discharged: view.discharged,
             latest,
             trends,
-            medications: view.medications.iter().map(|m| m.medication.clone()).collect(),
+            medications: view.medications.iter().filter(|m| m.stopped.is_none()).map(|m| m.medication.clone()).collect(),
             allergies: view.allergies.clone(),
             open_alerts: self.open_alerts.values().cloned().collect(),
             scores: BTreeMap::new(),
@@ -242,6 +256,7 @@ impl PatientState {
         let view = Arc::make_mut(&mut self.view);
         view.now = Some(now);
         view.new_order = None;
+        view.new_allergies.clear();
         Arc::clone(&self.view)
     }
 
@@ -264,6 +279,9 @@ impl PatientState {
             }
             _ => None,
         };
+        if !matches!(event.kind, EventKind::Allergies { .. }) {
+            view.new_allergies.clear();
+        }
         Arc::clone(&self.view)
     }
 
@@ -574,10 +592,62 @@ fn apply_observation(view: &mut PatientView, o: &Observation) {
     }
 }
 
+/// A new or changed order: running (again) from `at`, or the same order with its drug updated.
 fn upsert_medication(view: &mut PatientView, medication: &Medication, at: OffsetDateTime) {
     match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
-        Some(existing) => existing.medication = medication.clone(),
-        None => view.medications.push(ActiveMedication { medication: medication.clone(), since: at }),
+        Some(existing) => {
+            existing.medication = medication.clone();
+            if existing.stopped.is_some() || existing.administered_only {
+                existing.since = at;
+            }
+            existing.administered_only = false;
+            existing.stopped = None;
+        }
+        None => view.medications.push(ActiveMedication::ordered(medication.clone(), at)),
+    }
+}
+
+/// A discontinued order is kept with its stop time (its washout is the tables' business); a
+/// cancelled order that was never given is forgotten (it never reached the patient).
+fn stop_medication(view: &mut PatientView, medication: &Medication, action: OrderAction, at: OffsetDateTime) {
+    let Some(pos) = view.medications.iter().position(|m| m.medication.order_id == medication.order_id) else { return };
+    let Some(m) = view.medications.get_mut(pos) else { return };
+    if action == OrderAction::Cancel && m.last_given.is_none() && !m.administered_only {
+        view.medications.remove(pos);
+    } else if m.stopped.is_none() {
+        m.stopped = Some(at);
+    }
+}
+
+/// A dose given: of a known order (its latest dose), or a one-off with no order.
+fn record_administration(view: &mut PatientView, medication: &Medication, given_at: OffsetDateTime) {
+    match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
+        Some(existing) => {
+            existing.last_given = Some(existing.last_given.map_or(given_at, |g| g.max(given_at)));
+            if existing.administered_only {
+                existing.medication = medication.clone();
+                existing.stopped = None;
+            }
+        }
+        None => view.medications.push(ActiveMedication::administered(medication.clone(), given_at)),
+    }
+}
+
+/// Drop what stopped (or was last given) longer than [`MEDICATION_MEMORY`] before `now`, and
+/// keep the list bounded: past [`MAX_MEDICATIONS`] the oldest stopped or one-off entries go
+/// first, then the oldest orders.
+fn forget_old_medications(view: &mut PatientView, now: OffsetDateTime) {
+    let ended = |m: &ActiveMedication| m.stopped.or(if m.administered_only { m.last_given } else { None });
+    view.medications.retain(|m| ended(m).is_none_or(|at| now - at <= MEDICATION_MEMORY));
+    while view.medications.len() > MAX_MEDICATIONS {
+        let oldest_ended = view.medications.iter().enumerate().filter_map(|(i, m)| ended(m).map(|at| (at, i))).min().map(|(_, i)| i);
+        let oldest = oldest_ended.or_else(|| view.medications.iter().enumerate().min_by_key(|(_, m)| m.since).map(|(i, _)| i));
+        match oldest {
+            Some(i) => {
+                view.medications.remove(i);
+            }
+            None => break,
+        }
     }
 }
 
@@ -871,5 +941,114 @@ mod tests {
             insert_ordered(&mut s, Sample { at: t0 + Duration::hours(25) + Duration::seconds(i as i64), value: 0.0 });
         }
         assert_eq!(s.len(), WINDOW_MAX_SAMPLES);
+    }
+
+    fn med_event(at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
+        ClinicalEvent {
+            patient_id: PatientId("p-meds".into()),
+            patient: crate::model::PatientKey { authority: "T".into(), mrn: Phi("SYNTH-1".into()) },
+            demographics: Demographics::default(),
+            location: None,
+            sender: "T|T".into(),
+            control_id: "1".into(),
+            raw: Phi(String::new()),
+            received_at: at,
+            kind,
+        }
+    }
+
+    fn drug(order_id: &str, name: &str) -> Medication {
+        Medication { order_id: order_id.into(), rxnorm: None, name: name.into() }
+    }
+
+    fn order(at: OffsetDateTime, action: OrderAction, medication: Medication) -> ClinicalEvent {
+        med_event(at, EventKind::MedicationOrder { action, medication })
+    }
+
+    #[test]
+    fn a_discontinued_order_is_kept_with_its_stop_time_and_a_cancel_before_any_dose_forgets_it() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        state.apply(&order(t0, OrderAction::New, drug("O1", "phenelzine")));
+        state.apply(&order(t0, OrderAction::New, drug("O2", "sertraline")));
+        state.apply(&order(t0 + Duration::hours(1), OrderAction::Discontinue, drug("O1", "phenelzine")));
+        state.apply(&order(t0 + Duration::hours(2), OrderAction::Cancel, drug("O2", "sertraline")));
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), 1, "the cancelled order was never given: gone");
+        assert_eq!(meds[0].stopped, Some(t0 + Duration::hours(1)), "the discontinued one stays, for its washout");
+        assert!(state.summary(t0).medications.is_empty(), "the patient view lists running medications only");
+        // Ordered again: running from the new order.
+        state.apply(&order(t0 + Duration::days(2), OrderAction::New, drug("O1", "phenelzine")));
+        let m = &state.view.medications[0];
+        assert_eq!((m.stopped, m.since), (None, t0 + Duration::days(2)));
+        // A cancel after a dose was given is a stop, not a deletion.
+        state.apply(&med_event(t0 + Duration::days(3), EventKind::Administration { medication: drug("O1", "phenelzine"), given_at: t0 + Duration::days(3) }));
+        state.apply(&order(t0 + Duration::days(4), OrderAction::Cancel, drug("O1", "phenelzine")));
+        assert_eq!(state.view.medications[0].stopped, Some(t0 + Duration::days(4)));
+    }
+
+    #[test]
+    fn a_dose_without_an_order_is_a_one_off_and_a_dose_on_an_order_updates_it() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        let give = |state: &mut PatientState, m: Medication, at: OffsetDateTime| {
+            state.apply(&med_event(at, EventKind::Administration { medication: m, given_at: at }));
+        };
+        give(&mut state, drug("RAS-1", "methylene blue"), t0);
+        state.apply(&order(t0, OrderAction::New, drug("O1", "linezolid")));
+        give(&mut state, drug("O1", "linezolid"), t0 + Duration::hours(3));
+        give(&mut state, drug("RAS-1", "methylene blue"), t0 + Duration::hours(5));
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), 2);
+        assert!(meds[0].administered_only && meds[0].last_given == Some(t0 + Duration::hours(5)), "{:?}", meds[0]);
+        assert!(!meds[1].administered_only && meds[1].last_given == Some(t0 + Duration::hours(3)), "{:?}", meds[1]);
+        // An order for the one-off's id makes it an order.
+        state.apply(&order(t0 + Duration::hours(6), OrderAction::New, drug("RAS-1", "methylene blue")));
+        assert!(!state.view.medications[0].administered_only);
+    }
+
+    #[test]
+    fn stopped_medications_are_forgotten_after_the_memory_and_the_list_stays_bounded() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        state.apply(&order(t0, OrderAction::New, drug("OLD", "phenelzine")));
+        state.apply(&order(t0, OrderAction::Discontinue, drug("OLD", "phenelzine")));
+        let later = t0 + MEDICATION_MEMORY + Duration::minutes(1);
+        state.apply(&order(later, OrderAction::New, drug("NEW", "sertraline")));
+        let ids: Vec<&str> = state.view.medications.iter().map(|m| m.medication.order_id.as_str()).collect();
+        assert_eq!(ids, ["NEW"]);
+        for i in 0..(MAX_MEDICATIONS + 20) {
+            let at = later + Duration::seconds(i as i64);
+            state.apply(&order(at, OrderAction::New, drug(&format!("O{i}"), "drug")));
+            if i % 2 == 0 {
+                state.apply(&order(at, OrderAction::Discontinue, drug(&format!("O{i}"), "drug")));
+            }
+        }
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), MAX_MEDICATIONS);
+        assert!(meds.iter().any(|m| m.medication.order_id == "NEW"), "running orders outlast stopped ones");
+        assert!(!meds.iter().any(|m| m.medication.order_id == "O0"), "the oldest stopped went first");
+    }
+
+    #[test]
+    fn only_allergies_new_to_the_record_or_more_or_less_severe_are_new() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        let allergy = |name: &str, severity: &str| crate::model::Allergy { code: None, name: name.into(), kind: "DA".into(), severity: severity.into() };
+        let record = |state: &mut PatientState, allergies: Vec<crate::model::Allergy>, replace: bool| {
+            let event = med_event(t0, EventKind::Allergies { allergies, replace });
+            state.apply(&event);
+            state.view_at(t0, &event).new_allergies.iter().map(|a| a.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(record(&mut state, vec![allergy("penicillin", "MO")], false), ["penicillin"]);
+        assert!(record(&mut state, vec![allergy("penicillin", "MO")], false).is_empty(), "sent again: nothing new");
+        assert_eq!(record(&mut state, vec![allergy("penicillin", "SV"), allergy("sulfa", "MI")], false), ["penicillin", "sulfa"]);
+        assert_eq!(state.view.allergies.len(), 2);
+        assert_eq!(state.view.allergies[0].severity, "SV", "the latest severity stands");
+        assert!(record(&mut state, vec![allergy("sulfa", "MI")], true).is_empty());
+        assert_eq!(state.view.allergies.len(), 1, "a complete list replaces the record");
+        let vitals = med_event(t0, EventKind::Observations { observations: Vec::new() });
+        state.apply(&vitals);
+        assert!(state.view_at(t0, &vitals).new_allergies.is_empty(), "other events carry no new allergies");
     }
 }
