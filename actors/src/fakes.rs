@@ -361,12 +361,29 @@ mod tests {
         assert_eq!(router.passivate_idle(time::Duration::hours(1)).await, 2, "idle, no open alert");
         assert_eq!(router.patient_count(), 1, "only the patient with an open alert keeps a live actor");
 
+        // A patient on a medication ordered more than a day ago keeps its actor: a rebuild reads
+        // the last 24 h and would lose the order (and with it every interaction check).
+        let order = ClinicalEvent {
+            control_id: "o-1".into(),
+            kind: EventKind::MedicationOrder {
+                action: OrderAction::New,
+                medication: Medication { order_id: "ORD-1".into(), rxnorm: None, name: "phenelzine".into() },
+            },
+            ..event("403", 16.0, at(10) + time::Duration::minutes(61))
+        };
+        *clock.0.lock().unwrap() = at(10) + time::Duration::minutes(61);
+        router.ingest(order).await.unwrap().wait().await.unwrap();
+        *clock.0.lock().unwrap() = at(10) + time::Duration::hours(30);
+        router.passivate_idle(time::Duration::hours(1)).await;
+        assert_eq!(router.patient_count(), 2, "the patient on a medication and the one with an open alert");
+        *clock.0.lock().unwrap() = at(71);
+
         // The next event rebuilds the passivated patient from the store: its rules see the
         // window a never-passivated patient with the same history sees.
         seen.lock().unwrap().clear();
         *clock.0.lock().unwrap() = at(72);
         router.ingest(event("400", 20.0, at(72))).await.unwrap().wait().await.unwrap();
-        assert_eq!(router.patient_count(), 2);
+        assert_eq!(router.patient_count(), 3);
         let window = seen.lock().unwrap().last().unwrap().clone();
         assert_eq!(window.0, PatientId("p-400".into()));
         assert_eq!(window.1, vec![18.0, 19.0, 20.0], "the history came back from the store");

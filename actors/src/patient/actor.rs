@@ -118,7 +118,7 @@ impl Actor for PatientActor {
             }
             PatientMsg::Passivate { idle_for, reply } => {
                 let now = run.ports.clock.now();
-                let idle = now - run.last_active >= idle_for && !run.state.has_running_clock(now);
+                let idle = now - run.last_active >= idle_for && run.state.can_passivate(now);
                 let _ = reply.send(idle);
                 if idle {
                     // Everything it holds is in the store: its next event rebuilds it. Draining

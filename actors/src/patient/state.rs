@@ -539,6 +539,13 @@ impl PatientState {
         !self.open_alerts.is_empty() || !self.clearing.is_empty() || self.resolved.values().any(|c| c.matters_until > now)
     }
 
+    /// Whether this actor can stop and be rebuilt later from the store without losing
+    /// anything: no clock running, and nothing learnt from events the rebuild may no longer
+    /// read (it reads the last 24 h: medications and allergies can be older).
+    pub fn can_passivate(&self, now: OffsetDateTime) -> bool {
+        !self.has_running_clock(now) && self.view.medications.is_empty() && self.view.allergies.is_empty()
+    }
+
     /// Closed alerts are remembered for a day (cooldowns, reopening, what a clinician saw),
     /// and at most [`MAX_CLOSED`] of them.
     fn forget_closed(&mut self, now: OffsetDateTime) {
