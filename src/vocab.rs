@@ -500,4 +500,77 @@ mod tests {
         assert_eq!(v.convert(&get("2823-3"), 4.1, ""), Some(4.1), "no unit: taken as canonical");
         assert_eq!(v.lookup(CodeSystem::Loinc, "67775-7").map(|c| c.value_type), Some(ValueType::Text));
     }
+
+    #[test]
+    fn units_match_case_insensitively_only_where_case_carries_no_meaning() {
+        let v = Vocabulary::shipped();
+        let get = |code: &str| v.lookup(CodeSystem::Loinc, code).unwrap().clone();
+        let (glucose, wbc, hemoglobin) = (get("2345-7"), get("6690-2"), get("718-7"));
+        assert!(close(v.convert(&glucose, 5.5, "MMOL/L"), 99.09));
+        assert_eq!(v.convert(&glucose, 100.0, "MG/DL"), Some(100.0));
+        assert_eq!(v.convert(&wbc, 12.0, "G/L"), Some(12.0), "giga per litre");
+        assert_eq!(v.unit_match(&wbc, "g/L"), UnitMatch::Incompatible, "grams per litre is no cell count");
+        assert!(close(v.convert(&hemoglobin, 135.0, "g/L"), 13.5));
+        assert_eq!(v.unit_match(&hemoglobin, "G/l"), UnitMatch::Incompatible, "case-ambiguous spelling is not guessed");
+        assert_eq!(v.unit_match(&glucose, ""), UnitMatch::Missing);
+        assert_eq!(v.convert(&glucose, 5.5, ""), None, "glucose has two units in use: no unit is refused");
+        let pco2 = get("2019-8");
+        assert!(close(v.convert(&pco2, 6.0, "265987"), 45.0), "MDC_DIM_KILO_PASCAL");
+        assert_eq!(v.unit_match(&pco2, "268800"), UnitMatch::Unknown, "the old, wrong kPa code");
+    }
+
+    #[test]
+    fn fio2_as_fraction_or_percent_and_implausible_values_refused() {
+        let v = Vocabulary::shipped();
+        let fio2 = v.lookup(CodeSystem::Loinc, "3150-0").unwrap().clone();
+        assert_eq!(v.convert(&fio2, 0.4, ""), Some(40.0));
+        assert_eq!(v.convert(&fio2, 40.0, ""), Some(40.0));
+        assert_eq!(v.convert(&fio2, 0.4, "{ratio}"), Some(40.0));
+        assert_eq!(v.convert(&fio2, 0.4, "1"), Some(40.0));
+        assert_eq!(v.measure(&fio2, 0.4, v.unit_match(&fio2, "%")), Err(DropReason::Implausible));
+        let temp = v.lookup(CodeSystem::Loinc, "8310-5").unwrap().clone();
+        assert_eq!(v.measure(&temp, 101.3, UnitMatch::Missing), Err(DropReason::UnitMissing));
+        assert_eq!(v.measure(&temp, 101.3, v.unit_match(&temp, "Cel")), Err(DropReason::Implausible));
+        assert_eq!(v.measure(&temp, 37.0, v.unit_match(&temp, "furlongs")), Err(DropReason::UnitUnknown));
+    }
+
+    #[test]
+    fn answers_normalise_acvpu_from_text_loinc_and_snomed() {
+        let v = Vocabulary::shipped();
+        let c = v.lookup(CodeSystem::Loinc, "67775-7").unwrap().clone();
+        for (text, want) in [
+            ("Alert", "A"), ("new  confusion", "C"), ("CONFUSED", "C"), ("Voice", "V"), ("pain", "P"), ("Unresponsive", "U"),
+            ("LA9340-6", "A"), ("LA6560-2", "C"), ("LA17108-4", "V"), ("LA17107-6", "P"), ("LA9343-0", "U"),
+            ("248234008", "A"), ("130987000", "C"), ("300202002", "V"), ("450847001", "P"), ("422768004", "U"), ("u", "U"),
+        ] {
+            assert_eq!(v.answer(&c, text), Some(want), "{text}");
+        }
+        assert_eq!(v.answer(&c, "drowsy"), None);
+        assert_eq!(v.answer(&c, "3"), None);
+    }
+
+    #[test]
+    fn a_table_that_contradicts_itself_is_refused() {
+        let row = |extra: &str| format!(r#"{{ "observations": [ {{ "name": "x", "unit": "%", "type": "numeric", "mdc": [], "loinc": ["1-1"]{extra} }} ], "units": [], "conversions": [] }}"#);
+        assert!(Vocabulary::from_json(&row(r#", "plausible": [0, 100]"#)).is_ok());
+        let err = |json: &str| Vocabulary::from_json(json).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(&row("")).contains("needs `plausible"), "a numeric analyte without a plausibility range");
+        assert!(err(&row(r#", "plausible": [100, 0]"#)).contains("needs `plausible"));
+        let answers = r#"{ "observations": [ { "name": "c", "unit": "", "type": "text", "mdc": [], "loinc": ["1-1"], "answers": { "A": ["alert"], "V": ["ALERT"] } } ], "units": [], "conversions": [] }"#;
+        assert!(err(answers).contains("means both"));
+        let twice = r#"{ "observations": [ { "name": "a", "unit": "%", "type": "numeric", "mdc": [], "loinc": ["1-1"], "plausible": [0, 1] }, { "name": "b", "unit": "%", "type": "numeric", "mdc": [], "loinc": ["1-1"], "plausible": [0, 1] } ], "units": [], "conversions": [] }"#;
+        assert!(err(twice).contains("maps to both"));
+        assert!(err(&row(r#", "plausable": [0, 100]"#)).contains("unknown field"), "a misspelt key is not ignored");
+    }
+
+    #[test]
+    fn dropped_values_are_a_bounded_grid() {
+        let v = Vocabulary::shipped();
+        let d = DroppedValues::new(&v);
+        d.count("fio2", DropReason::Implausible);
+        d.count("fio2", DropReason::Implausible);
+        d.count("not-a-name", DropReason::Implausible);
+        assert_eq!(d.get("fio2", DropReason::Implausible), 2);
+        assert_eq!(d.nonzero(), vec![("fio2", DropReason::Implausible, 2)]);
+    }
 }

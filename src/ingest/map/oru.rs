@@ -86,7 +86,7 @@ impl Mapper {
             _ => return Ok(None),
         };
         let Some((canonical, source_code)) = self.analyte(obx) else { return Ok(None) };
-        let drop = |reason: DropReason| (canonical.name.clone(), reason);
+        let refuse = |reason: DropReason| (canonical.name.clone(), reason);
         let result_key = format!("{}|{}|{}", order.order_number, obx.component(3, 1), obx.text(4));
         let observed_at = self.timestamp(&obx.text(14)).or(order.observed_at).unwrap_or(received_at);
         let mut observation = Observation {
@@ -113,7 +113,7 @@ impl Mapper {
             ValueType::Text => {
                 if self.vocab.has_answers(canonical) {
                     let answer = answer_candidates(obx).iter().find_map(|c| self.vocab.answer(canonical, c)).map(str::to_string);
-                    observation.text = Some(answer.ok_or(drop(DropReason::UnknownAnswer))?);
+                    observation.text = Some(answer.ok_or_else(|| refuse(DropReason::UnknownAnswer))?);
                 } else {
                     let Some(text) = coded_or_text(obx) else { return Ok(None) };
                     observation.text = Some(text);
@@ -123,9 +123,9 @@ impl Mapper {
                 if obx.text(5).trim().is_empty() {
                     return Ok(None);
                 }
-                let (value, comparator) = numeric(obx).ok_or(drop(DropReason::NotNumeric))?;
+                let (value, comparator) = numeric(obx).ok_or_else(|| refuse(DropReason::NotNumeric))?;
                 let unit = self.unit_of(obx, canonical);
-                let measured = self.vocab.measure(canonical, value, unit).map_err(drop)?;
+                let measured = self.vocab.measure(canonical, value, unit).map_err(refuse)?;
                 let convert = |v: f64| v * measured.scale + measured.offset;
                 observation.value = Some(measured.value);
                 observation.text = comparator.map(|c| format!("{c}{}", trim_float(measured.value)));
