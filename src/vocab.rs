@@ -573,4 +573,17 @@ mod tests {
         assert_eq!(d.get("fio2", DropReason::Implausible), 2);
         assert_eq!(d.nonzero(), vec![("fio2", DropReason::Implausible, 2)]);
     }
+
+    #[test]
+    fn every_canonical_name_is_a_rule_trigger_and_back() {
+        let v = Vocabulary::shipped();
+        let kinds = ["order", "administration", "allergy", "census", "merge"];
+        let triggers = crate::rules::KNOWN_TRIGGERS;
+        for name in v.names() {
+            assert!(triggers.contains(&name.as_str()), "{name} is mapped but no rule may trigger on it");
+        }
+        for t in triggers.iter().filter(|t| !kinds.contains(t)) {
+            assert!(v.names().iter().any(|n| n == t), "trigger {t} names no analyte of observations.json");
+        }
+    }
 }
