@@ -218,7 +218,12 @@ OBX|1|{}|{}|1|{}|{}|||||F\rOBX|2|NM|8867-4^HR^LN|1|72|/min|||||F\r",
                     failures.push(format!("{name}: counted {:?}, want {analyte} {reason}", counted.iter().map(|(n, r, c)| (*n, r.label(), *c)).collect::<Vec<_>>()));
                 }
             }
-            _ => failures.push(format!("{name}: a case needs `expect` or `dropped`")),
+            _ if case["ignored"] == serde_json::Value::Bool(true) => {
+                if !rest.is_empty() || !mapper.dropped().nonzero().is_empty() {
+                    failures.push(format!("{name}: an unmapped code must be left out without counting"));
+                }
+            }
+            _ => failures.push(format!("{name}: a case needs `expect`, `dropped` or `ignored`")),
         }
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
