@@ -175,7 +175,7 @@ where
 mod tests {
     use super::*;
     use crate::model::*;
-    use crate::ports::RuleVerdict;
+    use crate::ports::{AlertPolicy, RuleVerdict};
     use crate::patient::ActFailure;
     use crate::router::Router;
 
@@ -216,14 +216,21 @@ mod tests {
         let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
             let verdict = match v.latest("rr", 600.0) {
                 Some(rr) if rr >= 22.0 => RuleVerdict::Fire {
+                    finding: None,
                     severity: if rr >= 30.0 { Severity::Critical } else { Severity::High },
                     score: Some(rr),
                     summary: "fast breathing".into(),
                     details: crate::model::Details::from_value(&serde_json::json!({})),
+                    partial: false,
                 },
-                _ => RuleVerdict::Resolve { reason: "normal".into(), details: crate::model::Details::null() },
+                _ => RuleVerdict::Resolve {
+                    finding: None,
+                    reason: "normal".into(),
+                    details: crate::model::Details::null(),
+                    partial: false,
+                },
             };
-            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), cooldown_s: 0, verdict }]
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), policy: AlertPolicy::default(), verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
         for rr in [12.0, 24.0, 24.0, 31.0, 14.0] {
@@ -248,6 +255,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_different_interaction_after_the_first_is_acknowledged_is_a_new_notified_alert() {
+        let publisher = Arc::new(CollectingPublisher::default());
+        let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        // A DDI-like rule naming each interacting pair with the newly ordered drug.
+        let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
+            let Some(order) = &v.new_order else { return Vec::new() };
+            v.medications
+                .iter()
+                .filter(|m| m.medication.order_id != order.order_id)
+                .filter(|m| m.medication.name == "warfarin" || order.name == "warfarin")
+                .map(|m| {
+                    let mut pair = [order.name.clone(), m.medication.name.clone()];
+                    pair.sort();
+                    RuleOutcome {
+                        rule_id: "t.ddi".into(),
+                        version: "v1".into(),
+                        policy: AlertPolicy::default(),
+                        verdict: RuleVerdict::Fire {
+                            finding: Some(pair.join("+")),
+                            severity: Severity::High,
+                            score: Some(1.0),
+                            summary: format!("interaction {}", pair.join(" + ")),
+                            details: crate::model::Details::null(),
+                            partial: false,
+                        },
+                    }
+                })
+                .collect()
+        }));
+        let order = |name: &str, n: u32| ClinicalEvent {
+            control_id: format!("o-{n}"),
+            kind: EventKind::MedicationOrder {
+                action: OrderAction::New,
+                medication: Medication { order_id: format!("ORD-{name}"), rxnorm: None, name: name.into() },
+            },
+            ..event("300", 12.0, t0)
+        };
+        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let patient = PatientId("p-300".into());
+        router.ingest(order("warfarin", 1)).await.unwrap().wait().await.unwrap();
+        router.ingest(order("ibuprofen", 2)).await.unwrap().wait().await.unwrap();
+        let first = publisher.published.lock().unwrap()[0].alert.clone();
+        assert_eq!(first.finding.as_deref(), Some("ibuprofen+warfarin"));
+        let ack = AlertAction::Acknowledge { by: "nurse-1".into() };
+        router.act(&patient, first.id.clone(), ack).await.unwrap().1.wait().await.unwrap();
+        // A second, different interaction with warfarin.
+        router.ingest(order("fluconazole", 3)).await.unwrap().wait().await.unwrap();
+        router.shutdown().await;
+        let published = publisher.published.lock().unwrap().clone();
+        let last = published.last().unwrap();
+        assert_eq!(last.alert.finding.as_deref(), Some("fluconazole+warfarin"));
+        assert_ne!(last.alert.id, first.id, "a new alert, not an edit of the acknowledged one");
+        assert_eq!(last.alert.status, AlertStatus::Active);
+        assert!(last.notify, "consoles are told");
+        let first_now = published.iter().rev().find(|c| c.alert.id == first.id).unwrap();
+        assert_eq!(first_now.alert.status, AlertStatus::Acknowledged, "the first keeps its acknowledgement");
+        assert_eq!(published.iter().filter(|c| c.notify).count(), 2, "one notification per finding");
+    }
+
+    #[tokio::test]
     async fn acknowledge_holds_until_severity_rises_and_resolve_closes() {
         let publisher = Arc::new(CollectingPublisher::default());
         let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
@@ -256,8 +325,15 @@ mod tests {
         let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
             let rr = v.latest("rr", 600.0).unwrap_or(0.0);
             let severity = if rr >= 30.0 { Severity::Critical } else { Severity::High };
-            let verdict = RuleVerdict::Fire { severity, score: Some(rr), summary: "rr".into(), details: crate::model::Details::from_value(&serde_json::json!({})) };
-            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), cooldown_s: 0, verdict }]
+            let verdict = RuleVerdict::Fire {
+                finding: None,
+                severity,
+                score: Some(rr),
+                summary: "rr".into(),
+                details: crate::model::Details::from_value(&serde_json::json!({})),
+                partial: false,
+            };
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), policy: AlertPolicy::default(), verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
         let patient = PatientId("p-200".into());

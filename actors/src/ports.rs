@@ -159,6 +159,17 @@ pub struct ActiveMedication {
     pub since: OffsetDateTime,
 }
 
+/// An open alert as a rule sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenAlertRef {
+    /// Rule id.
+    pub rule: String,
+    /// Finding key, empty for a rule's one alert.
+    pub finding: String,
+    /// Severity.
+    pub severity: Severity,
+}
+
 /// The state a rule sees: bounded windows of recent values by canonical name, medications,
 /// allergies, location, age and sex, settings, open alerts, and what triggered this run.
 /// Names and identifiers are deliberately absent: rules never need them.
@@ -186,8 +197,8 @@ pub struct PatientView {
     pub allergies: Vec<Allergy>,
     /// Per-patient settings set by clinicians (e.g. `spo2_scale` = `2` for NEWS2).
     pub settings: HashMap<String, String>,
-    /// Rule ids with an open alert, and its severity.
-    pub open_alerts: Vec<(String, Severity)>,
+    /// Open alerts: rule id, finding (empty for a rule's one alert) and severity.
+    pub open_alerts: Vec<OpenAlertRef>,
     /// The medication order being evaluated, when an order triggered this run.
     pub new_order: Option<Medication>,
 }
@@ -229,8 +240,10 @@ impl PatientView {
 /// What one rule concluded for one patient.
 #[derive(Clone, PartialEq, Debug)]
 pub enum RuleVerdict {
-    /// Raise or update the rule's alert.
+    /// Raise or update the rule's alert (for one finding, when the rule names it).
     Fire {
+        /// The finding (e.g. the interacting pair), `None` for the rule's one alert.
+        finding: Option<String>,
         /// Severity.
         severity: Severity,
         /// Score, when the rule computes one.
@@ -239,17 +252,49 @@ pub enum RuleVerdict {
         summary: String,
         /// Structured detail.
         details: Details,
+        /// Computed from incomplete data (an input missing or aged out): may raise, never
+        /// lowers an open alert's severity.
+        partial: bool,
     },
-    /// Close the rule's active alert, if any.
+    /// Close the rule's open alert for `finding`, or every open alert of the rule when `None`.
     Resolve {
+        /// Which finding, `None` for all of the rule's alerts.
+        finding: Option<String>,
         /// Why.
         reason: String,
         /// What the rule computed below its threshold (e.g. a NEWS2 breakdown), `Null` if
         /// nothing; shown in the patient view, never alerted on.
         details: Details,
+        /// Computed from incomplete data: never resolves anything (the alert is marked stale).
+        partial: bool,
+    },
+    /// The patient is outside the population the rule is validated for (e.g. a child and an
+    /// adult score): not scored, and the patient view says so.
+    NotApplicable {
+        /// Why, for the patient view.
+        reason: String,
     },
     /// Nothing to say.
     Quiet,
+}
+
+/// How a rule's alerts behave over time (from the rule's `meta()`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct AlertPolicy {
+    /// After an alert is resolved (by the rule or by a clinician), a re-fire at the same or a
+    /// lower severity within this many seconds raises nothing. A higher severity always
+    /// raises. 0: no cooldown.
+    pub cooldown_s: i64,
+    /// Hysteresis: a rule's resolve closes its alert only once the rule has said "resolve"
+    /// (on complete data) continuously for this many seconds. 0: at once.
+    pub clear_for_s: i64,
+    /// A re-fire within this many seconds after the rule resolved an alert reopens that alert
+    /// (same id, acknowledgement kept unless severity rose) instead of raising a new one.
+    pub reopen_s: i64,
+    /// After a clinician resolves an alert, a re-fire that says exactly what they saw (same
+    /// summary and details: the same result) stays held beyond the cooldown; anything new
+    /// raises. For rules whose findings are discrete results (critical labs).
+    pub hold_until_changed: bool,
 }
 
 /// A rule's verdict with the rule's identity.
@@ -259,10 +304,8 @@ pub struct RuleOutcome {
     pub rule_id: String,
     /// Rule version (content hash).
     pub version: String,
-    /// The rule's cooldown, seconds: after its alert for a patient is resolved (by the rule or
-    /// by a clinician), a re-fire at the same or a lower severity within this window raises
-    /// nothing. A higher severity always raises. 0: no cooldown.
-    pub cooldown_s: i64,
+    /// How the rule's alerts behave over time.
+    pub policy: AlertPolicy,
     /// The verdict.
     pub verdict: RuleVerdict,
 }

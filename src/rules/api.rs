@@ -41,12 +41,14 @@ impl ScoreMemo {
     }
 }
 
-/// What `evaluate(p)` returns: `alert(...)` or `resolve(...)` (details are a map or a
-/// [`Scored`]).
+/// What `evaluate(p)` returns: `alert(...)`, `alert_for(...)`, `resolve(...)`,
+/// `resolve_for(...)` or an array of them (details are a map or a [`Scored`]).
 #[derive(Clone)]
 pub enum Verdict {
-    /// `alert(severity, summary, details)`.
+    /// `alert(severity, summary, details)` / `alert_for(finding, severity, summary, details)`.
     Fire {
+        /// The finding, for `alert_for`.
+        finding: Option<ImmutableString>,
         /// Severity name.
         severity: ImmutableString,
         /// One line for the console.
@@ -54,8 +56,10 @@ pub enum Verdict {
         /// Details.
         details: Dynamic,
     },
-    /// `resolve(reason)` / `resolve(reason, details)`.
+    /// `resolve(reason)` / `resolve(reason, details)` / `resolve_for(finding, reason)`.
     Resolve {
+        /// The finding, for `resolve_for`; `None` closes every alert of the rule.
+        finding: Option<ImmutableString>,
         /// Why.
         reason: ImmutableString,
         /// Details (`()` when none).
@@ -395,12 +399,24 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_fn("setting", |p: &mut RulePatient, name: &str| -> Dynamic {
         opt_text(p.0.settings.get(name).map(String::as_str))
     });
+    // The highest severity among a rule's open alerts (any finding).
     engine.register_fn("open_alert", |p: &mut RulePatient, rule: &str| -> Dynamic {
-        let found = p.0.open_alerts.iter().find(|(id, _)| id == rule);
-        found.map_or(Dynamic::UNIT, |(_, s)| Dynamic::from(ImmutableString::from(severity_name(*s))))
+        let found = p.0.open_alerts.iter().filter(|a| a.rule == rule).map(|a| a.severity).max();
+        found.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(severity_name(s))))
     });
     engine.register_get("open_alerts", |p: &mut RulePatient| -> Map {
-        p.0.open_alerts.iter().map(|(id, s)| (id.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(*s))))).collect()
+        let mut open = Map::new();
+        for a in &p.0.open_alerts {
+            let higher = open.get(a.rule.as_str()).and_then(|s| s.read_lock::<ImmutableString>().and_then(|s| vigil_actors::Severity::parse(&s)));
+            if higher.is_none_or(|h| a.severity > h) {
+                open.insert(a.rule.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(a.severity))));
+            }
+        }
+        open
+    });
+    // The findings of a rule's open alerts (empty text for a rule's one alert).
+    engine.register_fn("open_findings", |p: &mut RulePatient, rule: &str| -> Array {
+        p.0.open_alerts.iter().filter(|a| a.rule == rule).map(|a| Dynamic::from(ImmutableString::from(a.finding.as_str()))).collect()
     });
 
     // Medications.
@@ -554,16 +570,34 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
 
     // Verdicts.
-    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { severity, summary, details };
+    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { finding: None, severity, summary, details };
     engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Map| fire(severity, summary, details.into()));
     engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Scored| {
         fire(severity, summary, Dynamic::from(details))
     });
-    engine.register_fn("resolve", |reason: ImmutableString| Verdict::Resolve { reason, details: Dynamic::UNIT });
+    // `alert_for(finding, ...)`: one alert per finding the rule names (an interacting pair, an
+    // analyte), each raised, notified and acknowledged on its own.
+    let fire_for = |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire {
+        finding: Some(finding),
+        severity,
+        summary,
+        details,
+    };
+    engine.register_fn("alert_for", move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Map| {
+        fire_for(finding, severity, summary, details.into())
+    });
+    engine.register_fn("alert_for", move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Scored| {
+        fire_for(finding, severity, summary, Dynamic::from(details))
+    });
+    let resolve = |finding: Option<ImmutableString>, reason: ImmutableString, details: Dynamic| Verdict::Resolve { finding, reason, details };
+    engine.register_fn("resolve", move |reason: ImmutableString| resolve(None, reason, Dynamic::UNIT));
     // `resolve(reason, details)`: below threshold, with what the rule computed (shown in the
     // patient view, e.g. a low NEWS2 with its sub-scores).
-    engine.register_fn("resolve", |reason: ImmutableString, details: Map| Verdict::Resolve { reason, details: details.into() });
-    engine.register_fn("resolve", |reason: ImmutableString, details: Scored| Verdict::Resolve { reason, details: Dynamic::from(details) });
+    engine.register_fn("resolve", move |reason: ImmutableString, details: Map| resolve(None, reason, details.into()));
+    engine.register_fn("resolve", move |reason: ImmutableString, details: Scored| resolve(None, reason, Dynamic::from(details)));
+    engine.register_fn("resolve_for", move |finding: ImmutableString, reason: ImmutableString| {
+        resolve(Some(finding), reason, Dynamic::UNIT)
+    });
 }
 
 fn severity_name(s: vigil_actors::Severity) -> &'static str {

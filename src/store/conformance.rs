@@ -98,6 +98,7 @@ pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, stat
             bed: "1".into(),
         },
         rule: RuleRef { id: "conf.rule".into(), version: "v1".into() },
+        finding: Some("conf-finding".into()),
         severity,
         status,
         score: Some(2.0),
@@ -109,6 +110,8 @@ pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, stat
         resolved: None,
         escalation: None,
         comments: Vec::new(),
+        stale: true,
+        reopened: 1,
     }
 }
 

@@ -6,7 +6,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::messages::PatientMsg;
 use super::state::PatientState;
-use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
+use crate::model::{Alert, ClinicalEvent, Details, EventKind, PatientId};
 use crate::ports::{Ports, RuleVerdict};
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
@@ -71,7 +71,7 @@ impl Actor for PatientActor {
             state.apply(event);
         }
         for alert in args.open_alerts {
-            state.open_alerts.insert(alert.rule.id.clone(), alert);
+            state.restore_open(alert);
         }
         Ok(Running { state, ports: args.ports })
     }
@@ -117,6 +117,9 @@ impl Actor for PatientActor {
                 for outcome in run.ports.rules.evaluate_all(&view) {
                     let details = match outcome.verdict {
                         RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details,
+                        RuleVerdict::NotApplicable { reason } => {
+                            Details::from_value(&serde_json::json!({ "applies": false, "reason": reason }))
+                        }
                         RuleVerdict::Quiet => continue,
                     };
                     if !details.is_null() {
