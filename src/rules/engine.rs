@@ -143,8 +143,9 @@ pub const DEFAULT_REOPEN_S: i64 = 900;
 pub const KNOWN_TRIGGERS: &[&str] = &[
     "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp",
     "dbp", "map", "temp", "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate",
-    "creatinine", "bilirubin", "platelets", "inr", "aptt", "paco2", "potassium", "sodium", "glucose",
-    "hemoglobin", "troponin",
+    "creatinine", "bilirubin", "platelets", "inr", "paco2", "potassium", "sodium", "glucose",
+    "hemoglobin", "troponin_i", "troponin_t",
+    "sao2", "pt", "aptt", "pao2", "ph", "calcium", "calcium_ionized", "magnesium", "phosphorus",
 ];
 
 /// Compile one rule source and read its metadata.
@@ -251,7 +252,7 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
         ("map", 87.0), ("temp", 37.0), ("gcs", 15.0), ("fio2", 21.0), ("o2_flow", 0.0), ("wbc", 8.0),
         ("bands", 2.0), ("lactate", 1.0), ("creatinine", 0.9), ("bilirubin", 0.6), ("platelets", 250.0),
         ("inr", 1.0), ("paco2", 40.0), ("potassium", 4.0), ("sodium", 140.0), ("glucose", 100.0),
-        ("hemoglobin", 13.0), ("troponin", 5.0),
+        ("hemoglobin", 13.0), ("troponin_i", 5.0),
     ];
     for (name, value) in normal {
         let samples = (0..3).map(|i| Sample { at: now - time::Duration::minutes(i * 30), value }).rev();
