@@ -332,6 +332,28 @@ impl AlertStore for EmbeddedStore {
         .await
     }
 
+    async fn open_alerts_of(&self, patient: &PatientId) -> Result<Vec<vigil_actors::Alert>, StoreError> {
+        // Alert ids begin with the patient's id (see `AlertStore::open_alerts_of`): one prefix
+        // read of the open-alert index, not a scan of every open alert.
+        let prefix = format!("{patient}-");
+        let patient = patient.clone();
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.open_index.prefix(prefix.as_bytes()) {
+                let id = guard.key().map_err(engine("read open alerts"))?;
+                let id = std::str::from_utf8(&id).map_err(|_| StoreError::Corrupt("open alert id".into()))?;
+                if let Some(change) = stored_alert(ks, id)?
+                    && change.alert.patient.id == patient
+                {
+                    out.push(change);
+                }
+            }
+            out.sort_by_key(|c| c.seq);
+            Ok(out.into_iter().map(|c| c.alert).collect())
+        })
+        .await
+    }
+
     fn last_seq(&self) -> u64 {
         self.inner.last_seq.load(Ordering::Acquire)
     }
