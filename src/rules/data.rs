@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rhai::{Dynamic, ImmutableString};
 
@@ -121,8 +121,9 @@ impl CriticalLimits {
     }
 }
 
-/// The tables in use, swapped whole on reload. Rule functions read through this handle.
-pub type SharedTables = Arc<RwLock<Arc<Tables>>>;
+/// The tables in use, swapped whole on reload (lock-free reads). Rule functions read through
+/// this handle.
+pub type SharedTables = Arc<arc_swap::ArcSwap<Tables>>;
 
 /// Lowercase, single spaces, common salt and form words removed (`sertraline hydrochloride`
 /// matches `sertraline`).
