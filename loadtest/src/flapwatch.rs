@@ -7,7 +7,7 @@
 //! [`run_flapwatch`] connects, subscribes and feeds it for a given time, reconnecting with
 //! `since` so no change is missed. Only opaque patient ids and rule ids are logged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use time::format_description::well_known::Rfc3339;
 const MAX_TRACKED: usize = 100_000;
 /// Gaps kept for the median at most (the count goes on beyond it).
 const MAX_GAPS: usize = 100_000;
+/// Rules counted one by one at most (a rule pack has a handful).
+const MAX_RULES: usize = 256;
 
 /// (patient id, rule id, finding): what one alert is about.
 type Key = (String, String, Option<String>);
@@ -45,6 +47,8 @@ pub struct FlapReport {
     pub frames: u64,
     /// Alert frames marked `notify` (a beep on the console).
     pub notified: u64,
+    /// Alert frames whose details say the score was `partial` (an input missing or stale).
+    pub partial: u64,
     /// New alert ids seen open (alerts already open in the first snapshot are not counted).
     pub raised: u64,
     /// Alerts resolved by their rule (`resolved.by` = `rule:<id>`).
@@ -56,6 +60,8 @@ pub struct FlapReport {
     pub re_raised: u64,
     /// Of `re_raised`, those whose predecessor was resolved by a clinician.
     pub re_raised_after_hand: u64,
+    /// `re_raised` per rule id.
+    pub re_raised_by_rule: BTreeMap<String, u64>,
     /// Resolved alerts that came back under the same id (an episode reopened, not a new alert).
     pub reopened: u64,
     /// Median seconds from resolution to the new alert, over the re-raised ones.
@@ -73,14 +79,17 @@ impl FlapReport {
         let mut out = String::new();
         let _ = writeln!(out, "| flapwatch (window {} s) | count |", self.window_s);
         let _ = writeln!(out, "|---|---:|");
-        let rows: [(&str, String); 10] = [
+        let by_rule = self.re_raised_by_rule.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", ");
+        let rows: [(&str, String); 12] = [
             ("alert frames", self.frames.to_string()),
+            ("of which with a partial score", self.partial.to_string()),
             ("notified (beeps)", self.notified.to_string()),
             ("raised (new alert ids)", self.raised.to_string()),
             ("resolved by rule", self.resolved_by_rule.to_string()),
             ("resolved by hand", self.resolved_by_hand.to_string()),
             ("**raised again within the window**", format!("**{}**", self.re_raised)),
             ("of which after a manual resolve", self.re_raised_after_hand.to_string()),
+            ("raised again, per rule", if by_rule.is_empty() { "-".to_owned() } else { by_rule }),
             ("reopened (same id)", self.reopened.to_string()),
             ("median gap resolve -> re-raise", gap(self.median_gap_s)),
             ("max gap", gap(self.max_gap_s)),
@@ -164,6 +173,9 @@ impl FlapCounter {
                     self.report.frames += 1;
                     if frame.get("notify").and_then(Value::as_bool) == Some(true) {
                         self.report.notified += 1;
+                    }
+                    if alert.get("details").and_then(|d| d.get("partial")).and_then(Value::as_bool) == Some(true) {
+                        self.report.partial += 1;
                     }
                     self.on_alert(alert);
                 }
@@ -258,6 +270,10 @@ impl FlapCounter {
             self.report.re_raised += 1;
             if previous.by_hand {
                 self.report.re_raised_after_hand += 1;
+            }
+            let by_rule = &mut self.report.re_raised_by_rule;
+            if by_rule.len() < MAX_RULES || by_rule.contains_key(&key.1) {
+                *by_rule.entry(key.1.clone()).or_default() += 1;
             }
             if self.gaps.len() < MAX_GAPS {
                 self.gaps.push(gap.as_seconds_f64());
@@ -409,6 +425,8 @@ mod tests {
         assert_eq!(r.max_gap_s, Some(20.0));
         assert_eq!(r.frames, 5);
         assert_eq!(r.notified, 3);
+        assert_eq!(r.re_raised_by_rule.get("news2"), Some(&2));
+        assert_eq!(r.partial, 0);
         assert_eq!(c.last_seq(), Some(5));
     }
 
@@ -472,7 +490,13 @@ mod tests {
         c.on_frame(&frame(21, json!({ "id": 5 })));
         assert_eq!(c.report().raised, 1);
         assert_eq!(c.last_seq(), Some(21));
-        assert!(c.report().to_markdown().contains("| **raised again within the window** | **1** |"));
+        let mut partial = alert("s2", "p1", "news2", "active", "2026-01-01T10:00:12Z", None);
+        partial["details"] = json!({ "partial": true, "score": 3 });
+        c.on_frame(&frame(22, partial));
+        assert_eq!(c.report().partial, 1);
+        let md = c.report().to_markdown();
+        assert!(md.contains("| **raised again within the window** | **1** |"), "{md}");
+        assert!(md.contains("| raised again, per rule | news2 1 |"), "{md}");
     }
 
     #[test]
