@@ -58,6 +58,12 @@ async function openPage(tok) {
   // Count the frames the console receives, to show the clicks happened under load.
   await page.addInitScript(() => {
     window.__frames = 0;
+    // Which row each click landed on (for the failure message).
+    window.__clicks = [];
+    document.addEventListener("click", (e) => {
+      const tr = e.target.closest && e.target.closest("tr");
+      window.__clicks.push((tr && tr.dataset.alertId) + " " + e.target.tagName + "." + e.target.className + " " + (e.target.textContent || "").slice(0, 20));
+    }, true);
     const Native = window.WebSocket;
     window.WebSocket = class extends Native {
       constructor(...args) { super(...args); this.addEventListener("message", () => { window.__frames++; }); }
@@ -134,7 +140,12 @@ async function loadPhase() {
     const before = await frames(page);
     await row.getByRole("button", { name: "Acknowledge", exact: true }).click({ delay: 180 });
     const during = (await frames(page)) - before;
-    await row.locator("td.status", { hasText: "acknowledged by" }).waitFor({ timeout: 10000 });
+    // The click registered: the console sent the acknowledgement and says so at once ...
+    const state = await row.locator("button.ack").innerText();
+    const clicks = await page.evaluate(() => window.__clicks.splice(0));
+    check(state === "Acknowledging…" || state === "Acknowledged", `click ${i + 1} on ${id} did not register: the button reads "${state}"; clicks seen: ${JSON.stringify(clicks)}`);
+    // ... and the server confirms it (a durable change: slow on a loaded debug build).
+    await row.locator("td.status", { hasText: "acknowledged by" }).waitFor({ timeout: 60000 });
     done.push({ id, during });
     await page.mouse.move(5, 5);
   }
@@ -155,7 +166,7 @@ async function loadPhase() {
   const fkn = (await frames(page)) - fk;
   check(await kbtn.evaluate((b) => b === document.activeElement), `keyboard focus lost after ${fkn} frames`);
   await page.keyboard.press("Enter");
-  await page.locator(`#rows tr[data-alert-id="${kid}"] td.status`, { hasText: "acknowledged by" }).waitFor({ timeout: 10000 });
+  await page.locator(`#rows tr[data-alert-id="${kid}"] td.status`, { hasText: "acknowledged by" }).waitFor({ timeout: 60000 });
   console.log(`keyboard focus kept through ${fkn} frames; Enter acknowledged`);
   await page.screenshot({ path: path.join(shots, "board-under-load.png") });
 
