@@ -144,6 +144,7 @@ async function loadPhase() {
     const state = await row.locator("button.ack").innerText();
     const clicks = await page.evaluate(() => window.__clicks.splice(0));
     check(state === "Acknowledging…" || state === "Acknowledged", `click ${i + 1} on ${id} did not register: the button reads "${state}"; clicks seen: ${JSON.stringify(clicks)}`);
+    check(clicks.length === 1 && clicks[0].startsWith(`${id} BUTTON.act ack`), `click ${i + 1} landed elsewhere: ${JSON.stringify(clicks)}`);
     // ... and the server confirms it (a durable change: slow on a loaded debug build).
     await row.locator("td.status", { hasText: "acknowledged by" }).waitFor({ timeout: 60000 });
     done.push({ id, during });
