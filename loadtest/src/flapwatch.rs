@@ -49,6 +49,8 @@ pub struct FlapReport {
     pub notified: u64,
     /// Alert frames whose details say the score was `partial` (an input missing or stale).
     pub partial: u64,
+    /// `partial` per rule id.
+    pub partial_by_rule: BTreeMap<String, u64>,
     /// New alert ids seen open (alerts already open in the first snapshot are not counted).
     pub raised: u64,
     /// Alerts resolved by their rule (`resolved.by` = `rule:<id>`).
@@ -80,9 +82,11 @@ impl FlapReport {
         let _ = writeln!(out, "| flapwatch (window {} s) | count |", self.window_s);
         let _ = writeln!(out, "|---|---:|");
         let by_rule = self.re_raised_by_rule.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", ");
-        let rows: [(&str, String); 12] = [
+        let partial = self.partial_by_rule.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", ");
+        let rows: [(&str, String); 13] = [
             ("alert frames", self.frames.to_string()),
             ("of which with a partial score", self.partial.to_string()),
+            ("partial, per rule", if partial.is_empty() { "-".to_owned() } else { partial }),
             ("notified (beeps)", self.notified.to_string()),
             ("raised (new alert ids)", self.raised.to_string()),
             ("resolved by rule", self.resolved_by_rule.to_string()),
@@ -112,6 +116,13 @@ pub struct FlapCounter {
     report: FlapReport,
     /// Sequence number of the last frame that carried one.
     last_seq: Option<u64>,
+}
+
+/// One more for `rule`, within [`MAX_RULES`] rules.
+fn count(by_rule: &mut BTreeMap<String, u64>, rule: String) {
+    if by_rule.len() < MAX_RULES || by_rule.contains_key(&rule) {
+        *by_rule.entry(rule).or_default() += 1;
+    }
 }
 
 fn text(v: &Value, path: &[&str]) -> Option<String> {
@@ -176,6 +187,9 @@ impl FlapCounter {
                     }
                     if alert.get("details").and_then(|d| d.get("partial")).and_then(Value::as_bool) == Some(true) {
                         self.report.partial += 1;
+                        if let Some(rule) = text(alert, &["rule", "id"]) {
+                            count(&mut self.report.partial_by_rule, rule);
+                        }
                     }
                     self.on_alert(alert);
                 }
@@ -271,10 +285,7 @@ impl FlapCounter {
             if previous.by_hand {
                 self.report.re_raised_after_hand += 1;
             }
-            let by_rule = &mut self.report.re_raised_by_rule;
-            if by_rule.len() < MAX_RULES || by_rule.contains_key(&key.1) {
-                *by_rule.entry(key.1.clone()).or_default() += 1;
-            }
+            count(&mut self.report.re_raised_by_rule, key.1.clone());
             if self.gaps.len() < MAX_GAPS {
                 self.gaps.push(gap.as_seconds_f64());
             }
@@ -494,6 +505,7 @@ mod tests {
         partial["details"] = json!({ "partial": true, "score": 3 });
         c.on_frame(&frame(22, partial));
         assert_eq!(c.report().partial, 1);
+        assert_eq!(c.report().partial_by_rule.get("news2"), Some(&1));
         let md = c.report().to_markdown();
         assert!(md.contains("| **raised again within the window** | **1** |"), "{md}");
         assert!(md.contains("| raised again, per rule | news2 1 |"), "{md}");

@@ -197,7 +197,7 @@ fn place(units: &[String], beds: usize, i: usize) -> (String, String, String) {
     let k = i - u * per_unit;
     let unit = units.get(u).cloned().unwrap_or_else(|| "ICU".to_owned());
     let room = format!("{:02}", k / 2 + 1);
-    let bed = if k % 2 == 0 { "A" } else { "B" }.to_owned();
+    let bed = if k.is_multiple_of(2) { "A" } else { "B" }.to_owned();
     (unit, room, bed)
 }
 

@@ -124,6 +124,8 @@ async function loadPhase() {
   for (const r of rows) (byName.get(r.name) || byName.set(r.name, new Set()).get(r.name)).add(r.mrn + " " + r.loc);
   const namesakes = [...byName.values()].filter((s) => s.size > 1).length;
   console.log(`names shared by different patients on the board: ${namesakes}`);
+  // The demo's seed-42 ward has namesakes; each is told apart by MRN and bed.
+  check(namesakes > 0, "no two patients share a name: the namesake case went untested");
 
   // The title counts the unacknowledged alerts (read in one task with the rows).
   await page.mouse.move(5, 5);
