@@ -113,7 +113,7 @@ async function loadPhase() {
   // Where is the patient: unit, room and bed, and the MRN, on every row; both units present;
   // patients with the same name differ in MRN.
   const rows = await page.evaluate(() => [...document.querySelectorAll("#rows tr")].map((tr) => ({
-    loc: tr.querySelector("td.loc").textContent, name: tr.querySelector("td.pt .name").textContent,
+    loc: tr.querySelector("td.loc .unit").textContent + " · " + tr.querySelector("td.loc .where").textContent, name: tr.querySelector("td.pt .name").textContent,
     mrn: tr.querySelector("td.pt .mrn").textContent })));
   for (const r of rows) {
     check(/^(ICU|5W) · room \d\d · bed [AB]$/.test(r.loc), `location cell "${r.loc}"`);
