@@ -156,7 +156,7 @@ fn bench(c: &mut Criterion) {
     let order_view = {
         let mut v = (*vitals_view).clone();
         v.new_order = order_event_medication(&order_event);
-        v.medications.push(vigil_actors::ActiveMedication { medication: v.new_order.clone().unwrap(), since: now });
+        v.medications.push(vigil_actors::ActiveMedication::ordered(v.new_order.clone().unwrap(), now));
         Arc::new(v)
     };
     assert!(!rules.rules().is_empty());

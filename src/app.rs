@@ -50,6 +50,7 @@ pub struct Running {
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
     escalation: JoinHandle<()>,
+    passivation: Option<JoinHandle<()>>,
     webhooks: Vec<JoinHandle<()>>,
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
     router: Arc<Router>,
@@ -201,9 +202,33 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Arc::clone(&router),
         shutdown.subscribe(),
     ));
+    let passivation = config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
     ready.store(true, Ordering::Release);
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
-    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, webhooks, sessions_closed, router, store, rules_watch })
+    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, passivation, webhooks, sessions_closed, router, store, rules_watch })
+}
+
+/// Stop idle patient actors (no open alert, no clock running) every minute; their next event
+/// rebuilds them from the store. Memory then follows the patients being monitored, not every
+/// patient seen since start.
+async fn passivate(router: Arc<Router>, idle_for: time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => {
+                let stopped = router.passivate_idle(idle_for).await;
+                if stopped > 0 {
+                    tracing::debug!(stopped, live = router.patient_count(), "idle patient actors passivated");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn load_rules(dir: &Path) -> anyhow::Result<RhaiRules> {
@@ -230,6 +255,9 @@ impl Running {
             tracing::warn!("http did not stop within 5 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
+        if let Some(passivation) = self.passivation {
+            let _ = tokio::time::timeout(Duration::from_secs(5), passivation).await;
+        }
         // Webhook dispatchers abandon an in-flight POST after 1 s; their cursors make that safe.
         crate::alerts::webhooks::stop(self.webhooks, tokio::time::Instant::now() + Duration::from_secs(3)).await;
         let mut sessions = self.sessions_closed;

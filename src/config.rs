@@ -28,6 +28,9 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Default idle time before a patient actor is passivated: one hour.
+pub const DEFAULT_PASSIVATE_AFTER_SECS: u64 = 3600;
+
 /// The configuration file's shape. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +61,19 @@ pub struct FileConfig {
     /// `[store]` section.
     #[serde(default)]
     pub store: StoreFileConfig,
+    /// `[patients]` section.
+    #[serde(default)]
+    pub patients: PatientsFileConfig,
+}
+
+/// `[patients]`: live patient actors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientsFileConfig {
+    /// Seconds without an event after which a patient's actor with no open alert and no clock
+    /// running is stopped and rebuilt from the store on its next event (default 3600; 0 keeps
+    /// every actor for the life of the process).
+    pub passivate_after_secs: Option<u64>,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -272,6 +288,8 @@ pub struct Config {
     pub hub_capacity: usize,
     /// Escalation of unacknowledged alerts.
     pub escalation: crate::alerts::escalation::EscalationPolicy,
+    /// Idle time after which a patient actor is passivated (`None`: never).
+    pub passivate_after: Option<time::Duration>,
     /// HL7 mapping settings.
     pub hl7: Hl7Settings,
     /// Outbound alert webhooks (secrets already read; validated).
@@ -429,6 +447,10 @@ impl Config {
             ingest_permits: 16_384,
             hub_capacity: 4_096,
             escalation: escalation_policy(file.escalation),
+            passivate_after: match file.patients.passivate_after_secs.unwrap_or(DEFAULT_PASSIVATE_AFTER_SECS) {
+                0 => None,
+                secs => Some(time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))),
+            },
             hl7,
             webhooks: crate::alerts::webhooks::endpoints_from_file(file.webhooks)?,
             store,

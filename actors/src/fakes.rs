@@ -175,7 +175,7 @@ where
 mod tests {
     use super::*;
     use crate::model::*;
-    use crate::ports::RuleVerdict;
+    use crate::ports::{AlertPolicy, RuleVerdict};
     use crate::patient::ActFailure;
     use crate::router::Router;
 
@@ -216,14 +216,21 @@ mod tests {
         let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
             let verdict = match v.latest("rr", 600.0) {
                 Some(rr) if rr >= 22.0 => RuleVerdict::Fire {
+                    finding: None,
                     severity: if rr >= 30.0 { Severity::Critical } else { Severity::High },
                     score: Some(rr),
                     summary: "fast breathing".into(),
                     details: crate::model::Details::from_value(&serde_json::json!({})),
+                    partial: false,
                 },
-                _ => RuleVerdict::Resolve { reason: "normal".into(), details: crate::model::Details::null() },
+                _ => RuleVerdict::Resolve {
+                    finding: None,
+                    reason: "normal".into(),
+                    details: crate::model::Details::null(),
+                    partial: false,
+                },
             };
-            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), cooldown_s: 0, verdict }]
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), policy: AlertPolicy::default(), verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
         for rr in [12.0, 24.0, 24.0, 31.0, 14.0] {
@@ -248,6 +255,143 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_different_interaction_after_the_first_is_acknowledged_is_a_new_notified_alert() {
+        let publisher = Arc::new(CollectingPublisher::default());
+        let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        // A DDI-like rule naming each interacting pair with the newly ordered drug.
+        let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
+            let Some(order) = &v.new_order else { return Vec::new() };
+            v.medications
+                .iter()
+                .filter(|m| m.medication.order_id != order.order_id)
+                .filter(|m| m.medication.name == "warfarin" || order.name == "warfarin")
+                .map(|m| {
+                    let mut pair = [order.name.clone(), m.medication.name.clone()];
+                    pair.sort();
+                    RuleOutcome {
+                        rule_id: "t.ddi".into(),
+                        version: "v1".into(),
+                        policy: AlertPolicy::default(),
+                        verdict: RuleVerdict::Fire {
+                            finding: Some(pair.join("+")),
+                            severity: Severity::High,
+                            score: Some(1.0),
+                            summary: format!("interaction {}", pair.join(" + ")),
+                            details: crate::model::Details::null(),
+                            partial: false,
+                        },
+                    }
+                })
+                .collect()
+        }));
+        let order = |name: &str, n: u32| ClinicalEvent {
+            control_id: format!("o-{n}"),
+            kind: EventKind::MedicationOrder {
+                action: OrderAction::New,
+                medication: Medication { order_id: format!("ORD-{name}"), rxnorm: None, name: name.into() },
+            },
+            ..event("300", 12.0, t0)
+        };
+        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let patient = PatientId("p-300".into());
+        router.ingest(order("warfarin", 1)).await.unwrap().wait().await.unwrap();
+        router.ingest(order("ibuprofen", 2)).await.unwrap().wait().await.unwrap();
+        let first = publisher.published.lock().unwrap()[0].alert.clone();
+        assert_eq!(first.finding.as_deref(), Some("ibuprofen+warfarin"));
+        let ack = AlertAction::Acknowledge { by: "nurse-1".into() };
+        router.act(&patient, first.id.clone(), ack).await.unwrap().1.wait().await.unwrap();
+        // A second, different interaction with warfarin.
+        router.ingest(order("fluconazole", 3)).await.unwrap().wait().await.unwrap();
+        router.shutdown().await;
+        let published = publisher.published.lock().unwrap().clone();
+        let last = published.last().unwrap();
+        assert_eq!(last.alert.finding.as_deref(), Some("fluconazole+warfarin"));
+        assert_ne!(last.alert.id, first.id, "a new alert, not an edit of the acknowledged one");
+        assert_eq!(last.alert.status, AlertStatus::Active);
+        assert!(last.notify, "consoles are told");
+        let first_now = published.iter().rev().find(|c| c.alert.id == first.id).unwrap();
+        assert_eq!(first_now.alert.status, AlertStatus::Acknowledged, "the first keeps its acknowledgement");
+        assert_eq!(published.iter().filter(|c| c.notify).count(), 2, "one notification per finding");
+    }
+
+    #[tokio::test]
+    async fn an_idle_patient_is_passivated_and_its_next_event_rebuilds_it_with_the_same_window() {
+        let store = Arc::new(MemoryStore::with_publisher(Arc::new(CollectingPublisher::default())));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        // Records the RR window each rule run sees, per patient; raises for RR >= 30 only.
+        type Seen = Vec<(PatientId, Vec<f64>)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+            let window: Vec<f64> = v.window("rr", 86_400.0).map(|s| s.value).collect();
+            record.lock().unwrap().push((v.patient_id.clone().unwrap(), window));
+            match v.latest("rr", 600.0) {
+                Some(rr) if rr >= 30.0 => vec![RuleOutcome {
+                    rule_id: "t.rr".into(),
+                    version: "v1".into(),
+                    policy: AlertPolicy::default(),
+                    verdict: RuleVerdict::Fire {
+                        finding: None,
+                        severity: Severity::High,
+                        score: Some(rr),
+                        summary: "rr".into(),
+                        details: crate::model::Details::null(),
+                        partial: false,
+                    },
+                }],
+                _ => Vec::new(),
+            }
+        }));
+        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
+        // Three patients with two readings each; the third's RR raises an alert.
+        for minute in [0, 10] {
+            *clock.0.lock().unwrap() = at(minute);
+            for (mrn, rr) in [("400", 18.0), ("401", 18.0), ("402", 31.0)] {
+                router.ingest(event(mrn, rr + minute as f64 / 10.0, at(minute))).await.unwrap().wait().await.unwrap();
+            }
+        }
+        assert_eq!(router.patient_count(), 3);
+        *clock.0.lock().unwrap() = at(10) + time::Duration::minutes(59);
+        assert_eq!(router.passivate_idle(time::Duration::hours(1)).await, 0, "not idle for an hour yet");
+        *clock.0.lock().unwrap() = at(10) + time::Duration::minutes(61);
+        assert_eq!(router.passivate_idle(time::Duration::hours(1)).await, 2, "idle, no open alert");
+        assert_eq!(router.patient_count(), 1, "only the patient with an open alert keeps a live actor");
+
+        // A patient on a medication ordered more than a day ago keeps its actor: a rebuild reads
+        // the last 24 h and would lose the order (and with it every interaction check).
+        let order = ClinicalEvent {
+            control_id: "o-1".into(),
+            kind: EventKind::MedicationOrder {
+                action: OrderAction::New,
+                medication: Medication { order_id: "ORD-1".into(), rxnorm: None, name: "phenelzine".into() },
+            },
+            ..event("403", 16.0, at(10) + time::Duration::minutes(61))
+        };
+        *clock.0.lock().unwrap() = at(10) + time::Duration::minutes(61);
+        router.ingest(order).await.unwrap().wait().await.unwrap();
+        *clock.0.lock().unwrap() = at(10) + time::Duration::hours(30);
+        router.passivate_idle(time::Duration::hours(1)).await;
+        assert_eq!(router.patient_count(), 2, "the patient on a medication and the one with an open alert");
+        *clock.0.lock().unwrap() = at(71);
+
+        // The next event rebuilds the passivated patient from the store: its rules see the
+        // window a never-passivated patient with the same history sees.
+        seen.lock().unwrap().clear();
+        *clock.0.lock().unwrap() = at(72);
+        router.ingest(event("400", 20.0, at(72))).await.unwrap().wait().await.unwrap();
+        assert_eq!(router.patient_count(), 3);
+        let window = seen.lock().unwrap().last().unwrap().clone();
+        assert_eq!(window.0, PatientId("p-400".into()));
+        assert_eq!(window.1, vec![18.0, 19.0, 20.0], "the history came back from the store");
+        router.shutdown().await;
+        assert_eq!(router.patient_count(), 0);
+    }
+
+    #[tokio::test]
     async fn acknowledge_holds_until_severity_rises_and_resolve_closes() {
         let publisher = Arc::new(CollectingPublisher::default());
         let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
@@ -256,8 +400,15 @@ mod tests {
         let rules = Arc::new(FnRules(|v: &PatientView, _t: &[&str]| {
             let rr = v.latest("rr", 600.0).unwrap_or(0.0);
             let severity = if rr >= 30.0 { Severity::Critical } else { Severity::High };
-            let verdict = RuleVerdict::Fire { severity, score: Some(rr), summary: "rr".into(), details: crate::model::Details::from_value(&serde_json::json!({})) };
-            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), cooldown_s: 0, verdict }]
+            let verdict = RuleVerdict::Fire {
+                finding: None,
+                severity,
+                score: Some(rr),
+                summary: "rr".into(),
+                details: crate::model::Details::from_value(&serde_json::json!({})),
+                partial: false,
+            };
+            vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), policy: AlertPolicy::default(), verdict }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
         let patient = PatientId("p-200".into());

@@ -370,6 +370,11 @@ pub struct Alert {
     pub patient: AlertPatient,
     /// Which rule.
     pub rule: RuleRef,
+    /// The finding this alert is about when the rule names one (the interacting pair, the
+    /// drug-allergen match, the analyte): each finding of a rule is its own alert. `None` for
+    /// rules with one alert per patient (the scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<String>,
     /// How urgent.
     pub severity: Severity,
     /// Lifecycle state.
@@ -398,6 +403,14 @@ pub struct Alert {
     /// Comments from the care team, oldest first.
     #[serde(default)]
     pub comments: Vec<Comment>,
+    /// The rule's latest evaluation lacked data (missing or aged out): what the alert shows
+    /// may be out of date, and it was neither resolved nor lowered because of that.
+    #[serde(default)]
+    pub stale: bool,
+    /// How many times the rule fired again soon after resolving it, reopening this alert
+    /// instead of raising a new one.
+    #[serde(default)]
+    pub reopened: u32,
 }
 
 /// Who did something to an alert, and when.

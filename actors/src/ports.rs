@@ -115,6 +115,13 @@ pub trait AlertStore: Send + Sync + 'static {
     /// The latest state of every alert that is not resolved, with its last sequence number.
     async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError>;
 
+    /// The open alerts of one patient. Backends with an index per patient override this;
+    /// the default filters [`AlertStore::open_alerts`].
+    async fn open_alerts_of(&self, patient: &PatientId) -> Result<Vec<Alert>, StoreError> {
+        let open = self.open_alerts().await?;
+        Ok(open.into_iter().filter(|c| &c.alert.patient.id == patient).map(|c| c.alert).collect())
+    }
+
     /// The highest sequence number committed so far.
     fn last_seq(&self) -> u64;
 }
@@ -150,13 +157,56 @@ pub struct CodedSample {
     pub text: String,
 }
 
-/// A medication the patient is on, with when it started.
+/// A medication the patient is on or was on recently: an order (active until discontinued), or
+/// an administration with no order (a one-off dose, active for a time after the dose that the
+/// drug tables set per class). A discontinued drug is kept, with when it stopped, for as long
+/// as a washout may last ([`MEDICATION_MEMORY`]): an MAO inhibitor still interacts for 14 days.
+/// Whether a drug is active or in its washout at a given time is decided by the rule host,
+/// which holds the tables.
 #[derive(Clone, PartialEq, Debug)]
 pub struct ActiveMedication {
     /// The drug.
     pub medication: Medication,
     /// When the order (or first administration) arrived.
     pub since: OffsetDateTime,
+    /// Known from administrations only (no order): a one-off dose.
+    pub administered_only: bool,
+    /// The latest administration, when any was recorded.
+    pub last_given: Option<OffsetDateTime>,
+    /// When the order was discontinued (or cancelled after a dose); `None` while it runs.
+    pub stopped: Option<OffsetDateTime>,
+}
+
+impl ActiveMedication {
+    /// An order that started at `since`.
+    pub fn ordered(medication: Medication, since: OffsetDateTime) -> Self {
+        ActiveMedication { medication, since, administered_only: false, last_given: None, stopped: None }
+    }
+
+    /// A dose given at `at` with no order on record.
+    pub fn administered(medication: Medication, at: OffsetDateTime) -> Self {
+        ActiveMedication { medication, since: at, administered_only: true, last_given: Some(at), stopped: None }
+    }
+}
+
+/// How long a discontinued medication or a one-off dose is remembered after it stopped (or
+/// was given): the longest washout plus active time the drug tables may declare (the tables
+/// are refused at load when they exceed it). 60 days.
+pub const MEDICATION_MEMORY: time::Duration = time::Duration::days(60);
+
+/// At most this many medications (running, stopped or one-off) are kept per patient; the
+/// oldest stopped ones go first.
+pub const MAX_MEDICATIONS: usize = 256;
+
+/// An open alert as a rule sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenAlertRef {
+    /// Rule id.
+    pub rule: String,
+    /// Finding key, empty for a rule's one alert.
+    pub finding: String,
+    /// Severity.
+    pub severity: Severity,
 }
 
 /// The state a rule sees: bounded windows of recent values by canonical name, medications,
@@ -180,14 +230,18 @@ pub struct PatientView {
     pub series: HashMap<String, VecDeque<Sample>>,
     /// Recent coded samples per canonical name, oldest first.
     pub coded: HashMap<String, VecDeque<CodedSample>>,
-    /// Active medications.
+    /// Medications: running orders, one-off doses and recently stopped drugs (see
+    /// [`ActiveMedication`]).
     pub medications: Vec<ActiveMedication>,
     /// Recorded allergies.
     pub allergies: Vec<Allergy>,
+    /// The allergies the triggering event recorded that were not on record before (or whose
+    /// severity changed); empty for other events.
+    pub new_allergies: Vec<Allergy>,
     /// Per-patient settings set by clinicians (e.g. `spo2_scale` = `2` for NEWS2).
     pub settings: HashMap<String, String>,
-    /// Rule ids with an open alert, and its severity.
-    pub open_alerts: Vec<(String, Severity)>,
+    /// Open alerts: rule id, finding (empty for a rule's one alert) and severity.
+    pub open_alerts: Vec<OpenAlertRef>,
     /// The medication order being evaluated, when an order triggered this run.
     pub new_order: Option<Medication>,
 }
@@ -229,8 +283,10 @@ impl PatientView {
 /// What one rule concluded for one patient.
 #[derive(Clone, PartialEq, Debug)]
 pub enum RuleVerdict {
-    /// Raise or update the rule's alert.
+    /// Raise or update the rule's alert (for one finding, when the rule names it).
     Fire {
+        /// The finding (e.g. the interacting pair), `None` for the rule's one alert.
+        finding: Option<String>,
         /// Severity.
         severity: Severity,
         /// Score, when the rule computes one.
@@ -239,17 +295,49 @@ pub enum RuleVerdict {
         summary: String,
         /// Structured detail.
         details: Details,
+        /// Computed from incomplete data (an input missing or aged out): may raise, never
+        /// lowers an open alert's severity.
+        partial: bool,
     },
-    /// Close the rule's active alert, if any.
+    /// Close the rule's open alert for `finding`, or every open alert of the rule when `None`.
     Resolve {
+        /// Which finding, `None` for all of the rule's alerts.
+        finding: Option<String>,
         /// Why.
         reason: String,
         /// What the rule computed below its threshold (e.g. a NEWS2 breakdown), `Null` if
         /// nothing; shown in the patient view, never alerted on.
         details: Details,
+        /// Computed from incomplete data: never resolves anything (the alert is marked stale).
+        partial: bool,
+    },
+    /// The patient is outside the population the rule is validated for (e.g. a child and an
+    /// adult score): not scored, and the patient view says so.
+    NotApplicable {
+        /// Why, for the patient view.
+        reason: String,
     },
     /// Nothing to say.
     Quiet,
+}
+
+/// How a rule's alerts behave over time (from the rule's `meta()`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct AlertPolicy {
+    /// After an alert is resolved (by the rule or by a clinician), a re-fire at the same or a
+    /// lower severity within this many seconds raises nothing. A higher severity always
+    /// raises. 0: no cooldown.
+    pub cooldown_s: i64,
+    /// Hysteresis: a rule's resolve closes its alert only once the rule has said "resolve"
+    /// (on complete data) continuously for this many seconds. 0: at once.
+    pub clear_for_s: i64,
+    /// A re-fire within this many seconds after the rule resolved an alert reopens that alert
+    /// (same id, acknowledgement kept unless severity rose) instead of raising a new one.
+    pub reopen_s: i64,
+    /// After a clinician resolves an alert, a re-fire that says exactly what they saw (same
+    /// summary and details: the same result) stays held beyond the cooldown; anything new
+    /// raises. For rules whose findings are discrete results (critical labs).
+    pub hold_until_changed: bool,
 }
 
 /// A rule's verdict with the rule's identity.
@@ -259,10 +347,8 @@ pub struct RuleOutcome {
     pub rule_id: String,
     /// Rule version (content hash).
     pub version: String,
-    /// The rule's cooldown, seconds: after its alert for a patient is resolved (by the rule or
-    /// by a clinician), a re-fire at the same or a lower severity within this window raises
-    /// nothing. A higher severity always raises. 0: no cooldown.
-    pub cooldown_s: i64,
+    /// How the rule's alerts behave over time.
+    pub policy: AlertPolicy,
     /// The verdict.
     pub verdict: RuleVerdict,
 }

@@ -1,7 +1,6 @@
 //! The router: owns the patient id -> actor map, starts (and rehydrates) patient actors on
 //! first use, and hands each event to its patient's actor. Actor names carry only opaque ids.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -12,6 +11,14 @@ use tokio::sync::{Mutex, oneshot};
 use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, PatientId, PatientSummary};
 use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
+
+/// A reply port to be replaced before the message is sent.
+fn tx_placeholder<T: Send + 'static>() -> ractor::RpcReplyPort<T> {
+    oneshot::channel().0.into()
+}
+
+/// How long shutdown waits for patient actors to finish their queued messages.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +40,11 @@ pub enum IngestError {
 /// Routes events to patient actors.
 pub struct Router {
     actors: DashMap<PatientId, ActorRef<PatientMsg>>,
-    spawn_lock: Mutex<HashMap<PatientId, Vec<Alert>>>,
+    /// One start at a time per patient (never one for all: a start reads the patient's
+    /// history, and other patients must not wait behind it).
+    starting: DashMap<PatientId, Arc<Mutex<()>>>,
+    /// Open alerts read once at start-up, taken by each patient's first actor.
+    preloaded: DashMap<PatientId, Vec<Alert>>,
     ports: Ports,
 }
 
@@ -67,13 +78,14 @@ impl Router {
         rules: Arc<dyn RuleEngine>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let mut open: HashMap<PatientId, Vec<Alert>> = HashMap::new();
+        let preloaded: DashMap<PatientId, Vec<Alert>> = DashMap::new();
         for change in alerts.open_alerts().await? {
-            open.entry(change.alert.patient.id.clone()).or_default().push(change.alert);
+            preloaded.entry(change.alert.patient.id.clone()).or_default().push(change.alert);
         }
         Ok(Router {
             actors: DashMap::new(),
-            spawn_lock: Mutex::new(open),
+            starting: DashMap::new(),
+            preloaded,
             ports: Ports { events, alerts, rules, clock, live: None },
         })
     }
@@ -102,13 +114,43 @@ impl Router {
                 }
             }
         }
-        let actor = self.actor_for(&patient).await?;
-        let (tx, rx) = oneshot::channel();
-        actor
-            .cast(PatientMsg::Ingest { events, reply: tx.into() })
-            .map_err(|e| IngestError::Actor(e.to_string()))?;
-        let ticket = rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))??;
-        Ok(ticket)
+        // An actor may begin to stop (passivated) between being looked up and this send: the
+        // send is refused with the message, which then goes to its successor.
+        let mut message = PatientMsg::Ingest { events, reply: tx_placeholder() };
+        for _ in 0..2 {
+            let actor = self.actor_for(&patient).await?;
+            let (tx, rx) = oneshot::channel();
+            if let PatientMsg::Ingest { reply, .. } = &mut message {
+                *reply = tx.into();
+            }
+            match actor.cast(message) {
+                Ok(()) => return rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))?.map_err(Into::into),
+                Err(ractor::MessagingErr::SendErr(refused)) => message = refused,
+                Err(e) => return Err(IngestError::Actor(e.to_string())),
+            }
+        }
+        Err(IngestError::Actor("patient actor stopping".into()))
+    }
+
+    /// Stop the actors idle for `idle_for` that hold nothing the store does not (no open
+    /// alert, no clock running); their next event rebuilds them from the store. Returns how
+    /// many stopped.
+    pub async fn passivate_idle(&self, idle_for: time::Duration) -> usize {
+        let actors: Vec<_> = self.actors.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        let mut stopped = 0;
+        for (id, actor) in actors {
+            let (tx, rx) = oneshot::channel();
+            if actor.cast(PatientMsg::Passivate { idle_for, reply: tx.into() }).is_err() {
+                continue;
+            }
+            if rx.await == Ok(true) {
+                // Kept in the map until it has stopped, so that a start meanwhile waits for it.
+                let _ = actor.wait(Some(SHUTDOWN_DEADLINE)).await;
+                self.actors.remove_if(&id, |_, a| a.get_id() == actor.get_id());
+                stopped += 1;
+            }
+        }
+        stopped
     }
 
     /// Apply a clinician's or the escalation timer's action to an open alert of `patient`.
@@ -133,12 +175,16 @@ impl Router {
         self.actors.len()
     }
 
-    /// Stop every patient actor and wait for each to finish its queued messages.
+    /// Stop every patient actor and wait, all at once and for at most five seconds, for each
+    /// to finish its queued messages.
     pub async fn shutdown(&self) {
         let actors: Vec<_> = self.actors.iter().map(|e| e.value().clone()).collect();
+        let mut draining = tokio::task::JoinSet::new();
         for actor in actors {
-            let _ = actor.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
+            draining.spawn(async move { actor.drain_and_wait(Some(SHUTDOWN_DEADLINE)).await });
         }
+        // Each drain is bounded by the deadline; this bounds the whole.
+        let _ = tokio::time::timeout(SHUTDOWN_DEADLINE + std::time::Duration::from_secs(1), draining.join_all()).await;
         self.actors.clear();
     }
 
@@ -146,25 +192,32 @@ impl Router {
         if let Some(actor) = self.live(id) {
             return Ok(actor);
         }
-        let mut open = self.spawn_lock.lock().await;
+        let gate = Arc::clone(self.starting.entry(id.clone()).or_default().value());
+        let started = self.start(id, &gate).await;
+        self.starting.remove_if(id, |_, g| Arc::ptr_eq(g, &gate));
+        started
+    }
+
+    async fn start(&self, id: &PatientId, gate: &Mutex<()>) -> Result<ActorRef<PatientMsg>, IngestError> {
+        let _one_start = gate.lock().await;
         if let Some(actor) = self.live(id) {
             return Ok(actor);
+        }
+        // A predecessor still finishing its queued messages (passivated, or stopping) finishes
+        // before the history is read, so none of its events is missed.
+        let predecessor = self.actors.get(id).map(|a| a.value().clone());
+        if let Some(predecessor) = predecessor {
+            let _ = predecessor.wait(Some(SHUTDOWN_DEADLINE)).await;
         }
         let since = self.ports.clock.now() - WINDOW_MAX_AGE;
         let history = self.ports.events.events_since(id, since.max(OffsetDateTime::UNIX_EPOCH)).await?;
         // First start: the open alerts loaded at start-up. A restart after the actor failed:
-        // read them again, or its alerts would be re-raised as new episodes.
-        let open_alerts = match open.remove(id) {
-            Some(alerts) => alerts,
-            None if self.actors.contains_key(id) => self
-                .ports
-                .alerts
-                .open_alerts()
-                .await?
-                .into_iter()
-                .filter(|c| &c.alert.patient.id == id)
-                .map(|c| c.alert)
-                .collect(),
+        // read them again, or its alerts would be re-raised as new episodes. A start after
+        // passivation: none (an actor with open alerts is never passivated, and no other
+        // actor raised any for it since).
+        let open_alerts = match self.preloaded.remove(id) {
+            Some((_, alerts)) => alerts,
+            None if self.actors.contains_key(id) => self.ports.alerts.open_alerts_of(id).await?,
             None => Vec::new(),
         };
         let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), history, open_alerts };

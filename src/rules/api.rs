@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map};
-use time::OffsetDateTime;
-use vigil_actors::{Medication, PatientView, Sample};
+use time::{Duration, OffsetDateTime};
+use vigil_actors::{ActiveMedication, Allergy, Medication, PatientView, Sample};
 
-use super::data::{SharedTables, Tables, rxnorm_code};
+use super::data::{Ingredient, SharedTables, Tables, rxnorm_code};
 use super::scores::Scored;
 
 /// The patient as a rule sees it: values and location, never names or identifiers. The second
@@ -41,12 +41,14 @@ impl ScoreMemo {
     }
 }
 
-/// What `evaluate(p)` returns: `alert(...)` or `resolve(...)` (details are a map or a
-/// [`Scored`]).
+/// What `evaluate(p)` returns: `alert(...)`, `alert_for(...)`, `resolve(...)`,
+/// `resolve_for(...)` or an array of them (details are a map or a [`Scored`]).
 #[derive(Clone)]
 pub enum Verdict {
-    /// `alert(severity, summary, details)`.
+    /// `alert(severity, summary, details)` / `alert_for(finding, severity, summary, details)`.
     Fire {
+        /// The finding, for `alert_for`.
+        finding: Option<ImmutableString>,
         /// Severity name.
         severity: ImmutableString,
         /// One line for the console.
@@ -54,8 +56,10 @@ pub enum Verdict {
         /// Details.
         details: Dynamic,
     },
-    /// `resolve(reason)` / `resolve(reason, details)`.
+    /// `resolve(reason)` / `resolve(reason, details)` / `resolve_for(finding, reason)`.
     Resolve {
+        /// The finding, for `resolve_for`; `None` closes every alert of the rule.
+        finding: Option<ImmutableString>,
         /// Why.
         reason: ImmutableString,
         /// Details (`()` when none).
@@ -192,54 +196,232 @@ fn classes(tables: &Tables, name: &str, rxnorm: Option<&str>) -> Array {
     out
 }
 
-fn has_class(tables: &Tables, name: &str, rxnorm: Option<&str>, wanted: &[ImmutableString]) -> bool {
-    let mut found = false;
-    tables.for_classes(name, rxnorm, |c| found |= wanted.contains(c));
-    found
+/// Where a medication stands at `now`: running, or stopped and (per ingredient) perhaps still
+/// in its washout.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum MedStatus {
+    /// An order that runs, or a one-off dose within its active time.
+    Active,
+    /// Discontinued (or a one-off dose past its active time) at this instant.
+    Ended(OffsetDateTime),
 }
 
-/// `p.interactions()`: the hits of `interactions.json` between the new order and each other
-/// active medication (not the order itself, not the same drug), medications in order and
-/// interactions in table order: `[#{ interaction, title, risk, ordered, active, source }]`.
+/// The status of `m` at `now` given its ingredients: an order runs until discontinued; a dose
+/// with no order is active for the longest `active_after_dose_h` of its ingredients.
+fn med_status(tables: &Tables, m: &ActiveMedication, ingredients: &[Ingredient], now: Option<OffsetDateTime>) -> MedStatus {
+    let end = match (m.stopped, m.administered_only) {
+        (Some(stopped), _) => stopped,
+        (None, true) => {
+            let given = m.last_given.unwrap_or(m.since);
+            let active_s = ingredients.iter().map(|i| tables.active_after_dose_s(i)).fold(0.0, f64::max);
+            given.checked_add(Duration::seconds_f64(active_s)).unwrap_or(given)
+        }
+        (None, false) => return MedStatus::Active,
+    };
+    match now {
+        Some(now) if now < end => MedStatus::Active,
+        _ => MedStatus::Ended(end),
+    }
+}
+
+/// Whether `m` is active at `now` (see [`med_status`]).
+fn is_active(tables: &Tables, m: &ActiveMedication, now: Option<OffsetDateTime>) -> bool {
+    if m.stopped.is_none() && !m.administered_only {
+        return true;
+    }
+    let ingredients = tables.ingredients(&m.medication.name, m.medication.rxnorm.as_deref());
+    med_status(tables, m, &ingredients, now) == MedStatus::Active
+}
+
+/// Whether two ingredients are the same drug: same RxNorm code, or same normalised name.
+fn same_ingredient(a: &Ingredient, b: &Ingredient) -> bool {
+    (a.rxnorm.is_some() && a.rxnorm == b.rxnorm) || a.name == b.name
+}
+
+fn ingredient_classes(tables: &Tables, i: &Ingredient) -> Vec<ImmutableString> {
+    let mut out = Vec::new();
+    tables.for_ingredient_classes(&i.name, i.rxnorm.as_deref(), |c| out.push(c.clone()));
+    out
+}
+
+/// The finding key of an interaction: the two ingredients, sorted (`ddi:fluoxetine+linezolid`).
+fn ddi_key(a: &str, b: &str) -> String {
+    if a <= b { format!("ddi:{a}+{b}") } else { format!("ddi:{b}+{a}") }
+}
+
+/// `p.interactions()`: the hits of `interactions.json` between each ingredient of the new
+/// order and each ingredient of every other medication that is active or, stopped, still in
+/// its washout (not the order itself, not the same ingredient); one hit per pair of
+/// ingredients, medications in order and interactions in table order:
+/// `[#{ interaction, title, risk, ordered, active, ordered_ingredient, active_ingredient, key,
+/// text, washout, stopped_s, source }]` (`text`: `ordered + active`, a combination with its
+/// ingredient).
 fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
     let mut hits = Array::new();
     let Some(order) = view.new_order.as_ref() else { return hits };
-    let rx = order.rxnorm.as_deref();
-    // Interactions the ordered drug takes part in, and on which side.
-    let relevant: Vec<(&super::data::Interaction, bool, bool)> = tables
-        .interactions()
-        .iter()
-        .filter_map(|ix| {
-            let on_a = has_class(tables, &order.name, rx, &ix.a);
-            let on_b = has_class(tables, &order.name, rx, &ix.b);
-            (on_a || on_b).then_some((ix, on_a, on_b))
+    let ordered: Vec<(Ingredient, Vec<ImmutableString>)> = tables
+        .ingredients(&order.name, order.rxnorm.as_deref())
+        .into_iter()
+        .map(|i| {
+            let classes = ingredient_classes(tables, &i);
+            (i, classes)
         })
         .collect();
+    // Interactions an ordered ingredient takes part in, and on which side.
+    let mut relevant: Vec<(&super::data::Interaction, usize, bool, bool)> = Vec::new();
+    for ix in tables.interactions() {
+        for (n, (_, classes)) in ordered.iter().enumerate() {
+            let on_a = classes.iter().any(|c| ix.a.contains(c));
+            let on_b = classes.iter().any(|c| ix.b.contains(c));
+            if on_a || on_b {
+                relevant.push((ix, n, on_a, on_b));
+            }
+        }
+    }
     if relevant.is_empty() {
         return hits;
     }
-    let order_name = super::data::normalised(&order.name);
+    let mut keys: Vec<String> = Vec::new();
     for med in &view.medications {
         let m = &med.medication;
-        let same_drug = (m.rxnorm.is_some() && m.rxnorm == order.rxnorm) || super::data::normalised(&m.name) == order_name;
-        if m.order_id == order.order_id || same_drug {
+        if m.order_id == order.order_id {
             continue;
         }
-        for (ix, on_a, on_b) in &relevant {
-            let m_rx = m.rxnorm.as_deref();
-            if (*on_a && has_class(tables, &m.name, m_rx, &ix.b)) || (*on_b && has_class(tables, &m.name, m_rx, &ix.a)) {
-                let mut hit = Map::new();
-                hit.insert("interaction".into(), ix.id.clone());
-                hit.insert("title".into(), ix.title.clone());
-                hit.insert("risk".into(), ix.risk.clone());
-                hit.insert("ordered".into(), order.name.as_str().into());
-                hit.insert("active".into(), m.name.as_str().into());
-                hit.insert("source".into(), ix.source.clone());
-                hits.push(Dynamic::from_map(hit));
+        let ingredients = tables.ingredients(&m.name, m.rxnorm.as_deref());
+        let status = med_status(tables, med, &ingredients, view.now);
+        for ingredient in &ingredients {
+            // A stopped drug interacts until its washout is over.
+            let stopped_s = match (status, view.now) {
+                (MedStatus::Active, _) => None,
+                (MedStatus::Ended(end), Some(now)) if (now - end).as_seconds_f64() < tables.washout_s(ingredient) => {
+                    Some((now - end).as_seconds_f64())
+                }
+                (MedStatus::Ended(_), _) => continue,
+            };
+            let classes = ingredient_classes(tables, ingredient);
+            for (ix, n, on_a, on_b) in &relevant {
+                let Some((ordered_ingredient, _)) = ordered.get(*n) else { continue };
+                if same_ingredient(ordered_ingredient, ingredient) {
+                    continue;
+                }
+                let hit = (*on_a && classes.iter().any(|c| ix.b.contains(c))) || (*on_b && classes.iter().any(|c| ix.a.contains(c)));
+                let key = ddi_key(&ordered_ingredient.name, &ingredient.name);
+                if !hit || keys.contains(&key) {
+                    continue;
+                }
+                let mut found = Map::new();
+                found.insert("interaction".into(), ix.id.clone());
+                found.insert("title".into(), ix.title.clone());
+                found.insert("risk".into(), ix.risk.clone());
+                found.insert("ordered".into(), order.name.as_str().into());
+                found.insert("active".into(), m.name.as_str().into());
+                found.insert("ordered_ingredient".into(), ordered_ingredient.name.clone().into());
+                found.insert("active_ingredient".into(), ingredient.name.clone().into());
+                found.insert("key".into(), key.as_str().into());
+                let ordered_text = drug_text(&order.name, ordered.len() > 1, &ordered_ingredient.name);
+                let active_text = drug_text(&m.name, ingredients.len() > 1, &ingredient.name);
+                found.insert("text".into(), format!("{ordered_text} + {active_text}").into());
+                found.insert("washout".into(), stopped_s.is_some().into());
+                found.insert("stopped_s".into(), opt_float(stopped_s));
+                found.insert("source".into(), ix.source.clone());
+                hits.push(Dynamic::from_map(found));
+                keys.push(key);
             }
         }
     }
     hits
+}
+
+/// A drug for a summary: its name, with the ingredient concerned when it is a combination
+/// (`lopinavir/ritonavir [ritonavir]`).
+fn drug_text(name: &str, combination: bool, ingredient: &str) -> String {
+    if combination { format!("{name} [{ingredient}]") } else { name.to_string() }
+}
+
+/// Whether a recorded reaction is severe: HL7 table 0128 `SV`, FHIR criticality `high` or
+/// reaction severity `severe`.
+fn is_severe(severity: &str) -> bool {
+    ["sv", "severe", "high"].iter().any(|s| s.eq_ignore_ascii_case(severity.trim()))
+}
+
+/// One drug against one allergy: per ingredient of the drug, a match by ingredient (same
+/// RxNorm code or name as an ingredient of the allergen) or else by class (a class shared
+/// with the allergen, which may be a class name such as `penicillin`); one per finding key
+/// `allergy:<ingredient>~<allergen>`.
+fn match_allergy(tables: &Tables, drug: &Medication, drug_ingredients: &[Ingredient], allergy: &Allergy, keys: &mut Vec<String>, out: &mut Array) {
+    let allergen = tables.ingredients(&allergy.name, allergy.code.as_deref().and_then(rxnorm_code));
+    let allergen_classes: Vec<ImmutableString> = allergen.iter().flat_map(|a| ingredient_classes(tables, a)).collect();
+    let allergen_name = super::data::normalise_drug_name(&allergy.name);
+    for ingredient in drug_ingredients {
+        let by_ingredient = allergen.iter().any(|a| same_ingredient(a, ingredient));
+        let class = if by_ingredient {
+            None
+        } else {
+            match ingredient_classes(tables, ingredient).into_iter().find(|c| allergen_classes.contains(c)) {
+                Some(class) => Some(class),
+                None => continue,
+            }
+        };
+        let key = format!("allergy:{}~{allergen_name}", ingredient.name);
+        if keys.contains(&key) {
+            continue;
+        }
+        let mut m = Map::new();
+        m.insert("drug".into(), drug.name.as_str().into());
+        m.insert("order_id".into(), drug.order_id.as_str().into());
+        m.insert("ingredient".into(), ingredient.name.clone().into());
+        m.insert("drug_text".into(), drug_text(&drug.name, drug_ingredients.len() > 1, &ingredient.name).into());
+        m.insert("allergen".into(), allergy.name.as_str().into());
+        m.insert("match_by".into(), (if by_ingredient { "ingredient" } else { "class" }).into());
+        m.insert("class".into(), class.map_or(Dynamic::UNIT, Dynamic::from));
+        m.insert("reaction_severity".into(), allergy.severity.as_str().into());
+        m.insert("severe".into(), is_severe(&allergy.severity).into());
+        m.insert("key".into(), key.as_str().into());
+        out.push(Dynamic::from_map(m));
+        keys.push(key);
+    }
+}
+
+/// `p.allergy_matches()`: for an order, the ordered drug against every recorded allergy; for
+/// an allergies event, each newly recorded allergy against every active medication.
+/// `[#{ drug, order_id, ingredient, drug_text, allergen, match_by, class, reaction_severity, severe,
+/// key }]`.
+fn allergy_matches(tables: &Tables, view: &PatientView) -> Array {
+    let (mut out, mut keys) = (Array::new(), Vec::new());
+    if let Some(order) = &view.new_order {
+        let ingredients = tables.ingredients(&order.name, order.rxnorm.as_deref());
+        for allergy in &view.allergies {
+            match_allergy(tables, order, &ingredients, allergy, &mut keys, &mut out);
+        }
+        return out;
+    }
+    if view.new_allergies.is_empty() {
+        return out;
+    }
+    for med in &view.medications {
+        let m = &med.medication;
+        let ingredients = tables.ingredients(&m.name, m.rxnorm.as_deref());
+        if med_status(tables, med, &ingredients, view.now) != MedStatus::Active {
+            continue;
+        }
+        for allergy in &view.new_allergies {
+            match_allergy(tables, m, &ingredients, allergy, &mut keys, &mut out);
+        }
+    }
+    out
+}
+
+fn allergy_map(tables: &Tables, a: &Allergy) -> Dynamic {
+    let rx = a.code.as_deref().and_then(rxnorm_code);
+    let mut m = Map::new();
+    m.insert("name".into(), a.name.as_str().into());
+    m.insert("code".into(), opt_text(a.code.as_deref()));
+    m.insert("rxnorm".into(), opt_text(rx));
+    m.insert("kind".into(), a.kind.as_str().into());
+    m.insert("severity".into(), a.severity.as_str().into());
+    m.insert("severe".into(), is_severe(&a.severity).into());
+    m.insert("classes".into(), classes(tables, &a.name, rx).into());
+    Dynamic::from_map(m)
 }
 
 /// `p.critical_results(max_age)`: `[#{ analyte, value, unit, limit, text }]` in analyte order;
@@ -274,13 +456,20 @@ fn medication_map(tables: &Tables, m: &Medication) -> Map {
     map.insert("rxnorm".into(), opt_text(m.rxnorm.as_deref()));
     map.insert("order_id".into(), m.order_id.as_str().into());
     map.insert("classes".into(), classes(tables, &m.name, m.rxnorm.as_deref()).into());
+    let ingredients: Array = tables.ingredients(&m.name, m.rxnorm.as_deref()).into_iter().map(|i| Dynamic::from(i.name)).collect();
+    map.insert("ingredients".into(), ingredients.into());
     map
 }
 
-fn drug_matches(m: &Medication, query: &str) -> bool {
+/// Whether `m` is `query` or contains it (by normalised name or RxNorm code of the drug or of
+/// one of its ingredients).
+fn drug_matches(tables: &Tables, m: &Medication, query: &str) -> bool {
     let query = query.trim();
+    let wanted = super::data::normalise_drug_name(query);
     m.rxnorm.as_deref() == Some(query)
-        || super::data::normalise_drug_name(&m.name) == super::data::normalise_drug_name(query)
+        || super::data::normalise_drug_name(&m.name) == wanted
+        || (tables.is_combination(&m.name, m.rxnorm.as_deref())
+            && tables.ingredients(&m.name, m.rxnorm.as_deref()).iter().any(|i| i.rxnorm.as_deref() == Some(query) || i.name == wanted.as_str()))
 }
 
 fn current(tables: &SharedTables) -> Arc<Tables> {
@@ -395,12 +584,24 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_fn("setting", |p: &mut RulePatient, name: &str| -> Dynamic {
         opt_text(p.0.settings.get(name).map(String::as_str))
     });
+    // The highest severity among a rule's open alerts (any finding).
     engine.register_fn("open_alert", |p: &mut RulePatient, rule: &str| -> Dynamic {
-        let found = p.0.open_alerts.iter().find(|(id, _)| id == rule);
-        found.map_or(Dynamic::UNIT, |(_, s)| Dynamic::from(ImmutableString::from(severity_name(*s))))
+        let found = p.0.open_alerts.iter().filter(|a| a.rule == rule).map(|a| a.severity).max();
+        found.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(severity_name(s))))
     });
     engine.register_get("open_alerts", |p: &mut RulePatient| -> Map {
-        p.0.open_alerts.iter().map(|(id, s)| (id.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(*s))))).collect()
+        let mut open = Map::new();
+        for a in &p.0.open_alerts {
+            let higher = open.get(a.rule.as_str()).and_then(|s| s.read_lock::<ImmutableString>().and_then(|s| vigil_actors::Severity::parse(&s)));
+            if higher.is_none_or(|h| a.severity > h) {
+                open.insert(a.rule.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(a.severity))));
+            }
+        }
+        open
+    });
+    // The findings of a rule's open alerts (empty text for a rule's one alert).
+    engine.register_fn("open_findings", |p: &mut RulePatient, rule: &str| -> Array {
+        p.0.open_alerts.iter().filter(|a| a.rule == rule).map(|a| Dynamic::from(ImmutableString::from(a.finding.as_str()))).collect()
     });
 
     // Medications.
@@ -409,9 +610,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         let tables = current(&t);
         p.0.medications
             .iter()
+            .filter(|m| is_active(&tables, m, p.0.now))
             .map(|m| {
                 let mut map = medication_map(&tables, &m.medication);
                 map.insert("since_s".into(), p.since_s(m.since));
+                map.insert("administered_only".into(), m.administered_only.into());
                 Dynamic::from_map(map)
             })
             .collect()
@@ -421,14 +624,17 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         let tables = current(&t);
         p.0.new_order.as_ref().map_or(Dynamic::UNIT, |m| Dynamic::from_map(medication_map(&tables, m)))
     });
-    engine.register_fn("on_med", |p: &mut RulePatient, drug: &str| -> bool {
-        p.0.medications.iter().any(|m| drug_matches(&m.medication, drug))
+    let t = Arc::clone(&tables);
+    engine.register_fn("on_med", move |p: &mut RulePatient, drug: &str| -> bool {
+        let tables = current(&t);
+        p.0.medications.iter().any(|m| drug_matches(&tables, &m.medication, drug) && is_active(&tables, m, p.0.now))
     });
     let t = Arc::clone(&tables);
     engine.register_fn("on_class", move |p: &mut RulePatient, class: &str| -> bool {
         let tables = current(&t);
         p.0.medications.iter().any(|m| {
             tables.classes_of(&m.medication.name, m.medication.rxnorm.as_deref()).iter().any(|c| c == class)
+                && is_active(&tables, m, p.0.now)
         })
     });
     let t = Arc::clone(&tables);
@@ -436,6 +642,7 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         let tables = current(&t);
         p.0.medications
             .iter()
+            .filter(|m| is_active(&tables, m, p.0.now))
             .filter(|m| {
                 let mut found = false;
                 tables.for_classes(&m.medication.name, m.medication.rxnorm.as_deref(), |c| found |= c == class);
@@ -449,21 +656,15 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     let t = Arc::clone(&tables);
     engine.register_get("allergies", move |p: &mut RulePatient| -> Array {
         let tables = current(&t);
-        p.0.allergies
-            .iter()
-            .map(|a| {
-                let rx = a.code.as_deref().and_then(rxnorm_code);
-                let mut m = Map::new();
-                m.insert("name".into(), a.name.as_str().into());
-                m.insert("code".into(), opt_text(a.code.as_deref()));
-                m.insert("rxnorm".into(), opt_text(rx));
-                m.insert("kind".into(), a.kind.as_str().into());
-                m.insert("severity".into(), a.severity.as_str().into());
-                m.insert("classes".into(), classes(&tables, &a.name, rx).into());
-                Dynamic::from_map(m)
-            })
-            .collect()
+        p.0.allergies.iter().map(|a| allergy_map(&tables, a)).collect()
     });
+    let t = Arc::clone(&tables);
+    engine.register_get("new_allergies", move |p: &mut RulePatient| -> Array {
+        let tables = current(&t);
+        p.0.new_allergies.iter().map(|a| allergy_map(&tables, a)).collect()
+    });
+    let t = Arc::clone(&tables);
+    engine.register_fn("allergy_matches", move |p: &mut RulePatient| -> Array { allergy_matches(&current(&t), &p.0) });
     engine.register_fn("allergic_to", |p: &mut RulePatient, drug: &str| -> bool {
         let wanted = super::data::normalise_drug_name(drug);
         p.0.allergies.iter().any(|a| {
@@ -499,7 +700,7 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_indexer_get(|s: &mut Scored, name: &str| -> Dynamic { s.get(name) });
     // The scored properties as getters (a property without one falls back to the indexer,
     // after a failed lookup that costs as much again).
-    for name in ["score", "partial", "subscores", "values", "met", "missing", "flagged"] {
+    for name in ["score", "partial", "ceiling", "subscores", "values", "met", "missing", "flagged"] {
         engine.register_get(name, move |s: &mut Scored| -> Dynamic { s.get(name) });
     }
     engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
@@ -526,6 +727,14 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
     let t = Arc::clone(&tables);
     engine.register_fn("interactions", move |p: &mut RulePatient| -> Array { interaction_hits(&current(&t), &p.0) });
+    let t = Arc::clone(&tables);
+    FuncRegistration::new("drug_ingredients").with_volatility(true).register_into_engine(
+        engine,
+        move |name: &str, rxnorm: Dynamic| -> Array {
+            let rx = rxnorm.into_immutable_string().ok();
+            current(&t).ingredients(name, rx.as_deref()).into_iter().map(|i| Dynamic::from(i.name)).collect()
+        },
+    );
     engine.register_fn("normalise_drug_name", |name: &str| -> ImmutableString {
         super::data::normalise_drug_name(name).into()
     });
@@ -553,17 +762,37 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         out.into()
     });
 
+    register_episode_clocks(engine, Arc::clone(&tables));
+
     // Verdicts.
-    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { severity, summary, details };
+    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { finding: None, severity, summary, details };
     engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Map| fire(severity, summary, details.into()));
     engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Scored| {
         fire(severity, summary, Dynamic::from(details))
     });
-    engine.register_fn("resolve", |reason: ImmutableString| Verdict::Resolve { reason, details: Dynamic::UNIT });
+    // `alert_for(finding, ...)`: one alert per finding the rule names (an interacting pair, an
+    // analyte), each raised, notified and acknowledged on its own.
+    let fire_for = |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire {
+        finding: Some(finding),
+        severity,
+        summary,
+        details,
+    };
+    engine.register_fn("alert_for", move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Map| {
+        fire_for(finding, severity, summary, details.into())
+    });
+    engine.register_fn("alert_for", move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Scored| {
+        fire_for(finding, severity, summary, Dynamic::from(details))
+    });
+    let resolve = |finding: Option<ImmutableString>, reason: ImmutableString, details: Dynamic| Verdict::Resolve { finding, reason, details };
+    engine.register_fn("resolve", move |reason: ImmutableString| resolve(None, reason, Dynamic::UNIT));
     // `resolve(reason, details)`: below threshold, with what the rule computed (shown in the
     // patient view, e.g. a low NEWS2 with its sub-scores).
-    engine.register_fn("resolve", |reason: ImmutableString, details: Map| Verdict::Resolve { reason, details: details.into() });
-    engine.register_fn("resolve", |reason: ImmutableString, details: Scored| Verdict::Resolve { reason, details: Dynamic::from(details) });
+    engine.register_fn("resolve", move |reason: ImmutableString, details: Map| resolve(None, reason, details.into()));
+    engine.register_fn("resolve", move |reason: ImmutableString, details: Scored| resolve(None, reason, Dynamic::from(details)));
+    engine.register_fn("resolve_for", move |finding: ImmutableString, reason: ImmutableString| {
+        resolve(Some(finding), reason, Dynamic::UNIT)
+    });
 }
 
 fn severity_name(s: vigil_actors::Severity) -> &'static str {
@@ -575,4 +804,89 @@ fn severity_name(s: vigil_actors::Severity) -> &'static str {
         High => "high",
         Critical => "critical",
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Episode clocks (SEP-1): time zero, runs of abnormal readings, treatments given, times as text.
+// Host-side because each replaces a loop over a day of readings in script.
+// ---------------------------------------------------------------------------------------------
+
+fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
+    // `p.onset(table_a, min_a, table_b, min_b, within_s)`: seconds since the current episode's
+    // time zero (`scores::onset`: >= min_a items of table_a and >= min_b of table_b met by
+    // readings within `within_s` of each other, continuously since), looking back 2 x within_s;
+    // `()` when not met together now.
+    fn onset_fn<W: Num>(engine: &mut Engine, tables: SharedTables) {
+        engine.register_fn(
+            "onset",
+            move |p: &mut RulePatient, a: &str, min_a: i64, b: &str, min_b: i64, within: W| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+                let tables = current(&tables);
+                let table = |n: &str| tables.score(n).ok_or_else(|| format!("no score table `{n}` in data/scores.json"));
+                let within = within.num();
+                let at = super::scores::onset(&p.0, &[(table(a)?, min_a), (table(b)?, min_b)], within, 2.0 * within);
+                Ok(at.map_or(Dynamic::UNIT, |at| p.since_s(at)))
+            },
+        );
+    }
+    onset_fn::<i64>(engine, Arc::clone(&tables));
+    onset_fn::<f64>(engine, Arc::clone(&tables));
+
+    // `p.abnormal_run(table, key, lookback_s)`: the current run of consecutive readings of the
+    // item `key` scoring > 0 (readings at one instant are one reading): `#{ readings, since_s
+    // (oldest of the run), last_s (newest), span_s (between them), initial_s (second of the
+    // first two consecutive abnormal readings in the lookback) }`, `()` for what is absent.
+    fn run_fn<W: Num>(engine: &mut Engine, tables: SharedTables) {
+        engine.register_fn(
+            "abnormal_run",
+            move |p: &mut RulePatient, table: &str, key: &str, lookback: W| -> Result<Map, Box<rhai::EvalAltResult>> {
+                let tables = current(&tables);
+                let t = tables.score(table).ok_or_else(|| format!("no score table `{table}` in data/scores.json"))?;
+                let run = t.abnormal_run(&p.0, key, lookback.num()).ok_or_else(|| format!("score table `{table}` has no item `{key}`"))?;
+                let ago = |at: Option<OffsetDateTime>| at.map_or(Dynamic::UNIT, |at| p.since_s(at));
+                let mut m = Map::new();
+                m.insert("readings".into(), Dynamic::from_int(run.readings as i64));
+                m.insert("since_s".into(), ago(run.first));
+                m.insert("last_s".into(), ago(run.last));
+                let span = run.first.zip(run.last).map(|(f, l)| (l - f).as_seconds_f64());
+                m.insert("span_s".into(), opt_float(span));
+                m.insert("initial_s".into(), ago(run.initial));
+                Ok(m)
+            },
+        );
+    }
+    run_fn::<i64>(engine, Arc::clone(&tables));
+    run_fn::<f64>(engine, Arc::clone(&tables));
+
+    // `p.iso_time(seconds_ago)`: that moment as RFC 3339 text (UTC), or `()`.
+    fn iso_fn<S: Num>(engine: &mut Engine) {
+        engine.register_fn("iso_time", |p: &mut RulePatient, ago: S| -> Dynamic {
+            let at = p.now().zip(time::Duration::checked_seconds_f64(ago.num())).and_then(|(now, d)| now.checked_sub(d));
+            let text = at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok());
+            text.map_or(Dynamic::UNIT, |t| Dynamic::from(ImmutableString::from(t)))
+        });
+    }
+    iso_fn::<i64>(engine);
+    iso_fn::<f64>(engine);
+
+    // `p.given(names)`: seconds since the earliest active medication whose normalised name is
+    // in `names` (or starts with one of them followed by a space: `lactated ringer's 1000 ml`),
+    // or one of whose classes (data/drug_classes.json) is; `()` when none.
+    engine.register_fn("given", move |p: &mut RulePatient, names: Array| -> Dynamic {
+        let tables = current(&tables);
+        let raw: Vec<ImmutableString> = names.iter().filter_map(|n| n.read_lock::<ImmutableString>().map(|n| n.clone())).collect();
+        let wanted: Vec<String> = raw.iter().map(|n| super::data::normalise_drug_name(n)).collect();
+        let earliest = p
+            .0
+            .medications
+            .iter()
+            .filter(|m| {
+                let name = super::data::normalise_drug_name(&m.medication.name);
+                let mut hit = wanted.iter().any(|w| name.strip_prefix(w.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(' ')));
+                tables.for_classes(&m.medication.name, m.medication.rxnorm.as_deref(), |c| hit |= raw.contains(c));
+                hit
+            })
+            .map(|m| m.since)
+            .min();
+        earliest.map_or(Dynamic::UNIT, |at| p.since_s(at))
+    });
 }

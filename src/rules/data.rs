@@ -19,6 +19,21 @@ pub struct Tables {
     class_by_rx: HashMap<String, Vec<ImmutableString>>,
     /// Normalised drug name to the drug classes it belongs to.
     class_by_name: HashMap<String, Vec<ImmutableString>>,
+    /// RxNorm ingredient code to the member's name (`Nardil` coded 8123 is phenelzine).
+    name_by_rx: HashMap<String, ImmutableString>,
+    /// `drug_classes.json` `combinations`: products by RxNorm code and by normalised name
+    /// (and alias), to their ingredients.
+    combination_by_rx: HashMap<String, Arc<[Ingredient]>>,
+    combination_by_name: HashMap<String, Arc<[Ingredient]>>,
+    /// Washout after a drug stops, seconds, by RxNorm code and by normalised name (the
+    /// longest of its classes'; absent: none).
+    washout_by_rx: HashMap<String, f64>,
+    washout_by_name: HashMap<String, f64>,
+    /// How long a one-off dose stays active, seconds, likewise (absent: the default).
+    after_dose_by_rx: HashMap<String, f64>,
+    after_dose_by_name: HashMap<String, f64>,
+    /// `defaults.active_after_dose_h`, seconds (absent: [`DEFAULT_ACTIVE_AFTER_DOSE_H`]).
+    default_after_dose_s: Option<f64>,
     /// `interactions.json` `interactions[]`, indexed once (see [`Tables::interaction_hits`]).
     interactions: Vec<Interaction>,
     /// `critical_values.json` `values`: analyte names in key order, and each analyte's limits.
@@ -30,6 +45,33 @@ pub struct Tables {
     scores: HashMap<String, ScoreTable>,
     /// Content fingerprint (for change detection and reporting).
     pub fingerprint: String,
+}
+
+/// One ingredient of a drug: its normalised name (the table's member name when its RxNorm
+/// code is a member's) and its RxNorm ingredient code when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ingredient {
+    /// Normalised name.
+    pub name: ImmutableString,
+    /// RxNorm ingredient code (RXCUI).
+    pub rxnorm: Option<ImmutableString>,
+}
+
+/// A one-off dose is active this long when the tables say nothing (`defaults.active_after_dose_h`).
+pub const DEFAULT_ACTIVE_AFTER_DOSE_H: f64 = 24.0;
+
+/// Marks that join the ingredients of a combination product's name.
+const COMBINATION_MARKS: &[&str] = &["/", "+", "-", " and "];
+
+/// The ingredients named in a combination product's name (`amoxicillin/clavulanate
+/// potassium`, `sulfamethoxazole-trimethoprim`, `dextroamphetamine and amphetamine`), each
+/// normalised; one part when the name joins nothing.
+pub fn split_combination(name: &str) -> Vec<String> {
+    let mut parts = vec![name.to_string()];
+    for mark in COMBINATION_MARKS {
+        parts = parts.iter().flat_map(|p| p.split(mark).map(str::to_string).collect::<Vec<_>>()).collect();
+    }
+    parts.iter().map(|p| normalise_drug_name(p)).filter(|p| !p.is_empty()).collect()
 }
 
 /// One interaction pair of `interactions.json`, with the fields a hit reports.
@@ -188,6 +230,54 @@ impl Tables {
 
     fn index_classes(&mut self, json: &serde_json::Value) -> Result<(), String> {
         let classes = json.get("classes").and_then(|c| c.as_object()).ok_or("drug_classes.json needs an object `classes`")?;
+        let memory_s = vigil_actors::MEDICATION_MEMORY.as_seconds_f64();
+        // A time a table gives: a non-negative number, at most what the actor remembers.
+        let hours = |v: Option<&serde_json::Value>, key: &str, per: f64, place: &str| -> Result<Option<f64>, String> {
+            let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+            let n = v.as_f64().filter(|n| n.is_finite() && *n >= 0.0).ok_or(format!("{place}.{key}: a number >= 0"))?;
+            if n * per > memory_s {
+                return Err(format!("{place}.{key}: {n} is longer than the {} days a stopped medication is remembered", memory_s / 86400.0));
+            }
+            Ok(Some(n * per))
+        };
+        let defaults = json.get("defaults");
+        self.default_after_dose_s = hours(defaults.and_then(|d| d.get("active_after_dose_h")), "active_after_dose_h", 3600.0, "defaults")?;
+        let default_after_dose_s = self.default_after_dose_s();
+        for (class, body) in classes {
+            let place = format!("classes.{class}");
+            let class_washout = hours(body.get("washout_days"), "washout_days", 86400.0, &place)?;
+            let class_after_dose = hours(body.get("active_after_dose_h"), "active_after_dose_h", 3600.0, &place)?;
+            for (i, member) in body.get("members").and_then(|m| m.as_array()).into_iter().flatten().enumerate() {
+                let place = format!("{place}.members[{i}]");
+                let washout = hours(member.get("washout_days"), "washout_days", 86400.0, &place)?.or(class_washout);
+                let after_dose = hours(member.get("active_after_dose_h"), "active_after_dose_h", 3600.0, &place)?.or(class_after_dose);
+                if washout.unwrap_or(0.0) + after_dose.unwrap_or(default_after_dose_s) > memory_s {
+                    return Err(format!("{place}: active time and washout together exceed {} days", memory_s / 86400.0));
+                }
+                let name = member.get("name").and_then(|n| n.as_str()).map(normalise_drug_name);
+                let rx = member.get("rxnorm").and_then(|r| r.as_str());
+                let longest = |map: &mut HashMap<String, f64>, key: String, value: f64| {
+                    let slot = map.entry(key).or_insert(value);
+                    *slot = slot.max(value);
+                };
+                for (value, by_rx, by_name) in [
+                    (washout, &mut self.washout_by_rx, &mut self.washout_by_name),
+                    (after_dose, &mut self.after_dose_by_rx, &mut self.after_dose_by_name),
+                ] {
+                    let Some(value) = value else { continue };
+                    if let Some(name) = &name {
+                        longest(by_name, name.clone(), value);
+                    }
+                    if let Some(rx) = rx {
+                        longest(by_rx, rx.to_string(), value);
+                    }
+                }
+                if let (Some(name), Some(rx)) = (&name, rx) {
+                    self.name_by_rx.entry(rx.to_string()).or_insert_with(|| name.as_str().into());
+                }
+            }
+        }
+        self.index_combinations(json)?;
         for (class, body) in classes {
             let class_name: ImmutableString = class.as_str().into();
             let mut add = |key: String| {
@@ -212,6 +302,37 @@ impl Tables {
                 if let Some(rx) = member.get("rxnorm").and_then(|r| r.as_str()) {
                     add(format!("rx:{rx}"));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `combinations[]`: `name`, optional `rxnorm` (the product's code) and `aliases`, and
+    /// `ingredients` (`name`, optional `rxnorm`).
+    fn index_combinations(&mut self, json: &serde_json::Value) -> Result<(), String> {
+        let Some(list) = json.get("combinations") else { return Ok(()) };
+        let list = list.as_array().ok_or("`combinations` is a list")?;
+        for (i, combination) in list.iter().enumerate() {
+            let place = format!("combinations[{i}]");
+            let name = combination.get("name").and_then(|n| n.as_str()).ok_or(format!("{place}: a `name`"))?;
+            let parts = combination.get("ingredients").and_then(|n| n.as_array()).ok_or(format!("{place}: a list `ingredients`"))?;
+            let mut ingredients = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                let part_name = part.get("name").and_then(|n| n.as_str()).ok_or(format!("{place}.ingredients[{j}]: a `name`"))?;
+                let rxnorm = part.get("rxnorm").and_then(|r| r.as_str()).map(ImmutableString::from);
+                ingredients.push(Ingredient { name: normalise_drug_name(part_name).into(), rxnorm });
+            }
+            if ingredients.len() < 2 {
+                return Err(format!("{place}: a combination has two ingredients or more"));
+            }
+            let ingredients: Arc<[Ingredient]> = ingredients.into();
+            self.combination_by_name.insert(normalise_drug_name(name), Arc::clone(&ingredients));
+            for alias in combination.get("aliases").and_then(|a| a.as_array()).into_iter().flatten() {
+                let alias = alias.as_str().ok_or(format!("{place}: aliases are text"))?;
+                self.combination_by_name.insert(normalise_drug_name(alias), Arc::clone(&ingredients));
+            }
+            if let Some(rx) = combination.get("rxnorm").and_then(|r| r.as_str()) {
+                self.combination_by_rx.insert(rx.to_string(), ingredients);
             }
         }
         Ok(())
@@ -277,7 +398,7 @@ impl Tables {
         for (name, table) in scores {
             let table = ScoreTable::parse(name, table)?;
             // A misspelt input would read nothing and leave its item missing forever.
-            if let Some(unknown) = table.input_names().find(|n| *n != "on_oxygen" && !super::engine::KNOWN_TRIGGERS.contains(n)) {
+            if let Some(unknown) = table.input_names().find(|n| !super::scores::PSEUDO_INPUTS.contains(n) && !super::engine::KNOWN_TRIGGERS.contains(n)) {
                 return Err(format!("{name}: input `{unknown}` is not a canonical name (schemas/codes/observations.json)"));
             }
             self.scores.insert(name.clone(), table);
@@ -322,15 +443,89 @@ impl Tables {
         names
     }
 
-    /// Classes of a drug given by name and/or RxNorm code (ingredient).
+    /// Classes of a drug given by name and/or RxNorm code: the classes of each of its
+    /// ingredients ([`Tables::ingredients`]).
     pub fn classes_of(&self, name: &str, rxnorm: Option<&str>) -> Vec<ImmutableString> {
         let mut out: Vec<ImmutableString> = Vec::new();
         self.for_classes(name, rxnorm, |class| out.push(class.clone()));
         out
     }
 
+    /// Whether a drug is a combination product: its code or name is one of `combinations`,
+    /// or its name is no class member's and joins several (`a/b`, `a-b`, `a and b`, `a+b`).
+    pub fn is_combination(&self, name: &str, rxnorm: Option<&str>) -> bool {
+        if rxnorm.is_some_and(|r| self.combination_by_rx.contains_key(r)) {
+            return true;
+        }
+        if rxnorm.is_some_and(|r| self.class_by_rx.contains_key(r)) {
+            return false;
+        }
+        let name = normalised(name);
+        self.combination_by_name.contains_key(name.as_ref())
+            || (!self.class_by_name.contains_key(name.as_ref()) && COMBINATION_MARKS.iter().any(|m| name.contains(m)))
+    }
+
+    /// The ingredients of a drug: those of `combinations` for its code or name, else those
+    /// its name joins (each by name), else the drug itself (by its member name when its code
+    /// is a member's).
+    pub fn ingredients(&self, name: &str, rxnorm: Option<&str>) -> Vec<Ingredient> {
+        if let Some(list) = rxnorm.and_then(|r| self.combination_by_rx.get(r)) {
+            return list.to_vec();
+        }
+        let normal = normalised(name);
+        if let Some(list) = self.combination_by_name.get(normal.as_ref()) {
+            return list.to_vec();
+        }
+        if self.is_combination(name, rxnorm) {
+            let parts = split_combination(&normal);
+            if parts.len() >= 2 {
+                return parts.into_iter().map(|p| Ingredient { name: p.into(), rxnorm: None }).collect();
+            }
+        }
+        let member = rxnorm.and_then(|r| self.name_by_rx.get(r));
+        let name = member.cloned().unwrap_or_else(|| normal.as_ref().into());
+        vec![Ingredient { name, rxnorm: rxnorm.map(ImmutableString::from) }]
+    }
+
+    /// How long after it stops a drug still interacts, seconds: the longest `washout_days`
+    /// of its classes (or its member entry); 0 when none declares one.
+    pub fn washout_s(&self, ingredient: &Ingredient) -> f64 {
+        let by_rx = ingredient.rxnorm.as_ref().and_then(|r| self.washout_by_rx.get(r.as_str()));
+        let by_name = self.washout_by_name.get(ingredient.name.as_str());
+        by_rx.into_iter().chain(by_name).copied().fold(0.0, f64::max)
+    }
+
+    /// How long a one-off dose of a drug stays active, seconds: the longest
+    /// `active_after_dose_h` of its classes (or member entry), else the default.
+    pub fn active_after_dose_s(&self, ingredient: &Ingredient) -> f64 {
+        let by_rx = ingredient.rxnorm.as_ref().and_then(|r| self.after_dose_by_rx.get(r.as_str()));
+        let by_name = self.after_dose_by_name.get(ingredient.name.as_str());
+        by_rx.into_iter().chain(by_name).copied().reduce(f64::max).unwrap_or_else(|| self.default_after_dose_s())
+    }
+
+    fn default_after_dose_s(&self) -> f64 {
+        self.default_after_dose_s.unwrap_or(DEFAULT_ACTIVE_AFTER_DOSE_H * 3600.0)
+    }
+
     /// Call `f` with each class of a drug (as [`Tables::classes_of`], without duplicates).
     pub fn for_classes(&self, name: &str, rxnorm: Option<&str>, mut f: impl FnMut(&ImmutableString)) {
+        if self.is_combination(name, rxnorm) {
+            let mut seen: Vec<ImmutableString> = Vec::new();
+            for ingredient in self.ingredients(name, rxnorm) {
+                self.for_ingredient_classes(&ingredient.name, ingredient.rxnorm.as_deref(), |class| {
+                    if !seen.contains(class) {
+                        seen.push(class.clone());
+                        f(class);
+                    }
+                });
+            }
+        } else {
+            self.for_ingredient_classes(name, rxnorm, f);
+        }
+    }
+
+    /// Call `f` with each class of one ingredient, by code and by name, without duplicates.
+    pub fn for_ingredient_classes(&self, name: &str, rxnorm: Option<&str>, mut f: impl FnMut(&ImmutableString)) {
         let by_rx = rxnorm.and_then(|r| self.class_by_rx.get(r)).map(Vec::as_slice).unwrap_or_default();
         let by_name = if name.is_empty() { None } else { self.class_by_name.get(normalised(name).as_ref()) };
         for class in by_rx {
@@ -378,5 +573,58 @@ mod tests {
         assert!(by_code.iter().any(|c| c == "maoi"), "{by_code:?}");
         assert!(tables.classes_of("Phenelzine Sulfate", None).iter().any(|c| c == "maoi"));
         assert!(tables.classes_of("amoxicillin", None).iter().any(|c| c == "penicillins"));
+    }
+
+    #[test]
+    fn combination_names_split_into_normalised_ingredients() {
+        assert_eq!(split_combination("amoxicillin / clavulanate potassium"), ["amoxicillin", "clavulanate"]);
+        assert_eq!(split_combination("sulfamethoxazole-trimethoprim"), ["sulfamethoxazole", "trimethoprim"]);
+        assert_eq!(split_combination("dextroamphetamine and amphetamine"), ["dextroamphetamine", "amphetamine"]);
+        assert_eq!(split_combination("lopinavir+ritonavir"), ["lopinavir", "ritonavir"]);
+        assert_eq!(split_combination("sertraline"), ["sertraline"]);
+        assert_eq!(split_combination("/ - "), Vec::<String>::new());
+    }
+
+    #[test]
+    fn shipped_tables_give_ingredients_and_times() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
+        let tables = Tables::load(&dir).unwrap();
+        let names = |name: &str, rx: Option<&str>| tables.ingredients(name, rx).into_iter().map(|i| i.name.to_string()).collect::<Vec<_>>();
+        assert_eq!(names("Bactrim DS", Some("10831")), ["sulfamethoxazole", "trimethoprim"], "by the product's RxNorm code");
+        assert_eq!(names("co-amoxiclav", None), ["amoxicillin", "clavulanate"], "by a listed name");
+        assert_eq!(names("Amoxicillin / Clavulanate Potassium", None), ["amoxicillin", "clavulanate"], "by splitting");
+        assert_eq!(names("Nardil", Some("8123")), ["phenelzine"], "a member's code gives its name");
+        assert_eq!(names("methylene blue", None), ["methylene blue"]);
+        assert_eq!(tables.ingredients("co-trimoxazole", None)[0].rxnorm.as_deref(), Some("10180"));
+        let classes = tables.classes_of("lopinavir/ritonavir", None);
+        assert!(classes.iter().any(|c| c == "protease_inhibitors") && classes.iter().any(|c| c == "cyp3a4_strong_inhibitors"), "{classes:?}");
+        assert!(tables.is_combination("Bactrim", Some("10831")) && !tables.is_combination("sertraline", Some("36437")));
+        let one = |name: &str, rx: Option<&str>| tables.ingredients(name, rx).remove(0);
+        let day = 86400.0;
+        assert_eq!(tables.washout_s(&one("", Some("8123"))), 14.0 * day, "phenelzine by code");
+        assert_eq!(tables.washout_s(&one("linezolid", None)), day, "a member's own washout");
+        assert_eq!(tables.washout_s(&one("fluoxetine", None)), 35.0 * day);
+        assert_eq!(tables.washout_s(&one("sertraline", None)), 0.0);
+        assert_eq!(tables.active_after_dose_s(&one("omeprazole", None)), 72.0 * 3600.0, "the class's");
+        assert_eq!(tables.active_after_dose_s(&one("acetaminophen", None)), 24.0 * 3600.0, "the default");
+    }
+
+    #[test]
+    fn a_washout_longer_than_the_actor_remembers_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vigil-washout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = r#"{ "classes": { "x": { "washout_days": 90, "members": [ { "name": "x" } ] } } }"#;
+        std::fs::write(dir.join("drug_classes.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("classes.x.washout_days: 90 is longer than the 60 days"), "{}", errors[0]);
+        let table = r#"{ "classes": { "x": { "members": [ { "name": "x", "active_after_dose_h": -1 } ] } } }"#;
+        std::fs::write(dir.join("drug_classes.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("classes.x.members[0].active_after_dose_h: a number >= 0"), "{}", errors[0]);
+        let table = r#"{ "classes": {}, "combinations": [ { "name": "x/y", "ingredients": [ { "name": "x" } ] } ] }"#;
+        std::fs::write(dir.join("drug_classes.json"), table).unwrap();
+        let errors = Tables::load(&dir).err().unwrap();
+        assert!(errors[0].to_string().contains("two ingredients or more"), "{}", errors[0]);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, Scope};
 use sha2::{Digest, Sha256};
-use vigil_actors::{Details, PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
+use vigil_actors::{AlertPolicy, Details, PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
 
 use super::api::{self, RulePatient, Verdict};
 use super::scores::Scored;
@@ -86,10 +86,13 @@ pub struct LoadedRule {
     pub triggers: Vec<String>,
     /// Published sources the rule implements.
     pub references: Vec<String>,
-    /// Dedup / cooldown window, seconds: how long after a resolve the same rule should stay
-    /// quiet for the patient (`cooldown_s` in `meta()`, 0 when absent). Re-fires of an open
-    /// alert are always deduplicated per (patient, rule) by the patient actor.
-    pub cooldown_s: i64,
+    /// How the rule's alerts behave over time: `cooldown_s` (0 when absent), `clear_for_s`
+    /// ([`DEFAULT_CLEAR_FOR_S`]) and `reopen_s` ([`DEFAULT_REOPEN_S`]) in `meta()`. Re-fires of
+    /// an open alert are always deduplicated per (patient, rule, finding) by the patient actor.
+    pub policy: AlertPolicy,
+    /// The youngest age in whole years the rule is validated for (`min_age` in `meta()`);
+    /// a younger patient is not scored by it. A patient without a birth date is scored.
+    pub min_age: Option<i64>,
     /// Lint warnings (unknown trigger names, missing references).
     pub warnings: Vec<String>,
     /// Source file.
@@ -128,13 +131,19 @@ fn invalid(file: &Path, pos: rhai::Position, message: impl Into<String>) -> Rule
     }
 }
 
+/// Hysteresis by default: a rule's alert closes once the rule has said "resolve" for five
+/// minutes (a value bouncing across a threshold does not flap the alert).
+pub const DEFAULT_CLEAR_FOR_S: i64 = 300;
+/// By default a re-fire within 15 minutes of the rule closing an alert reopens that alert.
+pub const DEFAULT_REOPEN_S: i64 = 900;
+
 /// Trigger names a rule may declare: event kinds and the canonical vocabulary (including the
 /// laboratory names). Unknown names are a lint warning, not an error, so a rule can ship
 /// before its code mapping.
 pub const KNOWN_TRIGGERS: &[&str] = &[
     "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp",
     "dbp", "map", "temp", "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate",
-    "creatinine", "bilirubin", "platelets", "inr", "paco2", "potassium", "sodium", "glucose",
+    "creatinine", "bilirubin", "platelets", "inr", "aptt", "paco2", "potassium", "sodium", "glucose",
     "hemoglobin", "troponin",
 ];
 
@@ -175,13 +184,31 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
         .filter(|t| !t.is_empty())
         .ok_or_else(|| invalid(path, meta_pos, "meta() needs `triggers`, a list of names"))?;
     let references = names("references").unwrap_or_default();
-    let cooldown_s = match meta.get("cooldown_s") {
-        None => 0,
+    let seconds = |key: &str, default: i64| match meta.get(key) {
+        None => Ok(default),
         Some(v) => v
             .as_int()
             .ok()
             .filter(|s| *s >= 0)
-            .ok_or_else(|| invalid(path, meta_pos, "meta() `cooldown_s` is a whole number of seconds >= 0"))?,
+            .ok_or_else(|| invalid(path, meta_pos, format!("meta() `{key}` is a whole number of seconds >= 0"))),
+    };
+    let policy = AlertPolicy {
+        cooldown_s: seconds("cooldown_s", 0)?,
+        clear_for_s: seconds("clear_for_s", DEFAULT_CLEAR_FOR_S)?,
+        reopen_s: seconds("reopen_s", DEFAULT_REOPEN_S)?,
+        hold_until_changed: match meta.get("hold_until_changed") {
+            None => false,
+            Some(v) => v.as_bool().map_err(|_| invalid(path, meta_pos, "meta() `hold_until_changed` is true or false"))?,
+        },
+    };
+    let min_age = match meta.get("min_age") {
+        None => None,
+        Some(v) => Some(
+            v.as_int()
+                .ok()
+                .filter(|a| (0..=150).contains(a))
+                .ok_or_else(|| invalid(path, meta_pos, "meta() `min_age` is a whole number of years, 0 to 150"))?,
+        ),
     };
     let mut warnings: Vec<String> = triggers
         .iter()
@@ -199,7 +226,8 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
         severity,
         triggers,
         references,
-        cooldown_s,
+        policy,
+        min_age,
         warnings,
         path: path.to_path_buf(),
         source: source.to_string(),
@@ -234,7 +262,7 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
     full.sex = "F".into();
     full.settings.insert("spo2_scale".into(), "1".into());
     let med = Medication { order_id: "lint-1".into(), rxnorm: Some("161".into()), name: "acetaminophen".into() };
-    full.medications.push(ActiveMedication { medication: med.clone(), since: now });
+    full.medications.push(ActiveMedication::ordered(med.clone(), now));
     full.allergies.push(Allergy { code: Some("RXNORM|7980".into()), name: "penicillin g".into(), kind: "DA".into(), severity: "SV".into() });
     let mut order = full.clone();
     order.new_order = Some(Medication { order_id: "lint-2".into(), ..med });
@@ -248,7 +276,7 @@ pub fn lint_rule(engine: &Engine, rule: &LoadedRule) -> Result<(), RuleError> {
         let result = engine
             .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &rule.ast, "evaluate", (RulePatient::new(view),))
             .map_err(|e| invalid(&rule.path, e.position(), format!("evaluate(p) with {what}: {e}")))?;
-        verdict(result).map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
+        verdicts(result).map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
     }
     Ok(())
 }
@@ -446,13 +474,13 @@ impl RhaiRules {
         }
     }
 
-    fn run(&self, rule: &LoadedRule, patient: &RulePatient) -> Result<RuleVerdict, String> {
+    fn run(&self, rule: &LoadedRule, patient: &RulePatient) -> Result<Vec<RuleVerdict>, String> {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result: Dynamic = self
             .engine
             .call_fn_with_options(options, &mut Scope::new(), &rule.ast, "evaluate", (patient.clone(),))
             .map_err(|e| e.to_string())?;
-        verdict(result)
+        verdicts(result)
     }
 
     fn report_failure(&self, rule: &LoadedRule, error: &str) {
@@ -470,19 +498,61 @@ impl RhaiRules {
     }
 }
 
-fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
+/// What `evaluate` returned: nothing, one verdict, or an array of verdicts (one per finding).
+fn verdicts(result: Dynamic) -> Result<Vec<RuleVerdict>, String> {
     if result.is_unit() {
-        return Ok(RuleVerdict::Quiet);
+        return Ok(Vec::new());
     }
-    let verdict: Verdict = result.try_cast().ok_or("evaluate must return alert(...), resolve(...) or nothing")?;
+    if result.is_array() {
+        let items: rhai::Array = result.cast();
+        return items.into_iter().filter(|v| !v.is_unit()).map(verdict).collect();
+    }
+    verdict(result).map(|v| vec![v])
+}
+
+fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
+    let verdict: Verdict =
+        result.try_cast().ok_or("evaluate must return alert(...), resolve(...), an array of them, or nothing")?;
+    // An empty finding is the rule's one alert (`resolve_for("", ...)` closes it alone).
+    let finding = |f: Option<rhai::ImmutableString>| -> Result<Option<String>, String> {
+        match f {
+            Some(f) if f.len() > MAX_FINDING_LEN => Err(format!("a finding is at most {MAX_FINDING_LEN} bytes")),
+            f => Ok(f.map(|f| f.to_string())),
+        }
+    };
     match verdict {
-        Verdict::Fire { severity, summary, details } => {
+        Verdict::Fire { finding: f, severity, summary, details } => {
             let severity = Severity::parse(&severity).ok_or(format!("unknown severity `{severity}`"))?;
             let score = score_of(&details);
-            Ok(RuleVerdict::Fire { severity, score, summary: summary.to_string(), details: details_json(&details)? })
+            Ok(RuleVerdict::Fire {
+                finding: finding(f)?.filter(|f| !f.is_empty()),
+                severity,
+                score,
+                summary: summary.to_string(),
+                partial: is_partial(&details),
+                details: details_json(&details)?,
+            })
         }
-        Verdict::Resolve { reason, details } => Ok(RuleVerdict::Resolve { reason: reason.to_string(), details: details_json(&details)? }),
+        Verdict::Resolve { finding: f, reason, details } => Ok(RuleVerdict::Resolve {
+            finding: finding(f)?,
+            reason: reason.to_string(),
+            partial: is_partial(&details),
+            details: details_json(&details)?,
+        }),
     }
+}
+
+/// A finding's name is a short key (a drug pair, an analyte), not a document.
+const MAX_FINDING_LEN: usize = 200;
+
+/// Whether the details say they were computed from incomplete data (`partial: true`, as a
+/// [`Scored`] with a missing input says).
+fn is_partial(details: &Dynamic) -> bool {
+    let partial = match details.read_lock::<Map>() {
+        Some(m) => m.get("partial").cloned(),
+        None => details.read_lock::<Scored>().map(|s| s.get("partial")),
+    };
+    partial.is_some_and(|p| p.as_bool().unwrap_or(false))
 }
 
 /// The `score` of a rule's details (a number), if any.
@@ -555,13 +625,21 @@ impl RhaiRules {
             if !runs(rule) {
                 continue;
             }
+            let outcome = |verdict| RuleOutcome {
+                rule_id: rule.id.clone(),
+                version: rule.version.clone(),
+                policy: rule.policy,
+                verdict,
+            };
+            if let (Some(min_age), Some(age)) = (rule.min_age, view.age_years)
+                && age < min_age
+            {
+                let reason = format!("validated for patients aged {min_age} and over");
+                outcomes.push(outcome(RuleVerdict::NotApplicable { reason }));
+                continue;
+            }
             match self.run(rule, &patient) {
-                Ok(verdict) => outcomes.push(RuleOutcome {
-                    rule_id: rule.id.clone(),
-                    version: rule.version.clone(),
-                    cooldown_s: rule.cooldown_s,
-                    verdict,
-                }),
+                Ok(verdicts) => outcomes.extend(verdicts.into_iter().map(outcome)),
                 Err(error) => self.report_failure(rule, &error),
             }
         }

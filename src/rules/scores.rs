@@ -14,12 +14,19 @@
 //! `["else", points]`, first match wins) and `combine` (`max`, the default, or `first`: the
 //! first fresh input is scored). Items sharing a key are alternatives: the first whose `when`
 //! holds is used. The pseudo-input `on_oxygen` is 1 when FiO2 > 21 % or an O2 flow > 0 is
-//! current, 0 when on air, and missing when neither is recorded.
+//! current, 0 when on air, and missing when neither is recorded; the pseudo-input `sbp_fall`
+//! is the patient's SBP baseline minus the latest SBP (missing without a baseline, see
+//! [`sbp_baseline`]).
+//!
+//! A value that matches no band (a coded value the chart does not list, e.g. a consciousness
+//! other than A/C/V/P/U) is unknown: it is shown in `values` but scores nothing, and its item is
+//! missing unless another input of the item is known. Missing data is never scored.
 
 use std::fmt::Write as _;
 
 use rhai::{Array, Dynamic, ImmutableString};
 use serde_json::Value;
+use time::OffsetDateTime;
 use vigil_actors::PatientView;
 
 /// One score table, parsed and checked.
@@ -40,6 +47,8 @@ struct Item {
     when: Vec<Condition>,
     inputs: Vec<Input>,
     first: bool,
+    /// The most points any band of any input gives (what a missing item could add).
+    max_points: i64,
 }
 
 #[derive(Debug)]
@@ -62,7 +71,11 @@ enum Kind {
     Numeric,
     Coded,
     OnOxygen,
+    SbpFall,
 }
+
+/// Inputs computed by the host rather than read from one series.
+pub const PSEUDO_INPUTS: &[&str] = &["on_oxygen", "sbp_fall"];
 
 #[derive(Debug)]
 struct Band {
@@ -126,6 +139,26 @@ pub fn oxygen_status(view: &PatientView, max_age: f64) -> Option<bool> {
     Some(fio2.is_some_and(|f| f > 21.0) || flow.is_some_and(|f| f > 0.0))
 }
 
+/// The patient's SBP baseline, mmHg: the setting `sbp_baseline` when a clinician recorded one
+/// (40-300), else the median of the SBP readings taken 6 to 24 h ago (at least 3), else none.
+/// SEP-1's "SBP decrease of more than 40 mmHg from the patient's baseline" compares with it.
+pub fn sbp_baseline(view: &PatientView) -> Option<f64> {
+    if let Some(set) = view.settings.get("sbp_baseline").and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| (40.0..=300.0).contains(v)) {
+        return Some(set);
+    }
+    let now = view.now?;
+    let recent = now - time::Duration::hours(6);
+    let mut values: Vec<f64> = view.window("sbp", 86_400.0).filter(|s| s.at <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
+    if values.len() < 3 {
+        return None;
+    }
+    // The median in linear time (a day of minute readings is ~1 000 values).
+    let (len, mid) = (values.len(), values.len() / 2);
+    let (below, upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    let upper = *upper;
+    Some(if len % 2 == 1 { upper } else { (below.iter().copied().fold(f64::MIN, f64::max) + upper) / 2.0 })
+}
+
 /// 23.0 reads "23", 38.25 reads "38.25" (whole numbers, the common case, without float
 /// formatting).
 fn push_number(out: &mut String, v: f64) {
@@ -162,7 +195,26 @@ impl Input {
             Kind::Numeric => view.latest(&self.name, self.max_age_s).map(Reading::Number),
             Kind::Coded => view.latest_coded(&self.name, self.max_age_s).map(Reading::Text),
             Kind::OnOxygen => oxygen_status(view, self.max_age_s).map(|on| Reading::Number(if on { 1.0 } else { 0.0 })),
+            Kind::SbpFall => {
+                let sbp = view.latest("sbp", self.max_age_s)?;
+                sbp_baseline(view).map(|b| Reading::Number(b - sbp))
+            }
         }
+    }
+
+    /// The series behind this input and how one of its samples becomes the input's value
+    /// (`None` for inputs without a numeric series: coded values, oxygen status).
+    fn series(&self, view: &PatientView) -> Option<(&str, Option<f64>)> {
+        match self.kind {
+            Kind::Numeric => Some((self.name.as_str(), None)),
+            Kind::SbpFall => sbp_baseline(view).map(|b| ("sbp", Some(b))),
+            Kind::Coded | Kind::OnOxygen => None,
+        }
+    }
+
+    /// Points a numeric value scores (0 when no band matches).
+    fn points_of(&self, value: f64) -> i64 {
+        self.bands.iter().find(|b| b.matches(Reading::Number(value))).map_or(0, |b| b.points)
     }
 
     fn value(&self, reading: Reading<'_>) -> Dynamic {
@@ -210,13 +262,12 @@ impl ScoreTable {
             }
             // The scoring input: the first fresh one (`first`) or the one scoring most.
             let mut best: Option<(i64, &Input, Reading<'_>, &Band)> = None;
-            let mut any_read = false;
             for input in &item.inputs {
                 let Some(reading) = input.read(view) else { continue };
-                any_read = true;
                 if !out.values.iter().any(|(n, _)| *n == input.name) {
                     out.values.push((input.name.clone(), input.value(reading)));
                 }
+                // A value no band lists is unknown, not normal: the next input may know.
                 let Some(band) = input.bands.iter().find(|b| b.matches(reading)) else { continue };
                 if best.as_ref().is_none_or(|(p, ..)| band.points > *p) {
                     best = Some((band.points, input, reading, band));
@@ -228,10 +279,13 @@ impl ScoreTable {
             let points = best.as_ref().map_or(0, |b| b.0);
             out.subscores.push((item.key.clone(), points));
             out.score += points;
+            out.ceiling += points;
             match best {
-                // Missing only when no input is fresh (a fresh value outside every band scores 0).
-                None if !any_read => out.missing.push(item.key.clone()),
-                None => {}
+                // Missing when no input is fresh and known.
+                None => {
+                    out.missing.push(item.key.clone());
+                    out.ceiling += item.max_points;
+                }
                 Some((p, input, reading, band)) => {
                     if p > 0 {
                         out.met.push(input.finding(reading, band));
@@ -266,9 +320,172 @@ impl ScoreTable {
         Ok(ScoreTable { items, flag_at, flagged_as, oxygen_max_age_s })
     }
 
+    /// The first item of each distinct key whose `when` holds for `view` (the alternative
+    /// `evaluate` would score), with the key's position among the distinct keys.
+    fn applicable(&self, view: &PatientView) -> Vec<&Item> {
+        let mut chosen: Vec<&Item> = Vec::new();
+        for item in &self.items {
+            if chosen.iter().any(|c| c.key == item.key) {
+                continue;
+            }
+            let applies = item.when.iter().all(|c| match c {
+                Condition::Setting { name, equals } => view.settings.get(name).is_some_and(|v| v == equals),
+                Condition::OnOxygen(wanted) => oxygen_status(view, self.oxygen_max_age_s).unwrap_or(false) == *wanted,
+            });
+            if applies {
+                chosen.push(item);
+            }
+        }
+        chosen
+    }
+
+    /// The current run of consecutive readings of item `key` (readings of any of its numeric
+    /// inputs, those taken at the same instant being one reading) that score > 0, over the last
+    /// `lookback_s` seconds; `None` when the table has no such item. See [`Run`].
+    pub fn abnormal_run(&self, view: &PatientView, key: &str, lookback_s: f64) -> Option<Run> {
+        let item = self.applicable(view).into_iter().find(|i| i.key == key)?;
+        // Each series once, abnormal when any input reading it scores (SBP and SBP fall share
+        // the SBP series); series are in time order, so the sort merges a few sorted runs.
+        let inputs: Vec<(&str, Option<f64>, &Input)> = item.inputs.iter().filter_map(|i| i.series(view).map(|(s, b)| (s, b, i))).collect();
+        let mut readings: Vec<(OffsetDateTime, bool)> = Vec::new();
+        for (i, (series, ..)) in inputs.iter().enumerate() {
+            if inputs[..i].iter().any(|(s, ..)| s == series) {
+                continue;
+            }
+            let on_series: Vec<&(&str, Option<f64>, &Input)> = inputs.iter().filter(|(s, ..)| s == series).collect();
+            for s in view.window(series, lookback_s) {
+                let abnormal = on_series.iter().any(|(_, baseline, input)| input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0);
+                readings.push((s.at, abnormal));
+            }
+        }
+        readings.sort_by_key(|r| r.0);
+        // One reading per instant: abnormal when any input taken then is.
+        readings.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                earlier.1 |= later.1;
+            }
+            same
+        });
+        let initial = readings.windows(2).find(|w| w[0].1 && w[1].1).map(|w| w[1].0);
+        let run: Vec<OffsetDateTime> = readings.iter().rev().take_while(|r| r.1).map(|r| r.0).collect();
+        Some(Run { readings: run.len(), first: run.last().copied(), last: run.first().copied(), initial })
+    }
+
+    /// Times at which an item of this table was met (scored > 0) by a numeric reading of the
+    /// last `lookback_s` seconds, as `(time, part, key position)`.
+    fn met_events(&self, view: &PatientView, lookback_s: f64, part: usize, out: &mut Vec<(OffsetDateTime, usize, usize)>) -> usize {
+        let items = self.applicable(view);
+        for (k, item) in items.iter().enumerate() {
+            for input in &item.inputs {
+                let Some((series, baseline)) = input.series(view) else { continue };
+                for s in view.window(series, lookback_s) {
+                    if input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0 {
+                        out.push((s.at, part, k));
+                    }
+                }
+            }
+        }
+        items.len()
+    }
+
     /// Canonical names the table reads (for trigger lint and documentation).
     pub fn input_names(&self) -> impl Iterator<Item = &str> {
         self.items.iter().flat_map(|i| i.inputs.iter().map(|x| x.name.as_str()))
+    }
+}
+
+/// A run of consecutive abnormal readings (see [`ScoreTable::abnormal_run`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Run {
+    /// Readings in the current run (0: the newest reading is normal, or there is none).
+    pub readings: usize,
+    /// The oldest reading of the current run.
+    pub first: Option<OffsetDateTime>,
+    /// The newest reading of the current run.
+    pub last: Option<OffsetDateTime>,
+    /// The second of the first two consecutive abnormal readings in the lookback (SEP-1's
+    /// "initial hypotension": two consecutive low readings).
+    pub initial: Option<OffsetDateTime>,
+}
+
+/// When criteria were first met together for the current episode (CMS SEP-1's severe sepsis
+/// presentation time, "time zero"): the earliest reading time T of the last `lookback_s` such
+/// that, for each `(table, min)` of `parts`, at least `min` distinct items of the table were
+/// met by readings within `within_s` seconds before T. An episode ends only when the criteria
+/// have not been met together for `within_s` (a criterion whose reading ages out before the
+/// next one arrives does not restart the clocks); a later one starts a new episode. `None`
+/// when the criteria are not met together now. Coded inputs and oxygen status are not timed.
+pub fn onset(view: &PatientView, parts: &[(&ScoreTable, i64)], within_s: f64, lookback_s: f64) -> Option<OffsetDateTime> {
+    let now = view.now?;
+    let within = time::Duration::checked_seconds_f64(within_s.max(0.0))?;
+    let mut events = Vec::new();
+    let mut sweep = Sweep { counts: Vec::with_capacity(parts.len()), met: vec![0; parts.len()], mins: parts.iter().map(|p| p.1).collect(), tail: 0 };
+    for (i, (table, _)) in parts.iter().enumerate() {
+        let keys = table.met_events(view, lookback_s, i, &mut events);
+        sweep.counts.push(vec![0; keys]);
+    }
+    events.sort_by_key(|e| e.0);
+    let (mut start, mut fell, mut next) = (None, None, 0usize);
+    while next < events.len() {
+        let at = events[next].0;
+        if let Some(f) = sweep.expire(&events, next, at, within) {
+            fell = fell.or(Some(f));
+        }
+        while next < events.len() && events[next].0 == at {
+            sweep.add(events[next]);
+            next += 1;
+        }
+        if sweep.holds() {
+            // Met again after a gap of `within` or more: a new episode.
+            if start.is_none() || fell.is_some_and(|f| at - f >= within) {
+                start = Some(at);
+            }
+            fell = None;
+        }
+    }
+    sweep.expire(&events, next, now, within);
+    if sweep.holds() { start } else { None }
+}
+
+/// Items met within the sliding window, per part (see [`onset`]).
+struct Sweep {
+    counts: Vec<Vec<u32>>,
+    met: Vec<i64>,
+    mins: Vec<i64>,
+    tail: usize,
+}
+
+impl Sweep {
+    fn holds(&self) -> bool {
+        self.met.iter().zip(&self.mins).all(|(m, min)| m >= min)
+    }
+
+    fn add(&mut self, (_, part, key): (OffsetDateTime, usize, usize)) {
+        if self.counts[part][key] == 0 {
+            self.met[part] += 1;
+        }
+        self.counts[part][key] += 1;
+    }
+
+    /// Drop the events (before `upto`) older than `within` before `at`; the moment the
+    /// criteria stopped holding, when a drop ended them.
+    fn expire(&mut self, events: &[(OffsetDateTime, usize, usize)], upto: usize, at: OffsetDateTime, within: time::Duration) -> Option<OffsetDateTime> {
+        let cutoff = at.checked_sub(within)?;
+        let mut fell = None;
+        while self.tail < upto && events[self.tail].0 < cutoff {
+            let held = self.holds();
+            let (when, part, key) = events[self.tail];
+            self.counts[part][key] -= 1;
+            if self.counts[part][key] == 0 {
+                self.met[part] -= 1;
+            }
+            if held && !self.holds() {
+                fell = fell.or(when.checked_add(within));
+            }
+            self.tail += 1;
+        }
+        fell
     }
 }
 
@@ -305,15 +522,21 @@ fn parse_item(at: &str, item: &Value) -> Result<Item, String> {
         .and_then(Value::as_array)
         .filter(|i| !i.is_empty())
         .ok_or(format!("{at}: `inputs` is a non-empty list"))?;
-    let inputs = inputs.iter().enumerate().map(|(i, x)| parse_input(&format!("{at}.inputs[{i}]"), x)).collect::<Result<_, _>>()?;
-    Ok(Item { key: key.into(), when, inputs, first })
+    let inputs: Vec<Input> = inputs.iter().enumerate().map(|(i, x)| parse_input(&format!("{at}.inputs[{i}]"), x)).collect::<Result<_, _>>()?;
+    let max_points = inputs.iter().flat_map(|i| i.bands.iter().map(|b| b.points)).max().unwrap_or(0).max(0);
+    Ok(Item { key: key.into(), when, inputs, first, max_points })
 }
 
 fn parse_input(at: &str, input: &Value) -> Result<Input, String> {
     let name = input.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or(format!("{at}: `name` is text"))?;
     let max_age_s = input.get("max_age_s").and_then(seconds).ok_or(format!("{at}: `max_age_s` is seconds >= 0"))?;
     let coded = input.get("coded").and_then(Value::as_bool).unwrap_or(false);
-    let kind = if name == "on_oxygen" { Kind::OnOxygen } else if coded { Kind::Coded } else { Kind::Numeric };
+    let kind = match name {
+        "on_oxygen" => Kind::OnOxygen,
+        "sbp_fall" => Kind::SbpFall,
+        _ if coded => Kind::Coded,
+        _ => Kind::Numeric,
+    };
     let label = input.get("label").and_then(Value::as_str).unwrap_or(name);
     let bands = input.get("points").and_then(Value::as_array).filter(|b| !b.is_empty()).ok_or(format!("{at}: `points` is a non-empty list"))?;
     let bands: Vec<Band> = bands.iter().enumerate().map(|(i, b)| parse_band(&format!("{at}.points[{i}]"), b, &kind)).collect::<Result<_, _>>()?;
@@ -382,6 +605,9 @@ pub struct Scored {
 #[derive(Debug, Default)]
 struct Chart {
     score: i64,
+    /// The score if every missing item scored its most: a partial score below a threshold
+    /// whose ceiling is also below it is a decided "below" (the missing data cannot matter).
+    ceiling: i64,
     subscores: Vec<(ImmutableString, i64)>,
     values: Vec<(ImmutableString, Dynamic)>,
     met: Vec<ImmutableString>,
@@ -406,6 +632,7 @@ impl Scored {
         match name {
             "score" => Dynamic::from_int(self.chart.score),
             "partial" => Dynamic::from_bool(!self.chart.missing.is_empty()),
+            "ceiling" => Dynamic::from_int(self.chart.ceiling),
             "subscores" => Dynamic::from_map(self.chart.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect()),
             "values" => Dynamic::from_map(self.chart.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect()),
             "met" => texts(&self.chart.met).into(),
@@ -618,5 +845,118 @@ mod tests {
         assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "points": [["else", 0]] } ] } ] }"#).contains("max_age_s"));
         assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "c", "coded": true, "max_age_s": 1, "points": [["<", 1, 1]] } ] } ] }"#).contains("coded"));
         assert!(bad(r#"{ "items": [ { "key": "a", "when": { "weather": "rain" }, "inputs": [ { "name": "rr", "max_age_s": 1, "points": [["else", 0]] } ] } ] }"#).contains("unknown condition"));
+    }
+
+    /// A view at `now` with samples `(name, minutes before now, value)`.
+    fn timed(samples: &[(&str, i64, f64)], settings: &[(&str, &str)]) -> PatientView {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let mut series: HashMap<String, VecDeque<Sample>> = HashMap::new();
+        let mut sorted = samples.to_vec();
+        sorted.sort_by_key(|s| -s.1);
+        for (name, ago, value) in sorted {
+            series.entry(name.to_string()).or_default().push_back(Sample { at: now - time::Duration::minutes(ago), value });
+        }
+        let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        PatientView { now: Some(now), series, settings, ..PatientView::default() }
+    }
+
+    #[test]
+    fn unknown_values_are_missing_and_the_ceiling_bounds_a_partial_score() {
+        let t = table(
+            r#"{ "items": [
+                { "key": "acvpu", "combine": "first", "inputs": [
+                    { "name": "consciousness", "coded": true, "max_age_s": 14400, "points": [["==", "A", 0], ["==", "V", 3]] },
+                    { "name": "gcs", "max_age_s": 14400, "points": [["<", 15, 3], ["else", 0]] } ] },
+                { "key": "rr", "inputs": [ { "name": "rr", "max_age_s": 3600, "points": [[">", 20, 2], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let unknown = t.evaluate(&view(&[("rr", 16.0)], &[("consciousness", "X")], &[]));
+        assert_eq!(int(&unknown, &["subscores", "acvpu"]), 0, "an unlisted text scores nothing");
+        assert_eq!(unknown.get("missing").into_typed_array::<ImmutableString>().unwrap(), vec!["acvpu"], "and is unknown");
+        assert_eq!(unknown.get("ceiling").as_int().unwrap(), 3, "0 known + 3 the missing item could score");
+        assert_eq!(unknown.get("values").cast::<Map>().get("consciousness").unwrap().to_string(), "X", "the value is shown");
+        assert!(json_of(&unknown).get("ceiling").is_none(), "the ceiling is not part of the details");
+        let gcs = t.evaluate(&view(&[("rr", 16.0), ("gcs", 13.0)], &[("consciousness", "X")], &[]));
+        assert_eq!(int(&gcs, &["subscores", "acvpu"]), 3, "an unknown text falls through to the next input");
+        assert_eq!(gcs.get("ceiling").as_int().unwrap(), 3);
+        let complete = t.evaluate(&view(&[("rr", 25.0)], &[("consciousness", "A")], &[]));
+        assert_eq!(complete.get("ceiling").as_int().unwrap(), 2, "nothing missing: the ceiling is the score");
+    }
+
+    fn sep1_like() -> (ScoreTable, ScoreTable) {
+        let sirs = table(
+            r#"{ "items": [
+                { "key": "temp", "inputs": [ { "name": "temp", "max_age_s": 3600, "points": [[">", 38, 1], ["else", 0]] } ] },
+                { "key": "hr", "inputs": [ { "name": "hr", "max_age_s": 3600, "points": [[">", 90, 1], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let organ = table(
+            r#"{ "items": [
+                { "key": "lactate", "inputs": [ { "name": "lactate", "max_age_s": 21600, "points": [[">", 2, 1], ["else", 0]] } ] },
+                { "key": "sbp", "inputs": [
+                    { "name": "sbp", "max_age_s": 3600, "points": [["<", 90, 1], ["else", 0]] },
+                    { "name": "map", "max_age_s": 3600, "points": [["<", 65, 1], ["else", 0]] },
+                    { "name": "sbp_fall", "max_age_s": 3600, "points": [[">", 40, 1], ["else", 0]] } ] }
+            ] }"#,
+        );
+        (sirs, organ)
+    }
+
+    fn onset_min(v: &PatientView) -> Option<i64> {
+        let (sirs, organ) = sep1_like();
+        onset(v, &[(&sirs, 2), (&organ, 1)], 21_600.0, 43_200.0).map(|at| (v.now.unwrap() - at).whole_minutes())
+    }
+
+    #[test]
+    fn onset_is_the_last_criterion_met_within_six_hours_and_survives_a_reading_ageing_out() {
+        // SIRS at 300 min ago, lactate at 180 min ago: time zero is the lactate.
+        let v = timed(&[("temp", 300, 38.5), ("hr", 300, 110.0), ("lactate", 180, 2.5), ("temp", 10, 38.4), ("hr", 10, 112.0)], &[]);
+        assert_eq!(onset_min(&v), Some(180));
+        // Criteria more than 6 h apart never meet together.
+        let v = timed(&[("temp", 500, 38.5), ("hr", 500, 110.0), ("lactate", 130, 2.5)], &[]);
+        assert_eq!(onset_min(&v), None);
+        // The lactate of 400 min ago ages out 40 min ago; a creatinine-like new finding (low
+        // SBP) 20 min later continues the episode: time zero stays 400 min ago.
+        let v = timed(
+            &[("temp", 400, 38.5), ("hr", 400, 110.0), ("lactate", 400, 2.5), ("temp", 20, 38.5), ("hr", 20, 110.0), ("sbp", 20, 85.0)],
+            &[],
+        );
+        assert_eq!(onset_min(&v), Some(400));
+        // Not met now: no time zero.
+        let v = timed(&[("temp", 30, 38.5), ("hr", 30, 80.0), ("lactate", 30, 2.5)], &[]);
+        assert_eq!(onset_min(&v), None);
+    }
+
+    #[test]
+    fn abnormal_runs_are_consecutive_readings_and_sbp_fall_uses_the_baseline() {
+        let (_, organ) = sep1_like();
+        let run = |v: &PatientView| {
+            let r = organ.abnormal_run(v, "sbp", 86_400.0).unwrap();
+            let ago = |t: Option<OffsetDateTime>| t.map(|t| (v.now.unwrap() - t).whole_minutes());
+            (r.readings, ago(r.first), ago(r.last), ago(r.initial))
+        };
+        // Low, normal, low, low (MAP only), low: the run is the last three; initial hypotension
+        // is the second of the first two consecutive lows.
+        let v = timed(
+            &[("sbp", 200, 85.0), ("sbp", 150, 120.0), ("sbp", 100, 85.0), ("sbp", 60, 100.0), ("map", 60, 60.0), ("sbp", 10, 86.0)],
+            &[],
+        );
+        assert_eq!(run(&v), (3, Some(100), Some(10), Some(60)));
+        // Newest reading normal: no current run.
+        let v = timed(&[("sbp", 60, 85.0), ("sbp", 30, 85.0), ("sbp", 5, 120.0)], &[]);
+        assert_eq!(run(&v), (0, None, None, Some(30)));
+        // SBP 105 is a fall of 45 from a baseline of 150 (median of 6-24 h ago).
+        let v = timed(&[("sbp", 900, 150.0), ("sbp", 700, 148.0), ("sbp", 400, 152.0), ("sbp", 30, 105.0), ("sbp", 0, 104.0)], &[]);
+        assert_eq!(sbp_baseline(&v), Some(150.0));
+        assert_eq!(run(&v).0, 2);
+        let scored = organ.evaluate(&v);
+        assert_eq!(int(&scored, &["subscores", "sbp"]), 1);
+        assert_eq!(scored.get("met").into_typed_array::<ImmutableString>().unwrap(), vec!["sbp_fall 46 (> 40)"]);
+        // A recorded baseline wins; fewer than 3 old readings and no setting: no baseline.
+        let v = timed(&[("sbp", 30, 105.0)], &[("sbp_baseline", "140")]);
+        assert_eq!(sbp_baseline(&v), Some(140.0));
+        let v = timed(&[("sbp", 400, 150.0), ("sbp", 30, 105.0)], &[("sbp_baseline", "not a number")]);
+        assert_eq!(sbp_baseline(&v), None);
+        assert_eq!(run(&v).0, 0, "without a baseline only SBP/MAP thresholds apply");
     }
 }

@@ -90,6 +90,11 @@ pub struct EventSpec {
     pub census: Option<CensusAction>,
     /// Patient settings changed by a clinician (applied to the view; no event carries them yet).
     pub settings: Option<HashMap<String, String>>,
+    /// A clinician acknowledges the open alerts of a rule (`"med.ddi"`) or of one finding
+    /// (`"med.ddi#<finding>"`), before this event's content is applied.
+    pub ack: Option<String>,
+    /// A clinician resolves them ("reviewed, stable"), before this event's content is applied.
+    pub clinician_resolve: Option<String>,
     /// Expectations after this event.
     #[serde(default)]
     pub expect: Vec<Expect>,
@@ -132,6 +137,19 @@ pub struct AllergySpec {
 pub struct Expect {
     /// Rule id.
     pub rule: String,
+    /// The finding of the alert (for rules with one alert per finding).
+    pub finding: Option<String>,
+    /// How many alerts of the rule are open (any finding); with 0 no alert is expected.
+    pub count: Option<usize>,
+    /// `active` or `acknowledged`.
+    pub status: Option<vigil_actors::AlertStatus>,
+    /// Whether the alert says its data is stale.
+    pub stale: Option<bool>,
+    /// Whether the event just run notified consoles about this alert (a new alert, a rise, a
+    /// reopen that needs acknowledging).
+    pub notified: Option<bool>,
+    /// Times the alert was reopened.
+    pub reopened: Option<u32>,
     /// Severity.
     pub severity: Option<Severity>,
     /// Score.
@@ -282,38 +300,107 @@ fn subset(expected: &Value, actual: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-fn check(state: &PatientState, expect: &[Expect], expect_not: &[String], when: &str, out: &mut Vec<String>) {
+/// `rule` or `rule#finding`.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('#') {
+        Some((rule, finding)) => (rule, Some(finding)),
+        None => (target, None),
+    }
+}
+
+fn open_matching<'a>(state: &'a PatientState, rule: &'a str, finding: Option<&'a str>) -> Vec<&'a vigil_actors::Alert> {
+    let mut open: Vec<_> = state.open_of(rule).filter(|a| finding.is_none_or(|f| a.finding.as_deref() == Some(f))).collect();
+    open.sort_by(|a, b| a.finding.cmp(&b.finding));
+    open
+}
+
+fn check(
+    state: &PatientState,
+    notified: &[vigil_actors::AlertId],
+    expect: &[Expect],
+    expect_not: &[String],
+    when: &str,
+    out: &mut Vec<String>,
+) {
     for e in expect {
-        let Some(alert) = state.open_alerts.get(&e.rule) else {
-            out.push(format!("{when}: expected an open `{}` alert, none", e.rule));
+        let name = match &e.finding {
+            Some(f) => format!("{}#{f}", e.rule),
+            None => e.rule.clone(),
+        };
+        let open = open_matching(state, &e.rule, e.finding.as_deref());
+        if let Some(count) = e.count
+            && state.open_of(&e.rule).count() != count
+        {
+            let findings: Vec<_> = state.open_of(&e.rule).map(|a| a.finding.clone().unwrap_or_default()).collect();
+            out.push(format!("{when}: {} open `{}` alerts {findings:?}, expected {count}", findings.len(), e.rule));
+        }
+        let Some(alert) = open.first() else {
+            if e.count != Some(0) {
+                out.push(format!("{when}: expected an open `{name}` alert, none"));
+            }
             continue;
         };
         if let Some(severity) = e.severity
             && alert.severity != severity
         {
-            out.push(format!("{when}: `{}` severity {:?}, expected {:?}", e.rule, alert.severity, severity));
+            out.push(format!("{when}: `{name}` severity {:?}, expected {:?}", alert.severity, severity));
+        }
+        if let Some(status) = e.status
+            && alert.status != status
+        {
+            out.push(format!("{when}: `{name}` status {:?}, expected {status:?}", alert.status));
+        }
+        if let Some(stale) = e.stale
+            && alert.stale != stale
+        {
+            out.push(format!("{when}: `{name}` stale {}, expected {stale}", alert.stale));
+        }
+        if let Some(expected) = e.notified {
+            let was = notified.contains(&alert.id);
+            if was != expected {
+                out.push(format!("{when}: `{name}` notified {was}, expected {expected}"));
+            }
+        }
+        if let Some(reopened) = e.reopened
+            && alert.reopened != reopened
+        {
+            out.push(format!("{when}: `{name}` reopened {} times, expected {reopened}", alert.reopened));
         }
         if let Some(score) = e.score
             && alert.score.is_none_or(|s| (s - score).abs() > 1e-9)
         {
-            out.push(format!("{when}: `{}` score {:?}, expected {score}", e.rule, alert.score));
+            out.push(format!("{when}: `{name}` score {:?}, expected {score}", alert.score));
         }
         if let Some(text) = &e.summary_contains
             && !alert.summary.contains(text.as_str())
         {
-            out.push(format!("{when}: `{}` summary {:?} lacks {text:?}", e.rule, alert.summary));
+            out.push(format!("{when}: `{name}` summary {:?} lacks {text:?}", alert.summary));
         }
         if let Some(details) = &e.details {
             let mut diffs = Vec::new();
             subset(details, &alert.details.to_value(), "", &mut diffs);
-            out.extend(diffs.into_iter().map(|d| format!("{when}: `{}` {d}", e.rule)));
+            out.extend(diffs.into_iter().map(|d| format!("{when}: `{name}` {d}")));
         }
     }
-    for rule in expect_not {
-        if let Some(alert) = state.open_alerts.get(rule) {
-            out.push(format!("{when}: `{rule}` open ({:?}, score {:?}: {}), expected none", alert.severity, alert.score, alert.summary));
+    for target in expect_not {
+        let (rule, finding) = split_target(target);
+        if let Some(alert) = open_matching(state, rule, finding).first() {
+            out.push(format!("{when}: `{target}` open ({:?}, score {:?}: {}), expected none", alert.severity, alert.score, alert.summary));
         }
     }
+}
+
+/// A clinician's action on the open alerts of `target` (`rule` or `rule#finding`).
+fn clinician_acts(state: &mut PatientState, target: &str, action: &vigil_actors::AlertAction, at: OffsetDateTime) -> Result<(), String> {
+    let (rule, finding) = split_target(target);
+    let ids: Vec<_> = open_matching(state, rule, finding).iter().map(|a| a.id.clone()).collect();
+    if ids.is_empty() {
+        return Err(format!("no open `{target}` alert to act on"));
+    }
+    for id in ids {
+        state.act(&id, action.clone(), at).map_err(|e| format!("`{target}`: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Run one case against `rules`.
@@ -339,17 +426,30 @@ pub fn run_case(rules: &RhaiRules, case: &Case) -> Vec<String> {
                 return failures;
             }
         };
+        let clinician = [
+            (&spec.ack, vigil_actors::AlertAction::Acknowledge { by: "test-nurse".into() }),
+            (&spec.clinician_resolve, vigil_actors::AlertAction::Resolve { by: "test-nurse".into(), reason: "reviewed".into() }),
+        ];
+        for (target, action) in clinician {
+            if let Some(target) = target
+                && let Err(e) = clinician_acts(&mut harness.state, target, &action, at)
+            {
+                failures.push(format!("{when}: {e}"));
+            }
+        }
+        let mut notified = Vec::new();
         for kind in kinds {
             let event = harness.event(at, kind, i);
             harness.state.apply(&event);
             let view = harness.state.view_at(at, &event);
             let outcomes = harness.rules.evaluate(&view, &event.trigger_names());
             drop(view);
-            harness.state.decide(outcomes, at);
+            let changes = harness.state.decide(outcomes, at);
+            notified.extend(changes.into_iter().filter(|(_, notify)| *notify).map(|(a, _)| a.id));
         }
-        check(&harness.state, &spec.expect, &spec.expect_not, &when, &mut failures);
+        check(&harness.state, &notified, &spec.expect, &spec.expect_not, &when, &mut failures);
     }
-    check(&harness.state, &case.expect, &case.expect_not, "at the end", &mut failures);
+    check(&harness.state, &[], &case.expect, &case.expect_not, "at the end", &mut failures);
     let failing: Vec<String> = harness
         .rules
         .rules()

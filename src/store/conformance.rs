@@ -99,6 +99,7 @@ pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, stat
             bed: "1".into(),
         },
         rule: RuleRef { id: "conf.rule".into(), version: "v1".into() },
+        finding: Some("conf-finding".into()),
         severity,
         status,
         score: Some(2.0),
@@ -110,6 +111,8 @@ pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, stat
         resolved: None,
         escalation: None,
         comments: Vec::new(),
+        stale: true,
+        reopened: 1,
     }
 }
 

@@ -6,7 +6,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::messages::PatientMsg;
 use super::state::PatientState;
-use crate::model::{Alert, ClinicalEvent, EventKind, PatientId};
+use crate::model::{Alert, ClinicalEvent, Details, EventKind, PatientId};
 use crate::ports::{Ports, RuleVerdict};
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
@@ -29,6 +29,8 @@ pub struct PatientArgs {
 pub struct Running {
     state: PatientState,
     ports: Ports,
+    /// When the actor last had an event or an action (for passivation).
+    last_active: time::OffsetDateTime,
 }
 
 impl Running {
@@ -71,17 +73,21 @@ impl Actor for PatientActor {
             state.apply(event);
         }
         for alert in args.open_alerts {
-            state.open_alerts.insert(alert.rule.id.clone(), alert);
+            state.restore_open(alert);
         }
-        Ok(Running { state, ports: args.ports })
+        let last_active = args.ports.clock.now();
+        Ok(Running { state, ports: args.ports, last_active })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: PatientMsg,
         run: &mut Running,
     ) -> Result<(), ActorProcessingErr> {
+        if matches!(msg, PatientMsg::Ingest { .. } | PatientMsg::Act { .. }) {
+            run.last_active = run.ports.clock.now();
+        }
         match msg {
             PatientMsg::Ingest { events, reply } => {
                 // Rules run first (microseconds), so the events and the alert changes they
@@ -110,6 +116,17 @@ impl Actor for PatientActor {
                 };
                 let _ = reply.send(result);
             }
+            PatientMsg::Passivate { idle_for, reply } => {
+                let now = run.ports.clock.now();
+                let idle = now - run.last_active >= idle_for && run.state.can_passivate(now);
+                let _ = reply.send(idle);
+                if idle {
+                    // Everything it holds is in the store: its next event rebuilds it. Draining
+                    // finishes what is queued already; later sends are refused with the message,
+                    // which the router hands to a successor.
+                    let _ = myself.drain();
+                }
+            }
             PatientMsg::Summary { reply } => {
                 let now = run.ports.clock.now();
                 let mut summary = run.state.summary(now);
@@ -117,6 +134,9 @@ impl Actor for PatientActor {
                 for outcome in run.ports.rules.evaluate_all(&view) {
                     let details = match outcome.verdict {
                         RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details,
+                        RuleVerdict::NotApplicable { reason } => {
+                            Details::from_value(&serde_json::json!({ "applies": false, "reason": reason }))
+                        }
                         RuleVerdict::Quiet => continue,
                     };
                     if !details.is_null() {

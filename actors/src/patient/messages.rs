@@ -38,6 +38,15 @@ pub enum PatientMsg {
         /// The changed alert and the ticket of its persistence (carrying its sequence number).
         reply: RpcReplyPort<Result<(Alert, Durable<u64>), ActFailure>>,
     },
+    /// Stop if idle: no event or action for `idle_for`, no open alert and no clock running
+    /// (a cooldown or a reopen window of a closed alert). The reply says whether it stops;
+    /// its next event rebuilds it from the store.
+    Passivate {
+        /// How long without an event or action counts as idle.
+        idle_for: time::Duration,
+        /// Whether the actor is stopping.
+        reply: RpcReplyPort<bool>,
+    },
     /// The console's summary of this patient.
     Summary {
         /// Answered with the summary.

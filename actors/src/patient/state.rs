@@ -12,7 +12,10 @@ use crate::model::{
     PatientSummary, TrendPoint,
     ResultStatus, RuleRef, Severity,
 };
-use crate::ports::{ActiveMedication, CodedSample, PatientView, RuleOutcome, RuleVerdict, Sample};
+use crate::ports::{
+    ActiveMedication, AlertPolicy, CodedSample, MAX_MEDICATIONS, MEDICATION_MEMORY, OpenAlertRef, PatientView, RuleOutcome,
+    RuleVerdict, Sample,
+};
 
 /// Why an action on an alert was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,12 +51,60 @@ pub struct PatientState {
     /// What rules see. Held in an `Arc` that the actor owns alone between evaluations, so
     /// `Arc::make_mut` updates it in place without copying the window.
     pub view: Arc<PatientView>,
-    /// Open (not resolved) alerts by rule id.
-    pub open_alerts: HashMap<String, Alert>,
-    /// When each rule's last alert was resolved, and at what severity: the start of its
-    /// cooldown (one entry per rule that ever resolved here). Kept in memory: a restarted
-    /// actor starts with no cooldowns running.
-    pub resolved: HashMap<String, (OffsetDateTime, Severity)>,
+    /// Open (not resolved) alerts by (rule id, finding).
+    pub open_alerts: HashMap<AlertKey, Alert>,
+    /// The last closed alert per (rule, finding) of the past day: the start of its cooldown,
+    /// the episode to reopen, what a clinician saw. Kept in memory: a restarted actor starts
+    /// with none (so nothing is held back after a restart).
+    resolved: HashMap<AlertKey, Closed>,
+    /// Since when each open alert's rule has said "resolve" on complete data (hysteresis).
+    clearing: HashMap<AlertKey, OffsetDateTime>,
+}
+
+/// An alert's key in a patient: rule id and finding (empty for a rule's one alert).
+pub type AlertKey = (String, String);
+
+/// Closed alerts remembered per patient, at most.
+pub const MAX_CLOSED: usize = 512;
+
+/// An alert as it was closed.
+#[derive(Debug, Clone)]
+struct Closed {
+    at: OffsetDateTime,
+    /// Until when remembering it changes what a re-fire does (cooldown, reopen window, or the
+    /// day a "hold until changed" lasts).
+    matters_until: OffsetDateTime,
+    severity: Severity,
+    by_clinician: bool,
+    alert: Alert,
+}
+
+/// What a rule said when it fired.
+struct Fired {
+    rule: RuleRef,
+    finding: Option<String>,
+    severity: Severity,
+    score: Option<f64>,
+    summary: String,
+    details: crate::model::Details,
+    partial: bool,
+}
+
+impl Fired {
+    fn write_into(self, alert: &mut Alert) {
+        alert.rule = self.rule;
+        alert.finding = self.finding;
+        alert.severity = self.severity;
+        alert.score = self.score;
+        alert.summary = self.summary;
+        alert.details = self.details;
+        alert.stale = self.partial;
+    }
+}
+
+/// FNV-1a, 64 bits: a stable digest of a finding's name for alert ids.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl PatientState {
@@ -67,6 +118,7 @@ impl PatientState {
             view: Arc::new(view),
             open_alerts: HashMap::new(),
             resolved: HashMap::new(),
+            clearing: HashMap::new(),
         }
     }
 
@@ -104,28 +156,52 @@ impl PatientState {
             },
             // The prior record's history is folded in by the actor, which reads it from the store.
             EventKind::Merge { .. } => {}
-            EventKind::MedicationOrder { action, medication } => match action {
-                OrderAction::New | OrderAction::Change => {
-                    upsert_medication(view, medication, event.received_at);
+            EventKind::MedicationOrder { action, medication } => {
+                match action {
+                    OrderAction::New | OrderAction::Change => upsert_medication(view, medication, event.received_at),
+                    OrderAction::Discontinue | OrderAction::Cancel => {
+                        stop_medication(view, medication, *action, event.received_at);
+                    }
                 }
-                OrderAction::Discontinue | OrderAction::Cancel => {
-                    view.medications.retain(|m| m.medication.order_id != medication.order_id);
-                }
-            },
+                forget_old_medications(view, event.received_at);
+            }
             EventKind::Administration { medication, given_at } => {
-                upsert_medication(view, medication, *given_at);
+                record_administration(view, medication, *given_at);
+                forget_old_medications(view, event.received_at.max(*given_at));
             }
             EventKind::Allergies { allergies, replace } => {
-                if *replace {
-                    view.allergies.clear();
+                // What this event adds to the record (or changes the severity of) is checked
+                // against the active medications (`med.allergy`); a list sent again is not.
+                let previous = std::mem::take(&mut view.allergies);
+                view.new_allergies.clear();
+                if !*replace {
+                    view.allergies = previous.clone();
                 }
                 for allergy in allergies {
-                    if !view.allergies.iter().any(|a| a.name == allergy.name && a.code == allergy.code) {
-                        view.allergies.push(allergy.clone());
+                    let same = |a: &&crate::model::Allergy| a.name == allergy.name && a.code == allergy.code;
+                    let known = previous.iter().find(same);
+                    if known.is_none_or(|a| a.severity != allergy.severity) {
+                        view.new_allergies.push(allergy.clone());
+                    }
+                    match view.allergies.iter_mut().find(|a| a.name == allergy.name && a.code == allergy.code) {
+                        // The sender's latest word on type and severity stands.
+                        Some(a) => a.clone_from(allergy),
+                        None => view.allergies.push(allergy.clone()),
                     }
                 }
             }
         }
+    }
+
+    /// Take back an alert that was open when this actor last stopped.
+    pub fn restore_open(&mut self, alert: Alert) {
+        let key = (alert.rule.id.clone(), alert.finding.clone().unwrap_or_default());
+        self.open_alerts.insert(key, alert);
+    }
+
+    /// The open alerts of `rule`, any finding.
+    pub fn open_of<'a>(&'a self, rule: &'a str) -> impl Iterator<Item = &'a Alert> + 'a {
+        self.open_alerts.iter().filter(move |((r, _), _)| r == rule).map(|(_, a)| a)
     }
 
     /// Fold in an event of another record (a merge): its values, medications and allergies,
@@ -168,7 +244,7 @@ impl PatientState {
             discharged: view.discharged,
             latest,
             trends,
-            medications: view.medications.iter().map(|m| m.medication.clone()).collect(),
+            medications: view.medications.iter().filter(|m| m.stopped.is_none()).map(|m| m.medication.clone()).collect(),
             allergies: view.allergies.clone(),
             open_alerts: self.open_alerts.values().cloned().collect(),
             scores: BTreeMap::new(),
@@ -180,14 +256,19 @@ impl PatientState {
         let view = Arc::make_mut(&mut self.view);
         view.now = Some(now);
         view.new_order = None;
+        view.new_allergies.clear();
         Arc::clone(&self.view)
     }
 
     /// Prepare the view for evaluating `event` at `now`.
     pub fn view_at(&mut self, now: OffsetDateTime, event: &ClinicalEvent) -> Arc<PatientView> {
         let age = age_years(self.demographics.birth_date.expose(), now);
-        let open: Vec<(String, Severity)> =
-            self.open_alerts.iter().map(|(rule, a)| (rule.clone(), a.severity)).collect();
+        let mut open: Vec<OpenAlertRef> = self
+            .open_alerts
+            .iter()
+            .map(|((rule, finding), a)| OpenAlertRef { rule: rule.clone(), finding: finding.clone(), severity: a.severity })
+            .collect();
+        open.sort_by(|a, b| (&a.rule, &a.finding).cmp(&(&b.rule, &b.finding)));
         let view = Arc::make_mut(&mut self.view);
         view.now = Some(now);
         view.age_years = age;
@@ -198,90 +279,202 @@ impl PatientState {
             }
             _ => None,
         };
+        if !matches!(event.kind, EventKind::Allergies { .. }) {
+            view.new_allergies.clear();
+        }
         Arc::clone(&self.view)
     }
 
-    /// Turn rule outcomes into alert changes, applying dedup per (patient, rule): a re-fire of
-    /// an open alert updates it (quietly, unless its severity rises, which re-notifies and
-    /// asks for a new acknowledgement); a resolve closes it; nothing changes when nothing
-    /// differs. A new alert within the rule's cooldown after its last one was resolved is held
-    /// back unless its severity is higher. Each change comes with whether consoles should
-    /// notify.
+    /// Turn rule outcomes into alert changes. Alerts are keyed by (rule, finding): a rule
+    /// naming several findings (interacting pairs, analytes) has one alert for each; the
+    /// scores have one per rule. For each key:
+    ///
+    /// - A re-fire of an open alert updates it quietly unless its severity rises, which
+    ///   re-notifies and asks for a new acknowledgement. A fire on incomplete data (`partial`)
+    ///   never lowers the severity: the alert keeps what it said and is marked stale.
+    /// - A resolve on complete data starts the rule's clear time (`clear_for_s`); the alert is
+    ///   closed at the first evaluation once the rule has said "resolve" for that long (any
+    ///   fire in between starts over). A resolve on incomplete data never closes anything: the
+    ///   alert is marked stale.
+    /// - A fire soon after the rule closed the alert (`reopen_s`) reopens that alert, keeping
+    ///   its acknowledgement unless severity rose. A fire after a clinician closed it is held
+    ///   back within the rule's cooldown (and, for rules that ask, for as long as it says
+    ///   exactly what the clinician saw), unless severity rises.
+    ///
+    /// Each change comes with whether consoles should notify.
     pub fn decide(&mut self, outcomes: Vec<RuleOutcome>, now: OffsetDateTime) -> Vec<(Alert, bool)> {
+        self.forget_closed(now);
         let mut changes = Vec::new();
         for outcome in outcomes {
-            match outcome.verdict {
-                RuleVerdict::Fire { severity, .. } if self.cooling_down(&outcome.rule_id, outcome.cooldown_s, severity, now) => {}
-                RuleVerdict::Fire { severity, score, summary, details } => {
-                    let rule = RuleRef { id: outcome.rule_id.clone(), version: outcome.version };
-                    let (alert, notify) = match self.open_alerts.get(&outcome.rule_id) {
-                        Some(open) => {
-                            if open.severity == severity
-                                && open.score == score
-                                && open.summary == summary
-                                && open.details == details
-                            {
-                                continue;
-                            }
-                            let rose = severity > open.severity;
-                            let mut alert = Alert {
-                                rule,
-                                severity,
-                                score,
-                                summary,
-                                details,
-                                patient: self.alert_patient(),
-                                updated_at: now,
-                                ..open.clone()
-                            };
-                            if rose {
-                                alert.status = AlertStatus::Active;
-                                alert.acknowledged = None;
-                            }
-                            (alert, rose)
-                        }
-                        None => (
-                            Alert {
-                                id: AlertId(format!(
-                                    "{}-{}-{}",
-                                    self.id,
-                                    outcome.rule_id,
-                                    now.unix_timestamp_nanos() / 1_000_000
-                                )),
-                                patient: self.alert_patient(),
-                                rule,
-                                severity,
-                                status: AlertStatus::Active,
-                                score,
-                                summary,
-                                details,
-                                raised_at: now,
-                                updated_at: now,
-                                acknowledged: None,
-                                resolved: None,
-                                escalation: None,
-                                comments: Vec::new(),
-                            },
-                            true,
-                        ),
+            let RuleOutcome { rule_id, version, policy, verdict } = outcome;
+            match verdict {
+                RuleVerdict::Fire { finding, severity, score, summary, details, partial } => {
+                    let key = (rule_id.clone(), finding.clone().unwrap_or_default());
+                    self.clearing.remove(&key);
+                    let fired = Fired {
+                        rule: RuleRef { id: rule_id, version },
+                        finding,
+                        severity,
+                        score,
+                        summary,
+                        details,
+                        partial,
                     };
-                    self.open_alerts.insert(outcome.rule_id, alert.clone());
-                    changes.push((alert, notify));
+                    changes.extend(self.fire(key, fired, policy, now));
                 }
-                RuleVerdict::Resolve { reason, .. } => {
-                    let Some(mut alert) = self.open_alerts.remove(&outcome.rule_id) else {
-                        continue;
+                RuleVerdict::Resolve { finding, reason, partial, .. } => {
+                    let mut keys: Vec<AlertKey> = match finding {
+                        Some(finding) => vec![(rule_id, finding)],
+                        None => self.open_alerts.keys().filter(|(rule, _)| *rule == rule_id).cloned().collect(),
                     };
-                    alert.status = AlertStatus::Resolved;
-                    alert.updated_at = now;
-                    alert.resolved = Some(Resolution { by: format!("rule:{}", outcome.rule_id), at: now, reason });
-                    self.resolved.insert(outcome.rule_id, (now, alert.severity));
-                    changes.push((alert, false));
+                    keys.sort();
+                    for key in keys {
+                        changes.extend(self.rule_resolve(key, &reason, partial, policy, now));
+                    }
                 }
-                RuleVerdict::Quiet => {}
+                RuleVerdict::NotApplicable { .. } | RuleVerdict::Quiet => {}
             }
         }
         changes
+    }
+
+    fn fire(&mut self, key: AlertKey, fired: Fired, policy: AlertPolicy, now: OffsetDateTime) -> Option<(Alert, bool)> {
+        if let Some(open) = self.open_alerts.get(&key) {
+            let mut alert = open.clone();
+            let notify = if fired.partial && fired.severity < open.severity {
+                // Incomplete data is no all-clear: the alert keeps its severity, shows what the
+                // rule computed, and says its data is stale.
+                let kept = open.severity;
+                if open.stale && open.summary == fired.summary && open.details == fired.details && open.score == fired.score {
+                    return None;
+                }
+                fired.write_into(&mut alert);
+                alert.severity = kept;
+                false
+            } else {
+                if open.severity == fired.severity
+                    && open.score == fired.score
+                    && open.summary == fired.summary
+                    && open.details == fired.details
+                    && open.stale == fired.partial
+                {
+                    return None;
+                }
+                let rose = fired.severity > open.severity;
+                fired.write_into(&mut alert);
+                alert.patient = self.alert_patient();
+                if rose {
+                    alert.status = AlertStatus::Active;
+                    alert.acknowledged = None;
+                }
+                rose
+            };
+            alert.updated_at = now;
+            self.open_alerts.insert(key, alert.clone());
+            return Some((alert, notify));
+        }
+        if let Some(closed) = self.resolved.get(&key) {
+            let rose = fired.severity > closed.severity;
+            let since = now - closed.at;
+            if !closed.by_clinician && since < Duration::seconds(policy.reopen_s) {
+                // The same episode coming back: reopen it rather than raise a new alert.
+                let mut alert = closed.alert.clone();
+                let acknowledged = alert.acknowledged.is_some() && !rose;
+                fired.write_into(&mut alert);
+                alert.patient = self.alert_patient();
+                alert.resolved = None;
+                alert.reopened = alert.reopened.saturating_add(1);
+                alert.updated_at = now;
+                if acknowledged {
+                    alert.status = AlertStatus::Acknowledged;
+                } else {
+                    alert.status = AlertStatus::Active;
+                    alert.acknowledged = None;
+                }
+                self.resolved.remove(&key);
+                self.open_alerts.insert(key, alert.clone());
+                return Some((alert, !acknowledged));
+            }
+            let cooling = since < Duration::seconds(policy.cooldown_s);
+            let as_seen = policy.hold_until_changed
+                && closed.by_clinician
+                && closed.alert.summary == fired.summary
+                && closed.alert.details == fired.details;
+            if !rose && (cooling || as_seen) {
+                return None;
+            }
+        }
+        let mut id = format!("{}-{}-{}", self.id, fired.rule.id, now.unix_timestamp_nanos() / 1_000_000);
+        if let Some(finding) = &fired.finding {
+            // Findings are named by the rule (drug or analyte names): the id carries a digest.
+            id.push_str(&format!("-{:016x}", fnv1a(finding.as_bytes())));
+        }
+        let mut alert = Alert {
+            id: AlertId(id),
+            patient: self.alert_patient(),
+            rule: fired.rule.clone(),
+            finding: None,
+            severity: fired.severity,
+            status: AlertStatus::Active,
+            score: None,
+            summary: String::new(),
+            details: crate::model::Details::null(),
+            raised_at: now,
+            updated_at: now,
+            acknowledged: None,
+            resolved: None,
+            escalation: None,
+            comments: Vec::new(),
+            stale: false,
+            reopened: 0,
+        };
+        fired.write_into(&mut alert);
+        self.resolved.remove(&key);
+        self.open_alerts.insert(key, alert.clone());
+        Some((alert, true))
+    }
+
+    fn rule_resolve(
+        &mut self,
+        key: AlertKey,
+        reason: &str,
+        partial: bool,
+        policy: AlertPolicy,
+        now: OffsetDateTime,
+    ) -> Option<(Alert, bool)> {
+        let Some(open) = self.open_alerts.get_mut(&key) else {
+            self.clearing.remove(&key);
+            return None;
+        };
+        if partial {
+            // Missing or aged-out data never clears an alert, and restarts the clear time.
+            self.clearing.remove(&key);
+            if open.stale {
+                return None;
+            }
+            open.stale = true;
+            open.updated_at = now;
+            return Some((open.clone(), false));
+        }
+        let since = *self.clearing.entry(key.clone()).or_insert(now);
+        if now - since < Duration::seconds(policy.clear_for_s) {
+            if !open.stale {
+                return None;
+            }
+            // Complete data again: no longer stale, still clearing.
+            open.stale = false;
+            open.updated_at = now;
+            return Some((open.clone(), false));
+        }
+        self.clearing.remove(&key);
+        let mut alert = self.open_alerts.remove(&key)?;
+        alert.status = AlertStatus::Resolved;
+        alert.stale = false;
+        alert.updated_at = now;
+        alert.resolved = Some(Resolution { by: format!("rule:{}", key.0), at: now, reason: reason.to_string() });
+        let matters_until = now + Duration::seconds(policy.reopen_s.max(policy.cooldown_s));
+        self.resolved.insert(key, Closed { at: now, matters_until, severity: alert.severity, by_clinician: false, alert: alert.clone() });
+        Some((alert, false))
     }
 
     /// Apply a clinician's or the escalation timer's action to an open alert.
@@ -291,13 +484,13 @@ impl PatientState {
         action: AlertAction,
         now: OffsetDateTime,
     ) -> Result<(Alert, bool), ActError> {
-        let rule_id = self
+        let key = self
             .open_alerts
             .iter()
             .find(|(_, a)| &a.id == alert_id)
-            .map(|(rule, _)| rule.clone())
+            .map(|(key, _)| key.clone())
             .ok_or(ActError::NotOpen)?;
-        let Some(alert) = self.open_alerts.get_mut(&rule_id) else { return Err(ActError::NotOpen) };
+        let Some(alert) = self.open_alerts.get_mut(&key) else { return Err(ActError::NotOpen) };
         let notify = match action {
             AlertAction::Acknowledge { by } => {
                 if alert.status == AlertStatus::Acknowledged {
@@ -331,21 +524,36 @@ impl PatientState {
         alert.updated_at = now;
         let changed = alert.clone();
         if changed.status == AlertStatus::Resolved {
-            self.open_alerts.remove(&rule_id);
-            self.resolved.insert(rule_id, (now, changed.severity));
+            self.open_alerts.remove(&key);
+            self.clearing.remove(&key);
+            // The rule's cooldown is not known here: remember it for as long as any could last.
+            let closed = Closed { at: now, matters_until: now + WINDOW_MAX_AGE, severity: changed.severity, by_clinician: true, alert: changed.clone() };
+            self.resolved.insert(key, closed);
         }
         Ok((changed, notify))
     }
 
-    /// Whether a new alert of `rule` at `severity` falls within the cooldown that began when
-    /// its last alert was resolved (and is not more severe than that one).
-    fn cooling_down(&self, rule: &str, cooldown_s: i64, severity: Severity, now: OffsetDateTime) -> bool {
-        if cooldown_s <= 0 || self.open_alerts.contains_key(rule) {
-            return false;
+    /// Whether stopping this actor now would change what it decides later: an alert is open
+    /// (or clearing), or a closed alert's cooldown or reopen window is still running.
+    pub fn has_running_clock(&self, now: OffsetDateTime) -> bool {
+        !self.open_alerts.is_empty() || !self.clearing.is_empty() || self.resolved.values().any(|c| c.matters_until > now)
+    }
+
+    /// Whether this actor can stop and be rebuilt later from the store without losing
+    /// anything: no clock running, and nothing learnt from events the rebuild may no longer
+    /// read (it reads the last 24 h: medications and allergies can be older).
+    pub fn can_passivate(&self, now: OffsetDateTime) -> bool {
+        !self.has_running_clock(now) && self.view.medications.is_empty() && self.view.allergies.is_empty()
+    }
+
+    /// Closed alerts are remembered for a day (cooldowns, reopening, what a clinician saw),
+    /// and at most [`MAX_CLOSED`] of them.
+    fn forget_closed(&mut self, now: OffsetDateTime) {
+        self.resolved.retain(|_, closed| now - closed.at <= WINDOW_MAX_AGE);
+        while self.resolved.len() > MAX_CLOSED {
+            let Some(oldest) = self.resolved.iter().min_by_key(|(_, c)| c.at).map(|(k, _)| k.clone()) else { break };
+            self.resolved.remove(&oldest);
         }
-        self.resolved.get(rule).is_some_and(|(at, resolved_severity)| {
-            severity <= *resolved_severity && now - *at < Duration::seconds(cooldown_s)
-        })
     }
 
     fn alert_patient(&self) -> AlertPatient {
@@ -392,10 +600,62 @@ fn apply_observation(view: &mut PatientView, o: &Observation) {
     }
 }
 
+/// A new or changed order: running (again) from `at`, or the same order with its drug updated.
 fn upsert_medication(view: &mut PatientView, medication: &Medication, at: OffsetDateTime) {
     match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
-        Some(existing) => existing.medication = medication.clone(),
-        None => view.medications.push(ActiveMedication { medication: medication.clone(), since: at }),
+        Some(existing) => {
+            existing.medication = medication.clone();
+            if existing.stopped.is_some() || existing.administered_only {
+                existing.since = at;
+            }
+            existing.administered_only = false;
+            existing.stopped = None;
+        }
+        None => view.medications.push(ActiveMedication::ordered(medication.clone(), at)),
+    }
+}
+
+/// A discontinued order is kept with its stop time (its washout is the tables' business); a
+/// cancelled order that was never given is forgotten (it never reached the patient).
+fn stop_medication(view: &mut PatientView, medication: &Medication, action: OrderAction, at: OffsetDateTime) {
+    let Some(pos) = view.medications.iter().position(|m| m.medication.order_id == medication.order_id) else { return };
+    let Some(m) = view.medications.get_mut(pos) else { return };
+    if action == OrderAction::Cancel && m.last_given.is_none() && !m.administered_only {
+        view.medications.remove(pos);
+    } else if m.stopped.is_none() {
+        m.stopped = Some(at);
+    }
+}
+
+/// A dose given: of a known order (its latest dose), or a one-off with no order.
+fn record_administration(view: &mut PatientView, medication: &Medication, given_at: OffsetDateTime) {
+    match view.medications.iter_mut().find(|m| m.medication.order_id == medication.order_id) {
+        Some(existing) => {
+            existing.last_given = Some(existing.last_given.map_or(given_at, |g| g.max(given_at)));
+            if existing.administered_only {
+                existing.medication = medication.clone();
+                existing.stopped = None;
+            }
+        }
+        None => view.medications.push(ActiveMedication::administered(medication.clone(), given_at)),
+    }
+}
+
+/// Drop what stopped (or was last given) longer than [`MEDICATION_MEMORY`] before `now`, and
+/// keep the list bounded: past [`MAX_MEDICATIONS`] the oldest stopped or one-off entries go
+/// first, then the oldest orders.
+fn forget_old_medications(view: &mut PatientView, now: OffsetDateTime) {
+    let ended = |m: &ActiveMedication| m.stopped.or(if m.administered_only { m.last_given } else { None });
+    view.medications.retain(|m| ended(m).is_none_or(|at| now - at <= MEDICATION_MEMORY));
+    while view.medications.len() > MAX_MEDICATIONS {
+        let oldest_ended = view.medications.iter().enumerate().filter_map(|(i, m)| ended(m).map(|at| (at, i))).min().map(|(_, i)| i);
+        let oldest = oldest_ended.or_else(|| view.medications.iter().enumerate().min_by_key(|(_, m)| m.since).map(|(i, _)| i));
+        match oldest {
+            Some(i) => {
+                view.medications.remove(i);
+            }
+            None => break,
+        }
     }
 }
 
@@ -455,8 +715,15 @@ mod tests {
         let outcome = |severity, cooldown_s| RuleOutcome {
             rule_id: "t.cool".into(),
             version: "v1".into(),
-            cooldown_s,
-            verdict: RuleVerdict::Fire { severity, score: None, summary: "s".into(), details: crate::model::Details::null() },
+            policy: AlertPolicy { cooldown_s, ..AlertPolicy::default() },
+            verdict: RuleVerdict::Fire {
+                finding: None,
+                severity,
+                score: None,
+                summary: "s".into(),
+                details: crate::model::Details::null(),
+                partial: false,
+            },
         };
         let minutes = |m| t0 + Duration::minutes(m);
         let raised = state.decide(vec![outcome(Severity::High, 600)], t0);
@@ -471,7 +738,12 @@ mod tests {
         assert_ne!(again[0].0.id, raised[0].0.id, "a new alert episode");
         // Resolved by the rule this time: a rise in severity is never held back.
         let rule_resolve = RuleOutcome {
-            verdict: RuleVerdict::Resolve { reason: "normal".into(), details: crate::model::Details::null() },
+            verdict: RuleVerdict::Resolve {
+                finding: None,
+                reason: "normal".into(),
+                details: crate::model::Details::null(),
+                partial: false,
+            },
             ..outcome(Severity::High, 600)
         };
         assert_eq!(state.decide(vec![rule_resolve], minutes(12)).len(), 1);
@@ -484,6 +756,172 @@ mod tests {
         let first = plain.decide(vec![outcome(Severity::High, 0)], t0);
         plain.act(&first[0].0.id, AlertAction::Resolve { by: "rrt-1".into(), reason: "r".into() }, minutes(1)).unwrap();
         assert_eq!(plain.decide(vec![outcome(Severity::High, 0)], minutes(2)).len(), 1);
+    }
+
+    fn fire(severity: Severity, summary: &str, partial: bool, policy: AlertPolicy) -> RuleOutcome {
+        RuleOutcome {
+            rule_id: "t.score".into(),
+            version: "v1".into(),
+            policy,
+            verdict: RuleVerdict::Fire {
+                finding: None,
+                severity,
+                score: None,
+                summary: summary.into(),
+                details: crate::model::Details::null(),
+                partial,
+            },
+        }
+    }
+
+    fn clear(partial: bool, policy: AlertPolicy) -> RuleOutcome {
+        RuleOutcome {
+            verdict: RuleVerdict::Resolve {
+                finding: None,
+                reason: "below threshold".into(),
+                details: crate::model::Details::null(),
+                partial,
+            },
+            ..fire(Severity::High, "", false, policy)
+        }
+    }
+
+    const HYSTERESIS: AlertPolicy = AlertPolicy { cooldown_s: 0, clear_for_s: 300, reopen_s: 900, hold_until_changed: false };
+
+    #[test]
+    fn an_alert_resolves_only_after_its_rule_has_said_clear_for_the_clear_time() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let at = |s: i64| t0 + Duration::seconds(s);
+        let mut state = PatientState::new(PatientId("p-hyst".into()));
+        let raised = state.decide(vec![fire(Severity::High, "a", false, HYSTERESIS)], at(0));
+        assert_eq!(raised.len(), 1);
+        assert!(state.decide(vec![clear(false, HYSTERESIS)], at(10)).is_empty(), "clearing starts");
+        assert!(state.decide(vec![clear(false, HYSTERESIS)], at(200)).is_empty(), "still clearing");
+        // The value crosses back: the clear time starts over.
+        assert!(state.decide(vec![fire(Severity::High, "a", false, HYSTERESIS)], at(250)).is_empty());
+        assert!(state.decide(vec![clear(false, HYSTERESIS)], at(300)).is_empty());
+        assert!(state.decide(vec![clear(false, HYSTERESIS)], at(599)).is_empty(), "299 s clear is not enough");
+        let resolved = state.decide(vec![clear(false, HYSTERESIS)], at(600));
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].0.status, AlertStatus::Resolved);
+        assert!(!resolved[0].1, "a resolve does not beep");
+    }
+
+    #[test]
+    fn a_re_fire_soon_after_the_rule_resolved_reopens_the_same_alert_keeping_its_acknowledgement() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let at = |s: i64| t0 + Duration::seconds(s);
+        let mut state = PatientState::new(PatientId("p-reopen".into()));
+        let first = state.decide(vec![fire(Severity::High, "a", false, HYSTERESIS)], at(0))[0].0.clone();
+        state.act(&first.id, AlertAction::Acknowledge { by: "rrt-1".into() }, at(30)).unwrap();
+        state.decide(vec![clear(false, HYSTERESIS)], at(60));
+        assert_eq!(state.decide(vec![clear(false, HYSTERESIS)], at(360))[0].0.status, AlertStatus::Resolved);
+        // Back within the reopen window at the same severity: same alert, still acknowledged, quiet.
+        let back = state.decide(vec![fire(Severity::High, "b", false, HYSTERESIS)], at(400));
+        assert_eq!(back.len(), 1);
+        let (alert, notify) = &back[0];
+        assert_eq!(alert.id, first.id, "the same episode");
+        assert_eq!(alert.status, AlertStatus::Acknowledged);
+        assert_eq!(alert.reopened, 1);
+        assert_eq!(alert.raised_at, first.raised_at);
+        assert!(alert.resolved.is_none());
+        assert!(!notify);
+        // Clears again, then comes back higher: same episode, but it asks for a new acknowledgement.
+        state.decide(vec![clear(false, HYSTERESIS)], at(500));
+        state.decide(vec![clear(false, HYSTERESIS)], at(800));
+        let higher = state.decide(vec![fire(Severity::Critical, "c", false, HYSTERESIS)], at(900));
+        assert_eq!(higher[0].0.id, first.id);
+        assert_eq!(higher[0].0.status, AlertStatus::Active);
+        assert!(higher[0].0.acknowledged.is_none());
+        assert!(higher[0].1, "a rise notifies");
+        // Past the reopen window a re-fire is a new alert.
+        state.decide(vec![clear(false, HYSTERESIS)], at(1000));
+        state.decide(vec![clear(false, HYSTERESIS)], at(1300));
+        let later = state.decide(vec![fire(Severity::High, "d", false, HYSTERESIS)], at(1300 + 901));
+        assert_ne!(later[0].0.id, first.id);
+        assert!(later[0].1);
+    }
+
+    #[test]
+    fn incomplete_data_never_resolves_or_lowers_an_alert_and_marks_it_stale() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let at = |s: i64| t0 + Duration::seconds(s);
+        let policy = AlertPolicy { clear_for_s: 0, ..HYSTERESIS };
+        let mut state = PatientState::new(PatientId("p-stale".into()));
+        state.decide(vec![fire(Severity::Critical, "NEWS2 8", false, policy)], at(0));
+        // A partial resolve: nothing closes, the alert says its data is stale.
+        let stale = state.decide(vec![clear(true, policy)], at(60));
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].0.status, AlertStatus::Active);
+        assert!(stale[0].0.stale);
+        assert!(state.decide(vec![clear(true, policy)], at(120)).is_empty(), "said once");
+        // A partial, lower score: severity kept, content shown, still stale.
+        let lower = state.decide(vec![fire(Severity::Medium, "NEWS2 3 (partial)", true, policy)], at(180));
+        assert_eq!(lower[0].0.severity, Severity::Critical);
+        assert_eq!(lower[0].0.summary, "NEWS2 3 (partial)");
+        assert!(lower[0].0.stale);
+        assert!(!lower[0].1);
+        // Complete data again: a lower score now lowers, and a complete resolve resolves.
+        let complete = state.decide(vec![fire(Severity::Medium, "NEWS2 3", false, policy)], at(240));
+        assert_eq!(complete[0].0.severity, Severity::Medium);
+        assert!(!complete[0].0.stale);
+        let resolved = state.decide(vec![clear(false, policy)], at(300));
+        assert_eq!(resolved[0].0.status, AlertStatus::Resolved);
+    }
+
+    #[test]
+    fn a_clinicians_resolve_holds_for_the_cooldown_unless_severity_rises() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let at = |s: i64| t0 + Duration::seconds(s);
+        let policy = AlertPolicy { cooldown_s: 1800, ..HYSTERESIS };
+        let mut state = PatientState::new(PatientId("p-manual".into()));
+        let first = state.decide(vec![fire(Severity::High, "a", false, policy)], at(0))[0].0.clone();
+        let resolve = AlertAction::Resolve { by: "rrt-1".into(), reason: "reviewed, stable".into() };
+        state.act(&first.id, resolve, at(60)).unwrap();
+        // Not reopened (a clinician closed it) and held within the cooldown.
+        assert!(state.decide(vec![fire(Severity::High, "b", false, policy)], at(62)).is_empty());
+        assert!(state.decide(vec![fire(Severity::High, "c", false, policy)], at(1800)).is_empty());
+        let rose = state.decide(vec![fire(Severity::Critical, "d", false, policy)], at(1801));
+        assert_eq!(rose.len(), 1);
+        assert_ne!(rose[0].0.id, first.id, "a new episode");
+        assert!(rose[0].1);
+    }
+
+    #[test]
+    fn findings_of_one_rule_are_separate_alerts() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let finding = |f: &str| RuleOutcome {
+            rule_id: "t.ddi".into(),
+            version: "v1".into(),
+            policy: AlertPolicy::default(),
+            verdict: RuleVerdict::Fire {
+                finding: Some(f.into()),
+                severity: Severity::High,
+                score: None,
+                summary: f.into(),
+                details: crate::model::Details::null(),
+                partial: false,
+            },
+        };
+        let mut state = PatientState::new(PatientId("p-find".into()));
+        let both = state.decide(vec![finding("a+b"), finding("a+c")], t0);
+        assert_eq!(both.len(), 2);
+        assert_ne!(both[0].0.id, both[1].0.id, "distinct ids in the same millisecond");
+        assert!(both.iter().all(|(_, notify)| *notify));
+        let resolve_one = RuleOutcome {
+            verdict: RuleVerdict::Resolve {
+                finding: Some("a+b".into()),
+                reason: "stopped".into(),
+                details: crate::model::Details::null(),
+                partial: false,
+            },
+            ..finding("a+b")
+        };
+        let closed = state.decide(vec![resolve_one], t0 + Duration::seconds(1));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].0.finding.as_deref(), Some("a+b"));
+        assert_eq!(state.open_of("t.ddi").count(), 1);
+        assert!(state.open_alerts.contains_key(&("t.ddi".to_string(), "a+c".to_string())));
     }
 
     #[test]
@@ -511,5 +949,114 @@ mod tests {
             insert_ordered(&mut s, Sample { at: t0 + Duration::hours(25) + Duration::seconds(i as i64), value: 0.0 });
         }
         assert_eq!(s.len(), WINDOW_MAX_SAMPLES);
+    }
+
+    fn med_event(at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
+        ClinicalEvent {
+            patient_id: PatientId("p-meds".into()),
+            patient: crate::model::PatientKey { authority: "T".into(), mrn: Phi("SYNTH-1".into()) },
+            demographics: Demographics::default(),
+            location: None,
+            sender: "T|T".into(),
+            control_id: "1".into(),
+            raw: Phi(String::new()),
+            received_at: at,
+            kind,
+        }
+    }
+
+    fn drug(order_id: &str, name: &str) -> Medication {
+        Medication { order_id: order_id.into(), rxnorm: None, name: name.into() }
+    }
+
+    fn order(at: OffsetDateTime, action: OrderAction, medication: Medication) -> ClinicalEvent {
+        med_event(at, EventKind::MedicationOrder { action, medication })
+    }
+
+    #[test]
+    fn a_discontinued_order_is_kept_with_its_stop_time_and_a_cancel_before_any_dose_forgets_it() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        state.apply(&order(t0, OrderAction::New, drug("O1", "phenelzine")));
+        state.apply(&order(t0, OrderAction::New, drug("O2", "sertraline")));
+        state.apply(&order(t0 + Duration::hours(1), OrderAction::Discontinue, drug("O1", "phenelzine")));
+        state.apply(&order(t0 + Duration::hours(2), OrderAction::Cancel, drug("O2", "sertraline")));
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), 1, "the cancelled order was never given: gone");
+        assert_eq!(meds[0].stopped, Some(t0 + Duration::hours(1)), "the discontinued one stays, for its washout");
+        assert!(state.summary(t0).medications.is_empty(), "the patient view lists running medications only");
+        // Ordered again: running from the new order.
+        state.apply(&order(t0 + Duration::days(2), OrderAction::New, drug("O1", "phenelzine")));
+        let m = &state.view.medications[0];
+        assert_eq!((m.stopped, m.since), (None, t0 + Duration::days(2)));
+        // A cancel after a dose was given is a stop, not a deletion.
+        state.apply(&med_event(t0 + Duration::days(3), EventKind::Administration { medication: drug("O1", "phenelzine"), given_at: t0 + Duration::days(3) }));
+        state.apply(&order(t0 + Duration::days(4), OrderAction::Cancel, drug("O1", "phenelzine")));
+        assert_eq!(state.view.medications[0].stopped, Some(t0 + Duration::days(4)));
+    }
+
+    #[test]
+    fn a_dose_without_an_order_is_a_one_off_and_a_dose_on_an_order_updates_it() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        let give = |state: &mut PatientState, m: Medication, at: OffsetDateTime| {
+            state.apply(&med_event(at, EventKind::Administration { medication: m, given_at: at }));
+        };
+        give(&mut state, drug("RAS-1", "methylene blue"), t0);
+        state.apply(&order(t0, OrderAction::New, drug("O1", "linezolid")));
+        give(&mut state, drug("O1", "linezolid"), t0 + Duration::hours(3));
+        give(&mut state, drug("RAS-1", "methylene blue"), t0 + Duration::hours(5));
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), 2);
+        assert!(meds[0].administered_only && meds[0].last_given == Some(t0 + Duration::hours(5)), "{:?}", meds[0]);
+        assert!(!meds[1].administered_only && meds[1].last_given == Some(t0 + Duration::hours(3)), "{:?}", meds[1]);
+        // An order for the one-off's id makes it an order.
+        state.apply(&order(t0 + Duration::hours(6), OrderAction::New, drug("RAS-1", "methylene blue")));
+        assert!(!state.view.medications[0].administered_only);
+    }
+
+    #[test]
+    fn stopped_medications_are_forgotten_after_the_memory_and_the_list_stays_bounded() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        state.apply(&order(t0, OrderAction::New, drug("OLD", "phenelzine")));
+        state.apply(&order(t0, OrderAction::Discontinue, drug("OLD", "phenelzine")));
+        let later = t0 + MEDICATION_MEMORY + Duration::minutes(1);
+        state.apply(&order(later, OrderAction::New, drug("NEW", "sertraline")));
+        let ids: Vec<&str> = state.view.medications.iter().map(|m| m.medication.order_id.as_str()).collect();
+        assert_eq!(ids, ["NEW"]);
+        for i in 0..(MAX_MEDICATIONS + 20) {
+            let at = later + Duration::seconds(i as i64);
+            state.apply(&order(at, OrderAction::New, drug(&format!("O{i}"), "drug")));
+            if i % 2 == 0 {
+                state.apply(&order(at, OrderAction::Discontinue, drug(&format!("O{i}"), "drug")));
+            }
+        }
+        let meds = &state.view.medications;
+        assert_eq!(meds.len(), MAX_MEDICATIONS);
+        assert!(meds.iter().any(|m| m.medication.order_id == "NEW"), "running orders outlast stopped ones");
+        assert!(!meds.iter().any(|m| m.medication.order_id == "O0"), "the oldest stopped went first");
+    }
+
+    #[test]
+    fn only_allergies_new_to_the_record_or_more_or_less_severe_are_new() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-meds".into()));
+        let allergy = |name: &str, severity: &str| crate::model::Allergy { code: None, name: name.into(), kind: "DA".into(), severity: severity.into() };
+        let record = |state: &mut PatientState, allergies: Vec<crate::model::Allergy>, replace: bool| {
+            let event = med_event(t0, EventKind::Allergies { allergies, replace });
+            state.apply(&event);
+            state.view_at(t0, &event).new_allergies.iter().map(|a| a.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(record(&mut state, vec![allergy("penicillin", "MO")], false), ["penicillin"]);
+        assert!(record(&mut state, vec![allergy("penicillin", "MO")], false).is_empty(), "sent again: nothing new");
+        assert_eq!(record(&mut state, vec![allergy("penicillin", "SV"), allergy("sulfa", "MI")], false), ["penicillin", "sulfa"]);
+        assert_eq!(state.view.allergies.len(), 2);
+        assert_eq!(state.view.allergies[0].severity, "SV", "the latest severity stands");
+        assert!(record(&mut state, vec![allergy("sulfa", "MI")], true).is_empty());
+        assert_eq!(state.view.allergies.len(), 1, "a complete list replaces the record");
+        let vitals = med_event(t0, EventKind::Observations { observations: Vec::new() });
+        state.apply(&vitals);
+        assert!(state.view_at(t0, &vitals).new_allergies.is_empty(), "other events carry no new allergies");
     }
 }
