@@ -27,7 +27,7 @@ const VITALS: [&str; 6] = ["hr", "rr", "spo2", "sbp", "map", "temp"];
 const ALL: [&str; 30] = [
     "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp", "dbp", "map", "temp",
     "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate", "creatinine", "bilirubin", "platelets", "inr",
-    "paco2", "potassium", "sodium", "glucose", "hemoglobin", "troponin",
+    "paco2", "potassium", "sodium", "glucose", "hemoglobin", "troponin_i",
 ];
 
 fn obs(name: &str, value: Option<f64>, text: Option<&str>, at: OffsetDateTime) -> Observation {
@@ -81,7 +81,7 @@ fn full_patient(start: OffsetDateTime) -> (PatientState, OffsetDateTime) {
         let at = start + minute * i as i32;
         state.apply(&vitals_event(at, i));
         if i % 360 == 0 {
-            let labs = [("wbc", 13.5), ("bands", 6.0), ("lactate", 2.4), ("creatinine", 1.4), ("bilirubin", 1.0), ("platelets", 180.0), ("inr", 1.2), ("paco2", 34.0), ("potassium", 4.2), ("sodium", 138.0), ("glucose", 140.0), ("hemoglobin", 11.0), ("troponin", 12.0)];
+            let labs = [("wbc", 13.5), ("bands", 6.0), ("lactate", 2.4), ("creatinine", 1.4), ("bilirubin", 1.0), ("platelets", 180.0), ("inr", 1.2), ("paco2", 34.0), ("potassium", 4.2), ("sodium", 138.0), ("glucose", 140.0), ("hemoglobin", 11.0), ("troponin_i", 12.0)];
             let observations = labs.iter().map(|(n, v)| obs(n, Some(*v), None, at)).collect();
             state.apply(&event(at, EventKind::Observations { observations }));
         }

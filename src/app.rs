@@ -136,7 +136,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Arc::clone(&router),
         events,
         mapper,
-        clock,
+        Arc::clone(&clock),
         config.ingest_permits,
         config.mllp.application.clone(),
         config.mllp.facility.clone(),
@@ -200,6 +200,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.escalation.clone(),
         Arc::clone(&state_alerts),
         Arc::clone(&router),
+        Arc::clone(&clock),
         shutdown.subscribe(),
     ));
     let passivation = config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));

@@ -115,8 +115,9 @@ pub trait AlertStore: Send + Sync + 'static {
     /// The latest state of every alert that is not resolved, with its last sequence number.
     async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError>;
 
-    /// The open alerts of one patient. Backends with an index per patient override this;
-    /// the default filters [`AlertStore::open_alerts`].
+    /// The open alerts of one patient. Alert ids begin with the patient's id and `-` (the
+    /// patient actor makes them so), which a backend may use as an index; the default
+    /// filters [`AlertStore::open_alerts`].
     async fn open_alerts_of(&self, patient: &PatientId) -> Result<Vec<Alert>, StoreError> {
         let open = self.open_alerts().await?;
         Ok(open.into_iter().filter(|c| &c.alert.patient.id == patient).map(|c| c.alert).collect())

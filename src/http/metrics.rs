@@ -28,6 +28,11 @@ pub const WEBHOOK_RETRIED: &str = "vigil_webhook_retried_total";
 /// Alert changes given up on and written to the webhook dead letters.
 pub const WEBHOOK_DEAD_LETTERED: &str = "vigil_webhook_dead_lettered_total";
 
+/// Observation values of a known analyte dropped at ingest instead of scored, labelled
+/// `analyte` (canonical name) and `reason` (`unit_missing`, `unit_incompatible`,
+/// `unit_unknown`, `implausible`, `not_numeric`, `unknown_answer`): both bounded sets.
+pub const OBSERVATIONS_DROPPED: &str = "vigil_observations_dropped_total";
+
 /// Render the metrics.
 pub async fn render(
     axum::extract::State(state): State<AppState>,
@@ -49,5 +54,9 @@ pub async fn render(
     line(WEBHOOK_DELIVERED, "counter", count(|m| m.delivered.load(Ordering::Relaxed)));
     line(WEBHOOK_RETRIED, "counter", count(|m| m.retried.load(Ordering::Relaxed)));
     line(WEBHOOK_DEAD_LETTERED, "counter", count(|m| m.dead_lettered.load(Ordering::Relaxed)));
+    let _ = writeln!(out, "# TYPE {OBSERVATIONS_DROPPED} counter");
+    for (analyte, reason, n) in state.ingress.mapper().dropped().nonzero() {
+        let _ = writeln!(out, "{OBSERVATIONS_DROPPED}{{analyte=\"{analyte}\",reason=\"{}\"}} {n}", reason.label());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -248,6 +248,11 @@ impl Ingress {
         }
     }
 
+    /// The mapper (its dropped-value counters are exported on `/metrics`).
+    pub fn mapper(&self) -> &Mapper {
+        &self.mapper
+    }
+
     /// What to do with message types Vigil does not map (`[hl7] unsupported`).
     pub fn with_unsupported(mut self, policy: UnsupportedPolicy) -> Self {
         self.unsupported = policy;

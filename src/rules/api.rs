@@ -473,7 +473,7 @@ fn drug_matches(tables: &Tables, m: &Medication, query: &str) -> bool {
 }
 
 fn current(tables: &SharedTables) -> Arc<Tables> {
-    tables.read().map(|t| Arc::clone(&t)).unwrap_or_default()
+    tables.load_full()
 }
 
 /// Register the rule API on `engine`; table functions read `tables`.

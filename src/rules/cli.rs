@@ -43,7 +43,7 @@ fn check(dir: &std::path::Path) -> i32 {
         }
     };
     let table_names = tables.names();
-    let engine = hardened_engine_with(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(tables))));
+    let engine = hardened_engine_with(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(tables)));
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "rhai")).collect(),
         Err(e) => {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rhai::{Dynamic, ImmutableString};
 
@@ -121,8 +121,9 @@ impl CriticalLimits {
     }
 }
 
-/// The tables in use, swapped whole on reload. Rule functions read through this handle.
-pub type SharedTables = Arc<RwLock<Arc<Tables>>>;
+/// The tables in use, swapped whole on reload (lock-free reads). Rule functions read through
+/// this handle.
+pub type SharedTables = Arc<arc_swap::ArcSwap<Tables>>;
 
 /// Lowercase, single spaces, common salt and form words removed (`sertraline hydrochloride`
 /// matches `sertraline`).
@@ -373,6 +374,18 @@ impl Tables {
         self.critical_names = names.iter().map(|n| Dynamic::from(ImmutableString::from(n.as_str()))).collect();
         for name in names {
             let limits = &values[name.as_str()];
+            // A critical limit is a clinical claim: it names where it comes from.
+            match limits.get("source") {
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {}
+                _ => return Err(format!("values.{name}: `source` (the publication or laboratory list the limits come from) is required")),
+            }
+            if limits.get("note").is_some_and(|n| !n.is_string()) {
+                return Err(format!("values.{name}.note: text"));
+            }
+            // A misspelt analyte would never match a result and its limit would silently not apply.
+            if !super::engine::KNOWN_TRIGGERS.contains(&name.as_str()) {
+                return Err(format!("values.{name}: not a canonical name (schemas/codes/observations.json)"));
+            }
             let number = |key: &str| -> Result<Option<f64>, String> {
                 match limits.get(key) {
                     None | Some(serde_json::Value::Null) => Ok(None),
@@ -562,6 +575,38 @@ mod tests {
         let errors = Tables::load(&dir).err().unwrap();
         assert!(errors[0].to_string().contains("`spo` is not a canonical name"), "{}", errors[0]);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_critical_value_without_a_source_or_with_an_unknown_analyte_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vigil-critical-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |table: &str| {
+            std::fs::write(dir.join("critical_values.json"), table).unwrap();
+            Tables::load(&dir).err().map(|e| e[0].to_string())
+        };
+        let no_source = load(r#"{ "values": { "potassium": { "unit": "mmol/L", "below": 2.8 } } }"#);
+        assert!(no_source.as_deref().is_some_and(|e| e.contains("values.potassium: `source`")), "{no_source:?}");
+        let empty_source = load(r#"{ "values": { "potassium": { "unit": "mmol/L", "below": 2.8, "source": " " } } }"#);
+        assert!(empty_source.is_some(), "a blank source is no source");
+        let unknown = load(r#"{ "values": { "potasium": { "unit": "mmol/L", "below": 2.8, "source": "Kost 1990" } } }"#);
+        assert!(unknown.as_deref().is_some_and(|e| e.contains("potasium: not a canonical name")), "{unknown:?}");
+        assert_eq!(load(r#"{ "values": { "potassium": { "unit": "mmol/L", "below": 2.8, "source": "Kost 1990", "note": "x" } } }"#), None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn shipped_critical_values_each_name_a_source_and_cover_the_added_analytes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
+        let tables = Tables::load(&dir).unwrap();
+        let names: Vec<&str> = tables.critical_limits().iter().map(|l| l.analyte.as_str()).collect();
+        for analyte in ["calcium", "calcium_ionized", "ph", "pao2", "magnesium", "phosphorus", "pt", "inr", "aptt", "troponin_i", "troponin_t"] {
+            assert!(names.contains(&analyte), "{analyte} missing from critical_values.json");
+        }
+        let limit = |name: &str| tables.critical_limits().iter().find(|l| l.analyte == name).unwrap();
+        // Troponin I and T are different analytes with different limits.
+        assert_ne!(limit("troponin_i").at_or_above, limit("troponin_t").at_or_above);
+        assert_eq!(limit("glucose").broken(39.6), Some("< 46".into()), "2.2 mmol/L of glucose is critical");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, Scope};
 use sha2::{Digest, Sha256};
@@ -143,8 +145,9 @@ pub const DEFAULT_REOPEN_S: i64 = 900;
 pub const KNOWN_TRIGGERS: &[&str] = &[
     "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp",
     "dbp", "map", "temp", "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate",
-    "creatinine", "bilirubin", "platelets", "inr", "aptt", "paco2", "potassium", "sodium", "glucose",
-    "hemoglobin", "troponin",
+    "creatinine", "bilirubin", "platelets", "inr", "paco2", "potassium", "sodium", "glucose",
+    "hemoglobin", "troponin_i", "troponin_t",
+    "sao2", "pt", "aptt", "pao2", "ph", "calcium", "calcium_ionized", "magnesium", "phosphorus",
 ];
 
 /// Compile one rule source and read its metadata.
@@ -251,7 +254,7 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
         ("map", 87.0), ("temp", 37.0), ("gcs", 15.0), ("fio2", 21.0), ("o2_flow", 0.0), ("wbc", 8.0),
         ("bands", 2.0), ("lactate", 1.0), ("creatinine", 0.9), ("bilirubin", 0.6), ("platelets", 250.0),
         ("inr", 1.0), ("paco2", 40.0), ("potassium", 4.0), ("sodium", 140.0), ("glucose", 100.0),
-        ("hemoglobin", 13.0), ("troponin", 5.0),
+        ("hemoglobin", 13.0), ("troponin_i", 5.0),
     ];
     for (name, value) in normal {
         let samples = (0..3).map(|i| Sample { at: now - time::Duration::minutes(i * 30), value }).rev();
@@ -338,7 +341,7 @@ pub enum ReplaceError {
 pub struct RhaiRules {
     engine: Engine,
     tables: SharedTables,
-    rules: RwLock<Arc<Vec<Arc<LoadedRule>>>>,
+    rules: ArcSwap<Vec<Arc<LoadedRule>>>,
     dir: Option<PathBuf>,
     /// Serialises reloads and replacements (evaluation never waits on it).
     reload: Mutex<()>,
@@ -355,7 +358,7 @@ impl RhaiRules {
         RhaiRules {
             engine,
             tables: SharedTables::default(),
-            rules: RwLock::new(Arc::new(rules.into_iter().map(Arc::new).collect())),
+            rules: ArcSwap::from_pointee(rules.into_iter().map(Arc::new).collect()),
             dir: None,
             reload: Mutex::new(()),
             last_errors: Mutex::new(Vec::new()),
@@ -366,7 +369,7 @@ impl RhaiRules {
     /// Load `dir` (rules `*.rhai`, tables `data/*.json`) with a hardened engine.
     pub fn from_dir(dir: &Path) -> Result<Self, Vec<RuleError>> {
         let tables = Tables::load(&dir.join("data"))?;
-        let shared: SharedTables = Arc::new(RwLock::new(Arc::new(tables)));
+        let shared: SharedTables = Arc::new(ArcSwap::from_pointee(tables));
         let engine = hardened_engine_with(Arc::clone(&shared));
         let rules = load_dir(&engine, dir)?;
         let mut host = RhaiRules::new(engine, rules);
@@ -382,12 +385,12 @@ impl RhaiRules {
 
     /// The rules in use.
     pub fn rules(&self) -> Arc<Vec<Arc<LoadedRule>>> {
-        self.rules.read().map(|r| Arc::clone(&r)).unwrap_or_default()
+        self.rules.load_full()
     }
 
     /// Names of the data tables in use.
     pub fn table_names(&self) -> Vec<String> {
-        self.tables.read().map(|t| t.names()).unwrap_or_default()
+        self.tables.load().names()
     }
 
     /// Errors of the last refused reload (empty after a successful one).
@@ -462,16 +465,11 @@ impl RhaiRules {
     }
 
     fn swap_rules(&self, rules: Vec<Arc<LoadedRule>>) {
-        if let Ok(mut slot) = self.rules.write() {
-            *slot = Arc::new(rules);
-        }
+        self.rules.store(Arc::new(rules));
     }
 
     fn swap_tables(&self, tables: Arc<Tables>) -> Arc<Tables> {
-        match self.tables.write() {
-            Ok(mut slot) => std::mem::replace(&mut *slot, tables),
-            Err(_) => tables,
-        }
+        self.tables.swap(tables)
     }
 
     fn run(&self, rule: &LoadedRule, patient: &RulePatient) -> Result<Vec<RuleVerdict>, String> {

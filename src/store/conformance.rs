@@ -208,7 +208,8 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
 async fn alert_changes(alerts: &Arc<dyn AlertStore>, publisher: &Arc<RecordingPublisher>, t0: OffsetDateTime, caps: Capabilities) {
     let base = alerts.last_seq();
     let patient = PatientId(unique("pat"));
-    let (a1, a2) = (unique("alert"), unique("alert"));
+    // Alert ids begin with the patient's id, as the patient actor makes them.
+    let (a1, a2) = (format!("{patient}-{}", unique("alert")), format!("{patient}-{}", unique("alert")));
     let upsert = |a: Alert| {
         let alerts = Arc::clone(alerts);
         async move { alerts.upsert_alert(&a, true).await.expect("queued").wait().await.expect("durable") }
@@ -243,6 +244,8 @@ async fn alert_changes(alerts: &Arc<dyn AlertStore>, publisher: &Arc<RecordingPu
     assert_eq!(mine.len(), 1, "one open alert: the resolved one is excluded, the updated one appears once");
     assert_eq!(mine[0].seq, s3);
     assert_eq!(mine[0].alert, raised, "its latest state");
+    assert_eq!(alerts.open_alerts_of(&patient).await.unwrap(), vec![raised.clone()], "the same, read for the patient alone");
+    assert!(alerts.open_alerts_of(&PatientId(unique("pat"))).await.unwrap().is_empty());
 
     // Concurrent upserts: distinct, rising numbers, published in order, each after commit.
     let mut tasks = Vec::new();

@@ -47,12 +47,12 @@ enum Job {
     Alert { alert: Box<Alert>, notify: bool, done: DurableSender<u64> },
 }
 
-/// One event ready for the batch: sealed record and sealed message-log entry.
+/// One event ready for the batch: sealed record and, for the first event of its message, the
+/// sealed message-log entry (a message is logged once, however many events it carries).
 struct EventRecord {
     key: Vec<u8>,
     value: Vec<u8>,
-    message_key: Vec<u8>,
-    message_value: Vec<u8>,
+    message: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Keyspaces {
@@ -225,9 +225,10 @@ fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
     key
 }
 
-#[async_trait]
-impl EventStore for EmbeddedStore {
-    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
+impl EmbeddedStore {
+    /// The sealed rows of one message's events: an event row each, and the message-log entry
+    /// once, with the message's first event.
+    fn records_of(&self, events: &[ClinicalEvent]) -> Result<Vec<EventRecord>, StoreError> {
         let keys = &self.inner.ks.keys;
         let mut records = Vec::with_capacity(events.len());
         for event in events {
@@ -236,16 +237,32 @@ impl EventStore for EmbeddedStore {
             let value = serde_json::to_vec(event)
                 .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
             let value = seal(keys, EVENTS, &key, &value)?;
-            let record = MessageRecord {
-                accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
-                raw: event.raw.expose().clone(),
+            let first_of_message = !events[..records.len()]
+                .iter()
+                .any(|e| e.sender == event.sender && e.control_id == event.control_id);
+            let message = if first_of_message {
+                let record = MessageRecord {
+                    accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
+                    raw: event.raw.expose().clone(),
+                };
+                let message_value = serde_json::to_vec(&record)
+                    .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+                let message_key = message_key(&event.sender, &event.control_id);
+                let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
+                Some((message_key, message_value))
+            } else {
+                None
             };
-            let message_value = serde_json::to_vec(&record)
-                .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
-            let message_key = message_key(&event.sender, &event.control_id);
-            let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
-            records.push(EventRecord { key, value, message_key, message_value });
+            records.push(EventRecord { key, value, message });
         }
+        Ok(records)
+    }
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
+        let records = self.records_of(events)?;
         let (done, ticket) = Durable::channel();
         let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
         self.submit(Job::Events { records, alerts, done }).await?;
@@ -328,6 +345,28 @@ impl AlertStore for EmbeddedStore {
             }
             out.sort_by_key(|c| c.seq);
             Ok(out)
+        })
+        .await
+    }
+
+    async fn open_alerts_of(&self, patient: &PatientId) -> Result<Vec<vigil_actors::Alert>, StoreError> {
+        // Alert ids begin with the patient's id (see `AlertStore::open_alerts_of`): one prefix
+        // read of the open-alert index, not a scan of every open alert.
+        let prefix = format!("{patient}-");
+        let patient = patient.clone();
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.open_index.prefix(prefix.as_bytes()) {
+                let id = guard.key().map_err(engine("read open alerts"))?;
+                let id = std::str::from_utf8(&id).map_err(|_| StoreError::Corrupt("open alert id".into()))?;
+                if let Some(change) = stored_alert(ks, id)?
+                    && change.alert.patient.id == patient
+                {
+                    out.push(change);
+                }
+            }
+            out.sort_by_key(|c| c.seq);
+            Ok(out.into_iter().map(|c| c.alert).collect())
         })
         .await
     }
@@ -445,7 +484,9 @@ fn commit(
         if let Job::Events { records, .. } = job {
             for r in records {
                 batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
-                batch.insert(&ks.messages, r.message_key.as_slice(), r.message_value.as_slice());
+                if let Some((message_key, message_value)) = &r.message {
+                    batch.insert(&ks.messages, message_key.as_slice(), message_value.as_slice());
+                }
             }
         }
         let mut number = 0;
@@ -526,6 +567,49 @@ mod tests {
         assert_eq!(seen.patient_id, patient);
         assert!(reopened.accepted_message("S", "never-sent").await.unwrap().is_none());
         assert!(reopened.accepted_message("OTHER", &first.control_id).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_with_ten_orders_is_logged_once_beside_its_ten_events() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), Arc::new(CollectingPublisher::default())).unwrap();
+        let patient = PatientId("p-rde".into());
+        let t0 = OffsetDateTime::now_utc();
+        // One RDE^O11 with ten orders: ten events sharing the message's sender, control id and raw text.
+        let raw = format!("MSH|^~\\&|PHARM|HOSP|VIGIL|VIGIL|20260101||RDE^O11|RDE-10|P|2.5\r{}", "ORC|NW\rRXE|...\r".repeat(10));
+        let events: Vec<ClinicalEvent> = (0..10)
+            .map(|i| ClinicalEvent {
+                control_id: "RDE-10".into(),
+                raw: vigil_actors::Phi(raw.clone()),
+                kind: vigil_actors::EventKind::MedicationOrder {
+                    action: vigil_actors::OrderAction::New,
+                    medication: vigil_actors::Medication { order_id: format!("ORD-{i}"), rxnorm: None, name: format!("drug {i}") },
+                },
+                ..test_event(&patient, t0)
+            })
+            .collect();
+        let records = store.records_of(&events).unwrap();
+        assert_eq!(records.len(), 10);
+        assert_eq!(records.iter().filter(|r| r.message.is_some()).count(), 1, "the raw message is sealed and written once");
+        store.append_all(&events, &[]).await.unwrap().wait().await.unwrap();
+        // A second message: logged too.
+        store.append(&test_event(&patient, t0 + time::Duration::seconds(1))).await.unwrap().wait().await.unwrap();
+        assert_eq!(store.events_since(&patient, t0).await.unwrap().len(), 11, "every event is stored");
+        let logged: Vec<(Vec<u8>, Vec<u8>)> = store
+            .inner
+            .ks
+            .messages
+            .iter()
+            .map(|guard| {
+                let (key, value) = guard.into_inner().unwrap();
+                (key.to_vec(), value.to_vec())
+            })
+            .collect();
+        assert_eq!(logged.len(), 2, "one message-log entry per message, not per event");
+        let rde = logged.iter().find(|(key, _)| key.ends_with(b"RDE-10")).expect("the RDE is logged");
+        let record: MessageRecord = open_json(&store.inner.ks.keys, MESSAGES, &rde.0, &rde.1).unwrap();
+        assert_eq!(record.raw, raw, "the raw message, once");
+        assert!(store.accepted_message("S", "RDE-10").await.unwrap().is_some());
     }
 
     pub(crate) fn test_keys() -> Arc<KeyRing> {

@@ -200,11 +200,12 @@ impl Statements {
     }
 }
 
-/// One event ready to write: the event, its sealed body and sealed raw message.
+/// One event ready to write: the event, its sealed body and, for the first event of its
+/// message, the sealed raw message (a message is logged once, however many events it carries).
 struct SealedEvent {
     event: Box<ClinicalEvent>,
     body: Vec<u8>,
-    raw: Vec<u8>,
+    raw: Option<Vec<u8>>,
     event_id: String,
 }
 
@@ -455,8 +456,15 @@ impl EventStore for ScyllaStore {
             let row_key = event_row_key(&event.patient_id.0, day, at, &event_id);
             let json = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
             let body = seal(keys, "events", &row_key, "body", &json)?;
-            let message_key = format!("{}\0{}", event.sender, event.control_id);
-            let raw = seal(keys, "message_log", message_key.as_bytes(), "raw", event.raw.expose().as_bytes())?;
+            let first_of_message = !events[..sealed.len()]
+                .iter()
+                .any(|e| e.sender == event.sender && e.control_id == event.control_id);
+            let raw = if first_of_message {
+                let message_key = format!("{}\0{}", event.sender, event.control_id);
+                Some(seal(keys, "message_log", message_key.as_bytes(), "raw", event.raw.expose().as_bytes())?)
+            } else {
+                None
+            };
             sealed.push(SealedEvent { event: Box::new(event.clone()), body, raw, event_id });
         }
         let (done, ticket) = Durable::channel();
@@ -694,12 +702,14 @@ async fn commit(
                         i,
                     );
                     round.add(format!("patient_days/{patient}"), &st.insert_patient_day, vec![text(patient), CqlValue::Int(day)], i);
-                    accept.add(
-                        format!("message_log/{}\0{}", event.sender, event.control_id),
-                        &st.insert_message,
-                        vec![text(&event.sender), text(&event.control_id), text(patient), CqlValue::Timestamp(at), CqlValue::Blob(raw.clone())],
-                        i,
-                    );
+                    if let Some(raw) = raw {
+                        accept.add(
+                            format!("message_log/{}\0{}", event.sender, event.control_id),
+                            &st.insert_message,
+                            vec![text(&event.sender), text(&event.control_id), text(patient), CqlValue::Timestamp(at), CqlValue::Blob(raw.clone())],
+                            i,
+                        );
+                    }
                 }
                 outcomes.push(Ok(None));
             }

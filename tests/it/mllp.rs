@@ -158,3 +158,37 @@ async fn oversized_frames_get_ar_noise_is_ignored_and_idle_connections_close() {
     assert_eq!(discarded, noise);
     server.shutdown().await;
 }
+
+/// A value that cannot be used (FiO2 0.4 "%", an unknown consciousness) is dropped and
+/// counted on `/metrics`; the message is still accepted with a plain AA (as before: the ACK
+/// does not list dropped values) and its other rows are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_value_is_counted_and_the_message_still_accepted() {
+    let dir = tempdir("dropped");
+    let server = vigil::app::start(&config(&dir)).await.unwrap();
+    let ts = now_dtm();
+    let oru = [
+        septic_oru("DROP-1", "MRN-DROP", "Dropped"),
+        format!("OBX|4|NM|3150-0^Inhaled oxygen concentration^LN|1|0.4|%|||||F|||{ts}"),
+        format!("OBX|5|ST|67775-7^Level of responsiveness^LN|1|sleepy||||||F|||{ts}"),
+    ]
+    .join("\r");
+    let mut stream = TcpStream::connect(server.mllp_addr).await.unwrap();
+    stream.write_all(&frame(&oru)).await.unwrap();
+    let ack = Frames::default().next(&mut stream).await;
+    assert_eq!((ack_code(&ack), ack_control_id(&ack)), (Some("AA"), Some("DROP-1")), "{ack}");
+    assert!(!ack.contains("\rERR|"), "an accepted message carries no ERR: {ack}");
+
+    let mut http = TcpStream::connect(server.http_addr).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut metrics = String::new();
+    http.read_to_string(&mut metrics).await.unwrap();
+    for series in [
+        "vigil_observations_dropped_total{analyte=\"fio2\",reason=\"implausible\"} 1",
+        "vigil_observations_dropped_total{analyte=\"consciousness\",reason=\"unknown_answer\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} missing from:\n{metrics}");
+    }
+    assert!(!metrics.contains("analyte=\"rr\""), "the usable rows are not counted as dropped");
+    server.shutdown().await;
+}

@@ -17,7 +17,7 @@ use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, PatientKey,
 
 use super::hl7::{Message, Repetition, Segment};
 use crate::crypto::BlindIndex;
-use crate::vocab::Vocabulary;
+use crate::vocab::{DroppedValues, Vocabulary};
 
 pub use orders::normalise_drug_name;
 
@@ -57,6 +57,8 @@ const NO_PID: MapError = MapError::new("PID", 0, 100, "PID segment is required")
 /// Maps parsed messages to events.
 pub struct Mapper {
     vocab: Vocabulary,
+    /// Values of known analytes that could not be used, by name and reason (`/metrics`).
+    dropped: DroppedValues,
     index: BlindIndex,
     /// Offset assumed for timestamps sent without one.
     default_offset: UtcOffset,
@@ -68,7 +70,13 @@ impl Mapper {
     /// A mapper with the given vocabulary and blind index, UTC for zone-less timestamps, and
     /// `MR` as the identifier type of the MRN.
     pub fn new(vocab: Vocabulary, index: BlindIndex) -> Self {
-        Mapper { vocab, index, default_offset: UtcOffset::UTC, mrn_type: "MR".into() }
+        let dropped = DroppedValues::new(&vocab);
+        Mapper { vocab, dropped, index, default_offset: UtcOffset::UTC, mrn_type: "MR".into() }
+    }
+
+    /// Counters of observation values dropped at mapping (unit, plausibility, unknown answer).
+    pub fn dropped(&self) -> &DroppedValues {
+        &self.dropped
     }
 
     /// The PID-3 identifier type (CX-5) that names the MRN (`[hl7] mrn_identifier_type`).

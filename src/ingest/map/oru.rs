@@ -7,7 +7,7 @@ use vigil_actors::{ClinicalEvent, EventKind, Observation, ResultStatus};
 
 use super::{MapError, Mapper, NO_PID, location};
 use crate::ingest::hl7::{Message, Segment};
-use crate::vocab::{Canonical, CodeSystem, UnitMatch, ValueType};
+use crate::vocab::{Canonical, CodeSystem, DropReason, UnitMatch, ValueType};
 
 /// The order an OBX belongs to.
 struct OrderContext {
@@ -34,11 +34,21 @@ impl Mapper {
                         observed_at: self.timestamp(&segment.text(7)),
                     };
                 }
-                "OBX" => {
-                    if let Some(o) = self.observation(segment, &order, received_at) {
-                        observations.push(o);
+                "OBX" => match self.observation(segment, &order, received_at) {
+                    Ok(Some(o)) => observations.push(o),
+                    Ok(None) => {}
+                    Err((name, reason)) => {
+                        // The rest of the message is still used; the sender's ACK stays AA.
+                        self.dropped.count(&name, reason);
+                        tracing::warn!(
+                            control_id = %msg.control_id(),
+                            obx = %segment.text(1),
+                            analyte = %name,
+                            reason = reason.label(),
+                            "observation value dropped, not scored"
+                        );
                     }
-                }
+                },
                 _ => {}
             }
         }
@@ -57,7 +67,15 @@ impl Mapper {
         })
     }
 
-    fn observation(&self, obx: &Segment, order: &OrderContext, received_at: OffsetDateTime) -> Option<Observation> {
+    /// One OBX as an observation; `Ok(None)` for a row that is not one (an unmapped code, a
+    /// device row, a status without a value); `Err` with the canonical name and the reason
+    /// for a value of a known analyte that cannot be used (counted, never scored).
+    fn observation(
+        &self,
+        obx: &Segment,
+        order: &OrderContext,
+        received_at: OffsetDateTime,
+    ) -> Result<Option<Observation>, (String, DropReason)> {
         let status = match obx.text(11).as_str() {
             // R is a monitor's real-time value (PCD-01); an empty status is taken as final.
             "F" | "R" | "" => ResultStatus::Final,
@@ -65,9 +83,10 @@ impl Mapper {
             "C" | "A" => ResultStatus::Corrected,
             "D" => ResultStatus::Deleted,
             // W (wrong, retracted by a later D or C), X (cannot be obtained), N, O, U: no value.
-            _ => return None,
+            _ => return Ok(None),
         };
-        let (canonical, source_code) = self.analyte(obx)?;
+        let Some((canonical, source_code)) = self.analyte(obx) else { return Ok(None) };
+        let refuse = |reason: DropReason| (canonical.name.clone(), reason);
         let result_key = format!("{}|{}|{}", order.order_number, obx.component(3, 1), obx.text(4));
         let observed_at = self.timestamp(&obx.text(14)).or(order.observed_at).unwrap_or(received_at);
         let mut observation = Observation {
@@ -88,50 +107,48 @@ impl Mapper {
         };
         if status == ResultStatus::Deleted {
             // A deletion retracts the earlier result by key; it carries no value.
-            return Some(observation);
+            return Ok(Some(observation));
         }
         match canonical.value_type {
             ValueType::Text => {
-                let text = coded_or_text(obx)?;
-                observation.text = Some(text);
+                if self.vocab.has_answers(canonical) {
+                    let answer = answer_candidates(obx).iter().find_map(|c| self.vocab.answer(canonical, c)).map(str::to_string);
+                    observation.text = Some(answer.ok_or_else(|| refuse(DropReason::UnknownAnswer))?);
+                } else {
+                    let Some(text) = coded_or_text(obx) else { return Ok(None) };
+                    observation.text = Some(text);
+                }
             }
             ValueType::Numeric => {
-                let (value, comparator) = numeric(obx)?;
-                let unit = self.unit_of(obx, canonical)?;
-                let convert = |v: f64| match unit {
-                    UnitMatch::Convert { scale, offset } => v * scale + offset,
-                    _ => v,
-                };
-                let value = convert(value);
-                if !value.is_finite() {
-                    return None;
+                if obx.text(5).trim().is_empty() {
+                    return Ok(None);
                 }
-                observation.value = Some(value);
-                observation.text = comparator.map(|c| format!("{c}{}", trim_float(value)));
+                let (value, comparator) = numeric(obx).ok_or_else(|| refuse(DropReason::NotNumeric))?;
+                let unit = self.unit_of(obx, canonical);
+                let measured = self.vocab.measure(canonical, value, unit).map_err(refuse)?;
+                let convert = |v: f64| v * measured.scale + measured.offset;
+                observation.value = Some(measured.value);
+                observation.text = comparator.map(|c| format!("{c}{}", trim_float(measured.value)));
                 observation.reference_range = reference_range(&obx.text(7), &convert);
             }
         }
-        Some(observation)
+        Ok(Some(observation))
     }
 
-    /// The unit of OBX-6 (`code^text^system`; either part may be the one the table knows).
-    /// `None` when the unit is incompatible with the analyte or unknown.
-    fn unit_of(&self, obx: &Segment, canonical: &Canonical) -> Option<UnitMatch> {
-        let candidates: Vec<String> =
-            [obx.component(6, 1), obx.component(6, 2)].into_iter().filter(|u| !u.trim().is_empty()).collect();
-        if candidates.is_empty() {
-            return Some(UnitMatch::Canonical);
-        }
-        let mut verdict = UnitMatch::Unknown;
-        for unit in &candidates {
-            match self.vocab.unit_match(canonical, unit) {
-                m @ (UnitMatch::Canonical | UnitMatch::Convert { .. }) => return Some(m),
+    /// The unit of OBX-6 (`code^text^system`; either part may be the one the table knows):
+    /// the first part that is canonical or convertible for the analyte; `Missing` when none is
+    /// sent; else `Incompatible` when a part is a known unit, `Unknown` otherwise.
+    fn unit_of(&self, obx: &Segment, canonical: &Canonical) -> UnitMatch {
+        let mut verdict = UnitMatch::Missing;
+        for unit in [obx.component(6, 1), obx.component(6, 2)] {
+            match self.vocab.unit_match(canonical, &unit) {
+                m @ (UnitMatch::Canonical | UnitMatch::Convert { .. }) => return m,
                 UnitMatch::Incompatible => verdict = UnitMatch::Incompatible,
-                UnitMatch::Unknown => {}
+                UnitMatch::Unknown if verdict == UnitMatch::Missing => verdict = UnitMatch::Unknown,
+                UnitMatch::Unknown | UnitMatch::Missing => {}
             }
         }
-        tracing::debug!(analyte = %canonical.name, ?verdict, "observation dropped: unit not usable for the analyte");
-        None
+        verdict
     }
 }
 
@@ -166,6 +183,18 @@ fn numeric(obx: &Segment) -> Option<(f64, Option<String>)> {
         }
         _ => None,
     }
+}
+
+/// What a coded or text value may be matched on, in order: the code and the text of the
+/// primary triplet, then of the alternate one (CWE/CE/CNE/CF), or the whole text (ST/TX/FT,
+/// and an empty OBX-2 as monitors send).
+fn answer_candidates(obx: &Segment) -> Vec<String> {
+    let candidates = match obx.text(2).as_str() {
+        "CWE" | "CE" | "CNE" | "CF" => [1, 2, 4, 5].into_iter().map(|c| obx.component(5, c)).collect(),
+        "ST" | "TX" | "FT" | "IS" | "ID" | "" => vec![obx.text(5)],
+        _ => Vec::new(),
+    };
+    candidates.into_iter().filter(|c| !c.trim().is_empty()).collect()
 }
 
 /// Text of a coded (CWE/CE/CNE/CF: the code, component 1) or string (ST/TX/FT) value.

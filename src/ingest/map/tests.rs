@@ -144,3 +144,111 @@ RXA|0|1|202601020800+0000||723^Amoxicillin^RXNORM|500|mg\rRXA|0|2|202601021400+0
     let EventKind::Administration { medication, given_at } = &events[0].kind else { panic!() };
     assert_eq!((medication.order_id.as_str(), *given_at), ("P100", datetime!(2026-01-02 08:00 UTC)));
 }
+
+/// The data-driven table of src/ingest/map/observation_cases.json: each OBX maps to the listed
+/// canonical value (and critical limit), or is dropped and counted for the listed reason, and
+/// never takes the rest of its message with it.
+#[test]
+fn observation_cases_map_or_drop_as_listed() {
+    let table: serde_json::Value = serde_json::from_str(include_str!("observation_cases.json")).unwrap();
+    let rules_data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
+    let tables = crate::rules::data::Tables::load(&rules_data).unwrap();
+    let cases = table["cases"].as_array().unwrap();
+    assert!(cases.len() > 50, "the table lost its cases");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let text = |key: &str| case[key].as_str().unwrap_or_default().to_string();
+        let name = text("name");
+        let msg = format!(
+            "MSH|^~\\&|LIS|HOSP|VIGIL|HOSP|20260102030405||ORU^R01|OC{i}|P|2.5.1\rPID|||55^^^HOSP^MR\rOBR|1||FL1|X|||20260102020000\r\
+OBX|1|{}|{}|1|{}|{}|||||F\rOBX|2|NM|8867-4^HR^LN|1|72|/min|||||F\r",
+            text("type"),
+            text("code"),
+            text("value"),
+            text("unit")
+        );
+        let mapper = mapper();
+        let events = mapper.oru_r01(&Message::parse(msg.as_bytes()).unwrap(), OffsetDateTime::now_utc()).unwrap();
+        let EventKind::Observations { observations } = &events[0].kind else { panic!("{name}: not observations") };
+        let Some((last, rest)) = observations.split_last() else {
+            failures.push(format!("{name}: nothing mapped"));
+            continue;
+        };
+        if (last.name.as_str(), last.value) != ("hr", Some(72.0)) {
+            failures.push(format!("{name}: the rest of the message was lost"));
+        }
+        match (&case["expect"], &case["dropped"]) {
+            (serde_json::Value::Object(expect), _) => {
+                let [got] = rest else {
+                    failures.push(format!("{name}: expected one observation, got {}", rest.len()));
+                    continue;
+                };
+                if expect.get("name").and_then(|v| v.as_str()) != Some(got.name.as_str()) {
+                    failures.push(format!("{name}: mapped to {:?}", got.name));
+                }
+                if let Some(want) = expect.get("value").and_then(|v| v.as_f64())
+                    && !got.value.is_some_and(|v| (v - want).abs() < 0.01)
+                {
+                    failures.push(format!("{name}: value {:?}, want {want}", got.value));
+                }
+                if let Some(want) = expect.get("text").and_then(|v| v.as_str())
+                    && got.text.as_deref() != Some(want)
+                {
+                    failures.push(format!("{name}: text {:?}, want {want:?}", got.text));
+                }
+                if let Some(want) = case.get("critical") {
+                    let limits = tables.critical_limits().iter().find(|l| l.analyte == got.name);
+                    let broken = limits.and_then(|l| l.broken(got.value.unwrap_or(f64::NAN)));
+                    if broken.as_deref() != want.as_str() {
+                        failures.push(format!("{name}: critical {broken:?}, want {want}"));
+                    }
+                }
+                if mapper.dropped().nonzero().iter().any(|(n, _, _)| *n == got.name) {
+                    failures.push(format!("{name}: counted as dropped"));
+                }
+            }
+            (_, serde_json::Value::Object(dropped)) => {
+                if !rest.is_empty() {
+                    failures.push(format!("{name}: not dropped: {:?} {:?} {:?}", rest[0].name, rest[0].value, rest[0].text));
+                }
+                let analyte = dropped["analyte"].as_str().unwrap_or_default();
+                let reason = dropped["reason"].as_str().unwrap_or_default();
+                let counted = mapper.dropped().nonzero();
+                if counted.iter().map(|(n, r, c)| (*n, r.label(), *c)).collect::<Vec<_>>() != [(analyte, reason, 1)] {
+                    failures.push(format!("{name}: counted {:?}, want {analyte} {reason}", counted.iter().map(|(n, r, c)| (*n, r.label(), *c)).collect::<Vec<_>>()));
+                }
+            }
+            _ if case["ignored"] == serde_json::Value::Bool(true) => {
+                if !rest.is_empty() || !mapper.dropped().nonzero().is_empty() {
+                    failures.push(format!("{name}: an unmapped code must be left out without counting"));
+                }
+            }
+            _ => failures.push(format!("{name}: a case needs `expect`, `dropped` or `ignored`")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[test]
+fn dropped_values_are_counted_per_analyte_and_reason_and_the_message_is_kept() {
+    let msg = "MSH|^~\\&|MON|ICU|VIGIL|HOSP|20260102030405+0000||ORU^R01|D1|P|2.6\rPID|||9^^^HOSP^MR\r\
+OBX|1|NM|150344^MDC_TEMP^MDC|1|101.3|||||R\r\
+OBX|2|NM|150344^MDC_TEMP^MDC|2|101.3|268192^MDC_DIM_DEGC^MDC|||||R\r\
+OBX|3|NM|3150-0^FiO2^LN|1|0.4|%|||||F\r\
+OBX|4|ST|67775-7^LOC^LN|1|sleepy||||||F\r\
+OBX|5|NM|151562^MDC_RESP_RATE^MDC|1|18|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R\r\
+OBX|6|NM|3150-0^FiO2^LN|2|0.4||||||F\r";
+    let mapper = mapper();
+    let events = mapper.oru_r01(&Message::parse(msg.as_bytes()).unwrap(), OffsetDateTime::now_utc()).unwrap();
+    let EventKind::Observations { observations } = &events[0].kind else { panic!() };
+    let got: Vec<_> = observations.iter().map(|o| (o.name.as_str(), o.value)).collect();
+    assert_eq!(got, [("rr", Some(18.0)), ("fio2", Some(40.0))], "the usable rows survive the dropped ones");
+    use crate::vocab::DropReason;
+    let d = mapper.dropped();
+    assert_eq!(d.get("temp", DropReason::UnitMissing), 1);
+    assert_eq!(d.get("temp", DropReason::Implausible), 1);
+    assert_eq!(d.get("fio2", DropReason::Implausible), 1);
+    assert_eq!(d.get("consciousness", DropReason::UnknownAnswer), 1);
+    assert_eq!(d.get("rr", DropReason::Implausible), 0);
+    assert_eq!(d.nonzero().len(), 4);
+}
