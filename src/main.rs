@@ -36,6 +36,13 @@ enum Command {
         /// Seconds a deteriorating patient takes to reach septic shock.
         #[arg(long, default_value_t = 180)]
         deterioration_secs: u64,
+        /// Patients drifting towards sepsis.
+        #[arg(long, default_value_t = 2)]
+        deteriorating: usize,
+        /// Unit of the simulated beds; repeat to split them over several units
+        /// (`--beds 40 --unit ICU --unit 5W` for 40 beds on two units).
+        #[arg(long = "unit", default_values_t = ["ICU".to_owned()])]
+        units: Vec<String>,
     },
     /// Check or test the rules: `vigil rules check [DIR]`, `vigil rules test [DIR]`.
     #[command(subcommand)]
@@ -94,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await;
             running.shutdown().await;
         }
-        Command::Demo { serve, beds, interval_secs, deterioration_secs } => {
+        Command::Demo { serve, beds, interval_secs, deterioration_secs, deteriorating, units } => {
             init_logging();
             let config = Config::load(&serve)?;
             let running = app::start(&config).await?;
@@ -105,10 +112,16 @@ async fn main() -> anyhow::Result<()> {
                 beds,
                 interval: Duration::from_secs(interval_secs.max(1)),
                 deterioration_period: Duration::from_secs(deterioration_secs.max(10)),
+                deteriorating,
+                units: units.clone(),
                 ..Default::default()
             };
             let ward = tokio::spawn(vigil_loadtest::ward::run_ward(running.mllp_addr.to_string(), ward, stop_rx));
-            println!("\nVigil demo running: {beds} simulated beds sending IHE PCD-01 vitals over MLLP to {}.", running.mllp_addr);
+            println!(
+                "\nVigil demo running: {beds} simulated beds on {} ({deteriorating} deteriorating), admitted by ADT^A01 and sending IHE PCD-01 vitals over MLLP to {}.",
+                units.join(", "),
+                running.mllp_addr
+            );
             println!("Open the console:\n\n    http://{}/#token={token}\n", running.http_addr);
             println!("WebSocket: ws://{}/ws?token=<token>   Stop with Ctrl-C.\n", running.http_addr);
             wait_for_signal().await;

@@ -345,6 +345,9 @@ pub struct AlertPatient {
     pub name: Phi<String>,
     /// Unit.
     pub unit: String,
+    /// Room (PV1-3.2); empty when not sent. Absent in alerts stored before it existed.
+    #[serde(default)]
+    pub room: String,
     /// Bed.
     pub bed: String,
 }

@@ -1,4 +1,5 @@
-//! `vigil-loadtest` command line: run the demo ward, send one HL7 file, or drive an open-loop load test.
+//! `vigil-loadtest` command line: run the demo ward, send one HL7 file, drive an open-loop load
+//! test, or count flapping alerts on the console WebSocket.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncReadExt as _;
 use tracing_subscriber::EnvFilter;
+use vigil_loadtest::flapwatch::{FlapwatchConfig, run_flapwatch};
 use vigil_loadtest::mllp::{MllpClient, ack_code};
 use vigil_loadtest::rate::{RateConfig, run_rate};
 use vigil_loadtest::ward::{WardConfig, run_ward};
@@ -44,9 +46,10 @@ enum Command {
         /// Seconds for a deteriorating patient to reach full sepsis.
         #[arg(long, default_value_t = 180)]
         deterioration_secs: u64,
-        /// Point of care written to PV1-3.
-        #[arg(long, default_value = "ICU")]
-        unit: String,
+        /// Point of care written to PV1-3 (repeat to split the beds over several units,
+        /// e.g. `--beds 40 --unit ICU --unit 5W`).
+        #[arg(long = "unit", default_values_t = ["ICU".to_owned()])]
+        units: Vec<String>,
         /// Seed for patients and noise.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -61,6 +64,26 @@ enum Command {
         timeout_secs: u64,
         /// The HL7 message file.
         file: PathBuf,
+    },
+    /// Watch the console WebSocket and count alerts raised again soon after being resolved;
+    /// prints a Markdown report.
+    Flapwatch {
+        /// Console WebSocket, e.g. ws://127.0.0.1:8080/ws.
+        #[arg(long, env = "VIGIL_WS", default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// Console token (`vigil token --unit '*'`); sent as a Bearer header.
+        #[arg(long, env = "VIGIL_TOKEN")]
+        token: String,
+        /// Units to watch (repeat); none = every unit in the token.
+        #[arg(long = "unit")]
+        units: Vec<String>,
+        /// Seconds to watch.
+        #[arg(long, default_value_t = 300)]
+        duration: u64,
+        /// A new alert within this many seconds of a resolved one (same patient, rule and
+        /// finding) counts as raised again.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
     },
     /// Open-loop load test; prints a Markdown report.
     Rate {
@@ -97,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             interval_ms,
             deteriorating,
             deterioration_secs,
-            unit,
+            units,
             seed,
         } => {
             let cfg = WardConfig {
@@ -105,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 deteriorating,
                 deterioration_period: Duration::from_secs(deterioration_secs),
-                unit,
+                units,
                 seed,
             };
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -138,6 +161,23 @@ async fn main() -> anyhow::Result<()> {
                 Some("AA" | "CA") => {}
                 code => anyhow::bail!("message not accepted (MSA-1 {})", code.unwrap_or("missing")),
             }
+        }
+        Command::Flapwatch {
+            url,
+            token,
+            units,
+            duration,
+            window,
+        } => {
+            let report = run_flapwatch(FlapwatchConfig {
+                url,
+                token,
+                units,
+                duration: Duration::from_secs(duration),
+                window: Duration::from_secs(window),
+            })
+            .await?;
+            print!("{}", report.to_markdown());
         }
         Command::Rate {
             mllp,

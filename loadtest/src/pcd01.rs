@@ -47,6 +47,52 @@ pub struct Vitals {
     pub temp_c: Option<f64>,
     /// Glasgow coma score total (nurse-charted, so not a device metric).
     pub gcs: Option<f64>,
+    /// Inspired oxygen concentration, % (21 on room air).
+    pub fio2: Option<f64>,
+    /// Supplemental oxygen flow, L/min (0 on room air).
+    pub o2_flow: Option<f64>,
+    /// ACVPU level of consciousness (nurse-charted, like the GCS).
+    pub acvpu: Option<Acvpu>,
+}
+
+/// ACVPU level of consciousness, sent as the LOINC 67775-7 answer text the vocabulary maps to
+/// `consciousness` (`A`, `C`, `V`, `P`, `U`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acvpu {
+    /// Alert.
+    Alert,
+    /// New confusion.
+    Confusion,
+    /// Responds to voice.
+    Voice,
+    /// Responds to pain.
+    Pain,
+    /// Unresponsive.
+    Unresponsive,
+}
+
+impl Acvpu {
+    /// The one-letter code (OBX-5.1).
+    pub fn code(self) -> &'static str {
+        match self {
+            Acvpu::Alert => "A",
+            Acvpu::Confusion => "C",
+            Acvpu::Voice => "V",
+            Acvpu::Pain => "P",
+            Acvpu::Unresponsive => "U",
+        }
+    }
+
+    /// Display text (OBX-5.2).
+    pub fn text(self) -> &'static str {
+        match self {
+            Acvpu::Alert => "Alert",
+            Acvpu::Confusion => "New confusion",
+            Acvpu::Voice => "Voice",
+            Acvpu::Pain => "Pain",
+            Acvpu::Unresponsive => "Unresponsive",
+        }
+    }
 }
 
 /// Gateway identity in MSH-3. Fixed because the simulator plays one gateway.
@@ -63,12 +109,17 @@ pub(crate) const DBP_CODE: &str = "150022^MDC_PRESS_BLD_NONINV_DIA^MDC";
 pub(crate) const MAP_CODE: &str = "150023^MDC_PRESS_BLD_NONINV_MEAN^MDC";
 pub(crate) const TEMP_CODE: &str = "150344^MDC_TEMP^MDC";
 pub(crate) const GCS_CODE: &str = "9269-2^Glasgow coma score total^LN";
+pub(crate) const FIO2_CODE: &str = "3150-0^Inhaled oxygen concentration^LN";
+pub(crate) const O2_FLOW_CODE: &str = "3151-8^Inhaled oxygen flow rate^LN";
+pub(crate) const ACVPU_CODE: &str = "67775-7^Level of consciousness^LN";
 
 const BPM: &str = "264864^MDC_DIM_BEAT_PER_MIN^MDC";
 const RESP_PER_MIN: &str = "264928^MDC_DIM_RESP_PER_MIN^MDC";
 const PERCENT: &str = "262688^MDC_DIM_PERCENT^MDC";
 const MMHG: &str = "266016^MDC_DIM_MMHG^MDC";
 const DEGC: &str = "268192^MDC_DIM_DEGC^MDC";
+const UCUM_PERCENT: &str = "%^percent^UCUM";
+const UCUM_L_MIN: &str = "L/min^liters per minute^UCUM";
 
 /// Builds a PCD-01 ORU^R01 (segments terminated by `\r`) for `v` measured at `at`.
 ///
@@ -149,7 +200,16 @@ pub fn oru_r01(
             ],
         );
     }
-    if let Some(value) = v.gcs.and_then(format_value) {
+    // Oxygen as charted at the bedside (LOINC; the monitor's MDC set has no FiO2 on a ward).
+    let charted: [(Option<f64>, &str, &str); 3] = [
+        (v.gcs, GCS_CODE, "{score}"),
+        (v.fio2, FIO2_CODE, UCUM_PERCENT),
+        (v.o2_flow, O2_FLOW_CODE, UCUM_L_MIN),
+    ];
+    for (value, code, unit) in charted {
+        let Some(value) = value.and_then(format_value) else {
+            continue;
+        };
         n += 1;
         let set_id = n.to_string();
         push_obx(
@@ -157,9 +217,25 @@ pub fn oru_r01(
             &[
                 (1, &set_id),
                 (2, "NM"),
-                (3, GCS_CODE),
+                (3, code),
                 (5, &value),
-                (6, "{score}"),
+                (6, unit),
+                (11, "F"),
+                (14, &ts),
+            ],
+        );
+    }
+    if let Some(acvpu) = v.acvpu {
+        n += 1;
+        let set_id = n.to_string();
+        let answer = format!("{}^{}^ACVPU", acvpu.code(), acvpu.text());
+        push_obx(
+            &mut out,
+            &[
+                (1, &set_id),
+                (2, "CWE"),
+                (3, ACVPU_CODE),
+                (5, &answer),
                 (11, "F"),
                 (14, &ts),
             ],
@@ -207,7 +283,7 @@ pub(crate) fn format_value(v: f64) -> Option<String> {
 }
 
 /// Escapes HL7 delimiters so a value cannot break the segment structure.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     if !s.contains(['|', '^', '~', '\\', '&', '\r', '\n']) {
         return s.to_owned();
     }
@@ -266,6 +342,9 @@ mod tests {
             map: Some(86.0),
             temp_c: Some(37.8),
             gcs: Some(15.0),
+            fio2: Some(28.0),
+            o2_flow: Some(2.0),
+            acvpu: Some(Acvpu::Confusion),
         }
     }
 
@@ -291,7 +370,7 @@ mod tests {
             names,
             [
                 "MSH", "PID", "PV1", "OBR", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX",
-                "OBX"
+                "OBX", "OBX", "OBX", "OBX"
             ]
         );
 
@@ -401,6 +480,21 @@ mod tests {
         assert_eq!(field(gcs, 6), "{score}");
         assert_eq!(field(gcs, 11), "F");
         assert_eq!(field(gcs, 14), "20250304050607+0100");
+        let fio2 = &segs[13];
+        assert_eq!(field(fio2, 1), "10");
+        assert_eq!(field(fio2, 3), "3150-0^Inhaled oxygen concentration^LN");
+        assert_eq!(field(fio2, 5), "28");
+        assert_eq!(field(fio2, 6), "%^percent^UCUM");
+        let flow = &segs[14];
+        assert_eq!(field(flow, 3), "3151-8^Inhaled oxygen flow rate^LN");
+        assert_eq!(field(flow, 5), "2");
+        assert_eq!(field(flow, 6), "L/min^liters per minute^UCUM");
+        let acvpu = &segs[15];
+        assert_eq!(field(acvpu, 1), "12");
+        assert_eq!(field(acvpu, 2), "CWE");
+        assert_eq!(field(acvpu, 3), "67775-7^Level of consciousness^LN");
+        assert_eq!(field(acvpu, 5), "C^New confusion^ACVPU");
+        assert_eq!(field(acvpu, 11), "F");
     }
 
     #[test]

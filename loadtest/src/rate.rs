@@ -363,7 +363,7 @@ fn stable_vitals(rng: &mut SimRng) -> Vitals {
         dbp: Some(dbp),
         map: Some(((sbp + 2.0 * dbp) / 3.0).round()),
         temp_c: Some((rng.range(36.5, 37.4) * 10.0).round() / 10.0),
-        gcs: None,
+        ..Vitals::default()
     }
 }
 

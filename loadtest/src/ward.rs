@@ -1,5 +1,7 @@
-//! Simulated ward for demos: one synthetic patient per bed streaming PCD-01 vitals over MLLP,
-//! a few of them drifting towards sepsis.
+//! Simulated ward for demos: one synthetic patient per bed, admitted with an ADT^A01 (unit,
+//! room, bed) and then streaming PCD-01 vitals over MLLP with the bedside charting a NEWS2
+//! needs (FiO2 and oxygen flow, ACVPU, GCS); a few of them drifting towards sepsis, put on
+//! oxygen and becoming confused as they do.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +11,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::adt::adt_a01;
 use crate::mllp::{MllpClient, ack_code};
-use crate::pcd01::{PatientDemo, Vitals, oru_r01};
+use crate::pcd01::{Acvpu, PatientDemo, Vitals, oru_r01};
 
 /// Ward simulation settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +26,9 @@ pub struct WardConfig {
     pub deteriorating: usize,
     /// Time for a deteriorating patient to go from baseline to full sepsis.
     pub deterioration_period: Duration,
-    /// Point of care written to PV1-3.1.
-    pub unit: String,
+    /// Points of care written to PV1-3.1; the beds are split between them in order (the
+    /// first `beds / units.len()` on the first unit, ...). Two beds (`A`, `B`) per room.
+    pub units: Vec<String>,
     /// Seed for patients, baselines and noise; same seed, same ward.
     pub seed: u64,
 }
@@ -36,7 +40,7 @@ impl Default for WardConfig {
             interval: Duration::from_secs(3),
             deteriorating: 2,
             deterioration_period: Duration::from_secs(180),
-            unit: "ICU".to_owned(),
+            units: vec!["ICU".to_owned()],
             seed: 42,
         }
     }
@@ -84,8 +88,15 @@ const SEPSIS: Baseline = Baseline {
     dbp: 45.0,
     temp: 39.2,
 };
-/// Fraction of the deterioration period after which GCS falls to 13.
+/// Fraction of the deterioration period after which GCS falls to 13 (ACVPU: new confusion).
 const GCS_DROP_AT: f64 = 2.0 / 3.0;
+/// Fraction of the deterioration period after which a deteriorating patient is put on oxygen
+/// (nasal cannula, 2 L/min, FiO2 about 28 %) ...
+const OXYGEN_AT: f64 = 0.5;
+/// ... and after which the flow is raised to 4 L/min (FiO2 about 36 %).
+const MORE_OXYGEN_AT: f64 = 0.8;
+/// Room air.
+const AIR_FIO2: f64 = 21.0;
 /// GCS is charted by a nurse, so only every few monitor messages carry one.
 const GCS_EVERY: u64 = 5;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -111,6 +122,7 @@ pub async fn run_ward(
     let start = Instant::now();
     tracing::info!(
         beds = cfg.beds,
+        units = cfg.units.len().max(1),
         deteriorating = patients.iter().filter(|p| p.deteriorating).count(),
         "ward simulation starting"
     );
@@ -177,6 +189,18 @@ const GIVEN: &[&str] = &[
     "Kilo", "Lima",
 ];
 
+/// Unit, room and bed of the `i`-th of `beds` beds split over `units` (ICU when none given).
+fn place(units: &[String], beds: usize, i: usize) -> (String, String, String) {
+    let n = units.len().max(1);
+    let per_unit = beds.div_ceil(n).max(1);
+    let u = (i / per_unit).min(n - 1);
+    let k = i - u * per_unit;
+    let unit = units.get(u).cloned().unwrap_or_else(|| "ICU".to_owned());
+    let room = format!("{:02}", k / 2 + 1);
+    let bed = if k.is_multiple_of(2) { "A" } else { "B" }.to_owned();
+    (unit, room, bed)
+}
+
 fn ward_patients(cfg: &WardConfig) -> Vec<SimPatient> {
     let mut rng = SimRng::new(cfg.seed);
     let mrn_base = rng.below(900_000);
@@ -199,6 +223,8 @@ fn ward_patients(cfg: &WardConfig) -> Vec<SimPatient> {
                 dbp: rng.range(68.0, 82.0),
                 temp: rng.range(36.7, 37.2),
             };
+            let (unit, room, bed) = place(&cfg.units, cfg.beds, i);
+            let device_id = format!("MON-{unit}-{room}{bed}");
             let demo = PatientDemo {
                 mrn: format!("SIM{:06}", (mrn_base + i as u64) % 1_000_000),
                 assigning_authority: "VIGIL_SIM".to_owned(),
@@ -211,14 +237,14 @@ fn ward_patients(cfg: &WardConfig) -> Vec<SimPatient> {
                     1 + rng.below(28)
                 ),
                 sex: if rng.below(2) == 0 { "F" } else { "M" }.to_owned(),
-                unit: cfg.unit.clone(),
-                room: format!("{bed_no:02}"),
-                bed: "1".to_owned(),
+                unit,
+                room,
+                bed,
             };
             SimPatient {
                 bed_no,
                 demo,
-                device_id: format!("MON-{}-{bed_no:02}", cfg.unit),
+                device_id,
                 baseline,
                 deteriorating: deteriorating.contains(&i),
                 rng: SimRng::new(cfg.seed ^ (bed_no as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
@@ -228,7 +254,8 @@ fn ward_patients(cfg: &WardConfig) -> Vec<SimPatient> {
 }
 
 impl SimPatient {
-    /// Vitals at `progress` (0 = baseline, 1 = full sepsis) with measurement noise.
+    /// Vitals at `progress` (0 = baseline, 1 = full sepsis) with measurement noise, the
+    /// oxygen the patient is on, and (when `with_gcs`, the nurse's charting) GCS and ACVPU.
     fn vitals(&mut self, progress: f64, with_gcs: bool) -> Vitals {
         let f = if self.deteriorating {
             progress.clamp(0.0, 1.0)
@@ -244,7 +271,17 @@ impl SimPatient {
         let sbp = (lerp(b.sbp, SEPSIS.sbp) + r.noise(3.0)).clamp(40.0, 250.0);
         let dbp = (lerp(b.dbp, SEPSIS.dbp) + r.noise(2.0)).clamp(20.0, sbp - 10.0);
         let temp = (lerp(b.temp, SEPSIS.temp) + r.noise(0.05)).clamp(34.0, 42.0);
-        let gcs = if f >= GCS_DROP_AT { 13.0 } else { 15.0 };
+        let confused = f >= GCS_DROP_AT;
+        let gcs = if confused { 13.0 } else { 15.0 };
+        let o2_flow = if f >= MORE_OXYGEN_AT {
+            4.0
+        } else if f >= OXYGEN_AT {
+            2.0
+        } else {
+            0.0
+        };
+        // Nasal cannula: about 4 % FiO2 per L/min above room air.
+        let fio2 = AIR_FIO2 + 4.0 * o2_flow - if o2_flow > 0.0 { 1.0 } else { 0.0 };
         Vitals {
             hr: Some(hr.round()),
             rr: Some(rr.round()),
@@ -254,6 +291,9 @@ impl SimPatient {
             map: Some(((sbp + 2.0 * dbp) / 3.0).round()),
             temp_c: Some((temp * 10.0).round() / 10.0),
             gcs: with_gcs.then_some(gcs),
+            fio2: Some(fio2),
+            o2_flow: Some(o2_flow),
+            acvpu: with_gcs.then_some(if confused { Acvpu::Confusion } else { Acvpu::Alert }),
         }
     }
 }
@@ -280,6 +320,8 @@ impl BedTask {
         let mut seq: u64 = 0;
         let mut backoff = BACKOFF_MIN;
         let mut last_gcs: Option<bool> = None;
+        // The admission goes first, on the first connection; resent after a failed send.
+        let mut admitted = false;
         // Spread the first messages so beds do not fire in lock-step.
         let first = self.interval.mul_f64(self.patient.rng.unit());
         let mut next_send = Instant::now() + first;
@@ -314,6 +356,32 @@ impl BedTask {
                 }
             };
             client.set_timeout(reply_timeout);
+            if !admitted {
+                let control_id = format!("W{:x}-{bed:02}-adt", self.run_id);
+                let msg = adt_a01(&self.patient.demo, &control_id, OffsetDateTime::now_utc());
+                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                let reply = tokio::select! {
+                    () = stopped(&mut self.shutdown) => break 'outer,
+                    r = client.send(&msg) => r,
+                };
+                match reply {
+                    Ok(ack) if matches!(ack_code(&ack), Some("AA" | "CA")) => {
+                        self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                        admitted = true;
+                    }
+                    Ok(ack) => {
+                        // Rejected: the vitals still carry the location, so go on without it.
+                        self.counters.naks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(bed, code = ack_code(&ack).unwrap_or("-"), "admission rejected");
+                        admitted = true;
+                    }
+                    Err(e) => {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(bed, error = %e, "admission send failed; reconnecting");
+                        continue 'outer;
+                    }
+                }
+            }
 
             loop {
                 tokio::select! {
@@ -425,7 +493,7 @@ mod tests {
 
     use super::*;
     use crate::mllp::test_support::{Mode, start};
-    use crate::pcd01::{GCS_CODE, HR_CODE, RR_CODE, SBP_CODE, SPO2_CODE, TEMP_CODE};
+    use crate::pcd01::{ACVPU_CODE, FIO2_CODE, GCS_CODE, HR_CODE, O2_FLOW_CODE, RR_CODE, SBP_CODE, SPO2_CODE, TEMP_CODE};
 
     #[derive(Debug, Default, Clone)]
     struct Obs {
@@ -435,16 +503,20 @@ mod tests {
         sbp: f64,
         temp: f64,
         gcs: Option<f64>,
+        fio2: f64,
+        o2_flow: f64,
+        acvpu: Option<String>,
     }
 
-    /// Bed (PV1-3.2 room) and observations, parsed the way a receiver would.
+    /// Location (PV1-3 unit^room^bed) and observations, parsed the way a receiver would.
     fn parse(msg: &str) -> (String, Obs) {
         let mut room = String::new();
         let mut o = Obs::default();
         for seg in msg.split('\r') {
             let f: Vec<&str> = seg.split('|').collect();
             match f[0] {
-                "PV1" => room = f[3].split('^').nth(1).unwrap_or("").to_owned(),
+                "PV1" => f[3].clone_into(&mut room),
+                "OBX" if f[3] == ACVPU_CODE => o.acvpu = Some(f[5].split('^').next().unwrap_or("").to_owned()),
                 "OBX" => {
                     let v: f64 = f.get(5).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
                     match f[3] {
@@ -454,6 +526,8 @@ mod tests {
                         SBP_CODE => o.sbp = v,
                         TEMP_CODE => o.temp = v,
                         GCS_CODE => o.gcs = Some(v),
+                        FIO2_CODE => o.fio2 = v,
+                        O2_FLOW_CODE => o.o2_flow = v,
                         _ => {}
                     }
                 }
@@ -463,9 +537,10 @@ mod tests {
         (room, o)
     }
 
+    /// Vitals messages per location; admissions are left out.
     fn by_bed(msgs: &[String]) -> BTreeMap<String, Vec<Obs>> {
         let mut m: BTreeMap<String, Vec<Obs>> = BTreeMap::new();
-        for msg in msgs {
+        for msg in msgs.iter().filter(|m| m.contains("|ORU^R01")) {
             let (room, o) = parse(msg);
             m.entry(room).or_default().push(o);
         }
@@ -489,7 +564,7 @@ mod tests {
             interval: Duration::from_millis(15),
             deteriorating: 2,
             deterioration_period: Duration::from_millis(900),
-            unit: "TEST".into(),
+            units: vec!["TEST".into()],
             seed: 7,
         }
     }
@@ -530,6 +605,20 @@ mod tests {
         assert_eq!(stats.naks, 0);
         assert_eq!(stats.errors, 0);
         assert!(msgs.iter().all(|m| m.contains("PID|||SIM")));
+        // Each bed is admitted (ADT^A01 with its unit^room^bed) before its first vitals.
+        let admits: Vec<(usize, String)> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.contains("|ADT^A01"))
+            .map(|(i, m)| (i, parse(m).0))
+            .collect();
+        let mut places: Vec<&str> = admits.iter().map(|(_, p)| p.as_str()).collect();
+        places.sort_unstable();
+        assert_eq!(places, ["TEST^01^A", "TEST^01^B", "TEST^02^A", "TEST^02^B"]);
+        for (at, place) in &admits {
+            let first_vitals = msgs.iter().position(|m| m.contains("|ORU^R01") && parse(m).0 == *place).unwrap();
+            assert!(first_vitals > *at, "{place}: vitals before admission");
+        }
 
         let beds = by_bed(&msgs);
         let (det, stable): (Vec<_>, Vec<_>) = beds
@@ -544,6 +633,9 @@ mod tests {
                 assert!((110.0..=135.0).contains(&o.sbp), "{o:?}");
                 assert!((36.5..=37.4).contains(&o.temp), "{o:?}");
                 assert!(o.gcs.is_none_or(|g| g == 15.0), "{o:?}");
+                assert_eq!((o.fio2, o.o2_flow), (21.0, 0.0), "on air: {o:?}");
+                assert!(o.acvpu.as_deref().is_none_or(|a| a == "A"), "{o:?}");
+                assert_eq!(o.acvpu.is_some(), o.gcs.is_some(), "ACVPU charted with the GCS: {o:?}");
             }
         }
         for obs in det {
@@ -555,6 +647,17 @@ mod tests {
             );
             assert!(first.sbp >= 105.0 && first.temp < 37.6, "{first:?}");
             assert_eq!(first.gcs, Some(15.0), "GCS is sent with the first message");
+            assert_eq!(first.acvpu.as_deref(), Some("A"), "ACVPU is sent with the first message");
+            assert_eq!((first.fio2, first.o2_flow), (21.0, 0.0), "{first:?}");
+            assert_eq!((last.fio2, last.o2_flow), (36.0, 4.0), "on oxygen at the end: {last:?}");
+            // Oxygen only goes up, through 2 L/min.
+            let flows: Vec<f64> = obs.iter().map(|o| o.o2_flow).collect();
+            assert!(flows.windows(2).all(|w| w[0] <= w[1]), "{flows:?}");
+            assert!(flows.contains(&2.0), "{flows:?}");
+            // ACVPU: A until the GCS drops, then new confusion.
+            let acvpu: Vec<(f64, &str)> = obs.iter().filter_map(|o| Some((o.gcs?, o.acvpu.as_deref()?))).collect();
+            assert!(acvpu.iter().all(|&(g, a)| (g == 15.0 && a == "A") || (g == 13.0 && a == "C")), "{acvpu:?}");
+            assert_eq!(acvpu.last().map(|a| a.1), Some("C"));
             assert!((122.0..=128.0).contains(&last.hr), "{last:?}");
             assert!((29.0..=31.0).contains(&last.rr), "{last:?}");
             assert!((88.0..=90.0).contains(&last.spo2), "{last:?}");
@@ -607,6 +710,30 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stats.sent, 0);
+    }
+
+    #[test]
+    fn forty_beds_on_two_units_have_distinct_rooms_and_beds() {
+        let cfg = WardConfig { beds: 40, deteriorating: 40, units: vec!["ICU".into(), "5W".into()], ..WardConfig::default() };
+        let ps = ward_patients(&cfg);
+        let places: Vec<(String, String, String)> = ps.iter().map(|p| (p.demo.unit.clone(), p.demo.room.clone(), p.demo.bed.clone())).collect();
+        assert_eq!(places.iter().filter(|p| p.0 == "ICU").count(), 20);
+        assert_eq!(places.iter().filter(|p| p.0 == "5W").count(), 20);
+        assert_eq!(places[0], ("ICU".into(), "01".into(), "A".into()));
+        assert_eq!(places[1], ("ICU".into(), "01".into(), "B".into()));
+        assert_eq!(places[21], ("5W".into(), "01".into(), "B".into()));
+        assert_eq!(places[39], ("5W".into(), "10".into(), "B".into()));
+        let mut distinct = places.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 40);
+        assert!(ps.iter().all(|p| p.deteriorating));
+        // Odd counts and more units than beds still place every bed on a named unit.
+        let odd = WardConfig { beds: 5, units: vec!["A".into(), "B".into(), "C".into()], ..WardConfig::default() };
+        let units: Vec<String> = ward_patients(&odd).into_iter().map(|p| p.demo.unit).collect();
+        assert_eq!(units, ["A", "A", "B", "B", "C"]);
+        let none = WardConfig { beds: 2, units: vec![], ..WardConfig::default() };
+        assert!(ward_patients(&none).iter().all(|p| p.demo.unit == "ICU"));
     }
 
     #[test]

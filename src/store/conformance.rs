@@ -95,6 +95,7 @@ pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, stat
             mrn: Phi("MRN-CONF".into()),
             name: Phi("Conformance, Casey".into()),
             unit: unit.into(),
+            room: "01".into(),
             bed: "1".into(),
         },
         rule: RuleRef { id: "conf.rule".into(), version: "v1".into() },

@@ -52,3 +52,48 @@ async fn console_shows_acknowledges_and_keeps_acknowledged_across_restart() {
     assert!(shots.join("patient-view.png").exists());
     assert!(shots.join("board-after-restart.png").exists());
 }
+
+/// The console under `vigil demo` with 40 deteriorating beds on two units (issue 11): an
+/// expired token shows the sign-in error; rows show unit, room, bed and MRN; the title counts
+/// unacknowledged alerts; ten acknowledge clicks held 180 ms all register while frames stream
+/// in; keyboard focus survives them; a dead server greys the rows under a banner in view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_under_load_acknowledges_every_held_click_and_refuses_an_expired_token() {
+    let dir = tempdir("browser-load");
+    let data = dir.to_str().unwrap().to_string();
+    let rules = rules_dir();
+    let proc = spawn_vigil(&[
+        "demo", "--mllp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", &data,
+        "--rules-dir", rules.to_str().unwrap(), "--beds", "40", "--unit", "ICU", "--unit", "5W",
+        "--deteriorating", "40", "--interval-secs", "1", "--deterioration-secs", "20",
+    ]);
+    let token = vigil_token(&dir, "*");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["token", "--role", "rrt", "--unit", "*", "--hours=-1", "--data-dir", &data])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expired = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("node")
+            .arg(browser_dir.join("console.mjs"))
+            .arg("load")
+            .env("VIGIL_HTTP", proc.http.to_string())
+            .env("VIGIL_MLLP", proc.mllp.to_string())
+            .env("VIGIL_TOKEN", &token)
+            .env("VIGIL_EXPIRED_TOKEN", &expired)
+            .env("VIGIL_PID", proc.child.id().to_string())
+            .env("VIGIL_SHOTS", &shots)
+            .output()
+            .expect("node must be installed to run the browser test")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "browser load phase failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("10 of 10 held clicks acknowledged"), "{stdout}");
+    for shot in ["expired-token.png", "board-under-load.png", "board-disconnected.png"] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
+}

@@ -39,6 +39,7 @@ async fn oru_with_qsofa_2_is_acked_after_commit_and_reaches_a_subscribed_console
     assert_eq!(alert["patient"]["mrn"], "MRN-E2E-1");
     assert_eq!(alert["patient"]["name"], "Alpha, Test");
     assert_eq!(alert["patient"]["unit"], "ICU");
+    assert_eq!(alert["patient"]["room"], "04");
     assert_eq!(alert["patient"]["bed"], "B");
     assert_eq!(alert["rule"]["id"], "sepsis.qsofa");
     assert_eq!(alert["rule"]["version"].as_str().unwrap().len(), 12);

@@ -563,6 +563,7 @@ impl PatientState {
             mrn: self.key.as_ref().map(|k| k.mrn.clone()).unwrap_or_default(),
             name: self.demographics.name.clone(),
             unit: location.unit.clone(),
+            room: location.room.clone(),
             bed: location.bed.clone(),
         }
     }
