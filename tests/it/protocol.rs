@@ -337,6 +337,29 @@ async fn the_patient_summary_carries_the_news2_breakdown_even_below_alert_thresh
     assert_eq!(news2["band"], "low");
     assert_eq!(news2["partial"], false);
     assert_eq!(news2["subscores"]["rr"], 0);
+
+    // A 12-year-old with septic vitals: the adult scores do not apply, raise nothing, and the
+    // patient view says so (never a normal score).
+    let child_born = format!("{}0101", time::OffsetDateTime::now_utc().year() - 12);
+    let child = [
+        format!("MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|N2-2|P|2.6"),
+        format!("PID|||MRN-CHILD^^^HOSP^MR||Young^Test||{child_born}|F"),
+        "PV1||I|ICU^10^A".to_string(),
+        format!("OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||150|264864^^MDC|||||R|||{ts}"),
+        format!("OBX|2|NM|151562^MDC_RESP_RATE^MDC||32|264928^^MDC|||||R|||{ts}"),
+        format!("OBX|3|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC||85|266016^^MDC|||||R|||{ts}"),
+        format!("OBX|4|NM|150344^MDC_TEMP^MDC||39.2|268192^^MDC|||||R|||{ts}"),
+    ]
+    .join("\r");
+    assert_eq!(ack_code(&mllp.send(&child).await.unwrap()), Some("AA"));
+    let child_id = blind_index(&dir).patient_id("HOSP", "MRN-CHILD");
+    let (status, body) = reqwest_like(server.http_addr).get(&format!("/api/patients/{child_id}"), &rrt).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["open_alerts"], json!([]), "no adult score alerts for a child");
+    for rule in ["news2", "sepsis.qsofa", "sepsis.sirs", "sepsis.sep1"] {
+        assert_eq!(body["scores"][rule]["applies"], false, "{rule}: {}", body["scores"]);
+        assert!(body["scores"][rule]["reason"].as_str().unwrap().contains("16"), "{}", body["scores"][rule]);
+    }
     server.shutdown().await;
 }
 
