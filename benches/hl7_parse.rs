@@ -50,10 +50,7 @@ fn pcd01_message() -> Vec<u8> {
         ("150344^MDC_TEMP^MDC", "1.5.1.1", "37.2", "268192^^MDC"),
     ];
     for (i, (code, containment, value, unit)) in metrics.iter().enumerate() {
-        m.push_str(&format!(
-            "OBX|{}|NM|{code}|{containment}|{value}|{unit}|||||R|||{TS}||||MON07\r",
-            i + 2
-        ));
+        m.push_str(&format!("OBX|{}|NM|{code}|{containment}|{value}|{unit}|||||R|||{TS}||||MON07\r", i + 2));
     }
     m.into_bytes()
 }
@@ -61,11 +58,7 @@ fn pcd01_message() -> Vec<u8> {
 /// The baseline: segments on `\r`, fields on `|`, as borrowed slices. No validation,
 /// no delimiter discovery, no decoding — the floor any parser sits on.
 fn naive_split(bytes: &[u8]) -> Vec<Vec<&[u8]>> {
-    bytes
-        .split(|&b| b == b'\r')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.split(|&b| b == b'|').collect())
-        .collect()
+    bytes.split(|&b| b == b'\r').filter(|s| !s.is_empty()).map(|s| s.split(|&b| b == b'|').collect()).collect()
 }
 
 /// Reads what an ingest path typically reads: MSH-10, MSH-9, every PID-3 repetition
@@ -93,11 +86,7 @@ fn access(msg: &Message) -> usize {
 
 fn hl7(c: &mut Criterion) {
     let msg = pcd01_message();
-    assert!(
-        (900..1200).contains(&msg.len()),
-        "benchmark message should be ~1 KB, is {} bytes",
-        msg.len()
-    );
+    assert!((900..1200).contains(&msg.len()), "benchmark message should be ~1 KB, is {} bytes", msg.len());
     // Sanity: the message is what the benches claim to measure.
     let parsed = Message::parse(&msg).expect("benchmark message parses");
     assert_eq!(parsed.segments().len(), 12);

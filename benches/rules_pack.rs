@@ -25,9 +25,36 @@ use vigil_actors::{
 
 const VITALS: [&str; 6] = ["hr", "rr", "spo2", "sbp", "map", "temp"];
 const ALL: [&str; 30] = [
-    "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp", "dbp", "map", "temp",
-    "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate", "creatinine", "bilirubin", "platelets", "inr",
-    "paco2", "potassium", "sodium", "glucose", "hemoglobin", "troponin_i",
+    "order",
+    "administration",
+    "allergy",
+    "census",
+    "merge",
+    "hr",
+    "pulse",
+    "rr",
+    "spo2",
+    "sbp",
+    "dbp",
+    "map",
+    "temp",
+    "gcs",
+    "consciousness",
+    "fio2",
+    "o2_flow",
+    "wbc",
+    "bands",
+    "lactate",
+    "creatinine",
+    "bilirubin",
+    "platelets",
+    "inr",
+    "paco2",
+    "potassium",
+    "sodium",
+    "glucose",
+    "hemoglobin",
+    "troponin_i",
 ];
 
 fn obs(name: &str, value: Option<f64>, text: Option<&str>, at: OffsetDateTime) -> Observation {
@@ -50,7 +77,11 @@ fn event(at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
     ClinicalEvent {
         patient_id: PatientId("bench".into()),
         patient: PatientKey { authority: "B".into(), mrn: Phi("SYNTH".into()) },
-        demographics: Demographics { name: Phi("Synthetic, Bench".into()), birth_date: Phi("19500101".into()), sex: "F".into() },
+        demographics: Demographics {
+            name: Phi("Synthetic, Bench".into()),
+            birth_date: Phi("19500101".into()),
+            sex: "F".into(),
+        },
         location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
         sender: "BENCH".into(),
         control_id: "B".into(),
@@ -81,22 +112,56 @@ fn full_patient(start: OffsetDateTime) -> (PatientState, OffsetDateTime) {
         let at = start + minute * i as i32;
         state.apply(&vitals_event(at, i));
         if i % 360 == 0 {
-            let labs = [("wbc", 13.5), ("bands", 6.0), ("lactate", 2.4), ("creatinine", 1.4), ("bilirubin", 1.0), ("platelets", 180.0), ("inr", 1.2), ("paco2", 34.0), ("potassium", 4.2), ("sodium", 138.0), ("glucose", 140.0), ("hemoglobin", 11.0), ("troponin_i", 12.0)];
+            let labs = [
+                ("wbc", 13.5),
+                ("bands", 6.0),
+                ("lactate", 2.4),
+                ("creatinine", 1.4),
+                ("bilirubin", 1.0),
+                ("platelets", 180.0),
+                ("inr", 1.2),
+                ("paco2", 34.0),
+                ("potassium", 4.2),
+                ("sodium", 138.0),
+                ("glucose", 140.0),
+                ("hemoglobin", 11.0),
+                ("troponin_i", 12.0),
+            ];
             let observations = labs.iter().map(|(n, v)| obs(n, Some(*v), None, at)).collect();
             state.apply(&event(at, EventKind::Observations { observations }));
         }
         if i % 240 == 0 {
-            let observations = vec![obs("consciousness", None, Some("A"), at), obs("fio2", Some(28.0), None, at), obs("gcs", Some(15.0), None, at)];
+            let observations = vec![
+                obs("consciousness", None, Some("A"), at),
+                obs("fio2", Some(28.0), None, at),
+                obs("gcs", Some(15.0), None, at),
+            ];
             state.apply(&event(at, EventKind::Observations { observations }));
         }
     }
-    let meds = [("8123", "phenelzine"), ("36567", "simvastatin"), ("7646", "omeprazole"), ("161", "acetaminophen"), ("5640", "ibuprofen"), ("6809", "metformin"), ("29046", "lisinopril"), ("83367", "atorvastatin"), ("6918", "metoprolol"), ("1191", "aspirin")];
+    let meds = [
+        ("8123", "phenelzine"),
+        ("36567", "simvastatin"),
+        ("7646", "omeprazole"),
+        ("161", "acetaminophen"),
+        ("5640", "ibuprofen"),
+        ("6809", "metformin"),
+        ("29046", "lisinopril"),
+        ("83367", "atorvastatin"),
+        ("6918", "metoprolol"),
+        ("1191", "aspirin"),
+    ];
     for (n, (rx, name)) in meds.iter().enumerate() {
         let medication = Medication { order_id: format!("O{n}"), rxnorm: Some((*rx).into()), name: (*name).into() };
         state.apply(&event(start, EventKind::MedicationOrder { action: OrderAction::New, medication }));
     }
     let allergies = vec![
-        Allergy { code: Some("RXNORM|7980".into()), name: "penicillin".into(), kind: "DA".into(), severity: "SV".into() },
+        Allergy {
+            code: Some("RXNORM|7980".into()),
+            name: "penicillin".into(),
+            kind: "DA".into(),
+            severity: "SV".into(),
+        },
         Allergy { code: None, name: "sulfa".into(), kind: "DA".into(), severity: "MO".into() },
     ];
     state.apply(&event(start, EventKind::Allergies { allergies, replace: true }));
@@ -179,10 +244,30 @@ fn bench(c: &mut Criterion) {
 
     const N: usize = 20_000;
     let report = [
-        ("baseline: one trivial rule", percentiles(N, || { black_box(trivial.evaluate(&vitals_view, &["rr"])); })),
-        ("pack, vitals event (4 rules triggered)", percentiles(N, || { black_box(rules.evaluate(&vitals_view, &VITALS)); })),
-        ("pack, all 7 rules forced", percentiles(N, || { black_box(rules.evaluate(&vitals_view, &ALL)); })),
-        ("pack, order event (ddi + allergy, 11 meds)", percentiles(N, || { black_box(rules.evaluate(&order_view, &["order"])); })),
+        (
+            "baseline: one trivial rule",
+            percentiles(N, || {
+                black_box(trivial.evaluate(&vitals_view, &["rr"]));
+            }),
+        ),
+        (
+            "pack, vitals event (4 rules triggered)",
+            percentiles(N, || {
+                black_box(rules.evaluate(&vitals_view, &VITALS));
+            }),
+        ),
+        (
+            "pack, all 7 rules forced",
+            percentiles(N, || {
+                black_box(rules.evaluate(&vitals_view, &ALL));
+            }),
+        ),
+        (
+            "pack, order event (ddi + allergy, 11 meds)",
+            percentiles(N, || {
+                black_box(rules.evaluate(&order_view, &["order"]));
+            }),
+        ),
     ];
     // The machine's own tail: pure arithmetic calibrated to the vitals pack's p50, timed the
     // same way. Its p99/p50 is what preemption and interrupts add on this machine to any
@@ -219,11 +304,19 @@ fn bench(c: &mut Criterion) {
     let mut host = Vec::new();
     for name in ["news2", "sirs", "qsofa", "sep1_organ_dysfunction"] {
         if let Some(table) = tables.score(name) {
-            host.push((name, percentiles(N / 4, || { black_box(table.evaluate(&vitals_view)); })));
+            host.push((
+                name,
+                percentiles(N / 4, || {
+                    black_box(table.evaluate(&vitals_view));
+                }),
+            ));
         }
     }
     println!("\nrules_pack manual loop ({N} timed runs each, after warm-up):");
-    let rows = [("actor cycle: apply + view_at + pack + decide", cycle), ("machine floor: arithmetic of the pack's p50", floor)];
+    let rows = [
+        ("actor cycle: apply + view_at + pack + decide", cycle),
+        ("machine floor: arithmetic of the pack's p50", floor),
+    ];
     for (name, (p50, p99)) in report.iter().chain(rows.iter()) {
         println!("  {name:<48} p50 {p50:>8.2} us   p99 {p99:>8.2} us");
     }
@@ -233,8 +326,11 @@ fn bench(c: &mut Criterion) {
     }
     // Each rule alone (with the shipped tables), all triggers: where the pack's time goes.
     let shipped = rules_dir();
-    let mut files: Vec<_> = std::fs::read_dir(&shipped).unwrap().filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "rhai")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
+        .collect();
     files.sort();
     println!("  each rule alone, all triggers ({} timed runs each):", N / 4);
     for file in files {
@@ -245,10 +341,16 @@ fn bench(c: &mut Criterion) {
             std::fs::copy(table.path(), dir.join("data").join(table.file_name())).unwrap();
         }
         let one = RhaiRules::from_dir(&dir).unwrap();
-        let (p50, p99) = percentiles(N / 4, || { black_box(one.evaluate(&vitals_view, &ALL)); });
-        let (o50, o99) = percentiles(N / 4, || { black_box(one.evaluate(&order_view, &["order"])); });
+        let (p50, p99) = percentiles(N / 4, || {
+            black_box(one.evaluate(&vitals_view, &ALL));
+        });
+        let (o50, o99) = percentiles(N / 4, || {
+            black_box(one.evaluate(&order_view, &["order"]));
+        });
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        println!("    {name:<24} vitals p50 {p50:>8.2} us p99 {p99:>8.2} us | order p50 {o50:>8.2} us p99 {o99:>8.2} us");
+        println!(
+            "    {name:<24} vitals p50 {p50:>8.2} us p99 {p99:>8.2} us | order p50 {o50:>8.2} us p99 {o99:>8.2} us"
+        );
     }
     drop(vitals_view);
 

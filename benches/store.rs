@@ -60,14 +60,18 @@ async fn main() {
     let total: usize = std::env::var("VIGIL_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let dir = std::env::temp_dir().join(format!("vigil-bench-{}", rand::random::<u64>()));
     let store: Arc<dyn EventStore> = Arc::new(
-        EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), keys(), Arc::new(RecordingPublisher::default())).unwrap(),
+        EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), keys(), Arc::new(RecordingPublisher::default()))
+            .unwrap(),
     );
     println!("embedded (fjall, fsync per commit, AES-256-GCM sealed records)");
     let baseline = run(Arc::clone(&store), total.min(2_000), 1, 1).await;
     println!("  baseline: 1 appender, 1 record per commit      {baseline:>10.0} records/s");
     for (appenders, per_commit) in [(10, 1), (100, 1), (100, 10), (100, 100)] {
         let rate = run(Arc::clone(&store), total, appenders, per_commit).await;
-        println!("  {appenders:>3} appenders x {per_commit:>3} in flight each           {rate:>10.0} records/s ({:.1}x)", rate / baseline);
+        println!(
+            "  {appenders:>3} appenders x {per_commit:>3} in flight each           {rate:>10.0} records/s ({:.1}x)",
+            rate / baseline
+        );
     }
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
@@ -77,12 +81,17 @@ async fn main() {
     config.await_schema_agreement = false;
     let scylla = ScyllaStore::connect(config, keys(), Arc::new(RecordingPublisher::default())).await.unwrap();
     let store: Arc<dyn EventStore> = Arc::new(scylla.clone());
-    println!("scylla adapter over kassandra (in-memory, loopback, one mutex: a lower bound of the adapter, not of ScyllaDB)");
+    println!(
+        "scylla adapter over kassandra (in-memory, loopback, one mutex: a lower bound of the adapter, not of ScyllaDB)"
+    );
     let baseline = run(Arc::clone(&store), total.min(2_000), 1, 1).await;
     println!("  baseline: 1 appender, 1 record per commit      {baseline:>10.0} records/s");
     for (appenders, per_commit) in [(10, 1), (100, 10), (100, 100)] {
         let rate = run(Arc::clone(&store), total.min(10_000), appenders, per_commit).await;
-        println!("  {appenders:>3} appenders x {per_commit:>3} in flight each           {rate:>10.0} records/s ({:.1}x)", rate / baseline);
+        println!(
+            "  {appenders:>3} appenders x {per_commit:>3} in flight each           {rate:>10.0} records/s ({:.1}x)",
+            rate / baseline
+        );
     }
     scylla.close().await;
 }

@@ -15,8 +15,8 @@ use vigil_actors::{AlertStore, Clock, EventStore, Router, SystemClock};
 
 use crate::alerts::AlertHub;
 use crate::auth::Auth;
-use crate::config::Config;
 use crate::config::Backend;
+use crate::config::Config;
 use crate::crypto::{BlindIndex, KeyRing, load_or_create_key};
 use crate::http::{self, AppState};
 use crate::ingest::Ingress;
@@ -114,9 +114,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             let local = fjall::Database::builder(config.data_dir.join("local"))
                 .open()
                 .context("opening the node-local database (audit, webhook cursors)")?;
-            let scylla = ScyllaStore::connect(ScyllaStoreConfig::from_settings(&config.store), keys, Arc::new(hub.clone()))
-                .await
-                .context("connecting to ScyllaDB")?;
+            let scylla =
+                ScyllaStore::connect(ScyllaStoreConfig::from_settings(&config.store), keys, Arc::new(hub.clone()))
+                    .await
+                    .context("connecting to ScyllaDB")?;
             Store::Scylla(scylla, local)
         }
     };
@@ -125,30 +126,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let live = crate::alerts::live::LiveHub::new(1024);
     let router = Arc::new(
-        Router::new(Arc::clone(&events), Arc::clone(&alerts), Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>, Arc::clone(&clock))
-            .await?
-            .with_live_feed(Arc::new(live.clone())),
+        Router::new(
+            Arc::clone(&events),
+            Arc::clone(&alerts),
+            Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>,
+            Arc::clone(&clock),
+        )
+        .await?
+        .with_live_feed(Arc::new(live.clone())),
     );
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
-    let ingress = Arc::new(Ingress::new(
-        Arc::clone(&router),
-        events,
-        mapper,
-        Arc::clone(&clock),
-        config.ingest_permits,
-        config.mllp.application.clone(),
-        config.mllp.facility.clone(),
-    )
-    .with_unsupported(config.hl7.unsupported));
+    let ingress = Arc::new(
+        Ingress::new(
+            Arc::clone(&router),
+            events,
+            mapper,
+            Arc::clone(&clock),
+            config.ingest_permits,
+            config.mllp.application.clone(),
+            config.mllp.facility.clone(),
+        )
+        .with_unsupported(config.hl7.unsupported),
+    );
 
-    let mllp_listener = TcpListener::bind(config.mllp_addr)
-        .await
-        .with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let mllp_listener =
+        TcpListener::bind(config.mllp_addr).await.with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
+    let http_listener =
+        TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let mllp_addr = mllp_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -174,7 +180,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         None => None,
     };
     // Before MLLP starts: a new endpoint's cursor is the log's end, so nothing later is skipped.
-    let webhook_ledger = crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
+    let webhook_ledger =
+        crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
     let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
     let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
@@ -203,10 +210,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Arc::clone(&clock),
         shutdown.subscribe(),
     ));
-    let passivation = config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
+    let passivation =
+        config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
     ready.store(true, Ordering::Release);
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
-    Ok(Running { mllp_addr, http_addr, auth, shutdown, ready, mllp, http, escalation, passivation, webhooks, sessions_closed, router, store, rules_watch })
+    Ok(Running {
+        mllp_addr,
+        http_addr,
+        auth,
+        shutdown,
+        ready,
+        mllp,
+        http,
+        escalation,
+        passivation,
+        webhooks,
+        sessions_closed,
+        router,
+        store,
+        rules_watch,
+    })
 }
 
 /// Stop idle patient actors (no open alert, no clock running) every minute; their next event

@@ -1,8 +1,8 @@
 //! Console authentication: signed JWTs (HS256 for now) carrying a role and the units the
 //! holder may see. `/ws` and the API verify them; `vigil token` issues them.
 
-use serde::{Deserialize, Serialize};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 
 /// Roles of console users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -87,7 +87,12 @@ const ISSUER: &str = "vigil";
 impl Auth {
     /// HS256 with `secret`.
     pub fn hs256(secret: &[u8]) -> Self {
-        Auth::pinned(Algorithm::HS256, Some(EncodingKey::from_secret(secret)), DecodingKey::from_secret(secret), &[ISSUER])
+        Auth::pinned(
+            Algorithm::HS256,
+            Some(EncodingKey::from_secret(secret)),
+            DecodingKey::from_secret(secret),
+            &[ISSUER],
+        )
     }
 
     /// RS256 or ES256 with an identity provider's public key (PEM), accepting tokens from
@@ -112,7 +117,8 @@ impl Auth {
             ),
             other => return Err(KeyError::Algorithm(other.to_string())),
         };
-        let issuers: Vec<&str> = if issuers.is_empty() { vec![ISSUER] } else { issuers.iter().map(String::as_str).collect() };
+        let issuers: Vec<&str> =
+            if issuers.is_empty() { vec![ISSUER] } else { issuers.iter().map(String::as_str).collect() };
         Ok(Auth::pinned(alg, encoding, decoding, &issuers))
     }
 
@@ -135,26 +141,20 @@ impl Auth {
     pub fn issue(&self, sub: &str, role: Role, units: Vec<String>, ttl: time::Duration) -> String {
         let Some(encoding) = &self.encoding else { return String::new() };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = Claims {
-            sub: sub.into(),
-            role,
-            units,
-            iat: now,
-            exp: now + ttl.whole_seconds(),
-            iss: ISSUER.into(),
-        };
+        let claims =
+            Claims { sub: sub.into(), role, units, iat: now, exp: now + ttl.whole_seconds(), iss: ISSUER.into() };
         // Encoding claims that serialize with a key that parsed cannot fail.
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding).unwrap_or_default()
     }
 
     /// Verify a token.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims).map_err(|e| {
+            match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,
-            })
+            }
+        })
     }
 }
 

@@ -129,7 +129,11 @@ pub struct Hl7Settings {
 
 impl Default for Hl7Settings {
     fn default() -> Self {
-        Hl7Settings { mrn_identifier_type: "MR".into(), default_utc_offset: time::UtcOffset::UTC, unsupported: UnsupportedPolicy::Reject }
+        Hl7Settings {
+            mrn_identifier_type: "MR".into(),
+            default_utc_offset: time::UtcOffset::UTC,
+            unsupported: UnsupportedPolicy::Reject,
+        }
     }
 }
 
@@ -398,7 +402,8 @@ impl Config {
             unsupported: file.hl7.unsupported.unwrap_or_default(),
         };
         let store_file = file.store;
-        let keys_dir = env_path("VIGIL_KEYS_DIR").or(store_file.keys_dir).unwrap_or_else(|| default_keys_dir(&data_dir));
+        let keys_dir =
+            env_path("VIGIL_KEYS_DIR").or(store_file.keys_dir).unwrap_or_else(|| default_keys_dir(&data_dir));
         let backend = match env_string("VIGIL_STORE").or(store_file.backend).as_deref() {
             None | Some("embedded") => Backend::Embedded,
             Some("scylla") => Backend::Scylla,
@@ -407,7 +412,9 @@ impl Config {
         let scylla_file = store_file.scylla;
         let store = StoreSettings {
             backend,
-            keys_file: env_path("VIGIL_KEYS_FILE").or(store_file.keys_file).unwrap_or_else(|| keys_dir.join("field.keys")),
+            keys_file: env_path("VIGIL_KEYS_FILE")
+                .or(store_file.keys_file)
+                .unwrap_or_else(|| keys_dir.join("field.keys")),
             keys_dir,
             retention: Retention {
                 observations_days: store_file.retention_observations_days.unwrap_or(2192),
@@ -476,7 +483,9 @@ impl Config {
         match (self.auth_algorithm.as_str(), &self.auth_public_key) {
             ("HS256", _) => {}
             ("RS256" | "ES256", Some(_)) => {}
-            ("RS256" | "ES256", None) => bail!("auth.public_key_file is required with auth.algorithm = {}", self.auth_algorithm),
+            ("RS256" | "ES256", None) => {
+                bail!("auth.public_key_file is required with auth.algorithm = {}", self.auth_algorithm)
+            }
             (other, _) => bail!("auth.algorithm must be HS256, RS256 or ES256, not {other}"),
         }
         if self.hl7.mrn_identifier_type.trim().is_empty() {
@@ -492,9 +501,16 @@ impl Config {
         if r.observations_days == 0 || r.raw_messages_days == 0 {
             bail!("store.retention_observations_days and store.retention_raw_messages_days must be at least 1");
         }
-        for (key, path) in [("store.keys_dir", &self.store.keys_dir), ("store.keys_file", &self.store.keys_file), ("auth.jwt_secret_file", &self.jwt_secret_file)] {
+        for (key, path) in [
+            ("store.keys_dir", &self.store.keys_dir),
+            ("store.keys_file", &self.store.keys_file),
+            ("auth.jwt_secret_file", &self.jwt_secret_file),
+        ] {
             if inside(path, &self.data_dir) {
-                bail!("{key} ({}) must not be inside the data directory: a copy of the data must not carry its keys", path.display());
+                bail!(
+                    "{key} ({}) must not be inside the data directory: a copy of the data must not carry its keys",
+                    path.display()
+                );
             }
         }
         if self.store.scylla.nodes.is_empty() {
@@ -535,8 +551,7 @@ fn inside(path: &Path, dir: &Path) -> bool {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
 
@@ -549,7 +564,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vigil.toml");
-        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\nmllp_addr = \"127.0.0.1:9001\"\n[mllp]\nmax_frame_bytes = 4096\n").unwrap();
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:9000\"\nmllp_addr = \"127.0.0.1:9001\"\n[mllp]\nmax_frame_bytes = 4096\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             http_addr: Some("127.0.0.1:9100".parse().unwrap()),
             config: Some(path.clone()),
@@ -573,7 +592,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vigil.toml");
         let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
-        std::fs::write(&path, "[hl7]\nmrn_identifier_type = \"PI\"\ndefault_utc_offset = \"-05:00\"\nunsupported = \"ignore\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[hl7]\nmrn_identifier_type = \"PI\"\ndefault_utc_offset = \"-05:00\"\nunsupported = \"ignore\"\n",
+        )
+        .unwrap();
         let c = Config::load(&args).unwrap();
         assert_eq!(c.hl7.mrn_identifier_type, "PI");
         assert_eq!(c.hl7.default_utc_offset, time::UtcOffset::from_hms(-5, 0, 0).unwrap());
@@ -615,7 +638,11 @@ mod tests {
         std::fs::write(dir.join("v.toml"), "[store]\nretention_audit_days = 365\n").unwrap();
         let err = format!("{:#}", Config::load(&args).unwrap_err());
         assert!(err.contains("store.retention_audit_days"), "{err}");
-        std::fs::write(dir.join("v.toml"), "[store.scylla]\ndatacenters = { dc1 = 3 }\nconsistency = \"local_quorum\"\n").unwrap();
+        std::fs::write(
+            dir.join("v.toml"),
+            "[store.scylla]\ndatacenters = { dc1 = 3 }\nconsistency = \"local_quorum\"\n",
+        )
+        .unwrap();
         assert_eq!(Config::load(&args).unwrap().store.scylla.datacenters.get("dc1"), Some(&3));
     }
 }

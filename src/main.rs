@@ -127,7 +127,9 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await;
             let _ = stop.send(true);
             match ward.await {
-                Ok(Ok(stats)) => tracing::info!(sent = stats.sent, acked = stats.acked, naks = stats.naks, "ward stopped"),
+                Ok(Ok(stats)) => {
+                    tracing::info!(sent = stats.sent, acked = stats.acked, naks = stats.naks, "ward stopped")
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "ward failed"),
                 Err(e) => tracing::warn!(error = %e, "ward task failed"),
             }
@@ -140,7 +142,11 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let auth = app::load_auth(&config)?;
-            anyhow::ensure!(auth.can_issue(), "this server verifies tokens from an identity provider ({}); it holds no key to issue them", config.auth_algorithm);
+            anyhow::ensure!(
+                auth.can_issue(),
+                "this server verifies tokens from an identity provider ({}); it holds no key to issue them",
+                config.auth_algorithm
+            );
             println!("{}", auth.issue(&sub, role, units, time::Duration::hours(hours)));
         }
     }

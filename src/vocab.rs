@@ -235,7 +235,9 @@ impl Vocabulary {
         let mut alias = |spelling: &str, unit: &str| -> Result<(), serde_json::Error> {
             let entry = spellings.entry(spelling.to_string()).or_default();
             match &entry.alias {
-                Some(other) if other != unit => Err(invalid(format!("unit {spelling:?} is an alias of both {other:?} and {unit:?}"))),
+                Some(other) if other != unit => {
+                    Err(invalid(format!("unit {spelling:?} is an alias of both {other:?} and {unit:?}")))
+                }
                 _ => {
                     entry.alias = Some(unit.to_string());
                     Ok(())
@@ -251,7 +253,9 @@ impl Vocabulary {
             }
             let plausible = match (row.value_type, row.plausible) {
                 (ValueType::Numeric, Some([low, high])) if low <= high => Some((low, high)),
-                (ValueType::Numeric, _) => return Err(invalid(format!("{}: a numeric analyte needs `plausible: [low, high]`", row.name))),
+                (ValueType::Numeric, _) => {
+                    return Err(invalid(format!("{}: a numeric analyte needs `plausible: [low, high]`", row.name)));
+                }
                 (ValueType::Text, _) => None,
             };
             let mut by_answer = HashMap::new();
@@ -260,7 +264,10 @@ impl Vocabulary {
                     if let Some(other) = by_answer.insert(fold(spelling), value.clone())
                         && other != *value
                     {
-                        return Err(invalid(format!("{}: answer {spelling:?} means both {other:?} and {value:?}", row.name)));
+                        return Err(invalid(format!(
+                            "{}: answer {spelling:?} means both {other:?} and {value:?}",
+                            row.name
+                        )));
                     }
                 }
             }
@@ -268,11 +275,20 @@ impl Vocabulary {
                 answers.insert(row.name.clone(), by_answer);
             }
             names.push(row.name.clone());
-            let canonical = Canonical { name: row.name, unit: row.unit, value_type: row.value_type, no_unit: row.no_unit, plausible };
+            let canonical = Canonical {
+                name: row.name,
+                unit: row.unit,
+                value_type: row.value_type,
+                no_unit: row.no_unit,
+                plausible,
+            };
             for (system, list) in [(CodeSystem::Mdc, row.mdc), (CodeSystem::Loinc, row.loinc)] {
                 for code in list {
                     if let Some(other) = codes.insert((system, code.clone()), canonical.clone()) {
-                        return Err(invalid(format!("code {code} maps to both {:?} and {:?}", other.name, canonical.name)));
+                        return Err(invalid(format!(
+                            "code {code} maps to both {:?} and {:?}",
+                            other.name, canonical.name
+                        )));
                     }
                 }
             }
@@ -287,7 +303,10 @@ impl Vocabulary {
             for name in &row.names {
                 // A conversion must land on the analyte's canonical unit, or the table is wrong.
                 if !codes.values().any(|c: &Canonical| c.name == *name && c.unit == row.to) {
-                    return Err(invalid(format!("conversion for {name:?} targets {:?}, not its canonical unit", row.to)));
+                    return Err(invalid(format!(
+                        "conversion for {name:?} targets {:?}, not its canonical unit",
+                        row.to
+                    )));
                 }
                 for from in &row.from {
                     let entry = spellings.entry(from.clone()).or_default();
@@ -439,7 +458,10 @@ impl DroppedValues {
 
     /// How many values of `name` were dropped for `reason`.
     pub fn get(&self, name: &str, reason: DropReason) -> u64 {
-        self.index.get(name).and_then(|&i| self.counts.get(i)).map_or(0, |row| row[reason.index()].load(Ordering::Relaxed))
+        self.index
+            .get(name)
+            .and_then(|&i| self.counts.get(i))
+            .map_or(0, |row| row[reason.index()].load(Ordering::Relaxed))
     }
 
     /// Every non-zero counter: (canonical name, reason, count), in table then reason order.
@@ -539,9 +561,23 @@ mod tests {
         let v = Vocabulary::shipped();
         let c = v.lookup(CodeSystem::Loinc, "67775-7").unwrap().clone();
         for (text, want) in [
-            ("Alert", "A"), ("new  confusion", "C"), ("CONFUSED", "C"), ("Voice", "V"), ("pain", "P"), ("Unresponsive", "U"),
-            ("LA9340-6", "A"), ("LA6560-2", "C"), ("LA17108-4", "V"), ("LA17107-6", "P"), ("LA9343-0", "U"),
-            ("248234008", "A"), ("130987000", "C"), ("300202002", "V"), ("450847001", "P"), ("422768004", "U"), ("u", "U"),
+            ("Alert", "A"),
+            ("new  confusion", "C"),
+            ("CONFUSED", "C"),
+            ("Voice", "V"),
+            ("pain", "P"),
+            ("Unresponsive", "U"),
+            ("LA9340-6", "A"),
+            ("LA6560-2", "C"),
+            ("LA17108-4", "V"),
+            ("LA17107-6", "P"),
+            ("LA9343-0", "U"),
+            ("248234008", "A"),
+            ("130987000", "C"),
+            ("300202002", "V"),
+            ("450847001", "P"),
+            ("422768004", "U"),
+            ("u", "U"),
         ] {
             assert_eq!(v.answer(&c, text), Some(want), "{text}");
         }
@@ -551,7 +587,11 @@ mod tests {
 
     #[test]
     fn a_table_that_contradicts_itself_is_refused() {
-        let row = |extra: &str| format!(r#"{{ "observations": [ {{ "name": "x", "unit": "%", "type": "numeric", "mdc": [], "loinc": ["1-1"]{extra} }} ], "units": [], "conversions": [] }}"#);
+        let row = |extra: &str| {
+            format!(
+                r#"{{ "observations": [ {{ "name": "x", "unit": "%", "type": "numeric", "mdc": [], "loinc": ["1-1"]{extra} }} ], "units": [], "conversions": [] }}"#
+            )
+        };
         assert!(Vocabulary::from_json(&row(r#", "plausible": [0, 100]"#)).is_ok());
         let err = |json: &str| Vocabulary::from_json(json).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err(&row("")).contains("needs `plausible"), "a numeric analyte without a plausibility range");

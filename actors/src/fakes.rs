@@ -8,8 +8,7 @@ use time::OffsetDateTime;
 
 use crate::model::{AcceptedMessage, Alert, AlertId, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
 use crate::ports::{
-    AlertPublisher, AlertStore, Clock, Durable, EventStore, PatientView, RuleEngine, RuleOutcome,
-    StoreError,
+    AlertPublisher, AlertStore, Clock, Durable, EventStore, PatientView, RuleEngine, RuleOutcome, StoreError,
 };
 
 /// Events and alerts in memory.
@@ -49,28 +48,17 @@ impl EventStore for MemoryStore {
         Ok(rx)
     }
 
-    async fn accepted_message(
-        &self,
-        sender: &str,
-        control_id: &str,
-    ) -> Result<Option<AcceptedMessage>, StoreError> {
-        let events = self.events.lock().map_err(|_| poisoned())?;
-        Ok(events.iter().find(|e| e.sender == sender && e.control_id == control_id).map(|e| {
-            AcceptedMessage { patient_id: e.patient_id.clone(), received_at: e.received_at }
-        }))
-    }
-
-    async fn events_since(
-        &self,
-        patient: &PatientId,
-        since: OffsetDateTime,
-    ) -> Result<Vec<ClinicalEvent>, StoreError> {
+    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError> {
         let events = self.events.lock().map_err(|_| poisoned())?;
         Ok(events
             .iter()
-            .filter(|e| &e.patient_id == patient && e.received_at >= since)
-            .cloned()
-            .collect())
+            .find(|e| e.sender == sender && e.control_id == control_id)
+            .map(|e| AcceptedMessage { patient_id: e.patient_id.clone(), received_at: e.received_at }))
+    }
+
+    async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
+        let events = self.events.lock().map_err(|_| poisoned())?;
+        Ok(events.iter().filter(|e| &e.patient_id == patient && e.received_at >= since).cloned().collect())
     }
 }
 
@@ -108,11 +96,7 @@ impl AlertStore for MemoryStore {
         Ok(alerts.iter().rev().find(|a| &a.alert.id == id).cloned())
     }
 
-    async fn alerts_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<SequencedAlert>, StoreError> {
+    async fn alerts_after(&self, after: u64, limit: usize) -> Result<Vec<SequencedAlert>, StoreError> {
         let alerts = self.alerts.lock().map_err(|_| poisoned())?;
         Ok(alerts.iter().filter(|a| a.seq > after).take(limit).cloned().collect())
     }
@@ -175,8 +159,8 @@ where
 mod tests {
     use super::*;
     use crate::model::*;
-    use crate::ports::{AlertPolicy, RuleVerdict};
     use crate::patient::ActFailure;
+    use crate::ports::{AlertPolicy, RuleVerdict};
     use crate::router::Router;
 
     fn event(mrn: &str, rr: f64, at: OffsetDateTime) -> ClinicalEvent {
@@ -238,8 +222,7 @@ mod tests {
         }
         router.shutdown().await;
         let published = publisher.published.lock().unwrap().clone();
-        let statuses: Vec<_> =
-            published.iter().map(|c| (c.seq, c.alert.status, c.alert.severity)).collect();
+        let statuses: Vec<_> = published.iter().map(|c| (c.seq, c.alert.status, c.alert.severity)).collect();
         assert_eq!(
             statuses,
             vec![
@@ -430,7 +413,10 @@ mod tests {
         }
         let one_more = AlertAction::Comment { by: "nurse-1".into(), text: "too many".into() };
         assert!(
-            matches!(router.act(&patient, id.clone(), one_more).await, Err(ActFailure::Refused(crate::patient::ActError::TooManyComments))),
+            matches!(
+                router.act(&patient, id.clone(), one_more).await,
+                Err(ActFailure::Refused(crate::patient::ActError::TooManyComments))
+            ),
             "comments on one alert are bounded"
         );
         let resolve = AlertAction::Resolve { by: "nurse-1".into(), reason: "treated".into() };

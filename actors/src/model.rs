@@ -268,9 +268,7 @@ impl ClinicalEvent {
     /// carries, or `census`, `merge`, `order`, `administration`, `allergy`.
     pub fn trigger_names(&self) -> Vec<&str> {
         match &self.kind {
-            EventKind::Observations { observations } => {
-                observations.iter().map(|o| o.name.as_str()).collect()
-            }
+            EventKind::Observations { observations } => observations.iter().map(|o| o.name.as_str()).collect(),
             EventKind::Census { .. } => vec!["census"],
             EventKind::Merge { .. } => vec!["merge"],
             EventKind::MedicationOrder { .. } => vec!["order"],
@@ -497,9 +495,10 @@ impl Alert {
     /// role it has been escalated to.
     pub fn visible_to(&self, may_see_unit: impl Fn(&str) -> bool, role: &str) -> bool {
         may_see_unit(&self.patient.unit)
-            || self.escalation.as_ref().is_some_and(|e| {
-                e.units.iter().any(|u| may_see_unit(u)) || e.roles.iter().any(|r| r == role)
-            })
+            || self
+                .escalation
+                .as_ref()
+                .is_some_and(|e| e.units.iter().any(|u| may_see_unit(u)) || e.roles.iter().any(|r| r == role))
     }
 }
 

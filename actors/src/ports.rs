@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    Details,
-    AcceptedMessage, Alert, AlertId, Allergy, Medication, Observation, ClinicalEvent, Location, PatientId, SequencedAlert, Severity,
+    AcceptedMessage, Alert, AlertId, Allergy, ClinicalEvent, Details, Location, Medication, Observation, PatientId,
+    SequencedAlert, Severity,
 };
 
 /// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
@@ -44,9 +44,7 @@ impl<T> Durable<T> {
 
     /// Wait until the write is durable, or learn that it failed.
     pub async fn wait(self) -> Result<T, StoreError> {
-        self.rx
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("committer stopped".into())))
+        self.rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("committer stopped".into())))
     }
 }
 
@@ -81,18 +79,10 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// The message `control_id` from `sender`, if an event from it was committed.
-    async fn accepted_message(
-        &self,
-        sender: &str,
-        control_id: &str,
-    ) -> Result<Option<AcceptedMessage>, StoreError>;
+    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError>;
 
     /// Recent events of one patient, oldest first, received at or after `since`.
-    async fn events_since(
-        &self,
-        patient: &PatientId,
-        since: OffsetDateTime,
-    ) -> Result<Vec<ClinicalEvent>, StoreError>;
+    async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError>;
 }
 
 /// Where alerts go. An upsert is assigned the next sequence number when it is committed and is
@@ -109,8 +99,7 @@ pub trait AlertStore: Send + Sync + 'static {
     async fn alert(&self, id: &AlertId) -> Result<Option<SequencedAlert>, StoreError>;
 
     /// Alert changes with `seq > after`, in order, at most `limit`.
-    async fn alerts_after(&self, after: u64, limit: usize)
-    -> Result<Vec<SequencedAlert>, StoreError>;
+    async fn alerts_after(&self, after: u64, limit: usize) -> Result<Vec<SequencedAlert>, StoreError>;
 
     /// The latest state of every alert that is not resolved, with its last sequence number.
     async fn open_alerts(&self) -> Result<Vec<SequencedAlert>, StoreError>;

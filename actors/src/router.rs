@@ -164,9 +164,7 @@ impl Router {
         let unavailable = |e: String| ActFailure::Store(StoreError::Unavailable(e));
         let actor = self.actor_for(patient).await.map_err(|e| unavailable(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        actor
-            .cast(PatientMsg::Act { alert_id, action, reply: tx.into() })
-            .map_err(|e| unavailable(e.to_string()))?;
+        actor.cast(PatientMsg::Act { alert_id, action, reply: tx.into() }).map_err(|e| unavailable(e.to_string()))?;
         rx.await.map_err(|_| unavailable("actor stopped".into()))?
     }
 
@@ -221,16 +219,14 @@ impl Router {
             None => Vec::new(),
         };
         let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), history, open_alerts };
-        let (actor, _handle) = Actor::spawn(None, PatientActor, args)
-            .await
-            .map_err(|e| IngestError::Actor(e.to_string()))?;
+        let (actor, _handle) =
+            Actor::spawn(None, PatientActor, args).await.map_err(|e| IngestError::Actor(e.to_string()))?;
         self.actors.insert(id.clone(), actor.clone());
         Ok(actor)
     }
 
     fn live(&self, id: &PatientId) -> Option<ActorRef<PatientMsg>> {
         let actor = self.actors.get(id)?.value().clone();
-        matches!(actor.get_status(), ActorStatus::Running | ActorStatus::Starting)
-            .then_some(actor)
+        matches!(actor.get_status(), ActorStatus::Running | ActorStatus::Starting).then_some(actor)
     }
 }

@@ -304,7 +304,9 @@ impl FlapCounter {
         } else {
             self.report.resolved_by_rule += 1;
         }
-        let Some(at) = timestamp(alert, &["resolved", "at"]).or_else(|| timestamp(alert, &["updated_at"])) else { return };
+        let Some(at) = timestamp(alert, &["resolved", "at"]).or_else(|| timestamp(alert, &["updated_at"])) else {
+            return;
+        };
         if self.resolutions.len() >= MAX_TRACKED {
             // Only resolutions inside the window can still count.
             let horizon = at - self.window;
@@ -401,7 +403,14 @@ mod tests {
 
     use super::*;
 
-    fn alert(id: &str, patient: &str, rule: &str, status: &str, raised_at: &str, resolved: Option<(&str, &str)>) -> Value {
+    fn alert(
+        id: &str,
+        patient: &str,
+        rule: &str,
+        status: &str,
+        raised_at: &str,
+        resolved: Option<(&str, &str)>,
+    ) -> Value {
         json!({
             "id": id,
             "patient": { "id": patient, "mrn": "SIM1", "name": "Test, Alpha", "unit": "ICU", "room": "01", "bed": "A" },
@@ -425,10 +434,30 @@ mod tests {
     fn a_new_alert_soon_after_a_rule_resolve_is_a_flap() {
         let mut c = counter();
         c.on_frame(&frame(1, alert("a1", "p1", "news2", "active", "2026-01-01T10:00:00Z", None)));
-        c.on_frame(&frame(2, alert("a1", "p1", "news2", "resolved", "2026-01-01T10:00:00Z", Some(("rule:news2", "2026-01-01T10:01:00Z")))));
+        c.on_frame(&frame(
+            2,
+            alert(
+                "a1",
+                "p1",
+                "news2",
+                "resolved",
+                "2026-01-01T10:00:00Z",
+                Some(("rule:news2", "2026-01-01T10:01:00Z")),
+            ),
+        ));
         c.on_frame(&frame(3, alert("a2", "p1", "news2", "active", "2026-01-01T10:01:06Z", None)));
         // Resolved again, back 20 s later: a second flap.
-        c.on_frame(&frame(4, alert("a2", "p1", "news2", "resolved", "2026-01-01T10:01:06Z", Some(("rule:news2", "2026-01-01T10:02:00Z")))));
+        c.on_frame(&frame(
+            4,
+            alert(
+                "a2",
+                "p1",
+                "news2",
+                "resolved",
+                "2026-01-01T10:01:06Z",
+                Some(("rule:news2", "2026-01-01T10:02:00Z")),
+            ),
+        ));
         c.on_frame(&frame(5, alert("a3", "p1", "news2", "active", "2026-01-01T10:02:20Z", None)));
         let r = c.report();
         assert_eq!((r.raised, r.resolved_by_rule, r.re_raised, r.re_raised_after_hand), (3, 2, 2, 0));
@@ -444,7 +473,9 @@ mod tests {
     #[test]
     fn outside_the_window_other_patient_rule_or_finding_are_not_flaps() {
         let mut c = counter();
-        let resolved = |id: &str, p: &str, rule: &str| alert(id, p, rule, "resolved", "2026-01-01T10:00:00Z", Some(("rule:x", "2026-01-01T10:01:00Z")));
+        let resolved = |id: &str, p: &str, rule: &str| {
+            alert(id, p, rule, "resolved", "2026-01-01T10:00:00Z", Some(("rule:x", "2026-01-01T10:01:00Z")))
+        };
         for (i, (p, rule)) in [("p1", "news2"), ("p2", "news2"), ("p1", "sirs")].iter().enumerate() {
             let id = format!("old{i}");
             c.on_frame(&frame(1, alert(&id, p, rule, "active", "2026-01-01T10:00:00Z", None)));
@@ -485,15 +516,31 @@ mod tests {
         acked["acknowledged"] = json!({ "by": "nurse", "at": "2026-01-01T10:00:00Z" });
         c.on_frame(&frame(11, acked));
         // Resolved by a clinician, back 2 s later under a new id.
-        c.on_frame(&frame(12, alert("s1", "p1", "news2", "resolved", "2026-01-01T09:00:00Z", Some(("nurse", "2026-01-01T10:00:10Z")))));
+        c.on_frame(&frame(
+            12,
+            alert("s1", "p1", "news2", "resolved", "2026-01-01T09:00:00Z", Some(("nurse", "2026-01-01T10:00:10Z"))),
+        ));
         c.on_frame(&frame(13, alert("s2", "p1", "news2", "active", "2026-01-01T10:00:12Z", None)));
         // A rule resolve followed by the same id coming back is a reopened episode.
-        c.on_frame(&frame(14, alert("s2", "p1", "news2", "resolved", "2026-01-01T10:00:12Z", Some(("rule:news2", "2026-01-01T10:01:00Z")))));
+        c.on_frame(&frame(
+            14,
+            alert(
+                "s2",
+                "p1",
+                "news2",
+                "resolved",
+                "2026-01-01T10:00:12Z",
+                Some(("rule:news2", "2026-01-01T10:01:00Z")),
+            ),
+        ));
         c.on_frame(&frame(15, alert("s2", "p1", "news2", "active", "2026-01-01T10:00:12Z", None)));
         // Frames replayed after a reconnect change nothing.
         c.on_frame(&frame(15, alert("s2", "p1", "news2", "active", "2026-01-01T10:00:12Z", None)));
         let r = c.report();
-        assert_eq!((r.raised, r.resolved_by_hand, r.resolved_by_rule, r.re_raised, r.re_raised_after_hand, r.reopened), (1, 1, 1, 1, 1, 1));
+        assert_eq!(
+            (r.raised, r.resolved_by_hand, r.resolved_by_rule, r.re_raised, r.re_raised_after_hand, r.reopened),
+            (1, 1, 1, 1, 1, 1)
+        );
         assert_eq!(r.median_gap_s, Some(2.0));
         // Other frames and garbage are ignored; seq still advances.
         c.on_frame(&json!({ "type": "heartbeat", "seq": 20 }));
@@ -514,7 +561,10 @@ mod tests {
     #[test]
     fn an_alert_first_seen_resolved_counts_both_ways() {
         let mut c = counter();
-        c.on_frame(&frame(1, alert("a1", "p1", "sirs", "resolved", "2026-01-01T10:00:00Z", Some(("rule:sirs", "2026-01-01T10:00:30Z")))));
+        c.on_frame(&frame(
+            1,
+            alert("a1", "p1", "sirs", "resolved", "2026-01-01T10:00:00Z", Some(("rule:sirs", "2026-01-01T10:00:30Z"))),
+        ));
         c.on_frame(&frame(2, alert("a2", "p1", "sirs", "active", "2026-01-01T10:00:40Z", None)));
         let r = c.report();
         assert_eq!((r.raised, r.resolved_by_rule, r.re_raised), (2, 1, 1));
@@ -524,7 +574,10 @@ mod tests {
     fn tracking_is_bounded() {
         let mut c = counter();
         for i in 0..(MAX_TRACKED + 10) {
-            c.on_frame(&frame(i as u64, alert(&format!("a{i}"), &format!("p{i}"), "r", "active", "2026-01-01T10:00:00Z", None)));
+            c.on_frame(&frame(
+                i as u64,
+                alert(&format!("a{i}"), &format!("p{i}"), "r", "active", "2026-01-01T10:00:00Z", None),
+            ));
         }
         assert_eq!(c.alerts.len(), MAX_TRACKED);
         assert_eq!(c.order.len(), MAX_TRACKED);

@@ -108,21 +108,11 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Ward {
-            mllp,
-            beds,
-            interval_ms,
-            deteriorating,
-            deterioration_secs,
-            units,
-            seed,
-        } => {
+        Command::Ward { mllp, beds, interval_ms, deteriorating, deterioration_secs, units, seed } => {
             let cfg = WardConfig {
                 beds,
                 interval: Duration::from_millis(interval_ms),
@@ -140,21 +130,13 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tx.send(true);
             });
             let stats = run_ward(mllp, cfg, rx).await?;
-            println!(
-                "sent {} acked {} naks {} errors {}",
-                stats.sent, stats.acked, stats.naks, stats.errors
-            );
+            println!("sent {} acked {} naks {} errors {}", stats.sent, stats.acked, stats.naks, stats.errors);
         }
-        Command::Send {
-            mllp,
-            timeout_secs,
-            file,
-        } => {
+        Command::Send { mllp, timeout_secs, file } => {
             let message = read_hl7_file(&file).await?;
             let timeout = Duration::from_secs(timeout_secs);
-            let mut client = MllpClient::connect(&mllp, timeout)
-                .await
-                .with_context(|| format!("connecting to {mllp}"))?;
+            let mut client =
+                MllpClient::connect(&mllp, timeout).await.with_context(|| format!("connecting to {mllp}"))?;
             let ack = client.send(&message).await.context("sending message")?;
             println!("{}", ack.replace('\r', "\n").trim_end());
             match ack_code(&ack) {
@@ -162,13 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 code => anyhow::bail!("message not accepted (MSA-1 {})", code.unwrap_or("missing")),
             }
         }
-        Command::Flapwatch {
-            url,
-            token,
-            units,
-            duration,
-            window,
-        } => {
+        Command::Flapwatch { url, token, units, duration, window } => {
             let report = run_flapwatch(FlapwatchConfig {
                 url,
                 token,
@@ -179,13 +155,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             print!("{}", report.to_markdown());
         }
-        Command::Rate {
-            mllp,
-            rate,
-            duration,
-            connections,
-            patients,
-        } => {
+        Command::Rate { mllp, rate, duration, connections, patients } => {
             let report = run_rate(RateConfig {
                 addr: mllp,
                 rate_per_sec: rate,
@@ -201,19 +171,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn read_hl7_file(path: &PathBuf) -> anyhow::Result<String> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
     let mut text = String::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_string(&mut text)
         .await
         .with_context(|| format!("reading {} as UTF-8", path.display()))?;
-    anyhow::ensure!(
-        text.len() as u64 <= MAX_FILE_BYTES,
-        "{} is larger than {MAX_FILE_BYTES} bytes",
-        path.display()
-    );
+    anyhow::ensure!(text.len() as u64 <= MAX_FILE_BYTES, "{} is larger than {MAX_FILE_BYTES} bytes", path.display());
     Ok(to_hl7_segments(&text))
 }
 
@@ -239,9 +203,6 @@ mod tests {
 
     #[test]
     fn line_endings_become_cr() {
-        assert_eq!(
-            to_hl7_segments("MSH|a\r\nPID|b\n\nOBX|c"),
-            "MSH|a\rPID|b\rOBX|c\r"
-        );
+        assert_eq!(to_hl7_segments("MSH|a\r\nPID|b\n\nOBX|c"), "MSH|a\rPID|b\rOBX|c\r");
     }
 }

@@ -65,12 +65,7 @@ impl MllpClient {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "MLLP connect timed out"))??;
         // ACK latency is what we measure; Nagle would add up to 40 ms of noise.
         stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            buf: Vec::with_capacity(READ_CHUNK),
-            timeout,
-            broken: false,
-        })
+        Ok(Self { stream, buf: Vec::with_capacity(READ_CHUNK), timeout, broken: false })
     }
 
     /// The per-reply timeout.
@@ -108,10 +103,7 @@ impl MllpClient {
     /// Writes all `messages` back to back, then returns their ACKs in order.
     /// Writing and reading run concurrently so a peer that acknowledges while we
     /// are still writing cannot deadlock us on full socket buffers.
-    pub async fn send_pipelined(
-        &mut self,
-        messages: &[String],
-    ) -> Result<Vec<String>, MllpClientError> {
+    pub async fn send_pipelined(&mut self, messages: &[String]) -> Result<Vec<String>, MllpClientError> {
         if self.broken {
             return Err(MllpClientError::Broken);
         }
@@ -122,10 +114,7 @@ impl MllpClient {
         result
     }
 
-    async fn pipelined_inner(
-        &mut self,
-        messages: &[String],
-    ) -> Result<Vec<String>, MllpClientError> {
+    async fn pipelined_inner(&mut self, messages: &[String]) -> Result<Vec<String>, MllpClientError> {
         let timeout = self.timeout;
         let (mut reader, mut writer) = self.stream.split();
         let buf = &mut self.buf;
@@ -182,9 +171,7 @@ pub(crate) async fn read_frame_timeout<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<String, MllpClientError> {
-    tokio::time::timeout(timeout, read_frame(reader, buf))
-        .await
-        .map_err(|_| MllpClientError::Timeout(timeout))?
+    tokio::time::timeout(timeout, read_frame(reader, buf)).await.map_err(|_| MllpClientError::Timeout(timeout))?
 }
 
 /// Reads one MLLP frame. Bytes after the frame stay in `buf` for the next call;
@@ -204,17 +191,13 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
             None => buf.clear(),
         }
         if !buf.is_empty()
-            && let Some(end) = buf[1..]
-                .windows(2)
-                .position(|w| w == [END_BLOCK, CARRIAGE_RETURN])
+            && let Some(end) = buf[1..].windows(2).position(|w| w == [END_BLOCK, CARRIAGE_RETURN])
         {
             let payload_end = end + 1;
             if payload_end - 1 > MAX_REPLY_BYTES {
                 return Err(MllpClientError::ReplyTooLarge);
             }
-            let text = std::str::from_utf8(&buf[1..payload_end])
-                .map_err(|_| MllpClientError::NotUtf8)?
-                .to_owned();
+            let text = std::str::from_utf8(&buf[1..payload_end]).map_err(|_| MllpClientError::NotUtf8)?.to_owned();
             buf.drain(..payload_end + 2);
             return Ok(text);
         }
@@ -281,11 +264,7 @@ pub(crate) mod test_support {
     }
 
     pub(crate) fn control_id(msg: &str) -> String {
-        msg.split('\r')
-            .next()
-            .and_then(|msh| msh.split('|').nth(9))
-            .unwrap_or("")
-            .to_owned()
+        msg.split('\r').next().and_then(|msh| msh.split('|').nth(9)).unwrap_or("").to_owned()
     }
 
     /// Starts the server on an ephemeral port and returns its address.
@@ -363,26 +342,17 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), "one");
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), "two");
-        assert!(matches!(
-            read_frame(&mut reader, &mut buf).await,
-            Err(MllpClientError::Closed)
-        ));
+        assert!(matches!(read_frame(&mut reader, &mut buf).await, Err(MllpClientError::Closed)));
     }
 
     #[tokio::test]
     async fn send_returns_ack() {
         let (addr, rec) = start(Mode::Ack).await;
         let mut c = MllpClient::connect(&addr, T).await.unwrap();
-        let ack = c
-            .send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|CID1|P|2.6\r")
-            .await
-            .unwrap();
+        let ack = c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|CID1|P|2.6\r").await.unwrap();
         assert_eq!(ack_code(&ack), Some("AA"));
         assert_eq!(ack_control_id(&ack), Some("CID1"));
-        let ack = c
-            .send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|CID2|P|2.6\r")
-            .await
-            .unwrap();
+        let ack = c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|CID2|P|2.6\r").await.unwrap();
         assert_eq!(ack_control_id(&ack), Some("CID2"));
         assert_eq!(rec.snapshot().len(), 2);
     }
@@ -393,9 +363,8 @@ mod tests {
         let mut c = MllpClient::connect(&addr, T).await.unwrap();
         // Enough data to exceed one write chunk and typical socket buffers.
         let pad = "X".repeat(2000);
-        let msgs: Vec<String> = (0..500)
-            .map(|i| format!("MSH|^~\\&|A|B|C|D|2025||ORU^R01|P{i}|P|2.6\rNTE|1||{pad}\r"))
-            .collect();
+        let msgs: Vec<String> =
+            (0..500).map(|i| format!("MSH|^~\\&|A|B|C|D|2025||ORU^R01|P{i}|P|2.6\rNTE|1||{pad}\r")).collect();
         let acks = c.send_pipelined(&msgs).await.unwrap();
         assert_eq!(acks.len(), 500);
         for (i, ack) in acks.iter().enumerate() {
@@ -410,22 +379,14 @@ mod tests {
         let (addr, _) = start(Mode::Oversized).await;
         let mut c = MllpClient::connect(&addr, T).await.unwrap();
         let err = c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|BIG|P|2.6\r").await;
-        assert!(
-            matches!(err, Err(MllpClientError::ReplyTooLarge)),
-            "{err:?}"
-        );
-        assert!(matches!(
-            c.send("again").await,
-            Err(MllpClientError::Broken)
-        ));
+        assert!(matches!(err, Err(MllpClientError::ReplyTooLarge)), "{err:?}");
+        assert!(matches!(c.send("again").await, Err(MllpClientError::Broken)));
     }
 
     #[tokio::test]
     async fn silent_server_times_out() {
         let (addr, _) = start(Mode::Silent).await;
-        let mut c = MllpClient::connect(&addr, Duration::from_millis(200))
-            .await
-            .unwrap();
+        let mut c = MllpClient::connect(&addr, Duration::from_millis(200)).await.unwrap();
         let started = std::time::Instant::now();
         let err = c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|T1|P|2.6\r").await;
         assert!(matches!(err, Err(MllpClientError::Timeout(_))), "{err:?}");
@@ -436,14 +397,9 @@ mod tests {
     async fn closed_connection_is_an_error_not_a_panic() {
         let (addr, _) = start(Mode::DropAfter(1)).await;
         let mut c = MllpClient::connect(&addr, T).await.unwrap();
-        c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|D1|P|2.6\r")
-            .await
-            .unwrap();
+        c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|D1|P|2.6\r").await.unwrap();
         let err = c.send("MSH|^~\\&|A|B|C|D|2025||ORU^R01|D2|P|2.6\r").await;
-        assert!(
-            matches!(err, Err(MllpClientError::Closed | MllpClientError::Io(_))),
-            "{err:?}"
-        );
+        assert!(matches!(err, Err(MllpClientError::Closed | MllpClientError::Io(_))), "{err:?}");
     }
 
     #[tokio::test]

@@ -125,13 +125,7 @@ const UCUM_L_MIN: &str = "L/min^liters per minute^UCUM";
 ///
 /// Each parameter group sits in its own VMD of the MDS (`1.<vmd>.1.<metric>`),
 /// as a multi-parameter monitor would report it.
-pub fn oru_r01(
-    p: &PatientDemo,
-    device_id: &str,
-    v: &Vitals,
-    control_id: &str,
-    at: OffsetDateTime,
-) -> String {
+pub fn oru_r01(p: &PatientDemo, device_id: &str, v: &Vitals, control_id: &str, at: OffsetDateTime) -> String {
     let ts = hl7_timestamp(at);
     let cid = escape(control_id);
     let dev = escape(device_id);
@@ -151,24 +145,12 @@ pub fn oru_r01(
         escape(&p.birth_date),
         escape(&p.sex),
     );
-    let _ = write!(
-        out,
-        "PV1||I|{}^{}^{}\r",
-        escape(&p.unit),
-        escape(&p.room),
-        escape(&p.bed)
-    );
-    let _ = write!(
-        out,
-        "OBR|1|{cid}^VIGIL_SIM|{cid}^VIGIL_SIM|182777000^monitoring of patient^SCT|||{ts}\r"
-    );
+    let _ = write!(out, "PV1||I|{}^{}^{}\r", escape(&p.unit), escape(&p.room), escape(&p.bed));
+    let _ = write!(out, "OBR|1|{cid}^VIGIL_SIM|{cid}^VIGIL_SIM|182777000^monitoring of patient^SCT|||{ts}\r");
 
     let mut n = 1usize;
     let mds_id = format!("{dev}^^{}^EUI-64", eui64(device_id));
-    push_obx(
-        &mut out,
-        &[(1, "1"), (3, MDS_CODE), (4, "1"), (11, "X"), (18, &mds_id)],
-    );
+    push_obx(&mut out, &[(1, "1"), (3, MDS_CODE), (4, "1"), (11, "X"), (18, &mds_id)]);
 
     let metrics: [(Option<f64>, &str, &str, &str); 7] = [
         (v.hr, HR_CODE, BPM, "1.1.1.1"),
@@ -201,45 +183,21 @@ pub fn oru_r01(
         );
     }
     // Oxygen as charted at the bedside (LOINC; the monitor's MDC set has no FiO2 on a ward).
-    let charted: [(Option<f64>, &str, &str); 3] = [
-        (v.gcs, GCS_CODE, "{score}"),
-        (v.fio2, FIO2_CODE, UCUM_PERCENT),
-        (v.o2_flow, O2_FLOW_CODE, UCUM_L_MIN),
-    ];
+    let charted: [(Option<f64>, &str, &str); 3] =
+        [(v.gcs, GCS_CODE, "{score}"), (v.fio2, FIO2_CODE, UCUM_PERCENT), (v.o2_flow, O2_FLOW_CODE, UCUM_L_MIN)];
     for (value, code, unit) in charted {
         let Some(value) = value.and_then(format_value) else {
             continue;
         };
         n += 1;
         let set_id = n.to_string();
-        push_obx(
-            &mut out,
-            &[
-                (1, &set_id),
-                (2, "NM"),
-                (3, code),
-                (5, &value),
-                (6, unit),
-                (11, "F"),
-                (14, &ts),
-            ],
-        );
+        push_obx(&mut out, &[(1, &set_id), (2, "NM"), (3, code), (5, &value), (6, unit), (11, "F"), (14, &ts)]);
     }
     if let Some(acvpu) = v.acvpu {
         n += 1;
         let set_id = n.to_string();
         let answer = format!("{}^{}^ACVPU", acvpu.code(), acvpu.text());
-        push_obx(
-            &mut out,
-            &[
-                (1, &set_id),
-                (2, "CWE"),
-                (3, ACVPU_CODE),
-                (5, &answer),
-                (11, "F"),
-                (14, &ts),
-            ],
-        );
+        push_obx(&mut out, &[(1, &set_id), (2, "CWE"), (3, ACVPU_CODE), (5, &answer), (11, "F"), (14, &ts)]);
     }
     out
 }
@@ -260,9 +218,8 @@ fn push_obx(out: &mut String, fields: &[(usize, &str)]) {
 
 /// `YYYYMMDDHHMMSS+ZZZZ`, the DTM form PCD-01 requires (offset mandatory).
 pub(crate) fn hl7_timestamp(at: OffsetDateTime) -> String {
-    let fmt = format_description!(
-        "[year][month][day][hour][minute][second][offset_hour sign:mandatory][offset_minute]"
-    );
+    let fmt =
+        format_description!("[year][month][day][hour][minute][second][offset_hour sign:mandatory][offset_minute]");
     // Only fails for years outside 0..=9999, which a simulator never produces.
     at.format(&fmt).unwrap_or_default()
 }
@@ -275,11 +232,7 @@ pub(crate) fn format_value(v: f64) -> Option<String> {
     }
     let s = format!("{:.2}", (v * 100.0).round() / 100.0);
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    Some(if s == "-0" {
-        "0".to_owned()
-    } else {
-        s.to_owned()
-    })
+    Some(if s == "-0" { "0".to_owned() } else { s.to_owned() })
 }
 
 /// Escapes HL7 delimiters so a value cannot break the segment structure.
@@ -349,10 +302,7 @@ mod tests {
     }
 
     fn segments(msg: &str) -> Vec<Vec<&str>> {
-        msg.split('\r')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.split('|').collect())
-            .collect()
+        msg.split('\r').filter(|s| !s.is_empty()).map(|s| s.split('|').collect()).collect()
     }
 
     fn field<'a>(seg: &[&'a str], i: usize) -> &'a str {
@@ -369,8 +319,8 @@ mod tests {
         assert_eq!(
             names,
             [
-                "MSH", "PID", "PV1", "OBR", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX",
-                "OBX", "OBX", "OBX", "OBX"
+                "MSH", "PID", "PV1", "OBR", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX", "OBX",
+                "OBX", "OBX"
             ]
         );
 
@@ -406,58 +356,20 @@ mod tests {
 
         let mds = &segs[4];
         assert_eq!(field(mds, 1), "1");
-        assert_eq!(
-            field(mds, 3),
-            "69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC"
-        );
+        assert_eq!(field(mds, 3), "69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC");
         assert_eq!(field(mds, 4), "1");
         assert_eq!(field(mds, 11), "X");
         assert!(field(mds, 18).starts_with("MON-ICU-03^^"));
         assert!(field(mds, 18).ends_with("^EUI-64"));
 
         let expected = [
-            (
-                "147842^MDC_ECG_HEART_RATE^MDC",
-                "1.1.1.1",
-                "92",
-                "264864^MDC_DIM_BEAT_PER_MIN^MDC",
-            ),
-            (
-                "151562^MDC_RESP_RATE^MDC",
-                "1.2.1.1",
-                "18",
-                "264928^MDC_DIM_RESP_PER_MIN^MDC",
-            ),
-            (
-                "150456^MDC_PULS_OXIM_SAT_O2^MDC",
-                "1.3.1.1",
-                "97",
-                "262688^MDC_DIM_PERCENT^MDC",
-            ),
-            (
-                "150021^MDC_PRESS_BLD_NONINV_SYS^MDC",
-                "1.4.1.1",
-                "118",
-                "266016^MDC_DIM_MMHG^MDC",
-            ),
-            (
-                "150022^MDC_PRESS_BLD_NONINV_DIA^MDC",
-                "1.4.1.2",
-                "70",
-                "266016^MDC_DIM_MMHG^MDC",
-            ),
-            (
-                "150023^MDC_PRESS_BLD_NONINV_MEAN^MDC",
-                "1.4.1.3",
-                "86",
-                "266016^MDC_DIM_MMHG^MDC",
-            ),
-            (
-                "150344^MDC_TEMP^MDC",
-                "1.5.1.1",
-                "37.8",
-                "268192^MDC_DIM_DEGC^MDC",
-            ),
+            ("147842^MDC_ECG_HEART_RATE^MDC", "1.1.1.1", "92", "264864^MDC_DIM_BEAT_PER_MIN^MDC"),
+            ("151562^MDC_RESP_RATE^MDC", "1.2.1.1", "18", "264928^MDC_DIM_RESP_PER_MIN^MDC"),
+            ("150456^MDC_PULS_OXIM_SAT_O2^MDC", "1.3.1.1", "97", "262688^MDC_DIM_PERCENT^MDC"),
+            ("150021^MDC_PRESS_BLD_NONINV_SYS^MDC", "1.4.1.1", "118", "266016^MDC_DIM_MMHG^MDC"),
+            ("150022^MDC_PRESS_BLD_NONINV_DIA^MDC", "1.4.1.2", "70", "266016^MDC_DIM_MMHG^MDC"),
+            ("150023^MDC_PRESS_BLD_NONINV_MEAN^MDC", "1.4.1.3", "86", "266016^MDC_DIM_MMHG^MDC"),
+            ("150344^MDC_TEMP^MDC", "1.5.1.1", "37.8", "268192^MDC_DIM_DEGC^MDC"),
         ];
         for (i, (code, containment, value, unit)) in expected.iter().enumerate() {
             let obx = &segs[5 + i];
@@ -499,16 +411,9 @@ mod tests {
 
     #[test]
     fn missing_and_non_finite_vitals_are_omitted() {
-        let v = Vitals {
-            hr: Some(80.0),
-            spo2: Some(f64::NAN),
-            ..Vitals::default()
-        };
+        let v = Vitals { hr: Some(80.0), spo2: Some(f64::NAN), ..Vitals::default() };
         let msg = oru_r01(&demo(), "D1", &v, "C1", OffsetDateTime::UNIX_EPOCH);
-        let obx: Vec<_> = segments(&msg)
-            .into_iter()
-            .filter(|s| s[0] == "OBX")
-            .collect();
+        let obx: Vec<_> = segments(&msg).into_iter().filter(|s| s[0] == "OBX").collect();
         assert_eq!(obx.len(), 2);
         assert_eq!(field(&obx[1], 3), HR_CODE);
         assert_eq!(field(&obx[1], 1), "2");
@@ -518,13 +423,7 @@ mod tests {
     fn delimiters_in_values_are_escaped() {
         let mut p = demo();
         p.family = "O|Brien^Jr".into();
-        let msg = oru_r01(
-            &p,
-            "D1",
-            &Vitals::default(),
-            "C1",
-            OffsetDateTime::UNIX_EPOCH,
-        );
+        let msg = oru_r01(&p, "D1", &Vitals::default(), "C1", OffsetDateTime::UNIX_EPOCH);
         let pid = segments(&msg).into_iter().find(|s| s[0] == "PID").unwrap();
         assert_eq!(field(&pid, 5), "O\\F\\Brien\\S\\Jr^Alpha^^^^^L");
     }

@@ -146,9 +146,7 @@ pub async fn run_rate(cfg: RateConfig) -> anyhow::Result<Report> {
     anyhow::ensure!(cfg.connections > 0, "need at least one connection");
     let total = (cfg.rate_per_sec as f64 * cfg.duration.as_secs_f64()).round() as u64;
     anyhow::ensure!(total > 0, "rate × duration schedules no message");
-    let connections = cfg
-        .connections
-        .min(usize::try_from(total).unwrap_or(usize::MAX));
+    let connections = cfg.connections.min(usize::try_from(total).unwrap_or(usize::MAX));
 
     let mut streams = Vec::with_capacity(connections);
     for n in 0..connections {
@@ -165,19 +163,11 @@ pub async fn run_rate(cfg: RateConfig) -> anyhow::Result<Report> {
         total,
         connections: connections as u64,
         patients: rate_patients(cfg.patients.max(1)),
-        run_id: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        run_id: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         // A short lead so the first scheduled sends are not already late.
         start: Instant::now() + Duration::from_millis(20),
     });
-    tracing::info!(
-        rate = cfg.rate_per_sec,
-        total,
-        connections,
-        "open-loop load test starting"
-    );
+    tracing::info!(rate = cfg.rate_per_sec, total, connections, "open-loop load test starting");
 
     let mut tasks = tokio::task::JoinSet::new();
     for (n, stream) in streams.into_iter().enumerate() {
@@ -244,17 +234,10 @@ fn rate_patients(n: usize) -> Vec<PatientDemo> {
         .collect()
 }
 
-async fn run_connection(
-    conn: u64,
-    stream: TcpStream,
-    shared: Arc<Shared>,
-) -> anyhow::Result<ConnResult> {
+async fn run_connection(conn: u64, stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<ConnResult> {
     let (reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Instant>(MAX_IN_FLIGHT);
-    let (sent, recv) = tokio::join!(
-        write_loop(conn, writer, tx, &shared),
-        read_loop(conn, reader, rx)
-    );
+    let (sent, recv) = tokio::join!(write_loop(conn, writer, tx, &shared), read_loop(conn, reader, rx));
     let mut r = recv?;
     r.sent = sent;
     Ok(r)
@@ -263,12 +246,7 @@ async fn run_connection(
 /// Sends this connection's share of the schedule. Messages that are due are
 /// written together, which is where pipelining comes from when the sender or the
 /// server falls behind. Returns how many messages were written.
-async fn write_loop(
-    conn: u64,
-    mut writer: OwnedWriteHalf,
-    tx: mpsc::Sender<Instant>,
-    shared: &Shared,
-) -> u64 {
+async fn write_loop(conn: u64, mut writer: OwnedWriteHalf, tx: mpsc::Sender<Instant>, shared: &Shared) -> u64 {
     let mut rng = SimRng::new(shared.run_id ^ conn.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut out = Vec::with_capacity(WRITE_CHUNK);
     let mut sent = 0u64;
@@ -329,12 +307,9 @@ async fn read_loop(
             Ok(ack) => {
                 let now = Instant::now();
                 let us = now.saturating_duration_since(intended).as_micros();
-                r.hist
-                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).clamp(1, HIST_MAX_US));
+                r.hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX).clamp(1, HIST_MAX_US));
                 r.replies += 1;
-                *r.by_code
-                    .entry(ack_code(&ack).unwrap_or("?").to_owned())
-                    .or_default() += 1;
+                *r.by_code.entry(ack_code(&ack).unwrap_or("?").to_owned()).or_default() += 1;
                 r.last_reply = Some(now);
             }
             Err(e) => {
@@ -375,17 +350,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_loop_run_against_ack_server() {
         let (addr, rec) = start(Mode::Ack).await;
-        let cfg = RateConfig {
-            addr,
-            rate_per_sec: 400,
-            duration: Duration::from_millis(1500),
-            connections: 3,
-            patients: 7,
-        };
-        let report = tokio::time::timeout(Duration::from_secs(20), run_rate(cfg))
-            .await
-            .expect("load test hung")
-            .unwrap();
+        let cfg =
+            RateConfig { addr, rate_per_sec: 400, duration: Duration::from_millis(1500), connections: 3, patients: 7 };
+        let report =
+            tokio::time::timeout(Duration::from_secs(20), run_rate(cfg)).await.expect("load test hung").unwrap();
         assert_eq!(report.sent, 600, "{report:?}");
         assert_eq!(report.acked, 600);
         assert_eq!(report.errors, 0);
@@ -394,11 +362,7 @@ mod tests {
         assert!(report.p50_us <= report.p90_us && report.p90_us <= report.p99_us);
         assert!(report.p99_us <= report.p999_us && report.p999_us <= report.max_us);
         // Open loop: the schedule, not the server, sets the pace.
-        assert!(
-            (250.0..=500.0).contains(&report.achieved_rate),
-            "{}",
-            report.achieved_rate
-        );
+        assert!((250.0..=500.0).contains(&report.achieved_rate), "{}", report.achieved_rate);
         let msgs = rec.snapshot();
         assert_eq!(msgs.len(), 600);
         let mut ids: Vec<String> = msgs.iter().map(|m| control_id(m)).collect();
@@ -415,17 +379,10 @@ mod tests {
     #[tokio::test]
     async fn lost_connection_counts_errors_and_returns() {
         let (addr, _) = start(Mode::DropAfter(5)).await;
-        let cfg = RateConfig {
-            addr,
-            rate_per_sec: 500,
-            duration: Duration::from_millis(400),
-            connections: 1,
-            patients: 1,
-        };
-        let report = tokio::time::timeout(Duration::from_secs(20), run_rate(cfg))
-            .await
-            .expect("load test hung")
-            .unwrap();
+        let cfg =
+            RateConfig { addr, rate_per_sec: 500, duration: Duration::from_millis(400), connections: 1, patients: 1 };
+        let report =
+            tokio::time::timeout(Duration::from_secs(20), run_rate(cfg)).await.expect("load test hung").unwrap();
         assert_eq!(report.acked, 5, "{report:?}");
         assert!(report.errors >= 1, "{report:?}");
     }
@@ -435,26 +392,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let cfg = RateConfig {
-            addr,
-            ..RateConfig::default()
-        };
+        let cfg = RateConfig { addr, ..RateConfig::default() };
         assert!(run_rate(cfg.clone()).await.is_err());
-        assert!(
-            run_rate(RateConfig {
-                rate_per_sec: 0,
-                ..cfg.clone()
-            })
-            .await
-            .is_err()
-        );
-        assert!(
-            run_rate(RateConfig {
-                connections: 0,
-                ..cfg
-            })
-            .await
-            .is_err()
-        );
+        assert!(run_rate(RateConfig { rate_per_sec: 0, ..cfg.clone() }).await.is_err());
+        assert!(run_rate(RateConfig { connections: 0, ..cfg }).await.is_err());
     }
 }

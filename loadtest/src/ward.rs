@@ -80,14 +80,7 @@ impl Counters {
 }
 
 /// Vitals at which a deteriorating patient arrives at the end of the period.
-const SEPSIS: Baseline = Baseline {
-    hr: 125.0,
-    rr: 30.0,
-    spo2: 89.0,
-    sbp: 85.0,
-    dbp: 45.0,
-    temp: 39.2,
-};
+const SEPSIS: Baseline = Baseline { hr: 125.0, rr: 30.0, spo2: 89.0, sbp: 85.0, dbp: 45.0, temp: 39.2 };
 /// Fraction of the deterioration period after which GCS falls to 13 (ACVPU: new confusion).
 const GCS_DROP_AT: f64 = 2.0 / 3.0;
 /// Fraction of the deterioration period after which a deteriorating patient is put on oxygen
@@ -115,10 +108,7 @@ pub async fn run_ward(
     let patients = ward_patients(&cfg);
     let addr: Arc<str> = mllp_addr.into();
     // Distinguishes control ids across runs so a restarted demo is not taken for replays.
-    let run_id = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let run_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let start = Instant::now();
     tracing::info!(
         beds = cfg.beds,
@@ -184,10 +174,8 @@ const FAMILY: &[&str] = &[
     "Democrat-Test",
     "Nobody",
 ];
-const GIVEN: &[&str] = &[
-    "Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliet",
-    "Kilo", "Lima",
-];
+const GIVEN: &[&str] =
+    &["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliet", "Kilo", "Lima"];
 
 /// Unit, room and bed of the `i`-th of `beds` beds split over `units` (ICU when none given).
 fn place(units: &[String], beds: usize, i: usize) -> (String, String, String) {
@@ -230,12 +218,7 @@ fn ward_patients(cfg: &WardConfig) -> Vec<SimPatient> {
                 assigning_authority: "VIGIL_SIM".to_owned(),
                 family: FAMILY[rng.below(FAMILY.len() as u64) as usize].to_owned(),
                 given: GIVEN[i % GIVEN.len()].to_owned(),
-                birth_date: format!(
-                    "{}{:02}{:02}",
-                    1940 + rng.below(60),
-                    1 + rng.below(12),
-                    1 + rng.below(28)
-                ),
+                birth_date: format!("{}{:02}{:02}", 1940 + rng.below(60), 1 + rng.below(12), 1 + rng.below(28)),
                 sex: if rng.below(2) == 0 { "F" } else { "M" }.to_owned(),
                 unit,
                 room,
@@ -257,11 +240,7 @@ impl SimPatient {
     /// Vitals at `progress` (0 = baseline, 1 = full sepsis) with measurement noise, the
     /// oxygen the patient is on, and (when `with_gcs`, the nurse's charting) GCS and ACVPU.
     fn vitals(&mut self, progress: f64, with_gcs: bool) -> Vitals {
-        let f = if self.deteriorating {
-            progress.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let f = if self.deteriorating { progress.clamp(0.0, 1.0) } else { 0.0 };
         let b = self.baseline;
         let lerp = |from: f64, to: f64| from + (to - from) * f;
         let r = &mut self.rng;
@@ -326,9 +305,7 @@ impl BedTask {
         let first = self.interval.mul_f64(self.patient.rng.unit());
         let mut next_send = Instant::now() + first;
         // Connecting never takes longer than a tick, or a down server would stall the ward.
-        let connect_timeout = self
-            .interval
-            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let connect_timeout = self.interval.clamp(Duration::from_millis(200), Duration::from_secs(5));
         let reply_timeout = Duration::from_secs(10);
 
         'outer: loop {
@@ -429,12 +406,7 @@ impl BedTask {
                         }
                         code => {
                             self.counters.naks.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                bed,
-                                control_id,
-                                code = code.unwrap_or("-"),
-                                "vitals rejected"
-                            );
+                            tracing::warn!(bed, control_id, code = code.unwrap_or("-"), "vitals rejected");
                         }
                     },
                     Err(e) => {
@@ -493,7 +465,9 @@ mod tests {
 
     use super::*;
     use crate::mllp::test_support::{Mode, start};
-    use crate::pcd01::{ACVPU_CODE, FIO2_CODE, GCS_CODE, HR_CODE, O2_FLOW_CODE, RR_CODE, SBP_CODE, SPO2_CODE, TEMP_CODE};
+    use crate::pcd01::{
+        ACVPU_CODE, FIO2_CODE, GCS_CODE, HR_CODE, O2_FLOW_CODE, RR_CODE, SBP_CODE, SPO2_CODE, TEMP_CODE,
+    };
 
     #[derive(Debug, Default, Clone)]
     struct Obs {
@@ -596,22 +570,14 @@ mod tests {
             .unwrap();
 
         let msgs = rec.snapshot();
-        assert!(
-            stats.sent >= msgs.len() as u64,
-            "{stats:?} vs {}",
-            msgs.len()
-        );
+        assert!(stats.sent >= msgs.len() as u64, "{stats:?} vs {}", msgs.len());
         assert!(stats.acked + 4 >= msgs.len() as u64, "{stats:?}");
         assert_eq!(stats.naks, 0);
         assert_eq!(stats.errors, 0);
         assert!(msgs.iter().all(|m| m.contains("PID|||SIM")));
         // Each bed is admitted (ADT^A01 with its unit^room^bed) before its first vitals.
-        let admits: Vec<(usize, String)> = msgs
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.contains("|ADT^A01"))
-            .map(|(i, m)| (i, parse(m).0))
-            .collect();
+        let admits: Vec<(usize, String)> =
+            msgs.iter().enumerate().filter(|(_, m)| m.contains("|ADT^A01")).map(|(i, m)| (i, parse(m).0)).collect();
         let mut places: Vec<&str> = admits.iter().map(|(_, p)| p.as_str()).collect();
         places.sort_unstable();
         assert_eq!(places, ["TEST^01^A", "TEST^01^B", "TEST^02^A", "TEST^02^B"]);
@@ -621,9 +587,7 @@ mod tests {
         }
 
         let beds = by_bed(&msgs);
-        let (det, stable): (Vec<_>, Vec<_>) = beds
-            .values()
-            .partition(|obs| obs.iter().any(|o| o.gcs == Some(13.0)));
+        let (det, stable): (Vec<_>, Vec<_>) = beds.values().partition(|obs| obs.iter().any(|o| o.gcs == Some(13.0)));
         assert_eq!(det.len(), 2, "exactly the deteriorating beds reach GCS 13");
         for obs in stable {
             for o in obs {
@@ -641,10 +605,7 @@ mod tests {
         for obs in det {
             let first = &obs[0];
             let last = obs.last().unwrap();
-            assert!(
-                first.hr < 100.0 && first.rr <= 20.0 && first.spo2 >= 94.0,
-                "{first:?}"
-            );
+            assert!(first.hr < 100.0 && first.rr <= 20.0 && first.spo2 >= 94.0, "{first:?}");
             assert!(first.sbp >= 105.0 && first.temp < 37.6, "{first:?}");
             assert_eq!(first.gcs, Some(15.0), "GCS is sent with the first message");
             assert_eq!(first.acvpu.as_deref(), Some("A"), "ACVPU is sent with the first message");
@@ -714,9 +675,11 @@ mod tests {
 
     #[test]
     fn forty_beds_on_two_units_have_distinct_rooms_and_beds() {
-        let cfg = WardConfig { beds: 40, deteriorating: 40, units: vec!["ICU".into(), "5W".into()], ..WardConfig::default() };
+        let cfg =
+            WardConfig { beds: 40, deteriorating: 40, units: vec!["ICU".into(), "5W".into()], ..WardConfig::default() };
         let ps = ward_patients(&cfg);
-        let places: Vec<(String, String, String)> = ps.iter().map(|p| (p.demo.unit.clone(), p.demo.room.clone(), p.demo.bed.clone())).collect();
+        let places: Vec<(String, String, String)> =
+            ps.iter().map(|p| (p.demo.unit.clone(), p.demo.room.clone(), p.demo.bed.clone())).collect();
         assert_eq!(places.iter().filter(|p| p.0 == "ICU").count(), 20);
         assert_eq!(places.iter().filter(|p| p.0 == "5W").count(), 20);
         assert_eq!(places[0], ("ICU".into(), "01".into(), "A".into()));

@@ -65,7 +65,12 @@ pub async fn run(
 
 /// One check at `now`: every active (unacknowledged) alert past its severity's window since it
 /// was raised, or since its last escalation, escalates one level. Returns how many did.
-pub async fn escalate_overdue(policy: &EscalationPolicy, alerts: &dyn AlertStore, router: &Router, now: OffsetDateTime) -> usize {
+pub async fn escalate_overdue(
+    policy: &EscalationPolicy,
+    alerts: &dyn AlertStore,
+    router: &Router,
+    now: OffsetDateTime,
+) -> usize {
     let open = match alerts.open_alerts().await {
         Ok(open) => open,
         Err(error) => {
@@ -131,7 +136,11 @@ mod tests {
         assert_eq!(escalate_overdue(&policy, store.as_ref(), &router, at(119)).await, 0, "within the 2 min window");
         *clock.0.lock().unwrap() = at(120);
         assert_eq!(escalate_overdue(&policy, store.as_ref(), &router, at(120)).await, 1);
-        assert_eq!(escalate_overdue(&policy, store.as_ref(), &router, at(200)).await, 0, "the next level waits a window");
+        assert_eq!(
+            escalate_overdue(&policy, store.as_ref(), &router, at(200)).await,
+            0,
+            "the next level waits a window"
+        );
         *clock.0.lock().unwrap() = at(240);
         assert_eq!(escalate_overdue(&policy, store.as_ref(), &router, at(240)).await, 1);
         let open = store.open_alerts().await.unwrap();

@@ -41,7 +41,11 @@ impl LiveFeed for LiveHub {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        let update = LiveObservations { patient: patient.clone(), unit: location.unit.clone(), observations: observations.to_vec() };
+        let update = LiveObservations {
+            patient: patient.clone(),
+            unit: location.unit.clone(),
+            observations: observations.to_vec(),
+        };
         let _ = self.tx.send(Arc::new(update));
     }
 }

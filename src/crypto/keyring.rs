@@ -99,9 +99,8 @@ impl KeyRing {
         let cipher = self.ciphers.get(&self.active).ok_or(CryptoError::Seal)?;
         let nonce: [u8; NONCE_LEN] = rand::random();
         let aad = aad.encode();
-        let sealed = cipher
-            .encrypt(&nonce.into(), Payload { msg: plaintext, aad: &aad })
-            .map_err(|_| CryptoError::Seal)?;
+        let sealed =
+            cipher.encrypt(&nonce.into(), Payload { msg: plaintext, aad: &aad }).map_err(|_| CryptoError::Seal)?;
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(&self.active.to_be_bytes());
@@ -131,7 +130,9 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> CryptoError + '_ {
 }
 
 fn render(keys: &[(u32, [u8; 32])]) -> String {
-    let mut text = String::from("# vigil field-encryption key ring: <key id> <hex key>; the highest id is active.\n# Keep this file outside the data directory and back it up separately.\n");
+    let mut text = String::from(
+        "# vigil field-encryption key ring: <key id> <hex key>; the highest id is active.\n# Keep this file outside the data directory and back it up separately.\n",
+    );
     for (id, key) in keys {
         text.push_str(&format!("{id} {}\n", hex::encode(key)));
     }
@@ -140,7 +141,8 @@ fn render(keys: &[(u32, [u8; 32])]) -> String {
 
 fn read_ring(path: &Path) -> Result<Vec<(u32, [u8; 32])>, CryptoError> {
     let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-    let malformed = |line: usize| CryptoError::Malformed(format!("{} line {line}: expected `<id> <64 hex>`", path.display()));
+    let malformed =
+        |line: usize| CryptoError::Malformed(format!("{} line {line}: expected `<id> <64 hex>`", path.display()));
     let mut keys = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -149,10 +151,8 @@ fn read_ring(path: &Path) -> Result<Vec<(u32, [u8; 32])>, CryptoError> {
         }
         let (id, key) = line.split_once(char::is_whitespace).ok_or_else(|| malformed(n + 1))?;
         let id: u32 = id.parse().map_err(|_| malformed(n + 1))?;
-        let key: [u8; 32] = hex::decode(key.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| malformed(n + 1))?;
+        let key: [u8; 32] =
+            hex::decode(key.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| malformed(n + 1))?;
         keys.push((id, key));
     }
     Ok(keys)
@@ -187,11 +187,7 @@ mod tests {
         let b = ring.seal(AAD, b"Quartermaine^Zebulon").unwrap();
         assert_ne!(a, b, "a fresh nonce per value");
         assert_eq!(ring.open(AAD, &a).unwrap(), b"Quartermaine^Zebulon");
-        for other in [
-            Aad { table: "alerts", ..AAD },
-            Aad { key: b"p2", ..AAD },
-            Aad { column: "raw", ..AAD },
-        ] {
+        for other in [Aad { table: "alerts", ..AAD }, Aad { key: b"p2", ..AAD }, Aad { column: "raw", ..AAD }] {
             assert!(ring.open(other, &a).is_err(), "{other:?}");
         }
         let mut tampered = a.clone();

@@ -41,8 +41,7 @@ pub fn load_or_create_key(path: &Path) -> Result<[u8; 32], CryptoError> {
     let io = |source| CryptoError::Io { path: path.display().to_string(), source };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let bytes = hex::decode(text.trim())
-                .map_err(|_| CryptoError::Malformed(path.display().to_string()))?;
+            let bytes = hex::decode(text.trim()).map_err(|_| CryptoError::Malformed(path.display().to_string()))?;
             bytes.try_into().map_err(|_| CryptoError::Malformed(path.display().to_string()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -318,4 +318,3 @@ pub fn routes() -> Router<AppState> {
         .route("/api/patients/{id}", get(get_patient))
         .route("/api/openapi.json", get(openapi))
 }
-

@@ -31,13 +31,22 @@ fn authorise(state: &AppState, headers: &HeaderMap, write: bool) -> Result<Claim
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string())))?;
-    let claims = state.auth.verify(token.trim()).map_err(|e| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())))?;
+        .ok_or_else(|| {
+            Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string()))
+        })?;
+    let claims = state
+        .auth
+        .verify(token.trim())
+        .map_err(|e| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())))?;
     let allowed = matches!(claims.role, Role::Informaticist | Role::Admin)
         || (!write && matches!(claims.role, Role::Pharmacist | Role::Physician));
     if !allowed {
         let need = if write { "informaticist or admin" } else { "informaticist, admin, pharmacist or physician" };
-        return Err(Box::new(reason(StatusCode::FORBIDDEN, "forbidden", format!("role {:?} may not do this; needs {need}", claims.role))));
+        return Err(Box::new(reason(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {:?} may not do this; needs {need}", claims.role),
+        )));
     }
     Ok(claims)
 }
@@ -63,7 +72,9 @@ fn describe(rule: &crate::rules::LoadedRule) -> serde_json::Value {
 
 fn error_json(e: &RuleError) -> serde_json::Value {
     match e {
-        RuleError::Invalid { file, line, column, message } => json!({ "file": file, "line": line, "column": column, "message": message }),
+        RuleError::Invalid { file, line, column, message } => {
+            json!({ "file": file, "line": line, "column": column, "message": message })
+        }
         RuleError::Io { file, message } => json!({ "file": file, "line": 0, "column": 0, "message": message }),
     }
 }
@@ -97,7 +108,11 @@ async fn replace(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
         Err(r) => return *r,
     };
     if body.len() > MAX_RULE_BYTES {
-        return reason(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a rule source is at most {MAX_RULE_BYTES} bytes"));
+        return reason(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a rule source is at most {MAX_RULE_BYTES} bytes"),
+        );
     }
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return reason(StatusCode::BAD_REQUEST, "bad_id", "a rule id is letters, digits, '.', '_' and '-'");
@@ -117,7 +132,9 @@ async fn replace(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
             body["reason"] = e.to_string().into();
             (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
         }
-        Ok(Err(e @ ReplaceError::IdMismatch { .. })) => reason(StatusCode::UNPROCESSABLE_ENTITY, "id_mismatch", e.to_string()),
+        Ok(Err(e @ ReplaceError::IdMismatch { .. })) => {
+            reason(StatusCode::UNPROCESSABLE_ENTITY, "id_mismatch", e.to_string())
+        }
         Ok(Err(ReplaceError::Io(e))) => {
             tracing::error!(rule = %id, error = %e, "rule file not written");
             reason(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the rule could not be stored")

@@ -17,8 +17,8 @@ use vigil_actors::{Alert, SequencedAlert};
 
 use super::AppState;
 use super::api::{act_on_alert, patient_summary, role_name, sees};
-use vigil_actors::AlertAction;
 use crate::auth::{AuthError, Claims};
+use vigil_actors::AlertAction;
 
 /// Largest client frame accepted.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
@@ -73,12 +73,30 @@ enum ClientFrame {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerFrame<'a> {
-    Alert { seq: u64, notify: bool, alert: &'a Alert },
-    Snapshot { seq: u64, alerts: Vec<&'a Alert> },
-    Subscribed { units: &'a [String], patients: &'a [String], seq: u64 },
-    Resync { since: u64, seq: u64 },
-    Heartbeat { seq: u64 },
-    Pong { seq: u64 },
+    Alert {
+        seq: u64,
+        notify: bool,
+        alert: &'a Alert,
+    },
+    Snapshot {
+        seq: u64,
+        alerts: Vec<&'a Alert>,
+    },
+    Subscribed {
+        units: &'a [String],
+        patients: &'a [String],
+        seq: u64,
+    },
+    Resync {
+        since: u64,
+        seq: u64,
+    },
+    Heartbeat {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     Reply {
         #[serde(rename = "ref")]
         reference: &'a str,
@@ -89,9 +107,20 @@ enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         alert: Option<&'a Alert>,
     },
-    Error { code: &'a str, message: String, seq: u64 },
-    Patient { seq: u64, summary: &'a vigil_actors::PatientSummary },
-    Vitals { seq: u64, patient: &'a str, observations: &'a [vigil_actors::Observation] },
+    Error {
+        code: &'a str,
+        message: String,
+        seq: u64,
+    },
+    Patient {
+        seq: u64,
+        summary: &'a vigil_actors::PatientSummary,
+    },
+    Vitals {
+        seq: u64,
+        patient: &'a str,
+        observations: &'a [vigil_actors::Observation],
+    },
 }
 
 fn token(query: &TokenQuery, headers: &HeaderMap) -> Option<String> {
@@ -117,13 +146,12 @@ pub async fn upgrade(
                 .into_response();
         }
     };
-    ws.max_message_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| async move {
-            let sub = claims.sub.clone();
-            if let Err(e) = Session::new(socket, state, claims).run().await {
-                tracing::debug!(user = %sub, error = %e, "websocket session ended");
-            }
-        })
+    ws.max_message_size(MAX_CLIENT_FRAME).on_upgrade(move |socket| async move {
+        let sub = claims.sub.clone();
+        if let Err(e) = Session::new(socket, state, claims).run().await {
+            tracing::debug!(user = %sub, error = %e, "websocket session ended");
+        }
+    })
 }
 
 struct Session {
@@ -144,7 +172,17 @@ type SessionResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 impl Session {
     fn new(socket: WebSocket, state: AppState, claims: Claims) -> Self {
-        Session { socket, state, claims, units: HashSet::new(), patients: HashSet::new(), watching: None, all_units: false, last: 0, subscribed: false }
+        Session {
+            socket,
+            state,
+            claims,
+            units: HashSet::new(),
+            patients: HashSet::new(),
+            watching: None,
+            all_units: false,
+            last: 0,
+            subscribed: false,
+        }
     }
 
     async fn send(&mut self, frame: &ServerFrame<'_>) -> SessionResult {
@@ -152,7 +190,6 @@ impl Session {
         self.socket.send(Message::Text(text.into())).await?;
         Ok(())
     }
-
 
     async fn run(mut self) -> SessionResult {
         let _open = self.state.sessions.clone();
@@ -233,11 +270,23 @@ impl Session {
         let seq = self.last;
         match &result {
             Ok(change) => {
-                let frame = ServerFrame::Reply { reference: &reference, seq, ok: true, error: None, alert: Some(&change.alert) };
+                let frame = ServerFrame::Reply {
+                    reference: &reference,
+                    seq,
+                    ok: true,
+                    error: None,
+                    alert: Some(&change.alert),
+                };
                 self.send(&frame).await
             }
             Err(e) => {
-                let frame = ServerFrame::Reply { reference: &reference, seq, ok: false, error: Some(e.to_string()), alert: None };
+                let frame = ServerFrame::Reply {
+                    reference: &reference,
+                    seq,
+                    ok: false,
+                    error: Some(e.to_string()),
+                    alert: None,
+                };
                 self.send(&frame).await
             }
         }
@@ -260,15 +309,17 @@ impl Session {
     }
 
     async fn subscribe(&mut self, units: Vec<String>, patients: Vec<String>, since: Option<u64>) -> SessionResult {
-        let units: Vec<String> = if units.is_empty() {
-            self.claims.units.clone()
-        } else {
-            units
-        };
+        let units: Vec<String> = if units.is_empty() { self.claims.units.clone() } else { units };
         if let Some(denied) = units.iter().find(|u| !self.claims.may_see(u)) {
             tracing::info!(user = %self.claims.sub, unit = %denied, "subscription to a unit outside the token refused");
             let message = format!("unit {denied} is not in your token");
-            self.state.audit.record(&self.claims.sub, role_name(self.claims.role), "subscribe", denied, "denied: unit not in token");
+            self.state.audit.record(
+                &self.claims.sub,
+                role_name(self.claims.role),
+                "subscribe",
+                denied,
+                "denied: unit not in token",
+            );
             let seq = self.last;
             return self.send(&ServerFrame::Error { code: "forbidden", message, seq }).await;
         }
@@ -338,7 +389,10 @@ impl Session {
 /// The next live update for the watched patient; pending forever when none is watched.
 /// Lagging drops updates (the store has them), never the session.
 async fn next_live(
-    watching: &mut Option<(String, tokio::sync::broadcast::Receiver<std::sync::Arc<crate::alerts::live::LiveObservations>>)>,
+    watching: &mut Option<(
+        String,
+        tokio::sync::broadcast::Receiver<std::sync::Arc<crate::alerts::live::LiveObservations>>,
+    )>,
 ) -> Option<std::sync::Arc<crate::alerts::live::LiveObservations>> {
     let Some((patient, rx)) = watching.as_mut() else {
         return std::future::pending().await;

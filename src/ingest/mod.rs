@@ -280,7 +280,12 @@ impl Ingress {
         let key: MessageKey = (map::sender_of(&msg), msg.control_id().to_string());
         let done = match self.inflight.entry(key.clone()) {
             Entry::Occupied(first) => {
-                return Pending::Duplicate { first: first.get().clone(), header: Box::new(header), mode, ingress: Arc::clone(self) };
+                return Pending::Duplicate {
+                    first: first.get().clone(),
+                    header: Box::new(header),
+                    mode,
+                    ingress: Arc::clone(self),
+                };
             }
             Entry::Vacant(slot) => {
                 let (done, first) = watch::channel(None);
@@ -405,13 +410,15 @@ impl Ingress {
     pub fn oversized(&self, prefix: &[u8], len: usize, limit: usize) -> Pending {
         tracing::warn!(len, limit, "mllp frame over the size limit rejected");
         let header = self.header(AckHeader::fallback(prefix));
-        let err = AckError::new(207, ErrSeverity::Error, format!("message of {len} bytes exceeds the {limit} byte limit"));
+        let err =
+            AckError::new(207, ErrSeverity::Error, format!("message of {len} bytes exceeds the {limit} byte limit"));
         self.reject(&header, AckMode::Original, Refusal::Reject, &[err])
     }
 
     fn reject(&self, header: &AckHeader, mode: AckMode, why: Refusal, errors: &[AckError]) -> Pending {
         self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        let mut acks: Vec<String> = mode.failure(why == Refusal::Reject).map(|code| self.ack(header, code, errors)).into_iter().collect();
+        let mut acks: Vec<String> =
+            mode.failure(why == Refusal::Reject).map(|code| self.ack(header, code, errors)).into_iter().collect();
         if why == Refusal::Content {
             acks.extend(mode.app_failure().map(|code| self.ack(header, code, errors)));
         }

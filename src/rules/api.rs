@@ -30,7 +30,11 @@ impl RulePatient {
 pub struct ScoreMemo(Arc<std::sync::Mutex<Vec<(ImmutableString, Scored)>>>);
 
 impl ScoreMemo {
-    fn get_or(&self, name: &str, evaluate: impl FnOnce() -> Result<Scored, Box<rhai::EvalAltResult>>) -> Result<Scored, Box<rhai::EvalAltResult>> {
+    fn get_or(
+        &self,
+        name: &str,
+        evaluate: impl FnOnce() -> Result<Scored, Box<rhai::EvalAltResult>>,
+    ) -> Result<Scored, Box<rhai::EvalAltResult>> {
         let Ok(mut memo) = self.0.lock() else { return evaluate() };
         if let Some((_, s)) = memo.iter().find(|(n, _)| n == name) {
             return Ok(s.clone());
@@ -76,8 +80,13 @@ fn secs_fn<R: Into<Dynamic>>(
     name: &str,
     f: impl Fn(&RulePatient, &str, f64) -> R + Send + Sync + Clone + 'static,
 ) {
-    fn one<S: Num, R: Into<Dynamic>>(engine: &mut Engine, name: &str, f: impl Fn(&RulePatient, &str, f64) -> R + Send + Sync + 'static) {
-        engine.register_fn(name, move |p: &mut RulePatient, n: &str, secs: S| -> Dynamic { f(p, n, secs.num()).into() });
+    fn one<S: Num, R: Into<Dynamic>>(
+        engine: &mut Engine,
+        name: &str,
+        f: impl Fn(&RulePatient, &str, f64) -> R + Send + Sync + 'static,
+    ) {
+        engine
+            .register_fn(name, move |p: &mut RulePatient, n: &str, secs: S| -> Dynamic { f(p, n, secs.num()).into() });
     }
     one::<i64, R>(engine, name, f.clone());
     one::<f64, R>(engine, name, f);
@@ -103,13 +112,19 @@ impl Num for f64 {
 
 /// Register `p.name(canonical_name, a, b, c)` for every whole/decimal combination of `a`, `b`
 /// and `c`.
-fn numbers3(engine: &mut Engine, name: &str, f: impl Fn(&RulePatient, &str, f64, f64, f64) -> Dynamic + Send + Sync + Clone + 'static) {
+fn numbers3(
+    engine: &mut Engine,
+    name: &str,
+    f: impl Fn(&RulePatient, &str, f64, f64, f64) -> Dynamic + Send + Sync + Clone + 'static,
+) {
     fn one<A: Num, B: Num, C: Num>(
         engine: &mut Engine,
         name: &str,
         f: impl Fn(&RulePatient, &str, f64, f64, f64) -> Dynamic + Send + Sync + 'static,
     ) {
-        engine.register_fn(name, move |p: &mut RulePatient, n: &str, a: A, b: B, c: C| f(p, n, a.num(), b.num(), c.num()));
+        engine.register_fn(name, move |p: &mut RulePatient, n: &str, a: A, b: B, c: C| {
+            f(p, n, a.num(), b.num(), c.num())
+        });
     }
     one::<i64, i64, i64>(engine, name, f.clone());
     one::<i64, i64, f64>(engine, name, f.clone());
@@ -154,7 +169,8 @@ impl RulePatient {
         }
         let n = points.len() as f64;
         let (mx, my) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+        let (sxy, sxx) =
+            points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
         (sxx > 0.0).then(|| sxy / sxx)
     }
 
@@ -167,10 +183,18 @@ impl RulePatient {
     }
 
     fn on_oxygen(&self, max_age: f64) -> bool {
-        self.0.latest("fio2", max_age).is_some_and(|f| f > 21.0) || self.0.latest("o2_flow", max_age).is_some_and(|f| f > 0.0)
+        self.0.latest("fio2", max_age).is_some_and(|f| f > 21.0)
+            || self.0.latest("o2_flow", max_age).is_some_and(|f| f > 0.0)
     }
 
-    fn sustained(&self, name: &str, threshold: f64, min_span: f64, window: f64, holds: impl Fn(f64, f64) -> bool) -> Dynamic {
+    fn sustained(
+        &self,
+        name: &str,
+        threshold: f64,
+        min_span: f64,
+        window: f64,
+        holds: impl Fn(f64, f64) -> bool,
+    ) -> Dynamic {
         let Some(now) = self.now() else { return Dynamic::UNIT };
         let (mut count, mut oldest, mut all) = (0usize, None, true);
         for s in self.0.window(name, window) {
@@ -208,7 +232,12 @@ enum MedStatus {
 
 /// The status of `m` at `now` given its ingredients: an order runs until discontinued; a dose
 /// with no order is active for the longest `active_after_dose_h` of its ingredients.
-fn med_status(tables: &Tables, m: &ActiveMedication, ingredients: &[Ingredient], now: Option<OffsetDateTime>) -> MedStatus {
+fn med_status(
+    tables: &Tables,
+    m: &ActiveMedication,
+    ingredients: &[Ingredient],
+    now: Option<OffsetDateTime>,
+) -> MedStatus {
     let end = match (m.stopped, m.administered_only) {
         (Some(stopped), _) => stopped,
         (None, true) => {
@@ -304,7 +333,8 @@ fn interaction_hits(tables: &Tables, view: &PatientView) -> Array {
                 if same_ingredient(ordered_ingredient, ingredient) {
                     continue;
                 }
-                let hit = (*on_a && classes.iter().any(|c| ix.b.contains(c))) || (*on_b && classes.iter().any(|c| ix.a.contains(c)));
+                let hit = (*on_a && classes.iter().any(|c| ix.b.contains(c)))
+                    || (*on_b && classes.iter().any(|c| ix.a.contains(c)));
                 let key = ddi_key(&ordered_ingredient.name, &ingredient.name);
                 if !hit || keys.contains(&key) {
                     continue;
@@ -348,7 +378,14 @@ fn is_severe(severity: &str) -> bool {
 /// RxNorm code or name as an ingredient of the allergen) or else by class (a class shared
 /// with the allergen, which may be a class name such as `penicillin`); one per finding key
 /// `allergy:<ingredient>~<allergen>`.
-fn match_allergy(tables: &Tables, drug: &Medication, drug_ingredients: &[Ingredient], allergy: &Allergy, keys: &mut Vec<String>, out: &mut Array) {
+fn match_allergy(
+    tables: &Tables,
+    drug: &Medication,
+    drug_ingredients: &[Ingredient],
+    allergy: &Allergy,
+    keys: &mut Vec<String>,
+    out: &mut Array,
+) {
     let allergen = tables.ingredients(&allergy.name, allergy.code.as_deref().and_then(rxnorm_code));
     let allergen_classes: Vec<ImmutableString> = allergen.iter().flat_map(|a| ingredient_classes(tables, a)).collect();
     let allergen_name = super::data::normalise_drug_name(&allergy.name);
@@ -456,7 +493,8 @@ fn medication_map(tables: &Tables, m: &Medication) -> Map {
     map.insert("rxnorm".into(), opt_text(m.rxnorm.as_deref()));
     map.insert("order_id".into(), m.order_id.as_str().into());
     map.insert("classes".into(), classes(tables, &m.name, m.rxnorm.as_deref()).into());
-    let ingredients: Array = tables.ingredients(&m.name, m.rxnorm.as_deref()).into_iter().map(|i| Dynamic::from(i.name)).collect();
+    let ingredients: Array =
+        tables.ingredients(&m.name, m.rxnorm.as_deref()).into_iter().map(|i| Dynamic::from(i.name)).collect();
     map.insert("ingredients".into(), ingredients.into());
     map
 }
@@ -469,7 +507,10 @@ fn drug_matches(tables: &Tables, m: &Medication, query: &str) -> bool {
     m.rxnorm.as_deref() == Some(query)
         || super::data::normalise_drug_name(&m.name) == wanted
         || (tables.is_combination(&m.name, m.rxnorm.as_deref())
-            && tables.ingredients(&m.name, m.rxnorm.as_deref()).iter().any(|i| i.rxnorm.as_deref() == Some(query) || i.name == wanted.as_str()))
+            && tables
+                .ingredients(&m.name, m.rxnorm.as_deref())
+                .iter()
+                .any(|i| i.rxnorm.as_deref() == Some(query) || i.name == wanted.as_str()))
 }
 
 fn current(tables: &SharedTables) -> Arc<Tables> {
@@ -534,8 +575,12 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     // Numbers are typed (whole or decimal: every combination is registered) for the same
     // reason as seconds above; a `Dynamic` parameter costs a search through every overload
     // shape on each call.
-    numbers3(engine, "sustained_below", |p, name, threshold, min_span, window| p.sustained(name, threshold, min_span, window, |v, t| v < t));
-    numbers3(engine, "sustained_above", |p, name, threshold, min_span, window| p.sustained(name, threshold, min_span, window, |v, t| v > t));
+    numbers3(engine, "sustained_below", |p, name, threshold, min_span, window| {
+        p.sustained(name, threshold, min_span, window, |v, t| v < t)
+    });
+    numbers3(engine, "sustained_above", |p, name, threshold, min_span, window| {
+        p.sustained(name, threshold, min_span, window, |v, t| v > t)
+    });
 
     // `p.since_first(name, window_s, op, threshold)`: seconds since the oldest reading of the
     // last `window_s` with `value op threshold` (op: < <= > >=), or `()` (clocks that start at
@@ -577,7 +622,9 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         m
     });
     engine.register_get("sex", |p: &mut RulePatient| -> ImmutableString { p.0.sex.as_str().into() });
-    engine.register_get("age", |p: &mut RulePatient| -> Dynamic { p.0.age_years.map_or(Dynamic::UNIT, Dynamic::from_int) });
+    engine.register_get("age", |p: &mut RulePatient| -> Dynamic {
+        p.0.age_years.map_or(Dynamic::UNIT, Dynamic::from_int)
+    });
     engine.register_get("discharged", |p: &mut RulePatient| -> bool { p.0.discharged });
 
     // Settings and open alerts.
@@ -592,7 +639,9 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_get("open_alerts", |p: &mut RulePatient| -> Map {
         let mut open = Map::new();
         for a in &p.0.open_alerts {
-            let higher = open.get(a.rule.as_str()).and_then(|s| s.read_lock::<ImmutableString>().and_then(|s| vigil_actors::Severity::parse(&s)));
+            let higher = open
+                .get(a.rule.as_str())
+                .and_then(|s| s.read_lock::<ImmutableString>().and_then(|s| vigil_actors::Severity::parse(&s)));
             if higher.is_none_or(|h| a.severity > h) {
                 open.insert(a.rule.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(a.severity))));
             }
@@ -601,7 +650,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
     // The findings of a rule's open alerts (empty text for a rule's one alert).
     engine.register_fn("open_findings", |p: &mut RulePatient, rule: &str| -> Array {
-        p.0.open_alerts.iter().filter(|a| a.rule == rule).map(|a| Dynamic::from(ImmutableString::from(a.finding.as_str()))).collect()
+        p.0.open_alerts
+            .iter()
+            .filter(|a| a.rule == rule)
+            .map(|a| Dynamic::from(ImmutableString::from(a.finding.as_str())))
+            .collect()
     });
 
     // Medications.
@@ -668,7 +721,8 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_fn("allergic_to", |p: &mut RulePatient, drug: &str| -> bool {
         let wanted = super::data::normalise_drug_name(drug);
         p.0.allergies.iter().any(|a| {
-            super::data::normalise_drug_name(&a.name) == wanted || a.code.as_deref().and_then(rxnorm_code) == Some(drug.trim())
+            super::data::normalise_drug_name(&a.name) == wanted
+                || a.code.as_deref().and_then(rxnorm_code) == Some(drug.trim())
         })
     });
 
@@ -718,13 +772,19 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     });
     // Latest results of the analytes in `critical_values.json` that break a limit.
     let t = Arc::clone(&tables);
-    engine.register_fn("critical_results", move |p: &mut RulePatient, secs: i64| -> Result<Array, Box<rhai::EvalAltResult>> {
-        critical_results(&current(&t), &p.0, secs as f64)
-    });
+    engine.register_fn(
+        "critical_results",
+        move |p: &mut RulePatient, secs: i64| -> Result<Array, Box<rhai::EvalAltResult>> {
+            critical_results(&current(&t), &p.0, secs as f64)
+        },
+    );
     let t = Arc::clone(&tables);
-    engine.register_fn("critical_results", move |p: &mut RulePatient, secs: f64| -> Result<Array, Box<rhai::EvalAltResult>> {
-        critical_results(&current(&t), &p.0, secs)
-    });
+    engine.register_fn(
+        "critical_results",
+        move |p: &mut RulePatient, secs: f64| -> Result<Array, Box<rhai::EvalAltResult>> {
+            critical_results(&current(&t), &p.0, secs)
+        },
+    );
     let t = Arc::clone(&tables);
     engine.register_fn("interactions", move |p: &mut RulePatient| -> Array { interaction_hits(&current(&t), &p.0) });
     let t = Arc::clone(&tables);
@@ -765,31 +825,47 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     register_episode_clocks(engine, Arc::clone(&tables));
 
     // Verdicts.
-    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire { finding: None, severity, summary, details };
-    engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Map| fire(severity, summary, details.into()));
+    let fire = |severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire {
+        finding: None,
+        severity,
+        summary,
+        details,
+    };
+    engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Map| {
+        fire(severity, summary, details.into())
+    });
     engine.register_fn("alert", move |severity: ImmutableString, summary: ImmutableString, details: Scored| {
         fire(severity, summary, Dynamic::from(details))
     });
     // `alert_for(finding, ...)`: one alert per finding the rule names (an interacting pair, an
     // analyte), each raised, notified and acknowledged on its own.
-    let fire_for = |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Dynamic| Verdict::Fire {
-        finding: Some(finding),
-        severity,
-        summary,
+    let fire_for = |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Dynamic| {
+        Verdict::Fire { finding: Some(finding), severity, summary, details }
+    };
+    engine.register_fn(
+        "alert_for",
+        move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Map| {
+            fire_for(finding, severity, summary, details.into())
+        },
+    );
+    engine.register_fn(
+        "alert_for",
+        move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Scored| {
+            fire_for(finding, severity, summary, Dynamic::from(details))
+        },
+    );
+    let resolve = |finding: Option<ImmutableString>, reason: ImmutableString, details: Dynamic| Verdict::Resolve {
+        finding,
+        reason,
         details,
     };
-    engine.register_fn("alert_for", move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Map| {
-        fire_for(finding, severity, summary, details.into())
-    });
-    engine.register_fn("alert_for", move |finding: ImmutableString, severity: ImmutableString, summary: ImmutableString, details: Scored| {
-        fire_for(finding, severity, summary, Dynamic::from(details))
-    });
-    let resolve = |finding: Option<ImmutableString>, reason: ImmutableString, details: Dynamic| Verdict::Resolve { finding, reason, details };
     engine.register_fn("resolve", move |reason: ImmutableString| resolve(None, reason, Dynamic::UNIT));
     // `resolve(reason, details)`: below threshold, with what the rule computed (shown in the
     // patient view, e.g. a low NEWS2 with its sub-scores).
     engine.register_fn("resolve", move |reason: ImmutableString, details: Map| resolve(None, reason, details.into()));
-    engine.register_fn("resolve", move |reason: ImmutableString, details: Scored| resolve(None, reason, Dynamic::from(details)));
+    engine.register_fn("resolve", move |reason: ImmutableString, details: Scored| {
+        resolve(None, reason, Dynamic::from(details))
+    });
     engine.register_fn("resolve_for", move |finding: ImmutableString, reason: ImmutableString| {
         resolve(Some(finding), reason, Dynamic::UNIT)
     });
@@ -819,9 +895,16 @@ fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
     fn onset_fn<W: Num>(engine: &mut Engine, tables: SharedTables) {
         engine.register_fn(
             "onset",
-            move |p: &mut RulePatient, a: &str, min_a: i64, b: &str, min_b: i64, within: W| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+            move |p: &mut RulePatient,
+                  a: &str,
+                  min_a: i64,
+                  b: &str,
+                  min_b: i64,
+                  within: W|
+                  -> Result<Dynamic, Box<rhai::EvalAltResult>> {
                 let tables = current(&tables);
-                let table = |n: &str| tables.score(n).ok_or_else(|| format!("no score table `{n}` in data/scores.json"));
+                let table =
+                    |n: &str| tables.score(n).ok_or_else(|| format!("no score table `{n}` in data/scores.json"));
                 let within = within.num();
                 let at = super::scores::onset(&p.0, &[(table(a)?, min_a), (table(b)?, min_b)], within, 2.0 * within);
                 Ok(at.map_or(Dynamic::UNIT, |at| p.since_s(at)))
@@ -841,7 +924,9 @@ fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
             move |p: &mut RulePatient, table: &str, key: &str, lookback: W| -> Result<Map, Box<rhai::EvalAltResult>> {
                 let tables = current(&tables);
                 let t = tables.score(table).ok_or_else(|| format!("no score table `{table}` in data/scores.json"))?;
-                let run = t.abnormal_run(&p.0, key, lookback.num()).ok_or_else(|| format!("score table `{table}` has no item `{key}`"))?;
+                let run = t
+                    .abnormal_run(&p.0, key, lookback.num())
+                    .ok_or_else(|| format!("score table `{table}` has no item `{key}`"))?;
                 let ago = |at: Option<OffsetDateTime>| at.map_or(Dynamic::UNIT, |at| p.since_s(at));
                 let mut m = Map::new();
                 m.insert("readings".into(), Dynamic::from_int(run.readings as i64));
@@ -860,7 +945,8 @@ fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
     // `p.iso_time(seconds_ago)`: that moment as RFC 3339 text (UTC), or `()`.
     fn iso_fn<S: Num>(engine: &mut Engine) {
         engine.register_fn("iso_time", |p: &mut RulePatient, ago: S| -> Dynamic {
-            let at = p.now().zip(time::Duration::checked_seconds_f64(ago.num())).and_then(|(now, d)| now.checked_sub(d));
+            let at =
+                p.now().zip(time::Duration::checked_seconds_f64(ago.num())).and_then(|(now, d)| now.checked_sub(d));
             let text = at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok());
             text.map_or(Dynamic::UNIT, |t| Dynamic::from(ImmutableString::from(t)))
         });
@@ -873,20 +959,22 @@ fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
     // or one of whose classes (data/drug_classes.json) is; `()` when none.
     engine.register_fn("given", move |p: &mut RulePatient, names: Array| -> Dynamic {
         let tables = current(&tables);
-        let raw: Vec<ImmutableString> = names.iter().filter_map(|n| n.read_lock::<ImmutableString>().map(|n| n.clone())).collect();
+        let raw: Vec<ImmutableString> =
+            names.iter().filter_map(|n| n.read_lock::<ImmutableString>().map(|n| n.clone())).collect();
         let wanted: Vec<String> = raw.iter().map(|n| super::data::normalise_drug_name(n)).collect();
-        let earliest = p
-            .0
-            .medications
-            .iter()
-            .filter(|m| {
-                let name = super::data::normalise_drug_name(&m.medication.name);
-                let mut hit = wanted.iter().any(|w| name.strip_prefix(w.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(' ')));
-                tables.for_classes(&m.medication.name, m.medication.rxnorm.as_deref(), |c| hit |= raw.contains(c));
-                hit
-            })
-            .map(|m| m.since)
-            .min();
+        let earliest =
+            p.0.medications
+                .iter()
+                .filter(|m| {
+                    let name = super::data::normalise_drug_name(&m.medication.name);
+                    let mut hit = wanted.iter().any(|w| {
+                        name.strip_prefix(w.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+                    });
+                    tables.for_classes(&m.medication.name, m.medication.rxnorm.as_deref(), |c| hit |= raw.contains(c));
+                    hit
+                })
+                .map(|m| m.since)
+                .min();
         earliest.map_or(Dynamic::UNIT, |at| p.since_s(at))
     });
 }

@@ -45,7 +45,10 @@ fn check(dir: &std::path::Path) -> i32 {
     let table_names = tables.names();
     let engine = hardened_engine_with(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(tables)));
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "rhai")).collect(),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rhai"))
+            .collect(),
         Err(e) => {
             eprintln!("{}: {e}", dir.display());
             return 1;
@@ -68,7 +71,13 @@ fn check(dir: &std::path::Path) -> i32 {
                 for warning in &rule.warnings {
                     eprintln!("{}:0:0: warning: {warning}", path.display());
                 }
-                println!("ok    {} {} ({})  triggers: {}", rule.id, rule.version, path.display(), rule.triggers.join(", "));
+                println!(
+                    "ok    {} {} ({})  triggers: {}",
+                    rule.id,
+                    rule.version,
+                    path.display(),
+                    rule.triggers.join(", ")
+                );
                 ids.push(rule.id);
                 ok += 1;
             }

@@ -117,7 +117,11 @@ impl CriticalLimits {
             (self.above, ">", value > self.above.unwrap_or(f64::NAN)),
             (self.at_or_above, ">=", value >= self.at_or_above.unwrap_or(f64::NAN)),
         ];
-        checks.iter().rev().find(|(limit, _, hit)| limit.is_some() && *hit).map(|(limit, op, _)| format!("{op} {}", limit.unwrap_or_default()))
+        checks
+            .iter()
+            .rev()
+            .find(|(limit, _, hit)| limit.is_some() && *hit)
+            .map(|(limit, op, _)| format!("{op} {}", limit.unwrap_or_default()))
     }
 }
 
@@ -135,12 +139,33 @@ pub fn normalise_drug_name(name: &str) -> String {
 /// single spaces, no salt word).
 pub fn normalised(name: &str) -> std::borrow::Cow<'_, str> {
     const SALTS: &[&str] = &[
-        "hydrochloride", "hcl", "sodium", "potassium", "sulfate", "sulphate", "maleate", "citrate",
-        "tartrate", "mesylate", "besylate", "calcium", "succinate", "fumarate", "hyclate",
-        "trihydrate", "monohydrate", "magnesium", "acetate", "bromide", "phosphate", "dimesylate",
+        "hydrochloride",
+        "hcl",
+        "sodium",
+        "potassium",
+        "sulfate",
+        "sulphate",
+        "maleate",
+        "citrate",
+        "tartrate",
+        "mesylate",
+        "besylate",
+        "calcium",
+        "succinate",
+        "fumarate",
+        "hyclate",
+        "trihydrate",
+        "monohydrate",
+        "magnesium",
+        "acetate",
+        "bromide",
+        "phosphate",
+        "dimesylate",
     ];
     let already = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || (b.is_ascii_punctuation()) || b == b' ')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || (b.is_ascii_punctuation()) || b == b' ')
         && !name.starts_with(' ')
         && !name.ends_with(' ')
         && !name.contains("  ")
@@ -191,7 +216,12 @@ impl Tables {
             let json: serde_json::Value = match serde_json::from_str(&text) {
                 Ok(v) => v,
                 Err(e) => {
-                    errors.push(RuleError::Invalid { file, line: e.line(), column: e.column(), message: e.to_string() });
+                    errors.push(RuleError::Invalid {
+                        file,
+                        line: e.line(),
+                        column: e.column(),
+                        message: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -230,19 +260,24 @@ impl Tables {
     }
 
     fn index_classes(&mut self, json: &serde_json::Value) -> Result<(), String> {
-        let classes = json.get("classes").and_then(|c| c.as_object()).ok_or("drug_classes.json needs an object `classes`")?;
+        let classes =
+            json.get("classes").and_then(|c| c.as_object()).ok_or("drug_classes.json needs an object `classes`")?;
         let memory_s = vigil_actors::MEDICATION_MEMORY.as_seconds_f64();
         // A time a table gives: a non-negative number, at most what the actor remembers.
         let hours = |v: Option<&serde_json::Value>, key: &str, per: f64, place: &str| -> Result<Option<f64>, String> {
             let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
             let n = v.as_f64().filter(|n| n.is_finite() && *n >= 0.0).ok_or(format!("{place}.{key}: a number >= 0"))?;
             if n * per > memory_s {
-                return Err(format!("{place}.{key}: {n} is longer than the {} days a stopped medication is remembered", memory_s / 86400.0));
+                return Err(format!(
+                    "{place}.{key}: {n} is longer than the {} days a stopped medication is remembered",
+                    memory_s / 86400.0
+                ));
             }
             Ok(Some(n * per))
         };
         let defaults = json.get("defaults");
-        self.default_after_dose_s = hours(defaults.and_then(|d| d.get("active_after_dose_h")), "active_after_dose_h", 3600.0, "defaults")?;
+        self.default_after_dose_s =
+            hours(defaults.and_then(|d| d.get("active_after_dose_h")), "active_after_dose_h", 3600.0, "defaults")?;
         let default_after_dose_s = self.default_after_dose_s();
         for (class, body) in classes {
             let place = format!("classes.{class}");
@@ -251,9 +286,13 @@ impl Tables {
             for (i, member) in body.get("members").and_then(|m| m.as_array()).into_iter().flatten().enumerate() {
                 let place = format!("{place}.members[{i}]");
                 let washout = hours(member.get("washout_days"), "washout_days", 86400.0, &place)?.or(class_washout);
-                let after_dose = hours(member.get("active_after_dose_h"), "active_after_dose_h", 3600.0, &place)?.or(class_after_dose);
+                let after_dose = hours(member.get("active_after_dose_h"), "active_after_dose_h", 3600.0, &place)?
+                    .or(class_after_dose);
                 if washout.unwrap_or(0.0) + after_dose.unwrap_or(default_after_dose_s) > memory_s {
-                    return Err(format!("{place}: active time and washout together exceed {} days", memory_s / 86400.0));
+                    return Err(format!(
+                        "{place}: active time and washout together exceed {} days",
+                        memory_s / 86400.0
+                    ));
                 }
                 let name = member.get("name").and_then(|n| n.as_str()).map(normalise_drug_name);
                 let rx = member.get("rxnorm").and_then(|r| r.as_str());
@@ -296,9 +335,13 @@ impl Tables {
                 let alias = alias.as_str().ok_or(format!("class `{class}`: aliases are text"))?;
                 add(format!("name:{}", normalise_drug_name(alias)));
             }
-            let members = body.get("members").and_then(|m| m.as_array()).ok_or(format!("class `{class}` needs `members`"))?;
+            let members =
+                body.get("members").and_then(|m| m.as_array()).ok_or(format!("class `{class}` needs `members`"))?;
             for member in members {
-                let name = member.get("name").and_then(|n| n.as_str()).ok_or(format!("class `{class}`: a member needs a `name`"))?;
+                let name = member
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .ok_or(format!("class `{class}`: a member needs a `name`"))?;
                 add(format!("name:{}", normalise_drug_name(name)));
                 if let Some(rx) = member.get("rxnorm").and_then(|r| r.as_str()) {
                     add(format!("rx:{rx}"));
@@ -316,10 +359,14 @@ impl Tables {
         for (i, combination) in list.iter().enumerate() {
             let place = format!("combinations[{i}]");
             let name = combination.get("name").and_then(|n| n.as_str()).ok_or(format!("{place}: a `name`"))?;
-            let parts = combination.get("ingredients").and_then(|n| n.as_array()).ok_or(format!("{place}: a list `ingredients`"))?;
+            let parts = combination
+                .get("ingredients")
+                .and_then(|n| n.as_array())
+                .ok_or(format!("{place}: a list `ingredients`"))?;
             let mut ingredients = Vec::new();
             for (j, part) in parts.iter().enumerate() {
-                let part_name = part.get("name").and_then(|n| n.as_str()).ok_or(format!("{place}.ingredients[{j}]: a `name`"))?;
+                let part_name =
+                    part.get("name").and_then(|n| n.as_str()).ok_or(format!("{place}.ingredients[{j}]: a `name`"))?;
                 let rxnorm = part.get("rxnorm").and_then(|r| r.as_str()).map(ImmutableString::from);
                 ingredients.push(Ingredient { name: normalise_drug_name(part_name).into(), rxnorm });
             }
@@ -340,7 +387,10 @@ impl Tables {
     }
 
     fn index_interactions(&mut self, json: &serde_json::Value) -> Result<(), String> {
-        let list = json.get("interactions").and_then(|i| i.as_array()).ok_or("interactions.json needs an array `interactions`")?;
+        let list = json
+            .get("interactions")
+            .and_then(|i| i.as_array())
+            .ok_or("interactions.json needs an array `interactions`")?;
         let text = |v: Option<&serde_json::Value>| -> Result<Dynamic, String> {
             match v {
                 None => Ok(Dynamic::UNIT),
@@ -349,10 +399,15 @@ impl Tables {
         };
         for (i, ix) in list.iter().enumerate() {
             let side = |key: &str| -> Result<Vec<ImmutableString>, String> {
-                let items = ix.get(key).and_then(|a| a.as_array()).ok_or(format!("interaction {i}: `{key}` is a list of class ids"))?;
+                let items = ix
+                    .get(key)
+                    .and_then(|a| a.as_array())
+                    .ok_or(format!("interaction {i}: `{key}` is a list of class ids"))?;
                 items
                     .iter()
-                    .map(|c| c.as_str().map(ImmutableString::from).ok_or(format!("interaction {i}: class ids are text")))
+                    .map(|c| {
+                        c.as_str().map(ImmutableString::from).ok_or(format!("interaction {i}: class ids are text"))
+                    })
                     .collect()
             };
             self.interactions.push(Interaction {
@@ -368,7 +423,8 @@ impl Tables {
     }
 
     fn index_critical(&mut self, json: &serde_json::Value) -> Result<(), String> {
-        let values = json.get("values").and_then(|v| v.as_object()).ok_or("critical_values.json needs an object `values`")?;
+        let values =
+            json.get("values").and_then(|v| v.as_object()).ok_or("critical_values.json needs an object `values`")?;
         let mut names: Vec<&String> = values.keys().collect();
         names.sort();
         self.critical_names = names.iter().map(|n| Dynamic::from(ImmutableString::from(n.as_str()))).collect();
@@ -377,7 +433,11 @@ impl Tables {
             // A critical limit is a clinical claim: it names where it comes from.
             match limits.get("source") {
                 Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {}
-                _ => return Err(format!("values.{name}: `source` (the publication or laboratory list the limits come from) is required")),
+                _ => {
+                    return Err(format!(
+                        "values.{name}: `source` (the publication or laboratory list the limits come from) is required"
+                    ));
+                }
             }
             if limits.get("note").is_some_and(|n| !n.is_string()) {
                 return Err(format!("values.{name}.note: text"));
@@ -411,8 +471,13 @@ impl Tables {
         for (name, table) in scores {
             let table = ScoreTable::parse(name, table)?;
             // A misspelt input would read nothing and leave its item missing forever.
-            if let Some(unknown) = table.input_names().find(|n| !super::scores::PSEUDO_INPUTS.contains(n) && !super::engine::KNOWN_TRIGGERS.contains(n)) {
-                return Err(format!("{name}: input `{unknown}` is not a canonical name (schemas/codes/observations.json)"));
+            if let Some(unknown) = table
+                .input_names()
+                .find(|n| !super::scores::PSEUDO_INPUTS.contains(n) && !super::engine::KNOWN_TRIGGERS.contains(n))
+            {
+                return Err(format!(
+                    "{name}: input `{unknown}` is not a canonical name (schemas/codes/observations.json)"
+                ));
             }
             self.scores.insert(name.clone(), table);
         }
@@ -589,9 +654,15 @@ mod tests {
         assert!(no_source.as_deref().is_some_and(|e| e.contains("values.potassium: `source`")), "{no_source:?}");
         let empty_source = load(r#"{ "values": { "potassium": { "unit": "mmol/L", "below": 2.8, "source": " " } } }"#);
         assert!(empty_source.is_some(), "a blank source is no source");
-        let unknown = load(r#"{ "values": { "potasium": { "unit": "mmol/L", "below": 2.8, "source": "Kost 1990" } } }"#);
+        let unknown =
+            load(r#"{ "values": { "potasium": { "unit": "mmol/L", "below": 2.8, "source": "Kost 1990" } } }"#);
         assert!(unknown.as_deref().is_some_and(|e| e.contains("potasium: not a canonical name")), "{unknown:?}");
-        assert_eq!(load(r#"{ "values": { "potassium": { "unit": "mmol/L", "below": 2.8, "source": "Kost 1990", "note": "x" } } }"#), None);
+        assert_eq!(
+            load(
+                r#"{ "values": { "potassium": { "unit": "mmol/L", "below": 2.8, "source": "Kost 1990", "note": "x" } } }"#
+            ),
+            None
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -600,7 +671,19 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
         let tables = Tables::load(&dir).unwrap();
         let names: Vec<&str> = tables.critical_limits().iter().map(|l| l.analyte.as_str()).collect();
-        for analyte in ["calcium", "calcium_ionized", "ph", "pao2", "magnesium", "phosphorus", "pt", "inr", "aptt", "troponin_i", "troponin_t"] {
+        for analyte in [
+            "calcium",
+            "calcium_ionized",
+            "ph",
+            "pao2",
+            "magnesium",
+            "phosphorus",
+            "pt",
+            "inr",
+            "aptt",
+            "troponin_i",
+            "troponin_t",
+        ] {
             assert!(names.contains(&analyte), "{analyte} missing from critical_values.json");
         }
         let limit = |name: &str| tables.critical_limits().iter().find(|l| l.analyte == name).unwrap();
@@ -634,15 +717,25 @@ mod tests {
     fn shipped_tables_give_ingredients_and_times() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join("data");
         let tables = Tables::load(&dir).unwrap();
-        let names = |name: &str, rx: Option<&str>| tables.ingredients(name, rx).into_iter().map(|i| i.name.to_string()).collect::<Vec<_>>();
-        assert_eq!(names("Bactrim DS", Some("10831")), ["sulfamethoxazole", "trimethoprim"], "by the product's RxNorm code");
+        let names = |name: &str, rx: Option<&str>| {
+            tables.ingredients(name, rx).into_iter().map(|i| i.name.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("Bactrim DS", Some("10831")),
+            ["sulfamethoxazole", "trimethoprim"],
+            "by the product's RxNorm code"
+        );
         assert_eq!(names("co-amoxiclav", None), ["amoxicillin", "clavulanate"], "by a listed name");
         assert_eq!(names("Amoxicillin / Clavulanate Potassium", None), ["amoxicillin", "clavulanate"], "by splitting");
         assert_eq!(names("Nardil", Some("8123")), ["phenelzine"], "a member's code gives its name");
         assert_eq!(names("methylene blue", None), ["methylene blue"]);
         assert_eq!(tables.ingredients("co-trimoxazole", None)[0].rxnorm.as_deref(), Some("10180"));
         let classes = tables.classes_of("lopinavir/ritonavir", None);
-        assert!(classes.iter().any(|c| c == "protease_inhibitors") && classes.iter().any(|c| c == "cyp3a4_strong_inhibitors"), "{classes:?}");
+        assert!(
+            classes.iter().any(|c| c == "protease_inhibitors")
+                && classes.iter().any(|c| c == "cyp3a4_strong_inhibitors"),
+            "{classes:?}"
+        );
         assert!(tables.is_combination("Bactrim", Some("10831")) && !tables.is_combination("sertraline", Some("36437")));
         let one = |name: &str, rx: Option<&str>| tables.ingredients(name, rx).remove(0);
         let day = 86400.0;
@@ -661,11 +754,19 @@ mod tests {
         let table = r#"{ "classes": { "x": { "washout_days": 90, "members": [ { "name": "x" } ] } } }"#;
         std::fs::write(dir.join("drug_classes.json"), table).unwrap();
         let errors = Tables::load(&dir).err().unwrap();
-        assert!(errors[0].to_string().contains("classes.x.washout_days: 90 is longer than the 60 days"), "{}", errors[0]);
+        assert!(
+            errors[0].to_string().contains("classes.x.washout_days: 90 is longer than the 60 days"),
+            "{}",
+            errors[0]
+        );
         let table = r#"{ "classes": { "x": { "members": [ { "name": "x", "active_after_dose_h": -1 } ] } } }"#;
         std::fs::write(dir.join("drug_classes.json"), table).unwrap();
         let errors = Tables::load(&dir).err().unwrap();
-        assert!(errors[0].to_string().contains("classes.x.members[0].active_after_dose_h: a number >= 0"), "{}", errors[0]);
+        assert!(
+            errors[0].to_string().contains("classes.x.members[0].active_after_dose_h: a number >= 0"),
+            "{}",
+            errors[0]
+        );
         let table = r#"{ "classes": {}, "combinations": [ { "name": "x/y", "ingredients": [ { "name": "x" } ] } ] }"#;
         std::fs::write(dir.join("drug_classes.json"), table).unwrap();
         let errors = Tables::load(&dir).err().unwrap();

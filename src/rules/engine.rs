@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use vigil_actors::{AlertPolicy, Details, PatientView, RuleEngine, RuleOutcome, RuleVerdict, Severity};
 
 use super::api::{self, RulePatient, Verdict};
-use super::scores::Scored;
 use super::data::{SharedTables, Tables};
+use super::scores::Scored;
 
 /// A rule that cannot be loaded, with where.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -143,19 +143,52 @@ pub const DEFAULT_REOPEN_S: i64 = 900;
 /// laboratory names). Unknown names are a lint warning, not an error, so a rule can ship
 /// before its code mapping.
 pub const KNOWN_TRIGGERS: &[&str] = &[
-    "order", "administration", "allergy", "census", "merge", "hr", "pulse", "rr", "spo2", "sbp",
-    "dbp", "map", "temp", "gcs", "consciousness", "fio2", "o2_flow", "wbc", "bands", "lactate",
-    "creatinine", "bilirubin", "platelets", "inr", "paco2", "potassium", "sodium", "glucose",
-    "hemoglobin", "troponin_i", "troponin_t",
-    "sao2", "pt", "aptt", "pao2", "ph", "calcium", "calcium_ionized", "magnesium", "phosphorus",
+    "order",
+    "administration",
+    "allergy",
+    "census",
+    "merge",
+    "hr",
+    "pulse",
+    "rr",
+    "spo2",
+    "sbp",
+    "dbp",
+    "map",
+    "temp",
+    "gcs",
+    "consciousness",
+    "fio2",
+    "o2_flow",
+    "wbc",
+    "bands",
+    "lactate",
+    "creatinine",
+    "bilirubin",
+    "platelets",
+    "inr",
+    "paco2",
+    "potassium",
+    "sodium",
+    "glucose",
+    "hemoglobin",
+    "troponin_i",
+    "troponin_t",
+    "sao2",
+    "pt",
+    "aptt",
+    "pao2",
+    "ph",
+    "calcium",
+    "calcium_ionized",
+    "magnesium",
+    "phosphorus",
 ];
 
 /// Compile one rule source and read its metadata.
 pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRule, RuleError> {
     let ast = engine.compile(source).map_err(|e| invalid(path, e.1, e.0.to_string()))?;
-    let has_fn = |name: &str, params: usize| {
-        ast.iter_functions().any(|f| f.name == name && f.params.len() == params)
-    };
+    let has_fn = |name: &str, params: usize| ast.iter_functions().any(|f| f.name == name && f.params.len() == params);
     if !has_fn("meta", 0) || !has_fn("evaluate", 1) {
         return Err(invalid(path, rhai::Position::new(1, 1), "a rule defines fn meta() and fn evaluate(p)"));
     }
@@ -175,9 +208,8 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
     };
     let id = text("id")?;
     let severity_name = text("severity")?;
-    let severity = Severity::parse(&severity_name).ok_or_else(|| {
-        invalid(path, meta_pos, format!("unknown severity `{severity_name}`"))
-    })?;
+    let severity = Severity::parse(&severity_name)
+        .ok_or_else(|| invalid(path, meta_pos, format!("unknown severity `{severity_name}`")))?;
     let names = |key: &str| {
         meta.get(key)
             .and_then(|v| v.clone().into_typed_array::<rhai::ImmutableString>().ok())
@@ -201,7 +233,9 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
         reopen_s: seconds("reopen_s", DEFAULT_REOPEN_S)?,
         hold_until_changed: match meta.get("hold_until_changed") {
             None => false,
-            Some(v) => v.as_bool().map_err(|_| invalid(path, meta_pos, "meta() `hold_until_changed` is true or false"))?,
+            Some(v) => {
+                v.as_bool().map_err(|_| invalid(path, meta_pos, "meta() `hold_until_changed` is true or false"))?
+            }
         },
     };
     let min_age = match meta.get("min_age") {
@@ -250,11 +284,30 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
     let empty = PatientView { now: Some(now), ..PatientView::default() };
     let mut full = empty.clone();
     let normal = [
-        ("hr", 80.0), ("pulse", 80.0), ("rr", 16.0), ("spo2", 97.0), ("sbp", 120.0), ("dbp", 70.0),
-        ("map", 87.0), ("temp", 37.0), ("gcs", 15.0), ("fio2", 21.0), ("o2_flow", 0.0), ("wbc", 8.0),
-        ("bands", 2.0), ("lactate", 1.0), ("creatinine", 0.9), ("bilirubin", 0.6), ("platelets", 250.0),
-        ("inr", 1.0), ("paco2", 40.0), ("potassium", 4.0), ("sodium", 140.0), ("glucose", 100.0),
-        ("hemoglobin", 13.0), ("troponin_i", 5.0),
+        ("hr", 80.0),
+        ("pulse", 80.0),
+        ("rr", 16.0),
+        ("spo2", 97.0),
+        ("sbp", 120.0),
+        ("dbp", 70.0),
+        ("map", 87.0),
+        ("temp", 37.0),
+        ("gcs", 15.0),
+        ("fio2", 21.0),
+        ("o2_flow", 0.0),
+        ("wbc", 8.0),
+        ("bands", 2.0),
+        ("lactate", 1.0),
+        ("creatinine", 0.9),
+        ("bilirubin", 0.6),
+        ("platelets", 250.0),
+        ("inr", 1.0),
+        ("paco2", 40.0),
+        ("potassium", 4.0),
+        ("sodium", 140.0),
+        ("glucose", 100.0),
+        ("hemoglobin", 13.0),
+        ("troponin_i", 5.0),
     ];
     for (name, value) in normal {
         let samples = (0..3).map(|i| Sample { at: now - time::Duration::minutes(i * 30), value }).rev();
@@ -266,7 +319,12 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
     full.settings.insert("spo2_scale".into(), "1".into());
     let med = Medication { order_id: "lint-1".into(), rxnorm: Some("161".into()), name: "acetaminophen".into() };
     full.medications.push(ActiveMedication::ordered(med.clone(), now));
-    full.allergies.push(Allergy { code: Some("RXNORM|7980".into()), name: "penicillin g".into(), kind: "DA".into(), severity: "SV".into() });
+    full.allergies.push(Allergy {
+        code: Some("RXNORM|7980".into()),
+        name: "penicillin g".into(),
+        kind: "DA".into(),
+        severity: "SV".into(),
+    });
     let mut order = full.clone();
     order.new_order = Some(Medication { order_id: "lint-2".into(), ..med });
     vec![("no data", Arc::new(empty)), ("ordinary values", Arc::new(full)), ("a new order", Arc::new(order))]
@@ -277,9 +335,16 @@ pub fn lint_rule(engine: &Engine, rule: &LoadedRule) -> Result<(), RuleError> {
     for (what, view) in lint_views() {
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result = engine
-            .call_fn_with_options::<Dynamic>(options, &mut Scope::new(), &rule.ast, "evaluate", (RulePatient::new(view),))
+            .call_fn_with_options::<Dynamic>(
+                options,
+                &mut Scope::new(),
+                &rule.ast,
+                "evaluate",
+                (RulePatient::new(view),),
+            )
             .map_err(|e| invalid(&rule.path, e.position(), format!("evaluate(p) with {what}: {e}")))?;
-        verdicts(result).map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
+        verdicts(result)
+            .map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
     }
     Ok(())
 }
@@ -306,11 +371,9 @@ pub fn load_dir(engine: &Engine, dir: &Path) -> Result<Vec<LoadedRule>, Vec<Rule
             .and_then(|source| load_rule(engine, &path, &source))
             .and_then(|rule| lint_rule(engine, &rule).map(|()| rule));
         match loaded {
-            Ok(rule) if rules.iter().any(|r: &LoadedRule| r.id == rule.id) => errors.push(invalid(
-                &path,
-                rhai::Position::NONE,
-                format!("duplicate rule id `{}`", rule.id),
-            )),
+            Ok(rule) if rules.iter().any(|r: &LoadedRule| r.id == rule.id) => {
+                errors.push(invalid(&path, rhai::Position::NONE, format!("duplicate rule id `{}`", rule.id)))
+            }
             Ok(rule) => rules.push(rule),
             Err(e) => errors.push(e),
         }
@@ -679,7 +742,8 @@ mod tests {
     #[test]
     fn syntax_errors_carry_line_and_column() {
         let engine = hardened_engine();
-        let err = load_rule(&engine, Path::new("bad.rhai"), "fn meta() { #{ id: \"x\" }\nfn evaluate(p) { let = 1; }").unwrap_err();
+        let err = load_rule(&engine, Path::new("bad.rhai"), "fn meta() { #{ id: \"x\" }\nfn evaluate(p) { let = 1; }")
+            .unwrap_err();
         let RuleError::Invalid { line, column, .. } = err else { panic!("{err}") };
         assert_eq!(line, 2);
         assert!(column > 0);
@@ -701,7 +765,9 @@ mod tests {
         let out = host.evaluate(&view(&[("rr", 30.0)]), &["rr"]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].rule_id, "t.ok");
-        assert!(matches!(out[0].verdict, RuleVerdict::Fire { severity: Severity::High, score: Some(s), .. } if s == 30.0));
+        assert!(
+            matches!(out[0].verdict, RuleVerdict::Fire { severity: Severity::High, score: Some(s), .. } if s == 30.0)
+        );
         assert!(host.rules().iter().filter(|r| r.id != "t.ok").all(|r| r.failures() == 1));
         assert!(host.evaluate(&view(&[("hr", 30.0)]), &["hr"]).is_empty(), "untriggered rules do not run");
     }
@@ -735,10 +801,14 @@ mod tests {
     fn window_statistics_and_coded_values() {
         let now = time::OffsetDateTime::now_utc();
         let mut series = HashMap::new();
-        let samples = (0..5).map(|i| Sample { at: now - time::Duration::minutes(30 * (4 - i)), value: 100.0 + 10.0 * i as f64 });
+        let samples =
+            (0..5).map(|i| Sample { at: now - time::Duration::minutes(30 * (4 - i)), value: 100.0 + 10.0 * i as f64 });
         series.insert("sbp".to_string(), samples.collect::<VecDeque<_>>());
         let mut coded = HashMap::new();
-        coded.insert("consciousness".to_string(), VecDeque::from([vigil_actors::CodedSample { at: now, text: "V".into() }]));
+        coded.insert(
+            "consciousness".to_string(),
+            VecDeque::from([vigil_actors::CodedSample { at: now, text: "V".into() }]),
+        );
         let view = Arc::new(PatientView { now: Some(now), series, coded, ..PatientView::default() });
         let engine = hardened_engine();
         let src = r#"fn meta() { #{ id: "t.w", severity: "low", triggers: ["sbp"] } }
@@ -774,10 +844,18 @@ mod tests {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/data/scores.json");
         std::fs::copy(shipped, dir.join("data/scores.json")).unwrap();
         // `a` runs first (files in name order) and rewrites its copy of the SIRS score.
-        std::fs::write(dir.join("a.rhai"), r#"fn meta() { #{ id: "t.a", severity: "low", triggers: ["hr"], references: ["-"] } }
-            fn evaluate(p) { let s = p.score("sirs"); s.remove("met"); s.score = 99; alert("low", "a", s) }"#).unwrap();
-        std::fs::write(dir.join("b.rhai"), r#"fn meta() { #{ id: "t.b", severity: "low", triggers: ["hr"], references: ["-"] } }
-            fn evaluate(p) { let s = p.score("sirs"); alert("low", "b " + s.met.len(), s) }"#).unwrap();
+        std::fs::write(
+            dir.join("a.rhai"),
+            r#"fn meta() { #{ id: "t.a", severity: "low", triggers: ["hr"], references: ["-"] } }
+            fn evaluate(p) { let s = p.score("sirs"); s.remove("met"); s.score = 99; alert("low", "a", s) }"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("b.rhai"),
+            r#"fn meta() { #{ id: "t.b", severity: "low", triggers: ["hr"], references: ["-"] } }
+            fn evaluate(p) { let s = p.score("sirs"); alert("low", "b " + s.met.len(), s) }"#,
+        )
+        .unwrap();
         let host = RhaiRules::from_dir(&dir).unwrap();
         let out = host.evaluate(&view(&[("hr", 120.0), ("temp", 39.0), ("rr", 12.0)]), &["hr"]);
         let fired = |id: &str| match &out.iter().find(|o| o.rule_id == id).unwrap().verdict {
@@ -801,7 +879,12 @@ mod tests {
         std::fs::write(dir.join("t.rhai"), OK_RULE).unwrap();
         let host = RhaiRules::from_dir(&dir).unwrap();
         let v1 = host.rules()[0].version.clone();
-        let err = host.replace("t.ok", "fn meta() { #{ id: \"t.ok\", severity: \"low\", triggers: [\"rr\"] } }\nfn evaluate(p) { p.nope() }").unwrap_err();
+        let err = host
+            .replace(
+                "t.ok",
+                "fn meta() { #{ id: \"t.ok\", severity: \"low\", triggers: [\"rr\"] } }\nfn evaluate(p) { p.nope() }",
+            )
+            .unwrap_err();
         assert!(matches!(err, ReplaceError::Invalid(RuleError::Invalid { .. })), "{err}");
         let err = host.replace("t.ok", &OK_RULE.replace("t.ok", "t.other")).unwrap_err();
         assert!(matches!(err, ReplaceError::IdMismatch { .. }));

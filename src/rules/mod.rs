@@ -12,6 +12,6 @@ pub mod testing;
 pub mod watch;
 
 pub use engine::{
-    KNOWN_TRIGGERS, LoadedRule, ReplaceError, RhaiRules, RuleError, hardened_engine, hardened_engine_with,
-    lint_rule, load_dir, load_rule,
+    KNOWN_TRIGGERS, LoadedRule, ReplaceError, RhaiRules, RuleError, hardened_engine, hardened_engine_with, lint_rule,
+    load_dir, load_rule,
 };

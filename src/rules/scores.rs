@@ -143,12 +143,18 @@ pub fn oxygen_status(view: &PatientView, max_age: f64) -> Option<bool> {
 /// (40-300), else the median of the SBP readings taken 6 to 24 h ago (at least 3), else none.
 /// SEP-1's "SBP decrease of more than 40 mmHg from the patient's baseline" compares with it.
 pub fn sbp_baseline(view: &PatientView) -> Option<f64> {
-    if let Some(set) = view.settings.get("sbp_baseline").and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| (40.0..=300.0).contains(v)) {
+    if let Some(set) = view
+        .settings
+        .get("sbp_baseline")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| (40.0..=300.0).contains(v))
+    {
         return Some(set);
     }
     let now = view.now?;
     let recent = now - time::Duration::hours(6);
-    let mut values: Vec<f64> = view.window("sbp", 86_400.0).filter(|s| s.at <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
+    let mut values: Vec<f64> =
+        view.window("sbp", 86_400.0).filter(|s| s.at <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
     if values.len() < 3 {
         return None;
     }
@@ -315,7 +321,11 @@ impl ScoreTable {
             None => OXYGEN_MAX_AGE_S,
             Some(v) => seconds(v).ok_or(format!("{name}.oxygen_max_age_s: seconds >= 0"))?,
         };
-        let items = items.iter().enumerate().map(|(i, item)| parse_item(&format!("{name}.items[{i}]"), item)).collect::<Result<_, _>>()?;
+        let items = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_item(&format!("{name}.items[{i}]"), item))
+            .collect::<Result<_, _>>()?;
         let flagged_as = json.get("flagged_as").and_then(Value::as_str).unwrap_or("flagged").into();
         Ok(ScoreTable { items, flag_at, flagged_as, oxygen_max_age_s })
     }
@@ -346,7 +356,8 @@ impl ScoreTable {
         let item = self.applicable(view).into_iter().find(|i| i.key == key)?;
         // Each series once, abnormal when any input reading it scores (SBP and SBP fall share
         // the SBP series); series are in time order, so the sort merges a few sorted runs.
-        let inputs: Vec<(&str, Option<f64>, &Input)> = item.inputs.iter().filter_map(|i| i.series(view).map(|(s, b)| (s, b, i))).collect();
+        let inputs: Vec<(&str, Option<f64>, &Input)> =
+            item.inputs.iter().filter_map(|i| i.series(view).map(|(s, b)| (s, b, i))).collect();
         let mut readings: Vec<(OffsetDateTime, bool)> = Vec::new();
         for (i, (series, ..)) in inputs.iter().enumerate() {
             if inputs[..i].iter().any(|(s, ..)| s == series) {
@@ -354,7 +365,9 @@ impl ScoreTable {
             }
             let on_series: Vec<&(&str, Option<f64>, &Input)> = inputs.iter().filter(|(s, ..)| s == series).collect();
             for s in view.window(series, lookback_s) {
-                let abnormal = on_series.iter().any(|(_, baseline, input)| input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0);
+                let abnormal = on_series
+                    .iter()
+                    .any(|(_, baseline, input)| input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0);
                 readings.push((s.at, abnormal));
             }
         }
@@ -374,7 +387,13 @@ impl ScoreTable {
 
     /// Times at which an item of this table was met (scored > 0) by a numeric reading of the
     /// last `lookback_s` seconds, as `(time, part, key position)`.
-    fn met_events(&self, view: &PatientView, lookback_s: f64, part: usize, out: &mut Vec<(OffsetDateTime, usize, usize)>) -> usize {
+    fn met_events(
+        &self,
+        view: &PatientView,
+        lookback_s: f64,
+        part: usize,
+        out: &mut Vec<(OffsetDateTime, usize, usize)>,
+    ) -> usize {
         let items = self.applicable(view);
         for (k, item) in items.iter().enumerate() {
             for input in &item.inputs {
@@ -416,11 +435,21 @@ pub struct Run {
 /// have not been met together for `within_s` (a criterion whose reading ages out before the
 /// next one arrives does not restart the clocks); a later one starts a new episode. `None`
 /// when the criteria are not met together now. Coded inputs and oxygen status are not timed.
-pub fn onset(view: &PatientView, parts: &[(&ScoreTable, i64)], within_s: f64, lookback_s: f64) -> Option<OffsetDateTime> {
+pub fn onset(
+    view: &PatientView,
+    parts: &[(&ScoreTable, i64)],
+    within_s: f64,
+    lookback_s: f64,
+) -> Option<OffsetDateTime> {
     let now = view.now?;
     let within = time::Duration::checked_seconds_f64(within_s.max(0.0))?;
     let mut events = Vec::new();
-    let mut sweep = Sweep { counts: Vec::with_capacity(parts.len()), met: vec![0; parts.len()], mins: parts.iter().map(|p| p.1).collect(), tail: 0 };
+    let mut sweep = Sweep {
+        counts: Vec::with_capacity(parts.len()),
+        met: vec![0; parts.len()],
+        mins: parts.iter().map(|p| p.1).collect(),
+        tail: 0,
+    };
     for (i, (table, _)) in parts.iter().enumerate() {
         let keys = table.met_events(view, lookback_s, i, &mut events);
         sweep.counts.push(vec![0; keys]);
@@ -470,7 +499,13 @@ impl Sweep {
 
     /// Drop the events (before `upto`) older than `within` before `at`; the moment the
     /// criteria stopped holding, when a drop ended them.
-    fn expire(&mut self, events: &[(OffsetDateTime, usize, usize)], upto: usize, at: OffsetDateTime, within: time::Duration) -> Option<OffsetDateTime> {
+    fn expire(
+        &mut self,
+        events: &[(OffsetDateTime, usize, usize)],
+        upto: usize,
+        at: OffsetDateTime,
+        within: time::Duration,
+    ) -> Option<OffsetDateTime> {
         let cutoff = at.checked_sub(within)?;
         let mut fell = None;
         while self.tail < upto && events[self.tail].0 < cutoff {
@@ -494,7 +529,8 @@ fn seconds(v: &Value) -> Option<f64> {
 }
 
 fn parse_item(at: &str, item: &Value) -> Result<Item, String> {
-    let key = item.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or(format!("{at}: `key` is text"))?;
+    let key =
+        item.get("key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or(format!("{at}: `key` is text"))?;
     let mut when = Vec::new();
     if let Some(w) = item.get("when") {
         let w = w.as_object().ok_or(format!("{at}.when: an object"))?;
@@ -507,7 +543,9 @@ fn parse_item(at: &str, item: &Value) -> Result<Item, String> {
                         when.push(Condition::Setting { name: name.clone(), equals: equals.to_string() });
                     }
                 }
-                "on_oxygen" => when.push(Condition::OnOxygen(v.as_bool().ok_or(format!("{at}.when.on_oxygen: true or false"))?)),
+                "on_oxygen" => {
+                    when.push(Condition::OnOxygen(v.as_bool().ok_or(format!("{at}.when.on_oxygen: true or false"))?))
+                }
                 other => return Err(format!("{at}.when: unknown condition `{other}` (setting, on_oxygen)")),
             }
         }
@@ -522,13 +560,18 @@ fn parse_item(at: &str, item: &Value) -> Result<Item, String> {
         .and_then(Value::as_array)
         .filter(|i| !i.is_empty())
         .ok_or(format!("{at}: `inputs` is a non-empty list"))?;
-    let inputs: Vec<Input> = inputs.iter().enumerate().map(|(i, x)| parse_input(&format!("{at}.inputs[{i}]"), x)).collect::<Result<_, _>>()?;
+    let inputs: Vec<Input> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| parse_input(&format!("{at}.inputs[{i}]"), x))
+        .collect::<Result<_, _>>()?;
     let max_points = inputs.iter().flat_map(|i| i.bands.iter().map(|b| b.points)).max().unwrap_or(0).max(0);
     Ok(Item { key: key.into(), when, inputs, first, max_points })
 }
 
 fn parse_input(at: &str, input: &Value) -> Result<Input, String> {
-    let name = input.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or(format!("{at}: `name` is text"))?;
+    let name =
+        input.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or(format!("{at}: `name` is text"))?;
     let max_age_s = input.get("max_age_s").and_then(seconds).ok_or(format!("{at}: `max_age_s` is seconds >= 0"))?;
     let coded = input.get("coded").and_then(Value::as_bool).unwrap_or(false);
     let kind = match name {
@@ -538,8 +581,16 @@ fn parse_input(at: &str, input: &Value) -> Result<Input, String> {
         _ => Kind::Numeric,
     };
     let label = input.get("label").and_then(Value::as_str).unwrap_or(name);
-    let bands = input.get("points").and_then(Value::as_array).filter(|b| !b.is_empty()).ok_or(format!("{at}: `points` is a non-empty list"))?;
-    let bands: Vec<Band> = bands.iter().enumerate().map(|(i, b)| parse_band(&format!("{at}.points[{i}]"), b, &kind)).collect::<Result<_, _>>()?;
+    let bands = input
+        .get("points")
+        .and_then(Value::as_array)
+        .filter(|b| !b.is_empty())
+        .ok_or(format!("{at}: `points` is a non-empty list"))?;
+    let bands: Vec<Band> = bands
+        .iter()
+        .enumerate()
+        .map(|(i, b)| parse_band(&format!("{at}.points[{i}]"), b, &kind))
+        .collect::<Result<_, _>>()?;
     if let Some(i) = bands.iter().position(|b| b.op == Op::Else)
         && i + 1 != bands.len()
     {
@@ -633,8 +684,12 @@ impl Scored {
             "score" => Dynamic::from_int(self.chart.score),
             "partial" => Dynamic::from_bool(!self.chart.missing.is_empty()),
             "ceiling" => Dynamic::from_int(self.chart.ceiling),
-            "subscores" => Dynamic::from_map(self.chart.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect()),
-            "values" => Dynamic::from_map(self.chart.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect()),
+            "subscores" => Dynamic::from_map(
+                self.chart.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect(),
+            ),
+            "values" => {
+                Dynamic::from_map(self.chart.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect())
+            }
             "met" => texts(&self.chart.met).into(),
             "missing" => texts(&self.chart.missing).into(),
             "flagged" => texts(&self.chart.flagged).into(),
@@ -788,7 +843,11 @@ mod tests {
                 { "key": "temp", "inputs": [ { "name": "temp", "max_age_s": 3600, "points": [["<", 36, 1], [">", 38, 1], ["else", 0]] } ] }
             ] }"#,
         );
-        let out = t.evaluate(&view(&[("rr", 16.0), ("paco2", 30.0), ("hr", 35.0), ("pulse", 60.0)], &[("consciousness", "V")], &[]));
+        let out = t.evaluate(&view(
+            &[("rr", 16.0), ("paco2", 30.0), ("hr", 35.0), ("pulse", 60.0)],
+            &[("consciousness", "V")],
+            &[],
+        ));
         assert_eq!(int(&out, &["subscores", "rr"]), 1, "PaCO2 < 32 meets even with a normal RR");
         assert_eq!(int(&out, &["subscores", "pulse"]), 3, "first fresh input (hr) is scored, pulse ignored");
         assert_eq!(int(&out, &["subscores", "acvpu"]), 3);
@@ -842,7 +901,10 @@ mod tests {
         assert!(bad(r#"{ "items": [] }"#).contains("items"));
         assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "max_age_s": 60, "points": [["=>", 1, 1]] } ] } ] }"#).contains("t.items[0].inputs[0].points[0]"));
         assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "max_age_s": 60, "points": [["else", 0], [">", 1, 1]] } ] } ] }"#).contains("last"));
-        assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "points": [["else", 0]] } ] } ] }"#).contains("max_age_s"));
+        assert!(
+            bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "rr", "points": [["else", 0]] } ] } ] }"#)
+                .contains("max_age_s")
+        );
         assert!(bad(r#"{ "items": [ { "key": "a", "inputs": [ { "name": "c", "coded": true, "max_age_s": 1, "points": [["<", 1, 1]] } ] } ] }"#).contains("coded"));
         assert!(bad(r#"{ "items": [ { "key": "a", "when": { "weather": "rain" }, "inputs": [ { "name": "rr", "max_age_s": 1, "points": [["else", 0]] } ] } ] }"#).contains("unknown condition"));
     }
@@ -854,7 +916,10 @@ mod tests {
         let mut sorted = samples.to_vec();
         sorted.sort_by_key(|s| -s.1);
         for (name, ago, value) in sorted {
-            series.entry(name.to_string()).or_default().push_back(Sample { at: now - time::Duration::minutes(ago), value });
+            series
+                .entry(name.to_string())
+                .or_default()
+                .push_back(Sample { at: now - time::Duration::minutes(ago), value });
         }
         let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         PatientView { now: Some(now), series, settings, ..PatientView::default() }
@@ -872,9 +937,17 @@ mod tests {
         );
         let unknown = t.evaluate(&view(&[("rr", 16.0)], &[("consciousness", "X")], &[]));
         assert_eq!(int(&unknown, &["subscores", "acvpu"]), 0, "an unlisted text scores nothing");
-        assert_eq!(unknown.get("missing").into_typed_array::<ImmutableString>().unwrap(), vec!["acvpu"], "and is unknown");
+        assert_eq!(
+            unknown.get("missing").into_typed_array::<ImmutableString>().unwrap(),
+            vec!["acvpu"],
+            "and is unknown"
+        );
         assert_eq!(unknown.get("ceiling").as_int().unwrap(), 3, "0 known + 3 the missing item could score");
-        assert_eq!(unknown.get("values").cast::<Map>().get("consciousness").unwrap().to_string(), "X", "the value is shown");
+        assert_eq!(
+            unknown.get("values").cast::<Map>().get("consciousness").unwrap().to_string(),
+            "X",
+            "the value is shown"
+        );
         assert!(json_of(&unknown).get("ceiling").is_none(), "the ceiling is not part of the details");
         let gcs = t.evaluate(&view(&[("rr", 16.0), ("gcs", 13.0)], &[("consciousness", "X")], &[]));
         assert_eq!(int(&gcs, &["subscores", "acvpu"]), 3, "an unknown text falls through to the next input");
@@ -910,7 +983,10 @@ mod tests {
     #[test]
     fn onset_is_the_last_criterion_met_within_six_hours_and_survives_a_reading_ageing_out() {
         // SIRS at 300 min ago, lactate at 180 min ago: time zero is the lactate.
-        let v = timed(&[("temp", 300, 38.5), ("hr", 300, 110.0), ("lactate", 180, 2.5), ("temp", 10, 38.4), ("hr", 10, 112.0)], &[]);
+        let v = timed(
+            &[("temp", 300, 38.5), ("hr", 300, 110.0), ("lactate", 180, 2.5), ("temp", 10, 38.4), ("hr", 10, 112.0)],
+            &[],
+        );
         assert_eq!(onset_min(&v), Some(180));
         // Criteria more than 6 h apart never meet together.
         let v = timed(&[("temp", 500, 38.5), ("hr", 500, 110.0), ("lactate", 130, 2.5)], &[]);
@@ -918,7 +994,14 @@ mod tests {
         // The lactate of 400 min ago ages out 40 min ago; a creatinine-like new finding (low
         // SBP) 20 min later continues the episode: time zero stays 400 min ago.
         let v = timed(
-            &[("temp", 400, 38.5), ("hr", 400, 110.0), ("lactate", 400, 2.5), ("temp", 20, 38.5), ("hr", 20, 110.0), ("sbp", 20, 85.0)],
+            &[
+                ("temp", 400, 38.5),
+                ("hr", 400, 110.0),
+                ("lactate", 400, 2.5),
+                ("temp", 20, 38.5),
+                ("hr", 20, 110.0),
+                ("sbp", 20, 85.0),
+            ],
             &[],
         );
         assert_eq!(onset_min(&v), Some(400));
@@ -938,7 +1021,14 @@ mod tests {
         // Low, normal, low, low (MAP only), low: the run is the last three; initial hypotension
         // is the second of the first two consecutive lows.
         let v = timed(
-            &[("sbp", 200, 85.0), ("sbp", 150, 120.0), ("sbp", 100, 85.0), ("sbp", 60, 100.0), ("map", 60, 60.0), ("sbp", 10, 86.0)],
+            &[
+                ("sbp", 200, 85.0),
+                ("sbp", 150, 120.0),
+                ("sbp", 100, 85.0),
+                ("sbp", 60, 100.0),
+                ("map", 60, 60.0),
+                ("sbp", 10, 86.0),
+            ],
             &[],
         );
         assert_eq!(run(&v), (3, Some(100), Some(10), Some(60)));
@@ -946,7 +1036,10 @@ mod tests {
         let v = timed(&[("sbp", 60, 85.0), ("sbp", 30, 85.0), ("sbp", 5, 120.0)], &[]);
         assert_eq!(run(&v), (0, None, None, Some(30)));
         // SBP 105 is a fall of 45 from a baseline of 150 (median of 6-24 h ago).
-        let v = timed(&[("sbp", 900, 150.0), ("sbp", 700, 148.0), ("sbp", 400, 152.0), ("sbp", 30, 105.0), ("sbp", 0, 104.0)], &[]);
+        let v = timed(
+            &[("sbp", 900, 150.0), ("sbp", 700, 148.0), ("sbp", 400, 152.0), ("sbp", 30, 105.0), ("sbp", 0, 104.0)],
+            &[],
+        );
         assert_eq!(sbp_baseline(&v), Some(150.0));
         assert_eq!(run(&v).0, 2);
         let scored = organ.evaluate(&v);

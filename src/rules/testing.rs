@@ -13,8 +13,8 @@ use serde_json::Value;
 use time::{Duration, OffsetDateTime};
 use vigil_actors::patient::PatientState;
 use vigil_actors::{
-    Allergy, CensusAction, ClinicalEvent, Demographics, EventKind, Location, Medication, Observation,
-    OrderAction, PatientId, PatientKey, Phi, ResultStatus, RuleEngine, Severity,
+    Allergy, CensusAction, ClinicalEvent, Demographics, EventKind, Location, Medication, Observation, OrderAction,
+    PatientId, PatientKey, Phi, ResultStatus, RuleEngine, Severity,
 };
 
 use super::RhaiRules;
@@ -250,7 +250,10 @@ impl Harness<'_> {
             name: o.name.clone(),
         };
         if let Some(order) = &spec.order {
-            kinds.push(EventKind::MedicationOrder { action: order.action.unwrap_or(OrderAction::New), medication: medication(order) });
+            kinds.push(EventKind::MedicationOrder {
+                action: order.action.unwrap_or(OrderAction::New),
+                medication: medication(order),
+            });
         }
         if let Some(given) = &spec.administration {
             kinds.push(EventKind::Administration { medication: medication(given), given_at: at });
@@ -309,7 +312,8 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 fn open_matching<'a>(state: &'a PatientState, rule: &'a str, finding: Option<&'a str>) -> Vec<&'a vigil_actors::Alert> {
-    let mut open: Vec<_> = state.open_of(rule).filter(|a| finding.is_none_or(|f| a.finding.as_deref() == Some(f))).collect();
+    let mut open: Vec<_> =
+        state.open_of(rule).filter(|a| finding.is_none_or(|f| a.finding.as_deref() == Some(f))).collect();
     open.sort_by(|a, b| a.finding.cmp(&b.finding));
     open
 }
@@ -385,13 +389,21 @@ fn check(
     for target in expect_not {
         let (rule, finding) = split_target(target);
         if let Some(alert) = open_matching(state, rule, finding).first() {
-            out.push(format!("{when}: `{target}` open ({:?}, score {:?}: {}), expected none", alert.severity, alert.score, alert.summary));
+            out.push(format!(
+                "{when}: `{target}` open ({:?}, score {:?}: {}), expected none",
+                alert.severity, alert.score, alert.summary
+            ));
         }
     }
 }
 
 /// A clinician's action on the open alerts of `target` (`rule` or `rule#finding`).
-fn clinician_acts(state: &mut PatientState, target: &str, action: &vigil_actors::AlertAction, at: OffsetDateTime) -> Result<(), String> {
+fn clinician_acts(
+    state: &mut PatientState,
+    target: &str,
+    action: &vigil_actors::AlertAction,
+    at: OffsetDateTime,
+) -> Result<(), String> {
     let (rule, finding) = split_target(target);
     let ids: Vec<_> = open_matching(state, rule, finding).iter().map(|a| a.id.clone()).collect();
     if ids.is_empty() {
@@ -405,7 +417,8 @@ fn clinician_acts(state: &mut PatientState, target: &str, action: &vigil_actors:
 
 /// Run one case against `rules`.
 pub fn run_case(rules: &RhaiRules, case: &Case) -> Vec<String> {
-    let mut harness = Harness { rules, state: PatientState::new(PatientId("synthetic-test".into())), spec: &case.patient };
+    let mut harness =
+        Harness { rules, state: PatientState::new(PatientId("synthetic-test".into())), spec: &case.patient };
     let mut failures = Vec::new();
     if !case.patient.settings.is_empty() {
         Arc::make_mut(&mut harness.state.view).settings.clone_from(&case.patient.settings);
@@ -428,7 +441,10 @@ pub fn run_case(rules: &RhaiRules, case: &Case) -> Vec<String> {
         };
         let clinician = [
             (&spec.ack, vigil_actors::AlertAction::Acknowledge { by: "test-nurse".into() }),
-            (&spec.clinician_resolve, vigil_actors::AlertAction::Resolve { by: "test-nurse".into(), reason: "reviewed".into() }),
+            (
+                &spec.clinician_resolve,
+                vigil_actors::AlertAction::Resolve { by: "test-nurse".into(), reason: "reviewed".into() },
+            ),
         ];
         for (target, action) in clinician {
             if let Some(target) = target
@@ -479,9 +495,9 @@ pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>, Vec<String>> {
     RhaiRules::from_dir(dir).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let mut results = Vec::new();
     for file in test_files(dir) {
-        let parsed = std::fs::read_to_string(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_str::<TestFile>(&text).map_err(|e| format!("{}:{}: {e}", e.line(), e.column())));
+        let parsed = std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|text| {
+            serde_json::from_str::<TestFile>(&text).map_err(|e| format!("{}:{}: {e}", e.line(), e.column()))
+        });
         let test_file = match parsed {
             Ok(f) => f,
             Err(e) => {
@@ -490,7 +506,8 @@ pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>, Vec<String>> {
             }
         };
         for case in &test_file.cases {
-            let rules = RhaiRules::from_dir(dir).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            let rules = RhaiRules::from_dir(dir)
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
             results.push(CaseResult { file: file.clone(), name: case.name.clone(), failures: run_case(&rules, case) });
         }
     }

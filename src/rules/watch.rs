@@ -22,7 +22,9 @@ pub fn fingerprint(dir: &Path) -> Vec<u8> {
     let mut files: Vec<PathBuf> = Vec::new();
     for (sub, ext) in [(dir.to_path_buf(), "rhai"), (dir.join("data"), "json")] {
         if let Ok(entries) = std::fs::read_dir(&sub) {
-            files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == ext)));
+            files.extend(
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == ext)),
+            );
         }
     }
     files.sort();

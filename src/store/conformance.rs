@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use time::OffsetDateTime;
 use vigil_actors::{
-    Alert, AlertId, AlertPatient, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Demographics,
-    EventKind, EventStore, Observation, PatientId, PatientKey, Phi, ResultStatus, RuleRef, SequencedAlert,
-    Severity,
+    Alert, AlertId, AlertPatient, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Demographics, EventKind,
+    EventStore, Observation, PatientId, PatientKey, Phi, ResultStatus, RuleRef, SequencedAlert, Severity,
 };
 
 /// What an adapter's backend can be asked. kassandra drops clustering-key ranges from the
@@ -87,7 +86,14 @@ pub fn event(patient: &PatientId, mrn: &str, control_id: &str, at: OffsetDateTim
 }
 
 /// An alert for `patient` on `unit`.
-pub fn alert(id: &str, patient: &PatientId, unit: &str, severity: Severity, status: AlertStatus, at: OffsetDateTime) -> Alert {
+pub fn alert(
+    id: &str,
+    patient: &PatientId,
+    unit: &str,
+    severity: Severity,
+    status: AlertStatus,
+    at: OffsetDateTime,
+) -> Alert {
     Alert {
         id: AlertId(id.into()),
         patient: AlertPatient {
@@ -143,7 +149,13 @@ async fn events_with_their_alerts(
     let patient = PatientId(unique("pat"));
     let raised = alert(&unique("alert"), &patient, "ICU", Severity::High, AlertStatus::Active, t0);
     let e = event(&patient, "MRN-CONF", &unique("ctl"), t0, 24.0);
-    events.append_all(std::slice::from_ref(&e), &[(raised.clone(), true)]).await.expect("queued").wait().await.expect("durable");
+    events
+        .append_all(std::slice::from_ref(&e), &[(raised.clone(), true)])
+        .await
+        .expect("queued")
+        .wait()
+        .await
+        .expect("durable");
     let stored = alerts.alert(&raised.id).await.unwrap().expect("the alert is stored with its event");
     assert_eq!(stored.alert, raised);
     assert!(publisher.seqs().contains(&stored.seq), "and published once durable");
@@ -187,7 +199,10 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
         assert_eq!(seen.received_at, t0 + time::Duration::seconds(70));
     }
     assert!(events.accepted_message("CONF|LAB", &format!("{run}-never")).await.unwrap().is_none());
-    assert!(events.accepted_message("OTHER|LAB", &format!("{run}-0-0")).await.unwrap().is_none(), "keyed by sender too");
+    assert!(
+        events.accepted_message("OTHER|LAB", &format!("{run}-0-0")).await.unwrap().is_none(),
+        "keyed by sender too"
+    );
     if !caps.range_reads {
         return;
     }
@@ -197,7 +212,11 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
         assert!(all.iter().all(|e| &e.patient_id == patient));
         let times: Vec<_> = all.iter().map(|e| e.received_at).collect();
         assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
-        assert_eq!(all[3].kind, event(patient, "", "", t0 + time::Duration::seconds(30), 3.0).kind, "content round-trips");
+        assert_eq!(
+            all[3].kind,
+            event(patient, "", "", t0 + time::Duration::seconds(30), 3.0).kind,
+            "content round-trips"
+        );
         let later = events.events_since(patient, t0 + time::Duration::seconds(200)).await.unwrap();
         assert_eq!(later.len(), 5, "only events at or after `since`");
         assert_eq!(later[0].received_at, t0 + time::Duration::seconds(200));
@@ -205,7 +224,12 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
     assert!(events.events_since(&PatientId(unique("nobody")), t0).await.unwrap().is_empty());
 }
 
-async fn alert_changes(alerts: &Arc<dyn AlertStore>, publisher: &Arc<RecordingPublisher>, t0: OffsetDateTime, caps: Capabilities) {
+async fn alert_changes(
+    alerts: &Arc<dyn AlertStore>,
+    publisher: &Arc<RecordingPublisher>,
+    t0: OffsetDateTime,
+    caps: Capabilities,
+) {
     let base = alerts.last_seq();
     let patient = PatientId(unique("pat"));
     // Alert ids begin with the patient's id, as the patient actor makes them.
@@ -244,13 +268,24 @@ async fn alert_changes(alerts: &Arc<dyn AlertStore>, publisher: &Arc<RecordingPu
     assert_eq!(mine.len(), 1, "one open alert: the resolved one is excluded, the updated one appears once");
     assert_eq!(mine[0].seq, s3);
     assert_eq!(mine[0].alert, raised, "its latest state");
-    assert_eq!(alerts.open_alerts_of(&patient).await.unwrap(), vec![raised.clone()], "the same, read for the patient alone");
+    assert_eq!(
+        alerts.open_alerts_of(&patient).await.unwrap(),
+        vec![raised.clone()],
+        "the same, read for the patient alone"
+    );
     assert!(alerts.open_alerts_of(&PatientId(unique("pat"))).await.unwrap().is_empty());
 
     // Concurrent upserts: distinct, rising numbers, published in order, each after commit.
     let mut tasks = Vec::new();
     for i in 0..20 {
-        let a = alert(&unique("alert"), &patient, "WARD", Severity::Low, AlertStatus::Active, t0 + time::Duration::seconds(i));
+        let a = alert(
+            &unique("alert"),
+            &patient,
+            "WARD",
+            Severity::Low,
+            AlertStatus::Active,
+            t0 + time::Duration::seconds(i),
+        );
         tasks.push(tokio::spawn(upsert(a)));
     }
     let mut seqs = Vec::new();

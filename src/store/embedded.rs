@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use crate::crypto::{Aad, KeyRing};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
-use crate::crypto::{Aad, KeyRing};
-use vigil_actors::{AlertId, 
-    AcceptedMessage, Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
+use vigil_actors::{
+    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
     EventStore, PatientId, SequencedAlert, StoreError,
 };
 
@@ -43,8 +43,16 @@ enum Job {
     /// The events of one message, each with its message-log entry, written in the same batch:
     /// all or none survive a crash, and a resend of a message we acknowledged is always
     /// recognised.
-    Events { records: Vec<EventRecord>, alerts: Vec<(Box<Alert>, bool)>, done: DurableSender },
-    Alert { alert: Box<Alert>, notify: bool, done: DurableSender<u64> },
+    Events {
+        records: Vec<EventRecord>,
+        alerts: Vec<(Box<Alert>, bool)>,
+        done: DurableSender,
+    },
+    Alert {
+        alert: Box<Alert>,
+        notify: bool,
+        done: DurableSender<u64>,
+    },
 }
 
 /// One event ready for the batch: sealed record and, for the first event of its message, the
@@ -110,26 +118,23 @@ impl EmbeddedStore {
         keys: Arc<KeyRing>,
         publisher: Arc<dyn AlertPublisher>,
     ) -> Result<Self, StoreError> {
-        let db = Database::builder(dir.join("fjall"))
-            .manual_journal_persist(true)
-            .open()
-            .map_err(engine("open"))?;
+        let db = Database::builder(dir.join("fjall")).manual_journal_persist(true).open().map_err(engine("open"))?;
         let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let messages = db.keyspace("messages", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let alerts = db.keyspace("alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let alert_log =
-            db.keyspace("alert_log", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let alert_log = db.keyspace("alert_log", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let last_seq = match alert_log.last_key_value() {
             Some(guard) => {
                 let key = guard.key().map_err(engine("recover"))?;
-                u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
-                    StoreError::Corrupt("alert log key is not a sequence number".into())
-                })?)
+                u64::from_be_bytes(
+                    key.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("alert log key is not a sequence number".into()))?,
+                )
             }
             None => 0,
         };
-        let open_index =
-            db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let open_index = db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let ks = Arc::new(Keyspaces { db, keys, events, messages, alerts, alert_log, open_index });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -159,11 +164,7 @@ impl EmbeddedStore {
     }
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
-        self.inner
-            .tx
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))
+        self.inner.tx.send(job).await.map_err(|_| StoreError::Unavailable("store is shutting down".into()))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -171,9 +172,7 @@ impl EmbeddedStore {
         f: impl FnOnce(&Keyspaces) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let ks = Arc::clone(&self.inner.ks);
-        tokio::task::spawn_blocking(move || f(&ks))
-            .await
-            .map_err(|e| StoreError::Engine(format!("read task: {e}")))?
+        tokio::task::spawn_blocking(move || f(&ks)).await.map_err(|e| StoreError::Engine(format!("read task: {e}")))?
     }
 }
 
@@ -234,19 +233,17 @@ impl EmbeddedStore {
         for event in events {
             let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
             let key = event_key(&event.patient_id, event.received_at, counter);
-            let value = serde_json::to_vec(event)
-                .map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+            let value = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
             let value = seal(keys, EVENTS, &key, &value)?;
-            let first_of_message = !events[..records.len()]
-                .iter()
-                .any(|e| e.sender == event.sender && e.control_id == event.control_id);
+            let first_of_message =
+                !events[..records.len()].iter().any(|e| e.sender == event.sender && e.control_id == event.control_id);
             let message = if first_of_message {
                 let record = MessageRecord {
                     accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
                     raw: event.raw.expose().clone(),
                 };
-                let message_value = serde_json::to_vec(&record)
-                    .map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+                let message_value =
+                    serde_json::to_vec(&record).map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
                 let message_key = message_key(&event.sender, &event.control_id);
                 let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
                 Some((message_key, message_value))
@@ -269,11 +266,7 @@ impl EventStore for EmbeddedStore {
         Ok(ticket)
     }
 
-    async fn accepted_message(
-        &self,
-        sender: &str,
-        control_id: &str,
-    ) -> Result<Option<AcceptedMessage>, StoreError> {
+    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError> {
         // A point read answered from memory or one bloom-filtered table: microseconds, so it
         // runs inline on the ingest path.
         let key = message_key(sender, control_id);
@@ -284,11 +277,7 @@ impl EventStore for EmbeddedStore {
         Ok(Some(record.accepted))
     }
 
-    async fn events_since(
-        &self,
-        patient: &PatientId,
-        since: OffsetDateTime,
-    ) -> Result<Vec<ClinicalEvent>, StoreError> {
+    async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
         let from = event_key(patient, since, 0);
         let mut to = patient.0.as_bytes().to_vec();
         to.push(1);
@@ -316,11 +305,7 @@ impl AlertStore for EmbeddedStore {
         stored_alert(&self.inner.ks, &id.0)
     }
 
-    async fn alerts_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<SequencedAlert>, StoreError> {
+    async fn alerts_after(&self, after: u64, limit: usize) -> Result<Vec<SequencedAlert>, StoreError> {
         let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
         self.blocking(move |ks| {
             let mut out = Vec::new();
@@ -431,12 +416,7 @@ fn stage_alert(
     Ok(Staged::New { change: Box::new(change), state, log })
 }
 
-fn commit(
-    ks: &Keyspaces,
-    jobs: &mut Vec<Job>,
-    last_seq: &AtomicU64,
-    publisher: &dyn AlertPublisher,
-) {
+fn commit(ks: &Keyspaces, jobs: &mut Vec<Job>, last_seq: &AtomicU64, publisher: &dyn AlertPublisher) {
     let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
     let mut seq = last_seq.load(Ordering::Acquire);
     let mut changes = Vec::new();
@@ -557,9 +537,13 @@ mod tests {
         assert_eq!(read.len(), 200);
         assert!(read.windows(2).all(|w| w[0].received_at <= w[1].received_at));
         drop(store);
-        let reopened =
-            EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), Arc::new(CollectingPublisher::default()))
-                .unwrap();
+        let reopened = EmbeddedStore::open(
+            &dir,
+            EmbeddedStoreConfig::default(),
+            test_keys(),
+            Arc::new(CollectingPublisher::default()),
+        )
+        .unwrap();
         assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 200);
         assert!(reopened.events_since(&PatientId("p2".into()), t0).await.unwrap().is_empty());
         let first = &read[0];
@@ -572,25 +556,42 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_message_with_ten_orders_is_logged_once_beside_its_ten_events() {
         let dir = tempdir();
-        let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), Arc::new(CollectingPublisher::default())).unwrap();
+        let store = EmbeddedStore::open(
+            &dir,
+            EmbeddedStoreConfig::default(),
+            test_keys(),
+            Arc::new(CollectingPublisher::default()),
+        )
+        .unwrap();
         let patient = PatientId("p-rde".into());
         let t0 = OffsetDateTime::now_utc();
         // One RDE^O11 with ten orders: ten events sharing the message's sender, control id and raw text.
-        let raw = format!("MSH|^~\\&|PHARM|HOSP|VIGIL|VIGIL|20260101||RDE^O11|RDE-10|P|2.5\r{}", "ORC|NW\rRXE|...\r".repeat(10));
+        let raw = format!(
+            "MSH|^~\\&|PHARM|HOSP|VIGIL|VIGIL|20260101||RDE^O11|RDE-10|P|2.5\r{}",
+            "ORC|NW\rRXE|...\r".repeat(10)
+        );
         let events: Vec<ClinicalEvent> = (0..10)
             .map(|i| ClinicalEvent {
                 control_id: "RDE-10".into(),
                 raw: vigil_actors::Phi(raw.clone()),
                 kind: vigil_actors::EventKind::MedicationOrder {
                     action: vigil_actors::OrderAction::New,
-                    medication: vigil_actors::Medication { order_id: format!("ORD-{i}"), rxnorm: None, name: format!("drug {i}") },
+                    medication: vigil_actors::Medication {
+                        order_id: format!("ORD-{i}"),
+                        rxnorm: None,
+                        name: format!("drug {i}"),
+                    },
                 },
                 ..test_event(&patient, t0)
             })
             .collect();
         let records = store.records_of(&events).unwrap();
         assert_eq!(records.len(), 10);
-        assert_eq!(records.iter().filter(|r| r.message.is_some()).count(), 1, "the raw message is sealed and written once");
+        assert_eq!(
+            records.iter().filter(|r| r.message.is_some()).count(),
+            1,
+            "the raw message is sealed and written once"
+        );
         store.append_all(&events, &[]).await.unwrap().wait().await.unwrap();
         // A second message: logged too.
         store.append(&test_event(&patient, t0 + time::Duration::seconds(1))).await.unwrap().wait().await.unwrap();
@@ -619,9 +620,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance() {
         let publisher = Arc::new(crate::store::conformance::RecordingPublisher::default());
-        let store = EmbeddedStore::open(&tempdir(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
+        let store =
+            EmbeddedStore::open(&tempdir(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
         let store = Arc::new(store);
-        crate::store::conformance::run(store.clone(), store, publisher, crate::store::conformance::Capabilities::FULL).await;
+        crate::store::conformance::run(store.clone(), store, publisher, crate::store::conformance::Capabilities::FULL)
+            .await;
     }
 
     pub(crate) fn tempdir() -> std::path::PathBuf {

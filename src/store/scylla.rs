@@ -26,8 +26,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc};
-use vigil_actors::{AlertId, 
-    AcceptedMessage, Alert, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
+use vigil_actors::{
+    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
     EventStore, PatientId, SequencedAlert, StoreError,
 };
 
@@ -214,8 +214,16 @@ enum Job {
     /// are what marks a message as accepted (the duplicate check), go in a second round only
     /// for messages whose every event row was acknowledged. A partial write therefore leaves
     /// the message unaccepted, and the sender's resend is processed, not re-acknowledged.
-    Events { events: Vec<SealedEvent>, alerts: Vec<(Box<Alert>, bool)>, done: DurableSender },
-    Alert { alert: Box<Alert>, notify: bool, done: DurableSender<u64> },
+    Events {
+        events: Vec<SealedEvent>,
+        alerts: Vec<(Box<Alert>, bool)>,
+        done: DurableSender,
+    },
+    Alert {
+        alert: Box<Alert>,
+        notify: bool,
+        done: DurableSender<u64>,
+    },
     /// Everything queued before it is committed, then the committer stops.
     Close(tokio::sync::oneshot::Sender<()>),
 }
@@ -266,8 +274,15 @@ fn seal(keys: &KeyRing, table: &str, key: &[u8], column: &str, plaintext: &[u8])
     keys.seal(Aad { table, key, column }, plaintext).map_err(|e| StoreError::Engine(format!("seal {table}: {e}")))
 }
 
-fn open_json<T: serde::de::DeserializeOwned>(keys: &KeyRing, table: &str, key: &[u8], column: &str, sealed: &[u8]) -> Result<T, StoreError> {
-    let plaintext = keys.open(Aad { table, key, column }, sealed).map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?;
+fn open_json<T: serde::de::DeserializeOwned>(
+    keys: &KeyRing,
+    table: &str,
+    key: &[u8],
+    column: &str,
+    sealed: &[u8],
+) -> Result<T, StoreError> {
+    let plaintext =
+        keys.open(Aad { table, key, column }, sealed).map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?;
     serde_json::from_slice(&plaintext).map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))
 }
 
@@ -456,9 +471,8 @@ impl EventStore for ScyllaStore {
             let row_key = event_row_key(&event.patient_id.0, day, at, &event_id);
             let json = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
             let body = seal(keys, "events", &row_key, "body", &json)?;
-            let first_of_message = !events[..sealed.len()]
-                .iter()
-                .any(|e| e.sender == event.sender && e.control_id == event.control_id);
+            let first_of_message =
+                !events[..sealed.len()].iter().any(|e| e.sender == event.sender && e.control_id == event.control_id);
             let raw = if first_of_message {
                 let message_key = format!("{}\0{}", event.sender, event.control_id);
                 Some(seal(keys, "message_log", message_key.as_bytes(), "raw", event.raw.expose().as_bytes())?)
@@ -592,7 +606,11 @@ struct Round {
 
 impl Round {
     fn add(&mut self, partition: String, statement: &PreparedStatement, values: Vec<CqlValue>, job: usize) {
-        let group = self.groups.entry(partition).or_insert_with(|| Group { statements: Vec::new(), values: Vec::new(), jobs: Vec::new() });
+        let group = self.groups.entry(partition).or_insert_with(|| Group {
+            statements: Vec::new(),
+            values: Vec::new(),
+            jobs: Vec::new(),
+        });
         group.statements.push(statement.clone());
         group.values.push(values);
         if !group.jobs.contains(&job) {
@@ -698,15 +716,32 @@ async fn commit(
                     round.add(
                         format!("events/{patient}/{day}"),
                         &st.insert_event,
-                        vec![text(patient), CqlValue::Int(day), CqlValue::Timestamp(at), text(event_id), CqlValue::Blob(body.clone())],
+                        vec![
+                            text(patient),
+                            CqlValue::Int(day),
+                            CqlValue::Timestamp(at),
+                            text(event_id),
+                            CqlValue::Blob(body.clone()),
+                        ],
                         i,
                     );
-                    round.add(format!("patient_days/{patient}"), &st.insert_patient_day, vec![text(patient), CqlValue::Int(day)], i);
+                    round.add(
+                        format!("patient_days/{patient}"),
+                        &st.insert_patient_day,
+                        vec![text(patient), CqlValue::Int(day)],
+                        i,
+                    );
                     if let Some(raw) = raw {
                         accept.add(
                             format!("message_log/{}\0{}", event.sender, event.control_id),
                             &st.insert_message,
-                            vec![text(&event.sender), text(&event.control_id), text(patient), CqlValue::Timestamp(at), CqlValue::Blob(raw.clone())],
+                            vec![
+                                text(&event.sender),
+                                text(&event.control_id),
+                                text(patient),
+                                CqlValue::Timestamp(at),
+                                CqlValue::Blob(raw.clone()),
+                            ],
                             i,
                         );
                     }
@@ -774,7 +809,8 @@ async fn commit(
             Job::Events { done, .. } => done.complete(outcome.map(|_| ())),
             Job::Close(_) => {}
             Job::Alert { done, .. } => {
-                let seq = outcome.and_then(|s| s.or(unchanged[i]).ok_or_else(|| StoreError::Engine("alert outcome".into())));
+                let seq =
+                    outcome.and_then(|s| s.or(unchanged[i]).ok_or_else(|| StoreError::Engine("alert outcome".into())));
                 done.complete(seq);
             }
         }
@@ -851,18 +887,34 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
     let patient = alert.patient.id.0.as_str();
     let day = day_of(alert.updated_at);
     let unit_key = format!("{}\0{day}\0{seq}", alert.patient.unit);
-    round.add(format!("alerts/{id}"), &st.insert_alert, vec![text(id), CqlValue::BigInt(seq), CqlValue::Blob(seal(keys, "alerts", id.as_bytes(), "body", &json)?)], job);
+    round.add(
+        format!("alerts/{id}"),
+        &st.insert_alert,
+        vec![text(id), CqlValue::BigInt(seq), CqlValue::Blob(seal(keys, "alerts", id.as_bytes(), "body", &json)?)],
+        job,
+    );
     let patient_key = format!("{patient}\0{id}");
     round.add(
         format!("alerts_by_patient/{patient}"),
         &st.insert_alert_by_patient,
-        vec![text(patient), text(id), CqlValue::BigInt(seq), CqlValue::Blob(seal(keys, "alerts_by_patient", patient_key.as_bytes(), "body", &json)?)],
+        vec![
+            text(patient),
+            text(id),
+            CqlValue::BigInt(seq),
+            CqlValue::Blob(seal(keys, "alerts_by_patient", patient_key.as_bytes(), "body", &json)?),
+        ],
         job,
     );
     round.add(
         format!("alerts_by_unit/{}/{day}", alert.patient.unit),
         &st.insert_alert_by_unit,
-        vec![text(&alert.patient.unit), CqlValue::Int(day), CqlValue::BigInt(seq), text(id), CqlValue::Blob(seal(keys, "alerts_by_unit", unit_key.as_bytes(), "body", &json)?)],
+        vec![
+            text(&alert.patient.unit),
+            CqlValue::Int(day),
+            CqlValue::BigInt(seq),
+            text(id),
+            CqlValue::Blob(seal(keys, "alerts_by_unit", unit_key.as_bytes(), "body", &json)?),
+        ],
         job,
     );
     let bucket = open_bucket(id);
@@ -872,7 +924,12 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
         round.add(
             format!("open_alerts/{bucket}"),
             &st.insert_open_alert,
-            vec![CqlValue::Int(bucket), text(id), CqlValue::BigInt(seq), CqlValue::Blob(seal(keys, "open_alerts", id.as_bytes(), "body", &json)?)],
+            vec![
+                CqlValue::Int(bucket),
+                text(id),
+                CqlValue::BigInt(seq),
+                CqlValue::Blob(seal(keys, "open_alerts", id.as_bytes(), "body", &json)?),
+            ],
             job,
         );
     }
@@ -880,7 +937,11 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
     round.add(
         format!("alert_log/{log_bucket}"),
         &st.insert_alert_log,
-        vec![CqlValue::BigInt(log_bucket), CqlValue::BigInt(seq), CqlValue::Blob(seal(keys, "alert_log", &change.seq.to_be_bytes(), "body", &json)?)],
+        vec![
+            CqlValue::BigInt(log_bucket),
+            CqlValue::BigInt(seq),
+            CqlValue::Blob(seal(keys, "alert_log", &change.seq.to_be_bytes(), "body", &json)?),
+        ],
         job,
     );
     Ok(())

@@ -14,16 +14,25 @@ async fn every_acked_message_survives_kill_9_and_a_restart() {
     let dir = tempdir("crash");
     let data = dir.to_str().unwrap().to_string();
     let rules = rules_dir();
-    let args = ["serve", "--mllp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", &data, "--rules-dir", rules.to_str().unwrap()];
+    let args = [
+        "serve",
+        "--mllp-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--rules-dir",
+        rules.to_str().unwrap(),
+    ];
     let mut proc = spawn_vigil(&args);
 
     let mut acked = Vec::new();
     let mut client = MllpClient::connect(&proc.mllp.to_string(), Duration::from_secs(5)).await.unwrap();
     // Batches keep messages in flight so the kill lands while commits are under way.
     'flow: for batch in 0..1000 {
-        let messages: Vec<String> = (0..20)
-            .map(|i| septic_oru(&format!("K-{batch}-{i}"), &format!("MRN-K{}", i % 5), "Kappa"))
-            .collect();
+        let messages: Vec<String> =
+            (0..20).map(|i| septic_oru(&format!("K-{batch}-{i}"), &format!("MRN-K{}", i % 5), "Kappa")).collect();
         if batch == 10 {
             proc.child.kill().unwrap(); // SIGKILL: no shutdown path runs
         }
@@ -80,7 +89,8 @@ async fn every_acked_message_survives_kill_9_and_a_restart() {
     let mut ws = ws_connect(proc.http, &token).await;
     ws_send(&mut ws, serde_json::json!({"type": "subscribe", "units": ["ICU"]})).await;
     let snapshot = ws_next(&mut ws, &["snapshot"], Duration::from_secs(10)).await;
-    let qsofa_open = snapshot["alerts"].as_array().unwrap().iter().filter(|a| a["rule"]["id"] == "sepsis.qsofa").count();
+    let qsofa_open =
+        snapshot["alerts"].as_array().unwrap().iter().filter(|a| a["rule"]["id"] == "sepsis.qsofa").count();
     assert_eq!(qsofa_open, 5);
     drop(proc);
     let copies = stored_control_ids(&dir, &[mrn]).await.into_iter().filter(|c| *c == resent).count();

@@ -13,8 +13,19 @@ async fn demo_alerts_reach_a_console_holding_a_vigil_token() {
     // A faster deterioration than the default three minutes keeps the test short; the ward,
     // the monitors' MLLP and the rules are the same.
     let proc = spawn_vigil(&[
-        "demo", "--mllp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", &data,
-        "--rules-dir", rules.to_str().unwrap(), "--interval-secs", "1", "--deterioration-secs", "30",
+        "demo",
+        "--mllp-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--rules-dir",
+        rules.to_str().unwrap(),
+        "--interval-secs",
+        "1",
+        "--deterioration-secs",
+        "30",
     ]);
     let token = vigil_token(&dir, "ICU");
     let mut ws = ws_connect(proc.http, &token).await;

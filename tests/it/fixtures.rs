@@ -82,9 +82,13 @@ fn assert_subset(expected: &Value, actual: &Value, path: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_gets_its_acks_and_stores_its_events() {
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("expected.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("expected.json")).unwrap()).unwrap();
     let fixtures = manifest["fixtures"].as_array().unwrap();
-    let on_disk = std::fs::read_dir(fixture_dir()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "hl7")).count();
+    let on_disk = std::fs::read_dir(fixture_dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "hl7"))
+        .count();
     assert_eq!(on_disk, fixtures.len(), "every .hl7 file has an entry in expected.json");
     assert!(fixtures.len() >= 30);
 

@@ -45,7 +45,9 @@ pub async fn serve() -> Kassandra {
                         let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
                         handle(&mut session, opcode, &body, frame.flags)
                     }))
-                    .unwrap_or_else(|_| Response::Error(CqlError::new(DbError::ServerError, "kassandra panicked on this request")));
+                    .unwrap_or_else(|_| {
+                        Response::Error(CqlError::new(DbError::ServerError, "kassandra panicked on this request"))
+                    });
                     if responses.send((response, frame.stream)).await.is_err() {
                         break;
                     }

@@ -39,15 +39,41 @@ impl Frames {
 async fn mllp_over_tls_is_acknowledged_and_plaintext_is_not() {
     let dir = tempdir("tls");
     let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        .unwrap();
     let d = dir.to_str().unwrap();
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     // A test CA, and a server certificate it signs (webpki refuses a CA as the end entity).
     for args in [
-        [&["req", "-x509", "-days", "1", "-subj", "/CN=Vigil Test CA"][..], &ec, &["-keyout", &format!("{d}/ca.key"), "-out", &format!("{d}/ca.pem")]].concat(),
-        [&["req", "-subj", "/CN=localhost"][..], &ec, &["-keyout", &format!("{d}/key.pem"), "-out", &format!("{d}/leaf.csr")]].concat(),
-        vec!["x509", "-req", "-days", "1", "-in", &format!("{d}/leaf.csr"), "-CA", &format!("{d}/ca.pem"), "-CAkey", &format!("{d}/ca.key"),
-             "-CAcreateserial", "-out", &format!("{d}/cert.pem"), "-extfile", &format!("{d}/ext.cnf")],
+        [
+            &["req", "-x509", "-days", "1", "-subj", "/CN=Vigil Test CA"][..],
+            &ec,
+            &["-keyout", &format!("{d}/ca.key"), "-out", &format!("{d}/ca.pem")],
+        ]
+        .concat(),
+        [
+            &["req", "-subj", "/CN=localhost"][..],
+            &ec,
+            &["-keyout", &format!("{d}/key.pem"), "-out", &format!("{d}/leaf.csr")],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &format!("{d}/leaf.csr"),
+            "-CA",
+            &format!("{d}/ca.pem"),
+            "-CAkey",
+            &format!("{d}/ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{d}/cert.pem"),
+            "-extfile",
+            &format!("{d}/ext.cnf"),
+        ],
     ] {
         let status = std::process::Command::new("openssl")
             .args(&args)

@@ -25,7 +25,8 @@ impl jsonschema::Retrieve for LocalSchemas {
 
 fn validator(file: &str) -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/ws").join(file)).unwrap(),
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/ws").join(file))
+            .unwrap(),
     )
     .unwrap();
     jsonschema::options().with_retriever(LocalSchemas).build(&schema).unwrap()
@@ -40,7 +41,11 @@ struct Console {
 
 impl Console {
     async fn connect(http: std::net::SocketAddr, token: &str) -> Console {
-        Console { ws: ws_connect(http, token).await, schema: validator("server-frame.json"), client_schema: validator("client-frame.json") }
+        Console {
+            ws: ws_connect(http, token).await,
+            schema: validator("server-frame.json"),
+            client_schema: validator("client-frame.json"),
+        }
     }
 
     async fn send(&mut self, frame: Value) {
@@ -163,7 +168,8 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     assert_eq!(status, 403, "{body}");
     let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({})).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({"reason": "fluids given, reassessed"})).await;
+    let (status, body) =
+        http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({"reason": "fluids given, reassessed"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["alert"]["status"], "resolved");
     assert_eq!(body["alert"]["resolved"]["reason"], "fluids given, reassessed");
@@ -184,8 +190,15 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     let store = open_store(&dir);
     let audit = vigil::audit::AuditLog::open(store.database()).unwrap();
     let records = audit.since(time::OffsetDateTime::UNIX_EPOCH, 1000);
-    let has = |action: &str, outcome: &str| records.iter().any(|r| r.action == action && r.outcome.starts_with(outcome));
-    assert!(has("ack", "ok") && has("resolve", "ok") && has("resolve", "denied") && has("view_alerts", "denied") && has("subscribe", "ok"));
+    let has =
+        |action: &str, outcome: &str| records.iter().any(|r| r.action == action && r.outcome.starts_with(outcome));
+    assert!(
+        has("ack", "ok")
+            && has("resolve", "ok")
+            && has("resolve", "denied")
+            && has("view_alerts", "denied")
+            && has("subscribe", "ok")
+    );
     assert!(records.iter().all(|r| !r.target.contains("Protocol")), "no names in the audit log");
 }
 
@@ -386,7 +399,11 @@ impl Http {
         let text = String::from_utf8_lossy(&raw);
         let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
         let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-        let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+        let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
         (status, serde_json::from_str(&payload).unwrap_or(Value::Null))
     }
 

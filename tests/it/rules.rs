@@ -23,7 +23,11 @@ fn the_shipped_pack_checks_and_its_tests_pass() {
     for command in ["check", "test"] {
         let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["rules", command]).arg(&dir).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "vigil rules {command} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "vigil rules {command} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if command == "test" {
             let summary = stdout.lines().rev().find(|l| l.contains(" passed, ")).unwrap();
             let passed: usize = summary.split_whitespace().next().unwrap().parse().unwrap();
@@ -36,7 +40,11 @@ fn the_shipped_pack_checks_and_its_tests_pass() {
 #[test]
 fn rules_check_reports_file_line_column_and_fails() {
     let dir = tempdir("rules-check");
-    std::fs::write(dir.join("bad.rhai"), "fn meta() { #{ id: \"x\", severity: \"low\", triggers: [\"rr\"] } }\nfn evaluate(p) {\n  let = 1;\n}\n").unwrap();
+    std::fs::write(
+        dir.join("bad.rhai"),
+        "fn meta() { #{ id: \"x\", severity: \"low\", triggers: [\"rr\"] } }\nfn evaluate(p) {\n  let = 1;\n}\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["rules", "check"]).arg(&dir).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -78,7 +86,11 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         // One chunk is enough for these small bodies.
-        body.split_once("\r\n").map(|(_, rest)| rest.rsplit_once("\r\n0\r\n").map_or(rest, |(b, _)| b)).unwrap_or(body).trim_end().to_string()
+        body.split_once("\r\n")
+            .map(|(_, rest)| rest.rsplit_once("\r\n0\r\n").map_or(rest, |(b, _)| b))
+            .unwrap_or(body)
+            .trim_end()
+            .to_string()
     } else {
         body.to_string()
     };
@@ -137,7 +149,9 @@ async fn an_edited_rule_is_picked_up_within_2_s_and_a_broken_put_is_refused() {
     ws_next(&mut ws, &["subscribed"], WAIT).await;
 
     // Version 1 fires.
-    let v1 = qsofa_version_until(&server, &mut ws, "MRN-RL-1", Instant::now() + WAIT, |_| true).await.expect("no qSOFA alert");
+    let v1 = qsofa_version_until(&server, &mut ws, "MRN-RL-1", Instant::now() + WAIT, |_| true)
+        .await
+        .expect("no qSOFA alert");
 
     // Edit the file on disk: the watcher reloads it within 2 s and the new version fires.
     let file = rules.join("sepsis_qsofa.rhai");
@@ -171,13 +185,16 @@ async fn an_edited_rule_is_picked_up_within_2_s_and_a_broken_put_is_refused() {
 
     // A good PUT swaps at once and answers the new version.
     let v3_source = edited.replace("(edited)", "(put)");
-    let (status, body) = http(server.http_addr, "PUT", "/api/rules/sepsis.qsofa", Some(&informaticist), &v3_source).await;
+    let (status, body) =
+        http(server.http_addr, "PUT", "/api/rules/sepsis.qsofa", Some(&informaticist), &v3_source).await;
     assert_eq!(status, 200, "{body}");
     let v3 = body["version"].as_str().unwrap().to_string();
     let fired = qsofa_version_until(&server, &mut ws, "MRN-RL-3", Instant::now() + WAIT, |_| true).await.unwrap();
     assert_eq!(fired, v3);
     let (status, listing) = http(server.http_addr, "GET", "/api/rules", Some(&informaticist), "").await;
     assert_eq!(status, 200);
-    assert!(listing["rules"].as_array().unwrap().iter().any(|r| r["id"] == "sepsis.qsofa" && r["version"] == json!(v3)));
+    assert!(
+        listing["rules"].as_array().unwrap().iter().any(|r| r["id"] == "sepsis.qsofa" && r["version"] == json!(v3))
+    );
     server.shutdown().await;
 }

@@ -90,7 +90,9 @@ async fn a_patients_name_and_mrn_never_reach_the_data_dir_in_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_embedded() {
     let publisher = Arc::new(RecordingPublisher::default());
-    let store = Arc::new(EmbeddedStore::open(&tempdir("conf"), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap());
+    let store = Arc::new(
+        EmbeddedStore::open(&tempdir("conf"), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap(),
+    );
     conformance::run(store.clone(), store, publisher, Capabilities::FULL).await;
 }
 
@@ -124,7 +126,8 @@ async fn conformance_scylla_over_kassandra() {
     let again = scylla_store(&server.addr.to_string(), "vigil_conf", true, publisher).await;
     assert!(vigil_actors::AlertStore::last_seq(&again) >= 24, "the sequence number is recovered");
     again.close().await;
-    let event = conformance::event(&vigil_actors::PatientId("p".into()), "m", "late", time::OffsetDateTime::now_utc(), 1.0);
+    let event =
+        conformance::event(&vigil_actors::PatientId("p".into()), "m", "late", time::OffsetDateTime::now_utc(), 1.0);
     assert!(again.append(&event).await.is_err(), "a closed store takes no writes");
 }
 
@@ -134,7 +137,8 @@ async fn conformance_scylla_over_kassandra() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kassandra_cannot_run_clustering_range_reads() {
     let server = crate::kassandra::serve().await;
-    let store = scylla_store(&server.addr.to_string(), "vigil_ranges", true, Arc::new(RecordingPublisher::default())).await;
+    let store =
+        scylla_store(&server.addr.to_string(), "vigil_ranges", true, Arc::new(RecordingPublisher::default())).await;
     let patient = vigil_actors::PatientId("p-range".into());
     let event = conformance::event(&patient, "m", "c-1", time::OffsetDateTime::now_utc(), 1.0);
     store.append(&event).await.unwrap().wait().await.unwrap();

@@ -61,8 +61,12 @@ pub fn septic_oru(control_id: &str, mrn: &str, family: &str) -> String {
         "PV1||I|ICU^04^B".to_string(),
         format!("OBR|1|{control_id}|{control_id}|182777000^monitoring of patient^SCT|||{ts}"),
         format!("OBX|1|NM|151562^MDC_RESP_RATE^MDC|1.2.1.1|26|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||{ts}||||MON-7"),
-        format!("OBX|2|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.4.1.1|92|266016^MDC_DIM_MMHG^MDC|||||R|||{ts}||||MON-7"),
-        format!("OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|118|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||{ts}||||MON-7"),
+        format!(
+            "OBX|2|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.4.1.1|92|266016^MDC_DIM_MMHG^MDC|||||R|||{ts}||||MON-7"
+        ),
+        format!(
+            "OBX|3|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|118|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||{ts}||||MON-7"
+        ),
     ]
     .join("\r")
 }
@@ -161,7 +165,8 @@ pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
     let store = open_store(dir);
     let mut ids = Vec::new();
     for mrn in mrns {
-        let events = store.events_since(&index.patient_id("HOSP", mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+        let events =
+            store.events_since(&index.patient_id("HOSP", mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
         ids.extend(events.into_iter().map(|e| e.control_id));
     }
     ids
@@ -169,8 +174,15 @@ pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
 
 pub fn open_store(dir: &Path) -> vigil::store::EmbeddedStore {
     let publisher = std::sync::Arc::new(vigil_actors::fakes::CollectingPublisher::default());
-    let keys = vigil::crypto::KeyRing::load_or_create(&vigil::config::default_keys_dir(dir).join("field.keys")).unwrap();
-    vigil::store::EmbeddedStore::open(dir, vigil::store::EmbeddedStoreConfig::default(), std::sync::Arc::new(keys), publisher).unwrap()
+    let keys =
+        vigil::crypto::KeyRing::load_or_create(&vigil::config::default_keys_dir(dir).join("field.keys")).unwrap();
+    vigil::store::EmbeddedStore::open(
+        dir,
+        vigil::store::EmbeddedStoreConfig::default(),
+        std::sync::Arc::new(keys),
+        publisher,
+    )
+    .unwrap()
 }
 
 /// The blind index a server on `dir` used (its key lives beside the data dir, never in it).

@@ -226,7 +226,7 @@ async fn webhooks_sign_retry_filter_dead_letter_and_resume_after_restart() {
     let rrt = server.auth.issue("rrt-1", Role::Rrt, vec!["*".into()], time::Duration::hours(1));
     send(&server, &septic_oru("WH-0001", "MRN-WH-1", "Icu")).await;
     send(&server, &septic_oru("WH-0002", "MRN-WH-2", "Ward").replace("PV1||I|ICU^04^B", "PV1||I|WARD3^02^A")).await;
-    eventually("the ICU alert accepted by icu-pager", async || { (!accepted("a").is_empty()).then_some(()) }).await;
+    eventually("the ICU alert accepted by icu-pager", async || (!accepted("a").is_empty()).then_some(())).await;
     let letters = eventually("two dead letters of the broken endpoint", async || {
         let letters = dead_letters(&http, &server, &admin).await;
         (letters.len() >= 2).then_some(letters)
@@ -247,8 +247,9 @@ async fn webhooks_sign_retry_filter_dead_letter_and_resume_after_restart() {
     let metrics_url = format!("http://{}/metrics", server.http_addr);
     eventually("webhook counters", async || {
         let (_, text) = get(&http, metrics_url.clone(), &admin).await;
-        let counts = ["vigil_webhook_delivered_total", "vigil_webhook_retried_total", "vigil_webhook_dead_lettered_total"]
-            .map(|name| metric(&text, name));
+        let counts =
+            ["vigil_webhook_delivered_total", "vigil_webhook_retried_total", "vigil_webhook_dead_lettered_total"]
+                .map(|name| metric(&text, name));
         (counts == [Some(1), Some(6), Some(2)]).then_some(())
     })
     .await;
@@ -271,7 +272,10 @@ async fn webhooks_sign_retry_filter_dead_letter_and_resume_after_restart() {
 
     // Phase 3: restart on the same data: the in-flight change is sent again and accepted.
     let server = vigil::app::start(&config).await.unwrap();
-    eventually("the in-flight change accepted after restart", async || { accepted("a").contains(&in_flight).then_some(()) }).await;
+    eventually("the in-flight change accepted after restart", async || {
+        accepted("a").contains(&in_flight).then_some(())
+    })
+    .await;
     eventually("the broken endpoint's third dead letter", async || {
         (dead_letters(&http, &server, &admin).await.len() >= 3).then_some(())
     })
@@ -296,7 +300,10 @@ async fn webhooks_sign_retry_filter_dead_letter_and_resume_after_restart() {
     let log = receiver.log.lock().unwrap();
     assert!(log.requests.iter().all(|r| r.signature_ok), "every request verifies: {:?}", log.requests);
     assert!(log.requests.iter().all(|r| r.schema_ok), "every body is an alert frame: {:?}", log.requests);
-    assert!(log.requests.iter().filter(|r| r.endpoint == "a").all(|r| r.unit == "ICU"), "no other unit to the ICU pager");
+    assert!(
+        log.requests.iter().filter(|r| r.endpoint == "a").all(|r| r.unit == "ICU"),
+        "no other unit to the ICU pager"
+    );
     assert!(!log.requests.iter().any(|r| r.endpoint == "c"), "no high alert to the critical-only endpoint");
     let dead: Vec<u64> = ledger.dead_letters(Some("broken"), 100).unwrap().iter().map(|l| l.seq).collect();
     assert_eq!(dead, all, "every change dead-lettered once by the broken endpoint");

@@ -63,11 +63,7 @@ impl Actor for PatientActor {
     type State = Running;
     type Arguments = PatientArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: PatientArgs,
-    ) -> Result<Running, ActorProcessingErr> {
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: PatientArgs) -> Result<Running, ActorProcessingErr> {
         let mut state = PatientState::new(args.id);
         for event in &args.history {
             state.apply(event);

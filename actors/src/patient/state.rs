@@ -7,14 +7,13 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::model::{
-    Actioned, Alert, AlertAction, AlertId, Comment, Escalation, Phi, Resolution, AlertPatient, AlertStatus, CensusAction, ClinicalEvent, Demographics,
-    EventKind, LatestValue, Location, Medication, Observation, OrderAction, PatientId, PatientKey,
-    PatientSummary, TrendPoint,
-    ResultStatus, RuleRef, Severity,
+    Actioned, Alert, AlertAction, AlertId, AlertPatient, AlertStatus, CensusAction, ClinicalEvent, Comment,
+    Demographics, Escalation, EventKind, LatestValue, Location, Medication, Observation, OrderAction, PatientId,
+    PatientKey, PatientSummary, Phi, Resolution, ResultStatus, RuleRef, Severity, TrendPoint,
 };
 use crate::ports::{
-    ActiveMedication, AlertPolicy, CodedSample, MAX_MEDICATIONS, MEDICATION_MEMORY, OpenAlertRef, PatientView, RuleOutcome,
-    RuleVerdict, Sample,
+    ActiveMedication, AlertPolicy, CodedSample, MAX_MEDICATIONS, MEDICATION_MEMORY, OpenAlertRef, PatientView,
+    RuleOutcome, RuleVerdict, Sample,
 };
 
 /// Why an action on an alert was refused.
@@ -244,7 +243,12 @@ impl PatientState {
             discharged: view.discharged,
             latest,
             trends,
-            medications: view.medications.iter().filter(|m| m.stopped.is_none()).map(|m| m.medication.clone()).collect(),
+            medications: view
+                .medications
+                .iter()
+                .filter(|m| m.stopped.is_none())
+                .map(|m| m.medication.clone())
+                .collect(),
             allergies: view.allergies.clone(),
             open_alerts: self.open_alerts.values().cloned().collect(),
             scores: BTreeMap::new(),
@@ -266,7 +270,11 @@ impl PatientState {
         let mut open: Vec<OpenAlertRef> = self
             .open_alerts
             .iter()
-            .map(|((rule, finding), a)| OpenAlertRef { rule: rule.clone(), finding: finding.clone(), severity: a.severity })
+            .map(|((rule, finding), a)| OpenAlertRef {
+                rule: rule.clone(),
+                finding: finding.clone(),
+                severity: a.severity,
+            })
             .collect();
         open.sort_by(|a, b| (&a.rule, &a.finding).cmp(&(&b.rule, &b.finding)));
         let view = Arc::make_mut(&mut self.view);
@@ -345,7 +353,11 @@ impl PatientState {
                 // Incomplete data is no all-clear: the alert keeps its severity, shows what the
                 // rule computed, and says its data is stale.
                 let kept = open.severity;
-                if open.stale && open.summary == fired.summary && open.details == fired.details && open.score == fired.score {
+                if open.stale
+                    && open.summary == fired.summary
+                    && open.details == fired.details
+                    && open.score == fired.score
+                {
                     return None;
                 }
                 fired.write_into(&mut alert);
@@ -473,7 +485,10 @@ impl PatientState {
         alert.updated_at = now;
         alert.resolved = Some(Resolution { by: format!("rule:{}", key.0), at: now, reason: reason.to_string() });
         let matters_until = now + Duration::seconds(policy.reopen_s.max(policy.cooldown_s));
-        self.resolved.insert(key, Closed { at: now, matters_until, severity: alert.severity, by_clinician: false, alert: alert.clone() });
+        self.resolved.insert(
+            key,
+            Closed { at: now, matters_until, severity: alert.severity, by_clinician: false, alert: alert.clone() },
+        );
         Some((alert, false))
     }
 
@@ -527,7 +542,13 @@ impl PatientState {
             self.open_alerts.remove(&key);
             self.clearing.remove(&key);
             // The rule's cooldown is not known here: remember it for as long as any could last.
-            let closed = Closed { at: now, matters_until: now + WINDOW_MAX_AGE, severity: changed.severity, by_clinician: true, alert: changed.clone() };
+            let closed = Closed {
+                at: now,
+                matters_until: now + WINDOW_MAX_AGE,
+                severity: changed.severity,
+                by_clinician: true,
+                alert: changed.clone(),
+            };
             self.resolved.insert(key, closed);
         }
         Ok((changed, notify))
@@ -536,7 +557,9 @@ impl PatientState {
     /// Whether stopping this actor now would change what it decides later: an alert is open
     /// (or clearing), or a closed alert's cooldown or reopen window is still running.
     pub fn has_running_clock(&self, now: OffsetDateTime) -> bool {
-        !self.open_alerts.is_empty() || !self.clearing.is_empty() || self.resolved.values().any(|c| c.matters_until > now)
+        !self.open_alerts.is_empty()
+            || !self.clearing.is_empty()
+            || self.resolved.values().any(|c| c.matters_until > now)
     }
 
     /// Whether this actor can stop and be rebuilt later from the store without losing
@@ -648,8 +671,10 @@ fn forget_old_medications(view: &mut PatientView, now: OffsetDateTime) {
     let ended = |m: &ActiveMedication| m.stopped.or(if m.administered_only { m.last_given } else { None });
     view.medications.retain(|m| ended(m).is_none_or(|at| now - at <= MEDICATION_MEMORY));
     while view.medications.len() > MAX_MEDICATIONS {
-        let oldest_ended = view.medications.iter().enumerate().filter_map(|(i, m)| ended(m).map(|at| (at, i))).min().map(|(_, i)| i);
-        let oldest = oldest_ended.or_else(|| view.medications.iter().enumerate().min_by_key(|(_, m)| m.since).map(|(i, _)| i));
+        let oldest_ended =
+            view.medications.iter().enumerate().filter_map(|(i, m)| ended(m).map(|at| (at, i))).min().map(|(_, i)| i);
+        let oldest =
+            oldest_ended.or_else(|| view.medications.iter().enumerate().min_by_key(|(_, m)| m.since).map(|(i, _)| i));
         match oldest {
             Some(i) => {
                 view.medications.remove(i);
@@ -732,7 +757,10 @@ mod tests {
         let resolve = AlertAction::Resolve { by: "rrt-1".into(), reason: "reviewed".into() };
         state.act(&raised[0].0.id, resolve, minutes(1)).unwrap();
         assert!(state.decide(vec![outcome(Severity::High, 600)], minutes(2)).is_empty(), "same severity within 10 min");
-        assert!(state.decide(vec![outcome(Severity::Medium, 600)], minutes(10)).is_empty(), "lower severity within 10 min");
+        assert!(
+            state.decide(vec![outcome(Severity::Medium, 600)], minutes(10)).is_empty(),
+            "lower severity within 10 min"
+        );
         let again = state.decide(vec![outcome(Severity::High, 600)], minutes(11));
         assert_eq!(again.len(), 1, "the cooldown has run out");
         assert_ne!(again[0].0.id, raised[0].0.id, "a new alert episode");
@@ -786,7 +814,8 @@ mod tests {
         }
     }
 
-    const HYSTERESIS: AlertPolicy = AlertPolicy { cooldown_s: 0, clear_for_s: 300, reopen_s: 900, hold_until_changed: false };
+    const HYSTERESIS: AlertPolicy =
+        AlertPolicy { cooldown_s: 0, clear_for_s: 300, reopen_s: 900, hold_until_changed: false };
 
     #[test]
     fn an_alert_resolves_only_after_its_rule_has_said_clear_for_the_clear_time() {
@@ -990,7 +1019,10 @@ mod tests {
         let m = &state.view.medications[0];
         assert_eq!((m.stopped, m.since), (None, t0 + Duration::days(2)));
         // A cancel after a dose was given is a stop, not a deletion.
-        state.apply(&med_event(t0 + Duration::days(3), EventKind::Administration { medication: drug("O1", "phenelzine"), given_at: t0 + Duration::days(3) }));
+        state.apply(&med_event(
+            t0 + Duration::days(3),
+            EventKind::Administration { medication: drug("O1", "phenelzine"), given_at: t0 + Duration::days(3) },
+        ));
         state.apply(&order(t0 + Duration::days(4), OrderAction::Cancel, drug("O1", "phenelzine")));
         assert_eq!(state.view.medications[0].stopped, Some(t0 + Duration::days(4)));
     }
@@ -1042,7 +1074,12 @@ mod tests {
     fn only_allergies_new_to_the_record_or_more_or_less_severe_are_new() {
         let t0 = datetime!(2026-01-01 00:00 UTC);
         let mut state = PatientState::new(PatientId("p-meds".into()));
-        let allergy = |name: &str, severity: &str| crate::model::Allergy { code: None, name: name.into(), kind: "DA".into(), severity: severity.into() };
+        let allergy = |name: &str, severity: &str| crate::model::Allergy {
+            code: None,
+            name: name.into(),
+            kind: "DA".into(),
+            severity: severity.into(),
+        };
         let record = |state: &mut PatientState, allergies: Vec<crate::model::Allergy>, replace: bool| {
             let event = med_event(t0, EventKind::Allergies { allergies, replace });
             state.apply(&event);
@@ -1050,7 +1087,10 @@ mod tests {
         };
         assert_eq!(record(&mut state, vec![allergy("penicillin", "MO")], false), ["penicillin"]);
         assert!(record(&mut state, vec![allergy("penicillin", "MO")], false).is_empty(), "sent again: nothing new");
-        assert_eq!(record(&mut state, vec![allergy("penicillin", "SV"), allergy("sulfa", "MI")], false), ["penicillin", "sulfa"]);
+        assert_eq!(
+            record(&mut state, vec![allergy("penicillin", "SV"), allergy("sulfa", "MI")], false),
+            ["penicillin", "sulfa"]
+        );
         assert_eq!(state.view.allergies.len(), 2);
         assert_eq!(state.view.allergies[0].severity, "SV", "the latest severity stands");
         assert!(record(&mut state, vec![allergy("sulfa", "MI")], true).is_empty());

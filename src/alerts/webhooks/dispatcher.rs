@@ -37,7 +37,10 @@ struct Frame<'a> {
 
 enum Outcome {
     Delivered,
-    Failed { attempts: u32, error: String },
+    Failed {
+        attempts: u32,
+        error: String,
+    },
     /// Shutdown: the change stays ahead of the cursor and is sent again after restart.
     Abandoned,
 }

@@ -194,11 +194,21 @@ pub fn endpoints_from_file(entries: Vec<WebhookFileConfig>) -> anyhow::Result<Ve
             Some(name) => name,
             None => {
                 let u = &endpoint.url;
-                format!("{}://{}:{}{}", u.scheme(), u.host_str().unwrap_or_default(), u.port_or_known_default().unwrap_or(0), u.path())
+                format!(
+                    "{}://{}:{}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or_default(),
+                    u.port_or_known_default().unwrap_or(0),
+                    u.path()
+                )
             }
         };
         if out.iter().any(|e| e.name == endpoint.name) {
-            bail!("{}: another webhook is already named {:?} (names key the delivery cursor)", key("name"), endpoint.name);
+            bail!(
+                "{}: another webhook is already named {:?} (names key the delivery cursor)",
+                key("name"),
+                endpoint.name
+            );
         }
         endpoint.units = match entry.units {
             Some(units) if !units.is_empty() && units.iter().all(|u| !u.trim().is_empty()) => units,
@@ -323,7 +333,8 @@ pub fn install_tls_provider() {
 }
 
 fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
         || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

@@ -48,8 +48,14 @@ mod tests {
             signature(b"whsec-test-0123456789", 1_700_000_000, body),
             "sha256=84789fe7be7187db91849b2f0679c95d4d752d3af63dc6e27cc8271f9cc87be6"
         );
-        assert_ne!(signature(b"whsec-test-0123456789", 1_700_000_001, body), signature(b"whsec-test-0123456789", 1_700_000_000, body));
-        assert_ne!(signature(b"another-secret-012345", 1_700_000_000, body), signature(b"whsec-test-0123456789", 1_700_000_000, body));
+        assert_ne!(
+            signature(b"whsec-test-0123456789", 1_700_000_001, body),
+            signature(b"whsec-test-0123456789", 1_700_000_000, body)
+        );
+        assert_ne!(
+            signature(b"another-secret-012345", 1_700_000_000, body),
+            signature(b"whsec-test-0123456789", 1_700_000_000, body)
+        );
     }
 
     #[test]

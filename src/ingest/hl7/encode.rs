@@ -6,8 +6,8 @@
 use std::borrow::Cow;
 
 use super::parse::{
-    Delimiters, Hl7Error, Message, decode_auto, first_component_bytes, first_line, msh_field_bytes,
-    read_delimiters, trim_input, unescape,
+    Delimiters, Hl7Error, Message, decode_auto, first_component_bytes, first_line, msh_field_bytes, read_delimiters,
+    trim_input, unescape,
 };
 
 /// Version written when the original message did not say (or could not be read).
@@ -39,11 +39,7 @@ pub fn escape<'a>(text: &'a str, d: &Delimiters) -> Cow<'a, str> {
         return Cow::Borrowed(text);
     }
     if !d.has_escape() {
-        return Cow::Owned(
-            text.chars()
-                .map(|c| if special(c) { ' ' } else { c })
-                .collect(),
-        );
+        return Cow::Owned(text.chars().map(|c| if special(c) { ' ' } else { c }).collect());
     }
     let mut out = String::with_capacity(text.len() + 8);
     if looks_null {
@@ -149,12 +145,7 @@ pub struct AckError {
 
 impl AckError {
     pub fn new(code: u16, severity: ErrSeverity, text: impl Into<String>) -> Self {
-        Self {
-            location: None,
-            code,
-            severity,
-            text: text.into(),
-        }
+        Self { location: None, code, severity, text: text.into() }
     }
 
     pub fn at(mut self, location: ErrLocation) -> Self {
@@ -176,12 +167,7 @@ impl AckError {
             }),
             _ => None,
         };
-        Self {
-            location,
-            code: e.kind.ack_code(),
-            severity: ErrSeverity::Error,
-            text: e.to_string(),
-        }
+        Self { location, code: e.kind.ack_code(), severity: ErrSeverity::Error, text: e.to_string() }
     }
 }
 
@@ -244,11 +230,7 @@ impl AckHeader {
     /// sender (MSH-3/4).
     pub fn from_message(m: &Message) -> AckHeader {
         let or_default = |s: &str, d: &str| {
-            if s.is_empty() {
-                d.to_owned()
-            } else {
-                s.to_owned()
-            }
+            if s.is_empty() { d.to_owned() } else { s.to_owned() }
         };
         AckHeader {
             sending_app: m.receiving_application().to_owned(),
@@ -292,21 +274,13 @@ impl AckHeader {
                 } else {
                     field
                 };
-                first_rep
-                    .split(|&b| b == comp)
-                    .nth(c.saturating_sub(1))
-                    .unwrap_or_default()
-                    .trim_ascii()
+                first_rep.split(|&b| b == comp).nth(c.saturating_sub(1)).unwrap_or_default().trim_ascii()
             };
             let text = decode_auto(bytes);
             if text == "\"\"" {
                 return String::new();
             }
-            let sub = if d.has_subcomponent() {
-                d.subcomponent
-            } else {
-                d.component
-            };
+            let sub = if d.has_subcomponent() { d.subcomponent } else { d.component };
             let first_sub = text.split(sub).next().unwrap_or_default();
             unescape(first_sub, &d).into_owned()
         };
@@ -344,11 +318,7 @@ pub fn build_ack(
 ) -> String {
     // A hand-built header could carry clashing delimiters; a reply the peer
     // cannot split is worse than one in the standard set.
-    let d = if h.delimiters.validate().is_ok() {
-        h.delimiters
-    } else {
-        Delimiters::default()
-    };
+    let d = if h.delimiters.validate().is_ok() { h.delimiters } else { Delimiters::default() };
     let mut out = String::with_capacity(160 + 96 * errors.len());
     let field = |out: &mut String, value: &str| {
         out.push(d.field);
@@ -358,12 +328,7 @@ pub fn build_ack(
     out.push_str("MSH");
     out.push(d.field);
     out.push_str(&d.encoding_characters());
-    for v in [
-        &h.sending_app,
-        &h.sending_facility,
-        &h.receiving_app,
-        &h.receiving_facility,
-    ] {
+    for v in [&h.sending_app, &h.sending_facility, &h.receiving_app, &h.receiving_facility] {
         field(&mut out, v);
     }
     field(&mut out, timestamp);
@@ -377,22 +342,8 @@ pub fn build_ack(
         out.push_str("ACK");
     }
     field(&mut out, our_control_id);
-    field(
-        &mut out,
-        if h.processing_id.is_empty() {
-            "P"
-        } else {
-            &h.processing_id
-        },
-    );
-    field(
-        &mut out,
-        if h.version.is_empty() {
-            DEFAULT_VERSION
-        } else {
-            &h.version
-        },
-    );
+    field(&mut out, if h.processing_id.is_empty() { "P" } else { &h.processing_id });
+    field(&mut out, if h.version.is_empty() { DEFAULT_VERSION } else { &h.version });
     out.push('\r');
 
     out.push_str("MSA");
@@ -442,21 +393,15 @@ pub fn build_ack(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::{Charset, Hl7ErrorKind, Value};
+    use super::*;
 
     const TS: &str = "20240102030405+0000";
 
     #[test]
     fn escape_every_special_char() {
-        let d = Delimiters {
-            truncation: Some('#'),
-            ..Delimiters::default()
-        };
-        assert_eq!(
-            escape("a|b^c~d\\e&f#g\rh\ni", &d),
-            "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f\\P\\g\\X0D\\h\\X0A\\i"
-        );
+        let d = Delimiters { truncation: Some('#'), ..Delimiters::default() };
+        assert_eq!(escape("a|b^c~d\\e&f#g\rh\ni", &d), "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f\\P\\g\\X0D\\h\\X0A\\i");
         assert!(matches!(escape("plain ÄÖ text", &d), Cow::Borrowed(_)));
         assert_eq!(escape("\"\"", &d), "\\X22\\\"");
         assert_eq!(unescape(&escape("\"\"", &d), &d), "\"\"");
@@ -470,11 +415,7 @@ mod tests {
             truncation: None,
         };
         assert_eq!(escape("a#b@c$d|", &odd), "a$F$b$S$c$E$d|");
-        let no_escape = Delimiters {
-            escape: '|',
-            subcomponent: '^',
-            ..Delimiters::default()
-        };
+        let no_escape = Delimiters { escape: '|', subcomponent: '^', ..Delimiters::default() };
         assert_eq!(escape("a|b^c\rd", &no_escape), "a b c d");
     }
 
@@ -485,54 +426,31 @@ mod tests {
         assert_eq!(hl7_error_text(203), "Unsupported version id");
         assert_eq!(hl7_error_text(207), "Application internal error");
         assert_eq!(hl7_error_text(999), "");
-        let all = [
-            0, 100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207,
-        ];
+        let all = [0, 100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207];
         assert!(all.iter().all(|&c| !hl7_error_text(c).is_empty()));
     }
 
     #[test]
     fn header_from_message_swaps_sender_and_receiver() {
-        let m = Message::parse(b"MSH|^~\\&|EPIC|CITY|VIGIL|VFAC|x||ADT^A01^ADT_A01|C1|T|2.4")
-            .expect("parses");
+        let m = Message::parse(b"MSH|^~\\&|EPIC|CITY|VIGIL|VFAC|x||ADT^A01^ADT_A01|C1|T|2.4").expect("parses");
         let h = AckHeader::from_message(&m);
-        assert_eq!(
-            (h.sending_app.as_str(), h.sending_facility.as_str()),
-            ("VIGIL", "VFAC")
-        );
-        assert_eq!(
-            (h.receiving_app.as_str(), h.receiving_facility.as_str()),
-            ("EPIC", "CITY")
-        );
+        assert_eq!((h.sending_app.as_str(), h.sending_facility.as_str()), ("VIGIL", "VFAC"));
+        assert_eq!((h.receiving_app.as_str(), h.receiving_facility.as_str()), ("EPIC", "CITY"));
         assert_eq!((h.control_id.as_str(), h.trigger.as_str()), ("C1", "A01"));
         assert_eq!((h.version.as_str(), h.processing_id.as_str()), ("2.4", "T"));
     }
 
     #[test]
     fn ack_accept_exact_output() {
-        let m = Message::parse(b"MSH|^~\\&|EPIC|CITY|VIGIL|VFAC|x||ADT^A01^ADT_A01|C1|P|2.5.1")
-            .expect("parses");
-        let ack = build_ack(
-            &AckHeader::from_message(&m),
-            AckCode::AA,
-            &[],
-            "V0001",
-            TS,
-            None,
-        );
-        assert_eq!(
-            ack,
-            "MSH|^~\\&|VIGIL|VFAC|EPIC|CITY|20240102030405+0000||ACK^A01^ACK|V0001|P|2.5.1\rMSA|AA|C1\r"
-        );
+        let m = Message::parse(b"MSH|^~\\&|EPIC|CITY|VIGIL|VFAC|x||ADT^A01^ADT_A01|C1|P|2.5.1").expect("parses");
+        let ack = build_ack(&AckHeader::from_message(&m), AckCode::AA, &[], "V0001", TS, None);
+        assert_eq!(ack, "MSH|^~\\&|VIGIL|VFAC|EPIC|CITY|20240102030405+0000||ACK^A01^ACK|V0001|P|2.5.1\rMSA|AA|C1\r");
     }
 
     #[test]
     fn nak_with_errors_parses_back() {
         let m = Message::parse(b"MSH|^~\\&|EP|CI|VI|VF|x||ADT^A01|C|1|P|2.5.1").expect("parses");
-        let h = AckHeader {
-            control_id: "C|1".to_owned(),
-            ..AckHeader::from_message(&m)
-        };
+        let h = AckHeader { control_id: "C|1".to_owned(), ..AckHeader::from_message(&m) };
         let errors = [
             AckError::new(101, ErrSeverity::Error, "pid-3 is empty").at(ErrLocation {
                 segment: "PID".to_owned(),
@@ -550,20 +468,14 @@ mod tests {
             lines.get(2).copied(),
             Some("ERR||PID^1^3^1^1|101^Required field missing^HL70357|E||||pid-3 is empty")
         );
-        assert_eq!(
-            lines.get(4).copied(),
-            Some("ERR|||102^Data type error^HL70357|F")
-        );
+        assert_eq!(lines.get(4).copied(), Some("ERR|||102^Data type error^HL70357|F"));
         assert!(ack.ends_with('\r'));
 
         let back = Message::parse(ack.as_bytes()).expect("ack parses");
         assert!(back.validate_header().is_ok());
         assert_eq!(back.message_type(), ("ACK", "A01", "ACK"));
         let msa = back.segment("MSA").expect("msa");
-        assert_eq!(
-            (msa.text(1), msa.text(2), msa.text(3)),
-            ("AE".to_owned(), "C|1".to_owned(), "see ERR".to_owned())
-        );
+        assert_eq!((msa.text(1), msa.text(2), msa.text(3)), ("AE".to_owned(), "C|1".to_owned(), "see ERR".to_owned()));
         let errs: Vec<_> = back.segments_named("ERR").collect();
         assert_eq!(errs.len(), 3);
         let first = errs.first().expect("err 1");
@@ -575,10 +487,7 @@ mod tests {
             (first.component(3, 1), first.component(3, 3), first.text(4)),
             ("101".to_owned(), "HL70357".to_owned(), "E".to_owned())
         );
-        assert_eq!(
-            errs.get(1).map(|e| e.text(8)),
-            Some("line1\nline2 | ^ & ~ \\".to_owned())
-        );
+        assert_eq!(errs.get(1).map(|e| e.text(8)), Some("line1\nline2 | ^ & ~ \\".to_owned()));
         assert_eq!(errs.get(1).map(|e| e.value(2, 1, 1, 1)), Some(Value::Empty));
     }
 
@@ -586,54 +495,24 @@ mod tests {
     fn ack_uses_sender_delimiters() {
         let m = Message::parse(b"MSH#@*$%#A@1#F#V#VF#x##ORU@R01#id$F$1#P#2.3").expect("parses");
         let errors = [AckError::new(207, ErrSeverity::Error, "bad # and @ and $")];
-        let ack = build_ack(
-            &AckHeader::from_message(&m),
-            AckCode::AR,
-            &errors,
-            "V#9",
-            TS,
-            None,
-        );
+        let ack = build_ack(&AckHeader::from_message(&m), AckCode::AR, &errors, "V#9", TS, None);
         assert!(ack.starts_with("MSH#@*$%#V#VF#A#F#"), "{ack}");
-        assert!(
-            ack.contains("#ACK@R01@ACK#V$F$9#P#2.3\rMSA#AR#id$F$1\r"),
-            "{ack}"
-        );
+        assert!(ack.contains("#ACK@R01@ACK#V$F$9#P#2.3\rMSA#AR#id$F$1\r"), "{ack}");
         let back = Message::parse(ack.as_bytes()).expect("ack parses");
         assert_eq!(back.delimiters(), m.delimiters());
         assert_eq!(back.control_id(), "V#9");
-        assert_eq!(
-            back.segment("MSA").map(|s| s.text(2)),
-            Some("id#1".to_owned())
-        );
-        assert_eq!(
-            back.segment("ERR").map(|s| s.text(8)),
-            Some("bad # and @ and $".to_owned())
-        );
+        assert_eq!(back.segment("MSA").map(|s| s.text(2)), Some("id#1".to_owned()));
+        assert_eq!(back.segment("ERR").map(|s| s.text(8)), Some("bad # and @ and $".to_owned()));
     }
 
     #[test]
     fn ack_with_truncation_and_partial_encoding_chars() {
         let m = Message::parse(b"MSH|^~\\&#|A|B|C|D|||ADT^A01|X#1|P|2.7").expect("parses");
-        let ack = build_ack(
-            &AckHeader::from_message(&m),
-            AckCode::AA,
-            &[],
-            "1",
-            TS,
-            None,
-        );
+        let ack = build_ack(&AckHeader::from_message(&m), AckCode::AA, &[], "1", TS, None);
         assert!(ack.starts_with("MSH|^~\\&#|"));
         assert!(ack.contains("MSA|AA|X\\P\\1\r"), "{ack}");
         let m = Message::parse(b"MSH|^~|A|B|C|D|||ADT^A01|X1|P|2.2").expect("parses");
-        let ack = build_ack(
-            &AckHeader::from_message(&m),
-            AckCode::AA,
-            &[],
-            "1",
-            TS,
-            Some("a|b"),
-        );
+        let ack = build_ack(&AckHeader::from_message(&m), AckCode::AA, &[], "1", TS, Some("a|b"));
         assert!(ack.starts_with("MSH|^~|"));
         assert!(ack.contains("MSA|AA|X1|a b\r"), "{ack}");
         assert!(Message::parse(ack.as_bytes()).is_ok());
@@ -642,36 +521,14 @@ mod tests {
     #[test]
     fn fallback_reads_what_it_can() {
         assert_eq!(AckHeader::fallback(b""), AckHeader::default());
-        assert_eq!(
-            AckHeader::fallback(b"\xff\xfe garbage"),
-            AckHeader::default()
-        );
+        assert_eq!(AckHeader::fallback(b"\xff\xfe garbage"), AckHeader::default());
         assert_eq!(AckHeader::fallback(b"MSH"), AckHeader::default());
-        let h = AckHeader::fallback(
-            b"MSH|^~\\&|EP^x|CI|VI|VF|x||ADT^A04|C\\F\\9|T|2.3.1\rpid|broken\xff",
-        );
+        let h = AckHeader::fallback(b"MSH|^~\\&|EP^x|CI|VI|VF|x||ADT^A04|C\\F\\9|T|2.3.1\rpid|broken\xff");
         assert_eq!(h.control_id, "C|9");
-        assert_eq!(
-            (h.receiving_app.as_str(), h.sending_app.as_str()),
-            ("EP", "VI")
-        );
-        assert_eq!(
-            (
-                h.trigger.as_str(),
-                h.processing_id.as_str(),
-                h.version.as_str()
-            ),
-            ("A04", "T", "2.3.1")
-        );
+        assert_eq!((h.receiving_app.as_str(), h.sending_app.as_str()), ("EP", "VI"));
+        assert_eq!((h.trigger.as_str(), h.processing_id.as_str(), h.version.as_str()), ("A04", "T", "2.3.1"));
         let h = AckHeader::fallback(b"MSH#@*$%#A#B#C#D###ADT@A01#Z9");
-        assert_eq!(
-            (
-                h.control_id.as_str(),
-                h.delimiters.field,
-                h.version.as_str()
-            ),
-            ("Z9", '#', DEFAULT_VERSION)
-        );
+        assert_eq!((h.control_id.as_str(), h.delimiters.field, h.version.as_str()), ("Z9", '#', DEFAULT_VERSION));
         let h = AckHeader::fallback(b"MSH|^~\\&|A|B|C|D|||ADT^A01|Zo\xEB");
         assert_eq!(h.control_id, "Zoë");
     }
@@ -683,40 +540,16 @@ mod tests {
         assert!(matches!(e.kind, Hl7ErrorKind::UnsupportedCharset(_)));
         let err = AckError::from_parse_error(&e);
         assert_eq!(err.code, 203);
-        assert_eq!(
-            err.location.as_ref().map(|l| (l.segment.as_str(), l.field)),
-            Some(("MSH", 18))
-        );
-        let ack = build_ack(
-            &AckHeader::fallback(raw),
-            AckCode::AR,
-            &[err],
-            "V1",
-            TS,
-            None,
-        );
+        assert_eq!(err.location.as_ref().map(|l| (l.segment.as_str(), l.field)), Some(("MSH", 18)));
+        let ack = build_ack(&AckHeader::fallback(raw), AckCode::AR, &[err], "V1", TS, None);
         let back = Message::parse(ack.as_bytes()).expect("nak parses");
-        assert_eq!(
-            back.segment("MSA").map(|s| s.text(2)),
-            Some("CTL7".to_owned())
-        );
-        assert_eq!(
-            back.segment("ERR").map(|s| s.component(2, 3)),
-            Some("18".to_owned())
-        );
+        assert_eq!(back.segment("MSA").map(|s| s.text(2)), Some("CTL7".to_owned()));
+        assert_eq!(back.segment("ERR").map(|s| s.component(2, 3)), Some("18".to_owned()));
         assert_eq!(back.charset(), Charset::Utf8);
 
         let m = Message::parse(b"MSH|^~\\&|A|B|C|D|||ADT^A01||P|2.5").expect("parses");
-        let errs: Vec<AckError> = m
-            .header_problems()
-            .iter()
-            .map(AckError::from_parse_error)
-            .collect();
+        let errs: Vec<AckError> = m.header_problems().iter().map(AckError::from_parse_error).collect();
         assert_eq!(errs.len(), 1);
-        assert_eq!(
-            errs.first()
-                .map(|e| (e.code, e.location.as_ref().map(|l| l.field))),
-            Some((101, Some(10)))
-        );
+        assert_eq!(errs.first().map(|e| (e.code, e.location.as_ref().map(|l| l.field))), Some((101, Some(10))));
     }
 }

@@ -10,10 +10,9 @@ mod parse;
 mod tests;
 
 pub use encode::{
-    AckCode, AckError, AckHeader, DEFAULT_VERSION, ErrLocation, ErrSeverity, build_ack, escape,
-    hl7_error_text,
+    AckCode, AckError, AckHeader, DEFAULT_VERSION, ErrLocation, ErrSeverity, build_ack, escape, hl7_error_text,
 };
 pub use parse::{
-    Charset, Delimiters, ErrorLocation, Field, Hl7Error, Hl7ErrorKind, Message, ParseLimits,
-    Repetition, Segment, Value, is_legal_delimiter, unescape, unescape_with,
+    Charset, Delimiters, ErrorLocation, Field, Hl7Error, Hl7ErrorKind, Message, ParseLimits, Repetition, Segment,
+    Value, is_legal_delimiter, unescape, unescape_with,
 };

@@ -39,14 +39,7 @@ pub struct Delimiters {
 
 impl Default for Delimiters {
     fn default() -> Self {
-        Self {
-            field: '|',
-            component: '^',
-            repetition: '~',
-            escape: '\\',
-            subcomponent: '&',
-            truncation: None,
-        }
+        Self { field: '|', component: '^', repetition: '~', escape: '\\', subcomponent: '&', truncation: None }
     }
 }
 
@@ -145,8 +138,8 @@ impl Charset {
     pub fn from_hl7_name(name: &str) -> Option<Charset> {
         match name.trim().to_ascii_uppercase().as_str() {
             "ASCII" | "US-ASCII" => Some(Charset::Ascii),
-            "8859/1" | "ISO-8859-1" | "ISO8859-1" | "ISO_8859-1" | "LATIN1" | "LATIN-1"
-            | "ISO IR100" | "ISO_IR 100" => Some(Charset::Latin1),
+            "8859/1" | "ISO-8859-1" | "ISO8859-1" | "ISO_8859-1" | "LATIN1" | "LATIN-1" | "ISO IR100"
+            | "ISO_IR 100" => Some(Charset::Latin1),
             "UNICODE UTF-8" | "UNICODE UTF8" | "UTF-8" | "UTF8" => Some(Charset::Utf8),
             _ => None,
         }
@@ -166,12 +159,7 @@ impl Charset {
         }
         Cow::Owned(
             text.chars()
-                .map(|c| {
-                    u8::try_from(u32::from(c))
-                        .ok()
-                        .filter(|&b| u32::from(b) <= limit)
-                        .unwrap_or(b'?')
-                })
+                .map(|c| u8::try_from(u32::from(c)).ok().filter(|&b| u32::from(b) <= limit).unwrap_or(b'?'))
                 .collect(),
         )
     }
@@ -354,13 +342,8 @@ struct Shared {
 
 impl Shared {
     fn input_pos(&self, text_pos: usize) -> usize {
-        let inner = if self.widened {
-            self.text
-                .get(..text_pos)
-                .map_or(text_pos, |s| s.chars().count())
-        } else {
-            text_pos
-        };
+        let inner =
+            if self.widened { self.text.get(..text_pos).map_or(text_pos, |s| s.chars().count()) } else { text_pos };
         self.base + inner
     }
 
@@ -402,13 +385,7 @@ impl Field {
         let rep = self.shared.delimiters.repetition;
         let shared: &Shared = &self.shared;
         let take = if raw.is_empty() { 0 } else { usize::MAX };
-        raw.split(move |c: char| !literal && c == rep)
-            .take(take)
-            .map(move |r| Repetition {
-                raw: r,
-                shared,
-                literal,
-            })
+        raw.split(move |c: char| !literal && c == rep).take(take).map(move |r| Repetition { raw: r, shared, literal })
     }
 
     /// Repetition `n` (1-based).
@@ -429,8 +406,7 @@ impl Field {
 
     /// Value at repetition/component/subcomponent (all 1-based).
     pub fn value(&self, rep: usize, comp: usize, sub: usize) -> Value<'_> {
-        self.repetition(rep)
-            .map_or(Value::Empty, |r| r.value(comp, sub))
+        self.repetition(rep).map_or(Value::Empty, |r| r.value(comp, sub))
     }
 
     /// First repetition, component and subcomponent, unescaped; `""` when
@@ -552,8 +528,7 @@ impl Segment {
     }
 
     pub fn value(&self, n: usize, rep: usize, comp: usize, sub: usize) -> Value<'_> {
-        self.field(n)
-            .map_or(Value::Empty, |f| f.value(rep, comp, sub))
+        self.field(n).map_or(Value::Empty, |f| f.value(rep, comp, sub))
     }
 
     /// Repetition 1, component 1, subcomponent 1 of field `n`, unescaped;
@@ -631,34 +606,20 @@ impl Message {
                 .then(|| String::from_utf8_lossy(body.get(..3).unwrap_or(body)).into_owned());
             Hl7Error::new(
                 kind,
-                ErrorLocation {
-                    segment_index: segment.as_ref().map(|_| 1),
-                    segment,
-                    field,
-                    position: Some(pos),
-                },
+                ErrorLocation { segment_index: segment.as_ref().map(|_| 1), segment, field, position: Some(pos) },
             )
         };
         if body.is_empty() {
             return Err(at(Hl7ErrorKind::Empty, None, base));
         }
         if body.len() > limits.max_message_bytes {
-            return Err(at(
-                Hl7ErrorKind::TooLarge(limits.max_message_bytes),
-                None,
-                base,
-            ));
+            return Err(at(Hl7ErrorKind::TooLarge(limits.max_message_bytes), None, base));
         }
         if !body.starts_with(b"MSH") {
             return Err(at(Hl7ErrorKind::NotMsh, None, base));
         }
-        let delimiters = read_delimiters(body).map_err(|p| {
-            at(
-                Hl7ErrorKind::BadDelimiters(p.reason),
-                Some(p.field),
-                base + p.offset,
-            )
-        })?;
+        let delimiters = read_delimiters(body)
+            .map_err(|p| at(Hl7ErrorKind::BadDelimiters(p.reason), Some(p.field), base + p.offset))?;
 
         let msh_line = first_line(body);
         let (charset_offset, declared) = declared_charset(msh_line, &delimiters);
@@ -681,29 +642,14 @@ impl Message {
             let (index, name) = locate_line(body, bad);
             Hl7Error::new(
                 Hl7ErrorKind::InvalidEncoding("utf-8".to_owned()),
-                ErrorLocation {
-                    segment_index: Some(index),
-                    segment: name,
-                    field: None,
-                    position: Some(base + bad),
-                },
+                ErrorLocation { segment_index: Some(index), segment: name, field: None, position: Some(base + bad) },
             )
         })?;
 
-        let shared = Arc::new(Shared {
-            text,
-            delimiters,
-            charset,
-            base,
-            widened,
-        });
+        let shared = Arc::new(Shared { text, delimiters, charset, base, widened });
         let segments = split_segments(&shared, limits)?;
         let header = segments.first().map(Header::from_msh).unwrap_or_default();
-        Ok(Message {
-            shared,
-            segments,
-            header,
-        })
+        Ok(Message { shared, segments, header })
     }
 
     pub fn delimiters(&self) -> &Delimiters {
@@ -745,11 +691,7 @@ impl Message {
 
     /// MSH-9.1, MSH-9.2, MSH-9.3 (e.g. `ADT`, `A01`, `ADT_A01`).
     pub fn message_type(&self) -> (&str, &str, &str) {
-        (
-            &self.header.message_code,
-            &self.header.trigger_event,
-            &self.header.message_structure,
-        )
+        (&self.header.message_code, &self.header.trigger_event, &self.header.message_structure)
     }
 
     /// MSH-3.1.
@@ -804,11 +746,7 @@ impl Message {
     /// Every missing required MSH field, one error each (one ERR segment each).
     pub fn header_problems(&self) -> Vec<Hl7Error> {
         let h = &self.header;
-        let checks = [
-            (9, h.message_code.is_empty()),
-            (10, h.control_id.is_empty()),
-            (12, h.version.is_empty()),
-        ];
+        let checks = [(9, h.message_code.is_empty()), (10, h.control_id.is_empty()), (12, h.version.is_empty())];
         let Some(msh) = self.segments.first() else {
             return Vec::new();
         };
@@ -891,9 +829,7 @@ pub(crate) fn trim_input(bytes: &[u8]) -> (usize, &[u8]) {
 }
 
 pub(crate) fn first_line(body: &[u8]) -> &[u8] {
-    body.split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or(body)
+    body.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(body)
 }
 
 pub(crate) struct DelimiterProblem {
@@ -903,79 +839,35 @@ pub(crate) struct DelimiterProblem {
 }
 
 fn describe_byte(b: u8) -> String {
-    if b.is_ascii_graphic() {
-        format!("'{}'", char::from(b))
-    } else {
-        format!("0x{b:02x}")
-    }
+    if b.is_ascii_graphic() { format!("'{}'", char::from(b)) } else { format!("0x{b:02x}") }
 }
 
 /// Reads MSH-1/MSH-2 from raw bytes, before the charset is known; legal
 /// delimiters are ASCII so this is safe for every supported charset.
 pub(crate) fn read_delimiters(body: &[u8]) -> Result<Delimiters, DelimiterProblem> {
-    let problem = |reason: String, field: usize, offset: usize| DelimiterProblem {
-        reason,
-        field,
-        offset,
-    };
+    let problem = |reason: String, field: usize, offset: usize| DelimiterProblem { reason, field, offset };
     let Some(&fs) = body.get(3) else {
-        return Err(problem(
-            "message ends before msh-1".to_owned(),
-            1,
-            body.len(),
-        ));
+        return Err(problem("message ends before msh-1".to_owned(), 1, body.len()));
     };
     if !is_legal_delimiter(char::from(fs)) {
-        return Err(problem(
-            format!(
-                "field separator {} is not a legal delimiter",
-                describe_byte(fs)
-            ),
-            1,
-            3,
-        ));
+        return Err(problem(format!("field separator {} is not a legal delimiter", describe_byte(fs)), 1, 3));
     }
     let after = body.get(4..).unwrap_or_default();
-    let len = after
-        .iter()
-        .position(|&b| b == fs || b == b'\r' || b == b'\n')
-        .unwrap_or(after.len());
+    let len = after.iter().position(|&b| b == fs || b == b'\r' || b == b'\n').unwrap_or(after.len());
     let enc = after.get(..len).unwrap_or_default();
     if enc.is_empty() {
-        return Err(problem(
-            "msh-2 encoding characters are missing".to_owned(),
-            2,
-            4,
-        ));
+        return Err(problem("msh-2 encoding characters are missing".to_owned(), 2, 4));
     }
     if enc.len() > 5 {
-        return Err(problem(
-            format!(
-                "msh-2 has {} encoding characters, at most 5 are allowed",
-                enc.len()
-            ),
-            2,
-            4,
-        ));
+        return Err(problem(format!("msh-2 has {} encoding characters, at most 5 are allowed", enc.len()), 2, 4));
     }
     let mut seen = vec![fs];
     for (i, &b) in enc.iter().enumerate() {
         if !is_legal_delimiter(char::from(b)) {
-            return Err(problem(
-                format!(
-                    "encoding character {} is not a legal delimiter",
-                    describe_byte(b)
-                ),
-                2,
-                4 + i,
-            ));
+            return Err(problem(format!("encoding character {} is not a legal delimiter", describe_byte(b)), 2, 4 + i));
         }
         if seen.contains(&b) {
-            return Err(problem(
-                format!("delimiter {} is used twice", describe_byte(b)),
-                2,
-                4 + i,
-            ));
+            return Err(problem(format!("delimiter {} is used twice", describe_byte(b)), 2, 4 + i));
         }
         seen.push(b);
     }
@@ -1009,16 +901,8 @@ pub(crate) fn msh_field_bytes(line: &[u8], fs: u8, n: usize) -> Option<(usize, &
 pub(crate) fn first_component_bytes<'a>(field: &'a [u8], d: &Delimiters) -> &'a [u8] {
     let rep = ascii_byte(d.repetition);
     let comp = ascii_byte(d.component);
-    let field = if d.has_repetition() {
-        field.split(|&b| b == rep).next().unwrap_or(field)
-    } else {
-        field
-    };
-    field
-        .split(|&b| b == comp)
-        .next()
-        .unwrap_or(field)
-        .trim_ascii()
+    let field = if d.has_repetition() { field.split(|&b| b == rep).next().unwrap_or(field) } else { field };
+    field.split(|&b| b == comp).next().unwrap_or(field).trim_ascii()
 }
 
 fn ascii_byte(c: char) -> u8 {
@@ -1092,17 +976,11 @@ fn split_segments(shared: &Arc<Shared>, limits: &ParseLimits) -> Result<Vec<Segm
     let mut line_start = 0;
     while line_start < bytes.len() {
         let rest = bytes.get(line_start..).unwrap_or_default();
-        let len = rest
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .unwrap_or(rest.len());
+        let len = rest.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(rest.len());
         let line = rest.get(..len).unwrap_or_default();
         // Leading blanks are never part of a segment name (delimiters cannot be
         // blank), so dropping them is safe and forgives sloppy senders.
-        let indent = line
-            .iter()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
+        let indent = line.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
         let content = line.get(indent..).unwrap_or_default();
         if !content.iter().all(u8::is_ascii_whitespace) {
             let index = segments.len() + 1;
@@ -1111,21 +989,13 @@ fn split_segments(shared: &Arc<Shared>, limits: &ParseLimits) -> Result<Vec<Segm
                     Hl7ErrorKind::TooManySegments(limits.max_segments),
                     ErrorLocation {
                         segment_index: Some(index),
-                        segment: content
-                            .get(..3)
-                            .map(|n| String::from_utf8_lossy(n).into_owned()),
+                        segment: content.get(..3).map(|n| String::from_utf8_lossy(n).into_owned()),
                         field: None,
                         position: Some(shared.input_pos(line_start + indent)),
                     },
                 ));
             }
-            segments.push(parse_segment(
-                shared,
-                line_start + indent,
-                content,
-                index,
-                limits,
-            )?);
+            segments.push(parse_segment(shared, line_start + indent, content, index, limits)?);
         }
         line_start += len + 1;
     }
@@ -1162,12 +1032,7 @@ fn parse_segment(
     if !is_segment_name(line, fs) {
         let seen = line.split(|&b| b == fs).next().unwrap_or_default();
         let seen: String = String::from_utf8_lossy(seen).chars().take(16).collect();
-        return Err(error(
-            Hl7ErrorKind::InvalidSegmentName(seen.clone()),
-            None,
-            0,
-            seen,
-        ));
+        return Err(error(Hl7ErrorKind::InvalidSegmentName(seen.clone()), None, 0, seen));
     }
     let name = || shared.slice(start, start + 3).to_owned();
     let header_style = matches!(line.get(..3), Some(b"MSH" | b"BHS" | b"FHS"));
@@ -1180,8 +1045,7 @@ fn parse_segment(
 
     // One cheap counting pass avoids repeated reallocation while pushing.
     let separators = line.iter().filter(|&&b| b == fs).count();
-    let mut fields: Vec<Field> =
-        Vec::with_capacity((separators + 1).min(limits.max_fields_per_segment));
+    let mut fields: Vec<Field> = Vec::with_capacity((separators + 1).min(limits.max_fields_per_segment));
     let mut next = None;
     if line.len() > 3 {
         if header_style {
@@ -1230,12 +1094,7 @@ fn parse_segment(
         }
         push(&mut fields, from, line.len(), reps)?;
     }
-    Ok(Segment {
-        shared: Arc::clone(shared),
-        start,
-        end: start + line.len(),
-        fields,
-    })
+    Ok(Segment { shared: Arc::clone(shared), start, end: start + line.len(), fields })
 }
 
 /// Decodes HL7 escape sequences assuming a UTF-8 message (see `unescape_with`).
@@ -1326,10 +1185,7 @@ fn decode_hex(hex: &str, charset: Charset, out: &mut String) -> bool {
     }
     let mut bytes = Vec::with_capacity(hex.len() / 2);
     for pair in hex.as_bytes().chunks_exact(2) {
-        let Some(b) = std::str::from_utf8(pair)
-            .ok()
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-        else {
+        let Some(b) = std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()) else {
             return false;
         };
         bytes.push(b);
@@ -1347,8 +1203,7 @@ fn decode_formatting(cmd: &str, out: &mut String) -> bool {
         _ => return false,
     };
     let digits = arg.strip_prefix(['+', '-']).unwrap_or(arg);
-    let arg_ok =
-        arg.is_empty() || (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+    let arg_ok = arg.is_empty() || (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
     if !arg_ok {
         return false;
     }
@@ -1356,11 +1211,7 @@ fn decode_formatting(cmd: &str, out: &mut String) -> bool {
         "br" if arg.is_empty() => out.push('\n'),
         "sp" => {
             // Only overflow can make an all-digit argument fail to parse.
-            let n = if digits.is_empty() {
-                1
-            } else {
-                digits.parse::<usize>().unwrap_or(MAX_SP_LINES)
-            };
+            let n = if digits.is_empty() { 1 } else { digits.parse::<usize>().unwrap_or(MAX_SP_LINES) };
             let n = n.clamp(1, MAX_SP_LINES);
             out.extend(std::iter::repeat_n('\n', n));
         }
@@ -1429,25 +1280,15 @@ ZVG|1|custom^data\r";
         let m = msg(ADT);
         let pid3 = m.segment("PID").and_then(|p| p.field(3)).expect("pid-3");
         assert_eq!(pid3.repetition_count(), 3);
-        let mr: Vec<String> = pid3
-            .repetitions()
-            .filter(|r| r.component(5) == "MR")
-            .map(|r| r.component(1))
-            .collect();
+        let mr: Vec<String> = pid3.repetitions().filter(|r| r.component(5) == "MR").map(|r| r.component(1)).collect();
         assert_eq!(mr, vec!["123"]);
         let types: Vec<String> = pid3.repetitions().map(|r| r.component(5)).collect();
         assert_eq!(types, ["MR", "PI", "SS"]);
-        assert_eq!(
-            pid3.repetition(3).map(|r| r.component(4)),
-            Some("SSA".to_owned())
-        );
+        assert_eq!(pid3.repetition(3).map(|r| r.component(4)), Some("SSA".to_owned()));
         assert!(pid3.repetition(4).is_none());
         assert!(pid3.repetition(0).is_none());
         let phones = m.segment("PID").and_then(|p| p.field(13)).expect("pid-13");
-        assert_eq!(
-            phones.value(2, 1, 1),
-            Value::Text(Cow::Borrowed("555-9999"))
-        );
+        assert_eq!(phones.value(2, 1, 1), Value::Text(Cow::Borrowed("555-9999")));
     }
 
     #[test]
@@ -1483,10 +1324,7 @@ ZVG|1|custom^data\r";
 
     #[test]
     fn every_escape_sequence() {
-        let d = Delimiters {
-            truncation: Some('#'),
-            ..Delimiters::default()
-        };
+        let d = Delimiters { truncation: Some('#'), ..Delimiters::default() };
         let cases: &[(&str, &str)] = &[
             ("a\\F\\b", "a|b"),
             ("\\S\\", "^"),
@@ -1531,10 +1369,7 @@ ZVG|1|custom^data\r";
         let m = msg("MSH|^~\\&|A|B|C|D|||ORU^R01|1|P|2.5\rOBX|1|TX|||line1\\.br\\a\\F\\b\\S\\c\r");
         let obx = m.segment("OBX").expect("obx");
         assert_eq!(obx.text(5), "line1\na|b^c");
-        assert_eq!(
-            obx.field(5).map(Field::raw),
-            Some("line1\\.br\\a\\F\\b\\S\\c")
-        );
+        assert_eq!(obx.field(5).map(Field::raw), Some("line1\\.br\\a\\F\\b\\S\\c"));
     }
 
     #[test]
@@ -1543,10 +1378,7 @@ ZVG|1|custom^data\r";
             "MSH#@*$%#APP@X#FAC#RCV#RF#20240101##ADT@A08#C$F$1#P#2.4\rPID#1##111@@@H@MR*222@@@H@PI##DOE@JANE%M##$S$$E$\r",
         );
         let d = m.delimiters();
-        assert_eq!(
-            (d.field, d.component, d.repetition, d.escape, d.subcomponent),
-            ('#', '@', '*', '$', '%')
-        );
+        assert_eq!((d.field, d.component, d.repetition, d.escape, d.subcomponent), ('#', '@', '*', '$', '%'));
         assert_eq!(m.control_id(), "C#1");
         assert_eq!(m.sending_application(), "APP");
         assert_eq!(m.message_type(), ("ADT", "A08", ""));
@@ -1584,20 +1416,14 @@ ZVG|1|custom^data\r";
         let variants = [
             ADT.replace('\r', "\n"),
             ADT.replace('\r', "\r\n"),
-            format!(
-                "\u{feff}  \r\n{}\r\n\r\n  \n\x1c\r",
-                ADT.replace('\r', "\r\n\r\n")
-            ),
+            format!("\u{feff}  \r\n{}\r\n\r\n  \n\x1c\r", ADT.replace('\r', "\r\n\r\n")),
             format!("\x0b{ADT}\x1c\r"),
         ];
         for v in &variants {
             let m = msg(v);
             let names: Vec<&str> = m.segments().iter().map(Segment::name).collect();
             assert_eq!(names, ["MSH", "EVN", "PID", "PV1", "ZVG"], "variant {v:?}");
-            assert_eq!(
-                m.segment("ZVG").map(|z| z.component(2, 2)),
-                Some("data".to_owned())
-            );
+            assert_eq!(m.segment("ZVG").map(|z| z.component(2, 2)), Some("data".to_owned()));
         }
     }
 
@@ -1617,8 +1443,7 @@ ZVG|1|custom^data\r";
 
     #[test]
     fn latin1_error_positions_are_input_offsets() {
-        let mut bytes =
-            b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||8859/1\rPID|\xE9\xE9\rpid|1\r".to_vec();
+        let mut bytes = b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||8859/1\rPID|\xE9\xE9\rpid|1\r".to_vec();
         let e = Message::parse(&bytes).expect_err("lowercase segment");
         let pos = bytes.iter().position(|&b| b == b'p').expect("pid line");
         assert_eq!(e.location.position, Some(pos));
@@ -1627,25 +1452,15 @@ ZVG|1|custom^data\r";
 
     #[test]
     fn utf8_declared_and_detected() {
-        let m =
-            msg("MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||||Ōtsuka^Zoë\r");
-        assert_eq!(
-            m.segment("PID").map(|p| p.text(5)),
-            Some("Ōtsuka".to_owned())
-        );
+        let m = msg("MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||||Ōtsuka^Zoë\r");
+        assert_eq!(m.segment("PID").map(|p| p.text(5)), Some("Ōtsuka".to_owned()));
         let m = msg("MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||||Ōtsuka^Zoë\r");
         assert_eq!(m.charset(), Charset::Utf8);
-        assert_eq!(
-            m.segment("PID").map(|p| p.component(5, 2)),
-            Some("Zoë".to_owned())
-        );
-        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||||Zo\xEB\r")
-            .expect("fallback");
+        assert_eq!(m.segment("PID").map(|p| p.component(5, 2)), Some("Zoë".to_owned()));
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5\rPID|1||||Zo\xEB\r").expect("fallback");
         assert_eq!(m.charset(), Charset::Latin1);
         assert_eq!(m.segment("PID").map(|p| p.text(5)), Some("Zoë".to_owned()));
-        let m =
-            Message::parse(b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||ASCII\rPID|1||||Zo\xEB\r")
-                .expect("ascii");
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||ASCII\rPID|1||||Zo\xEB\r").expect("ascii");
         assert_eq!(m.charset(), Charset::Ascii);
         assert_eq!(m.segment("PID").map(|p| p.text(5)), Some("Zoë".to_owned()));
     }
@@ -1660,17 +1475,11 @@ ZVG|1|custom^data\r";
         assert_eq!(e.kind.ack_code(), 102);
 
         let e = err(b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||8859/7\rPID|1\r");
-        assert_eq!(
-            e.kind,
-            Hl7ErrorKind::UnsupportedCharset("8859/7".to_owned())
-        );
+        assert_eq!(e.kind, Hl7ErrorKind::UnsupportedCharset("8859/7".to_owned()));
         assert_eq!(e.location.field, Some(18));
         assert_eq!(e.location.position, Some(40));
         assert_eq!(e.kind.ack_code(), 203);
-        assert_eq!(
-            e.to_string(),
-            "unsupported character set \"8859/7\" at segment 1 (MSH), field 18, byte 40"
-        );
+        assert_eq!(e.to_string(), "unsupported character set \"8859/7\" at segment 1 (MSH), field 18, byte 40");
         let m = msg("MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5||||||utf-8~8859/1\rPID|1\r");
         assert_eq!(m.charset(), Charset::Utf8);
     }
@@ -1682,55 +1491,25 @@ ZVG|1|custom^data\r";
         let e = err(b"  PID|1|x\r");
         assert_eq!(e.kind, Hl7ErrorKind::NotMsh);
         assert_eq!(e.location.position, Some(2));
-        assert_eq!(
-            e.to_string(),
-            "message does not start with an MSH segment at segment 1 (PID), byte 2"
-        );
+        assert_eq!(e.to_string(), "message does not start with an MSH segment at segment 1 (PID), byte 2");
         assert!(matches!(err(b"MSH").kind, Hl7ErrorKind::BadDelimiters(_)));
-        assert!(matches!(
-            err(b"MSHA^~\\&").kind,
-            Hl7ErrorKind::BadDelimiters(_)
-        ));
-        assert!(matches!(
-            err(b"MSH||A").kind,
-            Hl7ErrorKind::BadDelimiters(_)
-        ));
+        assert!(matches!(err(b"MSHA^~\\&").kind, Hl7ErrorKind::BadDelimiters(_)));
+        assert!(matches!(err(b"MSH||A").kind, Hl7ErrorKind::BadDelimiters(_)));
         let e = err(b"MSH|^~^&|A");
         assert!(matches!(e.kind, Hl7ErrorKind::BadDelimiters(_)));
         assert_eq!((e.location.field, e.location.position), (Some(2), Some(6)));
-        assert!(matches!(
-            err(b"MSH|^~\\&#!|").kind,
-            Hl7ErrorKind::BadDelimiters(_)
-        ));
-        assert!(matches!(
-            err(b"MSH|^~\\ |").kind,
-            Hl7ErrorKind::BadDelimiters(_)
-        ));
-        assert!(matches!(
-            err(b"MSH\"^~\\&").kind,
-            Hl7ErrorKind::BadDelimiters(_)
-        ));
+        assert!(matches!(err(b"MSH|^~\\&#!|").kind, Hl7ErrorKind::BadDelimiters(_)));
+        assert!(matches!(err(b"MSH|^~\\ |").kind, Hl7ErrorKind::BadDelimiters(_)));
+        assert!(matches!(err(b"MSH\"^~\\&").kind, Hl7ErrorKind::BadDelimiters(_)));
 
         let e = err(b"MSH|^~\\&|A\rPID|1\rpv1|x\r");
         assert_eq!(e.kind, Hl7ErrorKind::InvalidSegmentName("pv1".to_owned()));
         assert_eq!(e.location.segment_index, Some(3));
         assert_eq!(e.location.position, Some(17));
-        assert_eq!(
-            err(b"MSH|^~\\&|A\rPI|1\r").kind,
-            Hl7ErrorKind::InvalidSegmentName("PI".to_owned())
-        );
-        assert_eq!(
-            err(b"MSH|^~\\&|A\r1PD|1\r").kind,
-            Hl7ErrorKind::InvalidSegmentName("1PD".to_owned())
-        );
-        assert_eq!(
-            err(b"MSH|^~\\&|A\rPIDX|1\r").kind,
-            Hl7ErrorKind::InvalidSegmentName("PIDX".to_owned())
-        );
-        assert_eq!(
-            err(b"MSH|^~\\&|A\r\xff\xfe\r").kind,
-            Hl7ErrorKind::InvalidSegmentName("ÿþ".to_owned())
-        );
+        assert_eq!(err(b"MSH|^~\\&|A\rPI|1\r").kind, Hl7ErrorKind::InvalidSegmentName("PI".to_owned()));
+        assert_eq!(err(b"MSH|^~\\&|A\r1PD|1\r").kind, Hl7ErrorKind::InvalidSegmentName("1PD".to_owned()));
+        assert_eq!(err(b"MSH|^~\\&|A\rPIDX|1\r").kind, Hl7ErrorKind::InvalidSegmentName("PIDX".to_owned()));
+        assert_eq!(err(b"MSH|^~\\&|A\r\xff\xfe\r").kind, Hl7ErrorKind::InvalidSegmentName("ÿþ".to_owned()));
         assert!(Message::parse(b"MSH|^~\\&|A\rP1D|1\rZZZ\r").is_ok());
     }
 
@@ -1741,78 +1520,41 @@ ZVG|1|custom^data\r";
         let problems = m.header_problems();
         let fields: Vec<Option<usize>> = problems.iter().map(|e| e.location.field).collect();
         assert_eq!(fields, [Some(10), Some(12)]);
-        assert!(
-            problems
-                .iter()
-                .all(|e| e.kind == Hl7ErrorKind::MissingField && e.kind.ack_code() == 101)
-        );
-        assert_eq!(
-            m.validate_header().map_err(|e| e.location.field),
-            Err(Some(10))
-        );
+        assert!(problems.iter().all(|e| e.kind == Hl7ErrorKind::MissingField && e.kind.ack_code() == 101));
+        assert_eq!(m.validate_header().map_err(|e| e.location.field), Err(Some(10)));
 
         let m = msg("MSH|^~\\&|A|B|C|D|||\"\"|\"\"|P|");
-        let fields: Vec<Option<usize>> = m
-            .header_problems()
-            .iter()
-            .map(|e| e.location.field)
-            .collect();
+        let fields: Vec<Option<usize>> = m.header_problems().iter().map(|e| e.location.field).collect();
         assert_eq!(fields, [Some(9), Some(10), Some(12)]);
-        assert_eq!(
-            m.header_problems()
-                .first()
-                .and_then(|e| e.location.position),
-            Some(19)
-        );
+        assert_eq!(m.header_problems().first().and_then(|e| e.location.position), Some(19));
     }
 
     #[test]
     fn limits_are_errors() {
-        let limits = ParseLimits {
-            max_segments: 2,
-            max_fields_per_segment: 3,
-            max_repetitions: 2,
-            max_message_bytes: 200,
-        };
+        let limits =
+            ParseLimits { max_segments: 2, max_fields_per_segment: 3, max_repetitions: 2, max_message_bytes: 200 };
         let e = Message::parse_with(b"MSH|^~\\&\rPID|1\rPV1|1\r", &limits).expect_err("segments");
         assert_eq!(e.kind, Hl7ErrorKind::TooManySegments(2));
-        assert_eq!(
-            (e.location.segment_index, e.location.position),
-            (Some(3), Some(15))
-        );
+        assert_eq!((e.location.segment_index, e.location.position), (Some(3), Some(15)));
         let e = Message::parse_with(b"MSH|^~\\&\rPID|1|2|3|4\r", &limits).expect_err("fields");
         assert_eq!(e.kind, Hl7ErrorKind::TooManyFields(3));
-        assert_eq!(
-            (e.location.segment.as_deref(), e.location.field),
-            (Some("PID"), Some(4))
-        );
+        assert_eq!((e.location.segment.as_deref(), e.location.field), (Some("PID"), Some(4)));
         let e = Message::parse_with(b"MSH|^~\\&\rPID|1|a~b~c\r", &limits).expect_err("reps");
         assert_eq!(e.kind, Hl7ErrorKind::TooManyRepetitions(2));
         assert_eq!(e.location.field, Some(2));
         assert!(Message::parse_with(b"MSH|^~\\&\rPID|1|a~b\r", &limits).is_ok());
         let big = format!("MSH|^~\\&|{}", "x".repeat(300));
         assert_eq!(
-            Message::parse_with(big.as_bytes(), &limits)
-                .map(|_| ())
-                .map_err(|e| e.kind),
+            Message::parse_with(big.as_bytes(), &limits).map(|_| ()).map_err(|e| e.kind),
             Err(Hl7ErrorKind::TooLarge(200))
         );
 
         let many = format!("MSH|^~\\&\r{}", "NTE|1\r".repeat(10_001));
-        assert_eq!(
-            err(many.as_bytes()).kind,
-            Hl7ErrorKind::TooManySegments(10_000)
-        );
+        assert_eq!(err(many.as_bytes()).kind, Hl7ErrorKind::TooManySegments(10_000));
         let wide = format!("MSH|^~\\&\rNTE{}", "|".repeat(1_001));
-        assert_eq!(
-            err(wide.as_bytes()).kind,
-            Hl7ErrorKind::TooManyFields(1_000)
-        );
+        assert_eq!(err(wide.as_bytes()).kind, Hl7ErrorKind::TooManyFields(1_000));
         let reps = format!("MSH|^~\\&\rNTE|{}", "~".repeat(1_000));
-        assert_eq!(
-            err(reps.as_bytes()).kind,
-            Hl7ErrorKind::TooManyRepetitions(1_000)
-        );
+        assert_eq!(err(reps.as_bytes()).kind, Hl7ErrorKind::TooManyRepetitions(1_000));
     }
 
     #[test]
@@ -1828,20 +1570,14 @@ ZVG|1|custom^data\r";
     fn batch_header_uses_msh_numbering() {
         let m = msg("MSH|^~\\&|A\rBHS|^~\\&|SENDER\r");
         let bhs = m.segment("BHS").expect("bhs");
-        assert_eq!(
-            (bhs.text(1), bhs.text(2), bhs.text(3)),
-            ("|".to_owned(), "^~\\&".to_owned(), "SENDER".to_owned())
-        );
+        assert_eq!((bhs.text(1), bhs.text(2), bhs.text(3)), ("|".to_owned(), "^~\\&".to_owned(), "SENDER".to_owned()));
     }
 
     #[test]
     fn borrowed_when_no_escape() {
         let m = msg(ADT);
         let pid = m.segment("PID").expect("pid");
-        assert!(matches!(
-            pid.value(5, 1, 1, 1),
-            Value::Text(Cow::Borrowed("DOE"))
-        ));
+        assert!(matches!(pid.value(5, 1, 1, 1), Value::Text(Cow::Borrowed("DOE"))));
     }
 
     #[test]
@@ -1856,12 +1592,7 @@ ZVG|1|custom^data\r";
     fn debug_output_is_linear() {
         let m = msg(ADT);
         let dbg = format!("{m:?}");
-        assert!(
-            dbg.len() < ADT.len() * 3,
-            "debug output is {} bytes",
-            dbg.len()
-        );
+        assert!(dbg.len() < ADT.len() * 3, "debug output is {} bytes", dbg.len());
         assert!(dbg.contains("PV1|1|I|W1^101^A"));
     }
-
 }

@@ -7,25 +7,18 @@ use super::*;
 const CASES: u32 = 10_000;
 
 fn legal_chars() -> Vec<char> {
-    (0x20u8..0x7F)
-        .map(char::from)
-        .filter(|&c| is_legal_delimiter(c))
-        .collect()
+    (0x20u8..0x7F).map(char::from).filter(|&c| is_legal_delimiter(c)).collect()
 }
 
 fn delimiters() -> impl Strategy<Value = Delimiters> {
-    (
-        proptest::sample::subsequence(legal_chars(), 6).prop_shuffle(),
-        any::<bool>(),
-    )
-        .prop_map(|(v, trunc)| Delimiters {
-            field: v[0],
-            component: v[1],
-            repetition: v[2],
-            escape: v[3],
-            subcomponent: v[4],
-            truncation: trunc.then_some(v[5]),
-        })
+    (proptest::sample::subsequence(legal_chars(), 6).prop_shuffle(), any::<bool>()).prop_map(|(v, trunc)| Delimiters {
+        field: v[0],
+        component: v[1],
+        repetition: v[2],
+        escape: v[3],
+        subcomponent: v[4],
+        truncation: trunc.then_some(v[5]),
+    })
 }
 
 /// Arbitrary Unicode with a heavy dose of characters that matter to HL7.
@@ -119,28 +112,12 @@ fn mutate(base: &[u8], ops: &[(u8, usize, u8)]) -> Vec<u8> {
 /// that echoes the control id we read.
 fn check_ack(bytes: &[u8], parsed: Option<&Message>) {
     let h = parsed.map_or_else(|| AckHeader::fallback(bytes), AckHeader::from_message);
-    let errors = [AckError::new(
-        207,
-        ErrSeverity::Error,
-        String::from_utf8_lossy(bytes).into_owned(),
-    )];
-    let ack = build_ack(
-        &h,
-        AckCode::AE,
-        &errors,
-        "VIGIL-1",
-        "20240101000000+0000",
-        Some("t"),
-    );
-    let back = Message::parse(ack.as_bytes())
-        .unwrap_or_else(|e| panic!("ack does not parse: {e}: {ack:?}"));
+    let errors = [AckError::new(207, ErrSeverity::Error, String::from_utf8_lossy(bytes).into_owned())];
+    let ack = build_ack(&h, AckCode::AE, &errors, "VIGIL-1", "20240101000000+0000", Some("t"));
+    let back = Message::parse(ack.as_bytes()).unwrap_or_else(|e| panic!("ack does not parse: {e}: {ack:?}"));
     assert!(back.validate_header().is_ok(), "{ack:?}");
     if h.delimiters.has_escape() {
-        assert_eq!(
-            back.segment("MSA").map(|s| s.text(2)),
-            Some(h.control_id.clone()),
-            "{ack:?}"
-        );
+        assert_eq!(back.segment("MSA").map(|s| s.text(2)), Some(h.control_id.clone()), "{ack:?}");
     }
 }
 

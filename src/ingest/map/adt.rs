@@ -26,7 +26,12 @@ impl Mapper {
     /// ADT census trigger -> a census event, then an allergies event when AL1 segments are
     /// present. Location: PV1-3; for A12 (cancel transfer) the prior location PV1-6 the
     /// patient returns to; none for A11 (the admission never happened).
-    pub fn adt_census(&self, msg: &Message, action: CensusAction, received_at: OffsetDateTime) -> Result<Vec<ClinicalEvent>, MapError> {
+    pub fn adt_census(
+        &self,
+        msg: &Message,
+        action: CensusAction,
+        received_at: OffsetDateTime,
+    ) -> Result<Vec<ClinicalEvent>, MapError> {
         let pid = msg.segment("PID").ok_or(NO_PID)?;
         let pv1 = msg.segment("PV1").ok_or(MapError::new("PV1", 0, 100, "PV1 segment is required"))?;
         let non_empty = |s: String| Some(s).filter(|s| !s.trim().is_empty());
@@ -37,9 +42,12 @@ impl Mapper {
         };
         let mut census = self.event(msg, pid, received_at, kind)?;
         census.location = match action {
-            CensusAction::CancelTransfer => {
-                Some(location(pv1, 6).ok_or(MapError::new("PV1", 6, 101, "PV1-6 prior location is required to cancel a transfer"))?)
-            }
+            CensusAction::CancelTransfer => Some(location(pv1, 6).ok_or(MapError::new(
+                "PV1",
+                6,
+                101,
+                "PV1-6 prior location is required to cancel a transfer",
+            ))?),
             CensusAction::CancelAdmit => None,
             _ => location(pv1, 3),
         };
@@ -59,9 +67,14 @@ impl Mapper {
                 "PID" => pid = Some(segment),
                 "MRG" => {
                     let survivor = pid.ok_or(NO_PID)?;
-                    let prior = self.identity(segment, 1, MapError::new("MRG", 1, 101, "MRG-1 has no prior identifier of the configured MRN type"))?;
+                    let prior = self.identity(
+                        segment,
+                        1,
+                        MapError::new("MRG", 1, 101, "MRG-1 has no prior identifier of the configured MRN type"),
+                    )?;
                     let prior_id = self.index.patient_id(&prior.authority, prior.mrn.expose());
-                    let event = self.event(msg, survivor, received_at, EventKind::Merge { prior, prior_id: prior_id.clone() })?;
+                    let event =
+                        self.event(msg, survivor, received_at, EventKind::Merge { prior, prior_id: prior_id.clone() })?;
                     if event.patient_id == prior_id {
                         return Err(MapError::new("MRG", 1, 205, "MRG-1 names the surviving patient"));
                     }

@@ -21,7 +21,12 @@ impl Mapper {
     /// An allergies event from AL1 and IAM segments, `None` when there are none. IAM rows
     /// whose action code (IAM-6) is D (delete) are left out: the core model has no retraction
     /// for allergies yet, and keeping a deleted allergy is the safe error.
-    pub(super) fn al1_allergies(&self, msg: &Message, pid: &Segment, received_at: OffsetDateTime) -> Result<Option<ClinicalEvent>, MapError> {
+    pub(super) fn al1_allergies(
+        &self,
+        msg: &Message,
+        pid: &Segment,
+        received_at: OffsetDateTime,
+    ) -> Result<Option<ClinicalEvent>, MapError> {
         let mut allergies = Vec::new();
         let mut seen = false;
         for segment in msg.segments() {
@@ -73,5 +78,7 @@ fn normalise_system(code: &str) -> String {
 /// Whether a coding-system name means RxNorm (HL7 table 0396 `RXNORM`, also `RXN` and the FHIR
 /// URI), in any letter case.
 pub(super) fn is_rxnorm(system: &str) -> bool {
-    ["RXNORM", "RXN", "http://www.nlm.nih.gov/research/umls/rxnorm"].iter().any(|s| s.eq_ignore_ascii_case(system.trim()))
+    ["RXNORM", "RXN", "http://www.nlm.nih.gov/research/umls/rxnorm"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(system.trim()))
 }

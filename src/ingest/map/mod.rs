@@ -120,21 +120,27 @@ impl Mapper {
     }
 
     fn patient_key(&self, pid: &Segment) -> Result<PatientKey, MapError> {
-        self.identity(pid, 3, MapError::new("PID", 3, 101, "PID-3 has no patient identifier of the configured MRN type"))
+        self.identity(
+            pid,
+            3,
+            MapError::new("PID", 3, 101, "PID-3 has no patient identifier of the configured MRN type"),
+        )
     }
 
     /// An event for the patient of `pid` with the message's envelope; the caller sets the
     /// location and kind.
-    fn event(&self, msg: &Message, pid: &Segment, received_at: OffsetDateTime, kind: EventKind) -> Result<ClinicalEvent, MapError> {
+    fn event(
+        &self,
+        msg: &Message,
+        pid: &Segment,
+        received_at: OffsetDateTime,
+        kind: EventKind,
+    ) -> Result<ClinicalEvent, MapError> {
         let patient = self.patient_key(pid)?;
         Ok(ClinicalEvent {
             patient_id: self.index.patient_id(&patient.authority, patient.mrn.expose()),
             patient,
-            demographics: Demographics {
-                name: Phi(display_name(pid)),
-                birth_date: Phi(pid.text(7)),
-                sex: pid.text(8),
-            },
+            demographics: Demographics { name: Phi(display_name(pid)), birth_date: Phi(pid.text(7)), sex: pid.text(8) },
             location: None,
             sender: sender_of(msg),
             control_id: msg.control_id().to_string(),

@@ -11,9 +11,43 @@ use crate::ingest::hl7::{Message, Segment};
 
 /// Words that describe a dose form or route, dropped from the end of a drug name.
 const FORM_WORDS: &[&str] = &[
-    "tablet", "tablets", "tab", "tabs", "capsule", "capsules", "cap", "caps", "injection", "injectable", "solution",
-    "suspension", "syrup", "cream", "ointment", "patch", "inhaler", "powder", "oral", "iv", "im", "sc", "po", "ivpb",
-    "infusion", "vial", "bag", "premix", "er", "xr", "sr", "ec", "extended", "release", "delayed", "film", "coated",
+    "tablet",
+    "tablets",
+    "tab",
+    "tabs",
+    "capsule",
+    "capsules",
+    "cap",
+    "caps",
+    "injection",
+    "injectable",
+    "solution",
+    "suspension",
+    "syrup",
+    "cream",
+    "ointment",
+    "patch",
+    "inhaler",
+    "powder",
+    "oral",
+    "iv",
+    "im",
+    "sc",
+    "po",
+    "ivpb",
+    "infusion",
+    "vial",
+    "bag",
+    "premix",
+    "er",
+    "xr",
+    "sr",
+    "ec",
+    "extended",
+    "release",
+    "delayed",
+    "film",
+    "coated",
 ];
 
 /// A drug name for matching: lowercase, single spaces, no strength or form
@@ -23,9 +57,12 @@ pub fn normalise_drug_name(text: &str) -> String {
     let words: Vec<&str> = lower.split_whitespace().collect();
     // The strength starts at the first word that begins with a digit (not the first word:
     // "0.9% sodium chloride" keeps its name).
-    let end = words.iter().skip(1).position(|w| w.starts_with(|c: char| c.is_ascii_digit())).map_or(words.len(), |i| i + 1);
+    let end =
+        words.iter().skip(1).position(|w| w.starts_with(|c: char| c.is_ascii_digit())).map_or(words.len(), |i| i + 1);
     let mut name: Vec<&str> = words.get(..end).map(<[&str]>::to_vec).unwrap_or_default();
-    while name.len() > 1 && name.last().is_some_and(|w| FORM_WORDS.contains(&w.trim_matches(|c: char| !c.is_alphanumeric()))) {
+    while name.len() > 1
+        && name.last().is_some_and(|w| FORM_WORDS.contains(&w.trim_matches(|c: char| !c.is_alphanumeric())))
+    {
         name.pop();
     }
     let joined = name.join(" ");
@@ -36,7 +73,13 @@ impl Mapper {
     /// RDE^O11 (drug in RXE-2) or OMP^O09 (drug in RXO-1): one event per ORC group whose
     /// order control (ORC-1) is NW, XO, DC or CA. Other controls (SC status changes, OK, RE,
     /// ...) carry nothing the medication list needs and are skipped.
-    pub fn pharmacy_order(&self, msg: &Message, drug_segment: &'static str, drug_field: usize, received_at: OffsetDateTime) -> Result<Vec<ClinicalEvent>, MapError> {
+    pub fn pharmacy_order(
+        &self,
+        msg: &Message,
+        drug_segment: &'static str,
+        drug_field: usize,
+        received_at: OffsetDateTime,
+    ) -> Result<Vec<ClinicalEvent>, MapError> {
         let pid = msg.segment("PID").ok_or(NO_PID)?;
         let mut events = Vec::new();
         let mut seen_orc = false;
@@ -53,11 +96,18 @@ impl Mapper {
                     continue;
                 }
             };
-            let drug = group
-                .iter()
-                .find(|s| s.name() == drug_segment)
-                .ok_or(MapError::new(drug_segment, 0, 100, "drug segment (RXE or RXO) is required in each order group"))?;
-            let medication = medication(orc, drug, drug_field).ok_or(MapError::new(drug_segment, drug_field as u32, 101, "drug code or name is required"))?;
+            let drug = group.iter().find(|s| s.name() == drug_segment).ok_or(MapError::new(
+                drug_segment,
+                0,
+                100,
+                "drug segment (RXE or RXO) is required in each order group",
+            ))?;
+            let medication = medication(orc, drug, drug_field).ok_or(MapError::new(
+                drug_segment,
+                drug_field as u32,
+                101,
+                "drug code or name is required",
+            ))?;
             if medication.order_id.is_empty() {
                 return Err(MapError::new("ORC", 2, 101, "ORC-2 or ORC-3 order number is required"));
             }
@@ -82,8 +132,18 @@ impl Mapper {
                 if matches!(rxa.text(20).as_str(), "RE" | "NA") || rxa.text(21) == "D" {
                     continue;
                 }
-                let medication = medication(orc, rxa, 5).ok_or(MapError::new("RXA", 5, 101, "RXA-5 administered code is required"))?;
-                let given_at = self.timestamp(&rxa.text(3)).ok_or(MapError::new("RXA", 3, 101, "RXA-3 start of administration is required"))?;
+                let medication = medication(orc, rxa, 5).ok_or(MapError::new(
+                    "RXA",
+                    5,
+                    101,
+                    "RXA-5 administered code is required",
+                ))?;
+                let given_at = self.timestamp(&rxa.text(3)).ok_or(MapError::new(
+                    "RXA",
+                    3,
+                    101,
+                    "RXA-3 start of administration is required",
+                ))?;
                 events.push(self.event(msg, pid, received_at, EventKind::Administration { medication, given_at })?);
             }
         }

@@ -112,7 +112,8 @@ impl Mapper {
         match canonical.value_type {
             ValueType::Text => {
                 if self.vocab.has_answers(canonical) {
-                    let answer = answer_candidates(obx).iter().find_map(|c| self.vocab.answer(canonical, c)).map(str::to_string);
+                    let answer =
+                        answer_candidates(obx).iter().find_map(|c| self.vocab.answer(canonical, c)).map(str::to_string);
                     observation.text = Some(answer.ok_or_else(|| refuse(DropReason::UnknownAnswer))?);
                 } else {
                     let Some(text) = coded_or_text(obx) else { return Ok(None) };

@@ -40,7 +40,8 @@ OBX|6|NM|8867-4^HR^LN||oops\r";
     assert_eq!(event.demographics.name.expose(), "Doe, Jane");
     assert_eq!(event.location.as_ref().map(|l| l.bed.as_str()), Some("B"));
     let EventKind::Observations { observations } = &event.kind else { panic!("not observations") };
-    let got: Vec<_> = observations.iter().map(|o| (o.name.as_str(), (o.value.unwrap() * 10.0).round() / 10.0)).collect();
+    let got: Vec<_> =
+        observations.iter().map(|o| (o.name.as_str(), (o.value.unwrap() * 10.0).round() / 10.0)).collect();
     assert_eq!(got, vec![("rr", 24.0), ("temp", 38.5)], "wrong, unknown and non-numeric rows are left out");
     assert_eq!(observations[0].observed_at, datetime!(2026-01-02 03:04:01 UTC));
     assert_eq!(observations[0].device.as_deref(), Some("DEV1"));
@@ -59,10 +60,17 @@ OBX|4|CWE|67775-7^Level of consciousness^LN||V^Voice^ACVPU||||||F\r\
 OBX|5|NM|2823-3^Potassium^LN||||||||D\r\
 OBX|6|NM|LOCALK^K^99LAB^6298-4^Potassium^LN||4.1|mEq/L|||||P\r";
     let msg = Message::parse(msg.as_bytes()).unwrap();
-    let events = mapper().with_default_offset(UtcOffset::from_hms(1, 0, 0).unwrap()).oru_r01(&msg, OffsetDateTime::now_utc()).unwrap();
+    let events = mapper()
+        .with_default_offset(UtcOffset::from_hms(1, 0, 0).unwrap())
+        .oru_r01(&msg, OffsetDateTime::now_utc())
+        .unwrap();
     let EventKind::Observations { observations } = &events[0].kind else { panic!() };
     let names: Vec<_> = observations.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(names, ["glucose", "lactate", "consciousness", "potassium", "potassium"], "creatinine in mmol/L is dropped");
+    assert_eq!(
+        names,
+        ["glucose", "lactate", "consciousness", "potassium", "potassium"],
+        "creatinine in mmol/L is dropped"
+    );
     let glucose = &observations[0];
     assert!((glucose.value.unwrap() - 99.088).abs() < 0.01);
     assert_eq!(glucose.status, ResultStatus::Corrected);
@@ -76,7 +84,10 @@ OBX|6|NM|LOCALK^K^99LAB^6298-4^Potassium^LN||4.1|mEq/L|||||P\r";
     assert_eq!(lactate.observed_at, datetime!(2026-01-02 02:15 +01:00));
     assert_eq!((observations[2].value, observations[2].text.as_deref()), (None, Some("V")));
     assert_eq!((observations[3].status, observations[3].value), (ResultStatus::Deleted, None));
-    assert_eq!((observations[4].status, observations[4].value, observations[4].source_code.as_str()), (ResultStatus::Preliminary, Some(4.1), "LN|6298-4"));
+    assert_eq!(
+        (observations[4].status, observations[4].value, observations[4].source_code.as_str()),
+        (ResultStatus::Preliminary, Some(4.1), "LN|6298-4")
+    );
 }
 
 #[test]
@@ -88,7 +99,10 @@ fn missing_identity_and_pid_are_located_errors() {
     assert_eq!(mapper().oru_r01(&msg, OffsetDateTime::now_utc()).unwrap_err().field, 3, "an SSN is never the MRN");
     let msg = Message::parse(b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|C2|P|2.6\rOBX|1|NM|151562^RR^MDC||20\r").unwrap();
     let err = mapper().oru_r01(&msg, OffsetDateTime::now_utc()).unwrap_err();
-    assert_eq!((err.segment, err.field, err.code, err.to_string().as_str()), ("PID", 0, 100, "PID segment is required"));
+    assert_eq!(
+        (err.segment, err.field, err.code, err.to_string().as_str()),
+        ("PID", 0, 100, "PID segment is required")
+    );
 }
 
 #[test]
@@ -97,19 +111,32 @@ fn adt_census_with_allergies_cancel_transfer_and_merge() {
 PID|||9^^^HOSP^MR\r\
 PV1||I|ICU^3^A||||D123^House||||||||||||V77\r\
 AL1|1|DA|70618^Penicillin^RxNorm|SV|hives\r";
-    let events = mapper().adt_census(&Message::parse(msg.as_bytes()).unwrap(), CensusAction::Admit, OffsetDateTime::now_utc()).unwrap();
+    let events = mapper()
+        .adt_census(&Message::parse(msg.as_bytes()).unwrap(), CensusAction::Admit, OffsetDateTime::now_utc())
+        .unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].kind, EventKind::Census { action: CensusAction::Admit, attending: Some("D123".into()), encounter: Some("V77".into()) });
+    assert_eq!(
+        events[0].kind,
+        EventKind::Census {
+            action: CensusAction::Admit,
+            attending: Some("D123".into()),
+            encounter: Some("V77".into())
+        }
+    );
     assert_eq!(events[0].location.as_ref().map(|l| (l.unit.as_str(), l.bed.as_str())), Some(("ICU", "A")));
     let EventKind::Allergies { allergies, replace } = &events[1].kind else { panic!() };
     assert!(!replace);
     assert_eq!((allergies[0].name.as_str(), allergies[0].code.as_deref()), ("penicillin", Some("RXNORM|70618")));
 
-    let msg = "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||ADT^A12|A2|P|2.5\rPID|||9^^^HOSP^MR\rPV1||I|ICU^3^A|||WARD^1^B\r";
-    let events = mapper().adt_census(&Message::parse(msg.as_bytes()).unwrap(), CensusAction::CancelTransfer, OffsetDateTime::now_utc()).unwrap();
+    let msg =
+        "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||ADT^A12|A2|P|2.5\rPID|||9^^^HOSP^MR\rPV1||I|ICU^3^A|||WARD^1^B\r";
+    let events = mapper()
+        .adt_census(&Message::parse(msg.as_bytes()).unwrap(), CensusAction::CancelTransfer, OffsetDateTime::now_utc())
+        .unwrap();
     assert_eq!(events[0].location.as_ref().map(|l| l.unit.as_str()), Some("WARD"));
 
-    let msg = "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||ADT^A40|M1|P|2.5\rPID|||9^^^HOSP^MR\rMRG|8^^^HOSP^PI~8b^^^HOSP^MR\r";
+    let msg =
+        "MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|20260102||ADT^A40|M1|P|2.5\rPID|||9^^^HOSP^MR\rMRG|8^^^HOSP^PI~8b^^^HOSP^MR\r";
     let events = mapper().adt_merge(&Message::parse(msg.as_bytes()).unwrap(), OffsetDateTime::now_utc()).unwrap();
     let EventKind::Merge { prior, prior_id } = &events[0].kind else { panic!() };
     assert_eq!(prior.mrn.expose(), "8b");
@@ -122,11 +149,14 @@ fn orders_and_administrations() {
 ORC|NW|P100\rRXE|^^^20260102|723^Amoxicillin 500 MG Oral Tablet^RXNORM\r\
 ORC|SC|P101\rRXE|^^^20260102|1^Other^RXNORM\r\
 ORC|DC||F200\rRXE|^^^20260102|LOC9^Vancomycin 1 g IV^L^11124^vancomycin^RxNorm\r";
-    let events = mapper().pharmacy_order(&Message::parse(msg.as_bytes()).unwrap(), "RXE", 2, OffsetDateTime::now_utc()).unwrap();
+    let events =
+        mapper().pharmacy_order(&Message::parse(msg.as_bytes()).unwrap(), "RXE", 2, OffsetDateTime::now_utc()).unwrap();
     let got: Vec<_> = events
         .iter()
         .map(|e| match &e.kind {
-            EventKind::MedicationOrder { action, medication } => (*action, medication.order_id.clone(), medication.rxnorm.clone(), medication.name.clone()),
+            EventKind::MedicationOrder { action, medication } => {
+                (*action, medication.order_id.clone(), medication.rxnorm.clone(), medication.name.clone())
+            }
             _ => panic!(),
         })
         .collect();
@@ -209,13 +239,19 @@ OBX|1|{}|{}|1|{}|{}|||||F\rOBX|2|NM|8867-4^HR^LN|1|72|/min|||||F\r",
             }
             (_, serde_json::Value::Object(dropped)) => {
                 if !rest.is_empty() {
-                    failures.push(format!("{name}: not dropped: {:?} {:?} {:?}", rest[0].name, rest[0].value, rest[0].text));
+                    failures.push(format!(
+                        "{name}: not dropped: {:?} {:?} {:?}",
+                        rest[0].name, rest[0].value, rest[0].text
+                    ));
                 }
                 let analyte = dropped["analyte"].as_str().unwrap_or_default();
                 let reason = dropped["reason"].as_str().unwrap_or_default();
                 let counted = mapper.dropped().nonzero();
                 if counted.iter().map(|(n, r, c)| (*n, r.label(), *c)).collect::<Vec<_>>() != [(analyte, reason, 1)] {
-                    failures.push(format!("{name}: counted {:?}, want {analyte} {reason}", counted.iter().map(|(n, r, c)| (*n, r.label(), *c)).collect::<Vec<_>>()));
+                    failures.push(format!(
+                        "{name}: counted {:?}, want {analyte} {reason}",
+                        counted.iter().map(|(n, r, c)| (*n, r.label(), *c)).collect::<Vec<_>>()
+                    ));
                 }
             }
             _ if case["ignored"] == serde_json::Value::Bool(true) => {

@@ -150,10 +150,7 @@ mod tests {
         for chunk in bytes.chunks(3) {
             d.extend(chunk);
         }
-        assert_eq!(
-            all(&mut d),
-            vec![Decoded::Frame(b"MSH|one".to_vec()), Decoded::Frame(b"MSH|two".to_vec())]
-        );
+        assert_eq!(all(&mut d), vec![Decoded::Frame(b"MSH|one".to_vec()), Decoded::Frame(b"MSH|two".to_vec())]);
         assert_eq!(d.discarded(), 7);
     }
 
@@ -170,7 +167,11 @@ mod tests {
             assert!(d.buf.len() <= 1024 + 700 + 2, "buffer stays bounded");
         }
         assert_eq!(out.len(), 2);
-        assert!(matches!(&out[0], Decoded::Oversized { len: 10_000, prefix } if prefix.len() >= 1024 && prefix.len() <= OVERSIZED_PREFIX), "{:?}", out[0]);
+        assert!(
+            matches!(&out[0], Decoded::Oversized { len: 10_000, prefix } if prefix.len() >= 1024 && prefix.len() <= OVERSIZED_PREFIX),
+            "{:?}",
+            out[0]
+        );
         assert_eq!(out[1], Decoded::Frame(b"MSH|after".to_vec()));
     }
 

@@ -10,10 +10,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::codec::{Decoded, MllpDecoder, frame};
 use crate::config::MllpSettings;
@@ -112,9 +112,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         while reading && pending.len() < settings.max_in_flight_per_connection {
             let reply = match decoder.decode() {
                 Some(Decoded::Frame(bytes)) => ingress.begin(&bytes).await,
-                Some(Decoded::Oversized { prefix, len }) => {
-                    ingress.oversized(&prefix, len, settings.max_frame_bytes)
-                }
+                Some(Decoded::Oversized { prefix, len }) => ingress.oversized(&prefix, len, settings.max_frame_bytes),
                 None => break,
             };
             pending.push_back(match reply {
