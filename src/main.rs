@@ -39,6 +39,10 @@ enum Command {
         /// Patients drifting towards sepsis.
         #[arg(long, default_value_t = 2)]
         deteriorating: usize,
+        /// Seconds a deteriorating patient stays in septic shock before recovering (back to
+        /// baseline over the deterioration time); without it they never recover.
+        #[arg(long)]
+        recover_after_secs: Option<u64>,
         /// Unit of the simulated beds; repeat to split them over several units
         /// (`--beds 40 --unit ICU --unit 5W` for 40 beds on two units).
         #[arg(long = "unit", default_values_t = ["ICU".to_owned()])]
@@ -101,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await;
             running.shutdown().await;
         }
-        Command::Demo { serve, beds, interval_secs, deterioration_secs, deteriorating, units } => {
+        Command::Demo { serve, beds, interval_secs, deterioration_secs, deteriorating, recover_after_secs, units } => {
             init_logging();
             let config = Config::load(&serve)?;
             let running = app::start(&config).await?;
@@ -113,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 interval: Duration::from_secs(interval_secs.max(1)),
                 deterioration_period: Duration::from_secs(deterioration_secs.max(10)),
                 deteriorating,
+                recover_after: recover_after_secs.map(Duration::from_secs),
                 units: units.clone(),
                 ..Default::default()
             };

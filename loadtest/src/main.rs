@@ -118,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 deteriorating,
                 deterioration_period: Duration::from_secs(deterioration_secs),
+                recover_after: None,
                 units,
                 seed,
             };

@@ -26,6 +26,9 @@ pub struct WardConfig {
     pub deteriorating: usize,
     /// Time for a deteriorating patient to go from baseline to full sepsis.
     pub deterioration_period: Duration,
+    /// Time a deteriorating patient stays at full sepsis before recovering (treated), back to
+    /// baseline over one deterioration period; `None`: never recovers.
+    pub recover_after: Option<Duration>,
     /// Points of care written to PV1-3.1; the beds are split between them in order (the
     /// first `beds / units.len()` on the first unit, ...). Two beds (`A`, `B`) per room.
     pub units: Vec<String>,
@@ -40,6 +43,7 @@ impl Default for WardConfig {
             interval: Duration::from_secs(3),
             deteriorating: 2,
             deterioration_period: Duration::from_secs(180),
+            recover_after: None,
             units: vec!["ICU".to_owned()],
             seed: 42,
         }
@@ -123,6 +127,7 @@ pub async fn run_ward(
             addr: addr.clone(),
             interval: cfg.interval.max(Duration::from_millis(1)),
             period: cfg.deterioration_period,
+            recover_after: cfg.recover_after,
             start,
             run_id,
             counters: counters.clone(),
@@ -236,6 +241,22 @@ fn ward_patients(cfg: &WardConfig) -> Vec<SimPatient> {
         .collect()
 }
 
+/// Where a deteriorating patient is at `elapsed`: 0 = baseline, 1 = full sepsis. Rises over
+/// `period`; with `recover_after`, holds at 1 that long, then falls back to 0 over `period`.
+fn course(elapsed: Duration, period: Duration, recover_after: Option<Duration>) -> f64 {
+    if period.is_zero() {
+        return 1.0;
+    }
+    let (t, p) = (elapsed.as_secs_f64(), period.as_secs_f64());
+    match recover_after {
+        None => t / p,
+        Some(hold) => {
+            let falls_from = p + hold.as_secs_f64();
+            if t <= falls_from { (t / p).min(1.0) } else { (1.0 - (t - falls_from) / p).max(0.0) }
+        }
+    }
+}
+
 impl SimPatient {
     /// Vitals at `progress` (0 = baseline, 1 = full sepsis) with measurement noise, the
     /// oxygen the patient is on, and (when `with_gcs`, the nurse's charting) GCS and ACVPU.
@@ -281,6 +302,7 @@ struct BedTask {
     addr: Arc<str>,
     interval: Duration,
     period: Duration,
+    recover_after: Option<Duration>,
     start: Instant,
     run_id: u64,
     counters: Arc<Counters>,
@@ -365,11 +387,7 @@ impl BedTask {
                     () = stopped(&mut self.shutdown) => break 'outer,
                     () = tokio::time::sleep_until(next_send) => {}
                 }
-                let progress = if self.period.is_zero() {
-                    1.0
-                } else {
-                    self.start.elapsed().as_secs_f64() / self.period.as_secs_f64()
-                };
+                let progress = course(self.start.elapsed(), self.period, self.recover_after);
                 let gcs_now = self.patient.deteriorating && progress >= GCS_DROP_AT;
                 let with_gcs = seq.is_multiple_of(GCS_EVERY) || last_gcs != Some(gcs_now);
                 if with_gcs {
@@ -532,12 +550,25 @@ mod tests {
         done()
     }
 
+    #[test]
+    fn a_recovering_course_rises_holds_and_falls_back_to_baseline() {
+        let s = Duration::from_secs;
+        let hold = Some(s(60));
+        assert_eq!(course(s(0), s(100), hold), 0.0);
+        assert_eq!(course(s(50), s(100), hold), 0.5);
+        assert_eq!(course(s(150), s(100), hold), 1.0, "held at full sepsis");
+        assert_eq!(course(s(210), s(100), hold), 0.5, "half way back");
+        assert_eq!(course(s(400), s(100), hold), 0.0, "back to baseline and staying there");
+        assert!(course(s(400), s(100), None) > 1.0, "without recovery it keeps going (clamped by vitals)");
+    }
+
     fn test_cfg() -> WardConfig {
         WardConfig {
             beds: 4,
             interval: Duration::from_millis(15),
             deteriorating: 2,
             deterioration_period: Duration::from_millis(900),
+            recover_after: None,
             units: vec!["TEST".into()],
             seed: 7,
         }
