@@ -618,7 +618,7 @@ mod tests {
     fn every_canonical_name_is_a_rule_trigger_and_back() {
         let v = Vocabulary::shipped();
         let kinds = ["order", "administration", "allergy", "census", "merge"];
-        let triggers = crate::rules::KNOWN_TRIGGERS;
+        let triggers: &[&str] = &crate::rules::KNOWN_TRIGGERS;
         for name in v.names() {
             assert!(triggers.contains(&name.as_str()), "{name} is mapped but no rule may trigger on it");
         }

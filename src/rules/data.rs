@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, ImmutableString};
 
-use super::engine::RuleError;
+use super::error::RuleError;
 use super::scores::ScoreTable;
+use super::triggers::is_known_trigger;
 
 /// Every table of a rules directory, converted once at load.
 #[derive(Default)]
@@ -443,7 +444,7 @@ impl Tables {
                 return Err(format!("values.{name}.note: text"));
             }
             // A misspelt analyte would never match a result and its limit would silently not apply.
-            if !super::engine::KNOWN_TRIGGERS.contains(&name.as_str()) {
+            if !is_known_trigger(name) {
                 return Err(format!("values.{name}: not a canonical name (schemas/codes/observations.json)"));
             }
             let number = |key: &str| -> Result<Option<f64>, String> {
@@ -471,9 +472,8 @@ impl Tables {
         for (name, table) in scores {
             let table = ScoreTable::parse(name, table)?;
             // A misspelt input would read nothing and leave its item missing forever.
-            if let Some(unknown) = table
-                .input_names()
-                .find(|n| !super::scores::PSEUDO_INPUTS.contains(n) && !super::engine::KNOWN_TRIGGERS.contains(n))
+            if let Some(unknown) =
+                table.input_names().find(|n| !super::scores::PSEUDO_INPUTS.contains(n) && !is_known_trigger(n))
             {
                 return Err(format!(
                     "{name}: input `{unknown}` is not a canonical name (schemas/codes/observations.json)"

@@ -15,32 +15,9 @@ use vigil_actors::{AlertPolicy, Details, PatientView, RuleEngine, RuleOutcome, R
 
 use super::api::{self, RulePatient, Verdict};
 use super::data::{SharedTables, Tables};
+pub use super::error::RuleError;
 use super::scores::Scored;
-
-/// A rule that cannot be loaded, with where.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RuleError {
-    /// The file could not be read.
-    #[error("{file}: {message}")]
-    Io {
-        /// File.
-        file: String,
-        /// Why.
-        message: String,
-    },
-    /// Syntax or metadata error at a position.
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        /// File.
-        file: String,
-        /// 1-based line (0 when unknown).
-        line: usize,
-        /// 1-based column (0 when unknown).
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-}
+use super::triggers::is_known_trigger;
 
 /// The one place the sandbox limits are set: every rule runs in an engine built here. Rules
 /// see no tables; see [`hardened_engine_with`].
@@ -139,52 +116,6 @@ pub const DEFAULT_CLEAR_FOR_S: i64 = 300;
 /// By default a re-fire within 15 minutes of the rule closing an alert reopens that alert.
 pub const DEFAULT_REOPEN_S: i64 = 900;
 
-/// Trigger names a rule may declare: event kinds and the canonical vocabulary (including the
-/// laboratory names). Unknown names are a lint warning, not an error, so a rule can ship
-/// before its code mapping.
-pub const KNOWN_TRIGGERS: &[&str] = &[
-    "order",
-    "administration",
-    "allergy",
-    "census",
-    "merge",
-    "hr",
-    "pulse",
-    "rr",
-    "spo2",
-    "sbp",
-    "dbp",
-    "map",
-    "temp",
-    "gcs",
-    "consciousness",
-    "fio2",
-    "o2_flow",
-    "wbc",
-    "bands",
-    "lactate",
-    "creatinine",
-    "bilirubin",
-    "platelets",
-    "inr",
-    "paco2",
-    "potassium",
-    "sodium",
-    "glucose",
-    "hemoglobin",
-    "troponin_i",
-    "troponin_t",
-    "sao2",
-    "pt",
-    "aptt",
-    "pao2",
-    "ph",
-    "calcium",
-    "calcium_ionized",
-    "magnesium",
-    "phosphorus",
-];
-
 /// Compile one rule source and read its metadata.
 pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRule, RuleError> {
     let ast = engine.compile(source).map_err(|e| invalid(path, e.1, e.0.to_string()))?;
@@ -249,7 +180,7 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
     };
     let mut warnings: Vec<String> = triggers
         .iter()
-        .filter(|t| !KNOWN_TRIGGERS.contains(&t.as_str()))
+        .filter(|t| !is_known_trigger(t))
         .map(|t| format!("trigger `{t}` is not a known canonical name or event kind"))
         .collect();
     if references.is_empty() {

@@ -7,11 +7,14 @@ mod api;
 pub mod cli;
 pub mod data;
 mod engine;
+mod error;
 pub mod scores;
 pub mod testing;
+pub mod triggers;
 pub mod watch;
 
 pub use engine::{
-    KNOWN_TRIGGERS, LoadedRule, ReplaceError, RhaiRules, RuleError, hardened_engine, hardened_engine_with, lint_rule,
-    load_dir, load_rule,
+    LoadedRule, ReplaceError, RhaiRules, RuleError, hardened_engine, hardened_engine_with, lint_rule, load_dir,
+    load_rule,
 };
+pub use triggers::{KNOWN_TRIGGERS, is_known_trigger};
