@@ -84,6 +84,13 @@ pub enum KeyError {
 
 const ISSUER: &str = "vigil";
 
+/// The token of an `Authorization: Bearer <token>` header, trimmed: the one place a request's
+/// token is read (REST, the rules API, webhooks and the WebSocket upgrade).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim)
+}
+
 impl Auth {
     /// HS256 with `secret`.
     pub fn hs256(secret: &[u8]) -> Self {
@@ -161,6 +168,16 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_token_is_read_from_the_authorization_header_only() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(axum::http::header::AUTHORIZATION, "Bearer  abc.def ".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("abc.def"));
+        headers.insert(axum::http::header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(bearer(&headers), None, "another scheme is no token");
+    }
 
     #[test]
     fn tokens_verify_and_forged_or_expired_ones_are_refused() {

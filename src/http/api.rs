@@ -82,12 +82,7 @@ pub fn sees(claims: &Claims, alert: &Alert) -> bool {
 
 /// Verify the bearer token of a request; refusals are audited.
 pub fn authenticate(state: &AppState, headers: &HeaderMap, action: &str) -> Result<Claims, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let result = match token {
+    let result = match crate::auth::bearer(headers) {
         None => Err(crate::auth::AuthError::Missing),
         Some(t) => state.auth.verify(t),
     };

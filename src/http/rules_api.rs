@@ -27,16 +27,12 @@ fn reason(status: StatusCode, error: &str, message: impl Into<String>) -> Respon
 }
 
 fn authorise(state: &AppState, headers: &HeaderMap, write: bool) -> Result<Claims, Box<Response>> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string()))
-        })?;
+    let token = crate::auth::bearer(headers).ok_or_else(|| {
+        Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string()))
+    })?;
     let claims = state
         .auth
-        .verify(token.trim())
+        .verify(token)
         .map_err(|e| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())))?;
     let allowed = matches!(claims.role, Role::Informaticist | Role::Admin)
         || (!write && matches!(claims.role, Role::Pharmacist | Role::Physician));

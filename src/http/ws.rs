@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -127,8 +127,7 @@ fn token(query: &TokenQuery, headers: &HeaderMap) -> Option<String> {
     if let Some(t) = &query.token {
         return Some(t.clone());
     }
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+    crate::auth::bearer(headers).map(str::to_string)
 }
 
 /// `GET /ws`: verify the token, then upgrade.
