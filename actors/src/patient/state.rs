@@ -348,42 +348,29 @@ impl PatientState {
 
     fn fire(&mut self, key: AlertKey, fired: Fired, policy: AlertPolicy, now: OffsetDateTime) -> Option<(Alert, bool)> {
         if let Some(open) = self.open_alerts.get(&key) {
-            let mut alert = open.clone();
-            let notify = if fired.partial && fired.severity < open.severity {
-                // Incomplete data is no all-clear: the alert keeps its severity, shows what the
-                // rule computed, and says its data is stale.
-                let kept = open.severity;
-                if open.stale
-                    && open.summary == fired.summary
-                    && open.details == fired.details
-                    && open.score == fired.score
-                {
-                    return None;
-                }
-                fired.write_into(&mut alert);
-                alert.severity = kept;
-                false
-            } else {
-                if open.severity == fired.severity
-                    && open.score == fired.score
-                    && open.summary == fired.summary
-                    && open.details == fired.details
-                    && open.stale == fired.partial
-                {
-                    return None;
-                }
-                let rose = fired.severity > open.severity;
-                fired.write_into(&mut alert);
-                alert.patient = self.alert_patient();
-                if rose {
-                    alert.status = AlertStatus::Active;
-                    alert.acknowledged = None;
-                }
-                rose
-            };
+            // Incomplete data is no all-clear: the alert keeps its severity, shows what the rule
+            // computed, and says its data is stale.
+            let severity = if fired.partial { fired.severity.max(open.severity) } else { fired.severity };
+            if open.severity == severity
+                && open.score == fired.score
+                && open.summary == fired.summary
+                && open.details == fired.details
+                && open.stale == fired.partial
+            {
+                return None;
+            }
+            let rose = severity > open.severity;
+            let patient = self.alert_patient();
+            let alert = self.open_alerts.get_mut(&key)?;
+            fired.write_into(alert);
+            alert.severity = severity;
+            alert.patient = patient;
             alert.updated_at = now;
-            self.open_alerts.insert(key, alert.clone());
-            return Some((alert, notify));
+            if rose {
+                alert.status = AlertStatus::Active;
+                alert.acknowledged = None;
+            }
+            return Some((alert.clone(), rose));
         }
         if let Some(closed) = self.resolved.get(&key) {
             let rose = fired.severity > closed.severity;
