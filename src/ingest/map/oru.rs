@@ -39,8 +39,10 @@ impl Mapper {
                     Ok(None) => {}
                     Err((name, reason)) => {
                         // The rest of the message is still used; the sender's ACK stays AA.
+                        // Operators see the counter on /metrics; a line per value would let any
+                        // MLLP peer write the log without limit, so it is debug only.
                         self.dropped.count(&name, reason);
-                        tracing::warn!(
+                        tracing::debug!(
                             control_id = %msg.control_id(),
                             obx = %segment.text(1),
                             analyte = %name,
