@@ -12,11 +12,6 @@ use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, Patien
 use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
 
-/// A reply port to be replaced before the message is sent.
-fn tx_placeholder<T: Send + 'static>() -> ractor::RpcReplyPort<T> {
-    oneshot::channel().0.into()
-}
-
 /// How long shutdown waits for patient actors to finish their queued messages.
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -116,13 +111,11 @@ impl Router {
         }
         // An actor may begin to stop (passivated) between being looked up and this send: the
         // send is refused with the message, which then goes to its successor.
-        let mut message = PatientMsg::Ingest { events, reply: tx_placeholder() };
+        // A refused message comes back whole, reply port included: it is sent again as it is.
+        let (tx, rx) = oneshot::channel();
+        let mut message = PatientMsg::Ingest { events, reply: tx.into() };
         for _ in 0..2 {
             let actor = self.actor_for(&patient).await?;
-            let (tx, rx) = oneshot::channel();
-            if let PatientMsg::Ingest { reply, .. } = &mut message {
-                *reply = tx.into();
-            }
             match actor.cast(message) {
                 Ok(()) => return rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))?.map_err(Into::into),
                 Err(ractor::MessagingErr::SendErr(refused)) => message = refused,
