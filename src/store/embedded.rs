@@ -235,9 +235,7 @@ impl EmbeddedStore {
             let key = event_key(&event.patient_id, event.received_at, counter);
             let value = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
             let value = seal(keys, EVENTS, &key, &value)?;
-            let first_of_message =
-                !events[..records.len()].iter().any(|e| e.sender == event.sender && e.control_id == event.control_id);
-            let message = if first_of_message {
+            let message = if super::first_of_message(events, records.len()) {
                 let record = MessageRecord {
                     accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
                     raw: event.raw.expose().clone(),

@@ -471,9 +471,7 @@ impl EventStore for ScyllaStore {
             let row_key = event_row_key(&event.patient_id.0, day, at, &event_id);
             let json = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
             let body = seal(keys, "events", &row_key, "body", &json)?;
-            let first_of_message =
-                !events[..sealed.len()].iter().any(|e| e.sender == event.sender && e.control_id == event.control_id);
-            let raw = if first_of_message {
+            let raw = if super::first_of_message(events, sealed.len()) {
                 let message_key = format!("{}\0{}", event.sender, event.control_id);
                 Some(seal(keys, "message_log", message_key.as_bytes(), "raw", event.raw.expose().as_bytes())?)
             } else {
