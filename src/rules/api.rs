@@ -637,16 +637,16 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         found.map_or(Dynamic::UNIT, |s| Dynamic::from(ImmutableString::from(severity_name(s))))
     });
     engine.register_get("open_alerts", |p: &mut RulePatient| -> Map {
-        let mut open = Map::new();
+        // The highest severity per rule (a rule with findings may have several open).
+        let mut highest: std::collections::BTreeMap<&str, vigil_actors::Severity> = std::collections::BTreeMap::new();
         for a in &p.0.open_alerts {
-            let higher = open
-                .get(a.rule.as_str())
-                .and_then(|s| s.read_lock::<ImmutableString>().and_then(|s| vigil_actors::Severity::parse(&s)));
-            if higher.is_none_or(|h| a.severity > h) {
-                open.insert(a.rule.as_str().into(), Dynamic::from(ImmutableString::from(severity_name(a.severity))));
-            }
+            let s = highest.entry(a.rule.as_str()).or_insert(a.severity);
+            *s = (*s).max(a.severity);
         }
-        open
+        highest
+            .into_iter()
+            .map(|(rule, s)| (rule.into(), Dynamic::from(ImmutableString::from(severity_name(s)))))
+            .collect()
     });
     // The findings of a rule's open alerts (empty text for a rule's one alert).
     engine.register_fn("open_findings", |p: &mut RulePatient, rule: &str| -> Array {
