@@ -36,17 +36,7 @@ async fn console_shows_acknowledges_and_keeps_acknowledged_across_restart() {
     let dir = tempdir("browser");
     let data = dir.to_str().unwrap().to_string();
     let rules = rules_dir();
-    let args = [
-        "serve",
-        "--mllp-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--rules-dir",
-        rules.to_str().unwrap(),
-    ];
+    let args = vigil_args("serve", &data, rules.to_str().unwrap(), &[]);
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
     let mrn = format!("MRN-BR-{}", rand::random::<u32>());
     let token = vigil_token(&dir, "ICU");
@@ -72,29 +62,25 @@ async fn console_under_load_acknowledges_every_held_click_and_refuses_an_expired
     let dir = tempdir("browser-load");
     let data = dir.to_str().unwrap().to_string();
     let rules = rules_dir();
-    let proc = spawn_vigil(&[
+    let proc = spawn_vigil(&vigil_args(
         "demo",
-        "--mllp-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--data-dir",
         &data,
-        "--rules-dir",
         rules.to_str().unwrap(),
-        "--beds",
-        "40",
-        "--unit",
-        "ICU",
-        "--unit",
-        "5W",
-        "--deteriorating",
-        "40",
-        "--interval-secs",
-        "1",
-        "--deterioration-secs",
-        "20",
-    ]);
+        &[
+            "--beds",
+            "40",
+            "--unit",
+            "ICU",
+            "--unit",
+            "5W",
+            "--deteriorating",
+            "40",
+            "--interval-secs",
+            "1",
+            "--deterioration-secs",
+            "20",
+        ],
+    ));
     let token = vigil_token(&dir, "*");
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["token", "--role", "rrt", "--unit", "*", "--hours=-1", "--data-dir", &data])

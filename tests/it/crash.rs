@@ -14,17 +14,7 @@ async fn every_acked_message_survives_kill_9_and_a_restart() {
     let dir = tempdir("crash");
     let data = dir.to_str().unwrap().to_string();
     let rules = rules_dir();
-    let args = [
-        "serve",
-        "--mllp-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--rules-dir",
-        rules.to_str().unwrap(),
-    ];
+    let args = vigil_args("serve", &data, rules.to_str().unwrap(), &[]);
     let mut proc = spawn_vigil(&args);
 
     let mut acked = Vec::new();

@@ -12,21 +12,12 @@ async fn demo_alerts_reach_a_console_holding_a_vigil_token() {
     let rules = rules_dir();
     // A faster deterioration than the default three minutes keeps the test short; the ward,
     // the monitors' MLLP and the rules are the same.
-    let proc = spawn_vigil(&[
+    let proc = spawn_vigil(&vigil_args(
         "demo",
-        "--mllp-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--data-dir",
         &data,
-        "--rules-dir",
         rules.to_str().unwrap(),
-        "--interval-secs",
-        "1",
-        "--deterioration-secs",
-        "30",
-    ]);
+        &["--interval-secs", "1", "--deterioration-secs", "30"],
+    ));
     let token = vigil_token(&dir, "ICU");
     let mut ws = ws_connect(proc.http, &token).await;
     ws_send(&mut ws, serde_json::json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;

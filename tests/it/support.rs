@@ -105,6 +105,23 @@ pub struct Proc {
     pub _stdout: BufReader<std::process::ChildStdout>,
 }
 
+/// Arguments for `vigil <command>` on ephemeral ports with `data` and `rules`, then `extra`.
+pub fn vigil_args<'a>(command: &'a str, data: &'a str, rules: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        command,
+        "--mllp-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--rules-dir",
+        rules,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 // The child is waited for by `Proc::drop`, or just before the panic when it never listened;
 // clippy cannot see the drop.
 #[allow(clippy::zombie_processes)]
