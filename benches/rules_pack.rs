@@ -55,9 +55,6 @@ fn event(at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
             sex: "F".into(),
         },
         location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
-        sender: "BENCH".into(),
-        control_id: "B".into(),
-        raw: Phi(String::new()),
         received_at: at,
         kind,
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use time::OffsetDateTime;
 use vigil::crypto::KeyRing;
-use vigil::store::conformance::{RecordingPublisher, event};
+use vigil::store::conformance::{RecordingPublisher, event, message};
 use vigil::store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaStore, ScyllaStoreConfig};
 use vigil_actors::{EventStore, PatientId};
 
@@ -35,8 +35,9 @@ async fn run(store: Arc<dyn EventStore>, total: usize, appenders: usize, per_com
                 let mut tickets = Vec::with_capacity(per_commit);
                 for _ in 0..per_commit.min(per_task - done) {
                     let at = t0 + time::Duration::microseconds(done as i64);
-                    let e = event(&patient, "MRN-BENCH", &format!("b-{a}-{done}-{}", rand::random::<u32>()), at, 80.0);
-                    tickets.push(store.append(&e).await.unwrap());
+                    let e = event(&patient, "MRN-BENCH", at, 80.0);
+                    let m = message(&format!("b-{a}-{done}-{}", rand::random::<u32>()), at);
+                    tickets.push(store.append_all(Some(&m), &[e], &[]).await.unwrap());
                     done += 1;
                 }
                 for t in tickets {

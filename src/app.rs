@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use vigil_actors::{AlertStore, Clock, EventStore, Router, SystemClock};
+use vigil_actors::{AlertStore, Clock, EventStore, MessageLog, Router, SystemClock};
 
 use crate::alerts::AlertHub;
 use crate::auth::Auth;
@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::crypto::{BlindIndex, KeyRing, load_or_create_key};
 use crate::http::{self, AppState};
 use crate::ingest::Ingress;
+use crate::ingest::hl7::Hl7Feed;
 use crate::ingest::map::Mapper;
 use crate::rules::RhaiRules;
 use crate::store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaStore, ScyllaStoreConfig};
@@ -65,10 +66,10 @@ enum Store {
 }
 
 impl Store {
-    fn ports(&self) -> (Arc<dyn EventStore>, Arc<dyn AlertStore>) {
+    fn ports(&self) -> (Arc<dyn EventStore>, Arc<dyn AlertStore>, Arc<dyn MessageLog>) {
         match self {
-            Store::Embedded(s) => (Arc::new(s.clone()), Arc::new(s.clone())),
-            Store::Scylla(s, _) => (Arc::new(s.clone()), Arc::new(s.clone())),
+            Store::Embedded(s) => (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone())),
+            Store::Scylla(s, _) => (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone())),
         }
     }
 
@@ -121,7 +122,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             Store::Scylla(scylla, local)
         }
     };
-    let (events, alerts) = store.ports();
+    let (events, alerts, message_log) = store.ports();
     let rules = Arc::new(load_rules(&config.rules_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let live = crate::alerts::live::LiveHub::new(1024);
@@ -138,17 +139,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
-    let ingress = Arc::new(
-        Ingress::new(
-            Arc::clone(&router),
-            events,
-            mapper,
-            Arc::clone(&clock),
-            config.ingest_permits,
-            config.mllp.application.clone(),
-            config.mllp.facility.clone(),
-        )
-        .with_unsupported(config.hl7.unsupported),
+    let ingress = Arc::new(Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits));
+    let hl7 = Arc::new(
+        Hl7Feed::new(Arc::clone(&ingress), mapper, config.mllp.application.clone(), config.mllp.facility.clone())
+            .with_unsupported(config.hl7.unsupported),
     );
 
     let mllp_listener =
@@ -171,6 +165,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         alerts,
         auth: auth.clone(),
         ingress: Arc::clone(&ingress),
+        hl7: Arc::clone(&hl7),
         router: Arc::clone(&router),
         rules: Arc::clone(&rules),
         ready: Arc::clone(&ready),
@@ -186,7 +181,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
         mllp_listener,
-        ingress,
+        hl7,
         config.mllp.clone(),
         tls,
         shutdown_rx.clone(),

@@ -6,15 +6,19 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::model::{AcceptedMessage, Alert, AlertId, AlertStatus, ClinicalEvent, PatientId, SequencedAlert};
+use crate::model::{
+    AcceptedMessage, Alert, AlertId, AlertStatus, ClinicalEvent, FromMessage, MessageKey, PatientId, SequencedAlert,
+};
 use crate::ports::{
-    AlertPublisher, AlertStore, Clock, Durable, EventStore, PatientView, RuleEngine, RuleOutcome, StoreError,
+    AlertPublisher, AlertStore, Clock, Durable, EventStore, MessageLog, PatientView, RuleEngine, RuleOutcome,
+    StoreError,
 };
 
 /// Events and alerts in memory.
 #[derive(Default)]
 pub struct MemoryStore {
     events: Mutex<Vec<ClinicalEvent>>,
+    messages: Mutex<Vec<(MessageKey, AcceptedMessage)>>,
     alerts: Mutex<Vec<SequencedAlert>>,
     publisher: Mutex<Option<Arc<dyn AlertPublisher>>>,
     publish_order: Mutex<()>,
@@ -38,8 +42,17 @@ fn poisoned() -> StoreError {
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
+    async fn append_all(
+        &self,
+        message: Option<&FromMessage>,
+        events: &[ClinicalEvent],
+        alerts: &[(Alert, bool)],
+    ) -> Result<Durable, StoreError> {
         self.events.lock().map_err(|_| poisoned())?.extend(events.iter().cloned());
+        if let (Some(FromMessage { envelope, logs_message: true }), Some(first)) = (message, events.first()) {
+            let accepted = AcceptedMessage { patient_id: first.patient_id.clone(), received_at: envelope.received_at };
+            self.messages.lock().map_err(|_| poisoned())?.push((envelope.key.clone(), accepted));
+        }
         for (alert, notify) in alerts {
             self.upsert_alert(alert, *notify).await?;
         }
@@ -48,17 +61,17 @@ impl EventStore for MemoryStore {
         Ok(rx)
     }
 
-    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError> {
-        let events = self.events.lock().map_err(|_| poisoned())?;
-        Ok(events
-            .iter()
-            .find(|e| e.sender == sender && e.control_id == control_id)
-            .map(|e| AcceptedMessage { patient_id: e.patient_id.clone(), received_at: e.received_at }))
-    }
-
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
         let events = self.events.lock().map_err(|_| poisoned())?;
         Ok(events.iter().filter(|e| &e.patient_id == patient && e.received_at >= since).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl MessageLog for MemoryStore {
+    async fn accepted_message(&self, key: &MessageKey) -> Result<Option<AcceptedMessage>, StoreError> {
+        let messages = self.messages.lock().map_err(|_| poisoned())?;
+        Ok(messages.iter().find(|(k, _)| k == key).map(|(_, accepted)| accepted.clone()))
     }
 }
 
@@ -169,9 +182,6 @@ mod tests {
             patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
             demographics: Demographics { name: Phi("Test, Patient".into()), ..Default::default() },
             location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
-            sender: "MON|ICU".into(),
-            control_id: format!("c-{rr}"),
-            raw: Phi::default(),
             received_at: at,
             kind: EventKind::Observations {
                 observations: vec![Observation {
@@ -269,8 +279,7 @@ mod tests {
                 })
                 .collect()
         }));
-        let order = |name: &str, n: u32| ClinicalEvent {
-            control_id: format!("o-{n}"),
+        let order = |name: &str, _n: u32| ClinicalEvent {
             kind: EventKind::MedicationOrder {
                 action: OrderAction::New,
                 medication: Medication { order_id: format!("ORD-{name}"), rxnorm: None, name: name.into() },
@@ -347,7 +356,6 @@ mod tests {
         // A patient on a medication ordered more than a day ago keeps its actor: a rebuild reads
         // the last 24 h and would lose the order (and with it every interaction check).
         let order = ClinicalEvent {
-            control_id: "o-1".into(),
             kind: EventKind::MedicationOrder {
                 action: OrderAction::New,
                 medication: Medication { order_id: "ORD-1".into(), rxnorm: None, name: "phenelzine".into() },

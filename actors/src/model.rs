@@ -248,14 +248,6 @@ pub struct ClinicalEvent {
     pub demographics: Demographics,
     /// Location as sent, when the message carried one.
     pub location: Option<Location>,
-    /// Who sent it: sending application and facility (MSH-3 / MSH-4), for idempotency.
-    pub sender: String,
-    /// The sender's message control id (MSH-10), for idempotency and audit.
-    pub control_id: String,
-    /// The message as received, kept in the store's message log for audit and replay, not
-    /// in the event record.
-    #[serde(default, skip_serializing)]
-    pub raw: Phi<String>,
     /// When Vigil received it.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -276,6 +268,76 @@ impl ClinicalEvent {
             EventKind::Allergies { .. } => vec!["allergy"],
         }
     }
+}
+
+/// The feed a message arrived on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// HL7 v2 (over MLLP).
+    Hl7,
+    /// FHIR R4 (REST or a streaming feed).
+    Fhir,
+}
+
+/// What recognises a resend of a message: unique per feed and sender within the duplicate
+/// window. HL7: sending application and facility (MSH-3 / MSH-4) and the control id (MSH-10).
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct MessageKey {
+    /// The feed.
+    pub source: Source,
+    /// Who sent it, as the feed names senders.
+    pub sender: String,
+    /// The sender's identifier of the message.
+    pub id: String,
+}
+
+impl MessageKey {
+    /// An HL7 message's key: `sender` is MSH-3 and MSH-4 joined with `|`, `control_id` MSH-10.
+    pub fn hl7(sender: impl Into<String>, control_id: impl Into<String>) -> Self {
+        MessageKey { source: Source::Hl7, sender: sender.into(), id: control_id.into() }
+    }
+
+    /// The sender as stores key it: HL7 senders as they are (the key of every message log
+    /// written before feeds were named), other feeds' senders prefixed by the feed.
+    pub fn scoped_sender(&self) -> std::borrow::Cow<'_, str> {
+        match self.source {
+            Source::Hl7 => std::borrow::Cow::Borrowed(&self.sender),
+            Source::Fhir => std::borrow::Cow::Owned(format!("fhir:{}", self.sender)),
+        }
+    }
+}
+
+/// One message as received, whatever the feed: what the message log keeps for audit and
+/// replay, and what recognises a resend. The events mapped from it travel beside it.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Envelope {
+    /// What recognises a resend.
+    pub key: MessageKey,
+    /// The message as received.
+    pub raw: Phi<String>,
+    /// When Vigil received it.
+    pub received_at: OffsetDateTime,
+}
+
+/// The message a bundle of events came from, as the store records it: every event row names
+/// its message, and the one bundle that carries the message-log entry says so.
+#[derive(Clone, Debug)]
+pub struct FromMessage {
+    /// The message.
+    pub envelope: std::sync::Arc<Envelope>,
+    /// Whether this bundle writes the message's log entry (one bundle per message does).
+    pub logs_message: bool,
+}
+
+/// A stored event with the message it came from (`None` for events stored before messages
+/// were recorded with their events, and for events that were not a received message's).
+#[derive(Clone, PartialEq, Debug)]
+pub struct RecordedEvent {
+    /// The event.
+    pub event: ClinicalEvent,
+    /// Its message.
+    pub message: Option<MessageKey>,
 }
 
 /// A message the store has already accepted: the evidence for re-acknowledging a resend

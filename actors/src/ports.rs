@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::model::{
-    AcceptedMessage, Alert, AlertId, Allergy, ClinicalEvent, Details, Location, Medication, Observation, PatientId,
-    SequencedAlert, Severity,
+    AcceptedMessage, Alert, AlertId, Allergy, ClinicalEvent, Details, FromMessage, Location, Medication, MessageKey,
+    Observation, PatientId, SequencedAlert, Severity,
 };
 
 /// A storage failure. Callers answer the sender with a negative acknowledgement; nothing
@@ -71,18 +71,31 @@ pub trait EventStore: Send + Sync + 'static {
     /// of them are stored or none is — so an acknowledged message never lacks its alerts, and
     /// nothing needs replaying. Alert changes are numbered and published as by
     /// [`AlertStore::upsert_alert`] (`notify` with each).
-    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError>;
+    ///
+    /// `message`, when given, is the message the events were mapped from: its message-log
+    /// entry (the raw message, and the evidence the duplicate check reads) is written in the
+    /// same atomic append, once. Events rebuilt or replayed carry none.
+    async fn append_all(
+        &self,
+        message: Option<&FromMessage>,
+        events: &[ClinicalEvent],
+        alerts: &[(Alert, bool)],
+    ) -> Result<Durable, StoreError>;
 
-    /// Queue one event for durable append.
+    /// Queue one event, with no message-log entry, for durable append.
     async fn append(&self, event: &ClinicalEvent) -> Result<Durable, StoreError> {
-        self.append_all(std::slice::from_ref(event), &[]).await
+        self.append_all(None, std::slice::from_ref(event), &[]).await
     }
-
-    /// The message `control_id` from `sender`, if an event from it was committed.
-    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError>;
 
     /// Recent events of one patient, oldest first, received at or after `since`.
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError>;
+}
+
+/// The message log, as the duplicate check reads it: which messages were accepted.
+#[async_trait]
+pub trait MessageLog: Send + Sync + 'static {
+    /// The message `key`, if it was committed (with its events).
+    async fn accepted_message(&self, key: &MessageKey) -> Result<Option<AcceptedMessage>, StoreError>;
 }
 
 /// Where alerts go. An upsert is assigned the next sequence number when it is committed and is

@@ -8,7 +8,7 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, PatientId, PatientSummary};
+use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, FromMessage, PatientId, PatientSummary};
 use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
 
@@ -87,12 +87,17 @@ impl Router {
 
     /// Hand an event to its patient's actor; the ticket resolves once the event is durable.
     pub async fn ingest(&self, event: ClinicalEvent) -> Result<Durable, IngestError> {
-        self.ingest_all(vec![event]).await
+        self.ingest_all(None, vec![event]).await
     }
 
-    /// Hand the events of one message for one patient to its actor, to be stored atomically;
-    /// the ticket resolves once all are durable.
-    pub async fn ingest_all(&self, events: Vec<ClinicalEvent>) -> Result<Durable, IngestError> {
+    /// Hand the events of one message for one patient to its actor, to be stored atomically
+    /// with the message's log entry when `message` is given; the ticket resolves once all are
+    /// durable.
+    pub async fn ingest_all(
+        &self,
+        message: Option<FromMessage>,
+        events: Vec<ClinicalEvent>,
+    ) -> Result<Durable, IngestError> {
         let Some(patient) = events.first().map(|e| e.patient_id.clone()) else {
             let (done, ticket) = Durable::channel();
             done.complete(Ok(()));
@@ -113,7 +118,7 @@ impl Router {
         // send is refused with the message, which then goes to its successor.
         // A refused message comes back whole, reply port included: it is sent again as it is.
         let (tx, rx) = oneshot::channel();
-        let mut message = PatientMsg::Ingest { events, reply: tx.into() };
+        let mut message = PatientMsg::Ingest { message, events, reply: tx.into() };
         for _ in 0..2 {
             let actor = self.actor_for(&patient).await?;
             match actor.cast(message) {

@@ -129,7 +129,7 @@ mod tests {
             }]
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
-        let event = crate::store::conformance::event(&vigil_actors::PatientId("p-esc".into()), "ESC-1", "c-1", t0, 1.0);
+        let event = crate::store::conformance::event(&vigil_actors::PatientId("p-esc".into()), "ESC-1", t0, 1.0);
         router.ingest(event).await.unwrap().wait().await.unwrap();
         let policy = EscalationPolicy::default();
         let at = |s: i64| t0 + time::Duration::seconds(s);

@@ -55,7 +55,7 @@ pub async fn render(
     line(WEBHOOK_RETRIED, "counter", count(|m| m.retried.load(Ordering::Relaxed)));
     line(WEBHOOK_DEAD_LETTERED, "counter", count(|m| m.dead_lettered.load(Ordering::Relaxed)));
     let _ = writeln!(out, "# TYPE {OBSERVATIONS_DROPPED} counter");
-    for (analyte, reason, n) in state.ingress.mapper().dropped().nonzero() {
+    for (analyte, reason, n) in state.hl7.mapper().dropped().nonzero() {
         let _ = writeln!(out, "{OBSERVATIONS_DROPPED}{{analyte=\"{analyte}\",reason=\"{}\"}} {n}", reason.label());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -33,6 +33,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Ingest counters.
     pub ingress: Arc<Ingress>,
+    /// The HL7 feed (its mapper's dropped-value counters).
+    pub hl7: Arc<crate::ingest::hl7::Hl7Feed>,
     /// Live patient actors.
     pub router: Arc<vigil_actors::Router>,
     /// Audit log.

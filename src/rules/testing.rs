@@ -199,7 +199,7 @@ struct Harness<'a> {
 }
 
 impl Harness<'_> {
-    fn event(&self, at: OffsetDateTime, kind: EventKind, n: usize) -> ClinicalEvent {
+    fn event(&self, at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
         let birth_date = self.spec.age.map(|a| format!("{:04}0101", 2026 - a)).unwrap_or_default();
         ClinicalEvent {
             patient_id: self.state.id.clone(),
@@ -210,9 +210,6 @@ impl Harness<'_> {
                 sex: self.spec.sex.clone(),
             },
             location: Some(Location { unit: self.spec.unit.clone(), room: "1".into(), bed: "A".into() }),
-            sender: "TEST|HARNESS".into(),
-            control_id: format!("T-{n}"),
-            raw: Phi(String::new()),
             received_at: at,
             kind,
         }
@@ -455,7 +452,7 @@ pub fn run_case(rules: &RhaiRules, case: &Case) -> Vec<String> {
         }
         let mut notified = Vec::new();
         for kind in kinds {
-            let event = harness.event(at, kind, i);
+            let event = harness.event(at, kind);
             harness.state.apply(&event);
             let view = harness.state.view_at(at, &event);
             let outcomes = harness.rules.evaluate(&view, &event.trigger_names());

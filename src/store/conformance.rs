@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use time::OffsetDateTime;
 use vigil_actors::{
-    Alert, AlertId, AlertPatient, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Demographics, EventKind,
-    EventStore, Observation, PatientId, PatientKey, Phi, ResultStatus, RuleRef, SequencedAlert, Severity,
+    Alert, AlertId, AlertPatient, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Demographics, Envelope,
+    EventKind, EventStore, FromMessage, MessageKey, MessageLog, Observation, PatientId, PatientKey, Phi, ResultStatus,
+    RuleRef, SequencedAlert, Severity,
 };
 
 /// What an adapter's backend can be asked. kassandra drops clustering-key ranges from the
@@ -56,16 +57,24 @@ fn unique(tag: &str) -> String {
     format!("{tag}-{:016x}", rand::random::<u64>())
 }
 
+/// The HL7 message `control_id` from the conformance sender, received at `at`, as the one
+/// bundle of its events (which writes its log entry).
+pub fn message(control_id: &str, at: OffsetDateTime) -> FromMessage {
+    let envelope = Envelope {
+        key: MessageKey::hl7("CONF|LAB", control_id),
+        raw: Phi(format!("MSH|^~\\&|CONF|LAB|||||ORU^R01|{control_id}|P|2.6")),
+        received_at: at,
+    };
+    FromMessage { envelope: Arc::new(envelope), logs_message: true }
+}
+
 /// A small observation event.
-pub fn event(patient: &PatientId, mrn: &str, control_id: &str, at: OffsetDateTime, value: f64) -> ClinicalEvent {
+pub fn event(patient: &PatientId, mrn: &str, at: OffsetDateTime, value: f64) -> ClinicalEvent {
     ClinicalEvent {
         patient_id: patient.clone(),
         patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
         demographics: Demographics { name: Phi("Conformance^Casey".into()), ..Default::default() },
         location: None,
-        sender: "CONF|LAB".into(),
-        control_id: control_id.into(),
-        raw: Phi(format!("MSH|^~\\&|CONF|LAB|||||ORU^R01|{control_id}|P|2.6")),
         received_at: at,
         kind: EventKind::Observations {
             observations: vec![Observation {
@@ -123,16 +132,18 @@ pub fn alert(
 }
 
 /// Run the whole suite. `publisher` must be the one the store publishes to.
-pub async fn run(
-    events: Arc<dyn EventStore>,
-    alerts: Arc<dyn AlertStore>,
+pub async fn run<S: EventStore + AlertStore + MessageLog>(
+    store: Arc<S>,
     publisher: Arc<RecordingPublisher>,
     caps: Capabilities,
 ) {
+    let events: Arc<dyn EventStore> = store.clone();
+    let alerts: Arc<dyn AlertStore> = store.clone();
+    let log: Arc<dyn MessageLog> = store;
     let _ = publisher.store.set(Arc::clone(&alerts));
     // Whole milliseconds: every backend keeps at least that precision.
     let t0 = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp() - 3600).unwrap();
-    events_round_trip(&events, t0, caps).await;
+    events_round_trip(&events, &log, t0, caps).await;
     alert_changes(&alerts, &publisher, t0, caps).await;
     events_with_their_alerts(&events, &alerts, &publisher, t0, caps).await;
 }
@@ -148,9 +159,9 @@ async fn events_with_their_alerts(
 ) {
     let patient = PatientId(unique("pat"));
     let raised = alert(&unique("alert"), &patient, "ICU", Severity::High, AlertStatus::Active, t0);
-    let e = event(&patient, "MRN-CONF", &unique("ctl"), t0, 24.0);
+    let e = event(&patient, "MRN-CONF", t0, 24.0);
     events
-        .append_all(std::slice::from_ref(&e), &[(raised.clone(), true)])
+        .append_all(Some(&message(&unique("ctl"), t0)), std::slice::from_ref(&e), &[(raised.clone(), true)])
         .await
         .expect("queued")
         .wait()
@@ -160,15 +171,27 @@ async fn events_with_their_alerts(
     assert_eq!(stored.alert, raised);
     assert!(publisher.seqs().contains(&stored.seq), "and published once durable");
     if caps.range_reads {
-        assert!(events.events_since(&patient, t0).await.unwrap().iter().any(|x| x.control_id == e.control_id));
+        assert!(events.events_since(&patient, t0).await.unwrap().iter().any(|x| x == &e));
     }
     let before = publisher.seqs().len();
-    let again = event(&patient, "MRN-CONF", &unique("ctl"), t0, 24.0);
-    events.append_all(std::slice::from_ref(&again), &[(raised.clone(), true)]).await.unwrap().wait().await.unwrap();
+    let again = event(&patient, "MRN-CONF", t0, 24.0);
+    let resent = message(&unique("ctl"), t0);
+    events
+        .append_all(Some(&resent), std::slice::from_ref(&again), &[(raised.clone(), true)])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(publisher.seqs().len(), before, "an identical alert state is not published again");
 }
 
-async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, caps: Capabilities) {
+async fn events_round_trip(
+    events: &Arc<dyn EventStore>,
+    log: &Arc<dyn MessageLog>,
+    t0: OffsetDateTime,
+    caps: Capabilities,
+) {
     // Many concurrent appenders, one patient each, 25 events apiece.
     let patients: Vec<PatientId> = (0..4).map(|_| PatientId(unique("pat"))).collect();
     let run = unique("ctl");
@@ -181,8 +204,9 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
             let mut tickets = Vec::new();
             for i in 0..25 {
                 let at = t0 + time::Duration::seconds(i * 10);
-                let e = event(&patient, "MRN-CONF", &format!("{run}-{p}-{i}"), at, i as f64);
-                tickets.push(events.append(&e).await.expect("append queued"));
+                let e = event(&patient, "MRN-CONF", at, i as f64);
+                let m = message(&format!("{run}-{p}-{i}"), at);
+                tickets.push(events.append_all(Some(&m), &[e], &[]).await.expect("append queued"));
             }
             for ticket in tickets {
                 ticket.wait().await.expect("durable");
@@ -193,14 +217,14 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
         task.await.expect("appender");
     }
     for (p, patient) in patients.iter().enumerate() {
-        let seen = events.accepted_message("CONF|LAB", &format!("{run}-{p}-7")).await.unwrap();
+        let seen = log.accepted_message(&MessageKey::hl7("CONF|LAB", format!("{run}-{p}-7"))).await.unwrap();
         let seen = seen.expect("an appended message is accepted");
         assert_eq!(&seen.patient_id, patient);
         assert_eq!(seen.received_at, t0 + time::Duration::seconds(70));
     }
-    assert!(events.accepted_message("CONF|LAB", &format!("{run}-never")).await.unwrap().is_none());
+    assert!(log.accepted_message(&MessageKey::hl7("CONF|LAB", format!("{run}-never"))).await.unwrap().is_none());
     assert!(
-        events.accepted_message("OTHER|LAB", &format!("{run}-0-0")).await.unwrap().is_none(),
+        log.accepted_message(&MessageKey::hl7("OTHER|LAB", format!("{run}-0-0"))).await.unwrap().is_none(),
         "keyed by sender too"
     );
     if !caps.range_reads {
@@ -212,11 +236,7 @@ async fn events_round_trip(events: &Arc<dyn EventStore>, t0: OffsetDateTime, cap
         assert!(all.iter().all(|e| &e.patient_id == patient));
         let times: Vec<_> = all.iter().map(|e| e.received_at).collect();
         assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
-        assert_eq!(
-            all[3].kind,
-            event(patient, "", "", t0 + time::Duration::seconds(30), 3.0).kind,
-            "content round-trips"
-        );
+        assert_eq!(all[3].kind, event(patient, "", t0 + time::Duration::seconds(30), 3.0).kind, "content round-trips");
         let later = events.events_since(patient, t0 + time::Duration::seconds(200)).await.unwrap();
         assert_eq!(later.len(), 5, "only events at or after `since`");
         assert_eq!(later[0].received_at, t0 + time::Duration::seconds(200));

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use vigil_actors::{
     AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
-    EventStore, PatientId, SequencedAlert, StoreError,
+    EventStore, FromMessage, MessageKey, MessageLog, PatientId, RecordedEvent, SequencedAlert, StoreError,
 };
 
 /// Tuning of the embedded store.
@@ -198,12 +198,14 @@ fn open_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&plaintext).map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))
 }
 
-fn message_key(sender: &str, control_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(sender.len() + 1 + control_id.len());
-    key.extend_from_slice(sender.as_bytes());
-    key.push(0);
-    key.extend_from_slice(control_id.as_bytes());
-    key
+/// The message log's key: the (feed-scoped) sender and the sender's message id.
+fn message_key(key: &MessageKey) -> Vec<u8> {
+    let sender = key.scoped_sender();
+    let mut out = Vec::with_capacity(sender.len() + 1 + key.id.len());
+    out.extend_from_slice(sender.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.id.as_bytes());
+    out
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -225,54 +227,79 @@ fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
 }
 
 impl EmbeddedStore {
-    /// The sealed rows of one message's events: an event row each, and the message-log entry
-    /// once, with the message's first event.
-    fn records_of(&self, events: &[ClinicalEvent]) -> Result<Vec<EventRecord>, StoreError> {
+    /// The sealed rows of one message's events: an event row each, and with the first the
+    /// message-log entry of `message`, when given (a message is logged once).
+    fn records_of(
+        &self,
+        message: Option<&FromMessage>,
+        events: &[ClinicalEvent],
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let keys = &self.inner.ks.keys;
         let mut records = Vec::with_capacity(events.len());
+        let mut log = message.filter(|m| m.logs_message);
         for event in events {
             let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
             let key = event_key(&event.patient_id, event.received_at, counter);
-            let value = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+            let value = super::event_body(event, message)?;
             let value = seal(keys, EVENTS, &key, &value)?;
-            let message = if super::first_of_message(events, records.len()) {
-                let record = MessageRecord {
-                    accepted: AcceptedMessage { patient_id: event.patient_id.clone(), received_at: event.received_at },
-                    raw: event.raw.expose().clone(),
-                };
-                let message_value =
-                    serde_json::to_vec(&record).map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
-                let message_key = message_key(&event.sender, &event.control_id);
-                let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
-                Some((message_key, message_value))
-            } else {
-                None
+            let message = match log.take() {
+                Some(FromMessage { envelope, .. }) => {
+                    let record = MessageRecord {
+                        accepted: AcceptedMessage {
+                            patient_id: event.patient_id.clone(),
+                            received_at: envelope.received_at,
+                        },
+                        raw: envelope.raw.expose().clone(),
+                    };
+                    let message_value =
+                        serde_json::to_vec(&record).map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+                    let message_key = message_key(&envelope.key);
+                    let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
+                    Some((message_key, message_value))
+                }
+                None => None,
             };
             records.push(EventRecord { key, value, message });
         }
         Ok(records)
     }
+
+    /// Every stored event of `patient` received at or after `since`, oldest first, with the
+    /// message it came from: for audit, replay and the crash tests.
+    pub async fn recorded_events(
+        &self,
+        patient: &PatientId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = event_key(patient, since, 0);
+        let mut to = patient.0.as_bytes().to_vec();
+        to.push(1);
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.events.range(from..to) {
+                let (key, value) = guard.into_inner().map_err(engine("read events"))?;
+                let body: super::StoredEventBody = open_json(&ks.keys, EVENTS, &key, &value)?;
+                out.push(body.into());
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
-    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
-        let records = self.records_of(events)?;
+    async fn append_all(
+        &self,
+        message: Option<&FromMessage>,
+        events: &[ClinicalEvent],
+        alerts: &[(Alert, bool)],
+    ) -> Result<Durable, StoreError> {
+        let records = self.records_of(message, events)?;
         let (done, ticket) = Durable::channel();
         let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
         self.submit(Job::Events { records, alerts, done }).await?;
         Ok(ticket)
-    }
-
-    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError> {
-        // A point read answered from memory or one bloom-filtered table: microseconds, so it
-        // runs inline on the ingest path.
-        let key = message_key(sender, control_id);
-        let Some(bytes) = self.inner.ks.messages.get(&key).map_err(engine("read message log"))? else {
-            return Ok(None);
-        };
-        let record: MessageRecord = open_json(&self.inner.ks.keys, MESSAGES, &key, &bytes)?;
-        Ok(Some(record.accepted))
     }
 
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
@@ -288,6 +315,20 @@ impl EventStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl MessageLog for EmbeddedStore {
+    async fn accepted_message(&self, key: &MessageKey) -> Result<Option<AcceptedMessage>, StoreError> {
+        // A point read answered from memory or one bloom-filtered table: microseconds, so it
+        // runs inline on the ingest path.
+        let key = message_key(key);
+        let Some(bytes) = self.inner.ks.messages.get(&key).map_err(engine("read message log"))? else {
+            return Ok(None);
+        };
+        let record: MessageRecord = open_json(&self.inner.ks.keys, MESSAGES, &key, &bytes)?;
+        Ok(Some(record.accepted))
     }
 }
 
@@ -514,6 +555,7 @@ fn stored_alert(ks: &Keyspaces, id: &str) -> Result<Option<SequencedAlert>, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_actors::Envelope;
     use vigil_actors::fakes::CollectingPublisher;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,7 +568,7 @@ mod tests {
         let mut tickets = Vec::new();
         for i in 0..200 {
             let event = test_event(&patient, t0 + time::Duration::milliseconds(i));
-            tickets.push(store.append(&event).await.unwrap());
+            tickets.push(store.append_all(Some(&test_message(&event)), &[event], &[]).await.unwrap());
         }
         for t in tickets {
             t.wait().await.unwrap();
@@ -544,11 +586,13 @@ mod tests {
         .unwrap();
         assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 200);
         assert!(reopened.events_since(&PatientId("p2".into()), t0).await.unwrap().is_empty());
-        let first = &read[0];
-        let seen = reopened.accepted_message("S", &first.control_id).await.unwrap().unwrap();
+        let first = test_message(&read[0]).envelope.key.clone();
+        let seen = reopened.accepted_message(&first).await.unwrap().unwrap();
         assert_eq!(seen.patient_id, patient);
-        assert!(reopened.accepted_message("S", "never-sent").await.unwrap().is_none());
-        assert!(reopened.accepted_message("OTHER", &first.control_id).await.unwrap().is_none());
+        assert!(reopened.accepted_message(&MessageKey::hl7("S", "never-sent")).await.unwrap().is_none());
+        assert!(reopened.accepted_message(&MessageKey::hl7("OTHER", &first.id)).await.unwrap().is_none());
+        let fhir = MessageKey { source: vigil_actors::Source::Fhir, ..first };
+        assert!(reopened.accepted_message(&fhir).await.unwrap().is_none(), "feeds do not share message ids");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,15 +607,13 @@ mod tests {
         .unwrap();
         let patient = PatientId("p-rde".into());
         let t0 = OffsetDateTime::now_utc();
-        // One RDE^O11 with ten orders: ten events sharing the message's sender, control id and raw text.
+        // One RDE^O11 with ten orders: one message, ten events.
         let raw = format!(
             "MSH|^~\\&|PHARM|HOSP|VIGIL|VIGIL|20260101||RDE^O11|RDE-10|P|2.5\r{}",
             "ORC|NW\rRXE|...\r".repeat(10)
         );
         let events: Vec<ClinicalEvent> = (0..10)
             .map(|i| ClinicalEvent {
-                control_id: "RDE-10".into(),
-                raw: vigil_actors::Phi(raw.clone()),
                 kind: vigil_actors::EventKind::MedicationOrder {
                     action: vigil_actors::OrderAction::New,
                     medication: vigil_actors::Medication {
@@ -583,17 +625,24 @@ mod tests {
                 ..test_event(&patient, t0)
             })
             .collect();
-        let records = store.records_of(&events).unwrap();
+        let envelope =
+            Envelope { key: MessageKey::hl7("S", "RDE-10"), raw: vigil_actors::Phi(raw.clone()), received_at: t0 };
+        let message = FromMessage { envelope: Arc::new(envelope), logs_message: true };
+        let records = store.records_of(Some(&message), &events).unwrap();
         assert_eq!(records.len(), 10);
         assert_eq!(
             records.iter().filter(|r| r.message.is_some()).count(),
             1,
             "the raw message is sealed and written once"
         );
-        store.append_all(&events, &[]).await.unwrap().wait().await.unwrap();
+        store.append_all(Some(&message), &events, &[]).await.unwrap().wait().await.unwrap();
         // A second message: logged too.
-        store.append(&test_event(&patient, t0 + time::Duration::seconds(1))).await.unwrap().wait().await.unwrap();
+        let second = test_event(&patient, t0 + time::Duration::seconds(1));
+        store.append_all(Some(&test_message(&second)), &[second], &[]).await.unwrap().wait().await.unwrap();
         assert_eq!(store.events_since(&patient, t0).await.unwrap().len(), 11, "every event is stored");
+        let recorded = store.recorded_events(&patient, t0).await.unwrap();
+        let of_rde = recorded.iter().filter(|r| r.message.as_ref().is_some_and(|m| m.id == "RDE-10")).count();
+        assert_eq!(of_rde, 10, "each event row names its message, the raw text is not repeated in it");
         let logged: Vec<(Vec<u8>, Vec<u8>)> = store
             .inner
             .ks
@@ -608,7 +657,7 @@ mod tests {
         let rde = logged.iter().find(|(key, _)| key.ends_with(b"RDE-10")).expect("the RDE is logged");
         let record: MessageRecord = open_json(&store.inner.ks.keys, MESSAGES, &rde.0, &rde.1).unwrap();
         assert_eq!(record.raw, raw, "the raw message, once");
-        assert!(store.accepted_message("S", "RDE-10").await.unwrap().is_some());
+        assert!(store.accepted_message(&MessageKey::hl7("S", "RDE-10")).await.unwrap().is_some());
     }
 
     pub(crate) fn test_keys() -> Arc<KeyRing> {
@@ -621,8 +670,7 @@ mod tests {
         let store =
             EmbeddedStore::open(&tempdir(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
         let store = Arc::new(store);
-        crate::store::conformance::run(store.clone(), store, publisher, crate::store::conformance::Capabilities::FULL)
-            .await;
+        crate::store::conformance::run(store.clone(), publisher, crate::store::conformance::Capabilities::FULL).await;
     }
 
     pub(crate) fn tempdir() -> std::path::PathBuf {
@@ -637,11 +685,19 @@ mod tests {
             patient: vigil_actors::PatientKey { authority: "A".into(), mrn: vigil_actors::Phi("1".into()) },
             demographics: Default::default(),
             location: None,
-            sender: "S".into(),
-            control_id: format!("c-{}", at.unix_timestamp_nanos()),
-            raw: vigil_actors::Phi("MSH|...".into()),
             received_at: at,
             kind: vigil_actors::EventKind::Observations { observations: vec![] },
         }
+    }
+
+    /// The message `event` came in: one per event, named by its time.
+    fn test_message(event: &ClinicalEvent) -> FromMessage {
+        let id = format!("c-{}", event.received_at.unix_timestamp_nanos());
+        let envelope = Envelope {
+            key: MessageKey::hl7("S", id),
+            raw: vigil_actors::Phi("MSH|...".into()),
+            received_at: event.received_at,
+        };
+        FromMessage { envelope: Arc::new(envelope), logs_message: true }
     }
 }

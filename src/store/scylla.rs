@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc};
 use vigil_actors::{
     AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
-    EventStore, PatientId, SequencedAlert, StoreError,
+    EventStore, FromMessage, MessageKey, MessageLog, PatientId, SequencedAlert, StoreError,
 };
 
 use crate::config::{Retention, StoreSettings};
@@ -201,12 +201,20 @@ impl Statements {
 }
 
 /// One event ready to write: the event, its sealed body and, for the first event of its
-/// message, the sealed raw message (a message is logged once, however many events it carries).
+/// message, its message-log entry (a message is logged once, however many events it carries).
 struct SealedEvent {
     event: Box<ClinicalEvent>,
     body: Vec<u8>,
-    raw: Option<Vec<u8>>,
+    message: Option<SealedMessage>,
     event_id: String,
+}
+
+/// A message-log row: the (feed-scoped) sender, the message id, when, and the sealed raw message.
+struct SealedMessage {
+    sender: String,
+    id: String,
+    received_at: CqlTimestamp,
+    raw: Vec<u8>,
 }
 
 enum Job {
@@ -461,43 +469,37 @@ async fn recover_last_seq(sh: &Shared) -> Result<u64, StoreError> {
 
 #[async_trait]
 impl EventStore for ScyllaStore {
-    async fn append_all(&self, events: &[ClinicalEvent], alerts: &[(Alert, bool)]) -> Result<Durable, StoreError> {
+    async fn append_all(
+        &self,
+        message: Option<&FromMessage>,
+        events: &[ClinicalEvent],
+        alerts: &[(Alert, bool)],
+    ) -> Result<Durable, StoreError> {
         let keys = &self.shared.keys;
         let mut sealed = Vec::with_capacity(events.len());
+        let mut log = message.filter(|m| m.logs_message);
         for event in events {
             let event_id = format!("{:016x}", rand::random::<u64>());
             let at = timestamp(event.received_at);
             let day = day_of(event.received_at);
             let row_key = event_row_key(&event.patient_id.0, day, at, &event_id);
-            let json = serde_json::to_vec(event).map_err(|e| StoreError::Engine(format!("encode event: {e}")))?;
+            let json = super::event_body(event, message)?;
             let body = seal(keys, "events", &row_key, "body", &json)?;
-            let raw = if super::first_of_message(events, sealed.len()) {
-                let message_key = format!("{}\0{}", event.sender, event.control_id);
-                Some(seal(keys, "message_log", message_key.as_bytes(), "raw", event.raw.expose().as_bytes())?)
-            } else {
-                None
+            let message = match log.take() {
+                Some(FromMessage { envelope: m, .. }) => {
+                    let sender = m.key.scoped_sender().into_owned();
+                    let row_key = format!("{sender}\0{}", m.key.id);
+                    let raw = seal(keys, "message_log", row_key.as_bytes(), "raw", m.raw.expose().as_bytes())?;
+                    Some(SealedMessage { sender, id: m.key.id.clone(), received_at: timestamp(m.received_at), raw })
+                }
+                None => None,
             };
-            sealed.push(SealedEvent { event: Box::new(event.clone()), body, raw, event_id });
+            sealed.push(SealedEvent { event: Box::new(event.clone()), body, message, event_id });
         }
         let (done, ticket) = Durable::channel();
         let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
         self.submit(Job::Events { events: sealed, alerts, done }).await?;
         Ok(ticket)
-    }
-
-    async fn accepted_message(&self, sender: &str, control_id: &str) -> Result<Option<AcceptedMessage>, StoreError> {
-        let sh = &self.shared;
-        let row = sh
-            .session
-            .execute_unpaged(&sh.st.select_message, (sender, control_id))
-            .await
-            .map_err(|e| engine("read message log")(e.to_string()))?
-            .into_rows_result()
-            .map_err(|e| engine("read message log")(e.to_string()))?
-            .maybe_first_row::<(String, CqlTimestamp)>()
-            .map_err(|e| engine("read message log")(e.to_string()))?;
-        let Some((patient, at)) = row else { return Ok(None) };
-        Ok(Some(AcceptedMessage { patient_id: PatientId(patient), received_at: from_timestamp(at)? }))
     }
 
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
@@ -531,6 +533,25 @@ impl EventStore for ScyllaStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl MessageLog for ScyllaStore {
+    async fn accepted_message(&self, key: &MessageKey) -> Result<Option<AcceptedMessage>, StoreError> {
+        let sh = &self.shared;
+        let sender = key.scoped_sender();
+        let row = sh
+            .session
+            .execute_unpaged(&sh.st.select_message, (sender.as_ref(), key.id.as_str()))
+            .await
+            .map_err(|e| engine("read message log")(e.to_string()))?
+            .into_rows_result()
+            .map_err(|e| engine("read message log")(e.to_string()))?
+            .maybe_first_row::<(String, CqlTimestamp)>()
+            .map_err(|e| engine("read message log")(e.to_string()))?;
+        let Some((patient, at)) = row else { return Ok(None) };
+        Ok(Some(AcceptedMessage { patient_id: PatientId(patient), received_at: from_timestamp(at)? }))
     }
 }
 
@@ -707,7 +728,7 @@ async fn commit(
                     continue;
                 }
                 for sealed in events {
-                    let SealedEvent { event, body, event_id, raw } = sealed;
+                    let SealedEvent { event, body, event_id, message } = sealed;
                     let patient = event.patient_id.0.as_str();
                     let day = day_of(event.received_at);
                     let at = timestamp(event.received_at);
@@ -729,16 +750,16 @@ async fn commit(
                         vec![text(patient), CqlValue::Int(day)],
                         i,
                     );
-                    if let Some(raw) = raw {
+                    if let Some(m) = message {
                         accept.add(
-                            format!("message_log/{}\0{}", event.sender, event.control_id),
+                            format!("message_log/{}\0{}", m.sender, m.id),
                             &st.insert_message,
                             vec![
-                                text(&event.sender),
-                                text(&event.control_id),
+                                text(&m.sender),
+                                text(&m.id),
                                 text(patient),
-                                CqlValue::Timestamp(at),
-                                CqlValue::Blob(raw.clone()),
+                                CqlValue::Timestamp(m.received_at),
+                                CqlValue::Blob(m.raw.clone()),
                             ],
                             i,
                         );

@@ -134,8 +134,8 @@ async fn every_fixture_gets_its_acks_and_stores_its_events() {
         let stored: Vec<Value> = stored_events(&dir, "HOSP", mrn)
             .await
             .into_iter()
-            .filter(|e| e.control_id == control_id)
-            .map(|e| {
+            .filter(|e| e.message.as_ref().is_some_and(|m| m.id == control_id))
+            .map(|vigil_actors::RecordedEvent { event: e, .. }| {
                 let mut v = serde_json::to_value(&e.kind).unwrap();
                 v["location"] = serde_json::to_value(&e.location).unwrap();
                 v["prior_id"] = match &e.kind {

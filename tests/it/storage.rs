@@ -93,14 +93,14 @@ async fn conformance_embedded() {
     let store = Arc::new(
         EmbeddedStore::open(&tempdir("conf"), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap(),
     );
-    conformance::run(store.clone(), store, publisher, Capabilities::FULL).await;
+    conformance::run(store.clone(), publisher, Capabilities::FULL).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_memory_fake() {
     let publisher = Arc::new(RecordingPublisher::default());
     let store = Arc::new(vigil_actors::fakes::MemoryStore::with_publisher(publisher.clone()));
-    conformance::run(store.clone(), store, publisher, Capabilities::FULL).await;
+    conformance::run(store.clone(), publisher, Capabilities::FULL).await;
 }
 
 async fn scylla_store(node: &str, keyspace: &str, kassandra: bool, publisher: Arc<RecordingPublisher>) -> ScyllaStore {
@@ -118,7 +118,7 @@ async fn conformance_scylla_over_kassandra() {
     let server = crate::kassandra::serve().await;
     let publisher = Arc::new(RecordingPublisher::default());
     let store = Arc::new(scylla_store(&server.addr.to_string(), "vigil_conf", true, publisher.clone()).await);
-    conformance::run(store.clone(), store.clone(), publisher, Capabilities::KASSANDRA).await;
+    conformance::run(store.clone(), publisher, Capabilities::KASSANDRA).await;
     store.close().await;
     // A second start on the same keyspace: migrations are recorded, not applied twice, and
     // the alert sequence continues.
@@ -126,8 +126,7 @@ async fn conformance_scylla_over_kassandra() {
     let again = scylla_store(&server.addr.to_string(), "vigil_conf", true, publisher).await;
     assert!(vigil_actors::AlertStore::last_seq(&again) >= 24, "the sequence number is recovered");
     again.close().await;
-    let event =
-        conformance::event(&vigil_actors::PatientId("p".into()), "m", "late", time::OffsetDateTime::now_utc(), 1.0);
+    let event = conformance::event(&vigil_actors::PatientId("p".into()), "m", time::OffsetDateTime::now_utc(), 1.0);
     assert!(again.append(&event).await.is_err(), "a closed store takes no writes");
 }
 
@@ -140,7 +139,7 @@ async fn kassandra_cannot_run_clustering_range_reads() {
     let store =
         scylla_store(&server.addr.to_string(), "vigil_ranges", true, Arc::new(RecordingPublisher::default())).await;
     let patient = vigil_actors::PatientId("p-range".into());
-    let event = conformance::event(&patient, "m", "c-1", time::OffsetDateTime::now_utc(), 1.0);
+    let event = conformance::event(&patient, "m", time::OffsetDateTime::now_utc(), 1.0);
     store.append(&event).await.unwrap().wait().await.unwrap();
     assert!(store.events_since(&patient, time::OffsetDateTime::UNIX_EPOCH).await.is_err());
     store.close().await;
@@ -156,6 +155,6 @@ async fn conformance_real_scylla_when_configured() {
     };
     let publisher = Arc::new(RecordingPublisher::default());
     let store = Arc::new(scylla_store(&node, "vigil_test", false, publisher.clone()).await);
-    conformance::run(store.clone(), store.clone(), publisher, Capabilities::FULL).await;
+    conformance::run(store.clone(), publisher, Capabilities::FULL).await;
     store.close().await;
 }

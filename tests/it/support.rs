@@ -177,14 +177,13 @@ pub fn vigil_token(data_dir: &Path, unit: &str) -> String {
 /// Control ids of every stored event of the given HOSP MRNs, read from the data dir of a
 /// server that is no longer running.
 pub async fn stored_control_ids(dir: &Path, mrns: &[String]) -> Vec<String> {
-    use vigil_actors::EventStore;
     let index = blind_index(dir);
     let store = open_store(dir);
     let mut ids = Vec::new();
     for mrn in mrns {
         let events =
-            store.events_since(&index.patient_id("HOSP", mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
-        ids.extend(events.into_iter().map(|e| e.control_id));
+            store.recorded_events(&index.patient_id("HOSP", mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+        ids.extend(events.into_iter().map(|e| e.message.expect("every received event names its message").id));
     }
     ids
 }
@@ -210,9 +209,8 @@ pub fn blind_index(dir: &Path) -> vigil::crypto::BlindIndex {
 
 /// Every stored event of a patient (assigning authority + MRN), read from the data dir of a
 /// server that is no longer running.
-pub async fn stored_events(dir: &Path, authority: &str, mrn: &str) -> Vec<vigil_actors::ClinicalEvent> {
-    use vigil_actors::EventStore;
+pub async fn stored_events(dir: &Path, authority: &str, mrn: &str) -> Vec<vigil_actors::RecordedEvent> {
     let index = blind_index(dir);
     let store = open_store(dir);
-    store.events_since(&index.patient_id(authority, mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap()
+    store.recorded_events(&index.patient_id(authority, mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap()
 }

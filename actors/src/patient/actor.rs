@@ -85,7 +85,7 @@ impl Actor for PatientActor {
             run.last_active = run.ports.clock.now();
         }
         match msg {
-            PatientMsg::Ingest { events, reply } => {
+            PatientMsg::Ingest { message, events, reply } => {
                 // Rules run first (microseconds), so the events and the alert changes they
                 // cause are committed together: the ACK, which waits on this ticket, then means
                 // both are durable. If queuing fails the sender is told to resend; the state
@@ -94,7 +94,7 @@ impl Actor for PatientActor {
                 for event in &events {
                     changes.extend(run.on_event(event).await);
                 }
-                let queued = run.ports.events.append_all(&events, &changes).await;
+                let queued = run.ports.events.append_all(message.as_ref(), &events, &changes).await;
                 if let Err(error) = &queued {
                     tracing::error!(patient = %run.state.id, %error, "message and its alert changes not queued");
                 }

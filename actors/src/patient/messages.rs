@@ -2,7 +2,7 @@
 
 use ractor::RpcReplyPort;
 
-use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, PatientSummary};
+use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, FromMessage, PatientSummary};
 use crate::ports::{Durable, StoreError};
 
 use super::state::ActError;
@@ -24,6 +24,9 @@ pub enum PatientMsg {
     /// Accept the events of one message: the reply carries the durability ticket the
     /// sender's ACK waits on (one ticket: they are stored atomically).
     Ingest {
+        /// The message they were mapped from, for the message log (`None` for events that
+        /// are not a received message's).
+        message: Option<FromMessage>,
         /// The events, in message order.
         events: Vec<ClinicalEvent>,
         /// Answered as soon as the append is queued.

@@ -973,9 +973,6 @@ mod tests {
             patient: crate::model::PatientKey { authority: "T".into(), mrn: Phi("SYNTH-1".into()) },
             demographics: Demographics::default(),
             location: None,
-            sender: "T|T".into(),
-            control_id: "1".into(),
-            raw: Phi(String::new()),
             received_at: at,
             kind,
         }

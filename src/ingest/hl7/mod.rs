@@ -1,17 +1,20 @@
-//! MLLP frame -> hl7 (parse: bytes to `Message`; encode: escaping and ACK/NAK) -> Vigil event mapping.
+//! The HL7 v2 feed: parse (bytes to `Message`), feed (the table of supported types, mapping,
+//! submission to the shared ingest), ack (the reply: ACK/NAK from an outcome).
 //!
-//! Entry points: `Message::parse` for inbound bytes, `build_ack` with
-//! `AckHeader::from_message` (or `AckHeader::fallback` when parsing failed)
-//! for the reply.
+//! Entry points: `Hl7Feed::begin` for an inbound frame and `Pending::finish` for its ACKs;
+//! `Message::parse` and `build_ack` for tools and tests.
 
-mod encode;
+mod ack;
+pub mod feed;
 mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use encode::{
-    AckCode, AckError, AckHeader, DEFAULT_VERSION, ErrLocation, ErrSeverity, build_ack, escape, hl7_error_text,
+pub use ack::{
+    AckCode, AckError, AckHeader, AckMode, DEFAULT_VERSION, ErrLocation, ErrSeverity, Refusal, build_ack, escape,
+    hl7_error_text,
 };
+pub use feed::{FEEDS, Hl7Feed, Pending, hl7_timestamp};
 pub use parse::{
     Charset, Delimiters, ErrorLocation, Field, Hl7Error, Hl7ErrorKind, Message, ParseLimits, Repetition, Segment,
     Value, is_legal_delimiter, unescape, unescape_with,

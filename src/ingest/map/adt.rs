@@ -40,7 +40,7 @@ impl Mapper {
             attending: non_empty(pv1.component(7, 1)),
             encounter: non_empty(pv1.component(19, 1)),
         };
-        let mut census = self.event(msg, pid, received_at, kind)?;
+        let mut census = self.event(pid, received_at, kind)?;
         census.location = match action {
             CensusAction::CancelTransfer => Some(location(pv1, 6).ok_or(MapError::new(
                 "PV1",
@@ -74,7 +74,7 @@ impl Mapper {
                     )?;
                     let prior_id = self.index.patient_id(&prior.authority, prior.mrn.expose());
                     let event =
-                        self.event(msg, survivor, received_at, EventKind::Merge { prior, prior_id: prior_id.clone() })?;
+                        self.event(survivor, received_at, EventKind::Merge { prior, prior_id: prior_id.clone() })?;
                     if event.patient_id == prior_id {
                         return Err(MapError::new("MRG", 1, 205, "MRG-1 names the surviving patient"));
                     }

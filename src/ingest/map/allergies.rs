@@ -47,7 +47,7 @@ impl Mapper {
         if !seen {
             return Ok(None);
         }
-        let event = self.event(msg, pid, received_at, EventKind::Allergies { allergies, replace: false })?;
+        let event = self.event(pid, received_at, EventKind::Allergies { allergies, replace: false })?;
         Ok(Some(event))
     }
 }

@@ -4,7 +4,7 @@
 //! Nothing is guessed: a value whose code, unit or status is not usable is left out.
 //!
 //! Adding a trigger event: a function here or in a submodule returning `Vec<ClinicalEvent>`,
-//! an arm in `Ingress::route`, a fixture in tests/fixtures/hl7/ with its expected outcome, and
+//! a row in `hl7::feed::FEEDS`, a fixture in tests/fixtures/hl7/ with its expected outcome, and
 //! a row in docs/hl7.md.
 
 mod adt;
@@ -15,7 +15,7 @@ mod oru;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, PatientKey, Phi};
 
-use super::hl7::{Message, Repetition, Segment};
+use super::hl7::{Repetition, Segment};
 use crate::crypto::BlindIndex;
 use crate::vocab::{DroppedValues, Vocabulary};
 
@@ -127,24 +127,15 @@ impl Mapper {
         )
     }
 
-    /// An event for the patient of `pid` with the message's envelope; the caller sets the
+    /// An event for the patient of `pid`; the caller sets the
     /// location and kind.
-    fn event(
-        &self,
-        msg: &Message,
-        pid: &Segment,
-        received_at: OffsetDateTime,
-        kind: EventKind,
-    ) -> Result<ClinicalEvent, MapError> {
+    fn event(&self, pid: &Segment, received_at: OffsetDateTime, kind: EventKind) -> Result<ClinicalEvent, MapError> {
         let patient = self.patient_key(pid)?;
         Ok(ClinicalEvent {
             patient_id: self.index.patient_id(&patient.authority, patient.mrn.expose()),
             patient,
             demographics: Demographics { name: Phi(display_name(pid)), birth_date: Phi(pid.text(7)), sex: pid.text(8) },
             location: None,
-            sender: sender_of(msg),
-            control_id: msg.control_id().to_string(),
-            raw: Phi(msg.raw().to_string()),
             received_at,
             kind,
         })
@@ -170,11 +161,6 @@ fn coded(rep: &Repetition<'_>) -> Option<String> {
         }
     }
     None
-}
-
-/// The sender a control id is unique within: sending application and facility.
-pub fn sender_of(msg: &Message) -> String {
-    format!("{}|{}", msg.sending_application(), msg.sending_facility())
 }
 
 fn display_name(pid: &Segment) -> String {

@@ -111,7 +111,7 @@ impl Mapper {
             if medication.order_id.is_empty() {
                 return Err(MapError::new("ORC", 2, 101, "ORC-2 or ORC-3 order number is required"));
             }
-            events.push(self.event(msg, pid, received_at, EventKind::MedicationOrder { action, medication })?);
+            events.push(self.event(pid, received_at, EventKind::MedicationOrder { action, medication })?);
         }
         if !seen_orc {
             return Err(MapError::new("ORC", 0, 100, "ORC segment is required"));
@@ -144,7 +144,7 @@ impl Mapper {
                     101,
                     "RXA-3 start of administration is required",
                 ))?;
-                events.push(self.event(msg, pid, received_at, EventKind::Administration { medication, given_at })?);
+                events.push(self.event(pid, received_at, EventKind::Administration { medication, given_at })?);
             }
         }
         if !seen_rxa {

@@ -21,7 +21,7 @@ impl Mapper {
     /// ORU^R01 (vitals per IHE PCD-01, or results) -> an observations event.
     pub fn oru_r01(&self, msg: &Message, received_at: OffsetDateTime) -> Result<Vec<ClinicalEvent>, MapError> {
         let pid = msg.segment("PID").ok_or(NO_PID)?;
-        let mut event = self.event(msg, pid, received_at, EventKind::Observations { observations: Vec::new() })?;
+        let mut event = self.event(pid, received_at, EventKind::Observations { observations: Vec::new() })?;
         event.location = msg.segment("PV1").and_then(|pv1| location(pv1, 3));
         let mut observations = Vec::new();
         let mut order = OrderContext { order_number: String::new(), observed_at: None };

@@ -3,6 +3,7 @@ use time::{OffsetDateTime, UtcOffset};
 use vigil_actors::{CensusAction, EventKind, OrderAction, ResultStatus};
 
 use super::*;
+use crate::ingest::hl7::Message;
 
 fn mapper() -> Mapper {
     Mapper::new(Vocabulary::shipped(), BlindIndex::new(&[7; 32]))

@@ -38,7 +38,7 @@ pub fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> an
         .context("mllp.tls: certificate and key do not match")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
-use crate::ingest::{Ingress, Pending};
+use crate::ingest::hl7::{Hl7Feed, Pending};
 
 /// The frames answering one message: none, one ACK, or an accept ACK then an application ACK.
 type AckFuture = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
@@ -47,7 +47,7 @@ type AckFuture = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 /// messages it has begun and wait for them.
 pub async fn serve(
     listener: TcpListener,
-    ingress: Arc<Ingress>,
+    ingress: Arc<Hl7Feed>,
     settings: MllpSettings,
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
@@ -99,7 +99,7 @@ pub async fn serve(
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    ingress: Arc<Ingress>,
+    ingress: Arc<Hl7Feed>,
     settings: &MllpSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -151,7 +151,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if decoder.discarded() > 0 {
-        ingress.metrics.discarded_bytes.fetch_add(decoder.discarded(), std::sync::atomic::Ordering::Relaxed);
+        ingress.ingress().metrics.discarded_bytes.fetch_add(decoder.discarded(), std::sync::atomic::Ordering::Relaxed);
         tracing::info!(bytes = decoder.discarded(), "mllp bytes outside frames discarded");
     }
     stream.shutdown().await

@@ -1,9 +1,12 @@
-//! MLLP frame -> hl7::parse -> Vigil event mapping -> hl7::encode (this file: escaping and the ACK/NAK sent back) -> MLLP frame.
+//! The HL7 reply: which ACKs a message gets (original or enhanced mode, MSH-15 / MSH-16) for
+//! a refusal or an ingest [`Outcome`], and how an ACK/NAK is written (MSH, MSA, ERR).
 //!
 //! Replies are written with the sender's own delimiter set so that peers
 //! which hard-code their delimiters can read them.
 
 use std::borrow::Cow;
+
+use crate::ingest::Outcome;
 
 use super::parse::{
     Delimiters, Hl7Error, Message, decode_auto, first_component_bytes, first_line, msh_field_bytes, read_delimiters,
@@ -389,6 +392,121 @@ pub fn build_ack(
         out.push('\r');
     }
     out
+}
+
+/// How the sender asked to be acknowledged (MSH-15, MSH-16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// MSH-15 and MSH-16 empty: one application ACK, AA / AE / AR.
+    Original,
+    /// Enhanced mode: accept ACK CA / CE / CR sent according to MSH-15, then an application
+    /// ACK AA / AE according to MSH-16.
+    Enhanced {
+        /// MSH-15 AL or SU.
+        on_success: bool,
+        /// MSH-15 AL or ER.
+        on_error: bool,
+        /// MSH-16 AL or SU.
+        app_on_success: bool,
+        /// MSH-16 AL or ER.
+        app_on_error: bool,
+    },
+}
+
+impl AckMode {
+    /// The mode `msg` asks for.
+    pub fn of(msg: &Message) -> AckMode {
+        let accept = msg.accept_ack_type();
+        if accept.is_empty() && msg.app_ack_type().is_empty() {
+            return AckMode::Original;
+        }
+        let (on_success, on_error) = match accept {
+            "NE" => (false, false),
+            "ER" => (false, true),
+            "SU" => (true, false),
+            // AL, empty with MSH-16 set, or unknown: always answer; silence is the worse error.
+            _ => (true, true),
+        };
+        // MSH-16 empty or NE: no application ACK (the accept ACK already says it is durable).
+        let (app_on_success, app_on_error) = match msg.app_ack_type() {
+            "AL" => (true, true),
+            "SU" => (true, false),
+            "ER" => (false, true),
+            _ => (false, false),
+        };
+        AckMode::Enhanced { on_success, on_error, app_on_success, app_on_error }
+    }
+
+    /// The application ACK code after a successful accept ACK, when MSH-16 asks for one.
+    fn app_success(self) -> Option<AckCode> {
+        match self {
+            AckMode::Enhanced { app_on_success: true, .. } => Some(AckCode::AA),
+            _ => None,
+        }
+    }
+
+    /// The application ACK code after an application error, when MSH-16 asks for one.
+    fn app_failure(self) -> Option<AckCode> {
+        match self {
+            AckMode::Enhanced { app_on_error: true, .. } => Some(AckCode::AE),
+            _ => None,
+        }
+    }
+
+    fn success(self) -> Option<AckCode> {
+        match self {
+            AckMode::Original => Some(AckCode::AA),
+            AckMode::Enhanced { on_success, .. } => on_success.then_some(AckCode::CA),
+        }
+    }
+
+    /// `reject` for messages we will not take (AR/CR), otherwise an error (AE/CE).
+    fn failure(self, reject: bool) -> Option<AckCode> {
+        match (self, reject) {
+            (AckMode::Original, true) => Some(AckCode::AR),
+            (AckMode::Original, false) => Some(AckCode::AE),
+            (AckMode::Enhanced { on_error, .. }, true) => on_error.then_some(AckCode::CR),
+            (AckMode::Enhanced { on_error, .. }, false) => on_error.then_some(AckCode::CE),
+        }
+    }
+}
+
+/// Why a message is answered with an error.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Refusal {
+    /// Not taken at all (AR / CR): unparseable, bad header, unsupported type, too large.
+    Reject,
+    /// The content is wrong (AE / CE, then AE as the application ACK when MSH-16 asks).
+    Content,
+}
+
+impl AckMode {
+    /// The ACK codes, in the order to send them, of a message refused for `why` with
+    /// `errors`; `ack` builds one ACK.
+    pub fn refusal(
+        self,
+        why: Refusal,
+        errors: &[AckError],
+        ack: impl Fn(AckCode, &[AckError]) -> String,
+    ) -> Vec<String> {
+        let mut acks: Vec<String> =
+            self.failure(why == Refusal::Reject).map(|code| ack(code, errors)).into_iter().collect();
+        if why == Refusal::Content {
+            acks.extend(self.app_failure().map(|code| ack(code, errors)));
+        }
+        acks
+    }
+
+    /// The ACKs of a submitted message's outcome: AA, or CA then AA per MSH-16, when it is
+    /// accepted (stored, a duplicate, nothing to store); an error asking for a resend when it
+    /// was not stored.
+    pub fn outcome(self, outcome: Outcome, ack: impl Fn(AckCode, &[AckError]) -> String) -> Vec<String> {
+        if outcome.accepted() {
+            return [self.success(), self.app_success()].into_iter().flatten().map(|code| ack(code, &[])).collect();
+        }
+        let err = AckError::new(207, ErrSeverity::Error, "application internal error: message not stored, resend");
+        self.failure(false).map(|code| ack(code, std::slice::from_ref(&err))).into_iter().collect()
+    }
 }
 
 #[cfg(test)]

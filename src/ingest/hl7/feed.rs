@@ -1,0 +1,242 @@
+//! The HL7 v2 feed: from a framed message to its ACKs. [`Hl7Feed::begin`] parses, checks the
+//! header, maps the message through the table of supported types ([`FEEDS`]) and submits the
+//! envelope and its events to the shared [`Ingress`]; [`Pending::finish`] turns the outcome
+//! into ACK frames ([`super::ack`]). Call `begin` in arrival order (a patient's events keep
+//! their order); `finish` in any order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use time::OffsetDateTime;
+use vigil_actors::{ClinicalEvent, Envelope, MessageKey, Phi};
+
+use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
+use super::parse::Message;
+use crate::config::UnsupportedPolicy;
+use crate::ingest::map::{MapError, Mapper};
+use crate::ingest::{Ingress, Outcome, Submission};
+
+/// What a supported message type maps to.
+type MapFn = fn(&Mapper, &Message, OffsetDateTime) -> Result<Vec<ClinicalEvent>, MapError>;
+
+/// One supported message type: MSH-9.1 code, MSH-9.2 trigger (`None`: any trigger the mapper
+/// accepts), and its mapping. Adding a type: a row here, a mapping in `ingest/map/`, a fixture
+/// in tests/fixtures/hl7/ with its expected outcome, and a row in docs/hl7.md.
+pub struct Feed {
+    /// MSH-9.1.
+    pub code: &'static str,
+    /// MSH-9.2.
+    pub trigger: &'static str,
+    /// The mapping.
+    pub map: MapFn,
+}
+
+/// The message types Vigil maps, in the order they are looked up.
+pub const FEEDS: &[Feed] = &[
+    Feed { code: "ORU", trigger: "R01", map: Mapper::oru_r01 },
+    Feed { code: "ADT", trigger: "A40", map: Mapper::adt_merge },
+    Feed { code: "ADT", trigger: "A60", map: Mapper::adt_a60 },
+    Feed { code: "ADT", trigger: "A01", map: census },
+    Feed { code: "ADT", trigger: "A02", map: census },
+    Feed { code: "ADT", trigger: "A03", map: census },
+    Feed { code: "ADT", trigger: "A04", map: census },
+    Feed { code: "ADT", trigger: "A08", map: census },
+    Feed { code: "ADT", trigger: "A11", map: census },
+    Feed { code: "ADT", trigger: "A12", map: census },
+    Feed { code: "ADT", trigger: "A13", map: census },
+    Feed { code: "RDE", trigger: "O11", map: |m, msg, at| m.pharmacy_order(msg, "RXE", 2, at) },
+    Feed { code: "OMP", trigger: "O09", map: |m, msg, at| m.pharmacy_order(msg, "RXO", 1, at) },
+    Feed { code: "RAS", trigger: "O17", map: Mapper::ras_o17 },
+];
+
+/// The census triggers (A01 admit ... A13 cancel discharge): one mapping, the action named by
+/// the trigger.
+fn census(m: &Mapper, msg: &Message, at: OffsetDateTime) -> Result<Vec<ClinicalEvent>, MapError> {
+    let (_, trigger, _) = msg.message_type();
+    match Mapper::census_action(trigger) {
+        Some(action) => m.adt_census(msg, action, at),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The HL7 v2 adapter in front of [`Ingress`].
+pub struct Hl7Feed {
+    ingress: Arc<Ingress>,
+    mapper: Mapper,
+    application: String,
+    facility: String,
+    unsupported: UnsupportedPolicy,
+    control_ids: AtomicU64,
+}
+
+/// A reply that may still be waiting for durability.
+pub enum Pending {
+    /// Answer now with these frames, in order (none when the sender asked for no ACK).
+    Ready(Vec<String>),
+    /// Answer once the submission has an outcome.
+    Submitted {
+        /// The message in the shared ingest.
+        submission: Submission,
+        /// Header of the ACK.
+        header: Box<AckHeader>,
+        /// How the sender wants to be answered.
+        mode: AckMode,
+        /// For the ACK.
+        feed: Arc<Hl7Feed>,
+    },
+}
+
+impl Pending {
+    /// The ACK frames (unframed text), in the order to send them, once they can be sent: the
+    /// accept (or original-mode) ACK, then the application ACK when MSH-16 asks for one.
+    pub async fn finish(self) -> Vec<String> {
+        match self {
+            Pending::Ready(acks) => acks,
+            Pending::Submitted { submission, header, mode, feed } => {
+                let outcome = submission.outcome().await;
+                if outcome == Outcome::NotStored {
+                    tracing::error!(control_id = %header.control_id, "message not stored; sender told to resend");
+                }
+                feed.answer(&header, mode, outcome)
+            }
+        }
+    }
+}
+
+impl Hl7Feed {
+    /// The HL7 feed over `ingress`, answering as `application` at `facility` (MSH-3 / MSH-4
+    /// of our ACKs).
+    pub fn new(ingress: Arc<Ingress>, mapper: Mapper, application: String, facility: String) -> Self {
+        Hl7Feed {
+            ingress,
+            mapper,
+            application,
+            facility,
+            unsupported: UnsupportedPolicy::Reject,
+            control_ids: AtomicU64::new(0),
+        }
+    }
+
+    /// What to do with message types Vigil does not map (`[hl7] unsupported`).
+    pub fn with_unsupported(mut self, policy: UnsupportedPolicy) -> Self {
+        self.unsupported = policy;
+        self
+    }
+
+    /// The mapper (its dropped-value counters are exported on `/metrics`).
+    pub fn mapper(&self) -> &Mapper {
+        &self.mapper
+    }
+
+    /// The shared ingest behind this feed (its counters are exported on `/metrics`).
+    pub fn ingress(&self) -> &Arc<Ingress> {
+        &self.ingress
+    }
+
+    /// Parse, map and submit one message. Call in arrival order; await `finish` in any order.
+    pub async fn begin(self: &Arc<Self>, frame: &[u8]) -> Pending {
+        let msg = match Message::parse(frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::info!(error = %e.kind, "unparseable message rejected");
+                let header = self.header(AckHeader::fallback(frame));
+                return self.refuse(&header, AckMode::Original, Refusal::Reject, &[AckError::from_parse_error(&e)]);
+            }
+        };
+        let header = self.header(AckHeader::from_message(&msg));
+        let mode = AckMode::of(&msg);
+        let problems = msg.header_problems();
+        if !problems.is_empty() {
+            let errors: Vec<_> = problems.iter().map(AckError::from_parse_error).collect();
+            return self.refuse(&header, mode, Refusal::Reject, &errors);
+        }
+        let received_at = self.ingress.clock().now();
+        let (code, trigger, _) = msg.message_type();
+        let events = match FEEDS.iter().find(|f| f.code == code && f.trigger == trigger) {
+            Some(feed) => (feed.map)(&self.mapper, &msg, received_at),
+            None if self.unsupported == UnsupportedPolicy::Ignore => {
+                tracing::info!(control_id = %header.control_id, code, trigger, "unsupported message type accepted and ignored, not stored");
+                Ok(Vec::new())
+            }
+            None => {
+                tracing::info!(control_id = %header.control_id, code, trigger, "unsupported message type rejected");
+                let err = AckError::new(200, ErrSeverity::Error, format!("unsupported message type {code}^{trigger}"))
+                    .at(ErrLocation { segment: "MSH".into(), sequence: 1, field: 9, component: 0 });
+                return self.refuse(&header, mode, Refusal::Reject, &[err]);
+            }
+        };
+        let events = match events {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::info!(control_id = %header.control_id, segment = e.segment, field = e.field, code = e.code, "message content refused");
+                let err = AckError::new(e.code, ErrSeverity::Error, e.to_string()).at(ErrLocation {
+                    segment: e.segment.into(),
+                    sequence: 1,
+                    field: e.field,
+                    component: 0,
+                });
+                return self.refuse(&header, mode, Refusal::Content, &[err]);
+            }
+        };
+        if events.is_empty() {
+            tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
+        }
+        let envelope = Envelope {
+            key: MessageKey::hl7(format!("{}|{}", msg.sending_application(), msg.sending_facility()), msg.control_id()),
+            raw: Phi(msg.raw().to_string()),
+            received_at,
+        };
+        let submission = self.ingress.submit(envelope, events).await;
+        Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
+    }
+
+    /// The reply to a frame over the size limit.
+    pub fn oversized(&self, prefix: &[u8], len: usize, limit: usize) -> Pending {
+        tracing::warn!(len, limit, "mllp frame over the size limit rejected");
+        let header = self.header(AckHeader::fallback(prefix));
+        let err =
+            AckError::new(207, ErrSeverity::Error, format!("message of {len} bytes exceeds the {limit} byte limit"));
+        self.refuse(&header, AckMode::Original, Refusal::Reject, &[err])
+    }
+
+    fn refuse(&self, header: &AckHeader, mode: AckMode, why: Refusal, errors: &[AckError]) -> Pending {
+        self.ingress.refused();
+        Pending::Ready(mode.refusal(why, errors, |code, errors| self.ack(header, code, errors)))
+    }
+
+    /// The ACKs of an outcome.
+    fn answer(&self, header: &AckHeader, mode: AckMode, outcome: Outcome) -> Vec<String> {
+        mode.outcome(outcome, |code, errors| self.ack(header, code, errors))
+    }
+
+    fn header(&self, mut h: AckHeader) -> AckHeader {
+        // We answer as ourselves whatever the sender addressed.
+        h.sending_app.clone_from(&self.application);
+        h.sending_facility.clone_from(&self.facility);
+        h
+    }
+
+    fn ack(&self, header: &AckHeader, code: AckCode, errors: &[AckError]) -> String {
+        let n = self.control_ids.fetch_add(1, Ordering::Relaxed);
+        let now = self.ingress.clock().now();
+        let control_id = format!("V{}{n}", now.unix_timestamp());
+        build_ack(header, code, errors, &control_id, &hl7_timestamp(now), None)
+    }
+}
+
+/// `YYYYMMDDHHMMSS+ZZZZ`.
+pub fn hl7_timestamp(t: OffsetDateTime) -> String {
+    let (h, m, _) = t.offset().as_hms();
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}{}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        if h < 0 || m < 0 { '-' } else { '+' },
+        h.unsigned_abs(),
+        m.unsigned_abs()
+    )
+}
