@@ -136,7 +136,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .await?
         .with_live_feed(Arc::new(live.clone())),
     );
+    let authorities = crate::ingest::map::Authorities::new(&config.fhir.identifier_systems)?;
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
+        .with_authorities(authorities)
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
     let ingress = Arc::new(Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits));

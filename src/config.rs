@@ -64,6 +64,71 @@ pub struct FileConfig {
     /// `[patients]` section.
     #[serde(default)]
     pub patients: PatientsFileConfig,
+    /// `[fhir]` section.
+    #[serde(default)]
+    pub fhir: FhirFileConfig,
+}
+
+/// `[fhir]`: the FHIR R4 REST and NDJSON feed (docs/fhir.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirFileConfig {
+    /// Namespace-only assigning authorities (PID-3.4.1) and the FHIR `Identifier.system` each
+    /// stands for, e.g. `HOSP = "http://hospital.example.org/mrn"`. An authority with an ISO
+    /// OID needs no row: it is `urn:oid:<OID>`.
+    #[serde(default)]
+    pub identifier_systems: std::collections::BTreeMap<String, String>,
+    /// Largest request body, bytes (default 8 MiB).
+    pub max_body_bytes: Option<usize>,
+    /// Deepest JSON nesting accepted (default 32).
+    pub max_depth: Option<usize>,
+    /// Most entries in one Bundle (default 5000).
+    pub max_bundle_entries: Option<usize>,
+    /// Longest NDJSON line of `$stream`, bytes (default 64 KiB).
+    pub stream_max_line_bytes: Option<usize>,
+    /// Most lines in one `$stream` request (default 1,000,000).
+    pub stream_max_lines: Option<usize>,
+    /// Lines of one `$stream` request submitted and not yet answered, at most (default 256).
+    pub stream_in_flight: Option<usize>,
+}
+
+/// FHIR feed settings.
+#[derive(Debug, Clone)]
+pub struct FhirSettings {
+    /// Namespace -> identifier system.
+    pub identifier_systems: std::collections::BTreeMap<String, String>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting.
+    pub max_depth: usize,
+    /// Most Bundle entries.
+    pub max_bundle_entries: usize,
+    /// Longest NDJSON line.
+    pub stream_max_line_bytes: usize,
+    /// Most NDJSON lines per request.
+    pub stream_max_lines: usize,
+    /// NDJSON lines in flight per request.
+    pub stream_in_flight: usize,
+}
+
+impl Default for FhirSettings {
+    fn default() -> Self {
+        FhirSettings::from_file(FhirFileConfig::default())
+    }
+}
+
+impl FhirSettings {
+    fn from_file(file: FhirFileConfig) -> Self {
+        FhirSettings {
+            identifier_systems: file.identifier_systems,
+            max_body_bytes: file.max_body_bytes.unwrap_or(8 << 20),
+            max_depth: file.max_depth.unwrap_or(32),
+            max_bundle_entries: file.max_bundle_entries.unwrap_or(5000),
+            stream_max_line_bytes: file.stream_max_line_bytes.unwrap_or(64 << 10),
+            stream_max_lines: file.stream_max_lines.unwrap_or(1_000_000),
+            stream_in_flight: file.stream_in_flight.unwrap_or(256),
+        }
+    }
 }
 
 /// `[patients]`: live patient actors.
@@ -266,6 +331,8 @@ pub struct MllpSettings {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[fhir]`: the FHIR feed.
+    pub fhir: FhirSettings,
     /// MLLP listen address.
     pub mllp_addr: SocketAddr,
     /// HTTP listen address.
@@ -433,6 +500,7 @@ impl Config {
             },
         };
         let config = Config {
+            fhir: FhirSettings::from_file(file.fhir),
             mllp_addr: args.mllp_addr.or(file.mllp_addr).unwrap_or(([127, 0, 0, 1], 2575).into()),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 8080).into()),
             rules_dir: args.rules_dir.clone().or(file.rules_dir).unwrap_or_else(|| "rules".into()),
@@ -512,6 +580,23 @@ impl Config {
                     path.display()
                 );
             }
+        }
+        crate::ingest::map::Authorities::new(&self.fhir.identifier_systems).map_err(|e| anyhow::anyhow!("fhir.{e}"))?;
+        let f = &self.fhir;
+        for (key, value, min) in [
+            ("fhir.max_body_bytes", f.max_body_bytes, 1024),
+            ("fhir.max_depth", f.max_depth, 8),
+            ("fhir.max_bundle_entries", f.max_bundle_entries, 1),
+            ("fhir.stream_max_line_bytes", f.stream_max_line_bytes, 1024),
+            ("fhir.stream_max_lines", f.stream_max_lines, 1),
+            ("fhir.stream_in_flight", f.stream_in_flight, 1),
+        ] {
+            if value < min {
+                bail!("{key} must be at least {min}");
+            }
+        }
+        if f.max_depth > 128 {
+            bail!("fhir.max_depth must be at most 128");
         }
         if self.store.scylla.nodes.is_empty() {
             bail!("store.scylla.nodes must name at least one node");
@@ -607,6 +692,29 @@ mod tests {
         std::fs::write(&path, "[hl7]\nunsupported = \"drop\"\n").unwrap();
         assert!(Config::load(&args).is_err());
         assert_eq!(Config::load(&ServeArgs::default()).unwrap().hl7.unsupported, UnsupportedPolicy::Reject);
+    }
+
+    #[test]
+    fn fhir_section_sets_identifier_systems_and_limits_and_names_a_bad_key() {
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vigil.toml");
+        let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        std::fs::write(
+            &path,
+            "[fhir]\nmax_bundle_entries = 100\n[fhir.identifier_systems]\nHOSP = \"http://hospital.example.org/mrn\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.fhir.max_bundle_entries, 100);
+        assert_eq!(c.fhir.identifier_systems["HOSP"], "http://hospital.example.org/mrn");
+        assert_eq!(c.fhir.max_depth, 32);
+        std::fs::write(&path, "[fhir.identifier_systems]\nA = \"urn:oid:1.2.3\"\nB = \"urn:oid:1.2.3\"\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("fhir.identifier_systems") && err.contains("urn:oid:1.2.3"), "{err}");
+        std::fs::write(&path, "[fhir]\nstream_in_flight = 0\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("fhir.stream_in_flight"), "{err}");
     }
 
     #[test]

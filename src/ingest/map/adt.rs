@@ -72,7 +72,7 @@ impl Mapper {
                         1,
                         MapError::new("MRG", 1, 101, "MRG-1 has no prior identifier of the configured MRN type"),
                     )?;
-                    let prior_id = self.index.patient_id(&prior.authority, prior.mrn.expose());
+                    let prior_id = self.patient_id(&prior);
                     let event =
                         self.event(survivor, received_at, EventKind::Merge { prior, prior_id: prior_id.clone() })?;
                     if event.patient_id == prior_id {

@@ -77,7 +77,7 @@ fn normalise_system(code: &str) -> String {
 
 /// Whether a coding-system name means RxNorm (HL7 table 0396 `RXNORM`, also `RXN` and the FHIR
 /// URI), in any letter case.
-pub(super) fn is_rxnorm(system: &str) -> bool {
+pub fn is_rxnorm(system: &str) -> bool {
     ["RXNORM", "RXN", "http://www.nlm.nih.gov/research/umls/rxnorm"]
         .iter()
         .any(|s| s.eq_ignore_ascii_case(system.trim()))

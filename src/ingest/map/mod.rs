@@ -9,17 +9,24 @@
 
 mod adt;
 mod allergies;
+pub mod identity;
 mod orders;
 mod oru;
+mod values;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
-use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, PatientKey, Phi};
+use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, PatientId, PatientKey, Phi};
+
+use std::sync::Arc;
 
 use super::hl7::{Repetition, Segment};
 use crate::crypto::BlindIndex;
 use crate::vocab::{DroppedValues, Vocabulary};
 
+pub use allergies::is_rxnorm;
+pub use identity::{Authorities, AuthorityError};
 pub use orders::normalise_drug_name;
+pub use values::{reference_range, trim_float};
 
 /// Why a message could not become an event; carries what the ERR segment needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,12 +61,16 @@ impl MapError {
 
 const NO_PID: MapError = MapError::new("PID", 0, 100, "PID segment is required");
 
-/// Maps parsed messages to events.
+/// Maps parsed messages to events. A clone shares the vocabulary and the dropped-value
+/// counters: the HL7 and FHIR feeds map through one.
+#[derive(Clone)]
 pub struct Mapper {
-    vocab: Vocabulary,
+    vocab: Arc<Vocabulary>,
     /// Values of known analytes that could not be used, by name and reason (`/metrics`).
-    dropped: DroppedValues,
+    dropped: Arc<DroppedValues>,
     index: BlindIndex,
+    /// Which assigning authority a patient identifier belongs to, shared with FHIR.
+    authorities: Arc<Authorities>,
     /// Offset assumed for timestamps sent without one.
     default_offset: UtcOffset,
     /// PID-3 identifier type that names the MRN (CX-5).
@@ -70,8 +81,36 @@ impl Mapper {
     /// A mapper with the given vocabulary and blind index, UTC for zone-less timestamps, and
     /// `MR` as the identifier type of the MRN.
     pub fn new(vocab: Vocabulary, index: BlindIndex) -> Self {
-        let dropped = DroppedValues::new(&vocab);
-        Mapper { vocab, dropped, index, default_offset: UtcOffset::UTC, mrn_type: "MR".into() }
+        let dropped = Arc::new(DroppedValues::new(&vocab));
+        Mapper {
+            vocab: Arc::new(vocab),
+            dropped,
+            index,
+            authorities: Arc::new(Authorities::default()),
+            default_offset: UtcOffset::UTC,
+            mrn_type: "MR".into(),
+        }
+    }
+
+    /// The namespace <-> identifier-system table (`[fhir] identifier_systems`).
+    pub fn with_authorities(mut self, authorities: Authorities) -> Self {
+        self.authorities = Arc::new(authorities);
+        self
+    }
+
+    /// Which assigning authority an identifier belongs to.
+    pub fn authorities(&self) -> &Authorities {
+        &self.authorities
+    }
+
+    /// The PID-3 identifier type (CX-5) that names the MRN.
+    pub fn mrn_type(&self) -> &str {
+        &self.mrn_type
+    }
+
+    /// The opaque id of a patient identity.
+    pub fn patient_id(&self, key: &PatientKey) -> PatientId {
+        self.index.patient_id(&key.authority, key.mrn.expose())
     }
 
     /// Counters of observation values dropped at mapping (unit, plausibility, unknown answer).
@@ -107,7 +146,8 @@ impl Mapper {
             if id.trim().is_empty() {
                 continue;
             }
-            let key = PatientKey { authority: rep.component(4), mrn: Phi(id) };
+            let authority = self.authorities.of_hd(&rep.sub(4, 1), &rep.sub(4, 2), &rep.sub(4, 3));
+            let key = PatientKey { authority, mrn: Phi(id) };
             let kind = rep.component(5);
             if kind == self.mrn_type {
                 return Ok(key);
@@ -132,7 +172,7 @@ impl Mapper {
     fn event(&self, pid: &Segment, received_at: OffsetDateTime, kind: EventKind) -> Result<ClinicalEvent, MapError> {
         let patient = self.patient_key(pid)?;
         Ok(ClinicalEvent {
-            patient_id: self.index.patient_id(&patient.authority, patient.mrn.expose()),
+            patient_id: self.patient_id(&patient),
             patient,
             demographics: Demographics { name: Phi(display_name(pid)), birth_date: Phi(pid.text(7)), sex: pid.text(8) },
             location: None,

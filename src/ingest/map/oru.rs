@@ -5,9 +5,10 @@
 use time::OffsetDateTime;
 use vigil_actors::{ClinicalEvent, EventKind, Observation, ResultStatus};
 
+use super::values::{reference_range, trim_float};
 use super::{MapError, Mapper, NO_PID, location};
 use crate::ingest::hl7::{Message, Segment};
-use crate::vocab::{Canonical, CodeSystem, DropReason, UnitMatch, ValueType};
+use crate::vocab::{Canonical, DropReason, UnitMatch, ValueType};
 
 /// The order an OBX belongs to.
 struct OrderContext {
@@ -60,13 +61,9 @@ impl Mapper {
 
     /// The canonical analyte of OBX-3: the primary triplet, else the alternate one (a LIS
     /// often sends its local code first and LOINC second).
-    fn analyte(&self, obx: &Segment) -> Option<(&Canonical, String)> {
-        [(1, 3), (4, 6)].into_iter().find_map(|(code, system)| {
-            let code = obx.component(3, code);
-            let system_name = obx.component(3, system);
-            let canonical = self.vocab.lookup(CodeSystem::parse(&system_name)?, &code)?;
-            Some((canonical, format!("{system_name}|{code}")))
-        })
+    fn obx_analyte(&self, obx: &Segment) -> Option<(&Canonical, String)> {
+        let triplets = [(1, 3), (4, 6)].map(|(code, system)| (obx.component(3, system), obx.component(3, code)));
+        self.analyte(triplets.iter().map(|(s, c)| (s.as_str(), c.as_str())))
     }
 
     /// One OBX as an observation; `Ok(None)` for a row that is not one (an unmapped code, a
@@ -87,7 +84,7 @@ impl Mapper {
             // W (wrong, retracted by a later D or C), X (cannot be obtained), N, O, U: no value.
             _ => return Ok(None),
         };
-        let Some((canonical, source_code)) = self.analyte(obx) else { return Ok(None) };
+        let Some((canonical, source_code)) = self.obx_analyte(obx) else { return Ok(None) };
         let refuse = |reason: DropReason| (canonical.name.clone(), reason);
         let result_key = format!("{}|{}|{}", order.order_number, obx.component(3, 1), obx.text(4));
         let observed_at = self.timestamp(&obx.text(14)).or(order.observed_at).unwrap_or(received_at);
@@ -113,10 +110,8 @@ impl Mapper {
         }
         match canonical.value_type {
             ValueType::Text => {
-                if self.vocab.has_answers(canonical) {
-                    let answer =
-                        answer_candidates(obx).iter().find_map(|c| self.vocab.answer(canonical, c)).map(str::to_string);
-                    observation.text = Some(answer.ok_or_else(|| refuse(DropReason::UnknownAnswer))?);
+                if self.has_answers(canonical) {
+                    observation.text = Some(self.answer(canonical, &answer_candidates(obx)).map_err(refuse)?);
                 } else {
                     let Some(text) = coded_or_text(obx) else { return Ok(None) };
                     observation.text = Some(text);
@@ -127,8 +122,8 @@ impl Mapper {
                     return Ok(None);
                 }
                 let (value, comparator) = numeric(obx).ok_or_else(|| refuse(DropReason::NotNumeric))?;
-                let unit = self.unit_of(obx, canonical);
-                let measured = self.vocab.measure(canonical, value, unit).map_err(refuse)?;
+                let unit = self.obx_unit(obx, canonical);
+                let measured = self.measure(canonical, value, unit).map_err(refuse)?;
                 let convert = |v: f64| v * measured.scale + measured.offset;
                 observation.value = Some(measured.value);
                 observation.text = comparator.map(|c| format!("{c}{}", trim_float(measured.value)));
@@ -138,20 +133,9 @@ impl Mapper {
         Ok(Some(observation))
     }
 
-    /// The unit of OBX-6 (`code^text^system`; either part may be the one the table knows):
-    /// the first part that is canonical or convertible for the analyte; `Missing` when none is
-    /// sent; else `Incompatible` when a part is a known unit, `Unknown` otherwise.
-    fn unit_of(&self, obx: &Segment, canonical: &Canonical) -> UnitMatch {
-        let mut verdict = UnitMatch::Missing;
-        for unit in [obx.component(6, 1), obx.component(6, 2)] {
-            match self.vocab.unit_match(canonical, &unit) {
-                m @ (UnitMatch::Canonical | UnitMatch::Convert { .. }) => return m,
-                UnitMatch::Incompatible => verdict = UnitMatch::Incompatible,
-                UnitMatch::Unknown if verdict == UnitMatch::Missing => verdict = UnitMatch::Unknown,
-                UnitMatch::Unknown | UnitMatch::Missing => {}
-            }
-        }
-        verdict
+    /// The unit of OBX-6 (`code^text^system`; either part may be the one the table knows).
+    fn obx_unit(&self, obx: &Segment, canonical: &Canonical) -> UnitMatch {
+        self.unit_of(canonical, [obx.component(6, 1).as_str(), obx.component(6, 2).as_str()])
     }
 }
 
@@ -209,38 +193,4 @@ fn coded_or_text(obx: &Segment) -> Option<String> {
     };
     let text = text.trim().to_string();
     (!text.is_empty()).then_some(text)
-}
-
-/// OBX-7 in the canonical unit: `low-high`, `>low`, `<high` (and `<=`/`>=`) converted; other
-/// shapes kept as sent when no conversion applies, dropped when one does (a range in the wrong
-/// unit would mislead).
-fn reference_range(text: &str, convert: &dyn Fn(f64) -> f64) -> Option<String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    let num = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| trim_float(convert(v)));
-    for c in [">=", "<=", ">", "<"] {
-        if let Some(rest) = text.strip_prefix(c) {
-            return num(rest).map(|v| format!("{c}{v}"));
-        }
-    }
-    // `low-high`; the split skips a leading sign.
-    if let Some(i) = text.get(1..).and_then(|t| t.find('-')).map(|i| i + 1) {
-        let (low, high) = (text.get(..i)?, text.get(i + 1..)?);
-        if let (Some(l), Some(h)) = (num(low), num(high)) {
-            return Some(format!("{l}-{h}"));
-        }
-    }
-    if let Some(v) = num(text) {
-        return Some(v);
-    }
-    (convert(1.0) == 1.0 && convert(0.0) == 0.0).then(|| text.to_string())
-}
-
-/// A float without noise: up to 4 decimals, trailing zeros removed.
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.4}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
 }

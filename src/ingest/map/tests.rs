@@ -289,3 +289,20 @@ OBX|6|NM|3150-0^FiO2^LN|2|0.4||||||F\r";
     assert_eq!(d.get("rr", DropReason::Implausible), 0);
     assert_eq!(d.nonzero().len(), 4);
 }
+
+#[test]
+fn an_assigning_authority_with_an_iso_oid_is_its_urn_and_a_namespace_is_kept() {
+    let pid = |cx: &str| format!("MSH|^~\\&|A|B|C|D|20260101||ORU^R01|C3|P|2.6\rPID|||{cx}\r");
+    let key = |m: &Mapper, cx: &str| {
+        let msg = Message::parse(pid(cx).as_bytes()).unwrap();
+        m.oru_r01(&msg, OffsetDateTime::now_utc()).unwrap().remove(0).patient
+    };
+    let plain = mapper();
+    assert_eq!(key(&plain, "77^^^HOSP^MR").authority, "HOSP", "a namespace-only authority keeps its id");
+    assert_eq!(key(&plain, "77^^^HOSP&1.2.840.99&ISO^MR").authority, "urn:oid:1.2.840.99");
+    assert_eq!(key(&plain, "77^^^&1.2.840.99&ISO^MR").authority, "urn:oid:1.2.840.99");
+    let table = [("HOSP".to_string(), "urn:oid:1.2.840.99".to_string())].into_iter().collect();
+    let configured = mapper().with_authorities(Authorities::new(&table).unwrap());
+    assert_eq!(key(&configured, "77^^^HOSP&1.2.840.99&ISO^MR").authority, "HOSP");
+    assert_eq!(key(&configured, "77^^^HOSP^MR").authority, "HOSP");
+}
