@@ -142,6 +142,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
     let ingress = Arc::new(Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits));
+    let fhir = Arc::new(crate::ingest::fhir::FhirFeed::new(
+        Arc::clone(&ingress),
+        mapper.clone(),
+        config.fhir.clone(),
+        Arc::clone(&events),
+    ));
     let hl7 = Arc::new(
         Hl7Feed::new(Arc::clone(&ingress), mapper, config.mllp.application.clone(), config.mllp.facility.clone())
             .with_unsupported(config.hl7.unsupported),
@@ -190,7 +196,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ));
     let mut http_shutdown = shutdown_rx;
     let http = tokio::spawn(async move {
-        let app = http::routes(state).layer(axum::Extension(webhook_ledger));
+        let app = http::routes(state).layer(axum::Extension(webhook_ledger)).layer(axum::Extension(fhir));
         let served = axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_shutdown.wait_for(|s| *s).await;

@@ -20,6 +20,8 @@ pub enum Role {
     Informaticist,
     /// Administrator.
     Admin,
+    /// A device gateway or interface engine: may write to `/fhir`, reads no patient data.
+    Gateway,
 }
 
 /// What a token says.

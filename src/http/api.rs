@@ -72,6 +72,7 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Pharmacist => "pharmacist",
         Role::Informaticist => "informaticist",
         Role::Admin => "admin",
+        Role::Gateway => "gateway",
     }
 }
 

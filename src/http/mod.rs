@@ -61,6 +61,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(api::routes())
         .merge(rules_api::routes())
         .merge(crate::alerts::webhooks::routes())
+        .merge(crate::ingest::fhir::http::routes())
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .with_state(state)
 }

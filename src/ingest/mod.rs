@@ -5,6 +5,7 @@
 //! [`Outcome`] that the feed turns into its own reply (an HL7 ACK in [`hl7::feed`], a FHIR
 //! response later). See README.md in this folder for the path of a message.
 
+pub mod fhir;
 pub mod hl7;
 pub mod map;
 pub mod mllp;

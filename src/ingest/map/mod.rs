@@ -103,6 +103,11 @@ impl Mapper {
         &self.authorities
     }
 
+    /// The offset assumed for timestamps sent without one.
+    pub fn default_offset(&self) -> UtcOffset {
+        self.default_offset
+    }
+
     /// The PID-3 identifier type (CX-5) that names the MRN.
     pub fn mrn_type(&self) -> &str {
         &self.mrn_type
