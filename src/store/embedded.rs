@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use super::commit::{self, Backend, Pipeline, PipelineConfig, Staged};
 use crate::crypto::{Aad, KeyRing};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use vigil_actors::{
-    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
-    EventStore, FromMessage, MessageKey, MessageLog, PatientId, RecordedEvent, SequencedAlert, StoreError,
+    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, EventStore,
+    FromMessage, MessageKey, MessageLog, PatientId, RecordedEvent, SequencedAlert, StoreError,
 };
 
 /// Tuning of the embedded store.
@@ -39,21 +40,8 @@ impl Default for EmbeddedStoreConfig {
     }
 }
 
-enum Job {
-    /// The events of one message, each with its message-log entry, written in the same batch:
-    /// all or none survive a crash, and a resend of a message we acknowledged is always
-    /// recognised.
-    Events {
-        records: Vec<EventRecord>,
-        alerts: Vec<(Box<Alert>, bool)>,
-        done: DurableSender,
-    },
-    Alert {
-        alert: Box<Alert>,
-        notify: bool,
-        done: DurableSender<u64>,
-    },
-}
+/// A write queued for the commit pipeline: the rows of the embedded engine.
+type Job = commit::Job<Vec<EventRecord>>;
 
 /// One event ready for the batch: sealed record and, for the first event of its message, the
 /// sealed message-log entry (a message is logged once, however many events it carries).
@@ -139,11 +127,20 @@ impl EmbeddedStore {
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committer = {
-            let ks = Arc::clone(&ks);
-            let last_seq = Arc::clone(&last_seq);
+            let backend = Fjall { ks: Arc::clone(&ks) };
+            let pipeline = Pipeline::new(
+                backend,
+                publisher,
+                Arc::clone(&last_seq),
+                PipelineConfig { max_batch: config.max_batch.max(1), ..PipelineConfig::default() },
+            );
+            // The engine's calls block (fsync): the pipeline runs on a thread of its own.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| StoreError::Engine(format!("start committer: {e}")))?;
             std::thread::Builder::new()
                 .name("vigil-committer".into())
-                .spawn(move || run_committer(ks, rx, config.max_batch.max(1), last_seq, publisher))
+                .spawn(move || runtime.block_on(pipeline.run(rx)))
                 .map_err(|e| StoreError::Engine(format!("start committer: {e}")))?
         };
         Ok(EmbeddedStore {
@@ -298,7 +295,7 @@ impl EventStore for EmbeddedStore {
         let records = self.records_of(message, events)?;
         let (done, ticket) = Durable::channel();
         let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
-        self.submit(Job::Events { records, alerts, done }).await?;
+        self.submit(Job::Events { rows: records, alerts, done }).await?;
         Ok(ticket)
     }
 
@@ -400,147 +397,76 @@ impl AlertStore for EmbeddedStore {
     }
 }
 
-fn run_committer(
+/// The embedded engine behind the commit pipeline: one fjall write batch and one fsync per
+/// batch, so a batch is durable whole or not at all.
+struct Fjall {
     ks: Arc<Keyspaces>,
-    mut rx: mpsc::Receiver<Job>,
-    max_batch: usize,
-    last_seq: Arc<AtomicU64>,
-    publisher: Arc<dyn AlertPublisher>,
-) {
-    let mut jobs = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        commit(&ks, &mut jobs, &last_seq, publisher.as_ref());
-    }
-    if let Err(e) = ks.db.persist(PersistMode::SyncAll) {
-        tracing::error!(error = %e, "final persist failed");
-    }
 }
 
-/// An alert change ready for the batch, or the number of an identical stored state.
-enum Staged {
-    Unchanged(u64),
-    New { change: Box<SequencedAlert>, state: Vec<u8>, log: Vec<u8> },
+/// An alert change's sealed rows: its latest state and its alert-log entry.
+struct AlertRows<'a> {
+    change: &'a SequencedAlert,
+    state: Vec<u8>,
+    log: Vec<u8>,
 }
 
-/// Number and seal one alert change as `next`, unless it equals the latest state (the batch's
-/// own, else the stored one): idempotent, so a replay never alerts twice.
-fn stage_alert(
-    ks: &Keyspaces,
-    latest: &std::collections::HashMap<String, SequencedAlert>,
-    next: u64,
-    alert: &Alert,
-    notify: bool,
-) -> Result<Staged, StoreError> {
-    let current = match latest.get(&alert.id.0) {
-        Some(change) => Some(change.clone()),
-        None => stored_alert(ks, &alert.id.0).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "stored alert unreadable; writing the new state");
-            None
-        }),
-    };
-    if let Some(current) = current.filter(|c| &c.alert == alert) {
-        return Ok(Staged::Unchanged(current.seq));
+fn alert_rows<'a>(keys: &KeyRing, change: &'a SequencedAlert) -> Result<AlertRows<'a>, StoreError> {
+    let bytes = serde_json::to_vec(change).map_err(|e| StoreError::Engine(format!("encode alert: {e}")))?;
+    let state = seal(keys, ALERTS, change.alert.id.0.as_bytes(), &bytes)?;
+    let log = seal(keys, ALERT_LOG, &change.seq.to_be_bytes(), &bytes)?;
+    Ok(AlertRows { change, state, log })
+}
+
+#[async_trait]
+impl Backend for Fjall {
+    type Rows = Vec<EventRecord>;
+
+    async fn stored_alert(&self, id: &str) -> Result<Option<SequencedAlert>, StoreError> {
+        stored_alert(&self.ks, id)
     }
-    let change = SequencedAlert { seq: next, notify, alert: alert.clone() };
-    let bytes = serde_json::to_vec(&change).map_err(|e| StoreError::Engine(format!("encode alert: {e}")))?;
-    let state = seal(&ks.keys, ALERTS, change.alert.id.0.as_bytes(), &bytes)?;
-    let log = seal(&ks.keys, ALERT_LOG, &next.to_be_bytes(), &bytes)?;
-    Ok(Staged::New { change: Box::new(change), state, log })
-}
 
-fn commit(ks: &Keyspaces, jobs: &mut Vec<Job>, last_seq: &AtomicU64, publisher: &dyn AlertPublisher) {
-    let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
-    let mut seq = last_seq.load(Ordering::Acquire);
-    let mut changes = Vec::new();
-    // Per job: the sequence number it resolves to (alerts), or why it failed.
-    let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(jobs.len());
-    // Latest state per alert id in this batch, ahead of what the keyspace holds.
-    let mut latest: std::collections::HashMap<String, SequencedAlert> = std::collections::HashMap::new();
-    for job in jobs.iter() {
-        // Stage a job's alert changes first: a job goes into the batch whole or not at all.
-        let wanted: Vec<(&Alert, bool)> = match job {
-            Job::Events { alerts, .. } => alerts.iter().map(|(a, n)| (a.as_ref(), *n)).collect(),
-            Job::Alert { alert, notify, .. } => vec![(alert.as_ref(), *notify)],
-        };
-        let mut staged = Vec::with_capacity(wanted.len());
-        // Staged straight into `latest`, remembering what each entry replaced, so a job that
-        // fails part-way is undone without copying the map for every job.
-        let mut undo: Vec<(String, Option<SequencedAlert>)> = Vec::new();
-        let mut next = seq;
-        let mut failed = None;
-        for (alert, notify) in wanted {
-            match stage_alert(ks, &latest, next + 1, alert, notify) {
-                Ok(Staged::New { change, state, log }) => {
-                    next += 1;
-                    let id = change.alert.id.0.clone();
-                    undo.push((id.clone(), latest.insert(id, (*change).clone())));
-                    staged.push(Staged::New { change, state, log });
-                }
-                Ok(unchanged) => staged.push(unchanged),
+    async fn write(&mut self, jobs: &[Staged<'_, Vec<EventRecord>>]) -> Vec<Result<(), StoreError>> {
+        let ks = &self.ks;
+        let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            // Sealed first: a job goes into the batch whole or not at all.
+            let sealed: Result<Vec<AlertRows<'_>>, StoreError> =
+                job.changes.iter().map(|c| alert_rows(&ks.keys, c)).collect();
+            let sealed = match sealed {
+                Ok(sealed) => sealed,
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    results.push(Err(e));
+                    continue;
                 }
-            }
-        }
-        if let Some(e) = failed {
-            for (id, previous) in undo.into_iter().rev() {
-                match previous {
-                    Some(p) => latest.insert(id, p),
-                    None => latest.remove(&id),
-                };
-            }
-            outcomes.push(Err(e));
-            continue;
-        }
-        if let Job::Events { records, .. } = job {
-            for r in records {
+            };
+            for r in job.rows.into_iter().flatten() {
                 batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
                 if let Some((message_key, message_value)) = &r.message {
                     batch.insert(&ks.messages, message_key.as_slice(), message_value.as_slice());
                 }
             }
-        }
-        let mut number = 0;
-        for s in staged {
-            match s {
-                Staged::Unchanged(n) => number = n,
-                Staged::New { change, state, log } => {
-                    let id = change.alert.id.0.as_bytes();
-                    if change.alert.status == AlertStatus::Resolved {
-                        batch.remove(&ks.open_index, id);
-                    } else {
-                        batch.insert(&ks.open_index, id, []);
-                    }
-                    batch.insert(&ks.alerts, change.alert.id.0.as_bytes(), state);
-                    batch.insert(&ks.alert_log, change.seq.to_be_bytes(), log);
-                    number = change.seq;
-                    changes.push(Arc::new(*change));
+            for AlertRows { change, state, log } in sealed {
+                let id = change.alert.id.0.as_bytes();
+                if change.alert.status == AlertStatus::Resolved {
+                    batch.remove(&ks.open_index, id);
+                } else {
+                    batch.insert(&ks.open_index, id, []);
                 }
+                batch.insert(&ks.alerts, id, state);
+                batch.insert(&ks.alert_log, change.seq.to_be_bytes(), log);
             }
+            results.push(Ok(()));
         }
-        seq = next;
-        outcomes.push(Ok(number));
-    }
-    let result = batch.commit().map_err(engine("commit"));
-    if result.is_ok() {
-        last_seq.store(seq, Ordering::Release);
-        for change in &changes {
-            publisher.publish(Arc::clone(change));
+        match batch.commit().map_err(engine("commit")) {
+            Ok(()) => results,
+            Err(e) => results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
         }
     }
-    for (job, outcome) in jobs.drain(..).zip(outcomes) {
-        let outcome = result.clone().and(outcome);
-        match job {
-            Job::Events { done, .. } => done.complete(outcome.map(|_| ())),
-            Job::Alert { done, .. } => done.complete(outcome),
+
+    async fn finish(&mut self) {
+        if let Err(e) = self.ks.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "final persist failed");
         }
     }
 }

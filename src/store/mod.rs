@@ -2,6 +2,8 @@
 //! engine (fjall, the default) with group commit, and ScyllaDB (the `scylla` driver). Both seal
 //! PHI with the field-encryption key ring; [`conformance`] is the suite both must pass.
 
+pub mod commit;
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
 pub mod scylla;

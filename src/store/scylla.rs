@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::commit::{self, Backend, Pipeline, PipelineConfig, Staged};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use scylla::client::session::Session;
@@ -27,8 +28,8 @@ use scylla::value::{CqlTimestamp, CqlValue};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc};
 use vigil_actors::{
-    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, DurableSender,
-    EventStore, FromMessage, MessageKey, MessageLog, PatientId, SequencedAlert, StoreError,
+    AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, EventStore,
+    FromMessage, MessageKey, MessageLog, PatientId, SequencedAlert, StoreError,
 };
 
 use crate::config::{Retention, StoreSettings};
@@ -217,30 +218,14 @@ struct SealedMessage {
     raw: Vec<u8>,
 }
 
-enum Job {
-    /// The events of one message. Their rows go in a first round; the message-log rows, which
-    /// are what marks a message as accepted (the duplicate check), go in a second round only
-    /// for messages whose every event row was acknowledged. A partial write therefore leaves
-    /// the message unaccepted, and the sender's resend is processed, not re-acknowledged.
-    Events {
-        events: Vec<SealedEvent>,
-        alerts: Vec<(Box<Alert>, bool)>,
-        done: DurableSender,
-    },
-    Alert {
-        alert: Box<Alert>,
-        notify: bool,
-        done: DurableSender<u64>,
-    },
-    /// Everything queued before it is committed, then the committer stops.
-    Close(tokio::sync::oneshot::Sender<()>),
-}
+/// A write queued for the commit pipeline: the rows of the ScyllaDB tables.
+type Job = commit::Job<Vec<SealedEvent>>;
 
 struct Shared {
     session: Session,
     st: Statements,
     keys: Arc<KeyRing>,
-    last_seq: AtomicU64,
+    last_seq: Arc<AtomicU64>,
 }
 
 /// The ScyllaDB-backed store. Cloning shares it.
@@ -311,11 +296,17 @@ impl ScyllaStore {
         let session = builder.build().await.map_err(|e| engine("connect")(e.to_string()))?;
         migrate(&session, &config).await?;
         let st = Statements::prepare(&session, &config).await?;
-        let shared = Arc::new(Shared { session, st, keys, last_seq: AtomicU64::new(0) });
+        let shared = Arc::new(Shared { session, st, keys, last_seq: Arc::new(AtomicU64::new(0)) });
         let last = recover_last_seq(&shared).await?;
         shared.last_seq.store(last, Ordering::Release);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let committer = tokio::spawn(run_committer(Arc::clone(&shared), rx, config.max_batch.max(1), publisher));
+        let pipeline = Pipeline::new(
+            Cql { sh: Arc::clone(&shared), hwm_bucket: None },
+            publisher,
+            Arc::clone(&shared.last_seq),
+            PipelineConfig { max_batch: config.max_batch.max(1), ..PipelineConfig::default() },
+        );
+        let committer = tokio::spawn(pipeline.run(rx));
         Ok(ScyllaStore { shared, tx, committer: Arc::new(Mutex::new(Some(committer))) })
     }
 
@@ -498,7 +489,7 @@ impl EventStore for ScyllaStore {
         }
         let (done, ticket) = Durable::channel();
         let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
-        self.submit(Job::Events { events: sealed, alerts, done }).await?;
+        self.submit(Job::Events { rows: sealed, alerts, done }).await?;
         Ok(ticket)
     }
 
@@ -638,38 +629,6 @@ impl Round {
     }
 }
 
-async fn run_committer(
-    sh: Arc<Shared>,
-    mut rx: mpsc::Receiver<Job>,
-    max_batch: usize,
-    publisher: Arc<dyn AlertPublisher>,
-) {
-    let mut next_seq = sh.last_seq.load(Ordering::Acquire);
-    let mut hwm_bucket: Option<u64> = None;
-    // Latest state of alerts this node has written or read: the idempotence check.
-    let mut latest: HashMap<String, SequencedAlert> = HashMap::new();
-    let mut jobs = Vec::with_capacity(max_batch);
-    let mut close = None;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Close(reply) => close = Some(reply),
-                job => jobs.push(job),
-            }
-            if close.is_some() || jobs.len() >= max_batch {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        commit(&sh, &mut jobs, &mut next_seq, &mut hwm_bucket, &mut latest, publisher.as_ref()).await;
-        if let Some(reply) = close.take() {
-            let _ = reply.send(());
-            return;
-        }
-    }
-}
-
 fn text(s: &str) -> CqlValue {
     CqlValue::Text(s.to_string())
 }
@@ -690,149 +649,105 @@ async fn stored_alert(sh: &Shared, id: &str) -> Result<Option<SequencedAlert>, S
     }
 }
 
-async fn commit(
-    sh: &Shared,
-    jobs: &mut Vec<Job>,
-    next_seq: &mut u64,
-    hwm_bucket: &mut Option<u64>,
-    latest: &mut HashMap<String, SequencedAlert>,
-    publisher: &dyn AlertPublisher,
-) {
-    let st = &sh.st;
-    let mut round = Round::default();
-    // Message-log rows: sent after `round`, only for messages whose event rows all landed.
-    let mut accept = Round::default();
-    // Per job: Ok(None) event, Ok(Some(seq)) alert written, Err(..) failed before sending.
-    let mut outcomes: Vec<Result<Option<u64>, StoreError>> = Vec::with_capacity(jobs.len());
-    let mut unchanged: Vec<Option<u64>> = Vec::with_capacity(jobs.len());
-    let mut changes: Vec<(usize, Arc<SequencedAlert>)> = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        unchanged.push(None);
-        match job {
-            Job::Events { events, alerts, .. } => {
-                // The alert changes the rules made of these events go into the same write:
-                // the message is accepted (message-log rows, second round) only if they land.
-                let mut staged = Ok(());
-                for (alert, notify) in alerts {
-                    match stage_alert(sh, latest, next_seq, &mut round, i, alert, *notify).await {
-                        Ok(Staged::New(change)) => changes.push((i, change)),
-                        Ok(Staged::Unchanged(_)) => {}
-                        Err(e) => {
-                            staged = Err(e);
-                            break;
-                        }
-                    }
-                }
-                if let Err(e) = staged {
-                    outcomes.push(Err(e));
-                    continue;
-                }
-                for sealed in events {
-                    let SealedEvent { event, body, event_id, message } = sealed;
-                    let patient = event.patient_id.0.as_str();
-                    let day = day_of(event.received_at);
-                    let at = timestamp(event.received_at);
-                    round.add(
-                        format!("events/{patient}/{day}"),
-                        &st.insert_event,
+/// ScyllaDB behind the commit pipeline. A batch is written in two rounds, each one unlogged
+/// batch per partition sent concurrently: first the events and alert rows, then the
+/// message-log rows — what marks a message as accepted (the duplicate check) — only for jobs
+/// whose every row of the first round was acknowledged. A partial write therefore leaves the
+/// message unaccepted, and the sender's resend is processed, not re-acknowledged.
+struct Cql {
+    sh: Arc<Shared>,
+    /// The highest alert-log bucket recorded in `alert_seq`.
+    hwm_bucket: Option<u64>,
+}
+
+#[async_trait]
+impl Backend for Cql {
+    type Rows = Vec<SealedEvent>;
+
+    async fn stored_alert(&self, id: &str) -> Result<Option<SequencedAlert>, StoreError> {
+        stored_alert(&self.sh, id).await
+    }
+
+    async fn write(&mut self, jobs: &[Staged<'_, Vec<SealedEvent>>]) -> Vec<Result<(), StoreError>> {
+        let sh = &self.sh;
+        let st = &sh.st;
+        let mut round = Round::default();
+        let mut accept = Round::default();
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter().enumerate() {
+            // Sealed first: a job goes into the round whole or not at all.
+            let mut rows = Vec::new();
+            let sealed: Result<(), StoreError> = job.changes.iter().try_for_each(|c| alert_rows(sh, c, &mut rows));
+            if let Err(e) = sealed {
+                results.push(Err(e));
+                continue;
+            }
+            for (partition, statement, values) in rows {
+                round.add(partition, statement, values, i);
+            }
+            for sealed in job.rows.into_iter().flatten() {
+                let SealedEvent { event, body, event_id, message } = sealed;
+                let patient = event.patient_id.0.as_str();
+                let day = day_of(event.received_at);
+                let at = timestamp(event.received_at);
+                round.add(
+                    format!("events/{patient}/{day}"),
+                    &st.insert_event,
+                    vec![
+                        text(patient),
+                        CqlValue::Int(day),
+                        CqlValue::Timestamp(at),
+                        text(event_id),
+                        CqlValue::Blob(body.clone()),
+                    ],
+                    i,
+                );
+                round.add(
+                    format!("patient_days/{patient}"),
+                    &st.insert_patient_day,
+                    vec![text(patient), CqlValue::Int(day)],
+                    i,
+                );
+                if let Some(m) = message {
+                    accept.add(
+                        format!("message_log/{}\0{}", m.sender, m.id),
+                        &st.insert_message,
                         vec![
+                            text(&m.sender),
+                            text(&m.id),
                             text(patient),
-                            CqlValue::Int(day),
-                            CqlValue::Timestamp(at),
-                            text(event_id),
-                            CqlValue::Blob(body.clone()),
+                            CqlValue::Timestamp(m.received_at),
+                            CqlValue::Blob(m.raw.clone()),
                         ],
                         i,
                     );
-                    round.add(
-                        format!("patient_days/{patient}"),
-                        &st.insert_patient_day,
-                        vec![text(patient), CqlValue::Int(day)],
-                        i,
-                    );
-                    if let Some(m) = message {
-                        accept.add(
-                            format!("message_log/{}\0{}", m.sender, m.id),
-                            &st.insert_message,
-                            vec![
-                                text(&m.sender),
-                                text(&m.id),
-                                text(patient),
-                                CqlValue::Timestamp(m.received_at),
-                                CqlValue::Blob(m.raw.clone()),
-                            ],
-                            i,
-                        );
-                    }
                 }
-                outcomes.push(Ok(None));
             }
-            Job::Close(_) => outcomes.push(Ok(None)),
-            Job::Alert { alert, notify, .. } => {
-                match stage_alert(sh, latest, next_seq, &mut round, i, alert, *notify).await {
-                    Ok(Staged::Unchanged(seq)) => {
-                        unchanged[i] = Some(seq);
-                        outcomes.push(Ok(None));
-                    }
-                    Ok(Staged::New(change)) => {
-                        outcomes.push(Ok(Some(change.seq)));
-                        changes.push((i, change));
-                    }
-                    Err(e) => outcomes.push(Err(e)),
+            results.push(Ok(()));
+        }
+        // A new alert-log bucket is recorded before any change is written into it; if that
+        // fails, nothing of the batch is written.
+        let top = jobs.iter().flat_map(|j| j.changes.iter().map(|c| c.seq)).max();
+        if let Some(top) = top.map(|seq| seq / LOG_BUCKET)
+            && self.hwm_bucket.is_none_or(|b| b < top)
+        {
+            match sh.session.execute_unpaged(&st.upsert_seq_bucket, ("alert_log", top as i64)).await {
+                Ok(_) => self.hwm_bucket = Some(top),
+                Err(e) => {
+                    let e = engine("record alert bucket")(e.to_string());
+                    return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
                 }
             }
         }
-    }
-    // A new alert-log bucket is recorded before any change is written into it.
-    let top_bucket = *next_seq / LOG_BUCKET;
-    let mut failed_all: Option<StoreError> = None;
-    if !changes.is_empty() && hwm_bucket.is_none_or(|b| b < top_bucket) {
-        match sh.session.execute_unpaged(&st.upsert_seq_bucket, ("alert_log", top_bucket as i64)).await {
-            Ok(_) => *hwm_bucket = Some(top_bucket),
-            Err(e) => failed_all = Some(engine("record alert bucket")(e.to_string())),
-        }
-    }
-    let mut failed_jobs: HashMap<usize, StoreError> = HashMap::new();
-    if let Some(e) = failed_all {
-        for (i, _) in &changes {
-            failed_jobs.insert(*i, e.clone());
-        }
-    } else {
-        failed_jobs = send_round(sh, round).await;
-        accept.groups.retain(|_, group| !group.jobs.iter().any(|j| failed_jobs.contains_key(j)));
-        failed_jobs.extend(send_round(sh, accept).await);
-    }
-    // Publish the changes that are durable, in sequence order; a failed one leaves a gap.
-    let mut committed = 0;
-    for (i, change) in &changes {
-        if failed_jobs.contains_key(i) {
-            latest.remove(&change.alert.id.0);
-            continue;
-        }
-        committed = committed.max(change.seq);
-    }
-    if committed > 0 {
-        sh.last_seq.fetch_max(committed, Ordering::AcqRel);
-    }
-    for (i, change) in &changes {
-        if !failed_jobs.contains_key(i) {
-            publisher.publish(Arc::clone(change));
-        }
-    }
-    for (i, (job, outcome)) in jobs.drain(..).zip(outcomes).enumerate() {
-        let outcome = match failed_jobs.remove(&i) {
-            Some(e) => Err(e),
-            None => outcome,
-        };
-        match job {
-            Job::Events { done, .. } => done.complete(outcome.map(|_| ())),
-            Job::Close(_) => {}
-            Job::Alert { done, .. } => {
-                let seq =
-                    outcome.and_then(|s| s.or(unchanged[i]).ok_or_else(|| StoreError::Engine("alert outcome".into())));
-                done.complete(seq);
+        let mut failed = send_round(sh, round).await;
+        accept.groups.retain(|_, group| !group.jobs.iter().any(|j| failed.contains_key(j)));
+        failed.extend(send_round(sh, accept).await);
+        for (i, e) in failed {
+            if let Some(r) = results.get_mut(i) {
+                *r = r.clone().and(Err(e));
             }
         }
+        results
     }
 }
 
@@ -861,42 +776,12 @@ async fn send_round(sh: &Shared, round: Round) -> HashMap<usize, StoreError> {
     failed
 }
 
-/// An alert change staged into a round, or the number of an identical stored state.
-enum Staged {
-    Unchanged(u64),
-    New(Arc<SequencedAlert>),
-}
+/// One statement of a round: partition, statement, values.
+type Row<'a> = (String, &'a PreparedStatement, Vec<CqlValue>);
 
-/// Number and stage one alert change, unless it equals the latest state (this node's view of
-/// it, else the stored one): idempotent, so a replay never alerts twice.
-async fn stage_alert(
-    sh: &Shared,
-    latest: &mut HashMap<String, SequencedAlert>,
-    next_seq: &mut u64,
-    round: &mut Round,
-    job: usize,
-    alert: &Alert,
-    notify: bool,
-) -> Result<Staged, StoreError> {
-    let id = alert.id.0.as_str();
-    let current = match latest.get(id) {
-        Some(c) => Some(c.clone()),
-        None => stored_alert(sh, id).await?,
-    };
-    if let Some(current) = current.filter(|c| &c.alert == alert) {
-        let seq = current.seq;
-        latest.insert(id.to_string(), current);
-        return Ok(Staged::Unchanged(seq));
-    }
-    let seq = *next_seq + 1;
-    let change = SequencedAlert { seq, notify, alert: alert.clone() };
-    alert_rows(sh, &change, round, job)?;
-    *next_seq = seq;
-    latest.insert(id.to_string(), change.clone());
-    Ok(Staged::New(Arc::new(change)))
-}
-
-fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usize) -> Result<(), StoreError> {
+/// The rows of one alert change: its state, its copies by patient and by unit, the open-alert
+/// index, the alert log.
+fn alert_rows<'a>(sh: &'a Shared, change: &SequencedAlert, rows: &mut Vec<Row<'a>>) -> Result<(), StoreError> {
     let st = &sh.st;
     let keys = &sh.keys;
     let json = serde_json::to_vec(change).map_err(|e| StoreError::Engine(format!("encode alert: {e}")))?;
@@ -906,14 +791,13 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
     let patient = alert.patient.id.0.as_str();
     let day = day_of(alert.updated_at);
     let unit_key = format!("{}\0{day}\0{seq}", alert.patient.unit);
-    round.add(
+    rows.push((
         format!("alerts/{id}"),
         &st.insert_alert,
         vec![text(id), CqlValue::BigInt(seq), CqlValue::Blob(seal(keys, "alerts", id.as_bytes(), "body", &json)?)],
-        job,
-    );
+    ));
     let patient_key = format!("{patient}\0{id}");
-    round.add(
+    rows.push((
         format!("alerts_by_patient/{patient}"),
         &st.insert_alert_by_patient,
         vec![
@@ -922,9 +806,8 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
             CqlValue::BigInt(seq),
             CqlValue::Blob(seal(keys, "alerts_by_patient", patient_key.as_bytes(), "body", &json)?),
         ],
-        job,
-    );
-    round.add(
+    ));
+    rows.push((
         format!("alerts_by_unit/{}/{day}", alert.patient.unit),
         &st.insert_alert_by_unit,
         vec![
@@ -934,13 +817,12 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
             text(id),
             CqlValue::Blob(seal(keys, "alerts_by_unit", unit_key.as_bytes(), "body", &json)?),
         ],
-        job,
-    );
+    ));
     let bucket = open_bucket(id);
     if alert.status == AlertStatus::Resolved {
-        round.add(format!("open_alerts/{bucket}"), &st.delete_open_alert, vec![CqlValue::Int(bucket), text(id)], job);
+        rows.push((format!("open_alerts/{bucket}"), &st.delete_open_alert, vec![CqlValue::Int(bucket), text(id)]));
     } else {
-        round.add(
+        rows.push((
             format!("open_alerts/{bucket}"),
             &st.insert_open_alert,
             vec![
@@ -949,11 +831,10 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
                 CqlValue::BigInt(seq),
                 CqlValue::Blob(seal(keys, "open_alerts", id.as_bytes(), "body", &json)?),
             ],
-            job,
-        );
+        ));
     }
     let log_bucket = (change.seq / LOG_BUCKET) as i64;
-    round.add(
+    rows.push((
         format!("alert_log/{log_bucket}"),
         &st.insert_alert_log,
         vec![
@@ -961,8 +842,7 @@ fn alert_rows(sh: &Shared, change: &SequencedAlert, round: &mut Round, job: usiz
             CqlValue::BigInt(seq),
             CqlValue::Blob(seal(keys, "alert_log", &change.seq.to_be_bytes(), "body", &json)?),
         ],
-        job,
-    );
+    ));
     Ok(())
 }
 

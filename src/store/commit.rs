@@ -1,0 +1,373 @@
+//! One commit pipeline for every store backend. Patient actors (events with the alert changes
+//! the rules made of them) and consoles (acknowledge, resolve, escalate) queue [`Job`]s; the
+//! pipeline drains whatever is queued into one batch and, in order:
+//!
+//! 1. **stages** each job's alert changes: a change equal to the alert's latest state is
+//!    skipped (it resolves to that state's number: replaying events never alerts twice), the
+//!    others are numbered in sequence; a job whose staging fails is failed whole and its
+//!    numbers are given back;
+//! 2. **writes** the batch through the [`Backend`] (fjall: one write batch and one fsync;
+//!    ScyllaDB: one batch per partition, the message log last), which says per job whether
+//!    everything of it is durable;
+//! 3. **publishes** the durable alert changes, in sequence order, to the
+//!    [`AlertPublisher`] (consoles, webhooks) — only after they are durable;
+//! 4. **completes** the tickets the senders' ACKs and the consoles' replies wait on.
+//!
+//! A number handed to a change whose write failed is not reused (a gap in the alert log;
+//! readers never assume the sequence is contiguous), because a partial write may have left it
+//! somewhere.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use vigil_actors::{Alert, AlertPublisher, AlertStatus, DurableSender, SequencedAlert, StoreError};
+
+/// A write queued for the pipeline. `R` is the backend's sealed event rows.
+pub enum Job<R> {
+    /// The events of one message for one patient, with the alert changes the rules made of
+    /// them: all land together, or the job fails.
+    Events {
+        /// The backend's rows of the events (and of the message log, when this bundle writes it).
+        rows: R,
+        /// Alert changes, each with whether it notifies.
+        alerts: Vec<(Box<Alert>, bool)>,
+        /// Completed once durable.
+        done: DurableSender,
+    },
+    /// One alert change (a clinician's action, an escalation).
+    Alert {
+        /// The new state.
+        alert: Box<Alert>,
+        /// Whether consoles are notified.
+        notify: bool,
+        /// Completed with the change's sequence number once durable.
+        done: DurableSender<u64>,
+    },
+    /// Everything queued before it is committed, then the pipeline stops.
+    Close(oneshot::Sender<()>),
+}
+
+/// One job as the backend writes it: its event rows (none for a lone alert change) and its
+/// numbered alert changes.
+pub struct Staged<'a, R> {
+    /// Event rows.
+    pub rows: Option<&'a R>,
+    /// New alert states, numbered.
+    pub changes: &'a [Arc<SequencedAlert>],
+}
+
+/// What a store engine does for the pipeline.
+#[async_trait]
+pub trait Backend: Send + 'static {
+    /// Sealed event rows (and message-log rows) of one job.
+    type Rows: Send + Sync + 'static;
+
+    /// The stored latest state of an alert: the idempotence check for an alert the pipeline
+    /// has not seen since it started (or forgot).
+    async fn stored_alert(&self, id: &str) -> Result<Option<SequencedAlert>, StoreError>;
+
+    /// Make a batch durable. One result per job, in order: `Ok` only if every row of the job
+    /// (events, message log, alert states and log, open-alert index) is durable.
+    async fn write(&mut self, batch: &[Staged<'_, Self::Rows>]) -> Vec<Result<(), StoreError>>;
+
+    /// The queue is closed and drained: a last flush, when the engine wants one.
+    async fn finish(&mut self) {}
+}
+
+/// Tuning of the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineConfig {
+    /// Most jobs in one batch.
+    pub max_batch: usize,
+    /// Most alert states remembered for the idempotence check; beyond it the memory is
+    /// cleared and states are read from the store again.
+    pub max_remembered: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { max_batch: 4_096, max_remembered: 16_384 }
+    }
+}
+
+/// The pipeline over one backend. Run it with [`Pipeline::run`] on the queue's receiving end.
+pub struct Pipeline<B: Backend> {
+    backend: B,
+    publisher: Arc<dyn AlertPublisher>,
+    /// The highest number committed (what `AlertStore::last_seq` reads).
+    last_seq: Arc<AtomicU64>,
+    /// The highest number handed out.
+    next_seq: u64,
+    /// Latest state of the open alerts this pipeline has written or read (resolved ones are
+    /// forgotten once committed): the idempotence check without a read per change.
+    latest: HashMap<String, SequencedAlert>,
+    config: PipelineConfig,
+}
+
+/// A job after staging.
+struct Prepared {
+    changes: Vec<Arc<SequencedAlert>>,
+    /// For a lone alert change equal to the stored state: that state's number.
+    unchanged: Option<u64>,
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// A pipeline writing through `backend`, numbering after `last_seq` and publishing to
+    /// `publisher`.
+    pub fn new(
+        backend: B,
+        publisher: Arc<dyn AlertPublisher>,
+        last_seq: Arc<AtomicU64>,
+        config: PipelineConfig,
+    ) -> Self {
+        let next_seq = last_seq.load(Ordering::Acquire);
+        Pipeline { backend, publisher, last_seq, next_seq, latest: HashMap::new(), config }
+    }
+
+    /// Commit batches until the queue closes (or a [`Job::Close`] arrives), then finish.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Job<B::Rows>>) {
+        let max_batch = self.config.max_batch.max(1);
+        let mut jobs = Vec::with_capacity(max_batch);
+        let mut close = None;
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Close(reply) => close = Some(reply),
+                    job => jobs.push(job),
+                }
+                if close.is_some() || jobs.len() >= max_batch {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            self.commit(&mut jobs).await;
+            if close.is_some() {
+                break;
+            }
+        }
+        self.backend.finish().await;
+        if let Some(reply) = close {
+            let _ = reply.send(());
+        }
+    }
+
+    /// The latest state of an alert: this pipeline's memory, else the store. A stored state
+    /// that cannot be decoded is replaced by the new one (shown, not hidden), and said so.
+    async fn current(&self, id: &str) -> Result<Option<SequencedAlert>, StoreError> {
+        if let Some(c) = self.latest.get(id) {
+            return Ok(Some(c.clone()));
+        }
+        match self.backend.stored_alert(id).await {
+            Err(StoreError::Corrupt(what)) => {
+                tracing::error!(what, "stored alert state unreadable; writing the new state over it");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Number a job's alert changes, or fail the job (giving its numbers back).
+    async fn stage(&mut self, wanted: &[(Box<Alert>, bool)]) -> Result<Prepared, StoreError> {
+        let mut changes = Vec::new();
+        let mut unchanged = None;
+        // Entries replaced in `latest`, to undo a job that fails part-way.
+        let mut undo: Vec<(String, Option<SequencedAlert>)> = Vec::new();
+        let first = self.next_seq;
+        for (alert, notify) in wanted {
+            let current = match self.current(&alert.id.0).await {
+                Ok(c) => c,
+                Err(e) => {
+                    for (id, previous) in undo.into_iter().rev() {
+                        match previous {
+                            Some(p) => self.latest.insert(id, p),
+                            None => self.latest.remove(&id),
+                        };
+                    }
+                    self.next_seq = first;
+                    return Err(e);
+                }
+            };
+            if let Some(current) = current.filter(|c| c.alert == **alert) {
+                unchanged = Some(current.seq);
+                continue;
+            }
+            self.next_seq += 1;
+            let change = SequencedAlert { seq: self.next_seq, notify: *notify, alert: (**alert).clone() };
+            undo.push((change.alert.id.0.clone(), self.latest.insert(change.alert.id.0.clone(), change.clone())));
+            changes.push(Arc::new(change));
+        }
+        Ok(Prepared { changes, unchanged })
+    }
+
+    async fn commit(&mut self, jobs: &mut Vec<Job<B::Rows>>) {
+        // 1. Stage.
+        let mut prepared: Vec<Result<Prepared, StoreError>> = Vec::with_capacity(jobs.len());
+        for job in jobs.iter() {
+            let staged = match job {
+                Job::Events { alerts, .. } => self.stage(alerts).await,
+                Job::Alert { alert, notify, .. } => {
+                    // One allocation-free shape for both kinds: a lone change is a list of one.
+                    let one = [(alert.clone(), *notify)];
+                    self.stage(&one).await
+                }
+                Job::Close(_) => Ok(Prepared { changes: Vec::new(), unchanged: None }),
+            };
+            prepared.push(staged);
+        }
+        // 2. Write what staged.
+        let (index, batch): (Vec<usize>, Vec<Staged<'_, B::Rows>>) = jobs
+            .iter()
+            .zip(&prepared)
+            .enumerate()
+            .filter_map(|(i, (job, p))| {
+                let p = p.as_ref().ok()?;
+                let rows = match job {
+                    Job::Events { rows, .. } => Some(rows),
+                    _ => None,
+                };
+                Some((i, Staged { rows, changes: &p.changes }))
+            })
+            .unzip();
+        let written = if batch.is_empty() { Vec::new() } else { self.backend.write(&batch).await };
+        drop(batch);
+        let mut outcome: Vec<Result<(), StoreError>> =
+            prepared.iter().map(|p| p.as_ref().map(|_| ()).map_err(Clone::clone)).collect();
+        for (i, result) in index.into_iter().zip(written) {
+            outcome[i] = result;
+        }
+        // 3. Publish the durable changes in sequence order; forget the failed ones (the store
+        // is asked next time) and the resolved ones (they are not changed again).
+        let mut committed = Vec::new();
+        for (p, result) in prepared.iter().zip(&outcome) {
+            let Ok(p) = p else { continue };
+            for change in &p.changes {
+                if result.is_ok() {
+                    committed.push(Arc::clone(change));
+                } else if self.latest.get(&change.alert.id.0).is_some_and(|l| l.seq == change.seq) {
+                    self.latest.remove(&change.alert.id.0);
+                }
+            }
+        }
+        committed.sort_by_key(|c| c.seq);
+        if let Some(top) = committed.last() {
+            self.last_seq.fetch_max(top.seq, Ordering::AcqRel);
+        }
+        for change in &committed {
+            self.publisher.publish(Arc::clone(change));
+            if change.alert.status == AlertStatus::Resolved
+                && self.latest.get(&change.alert.id.0).is_some_and(|l| l.seq == change.seq)
+            {
+                self.latest.remove(&change.alert.id.0);
+            }
+        }
+        if self.latest.len() > self.config.max_remembered {
+            self.latest.clear();
+        }
+        // 4. Complete the tickets.
+        for ((job, p), result) in jobs.drain(..).zip(prepared).zip(outcome) {
+            match job {
+                Job::Events { done, .. } => done.complete(result),
+                Job::Alert { done, .. } => {
+                    let seq = result.and_then(|()| {
+                        let p = p?;
+                        p.changes
+                            .last()
+                            .map(|c| c.seq)
+                            .or(p.unchanged)
+                            .ok_or(StoreError::Engine("alert outcome".into()))
+                    });
+                    done.complete(seq);
+                }
+                Job::Close(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vigil_actors::fakes::CollectingPublisher;
+    use vigil_actors::{Durable, Severity};
+
+    /// A backend in memory that fails the jobs it is told to.
+    #[derive(Default)]
+    struct Flaky {
+        stored: Arc<Mutex<HashMap<String, SequencedAlert>>>,
+        fail_next_write: Arc<Mutex<bool>>,
+        corrupt: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Backend for Flaky {
+        type Rows = ();
+
+        async fn stored_alert(&self, id: &str) -> Result<Option<SequencedAlert>, StoreError> {
+            if self.corrupt.lock().unwrap().iter().any(|c| c == id) {
+                return Err(StoreError::Corrupt("alerts".into()));
+            }
+            Ok(self.stored.lock().unwrap().get(id).cloned())
+        }
+
+        async fn write(&mut self, batch: &[Staged<'_, ()>]) -> Vec<Result<(), StoreError>> {
+            if std::mem::take(&mut *self.fail_next_write.lock().unwrap()) {
+                return batch.iter().map(|_| Err(StoreError::Engine("write".into()))).collect();
+            }
+            for job in batch {
+                for c in job.changes {
+                    self.stored.lock().unwrap().insert(c.alert.id.0.clone(), (**c).clone());
+                }
+            }
+            batch.iter().map(|_| Ok(())).collect()
+        }
+    }
+
+    fn alert(id: &str, severity: Severity) -> Alert {
+        let patient = vigil_actors::PatientId("p".into());
+        let t0 = time::OffsetDateTime::UNIX_EPOCH;
+        crate::store::conformance::alert(id, &patient, "ICU", severity, AlertStatus::Active, t0)
+    }
+
+    async fn upsert(tx: &mpsc::Sender<Job<()>>, a: &Alert) -> Result<u64, StoreError> {
+        let (done, ticket): (_, Durable<u64>) = Durable::channel();
+        tx.send(Job::Alert { alert: Box::new(a.clone()), notify: true, done }).await.unwrap();
+        ticket.wait().await
+    }
+
+    #[tokio::test]
+    async fn numbers_publishes_after_durable_skips_unchanged_and_leaves_a_gap_for_a_failed_write() {
+        let backend = Flaky::default();
+        let fail = Arc::clone(&backend.fail_next_write);
+        let corrupt = Arc::clone(&backend.corrupt);
+        let publisher = Arc::new(CollectingPublisher::default());
+        let last_seq = Arc::new(AtomicU64::new(10));
+        let (tx, rx) = mpsc::channel(16);
+        let pipeline = Pipeline::new(backend, publisher.clone(), Arc::clone(&last_seq), PipelineConfig::default());
+        let task = tokio::spawn(pipeline.run(rx));
+
+        assert_eq!(upsert(&tx, &alert("a", Severity::High)).await.unwrap(), 11, "numbered after the recovered 10");
+        assert_eq!(upsert(&tx, &alert("a", Severity::High)).await.unwrap(), 11, "unchanged: same number");
+        assert_eq!(publisher.published.lock().unwrap().len(), 1, "and not published again");
+
+        *fail.lock().unwrap() = true;
+        assert!(upsert(&tx, &alert("a", Severity::Critical)).await.is_err(), "a failed write fails the ticket");
+        assert_eq!(publisher.published.lock().unwrap().len(), 1, "nothing is published that is not durable");
+        assert_eq!(last_seq.load(Ordering::Acquire), 11);
+        assert_eq!(upsert(&tx, &alert("a", Severity::Critical)).await.unwrap(), 13, "12 is a gap, never reused");
+
+        // A stored state that cannot be read is written over, not a reason to hide the alert.
+        corrupt.lock().unwrap().push("b".into());
+        assert_eq!(upsert(&tx, &alert("b", Severity::High)).await.unwrap(), 14);
+        assert_eq!(publisher.published.lock().unwrap().iter().map(|c| c.seq).collect::<Vec<_>>(), vec![11, 13, 14]);
+
+        let (closed, wait) = oneshot::channel();
+        tx.send(Job::Close(closed)).await.unwrap();
+        wait.await.unwrap();
+        task.await.unwrap();
+    }
+}
