@@ -8,6 +8,7 @@ mod crash;
 mod demo;
 mod e2e;
 mod external;
+mod fhir;
 mod fixtures;
 mod kassandra;
 mod mllp;
