@@ -33,11 +33,19 @@ pub const WEBHOOK_DEAD_LETTERED: &str = "vigil_webhook_dead_lettered_total";
 /// `unit_unknown`, `implausible`, `not_numeric`, `unknown_answer`): both bounded sets.
 pub const OBSERVATIONS_DROPPED: &str = "vigil_observations_dropped_total";
 
-/// Render the metrics.
+/// Render the metrics; behind a token when `[http] metrics_require_auth` is set.
 pub async fn render(
     axum::extract::State(state): State<AppState>,
     webhooks: Option<axum::Extension<crate::alerts::webhooks::Webhooks>>,
-) -> impl IntoResponse {
+    request: axum::extract::Request,
+) -> Result<impl IntoResponse, super::error::ApiError> {
+    if state.metrics_require_auth {
+        let (mut parts, _) = request.into_parts();
+        <super::extract::Authenticated as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await?;
+    }
     let m = &state.ingress.metrics;
     let mut out = String::new();
     let mut line = |name: &str, kind: &str, value: u64| {
@@ -58,5 +66,5 @@ pub async fn render(
     for (analyte, reason, n) in state.ingress.mapper().dropped().nonzero() {
         let _ = writeln!(out, "{OBSERVATIONS_DROPPED}{{analyte=\"{analyte}\",reason=\"{}\"}} {n}", reason.label());
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
