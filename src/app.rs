@@ -227,7 +227,10 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     };
     let app = http::routes(state).layer(axum::Extension(webhook_ledger));
     // Failed-authentication windows that closed are audited every window, and at shutdown.
-    let flush = move || auth_failures.flush(std::time::Instant::now(), &audit);
+    let flush = move |last: bool| match last {
+        false => auth_failures.flush(std::time::Instant::now(), &audit),
+        true => auth_failures.flush_all(&audit),
+    };
     let http = tokio::spawn(crate::http::server::serve(
         http_listener,
         app,

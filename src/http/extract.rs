@@ -90,12 +90,18 @@ impl AuthFailures {
         AuthFailures { limit: limit.max(1), window, max_peers: max_peers.max(1), peers: Mutex::default() }
     }
 
-    /// Seconds to wait when `peer` has used up its failures in the current window.
+    /// Seconds to wait when `peer` has used up its failures in the current window; such an
+    /// attempt is refused unverified and counted in the window's audit record.
     pub fn blocked(&self, peer: Option<IpAddr>, now: Instant) -> Option<u64> {
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let window = peers.get(&peer.unwrap_or(OVERFLOW))?;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let window = peers.get_mut(&peer.unwrap_or(OVERFLOW))?;
         let ends = window.started + self.window;
-        (window.failures >= self.limit && now < ends).then(|| ends.saturating_duration_since(now).as_secs() + 1)
+        if window.failures < self.limit || now >= ends {
+            return None;
+        }
+        window.unaudited = window.unaudited.saturating_add(1);
+        window.last_reason = "too many failed attempts".into();
+        Some(ends.saturating_duration_since(now).as_secs() + 1)
     }
 
     /// Count a failure of `peer`; audit it if it opens a window (with the count of the window
@@ -120,14 +126,14 @@ impl AuthFailures {
         let mut record = None;
         if now >= window.started + self.window {
             // A new window: its first failure is written with what the last window left.
-            record = Some((key, window.unaudited + 1, reason.clone()));
+            record = Some((key, window.unaudited.saturating_add(1), reason.clone()));
             *window = Window { started: now, failures: 1, unaudited: 0, last_reason: reason };
         } else {
-            window.failures += 1;
+            window.failures = window.failures.saturating_add(1);
             if window.failures == 1 {
                 record = Some((key, 1, reason.clone()));
             } else {
-                window.unaudited += 1;
+                window.unaudited = window.unaudited.saturating_add(1);
             }
             window.last_reason = reason;
         }
@@ -135,8 +141,21 @@ impl AuthFailures {
         write_records(audit, record);
     }
 
+    /// Write what every window holds, closed or not (at shutdown), and forget every peer.
+    pub fn flush_all(&self, audit: &AuditLog) {
+        let records: Vec<_> = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers
+                .drain()
+                .filter(|(_, w)| w.unaudited > 0)
+                .map(|(peer, w)| (peer, w.unaudited, w.last_reason))
+                .collect()
+        };
+        write_records(audit, records);
+    }
+
     /// Write the records of windows that have closed with failures not yet audited, and forget
-    /// those peers. Called every window by the HTTP server, and at shutdown (`now` far ahead).
+    /// those peers. Called every window by the HTTP server.
     pub fn flush(&self, now: Instant, audit: &AuditLog) {
         let closed = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,6 +223,10 @@ mod tests {
         assert!((50..=51).contains(&retry), "{retry}");
         assert_eq!(guard.blocked(other, t0), None, "another peer is not blocked");
         assert_eq!(guard.blocked(peer, t0 + Duration::from_secs(61)), None, "the window ends");
+        guard.flush_all(&audit);
+        let written = records(&audit);
+        assert_eq!(written.len(), 2, "{written:?}");
+        assert_eq!(written[1].outcome, "denied: too many failed attempts (count 3)", "2 failures and 1 refusal");
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
 }
 
-/// Serve `app` on `listener` until `shutdown` turns true; `tick` runs every `tick_every`
-/// (the failed-authentication flush).
+/// Serve `app` on `listener` until `shutdown` turns true; `tick(false)` runs every
+/// `tick_every`, and `tick(true)` once accepting has stopped (the failed-authentication flush).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -42,7 +42,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
     tick_every: Duration,
-    tick: impl Fn() + Send + 'static,
+    tick: impl Fn(bool) + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut ticker = tokio::time::interval(tick_every);
@@ -50,7 +50,7 @@ pub async fn serve(
     loop {
         let permit = tokio::select! {
             () = stopping(&mut shutdown) => break,
-            _ = ticker.tick() => { tick(); continue; }
+            _ = ticker.tick() => { tick(false); continue; }
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
@@ -72,7 +72,7 @@ pub async fn serve(
         let io = IdleTimeout::new(stream, limits.idle_timeout, permit);
         tokio::spawn(connection(io, peer, app.clone(), limits.clone(), tls.clone(), shutdown.clone()));
     }
-    tick();
+    tick(true);
     // Every connection holds a permit until it closes: all of them back means all are closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
