@@ -202,6 +202,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         rules: Arc::clone(&rules),
         ready: Arc::clone(&ready),
         metrics_require_auth: config.http.metrics_require_auth,
+        metrics: crate::http::metrics::Metrics::default(),
         security: crate::http::security::SecurityHeaders { hsts: http_tls.is_some() },
     };
     let tls = match &config.mllp.tls {

@@ -145,11 +145,7 @@ impl AuthFailures {
     pub fn flush_all(&self, audit: &AuditLog) {
         let records: Vec<_> = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers
-                .drain()
-                .filter(|(_, w)| w.unaudited > 0)
-                .map(|(peer, w)| (peer, w.unaudited, w.last_reason))
-                .collect()
+            peers.drain().filter(|(_, w)| w.unaudited > 0).map(|(peer, w)| (peer, w.unaudited, w.last_reason)).collect()
         };
         write_records(audit, records);
     }

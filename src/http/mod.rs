@@ -63,6 +63,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// `/metrics` needs a token.
     pub metrics_require_auth: bool,
+    /// The Prometheus recorder `/metrics` renders.
+    pub metrics: metrics::Metrics,
     /// Security headers (HSTS when over TLS).
     pub security: security::SecurityHeaders,
 }
