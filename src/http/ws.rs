@@ -510,3 +510,32 @@ async fn next_live(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_caps_sessions_per_user_and_in_all_and_frees_a_place_on_drop() {
+        let registry = SessionRegistry::new(2, 3);
+        let a1 = registry.open("a").unwrap();
+        let _a2 = registry.open("a").unwrap();
+        let refused = registry.open("a").err().unwrap();
+        assert_eq!((refused.status(), refused.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"));
+        let _b1 = registry.open("b").unwrap();
+        let full = registry.open("c").err().unwrap();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(registry.count(), 3);
+        drop(a1);
+        assert_eq!(registry.count(), 2);
+        assert!(registry.open("c").is_ok(), "a dropped session frees its place");
+    }
+
+    #[test]
+    fn only_commands_that_act_carry_a_reference_to_reply_to() {
+        let ack: ClientFrame = serde_json::from_str(r#"{"type":"ack","ref":"r1","alert_id":"x"}"#).unwrap();
+        assert_eq!(ack.reference(), Some("r1"));
+        let ping: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(ping.reference(), None);
+    }
+}
