@@ -9,6 +9,7 @@ mod demo;
 mod e2e;
 mod external;
 mod fixtures;
+mod hardening;
 mod kassandra;
 mod mllp;
 mod protocol;
