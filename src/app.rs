@@ -26,17 +26,23 @@ use crate::rules::RhaiRules;
 use crate::store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaStore, ScyllaStoreConfig};
 use crate::vocab::Vocabulary;
 
-/// The key that signs console tokens.
+/// The key that signs console tokens, with the configured lifetime cap and audience.
 pub fn load_auth(config: &Config) -> anyhow::Result<Auth> {
     if config.auth_algorithm == "HS256" {
         let key = load_or_create_key(&config.jwt_secret_file)?;
-        return Ok(Auth::hs256(&key));
+        return Ok(Auth::hs256(&key).with_policy(config.token_policy.clone()));
     }
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading key file {}", p.display()));
     let public = read(config.auth_public_key.as_deref().context("auth.public_key_file")?)?;
     let private = config.auth_private_key.as_deref().map(read).transpose()?;
-    Ok(Auth::asymmetric(&config.auth_algorithm, &public, private.as_deref(), &config.auth_issuers)?)
+    let auth = Auth::asymmetric(&config.auth_algorithm, &public, private.as_deref(), &config.auth_issuers)?;
+    Ok(auth.with_policy(config.token_policy.clone()))
 }
+
+/// The window of the failed-authentication limit and of its aggregated audit record.
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Peer addresses the failed-authentication limit tracks at once.
+const MAX_PEERS_TRACKED: usize = 65_536;
 
 /// A running server.
 pub struct Running {
@@ -99,10 +105,16 @@ fn refuse_keys_in_data_dir(config: &Config) -> anyhow::Result<()> {
 
 /// Build everything and start listening.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    start_with_token_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`], with tokens' times (issue, expiry, not-before) read from `token_clock`: tests
+/// expire a console's token without waiting.
+pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     refuse_keys_in_data_dir(config)?;
-    let auth = load_auth(config)?;
+    let auth = load_auth(config)?.with_clock(token_clock);
     let index_key = load_or_create_key(&config.store.index_key_file())?;
     let keys = Arc::new(KeyRing::load_or_create(&config.store.keys_file)?);
     let hub = AlertHub::new(config.hub_capacity);
@@ -164,19 +176,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let audit = crate::audit::AuditLog::open(store.local()).context("opening the audit log")?;
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
+    let http_tls = match &config.http.tls {
+        Some(tls) => Some(crate::ingest::mllp::listener::tls_acceptor(&tls.cert_file, &tls.key_file)?),
+        None => None,
+    };
+    let auth_failures = Arc::new(crate::http::extract::AuthFailures::new(
+        config.http.auth_failures_per_minute,
+        AUTH_FAILURE_WINDOW,
+        MAX_PEERS_TRACKED,
+    ));
     let state = AppState {
+        console: crate::console::Console::new(Arc::clone(&alerts), Arc::clone(&router), audit.clone()),
         live,
         sessions,
         shutdown: shutdown_rx.clone(),
-        audit,
+        audit: audit.clone(),
         hub,
         alerts,
         auth: auth.clone(),
+        auth_failures: Arc::clone(&auth_failures),
+        ws_sessions: crate::http::ws::SessionRegistry::new(
+            config.http.max_websocket_sessions_per_user,
+            config.http.max_websocket_sessions,
+        ),
         ingress: Arc::clone(&ingress),
         hl7: Arc::clone(&hl7),
         router: Arc::clone(&router),
         rules: Arc::clone(&rules),
         ready: Arc::clone(&ready),
+        metrics_require_auth: config.http.metrics_require_auth,
+        metrics: crate::http::metrics::Metrics::default(),
+        security: crate::http::security::SecurityHeaders { hsts: http_tls.is_some() },
     };
     let tls = match &config.mllp.tls {
         Some(tls) => Some(crate::ingest::mllp::listener::tls_acceptor(&tls.cert_file, &tls.key_file)?),
@@ -194,18 +224,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tls,
         shutdown_rx.clone(),
     ));
-    let mut http_shutdown = shutdown_rx;
-    let http = tokio::spawn(async move {
-        let app = http::routes(state).layer(axum::Extension(webhook_ledger)).layer(axum::Extension(fhir));
-        let served = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    let limits = crate::http::server::ServerLimits {
+        header_read_timeout: config.http.header_read_timeout,
+        idle_timeout: config.http.idle_timeout,
+        max_connections: config.http.max_connections,
+    };
+    let app = http::routes(state).layer(axum::Extension(webhook_ledger)).layer(axum::Extension(fhir));
+    // Failed-authentication windows that closed are audited every window, and at shutdown.
+    let flush = move |last: bool| match last {
+        false => auth_failures.flush(std::time::Instant::now(), &audit),
+        true => auth_failures.flush_all(&audit),
+    };
+    let http = tokio::spawn(crate::http::server::serve(
+        http_listener,
+        app,
+        limits,
+        http_tls,
+        shutdown_rx,
+        AUTH_FAILURE_WINDOW,
+        flush,
+    ));
     let escalation = tokio::spawn(crate::alerts::escalation::run(
         config.escalation.clone(),
         Arc::clone(&state_alerts),

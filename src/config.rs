@@ -67,6 +67,9 @@ pub struct FileConfig {
     /// `[fhir]` section.
     #[serde(default)]
     pub fhir: FhirFileConfig,
+    /// `[http]` section.
+    #[serde(default)]
+    pub http: HttpFileConfig,
 }
 
 /// `[fhir]`: the FHIR R4 REST and NDJSON feed (docs/fhir.md).
@@ -127,6 +130,84 @@ impl FhirSettings {
             stream_max_line_bytes: file.stream_max_line_bytes.unwrap_or(64 << 10),
             stream_max_lines: file.stream_max_lines.unwrap_or(1_000_000),
             stream_in_flight: file.stream_in_flight.unwrap_or(256),
+        }
+    }
+}
+
+/// `[http]`: the HTTP + WebSocket server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFileConfig {
+    /// Seconds a client has to send a request's headers, and to start the next request on a
+    /// kept-alive connection (default 10).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Close a connection with no traffic either way for this long (default 300; WebSocket
+    /// sessions send a heartbeat every 15 s).
+    pub idle_timeout_secs: Option<u64>,
+    /// Most concurrent connections, WebSocket sessions included (default 1024); more wait.
+    pub max_connections: Option<usize>,
+    /// Most console WebSocket sessions in all (default 512).
+    pub max_websocket_sessions: Option<usize>,
+    /// Most console WebSocket sessions per user, by token subject (default 8).
+    pub max_websocket_sessions_per_user: Option<usize>,
+    /// Failed authentications per peer address per minute before 429 (default 20).
+    pub auth_failures_per_minute: Option<u32>,
+    /// `/metrics` needs a bearer token (default false).
+    pub metrics_require_auth: Option<bool>,
+    /// `[http.tls]`: serve HTTP over TLS (and send HSTS).
+    pub tls: Option<TlsFileConfig>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Header-read timeout.
+    pub header_read_timeout: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Connection limit.
+    pub max_connections: usize,
+    /// WebSocket sessions in all.
+    pub max_websocket_sessions: usize,
+    /// WebSocket sessions per user.
+    pub max_websocket_sessions_per_user: usize,
+    /// Failed authentications per peer per minute.
+    pub auth_failures_per_minute: u32,
+    /// `/metrics` needs a token.
+    pub metrics_require_auth: bool,
+    /// TLS certificate and key, when HTTP is served over TLS.
+    pub tls: Option<TlsFileConfig>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 1024,
+            max_websocket_sessions: 512,
+            max_websocket_sessions_per_user: 8,
+            auth_failures_per_minute: 20,
+            metrics_require_auth: false,
+            tls: None,
+        }
+    }
+}
+
+impl HttpSettings {
+    fn from_file(file: HttpFileConfig) -> Self {
+        let d = HttpSettings::default();
+        HttpSettings {
+            header_read_timeout: file.header_read_timeout_secs.map_or(d.header_read_timeout, Duration::from_secs),
+            idle_timeout: file.idle_timeout_secs.map_or(d.idle_timeout, Duration::from_secs),
+            max_connections: file.max_connections.unwrap_or(d.max_connections),
+            max_websocket_sessions: file.max_websocket_sessions.unwrap_or(d.max_websocket_sessions),
+            max_websocket_sessions_per_user: file
+                .max_websocket_sessions_per_user
+                .unwrap_or(d.max_websocket_sessions_per_user),
+            auth_failures_per_minute: file.auth_failures_per_minute.unwrap_or(d.auth_failures_per_minute),
+            metrics_require_auth: file.metrics_require_auth.unwrap_or(d.metrics_require_auth),
+            tls: file.tls,
         }
     }
 }
@@ -307,6 +388,11 @@ pub struct AuthFileConfig {
     /// RS256/ES256: accepted `iss` values (default `vigil`).
     #[serde(default)]
     pub issuers: Vec<String>,
+    /// Longest accepted token lifetime, `exp - iat`, in seconds (default 43200, twelve hours).
+    pub max_token_lifetime_secs: Option<u64>,
+    /// Accepted `aud` values; when set, a token must name one of them (default: not checked).
+    #[serde(default)]
+    pub audience: Vec<String>,
 }
 
 /// MLLP listener settings.
@@ -353,6 +439,10 @@ pub struct Config {
     pub auth_private_key: Option<PathBuf>,
     /// RS256/ES256 issuers.
     pub auth_issuers: Vec<String>,
+    /// Lifetime cap and audience of accepted tokens.
+    pub token_policy: crate::auth::TokenPolicy,
+    /// HTTP server settings.
+    pub http: HttpSettings,
     /// Messages in flight across all connections before senders wait (bounds actor mailboxes).
     pub ingest_permits: usize,
     /// Alert changes a WebSocket session may lag before it must resync.
@@ -518,6 +608,14 @@ impl Config {
             auth_public_key: file.auth.public_key_file,
             auth_private_key: file.auth.private_key_file,
             auth_issuers: file.auth.issuers,
+            token_policy: crate::auth::TokenPolicy {
+                max_lifetime_secs: file
+                    .auth
+                    .max_token_lifetime_secs
+                    .map_or(crate::auth::DEFAULT_MAX_TOKEN_LIFETIME_SECS, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+                audience: file.auth.audience,
+            },
+            http: HttpSettings::from_file(file.http),
             data_dir,
             ingest_permits: 16_384,
             hub_capacity: 4_096,
@@ -555,6 +653,28 @@ impl Config {
                 bail!("auth.public_key_file is required with auth.algorithm = {}", self.auth_algorithm)
             }
             (other, _) => bail!("auth.algorithm must be HS256, RS256 or ES256, not {other}"),
+        }
+        if self.token_policy.max_lifetime_secs < 60 {
+            bail!("auth.max_token_lifetime_secs must be at least 60");
+        }
+        if self.token_policy.audience.iter().any(|a| a.trim().is_empty()) {
+            bail!("auth.audience entries must not be empty");
+        }
+        let http = &self.http;
+        if http.header_read_timeout.is_zero() {
+            bail!("http.header_read_timeout_secs must be at least 1");
+        }
+        if http.idle_timeout.is_zero() {
+            bail!("http.idle_timeout_secs must be at least 1");
+        }
+        if http.max_connections == 0 {
+            bail!("http.max_connections must be at least 1");
+        }
+        if http.max_websocket_sessions == 0 || http.max_websocket_sessions_per_user == 0 {
+            bail!("http.max_websocket_sessions and http.max_websocket_sessions_per_user must be at least 1");
+        }
+        if http.auth_failures_per_minute == 0 {
+            bail!("http.auth_failures_per_minute must be at least 1");
         }
         if self.hl7.mrn_identifier_type.trim().is_empty() {
             bail!("hl7.mrn_identifier_type must not be empty");
@@ -715,6 +835,38 @@ mod tests {
         std::fs::write(&path, "[fhir]\nstream_in_flight = 0\n").unwrap();
         let err = format!("{:#}", Config::load(&args).unwrap_err());
         assert!(err.contains("fhir.stream_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn http_and_token_settings_have_defaults_and_are_validated_by_key() {
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vigil.toml");
+        let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        let defaults = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(defaults.token_policy.max_lifetime_secs, 12 * 3600);
+        assert!(defaults.token_policy.audience.is_empty());
+        assert_eq!(defaults.http.header_read_timeout, Duration::from_secs(10));
+        assert!(!defaults.http.metrics_require_auth);
+        std::fs::write(
+            &path,
+            "[auth]\nmax_token_lifetime_secs = 3600\naudience = [\"vigil\"]\n[http]\nheader_read_timeout_secs = 2\nmax_connections = 64\nmetrics_require_auth = true\n",
+        )
+        .unwrap();
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.token_policy.max_lifetime_secs, 3600);
+        assert_eq!(c.token_policy.audience, vec!["vigil".to_string()]);
+        assert_eq!((c.http.header_read_timeout, c.http.max_connections), (Duration::from_secs(2), 64));
+        assert!(c.http.metrics_require_auth);
+        for (text, key) in [
+            ("[http]\nheader_read_timeout_secs = 0\n", "http.header_read_timeout_secs"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[auth]\nmax_token_lifetime_secs = 5\n", "auth.max_token_lifetime_secs"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", Config::load(&args).unwrap_err());
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

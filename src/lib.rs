@@ -5,6 +5,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod http;
 pub mod ingest;

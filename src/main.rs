@@ -152,6 +152,11 @@ async fn main() -> anyhow::Result<()> {
                 "this server verifies tokens from an identity provider ({}); it holds no key to issue them",
                 config.auth_algorithm
             );
+            let max = config.token_policy.max_lifetime_secs;
+            anyhow::ensure!(
+                hours.saturating_mul(3600) <= max,
+                "--hours {hours} is longer than auth.max_token_lifetime_secs ({max} s): the server would refuse the token"
+            );
             println!("{}", auth.issue(&sub, role, units, time::Duration::hours(hours)));
         }
     }

@@ -1,11 +1,12 @@
-//! `/metrics` in the Prometheus text format. Every metric name is defined here, once.
+//! `/metrics` in the Prometheus text format, written by `metrics-exporter-prometheus`. Every
+//! metric name is defined here, once.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::AppState;
 
@@ -33,30 +34,125 @@ pub const WEBHOOK_DEAD_LETTERED: &str = "vigil_webhook_dead_lettered_total";
 /// `unit_unknown`, `implausible`, `not_numeric`, `unknown_answer`): both bounded sets.
 pub const OBSERVATIONS_DROPPED: &str = "vigil_observations_dropped_total";
 
-/// Render the metrics.
+/// Console WebSocket sessions open.
+pub const WEBSOCKET_SESSIONS: &str = "vigil_websocket_sessions";
+
+/// One server's Prometheus recorder: every scrape sets the values from their sources (the
+/// ingest counters, the router, the alert log, the webhook counters, the session registry)
+/// and the exporter writes the exposition text. A recorder per server, not a global one, so
+/// several servers in one process (the integration tests) keep their own numbers.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: std::sync::Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let metrics = Metrics { recorder: std::sync::Arc::new(recorder), handle };
+        metrics.describe();
+        metrics
+    }
+}
+
+impl Metrics {
+    fn describe(&self) {
+        metrics::with_local_recorder(self.recorder.as_ref(), || {
+            metrics::describe_counter!(MLLP_ACCEPTED, "messages answered with AA/CA");
+            metrics::describe_counter!(MLLP_REJECTED, "messages answered with AE/AR/CE/CR");
+            metrics::describe_counter!(MLLP_DUPLICATES, "resends re-acknowledged without processing");
+            metrics::describe_counter!(MLLP_DISCARDED, "bytes received outside MLLP frames and discarded");
+            metrics::describe_gauge!(PATIENTS, "live patient actors");
+            metrics::describe_gauge!(ALERT_SEQ, "last alert sequence number committed");
+            metrics::describe_counter!(WEBHOOK_DELIVERED, "alert changes a webhook endpoint accepted");
+            metrics::describe_counter!(WEBHOOK_RETRIED, "webhook attempts that failed and were retried");
+            metrics::describe_counter!(WEBHOOK_DEAD_LETTERED, "alert changes written to the webhook dead letters");
+            metrics::describe_counter!(
+                OBSERVATIONS_DROPPED,
+                "observation values dropped at ingest, by analyte and reason"
+            );
+            metrics::describe_gauge!(WEBSOCKET_SESSIONS, "console WebSocket sessions open");
+        });
+    }
+
+    /// Run `f` with this server's recorder as the `metrics::` macros' target.
+    pub fn record<T>(&self, f: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(self.recorder.as_ref(), f)
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+/// Render the metrics; behind a token when `[http] metrics_require_auth` is set.
 pub async fn render(
     axum::extract::State(state): State<AppState>,
     webhooks: Option<axum::Extension<crate::alerts::webhooks::Webhooks>>,
-) -> impl IntoResponse {
+    request: axum::extract::Request,
+) -> Result<impl IntoResponse, super::error::ApiError> {
+    if state.metrics_require_auth {
+        let (mut parts, _) = request.into_parts();
+        <super::extract::Authenticated as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await?;
+    }
     let m = &state.ingress.metrics;
-    let mut out = String::new();
-    let mut line = |name: &str, kind: &str, value: u64| {
-        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
-    };
-    line(MLLP_ACCEPTED, "counter", m.accepted.load(Ordering::Relaxed));
-    line(MLLP_REJECTED, "counter", m.rejected.load(Ordering::Relaxed));
-    line(MLLP_DUPLICATES, "counter", m.duplicates.load(Ordering::Relaxed));
-    line(MLLP_DISCARDED, "counter", m.discarded_bytes.load(Ordering::Relaxed));
-    line(PATIENTS, "gauge", state.router.patient_count() as u64);
-    line(ALERT_SEQ, "gauge", state.alerts.last_seq());
     let webhook = webhooks.map(|w| w.0.metrics);
     let count = |read: fn(&crate::alerts::webhooks::WebhookMetrics) -> u64| webhook.as_deref().map_or(0, read);
-    line(WEBHOOK_DELIVERED, "counter", count(|m| m.delivered.load(Ordering::Relaxed)));
-    line(WEBHOOK_RETRIED, "counter", count(|m| m.retried.load(Ordering::Relaxed)));
-    line(WEBHOOK_DEAD_LETTERED, "counter", count(|m| m.dead_lettered.load(Ordering::Relaxed)));
-    let _ = writeln!(out, "# TYPE {OBSERVATIONS_DROPPED} counter");
-    for (analyte, reason, n) in state.hl7.mapper().dropped().nonzero() {
-        let _ = writeln!(out, "{OBSERVATIONS_DROPPED}{{analyte=\"{analyte}\",reason=\"{}\"}} {n}", reason.label());
+    state.metrics.record(|| {
+        metrics::counter!(MLLP_ACCEPTED).absolute(m.accepted.load(Ordering::Relaxed));
+        metrics::counter!(MLLP_REJECTED).absolute(m.rejected.load(Ordering::Relaxed));
+        metrics::counter!(MLLP_DUPLICATES).absolute(m.duplicates.load(Ordering::Relaxed));
+        metrics::counter!(MLLP_DISCARDED).absolute(m.discarded_bytes.load(Ordering::Relaxed));
+        metrics::gauge!(PATIENTS).set(state.router.patient_count() as f64);
+        // Sequence numbers stay far below 2^53, where f64 is exact.
+        metrics::gauge!(ALERT_SEQ).set(state.alerts.last_seq() as f64);
+        metrics::counter!(WEBHOOK_DELIVERED).absolute(count(|m| m.delivered.load(Ordering::Relaxed)));
+        metrics::counter!(WEBHOOK_RETRIED).absolute(count(|m| m.retried.load(Ordering::Relaxed)));
+        metrics::counter!(WEBHOOK_DEAD_LETTERED).absolute(count(|m| m.dead_lettered.load(Ordering::Relaxed)));
+        for (analyte, reason, n) in state.hl7.mapper().dropped().nonzero() {
+            metrics::counter!(OBSERVATIONS_DROPPED, "analyte" => analyte.to_string(), "reason" => reason.label())
+                .absolute(n);
+        }
+        metrics::gauge!(WEBSOCKET_SESSIONS).set(state.ws_sessions.count() as f64);
+    });
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, name: &str) -> Option<String> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_string))
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+
+    #[test]
+    fn values_set_at_scrape_time_render_under_their_names_with_types_and_labels() {
+        let metrics = Metrics::default();
+        metrics.record(|| {
+            metrics::counter!(MLLP_ACCEPTED).absolute(0);
+            metrics::counter!(WEBHOOK_RETRIED).absolute(6);
+            metrics::gauge!(ALERT_SEQ).set(41.0);
+            metrics::counter!(OBSERVATIONS_DROPPED, "analyte" => "sbp", "reason" => "unit_missing").absolute(2);
+        });
+        metrics.record(|| metrics::counter!(WEBHOOK_RETRIED).absolute(7));
+        let text = metrics.render();
+        assert_eq!(value(&text, MLLP_ACCEPTED).as_deref(), Some("0"), "a zero counter is still exposed:\n{text}");
+        assert_eq!(value(&text, WEBHOOK_RETRIED).as_deref(), Some("7"), "absolute, not added:\n{text}");
+        assert_eq!(value(&text, ALERT_SEQ).as_deref(), Some("41"), "{text}");
+        assert!(text.contains(&format!("# TYPE {WEBHOOK_RETRIED} counter")), "{text}");
+        assert!(text.contains(&format!("# TYPE {ALERT_SEQ} gauge")), "{text}");
+        assert!(
+            text.contains(&format!("{OBSERVATIONS_DROPPED}{{analyte=\"sbp\",reason=\"unit_missing\"}} 2")),
+            "{text}"
+        );
+        let other = Metrics::default();
+        assert_eq!(value(&other.render(), WEBHOOK_RETRIED), None, "each server has its own recorder");
+    }
 }

@@ -1,9 +1,18 @@
-//! HTTP: the axum router for the console page, the `/ws` alert stream, health and metrics.
+//! HTTP: the axum router for the console page, the `/ws` alert stream, the REST API, the
+//! rules and webhook admin routes, health and metrics; one claims extractor (`extract`), one
+//! `ApiError` (`error`), security headers on every response (`security`), and the server
+//! that accepts connections under a cap and timeouts (`server`). Handlers are thin adapters
+//! over `crate::console`.
 
 pub mod api;
 pub mod console;
+pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod rules_api;
+pub mod security;
+pub mod server;
+pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;
@@ -23,14 +32,20 @@ use crate::ingest::Ingress;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// The console service: acting on alerts, summaries, visibility, permissions, audit.
+    pub console: crate::console::Console,
     /// Live vitals of open patients.
     pub live: crate::alerts::live::LiveHub,
     /// Live alert changes.
     pub hub: AlertHub,
-    /// Alert history for snapshots and `since`.
+    /// Alert log position for `/metrics`.
     pub alerts: Arc<dyn AlertStore>,
     /// Token verification.
     pub auth: Auth,
+    /// Failed authentications per peer (rate limit, aggregated audit).
+    pub auth_failures: Arc<extract::AuthFailures>,
+    /// Open WebSocket sessions under their caps.
+    pub ws_sessions: Arc<ws::SessionRegistry>,
     /// Ingest counters.
     pub ingress: Arc<Ingress>,
     /// The HL7 feed (its mapper's dropped-value counters).
@@ -48,10 +63,17 @@ pub struct AppState {
     pub rules: Arc<crate::rules::RhaiRules>,
     /// Readiness: false while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// `/metrics` needs a token.
+    pub metrics_require_auth: bool,
+    /// The Prometheus recorder `/metrics` renders.
+    pub metrics: metrics::Metrics,
+    /// Security headers (HSTS when over TLS).
+    pub security: security::SecurityHeaders,
 }
 
 /// The HTTP routes.
 pub fn routes(state: AppState) -> Router {
+    let security = state.security;
     Router::new()
         .route("/", get(console::index))
         .route("/ws", get(ws::upgrade))
@@ -60,9 +82,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(api::routes())
         .merge(rules_api::routes())
-        .merge(crate::alerts::webhooks::routes())
+        .merge(webhooks::routes())
         .merge(crate::ingest::fhir::http::routes())
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
+        .layer(axum::middleware::from_fn_with_state(security, security::add_headers))
         .with_state(state)
 }
 

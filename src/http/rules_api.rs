@@ -5,13 +5,14 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
 
 use super::AppState;
-use crate::auth::{Claims, Role};
+use super::error::ApiError;
+use super::extract::Authenticated;
+use crate::console::Permission;
 use crate::rules::{ReplaceError, RuleError};
 
 /// Largest rule source accepted.
@@ -20,31 +21,6 @@ const MAX_RULE_BYTES: usize = 64 * 1024;
 /// The routes, mounted by [`super::routes`].
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/rules", get(list)).route("/api/rules/{id}", get(show).put(replace))
-}
-
-fn reason(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": error, "reason": message.into() }))).into_response()
-}
-
-fn authorise(state: &AppState, headers: &HeaderMap, write: bool) -> Result<Claims, Box<Response>> {
-    let token = crate::auth::bearer(headers).ok_or_else(|| {
-        Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", crate::auth::AuthError::Missing.to_string()))
-    })?;
-    let claims = state
-        .auth
-        .verify(token)
-        .map_err(|e| Box::new(reason(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())))?;
-    let allowed = matches!(claims.role, Role::Informaticist | Role::Admin)
-        || (!write && matches!(claims.role, Role::Pharmacist | Role::Physician));
-    if !allowed {
-        let need = if write { "informaticist or admin" } else { "informaticist, admin, pharmacist or physician" };
-        return Err(Box::new(reason(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("role {:?} may not do this; needs {need}", claims.role),
-        )));
-    }
-    Ok(claims)
 }
 
 fn describe(rule: &crate::rules::LoadedRule) -> serde_json::Value {
@@ -75,43 +51,47 @@ fn error_json(e: &RuleError) -> serde_json::Value {
     }
 }
 
-async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorise(&state, &headers, false) {
-        return *r;
-    }
+async fn list(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.console.require(&claims, Permission::ReadRules, "view_rules", "*")?;
     let rules: Vec<_> = state.rules.rules().iter().map(|r| describe(r)).collect();
     let errors: Vec<_> = state.rules.last_errors().iter().map(error_json).collect();
-    axum::Json(json!({ "rules": rules, "tables": state.rules.table_names(), "reload_errors": errors })).into_response()
+    Ok(axum::Json(json!({ "rules": rules, "tables": state.rules.table_names(), "reload_errors": errors })))
 }
 
-async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorise(&state, &headers, false) {
-        return *r;
-    }
-    match state.rules.rules().iter().find(|r| r.id == id) {
-        Some(rule) => {
-            let mut body = describe(rule);
-            body["source"] = rule.source.clone().into();
-            axum::Json(body).into_response()
-        }
-        None => reason(StatusCode::NOT_FOUND, "not_found", format!("no rule `{id}`")),
-    }
+async fn show(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.console.require(&claims, Permission::ReadRules, "view_rule", &id)?;
+    let rules = state.rules.rules();
+    let rule = rules.iter().find(|r| r.id == id).ok_or_else(|| ApiError::not_found(format!("no rule `{id}`")))?;
+    let mut body = describe(rule);
+    body["source"] = rule.source.clone().into();
+    Ok(axum::Json(body))
 }
 
-async fn replace(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>, body: String) -> Response {
-    let claims = match authorise(&state, &headers, true) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
+async fn replace(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    const ACTION: &str = "rule_update";
+    state.console.require(&claims, Permission::WriteRules, ACTION, &id)?;
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
     if body.len() > MAX_RULE_BYTES {
-        return reason(
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("a rule source is at most {MAX_RULE_BYTES} bytes"),
-        );
+        ));
     }
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return reason(StatusCode::BAD_REQUEST, "bad_id", "a rule id is letters, digits, '.', '_' and '-'");
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_id", "a rule id is letters, digits, '.', '_' and '-'"));
     }
     let rules = std::sync::Arc::clone(&state.rules);
     let rule_id = id.clone();
@@ -120,21 +100,30 @@ async fn replace(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
     match outcome {
         Ok(Ok(rule)) => {
             tracing::info!(rule = %rule.id, version = %rule.version, by = %claims.sub, "rule replaced over the API");
-            (StatusCode::OK, axum::Json(describe(&rule))).into_response()
+            state.console.audit(&claims, ACTION, &id, "ok");
+            Ok(axum::Json(describe(&rule)))
         }
         Ok(Err(ReplaceError::Invalid(e))) => {
-            let mut body = error_json(&e);
-            body["error"] = "invalid_rule".into();
-            body["reason"] = e.to_string().into();
-            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+            state.console.audit(&claims, ACTION, &id, "failed: invalid rule");
+            let mut error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_rule", e.to_string());
+            if let serde_json::Value::Object(fields) = error_json(&e) {
+                for (key, value) in fields {
+                    error = error.with_detail(&key, value);
+                }
+            }
+            Err(error)
         }
         Ok(Err(e @ ReplaceError::IdMismatch { .. })) => {
-            reason(StatusCode::UNPROCESSABLE_ENTITY, "id_mismatch", e.to_string())
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "id_mismatch", e.to_string()))
         }
         Ok(Err(ReplaceError::Io(e))) => {
             tracing::error!(rule = %id, error = %e, "rule file not written");
-            reason(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the rule could not be stored")
+            state.console.audit(&claims, ACTION, &id, "failed: not stored");
+            Err(ApiError::internal())
         }
-        Err(_) => reason(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the rule could not be stored"),
+        Err(e) => {
+            tracing::error!(rule = %id, error = %e, "rule replacement task failed");
+            Err(ApiError::internal())
+        }
     }
 }

@@ -1,24 +1,29 @@
-//! `/ws`: the console's alert stream (schemas/ws/). The token is checked before the upgrade.
-//! After `subscribe`, a session gets either the alert changes it missed (`since`) or a
-//! snapshot of open alerts, then live changes. Every alert frame carries the change's sequence
-//! number; a session that lags the hub is sent `resync` and backfilled from the store, so a
-//! client never misses a change silently.
+//! `/ws`: the console's alert stream (schemas/ws/). The WebSocket adapter of the console
+//! service (`crate::console`): the token is checked before the upgrade by the one claims
+//! extractor, and again before every command; the session closes (4001) when the token
+//! expires. After `subscribe`, a session gets either the alert changes it missed (`since`) or
+//! a snapshot of open alerts, then live changes. Every alert frame carries the change's
+//! sequence number; a session that lags the hub is sent `resync` and backfilled from the
+//! store, so a client never misses a change silently. Sessions are capped per user and in
+//! total, and each one's outbound side is bounded (write buffer, send deadline).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use vigil_actors::{Alert, SequencedAlert};
 
 use super::AppState;
-use super::api::{act_on_alert, patient_summary, role_name, sees};
-use crate::auth::{AuthError, Claims};
-use vigil_actors::AlertAction;
+use super::error::ApiError;
+use super::extract::Authenticated;
+use crate::auth::Claims;
+use crate::console::{ConsoleAction, role_name, sees};
 
 /// Largest client frame accepted.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
@@ -26,11 +31,72 @@ const MAX_CLIENT_FRAME: usize = 64 * 1024;
 const BACKFILL_PAGE: usize = 500;
 /// Heartbeat period.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Bytes a session may have queued for a client that does not read; beyond, sends fail and
+/// the session ends (the console reconnects with `since`).
+const MAX_OUTBOUND_BUFFER: usize = 1 << 20;
+/// Longest a single frame may take to reach the socket before the session is dropped as a
+/// slow consumer.
+const SEND_DEADLINE: Duration = Duration::from_secs(10);
+/// Close code when the token has expired (application range 4000-4999).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
-/// `?token=`
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    token: Option<String>,
+/// Open WebSocket sessions, counted per user and in total, each under its cap.
+pub struct SessionRegistry {
+    per_user: usize,
+    total: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open session's place in the registry; dropping it frees the place.
+pub struct SessionSlot {
+    registry: Arc<SessionRegistry>,
+    user: String,
+}
+
+impl SessionRegistry {
+    /// At most `per_user` sessions per token subject and `total` in all.
+    pub fn new(per_user: usize, total: usize) -> Arc<Self> {
+        Arc::new(SessionRegistry { per_user, total, open: std::sync::Mutex::default() })
+    }
+
+    /// A place for a session of `user`, or the refusal.
+    pub fn open(self: &Arc<Self>, user: &str) -> Result<SessionSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.values().sum::<usize>() >= self.total {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                format!("the server holds its maximum of {} console sessions", self.total),
+            ));
+        }
+        let mine = open.entry(user.to_string()).or_default();
+        if *mine >= self.per_user {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!("at most {} console sessions per user; close one first", self.per_user),
+            ));
+        }
+        *mine += 1;
+        Ok(SessionSlot { registry: Arc::clone(self), user: user.to_string() })
+    }
+
+    /// Sessions open now.
+    pub fn count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut open = self.registry.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Frames a client sends.
@@ -123,34 +189,28 @@ enum ServerFrame<'a> {
     },
 }
 
-fn token(query: &TokenQuery, headers: &HeaderMap) -> Option<String> {
-    if let Some(t) = &query.token {
-        return Some(t.clone());
-    }
-    crate::auth::bearer(headers).map(str::to_string)
-}
-
-/// `GET /ws`: verify the token, then upgrade.
+/// `GET /ws`: the extractor verifies the token; a place under the session caps; upgrade.
 pub async fn upgrade(
-    ws: WebSocketUpgrade,
     State(state): State<AppState>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
+    Authenticated(claims): Authenticated,
+    ws: WebSocketUpgrade,
 ) -> Response {
-    let claims = match token(&query, &headers).ok_or(AuthError::Missing).and_then(|t| state.auth.verify(&t)) {
-        Ok(claims) => claims,
-        Err(e) => {
-            tracing::info!(reason = %e, "websocket refused");
-            return (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({ "error": e.to_string() })))
-                .into_response();
+    let slot = match state.ws_sessions.open(&claims.sub) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(user = %claims.sub, reason = %refused, "websocket refused");
+            return refused.into_response();
         }
     };
-    ws.max_message_size(MAX_CLIENT_FRAME).on_upgrade(move |socket| async move {
-        let sub = claims.sub.clone();
-        if let Err(e) = Session::new(socket, state, claims).run().await {
-            tracing::debug!(user = %sub, error = %e, "websocket session ended");
-        }
-    })
+    ws.max_message_size(MAX_CLIENT_FRAME).max_write_buffer_size(MAX_OUTBOUND_BUFFER).on_upgrade(
+        move |socket| async move {
+            let _slot = slot;
+            let sub = claims.sub.clone();
+            if let Err(e) = Session::new(socket, state, claims).run().await {
+                tracing::debug!(user = %sub, error = %e, "websocket session ended");
+            }
+        },
+    )
 }
 
 struct Session {
@@ -186,7 +246,26 @@ impl Session {
 
     async fn send(&mut self, frame: &ServerFrame<'_>) -> SessionResult {
         let text = serde_json::to_string(frame)?;
-        self.socket.send(Message::Text(text.into())).await?;
+        self.send_message(Message::Text(text.into())).await
+    }
+
+    /// Send within [`SEND_DEADLINE`]: a client that stops reading ends its session rather
+    /// than holding it (and its memory) forever.
+    async fn send_message(&mut self, message: Message) -> SessionResult {
+        match tokio::time::timeout(SEND_DEADLINE, self.socket.send(message)).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => {
+                tracing::info!(user = %self.claims.sub, "websocket client too slow; session closed");
+                Err("send deadline exceeded".into())
+            }
+        }
+    }
+
+    /// Close with [`CLOSE_TOKEN_EXPIRED`]: the console asks its user for a new token.
+    async fn close_expired(&mut self) -> SessionResult {
+        tracing::info!(user = %self.claims.sub, "websocket session closed: token expired");
+        let close = CloseFrame { code: CLOSE_TOKEN_EXPIRED, reason: "token expired".into() };
+        let _ = self.send_message(Message::Close(Some(close))).await;
         Ok(())
     }
 
@@ -198,20 +277,26 @@ impl Session {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
         let mut shutdown = self.state.shutdown.clone();
+        let expiry = tokio::time::sleep(Duration::from_secs(self.state.auth.secs_left(&self.claims)));
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
+                () = &mut expiry => return self.close_expired().await,
                 _ = shutdown.changed() => {
                     // Going away (1001): the console reconnects with `since` and misses nothing.
                     let close = axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
-                    let _ = self.socket.send(Message::Close(Some(close))).await;
+                    let _ = self.send_message(Message::Close(Some(close))).await;
                     return Ok(());
                 }
                 incoming = self.socket.recv() => {
                     let Some(Ok(msg)) = incoming else { return Ok(()) };
-                    match msg {
+                    let flow = match msg {
                         Message::Text(text) => self.on_client_frame(&text).await?,
                         Message::Close(_) => return Ok(()),
-                        _ => {}
+                        _ => Flow::Continue,
+                    };
+                    if flow == Flow::Close {
+                        return self.close_expired().await;
                     }
                 }
                 change = live.recv(), if self.subscribed => match change {
@@ -237,64 +322,72 @@ impl Session {
         }
     }
 
-    async fn on_client_frame(&mut self, text: &str) -> SessionResult {
+    async fn on_client_frame(&mut self, text: &str) -> Result<Flow, Box<dyn std::error::Error + Send + Sync>> {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
                 let seq = self.last;
-                return self.send(&ServerFrame::Error { code: "bad_request", message: e.to_string(), seq }).await;
+                self.send(&ServerFrame::Error { code: "bad_request", message: e.to_string(), seq }).await?;
+                return Ok(Flow::Continue);
             }
         };
-        let by = self.claims.sub.clone();
+        // The token may have expired since the upgrade: nothing acts on it any more.
+        if let Err(expired) = self.state.auth.check_time(&self.claims) {
+            let seq = self.last;
+            let message = expired.to_string();
+            match frame.reference() {
+                Some(reference) => {
+                    let frame = ServerFrame::Reply { reference, seq, ok: false, error: Some(message), alert: None };
+                    self.send(&frame).await?;
+                }
+                None => self.send(&ServerFrame::Error { code: "unauthorized", message, seq }).await?,
+            }
+            return Ok(Flow::Close);
+        }
         let (reference, alert_id, action) = match frame {
             ClientFrame::Ping => {
                 let seq = self.last;
-                return self.send(&ServerFrame::Pong { seq }).await;
+                self.send(&ServerFrame::Pong { seq }).await?;
+                return Ok(Flow::Continue);
             }
-            ClientFrame::Subscribe { units, patients, since } => return self.subscribe(units, patients, since).await,
-            ClientFrame::Watch { patient } => return self.watch(patient).await,
+            ClientFrame::Subscribe { units, patients, since } => {
+                self.subscribe(units, patients, since).await?;
+                return Ok(Flow::Continue);
+            }
+            ClientFrame::Watch { patient } => {
+                self.watch(patient).await?;
+                return Ok(Flow::Continue);
+            }
             ClientFrame::Unwatch => {
                 self.watching = None;
-                return Ok(());
+                return Ok(Flow::Continue);
             }
-            ClientFrame::Ack { reference, alert_id } => (reference, alert_id, AlertAction::Acknowledge { by }),
+            ClientFrame::Ack { reference, alert_id } => (reference, alert_id, ConsoleAction::Acknowledge),
             ClientFrame::Resolve { reference, alert_id, reason } => {
-                (reference, alert_id, AlertAction::Resolve { by, reason })
+                (reference, alert_id, ConsoleAction::Resolve { reason })
             }
             ClientFrame::Comment { reference, alert_id, text } => {
-                (reference, alert_id, AlertAction::Comment { by, text })
+                (reference, alert_id, ConsoleAction::Comment { text })
             }
         };
-        let result = act_on_alert(&self.state, &self.claims, &alert_id, action).await;
+        let result = self.state.console.act(&self.claims, &alert_id, action).await;
         let seq = self.last;
-        match &result {
+        let frame = match &result {
             Ok(change) => {
-                let frame = ServerFrame::Reply {
-                    reference: &reference,
-                    seq,
-                    ok: true,
-                    error: None,
-                    alert: Some(&change.alert),
-                };
-                self.send(&frame).await
+                ServerFrame::Reply { reference: &reference, seq, ok: true, error: None, alert: Some(&change.alert) }
             }
             Err(e) => {
-                let frame = ServerFrame::Reply {
-                    reference: &reference,
-                    seq,
-                    ok: false,
-                    error: Some(e.to_string()),
-                    alert: None,
-                };
-                self.send(&frame).await
+                ServerFrame::Reply { reference: &reference, seq, ok: false, error: Some(e.to_string()), alert: None }
             }
-        }
+        };
+        self.send(&frame).await?;
+        Ok(Flow::Continue)
     }
 
     async fn watch(&mut self, patient: String) -> SessionResult {
         // Subscribe before reading the summary so no value falls between the two.
         let live = self.state.live.subscribe();
-        match patient_summary(&self.state, &self.claims, &patient).await {
+        match self.state.console.patient_summary(&self.claims, &patient).await {
             Ok(summary) => {
                 self.watching = Some((patient, live));
                 let seq = self.last;
@@ -308,21 +401,13 @@ impl Session {
     }
 
     async fn subscribe(&mut self, units: Vec<String>, patients: Vec<String>, since: Option<u64>) -> SessionResult {
-        let units: Vec<String> = if units.is_empty() { self.claims.units.clone() } else { units };
-        if let Some(denied) = units.iter().find(|u| !self.claims.may_see(u)) {
-            tracing::info!(user = %self.claims.sub, unit = %denied, "subscription to a unit outside the token refused");
-            let message = format!("unit {denied} is not in your token");
-            self.state.audit.record(
-                &self.claims.sub,
-                role_name(self.claims.role),
-                "subscribe",
-                denied,
-                "denied: unit not in token",
-            );
-            let seq = self.last;
-            return self.send(&ServerFrame::Error { code: "forbidden", message, seq }).await;
-        }
-        self.state.audit.record(&self.claims.sub, role_name(self.claims.role), "subscribe", &units.join(","), "ok");
+        let units = match self.state.console.subscription_units(&self.claims, units) {
+            Ok(units) => units,
+            Err(refused) => {
+                let seq = self.last;
+                return self.send(&ServerFrame::Error { code: "forbidden", message: refused.to_string(), seq }).await;
+            }
+        };
         self.units = units.iter().cloned().collect();
         self.patients = patients.iter().cloned().collect();
         self.all_units = units.iter().any(|u| u == "*");
@@ -333,12 +418,13 @@ impl Session {
                 self.backfill(since).await?;
             }
             None => {
-                let seq = self.state.alerts.last_seq();
-                let open = self.state.alerts.open_alerts().await?;
+                let log = self.state.console.alert_log();
+                let seq = log.last_seq();
+                let open = log.open_alerts().await?;
                 let alerts: Vec<&Alert> = open.iter().map(|c| &c.alert).filter(|a| self.sees(a)).collect();
                 let frame = ServerFrame::Snapshot { seq, alerts };
                 let text = serde_json::to_string(&frame)?;
-                self.socket.send(Message::Text(text.into())).await?;
+                self.send_message(Message::Text(text.into())).await?;
                 self.last = seq;
             }
         }
@@ -361,7 +447,7 @@ impl Session {
     async fn backfill(&mut self, since: u64) -> SessionResult {
         let mut after = since;
         loop {
-            let page = self.state.alerts.alerts_after(after, BACKFILL_PAGE).await?;
+            let page = self.state.console.alert_log().alerts_after(after, BACKFILL_PAGE).await?;
             let Some(last) = page.last().map(|c| c.seq) else { return Ok(()) };
             for change in &page {
                 self.forward(change).await?;
@@ -385,6 +471,26 @@ impl Session {
     }
 }
 
+/// What the session does after a client frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The token expired: close with 4001.
+    Close,
+}
+
+impl ClientFrame {
+    /// The `ref` a reply must echo, for commands that get replies.
+    fn reference(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Ack { reference, .. }
+            | ClientFrame::Resolve { reference, .. }
+            | ClientFrame::Comment { reference, .. } => Some(reference),
+            _ => None,
+        }
+    }
+}
+
 /// The next live update for the watched patient; pending forever when none is watched.
 /// Lagging drops updates (the store has them), never the session.
 async fn next_live(
@@ -402,5 +508,34 @@ async fn next_live(
             Ok(_) | Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_caps_sessions_per_user_and_in_all_and_frees_a_place_on_drop() {
+        let registry = SessionRegistry::new(2, 3);
+        let a1 = registry.open("a").unwrap();
+        let _a2 = registry.open("a").unwrap();
+        let refused = registry.open("a").err().unwrap();
+        assert_eq!((refused.status(), refused.code()), (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"));
+        let _b1 = registry.open("b").unwrap();
+        let full = registry.open("c").err().unwrap();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(registry.count(), 3);
+        drop(a1);
+        assert_eq!(registry.count(), 2);
+        assert!(registry.open("c").is_ok(), "a dropped session frees its place");
+    }
+
+    #[test]
+    fn only_commands_that_act_carry_a_reference_to_reply_to() {
+        let ack: ClientFrame = serde_json::from_str(r#"{"type":"ack","ref":"r1","alert_id":"x"}"#).unwrap();
+        assert_eq!(ack.reference(), Some("r1"));
+        let ping: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(ping.reference(), None);
     }
 }

@@ -10,6 +10,7 @@ mod e2e;
 mod external;
 mod fhir;
 mod fixtures;
+mod hardening;
 mod kassandra;
 mod mllp;
 mod protocol;

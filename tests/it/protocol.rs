@@ -164,10 +164,14 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     let http = reqwest_like(server.http_addr);
     let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &other_unit, json!({"reason": "x"})).await;
     assert_eq!(status, 404, "another unit's nurse cannot see it: {body}");
+    assert_eq!((body["error"].as_str(), body["reason"].as_str()), (Some("not_found"), Some("no such alert")));
     let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &informaticist, json!({"reason": "x"})).await;
     assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden", "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("informaticist"), "{body}");
     let (status, body) = http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({})).await;
     assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "bad_request", "{body}");
     let (status, body) =
         http.post(&format!("/api/alerts/{id}/resolve"), &rrt, json!({"reason": "fluids given, reassessed"})).await;
     assert_eq!(status, 200, "{body}");
@@ -180,8 +184,9 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     assert_eq!(body["alerts"].as_array().unwrap().len(), 1);
     let (status, _) = http.get("/api/alerts?unit=ICU", &other_unit).await;
     assert_eq!(status, 403);
-    let (status, _) = http.get("/api/alerts", "forged.token.here").await;
+    let (status, body) = http.get("/api/alerts", "forged.token.here").await;
     assert_eq!(status, 401);
+    assert_eq!((body["error"].as_str(), body["reason"].as_str()), (Some("unauthorized"), Some("invalid token")));
     let (status, body) = http.get("/api/openapi.json", &rrt).await;
     assert_eq!(status, 200);
     assert!(body["paths"]["/api/alerts"].is_object());

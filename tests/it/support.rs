@@ -214,3 +214,46 @@ pub async fn stored_events(dir: &Path, authority: &str, mrn: &str) -> Vec<vigil_
     let store = open_store(dir);
     store.recorded_events(&index.patient_id(authority, mrn), time::OffsetDateTime::UNIX_EPOCH).await.unwrap()
 }
+
+/// A test CA (`ca.pem`) and a `localhost` / 127.0.0.1 server certificate it signs
+/// (`cert.pem`, `key.pem`) in `dir`, made with the openssl CLI: (ca, cert, key).
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        .unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let (ca_key, ca, key, csr, cert, ext) =
+        (path("ca.key"), path("ca.pem"), path("key.pem"), path("leaf.csr"), path("cert.pem"), path("ext.cnf"));
+    // webpki refuses a CA as the end entity: a CA, and a leaf it signs.
+    let steps: [Vec<&str>; 3] = [
+        [&["req", "-x509", "-days", "1", "-subj", "/CN=Vigil Test CA"][..], &ec, &["-keyout", &ca_key, "-out", &ca]]
+            .concat(),
+        [&["req", "-subj", "/CN=localhost"][..], &ec, &["-keyout", &key, "-out", &csr]].concat(),
+        vec![
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-extfile",
+            &ext,
+        ],
+    ];
+    for args in steps {
+        let status = Command::new("openssl")
+            .args(&args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl makes the test certificates");
+        assert!(status.success(), "openssl {args:?}");
+    }
+    (PathBuf::from(ca), PathBuf::from(cert), PathBuf::from(key))
+}

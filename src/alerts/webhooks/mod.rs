@@ -7,7 +7,6 @@
 //! [`WebhookEndpoint`], a key in [`WebhookFileConfig`], a line in [`WebhookEndpoint::wants`],
 //! docs/webhooks.md.
 
-mod api;
 mod dispatcher;
 pub mod ledger;
 pub mod signing;
@@ -24,7 +23,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vigil_actors::{AlertStatus, AlertStore, SequencedAlert, Severity};
 
-pub use api::routes;
 pub use ledger::{DeadLetter, Ledger};
 
 use super::AlertHub;

@@ -16,8 +16,11 @@ use futures_util::StreamExt;
 
 use super::outcome::{FHIR_JSON, FhirError, Issue, fhir_response, operation_outcome};
 use super::{Answer, FhirFeed};
-use crate::auth::{Claims, Role};
+use crate::auth::Claims;
+use crate::console::Permission;
 use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::Authenticated;
 
 /// The FHIR routes; the feed itself comes as an `Extension<Arc<FhirFeed>>` layered in `app`.
 pub fn routes() -> Router<AppState> {
@@ -37,25 +40,26 @@ pub(super) fn feed(feed: Feed) -> Result<Arc<FhirFeed>, FhirError> {
     feed.map(|axum::Extension(f)| f).ok_or_else(FhirError::retry)
 }
 
-/// The claims of a request's bearer token, refused with an OperationOutcome (and audited).
-pub(super) fn claims(state: &AppState, headers: &HeaderMap, action: &str) -> Result<Claims, FhirError> {
-    let token = crate::auth::bearer(headers).ok_or(crate::auth::AuthError::Missing);
-    token.and_then(|t| state.auth.verify(t)).map_err(|e| {
-        state.audit.record("-", "-", action, "-", &format!("denied: {e}"));
-        FhirError::new(StatusCode::UNAUTHORIZED, Issue::error("login", "", e.to_string()))
+/// The caller, through the one claims extractor (rate limit and audit of refusals), its
+/// refusal answered as an OperationOutcome.
+pub(super) fn claims(auth: Result<Authenticated, ApiError>) -> Result<Claims, FhirError> {
+    auth.map(|Authenticated(claims)| claims).map_err(|e| {
+        let code = if e.status() == StatusCode::TOO_MANY_REQUESTS { "throttled" } else { "login" };
+        FhirError::new(e.status(), Issue::error(code, "", e.to_string()))
     })
 }
 
-/// A writer: a token with the `gateway` role.
-pub(super) fn writer(state: &AppState, headers: &HeaderMap, action: &str) -> Result<Claims, FhirError> {
-    let claims = claims(state, headers, action)?;
-    if claims.role != Role::Gateway {
-        state.audit.record(&claims.sub, crate::http::api::role_name(claims.role), action, "-", "denied: not a gateway");
-        return Err(FhirError::new(
-            StatusCode::FORBIDDEN,
-            Issue::error("forbidden", "", "writing to /fhir needs a token with the gateway role"),
-        ));
-    }
+/// A writer: a token whose role may write to the feed (`gateway`); refusals audited.
+pub(super) fn writer(
+    state: &AppState,
+    auth: Result<Authenticated, ApiError>,
+    action: &str,
+) -> Result<Claims, FhirError> {
+    let claims = claims(auth)?;
+    state
+        .console
+        .require(&claims, Permission::WriteFhir, action, "-")
+        .map_err(|e| FhirError::new(StatusCode::FORBIDDEN, Issue::error("forbidden", "", e.to_string())))?;
     Ok(claims)
 }
 
@@ -119,12 +123,13 @@ fn answer_response(answer: Answer, headers: &HeaderMap) -> Response {
 async fn create(
     State(state): State<AppState>,
     feed: Feed,
+    auth: Result<Authenticated, ApiError>,
     Path(resource): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, FhirError> {
     let feed = self::feed(feed)?;
-    let claims = writer(&state, &headers, "fhir_create")?;
+    let claims = writer(&state, auth, "fhir_create")?;
     if resource.starts_with('$') || super::resource(&resource).is_none() {
         return Err(FhirError::new(
             StatusCode::NOT_FOUND,
@@ -146,11 +151,12 @@ async fn create(
 async fn bundle(
     State(state): State<AppState>,
     feed: Feed,
+    auth: Result<Authenticated, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, FhirError> {
     let feed = self::feed(feed)?;
-    let claims = writer(&state, &headers, "fhir_bundle")?;
+    let claims = writer(&state, auth, "fhir_bundle")?;
     json_body(&headers, &[])?;
     let body = read_body(body, feed.settings().max_body_bytes).await.inspect_err(|_| feed.ingress().refused())?;
     let response = feed.bundle(&claims.sub, &body).await?;
@@ -165,12 +171,12 @@ async fn metadata(feed: Feed) -> Result<Response, FhirError> {
 async fn search(
     State(state): State<AppState>,
     feed: Feed,
+    auth: Result<Authenticated, ApiError>,
     Path(resource): Path<String>,
-    headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
     let feed = self::feed(feed)?;
-    let claims = claims(&state, &headers, "fhir_search")?;
+    let claims = claims(auth)?;
     if resource != "Observation" {
         return Err(FhirError::new(
             StatusCode::NOT_FOUND,

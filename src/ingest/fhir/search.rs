@@ -73,8 +73,9 @@ pub async fn observations(
     };
     let codes: Vec<String> = param("code").iter().flat_map(|c| c.split(',')).map(percent_decode).collect();
     // The console's own check: visible to this user, audited either way.
-    crate::http::api::patient_summary(state, claims, &patient.0).await.map_err(|e| {
-        FhirError::new(StatusCode::NOT_FOUND, Issue::error("not-found", "Observation?patient", e.to_string()))
+    state.console.patient_summary(claims, &patient.0).await.map_err(|e| match e {
+        crate::console::ConsoleError::Unavailable => FhirError::retry(),
+        e => FhirError::new(StatusCode::NOT_FOUND, Issue::error("not-found", "Observation?patient", e.to_string())),
     })?;
     let events = feed.events.events_since(&patient, since).await.map_err(|e| {
         tracing::error!(error = %e, "fhir search: store unreadable");

@@ -22,15 +22,23 @@ use super::http::{Feed, feed, json_body, writer};
 use super::outcome::{FhirError, Issue, Severity, operation_outcome};
 use super::{Answer, FhirFeed};
 use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::Authenticated;
 
 /// Media type of the answer lines.
 pub const NDJSON: &str = "application/fhir+ndjson";
 
 /// `POST /fhir/$stream`.
-pub async fn stream(State(state): State<AppState>, feed: Feed, headers: HeaderMap, body: Body) -> Response {
+pub async fn stream(
+    State(state): State<AppState>,
+    feed: Feed,
+    auth: Result<Authenticated, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let prepared = (|| {
         let feed = self::feed(feed)?;
-        let claims = writer(&state, &headers, "fhir_stream")?;
+        let claims = writer(&state, auth, "fhir_stream")?;
         json_body(&headers, &[NDJSON, "application/x-ndjson", "application/ndjson"])?;
         Ok::<_, FhirError>((feed, claims))
     })();
