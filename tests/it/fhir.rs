@@ -149,6 +149,10 @@ async fn hl7_and_fhir_for_one_patient_land_on_one_patient_and_search_returns_bot
     assert_eq!(only["entry"][0]["resource"]["valueQuantity"]["value"], 91.0);
     let (status, _) = search(format!("patient=Patient/{id}"), token).await;
     assert_eq!(status, 403, "a gateway reads no patient data");
+    let listed = server.auth.issue("gw-2", Role::Gateway, vec!["*".into()], time::Duration::hours(1));
+    let resp =
+        http.get(format!("http://{}/api/patients/{id}", server.http_addr)).bearer_auth(&listed).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404, "not even with units in its token");
     // A logical reference to the Patient as Vigil issued it resolves to the same patient.
     let mut by_id = observation("MRN-BOTH", "8310-5", 38.9, "Cel", Some("urn:uuid:temp-1"));
     by_id["subject"] = json!({ "reference": format!("Patient/{id}") });
@@ -281,6 +285,19 @@ async fn bad_input_gets_an_operation_outcome_naming_the_element_and_limits_hold(
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 415);
+    for (method, path, want) in
+        [("PUT", "/fhir/Observation", 405), ("GET", "/fhir/Observation/abc", 404), ("DELETE", "/fhir", 405)]
+    {
+        let resp = http
+            .request(method.parse().unwrap(), format!("http://{}{path}", server.http_addr))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{method} {path}");
+        let outcome: Value = resp.text().await.unwrap().parse().unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{method} {path}");
+    }
     server.shutdown().await;
 }
 

@@ -99,4 +99,23 @@ mod tests {
         assert_eq!(observation["searchParam"].as_array().unwrap().len(), OBSERVATION_SEARCH.len());
         assert!(s["rest"][0]["resource"][1].get("searchParam").is_none(), "search on Observation only");
     }
+
+    /// docs/fhir.md shows the statement with the default limits: it must be this one.
+    #[test]
+    fn the_documented_statement_is_the_generated_one() {
+        let doc = include_str!("../../../docs/fhir.md");
+        let block = doc
+            .split("<!-- capability-statement -->")
+            .nth(1)
+            .and_then(|rest| rest.split("```json").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_default();
+        let documented: Value = serde_json::from_str(block).unwrap_or(Value::Null);
+        let generated = statement(&FhirSettings::default());
+        assert!(
+            documented == generated,
+            "docs/fhir.md is out of date; its CapabilityStatement block should read:\n{}",
+            serde_json::to_string_pretty(&generated).unwrap_or_default()
+        );
+    }
 }

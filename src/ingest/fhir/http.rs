@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use futures_util::StreamExt;
 
 use super::outcome::{FHIR_JSON, FhirError, Issue, fhir_response, operation_outcome};
@@ -25,10 +25,11 @@ use crate::http::extract::Authenticated;
 /// The FHIR routes; the feed itself comes as an `Extension<Arc<FhirFeed>>` layered in `app`.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/fhir", post(bundle))
-        .route("/fhir/metadata", get(metadata))
-        .route("/fhir/$stream", post(super::stream::stream))
-        .route("/fhir/{resource}", post(create).get(search))
+        .route("/fhir", post(bundle).fallback(not_allowed))
+        .route("/fhir/metadata", get(metadata).fallback(not_allowed))
+        .route("/fhir/$stream", post(super::stream::stream).fallback(not_allowed))
+        .route("/fhir/{resource}", post(create).get(search).fallback(not_allowed))
+        .route("/fhir/{resource}/{*rest}", any(not_served))
         // Bodies are read here against `[fhir] max_body_bytes`, with a FHIR answer when over.
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
@@ -161,6 +162,26 @@ async fn bundle(
     let body = read_body(body, feed.settings().max_body_bytes).await.inspect_err(|_| feed.ingress().refused())?;
     let response = feed.bundle(&claims.sub, &body).await?;
     Ok(fhir_response(StatusCode::OK, &response))
+}
+
+/// Another method on a FHIR route (PUT, DELETE, PATCH...).
+async fn not_allowed(method: axum::http::Method) -> FhirError {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Issue::error("not-supported", "", format!("{method} is not supported here; see /fhir/metadata")),
+    )
+}
+
+/// Reads by id, history, instance operations: not served.
+async fn not_served() -> FhirError {
+    FhirError::new(
+        StatusCode::NOT_FOUND,
+        Issue::error(
+            "not-supported",
+            "",
+            "Vigil serves create, transaction, batch, $stream and Observation search; see /fhir/metadata",
+        ),
+    )
 }
 
 async fn metadata(feed: Feed) -> Result<Response, FhirError> {

@@ -355,3 +355,78 @@ fn the_hl7_observation_cases_map_the_same_over_fhir() {
     assert!(compared > 40, "the case table lost its cases");
     assert!(failures.is_empty(), "{} cases differ over FHIR:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Arbitrary JSON near an Observation: a valid one with one element replaced by any value.
+fn mutated() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<f64>().prop_map(|f| json!(f)),
+        any::<i64>().prop_map(|i| json!(i)),
+        ".{0,12}".prop_map(Value::String),
+    ];
+    let value = leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4).prop_map(|m| json!(m)),
+        ]
+    });
+    let paths = [
+        "/status",
+        "/code",
+        "/code/coding",
+        "/code/coding/0/system",
+        "/code/coding/0/code",
+        "/subject",
+        "/subject/reference",
+        "/subject/identifier",
+        "/valueQuantity",
+        "/valueQuantity/value",
+        "/valueQuantity/unit",
+        "/effectiveDateTime",
+        "/component",
+        "/component/0/code",
+        "/component/0/valueQuantity/value",
+        "/device",
+        "/contained",
+        "/referenceRange",
+        "/interpretation",
+        "/identifier",
+        "/extension",
+    ];
+    (proptest::sample::select(paths.to_vec()), value).prop_map(|(path, v)| {
+        let mut obs = json!({ "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] },
+            "subject": { "reference": "Patient?identifier=http://hospital.example.org/mrn|M" },
+            "valueQuantity": { "value": 120, "unit": "mm[Hg]" }, "effectiveDateTime": "2026-01-02T03:04:05Z",
+            "component": [{ "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4" }] }, "valueQuantity": { "value": 80 } }],
+            "device": { "reference": "#d" }, "contained": [{ "resourceType": "Device", "id": "d" }],
+            "referenceRange": [{ "low": { "value": 90 } }], "interpretation": [{ "coding": [{ "code": "H" }] }],
+            "identifier": [{ "value": "x" }], "extension": [{ "url": GATEWAY_EXTENSION }] });
+        if let Some(slot) = obs.pointer_mut(path) {
+            *slot = v;
+        }
+        obs
+    })
+}
+
+proptest::proptest! {
+    /// Never a panic, and every refusal names an element, whatever the sender puts where.
+    #[test]
+    fn any_mutation_of_an_observation_maps_or_is_refused_naming_an_element(obs in mutated()) {
+        let m = mapper();
+        for map in [observation as MapFn, patient, encounter, medication_request, medication_administration, allergy_intolerance, device] {
+            if let Err(issues) = run(&m, map, &obs) {
+                proptest::prop_assert!(!issues.is_empty());
+                proptest::prop_assert!(issues.iter().all(|i| !i.expression.is_empty()), "{:?}", issues);
+            }
+        }
+    }
+
+    /// The depth check never panics and agrees with serde on what is JSON.
+    #[test]
+    fn the_bounded_parser_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+        let _ = crate::ingest::fhir::json::parse(&bytes, 8);
+    }
+}
