@@ -47,6 +47,9 @@ enum Command {
         /// (`--beds 40 --unit ICU --unit 5W` for 40 beds on two units).
         #[arg(long = "unit", default_values_t = ["ICU".to_owned()])]
         units: Vec<String>,
+        /// Every n-th bed sends its vitals as FHIR through a simulated gateway (0: none).
+        #[arg(long, default_value_t = 4)]
+        fhir_every: usize,
     },
     /// Check or test the rules: `vigil rules check [DIR]`, `vigil rules test [DIR]`.
     #[command(subcommand)]
@@ -105,12 +108,29 @@ async fn main() -> anyhow::Result<()> {
             wait_for_signal().await;
             running.shutdown().await;
         }
-        Command::Demo { serve, beds, interval_secs, deterioration_secs, deteriorating, recover_after_secs, units } => {
+        Command::Demo {
+            serve,
+            beds,
+            interval_secs,
+            deterioration_secs,
+            deteriorating,
+            recover_after_secs,
+            units,
+            fhir_every,
+        } => {
             init_logging();
-            let config = Config::load(&serve)?;
+            let mut config = Config::load(&serve)?;
+            // The simulated FHIR gateway names the ward's patients under this system: the same
+            // patients the simulated EMR admits over HL7 (PID-3.4 VIGIL_SIM).
+            config
+                .fhir
+                .identifier_systems
+                .entry("VIGIL_SIM".into())
+                .or_insert_with(|| vigil_loadtest::fhir::SIM_SYSTEM.into());
             let running = app::start(&config).await?;
             println!("vigil listening: mllp={} http={}", running.mllp_addr, running.http_addr);
             let token = running.auth.issue("demo", Role::Rrt, vec!["*".into()], time::Duration::hours(12));
+            let gateway = running.auth.issue("demo-gateway", Role::Gateway, Vec::new(), time::Duration::hours(12));
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             let ward = vigil_loadtest::ward::WardConfig {
                 beds,
@@ -119,11 +139,16 @@ async fn main() -> anyhow::Result<()> {
                 deteriorating,
                 recover_after: recover_after_secs.map(Duration::from_secs),
                 units: units.clone(),
+                fhir: Some(vigil_loadtest::ward::FhirGateway {
+                    http_addr: running.http_addr.to_string(),
+                    token: gateway,
+                    every: fhir_every,
+                }),
                 ..Default::default()
             };
             let ward = tokio::spawn(vigil_loadtest::ward::run_ward(running.mllp_addr.to_string(), ward, stop_rx));
             println!(
-                "\nVigil demo running: {beds} simulated beds on {} ({deteriorating} deteriorating), admitted by ADT^A01 and sending IHE PCD-01 vitals over MLLP to {}.",
+                "\nVigil demo running: {beds} simulated beds on {} ({deteriorating} deteriorating), admitted by ADT^A01 and sending IHE PCD-01 vitals over MLLP to {} (every {fhir_every}th bed through a FHIR gateway instead).",
                 units.join(", "),
                 running.mllp_addr
             );

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncReadExt as _;
 use tracing_subscriber::EnvFilter;
+use vigil_loadtest::fhir::{FhirBenchConfig, run_fhir_bench};
 use vigil_loadtest::flapwatch::{FlapwatchConfig, run_flapwatch};
 use vigil_loadtest::mllp::{MllpClient, ack_code};
 use vigil_loadtest::rate::{RateConfig, run_rate};
@@ -53,6 +54,37 @@ enum Command {
         /// Seed for patients and noise.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Vigil HTTP listener for beds behind a FHIR gateway (with --fhir-token).
+        #[arg(long, env = "VIGIL_HTTP")]
+        fhir_http: Option<String>,
+        /// Gateway token (`vigil token --role gateway`).
+        #[arg(long, env = "VIGIL_GATEWAY_TOKEN")]
+        fhir_token: Option<String>,
+        /// Every n-th bed sends its vitals over FHIR (0: none).
+        #[arg(long, default_value_t = 4)]
+        fhir_every: usize,
+    },
+    /// FHIR throughput: Observations by single POSTs, then over one NDJSON `$stream`; prints
+    /// a Markdown line. Patients are sent under the simulator's identifier system.
+    Fhir {
+        /// Vigil HTTP listener (host:port).
+        #[arg(long, env = "VIGIL_HTTP", default_value = "127.0.0.1:8080")]
+        http: String,
+        /// Gateway token (`vigil token --role gateway`).
+        #[arg(long, env = "VIGIL_GATEWAY_TOKEN")]
+        token: String,
+        /// Observations sent by single POSTs.
+        #[arg(long, default_value_t = 20_000)]
+        posts: usize,
+        /// Connections for the single POSTs.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Observations sent over one `$stream` request.
+        #[arg(long, default_value_t = 50_000)]
+        stream_lines: usize,
+        /// Distinct synthetic patients.
+        #[arg(long, default_value_t = 500)]
+        patients: usize,
     },
     /// Send one HL7 v2 file (LF or CRLF line endings are converted to CR) and print the ACK.
     Send {
@@ -112,7 +144,24 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Ward { mllp, beds, interval_ms, deteriorating, deterioration_secs, units, seed } => {
+        Command::Ward {
+            mllp,
+            beds,
+            interval_ms,
+            deteriorating,
+            deterioration_secs,
+            units,
+            seed,
+            fhir_http,
+            fhir_token,
+            fhir_every,
+        } => {
+            let fhir = match (fhir_http, fhir_token) {
+                (Some(http_addr), Some(token)) => {
+                    Some(vigil_loadtest::ward::FhirGateway { http_addr, token, every: fhir_every })
+                }
+                _ => None,
+            };
             let cfg = WardConfig {
                 beds,
                 interval: Duration::from_millis(interval_ms),
@@ -121,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 recover_after: None,
                 units,
                 seed,
+                fhir,
             };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -166,6 +216,22 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             print!("{}", report.to_markdown());
+        }
+        Command::Fhir { http, token, posts, connections, stream_lines, patients } => {
+            let r = run_fhir_bench(FhirBenchConfig { addr: http, token, posts, connections, stream_lines, patients })
+                .await?;
+            println!("| mode | Observations | stored (201) | rate |\n|---|---|---|---|");
+            println!(
+                "| single POST, {connections} connections | {posts} | {} | {:.0} /s |",
+                r.posts_created, r.posts_per_sec
+            );
+            println!(
+                "| NDJSON `$stream`, 1 request | {stream_lines} | {} | {:.0} /s |",
+                r.stream_created, r.stream_per_sec
+            );
+            if r.refused > 0 {
+                println!("\n{} answers were not 201", r.refused);
+            }
         }
     }
     Ok(())

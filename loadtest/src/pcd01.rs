@@ -257,7 +257,7 @@ pub(crate) fn escape(s: &str) -> String {
 
 /// A stable, EUI-64-shaped identifier derived from the device id (FNV-1a), so a
 /// simulated monitor keeps the same hardware id across runs.
-fn eui64(device_id: &str) -> String {
+pub(crate) fn eui64(device_id: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in device_id.bytes() {
         h ^= u64::from(b);

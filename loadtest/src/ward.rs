@@ -34,6 +34,21 @@ pub struct WardConfig {
     pub units: Vec<String>,
     /// Seed for patients, baselines and noise; same seed, same ward.
     pub seed: u64,
+    /// Beds whose monitor sits behind a FHIR gateway: their vitals go to `/fhir` as a
+    /// transaction Bundle instead of PCD-01 over MLLP (the admission stays ADT over MLLP, as
+    /// an EMR sends it). `None`: every bed sends HL7.
+    pub fhir: Option<FhirGateway>,
+}
+
+/// A simulated FHIR device gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirGateway {
+    /// Vigil's HTTP listener, `host:port`.
+    pub http_addr: String,
+    /// A token with the gateway role.
+    pub token: String,
+    /// Every `every`-th bed (1-based numbers divisible by it) sends FHIR; 0 for none.
+    pub every: usize,
 }
 
 impl Default for WardConfig {
@@ -46,6 +61,7 @@ impl Default for WardConfig {
             recover_after: None,
             units: vec!["ICU".to_owned()],
             seed: 42,
+            fhir: None,
         }
     }
 }
@@ -123,7 +139,9 @@ pub async fn run_ward(
 
     let mut tasks = tokio::task::JoinSet::new();
     for patient in patients {
+        let fhir = cfg.fhir.clone().filter(|g| g.every > 0 && patient.bed_no.is_multiple_of(g.every));
         let bed = BedTask {
+            fhir,
             addr: addr.clone(),
             interval: cfg.interval.max(Duration::from_millis(1)),
             period: cfg.deterioration_period,
@@ -299,6 +317,8 @@ impl SimPatient {
 }
 
 struct BedTask {
+    /// The gateway this bed's vitals go through, when they go over FHIR.
+    fhir: Option<FhirGateway>,
     addr: Arc<str>,
     interval: Duration,
     period: Duration,
@@ -329,6 +349,7 @@ impl BedTask {
         // Connecting never takes longer than a tick, or a down server would stall the ward.
         let connect_timeout = self.interval.clamp(Duration::from_millis(200), Duration::from_secs(5));
         let reply_timeout = Duration::from_secs(10);
+        let mut fhir_client: Option<crate::fhir::HttpClient> = None;
 
         'outer: loop {
             if *self.shutdown.borrow() {
@@ -395,6 +416,39 @@ impl BedTask {
                 }
                 let vitals = self.patient.vitals(progress, with_gcs);
                 let control_id = format!("W{:x}-{bed:02}-{seq}", self.run_id);
+                if let Some(gateway) = self.fhir.clone() {
+                    seq += 1;
+                    next_send =
+                        (next_send + self.interval.mul_f64(0.9 + 0.2 * self.patient.rng.unit())).max(Instant::now());
+                    let resources = crate::fhir::observations(
+                        &self.patient.demo,
+                        &self.patient.device_id,
+                        &vitals,
+                        &control_id,
+                        OffsetDateTime::now_utc(),
+                    );
+                    let bundle = crate::fhir::transaction(resources, &control_id).to_string();
+                    self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                    let answered = tokio::select! {
+                        () = stopped(&mut self.shutdown) => break 'outer,
+                        r = post_fhir(&mut fhir_client, &gateway, bundle.as_bytes()) => r,
+                    };
+                    match answered {
+                        Ok(200 | 201) => {
+                            self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(status) => {
+                            self.counters.naks.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(bed, control_id, status, "fhir vitals refused");
+                        }
+                        Err(e) => {
+                            fhir_client = None;
+                            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(bed, control_id, error = %e, "fhir post failed; reconnecting");
+                        }
+                    }
+                    continue;
+                }
                 let msg = oru_r01(
                     &self.patient.demo,
                     &self.patient.device_id,
@@ -437,6 +491,20 @@ impl BedTask {
         }
         tracing::debug!(bed, sent = seq, "bed stopped");
     }
+}
+
+/// POST a transaction Bundle through `gateway`, connecting first when needed; the status.
+async fn post_fhir(
+    client: &mut Option<crate::fhir::HttpClient>,
+    gateway: &FhirGateway,
+    bundle: &[u8],
+) -> Result<u16, crate::fhir::HttpError> {
+    if client.is_none() {
+        *client = Some(crate::fhir::HttpClient::connect(&gateway.http_addr, Duration::from_secs(10)).await?);
+    }
+    let Some(c) = client.as_mut() else { return Err(crate::fhir::HttpError::Malformed("no connection")) };
+    let (status, _) = c.post("/fhir", &gateway.token, "application/fhir+json", bundle).await?;
+    Ok(status)
 }
 
 /// Small deterministic PRNG (SplitMix64): simulation noise needs speed and
@@ -571,6 +639,7 @@ mod tests {
             recover_after: None,
             units: vec!["TEST".into()],
             seed: 7,
+            fhir: None,
         }
     }
 

@@ -426,3 +426,42 @@ async fn fhir_resources_from_python_raise_the_same_alerts_as_hl7_and_every_answe
     assert_eq!(of("MRN-PY-FHIR"), hl7, "the same alerts, severities and scores over FHIR as over HL7");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_wards_fhir_gateway_beds_alert_on_the_patients_the_emr_admitted_over_hl7() {
+    let dir = tempdir("fhir-ward");
+    let mut cfg = config(&dir);
+    cfg.fhir.identifier_systems.insert("VIGIL_SIM".into(), vigil_loadtest::fhir::SIM_SYSTEM.into());
+    let server = vigil::app::start(&cfg).await.unwrap();
+    let rrt = server.auth.issue("rrt-1", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let mut ws = ws_connect(server.http_addr, &rrt).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;
+    ws_next(&mut ws, &["subscribed"], WAIT).await;
+    let ward = vigil_loadtest::ward::WardConfig {
+        beds: 2,
+        interval: Duration::from_millis(200),
+        deteriorating: 2,
+        deterioration_period: Duration::from_secs(3),
+        fhir: Some(vigil_loadtest::ward::FhirGateway {
+            http_addr: server.http_addr.to_string(),
+            token: gateway(&server),
+            every: 1,
+        }),
+        ..Default::default()
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(vigil_loadtest::ward::run_ward(server.mllp_addr.to_string(), ward, stop_rx));
+    let frame = ws_next(&mut ws, &["alert"], Duration::from_secs(60)).await;
+    let patient = frame["alert"]["patient"]["id"].as_str().unwrap().to_string();
+    assert_eq!(frame["alert"]["patient"]["bed"].as_str().map(str::len), Some(1), "located by the HL7 admission");
+    let _ = stop.send(true);
+    let stats = running.await.unwrap().unwrap();
+    assert_eq!(stats.naks + stats.errors, 0, "{stats:?}");
+    server.shutdown().await;
+    let store = open_store(&dir);
+    let events =
+        store.recorded_events(&vigil_actors::PatientId(patient), time::OffsetDateTime::UNIX_EPOCH).await.unwrap();
+    let sources: std::collections::BTreeSet<String> =
+        events.iter().filter_map(|e| e.message.as_ref().map(|m| format!("{:?}", m.source))).collect();
+    assert_eq!(sources.into_iter().collect::<Vec<_>>(), ["Fhir", "Hl7"], "admitted over HL7, vitals over FHIR");
+}
