@@ -113,6 +113,17 @@ pub fn resource(name: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.name == name)
 }
 
+/// Map one resource already parsed, with nothing resolved beyond the resource itself (no
+/// Bundle, no issued ids): what the fuzz target and the mapping tests drive.
+pub fn map_resource(mapper: &Mapper, value: &Value, received_at: OffsetDateTime) -> Result<Mapped, Vec<Issue>> {
+    let kind = value.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    let Some(row) = resource(kind) else {
+        return Err(vec![Issue::error("not-supported", "resourceType", "not a resource type Vigil accepts")]);
+    };
+    let referenced = Referenced::default();
+    (row.map)(&Context { mapper, received_at, referenced: &referenced }, &El::root(value, kind))
+}
+
 /// Opaque patient ids handed out for Patients, and what they stand for, at most this many.
 const ISSUED_CAPACITY: usize = 100_000;
 
