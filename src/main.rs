@@ -95,6 +95,8 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any file is created: what Vigil writes is private to the service user.
+    app::harden_process();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

@@ -11,6 +11,7 @@ mod external;
 mod fixtures;
 mod kassandra;
 mod mllp;
+mod mllp_hardening;
 mod protocol;
 mod rules;
 mod storage;
