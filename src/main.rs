@@ -8,6 +8,8 @@ use vigil::app;
 use vigil::auth::Role;
 use vigil::config::{Config, ServeArgs};
 
+mod log_limit;
+
 // Many small allocations per event (rule values, details); see docs/BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -72,10 +74,20 @@ enum Command {
     },
 }
 
+/// Logs to stderr, filtered by `VIGIL_LOG`, each call site held to [`log_limit::BUDGET`] lines
+/// per [`log_limit::WINDOW`] (call inside the runtime: a task reports what was suppressed).
 fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let limit = log_limit::PerCallsite::new(log_limit::BUDGET, log_limit::WINDOW);
+    // The level filter first, so events it drops never reach the limiter's lock.
+    let layer = tracing_subscriber::fmt::layer().with_target(false).with_filter(filter.and(limit.clone()));
+    tracing_subscriber::registry().with(layer).init();
+    tokio::spawn(limit.report());
 }
 
 async fn wait_for_signal() {
