@@ -157,3 +157,99 @@ async fn mllp_frames_and_first_frames_are_bounded_in_time_not_reset_by_each_byte
     assert_eq!(metrics.frame_timeouts.load(Ordering::Relaxed), 1);
     server.shutdown().await;
 }
+
+/// `GET /healthz`, within `within`: whether it answered 200.
+async fn healthz(http: SocketAddr, within: Duration) -> bool {
+    let ask = async {
+        let mut stream = TcpStream::connect(http).await.ok()?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.ok()?;
+        Some(reply.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(within, ask).await.ok().flatten().unwrap_or(false)
+}
+
+/// One message on a new MLLP connection, within `within`: whether it got its AA.
+async fn mllp_accepts(mllp: SocketAddr, control_id: &str, within: Duration) -> bool {
+    let send = async {
+        let mut client = MllpClient::connect(&mllp.to_string(), within).await.ok()?;
+        let ack = client.send(&septic_oru(control_id, "MRN-FD", "Limit")).await.ok()?;
+        Some(ack_code(&ack) == Some("AA"))
+    };
+    tokio::time::timeout(within, send).await.ok().flatten().unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_at_the_file_limit_backs_off_logs_little_and_recovers() {
+    let dir = tempdir("fd-limit");
+    let data = dir.join("data");
+    let rules = rules_dir();
+    let data_arg = data.to_str().unwrap().to_string();
+    let args = vigil_args("serve", &data_arg, rules.to_str().unwrap(), &[]);
+    // 400 descriptors, soft and hard, so the server cannot raise its limit out of the test.
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .arg("--nofile=400:400")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_vigil"))
+        .args(&args)
+        .env("VIGIL_LOG", "info")
+        .stderr(std::process::Stdio::inherit());
+    let mut proc = spawn_command(command);
+    let log = proc.collect_stdout();
+    let log_lines = |log: &std::sync::Mutex<Vec<String>>| log.lock().unwrap().clone();
+
+    // MLLP connections alone cannot take the descriptors health checks need: MLLP is capped
+    // below the limit (mllp.reserved_fds), and a real sender still gets in.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(TcpStream::connect(proc.mllp).await.unwrap());
+    }
+    assert!(healthz(proc.http, Duration::from_secs(10)).await, "/healthz under an MLLP connection flood");
+    assert!(mllp_accepts(proc.mllp, "FD-1", Duration::from_secs(10)).await, "MLLP under an MLLP connection flood");
+
+    // Idle HTTP connections take every descriptor left; then MLLP connections queue in the
+    // backlog, so each MLLP accept fails with EMFILE for as long as this lasts.
+    let before = log_lines(&log).len();
+    let exhausted = Instant::now();
+    // Until the HTTP backlog is full too (connects then stall): every descriptor is taken.
+    let mut stalled = 0;
+    while held.len() < 700 && stalled < 3 {
+        match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(proc.http)).await {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => stalled += 1,
+        }
+    }
+    let http_connected = exhausted.elapsed();
+    for _ in 0..50 {
+        held.push(TcpStream::connect(proc.mllp).await.unwrap());
+    }
+    let mllp_connected = exhausted.elapsed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = log_lines(&log);
+    let lines = &during[before..];
+    let secs = exhausted.elapsed().as_secs_f64();
+    let accept_lines = lines.iter().filter(|l| l.contains("mllp accept failing")).count();
+    eprintln!(
+        "at the file limit for {secs:.1} s (HTTP connects took {http_connected:?}, MLLP {mllp_connected:?}): {} log lines, {accept_lines} of them MLLP accept summaries",
+        lines.len()
+    );
+    assert!(accept_lines >= 1, "the MLLP accept loop never met the limit:\n{}", lines.join("\n"));
+    // One MLLP summary per 10 s; HTTP's accept loop (axum) logs one line a second at most.
+    assert!(accept_lines as f64 <= secs / 10.0 + 2.0, "{accept_lines} MLLP accept lines in {secs:.1} s");
+    assert!(lines.len() as f64 <= 2.0 * secs + 20.0, "{} log lines in {secs:.1} s:\n{}", lines.len(), lines.join("\n"));
+
+    // Released: both ports answer again.
+    drop(held);
+    let recovered = Instant::now();
+    let mut healthy = false;
+    let mut accepting = false;
+    while recovered.elapsed() < Duration::from_secs(30) && !(healthy && accepting) {
+        healthy = healthy || healthz(proc.http, Duration::from_secs(2)).await;
+        accepting = accepting || mllp_accepts(proc.mllp, "FD-2", Duration::from_secs(2)).await;
+    }
+    eprintln!("recovered in {:?}", recovered.elapsed());
+    assert!(healthy && accepting, "after release: /healthz {healthy}, MLLP {accepting}");
+    drop(proc);
+}
