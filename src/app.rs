@@ -236,7 +236,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let http_addr = http_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let audit = crate::audit::AuditLog::open(store.local()).context("opening the audit log")?;
+    let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;
+    let audit = crate::audit::AuditLog::open(store.local(), audit_key).context("opening the audit log")?;
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
     let state = AppState {

@@ -1,4 +1,5 @@
-//! The `vigil` command: `serve`, `demo` (serve plus a simulated ward) and `token`.
+//! The `vigil` command: `serve`, `demo` (serve plus a simulated ward), `rules`, `keys`, `audit`
+//! and `token`.
 
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ enum Command {
     Rules(vigil::rules::cli::RulesCommand),
     /// Manage the field-encryption key ring (`vigil keys rotate`, `vigil keys list`).
     Keys(vigil::crypto::cli::KeysArgs),
+    /// Check or read the audit log: `vigil audit verify`, `vigil audit list [--since T] [--until T]`.
+    #[command(subcommand)]
+    Audit(vigil::audit::cli::AuditCommand),
     /// Print a signed console token.
     Token {
         /// Role of the holder.
@@ -156,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rules(command) => std::process::exit(vigil::rules::cli::run(command)),
         Command::Keys(args) => vigil::crypto::cli::run(&args)?,
+        Command::Audit(command) => std::process::exit(vigil::audit::cli::run(command)?),
         Command::Token { role, units, sub, hours, serve } => {
             let config = Config::load(&serve)?;
             std::fs::create_dir_all(&config.data_dir)
