@@ -135,3 +135,52 @@ fn audit_verify_detects_inserted_records() {
     });
     assert_detected(&dir, &["inserted: key 000000000000000200 is not a record number"]);
 }
+
+/// Everything the server writes under its data and key directories is private to the service
+/// user: directories 0700, files 0600 (umask 077 at start; the data directory is tightened
+/// when it exists with wider permissions).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_audit_and_key_files_are_private_to_the_service_user() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = tempdir("perms");
+    let data = dir.join("data");
+    std::fs::DirBuilder::new().mode(0o755).create(&data).unwrap();
+    let data_arg = data.to_str().unwrap().to_string();
+    let rules = rules_dir();
+    let args = vigil_args("serve", &data_arg, rules.to_str().unwrap(), &[]);
+    let proc = spawn_vigil(&args);
+    // A message, a token and an audited request: the store, the audit log and keys are written.
+    let mut client =
+        vigil_loadtest::mllp::MllpClient::connect(&proc.mllp.to_string(), std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+    let ack = client.send(&septic_oru("PERM-1", "MRN-PERM", "Private")).await.unwrap();
+    assert_eq!(vigil_loadtest::mllp::ack_code(&ack), Some("AA"));
+    let token = vigil_token(&data, "ICU");
+    let mut ws = ws_connect(proc.http, &token).await;
+    ws_send(&mut ws, serde_json::json!({"type": "subscribe", "units": ["ICU"]})).await;
+    ws_next(&mut ws, &["snapshot"], std::time::Duration::from_secs(10)).await;
+    drop(ws);
+    drop(proc);
+
+    let mut checked = 0;
+    let mut wide = Vec::new();
+    let mut pending = vec![data.clone(), vigil::config::default_keys_dir(&data)];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        checked += 1;
+        if meta.is_dir() {
+            if mode != 0o700 {
+                wide.push(format!("{} {mode:o}", path.display()));
+            }
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if mode & 0o077 != 0 {
+            wide.push(format!("{} {mode:o}", path.display()));
+        }
+    }
+    assert!(checked > 10, "only {checked} paths under the data and key directories");
+    assert!(wide.is_empty(), "readable beyond the service user: {wide:#?}");
+    assert!(vigil::config::default_keys_dir(&data).join("audit.key").exists());
+}
