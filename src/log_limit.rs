@@ -67,11 +67,7 @@ impl PerCallsite {
     /// Call sites with suppressed events since the last call, and how many.
     pub fn take_suppressed(&self) -> Vec<(&'static str, u64)> {
         let mut windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        windows
-            .values_mut()
-            .filter(|w| w.suppressed > 0)
-            .map(|w| (w.name, std::mem::take(&mut w.suppressed)))
-            .collect()
+        windows.values_mut().filter(|w| w.suppressed > 0).map(|w| (w.name, std::mem::take(&mut w.suppressed))).collect()
     }
 
     /// Log, once per window, how many lines each call site had suppressed.
