@@ -131,7 +131,7 @@ async fn acked_messages_survive_repeated_kill_9_at_random_moments_in_order_and_a
     let rules = rules_dir();
     let args = vigil_args("serve", &data, rules.to_str().unwrap(), &[]);
     let mut acked: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut next = vec![0usize; PATIENTS];
+    let mut next = [0usize; PATIENTS];
     for cycle in 0..cycles {
         let mut proc = spawn_vigil(&args);
         let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
