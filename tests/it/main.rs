@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod browser;
 mod crash;
 mod demo;
@@ -12,6 +13,7 @@ mod fixtures;
 mod hardening;
 mod kassandra;
 mod mllp;
+mod mllp_hardening;
 mod protocol;
 mod rules;
 mod storage;
