@@ -2,7 +2,7 @@
 //! beside it, never in it) edits, deletes, reorders or inserts records in the raw keyspace —
 //! through the engine, so its own checksums are right — and `vigil audit verify` says where.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use fjall::{Database, KeyspaceCreateOptions};
@@ -11,7 +11,7 @@ use vigil::audit::{AuditKey, AuditLog};
 use crate::support::*;
 
 /// A data directory whose audit log holds `n` records, written as the server writes them.
-fn audit_dir(tag: &str, n: u64) -> PathBuf {
+fn audit_dir(tag: &str, n: u64) -> TestDir {
     let dir = tempdir(tag);
     let key = AuditKey::load_or_create(&vigil::config::default_keys_dir(&dir).join("audit.key")).unwrap();
     let log = AuditLog::open(Database::builder(dir.join("fjall")).open().unwrap(), key).unwrap();

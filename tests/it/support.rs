@@ -13,10 +13,37 @@ use vigil::config::{Config, ServeArgs};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-it-{tag}-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A data directory for one test, removed with everything beside it (the key files Vigil
+/// keeps next to the data directory) when the test ends.
+pub struct TestDir {
+    _root: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+pub fn tempdir(tag: &str) -> TestDir {
+    let root = tempfile::Builder::new().prefix(&format!("vigil-it-{tag}-")).tempdir().unwrap();
+    let path = root.path().join("data");
+    std::fs::create_dir_all(&path).unwrap();
+    TestDir { _root: root, path }
 }
 
 pub fn rules_dir() -> PathBuf {
