@@ -52,8 +52,11 @@ impl Running {
         }
         let triggers = event.trigger_names();
         let view = self.state.view_at(now, event);
-        let outcomes = self.ports.rules.evaluate(&view, &triggers);
+        let mut outcomes = self.ports.rules.evaluate(&view, &triggers);
         drop(view);
+        if let EventKind::DeviceAlarm { alarm } = &event.kind {
+            outcomes.push(crate::device::alarm_outcome(alarm));
+        }
         self.state.decide(outcomes, now)
     }
 }
