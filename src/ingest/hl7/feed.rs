@@ -34,6 +34,7 @@ pub struct Feed {
 /// The message types Vigil maps, in the order they are looked up.
 pub const FEEDS: &[Feed] = &[
     Feed { code: "ORU", trigger: "R01", map: Mapper::oru_r01 },
+    Feed { code: "ORU", trigger: "R40", map: Mapper::oru_r40 },
     Feed { code: "ADT", trigger: "A40", map: Mapper::adt_merge },
     Feed { code: "ADT", trigger: "A60", map: Mapper::adt_a60 },
     Feed { code: "ADT", trigger: "A01", map: census },
