@@ -277,6 +277,18 @@ impl DeviceAlarm {
     }
 }
 
+/// A device's id as senders name it (EUI-64 or equipment id): in actor names, logs and alert
+/// findings; never patient data.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub String);
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What happened, as far as the patient actor is concerned.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -331,6 +343,18 @@ pub enum EventKind {
         /// The alarm.
         alarm: DeviceAlarm,
     },
+    /// A device attached to the patient went silent past its expected interval, or reports
+    /// again: raises or resolves `device.offline`, decided by the host.
+    DeviceSilence {
+        /// The device.
+        device: DeviceId,
+        /// Silent (`true`) or reporting again (`false`).
+        offline: bool,
+        /// Seconds since it was last heard from.
+        silent_s: i64,
+        /// The interval it was expected to report at, in seconds.
+        interval_s: i64,
+    },
 }
 
 /// An event for one patient, as accepted from a sender.
@@ -364,7 +388,7 @@ impl ClinicalEvent {
             EventKind::Administration { .. } => vec!["administration"],
             EventKind::Allergies { .. } => vec!["allergy"],
             // Decided by the host, not by rules.
-            EventKind::DeviceAlarm { .. } => Vec::new(),
+            EventKind::DeviceAlarm { .. } | EventKind::DeviceSilence { .. } => Vec::new(),
         }
     }
 }

@@ -12,7 +12,15 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// An ORU^R40 in the IHE PCD-04 shape (MSH-15 AL, MSH-16 NE; facets in the 68480 family).
-pub fn r40(control_id: &str, mrn: &str, alarm_id: &str, event: &str, phase: &str, priority: &str, kind: &str) -> String {
+pub fn r40(
+    control_id: &str,
+    mrn: &str,
+    alarm_id: &str,
+    event: &str,
+    phase: &str,
+    priority: &str,
+    kind: &str,
+) -> String {
     let ts = now_dtm();
     [
         format!(

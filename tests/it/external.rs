@@ -65,7 +65,8 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
     let alarm_no_id = crate::devices::r40("EXT-R40-2", "MRN-EXT-R40", "", spo2, "start", "PH", "SP")
         .replace("|1^^0012345678ABCDEF^EUI-64|", "||");
     assert!(alarm_no_id.contains("OBR|1|||196616"));
-    let keep_alive = crate::devices::r40("EXT-R40-3", "MRN-EXT-R40", "HB", "196614^MDC_EVT_ACTIVE^MDC", "start", "PN", "SA");
+    let keep_alive =
+        crate::devices::r40("EXT-R40-3", "MRN-EXT-R40", "HB", "196614^MDC_EVT_ACTIVE^MDC", "start", "PN", "SA");
 
     let cases = json!([
         {"name": "original-mode ORU qSOFA", "message": original, "expect": "AA", "control_id": "EXT-AA-1"},

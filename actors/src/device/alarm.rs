@@ -4,13 +4,15 @@
 
 use serde_json::json;
 
-use crate::model::{AlarmKind, AlarmPhase, AlarmPriority, AlarmState, Details, DeviceAlarm, Severity};
+use crate::model::{AlarmKind, AlarmPhase, AlarmPriority, AlarmState, Details, DeviceAlarm, DeviceId, Severity};
 use crate::ports::{AlertPolicy, RuleOutcome, RuleVerdict};
 
 /// Rule id of alerts raised for physiologic (and advisory) device alarms.
 pub const DEVICE_ALARM_RULE: &str = "device.alarm";
 /// Rule id of alerts raised for technical device alarms (leads off, probe off).
 pub const DEVICE_TECHNICAL_RULE: &str = "device.technical";
+/// Rule id of the technical alert raised when a device attached to a patient goes silent.
+pub const DEVICE_OFFLINE_RULE: &str = "device.offline";
 /// The version these host rules report (they have no source to hash).
 pub const DEVICE_RULE_VERSION: &str = "host-1";
 
@@ -95,6 +97,26 @@ pub fn alarm_outcome(alarm: &DeviceAlarm) -> RuleOutcome {
     RuleOutcome { rule_id: rule.into(), version: DEVICE_RULE_VERSION.into(), policy: POLICY, verdict }
 }
 
+/// The verdict for a device going silent (raise `device.offline`, high: the patient is no
+/// longer monitored) or reporting again (resolve it at once).
+pub fn silence_outcome(device: &DeviceId, offline: bool, silent_s: i64, interval_s: i64) -> RuleOutcome {
+    let finding = Some(device.0.clone());
+    let details = Details::from_value(&json!({ "device": device.0, "interval_s": interval_s }));
+    let verdict = if offline {
+        RuleVerdict::Fire {
+            finding,
+            severity: Severity::High,
+            score: None,
+            summary: format!("No data from device {device} for {silent_s} s (expected every {interval_s} s)"),
+            details,
+            partial: false,
+        }
+    } else {
+        RuleVerdict::Resolve { finding, reason: "the device reports again".into(), details, partial: false }
+    };
+    RuleOutcome { rule_id: DEVICE_OFFLINE_RULE.into(), version: DEVICE_RULE_VERSION.into(), policy: POLICY, verdict }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +196,10 @@ mod tests {
         assert!(same.is_empty(), "a continue that changes nothing keeps the alert as it is");
         let updated = state.decide(vec![alarm_outcome(&report(AlarmPhase::Update, AlarmPriority::High))], t0);
         assert_eq!(updated.len(), 1);
-        assert_eq!((updated[0].0.id.clone(), updated[0].0.severity, updated[0].1), (id.clone(), Severity::Critical, true));
+        assert_eq!(
+            (updated[0].0.id.clone(), updated[0].0.severity, updated[0].1),
+            (id.clone(), Severity::Critical, true)
+        );
         let ended = state.decide(vec![alarm_outcome(&report(AlarmPhase::End, AlarmPriority::High))], t0);
         assert_eq!(ended.len(), 1, "an end resolves at once, with no clear-time hold");
         assert_eq!((ended[0].0.id.clone(), ended[0].0.status), (id, AlertStatus::Resolved));

@@ -54,8 +54,12 @@ impl Running {
         let view = self.state.view_at(now, event);
         let mut outcomes = self.ports.rules.evaluate(&view, &triggers);
         drop(view);
-        if let EventKind::DeviceAlarm { alarm } = &event.kind {
-            outcomes.push(crate::device::alarm_outcome(alarm));
+        match &event.kind {
+            EventKind::DeviceAlarm { alarm } => outcomes.push(crate::device::alarm_outcome(alarm)),
+            EventKind::DeviceSilence { device, offline, silent_s, interval_s } => {
+                outcomes.push(crate::device::silence_outcome(device, *offline, *silent_s, *interval_s));
+            }
+            _ => {}
         }
         self.state.decide(outcomes, now)
     }

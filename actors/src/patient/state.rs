@@ -190,7 +190,7 @@ impl PatientState {
                 }
             }
             // Turned into alert changes by the actor (`crate::device::alarm_outcome`).
-            EventKind::DeviceAlarm { .. } => {}
+            EventKind::DeviceAlarm { .. } | EventKind::DeviceSilence { .. } => {}
         }
     }
 

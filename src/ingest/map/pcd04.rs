@@ -162,9 +162,8 @@ impl Mapper {
             .map(|t| t.trim().to_string())
             .find(|t| !t.is_empty())
             .unwrap_or_default();
-        let device = obr_device.or_else(|| {
-            rows.iter().map(|r| r.component(18, 1).trim().to_string()).find(|d| !d.is_empty())
-        });
+        let device =
+            obr_device.or_else(|| rows.iter().map(|r| r.component(18, 1).trim().to_string()).find(|d| !d.is_empty()));
         Ok(Some(DeviceAlarm {
             device,
             alarm_id,
@@ -282,7 +281,8 @@ PID|||123456^^^HOSP^MR||Doe^Jane||19500101|F\rPV1||I|ICU^12^B\r",
     fn malformed_alarms_name_the_field() {
         let phase = "OBX|2|ST|68481^MDC_ATTR_EVT_PHASE^MDC|1.0.0.2|start";
         let event = "OBX|1|ST|196674^MDC_EVT_LO_VAL_LT_LIM^MDC|1.0.0.1|SpO2 low";
-        let cases: [(&str, &[&str], (&str, u32, u16)); 4] = [
+        type Case<'a> = (&'a str, &'a [&'a str], (&'a str, u32, u16));
+        let cases: [Case; 4] = [
             ("", &[event, phase], ("OBR", 3, 101)),
             ("AL-1", &[event], ("OBX", 3, 101)),
             ("AL-1", &[phase], ("OBX", 3, 101)),
