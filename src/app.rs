@@ -59,6 +59,8 @@ pub struct Running {
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
     escalation: JoinHandle<()>,
+    device_watch: JoinHandle<()>,
+    devices: Arc<vigil_actors::device::DeviceRegistry>,
     passivation: Option<JoinHandle<()>>,
     webhooks: Vec<JoinHandle<()>>,
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
@@ -225,13 +227,19 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         .await?
         .with_live_feed(Arc::new(live.clone())),
     );
+    let devices = Arc::new(vigil_actors::device::DeviceRegistry::new(
+        Arc::clone(&router),
+        Arc::clone(&clock),
+        vigil_actors::device::DeviceConfig::default(),
+    ));
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
     let ingress = Arc::new(Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits));
     let hl7 = Arc::new(
         Hl7Feed::new(Arc::clone(&ingress), mapper, config.mllp.application.clone(), config.mllp.facility.clone())
-            .with_unsupported(config.hl7.unsupported),
+            .with_unsupported(config.hl7.unsupported)
+            .with_devices(Arc::clone(&devices)),
     );
 
     let mllp_listener =
@@ -324,6 +332,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         Arc::clone(&clock),
         shutdown.subscribe(),
     ));
+    let device_watch = tokio::spawn(watch_devices(Arc::clone(&devices), shutdown.subscribe()));
     let passivation =
         config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
     ready.store(true, Ordering::Release);
@@ -338,6 +347,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         mllp,
         http,
         escalation,
+        device_watch,
+        devices,
         passivation,
         webhooks,
         sessions_closed,
@@ -345,6 +356,28 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         store,
         rules_watch,
     })
+}
+
+/// Judge device silence every 10 s (by the clock port): a device silent past its threshold
+/// raises `device.offline` for its patient.
+async fn watch_devices(devices: Arc<vigil_actors::device::DeviceRegistry>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let offline = devices.check_silence().await;
+                if offline > 0 {
+                    tracing::info!(offline, tracked = devices.device_count(), "devices went silent");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Stop idle patient actors (no open alert, no clock running) every minute; their next event
@@ -394,6 +427,8 @@ impl Running {
             tracing::warn!("http did not stop within 5 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.device_watch).await;
+        self.devices.shutdown().await;
         if let Some(passivation) = self.passivation {
             let _ = tokio::time::timeout(Duration::from_secs(5), passivation).await;
         }

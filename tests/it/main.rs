@@ -7,6 +7,7 @@ mod audit;
 mod browser;
 mod crash;
 mod demo;
+mod devices;
 mod e2e;
 mod external;
 mod fixtures;

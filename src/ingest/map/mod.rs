@@ -11,6 +11,7 @@ mod adt;
 mod allergies;
 mod orders;
 mod oru;
+mod pcd04;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 use vigil_actors::{ClinicalEvent, Demographics, EventKind, Location, PatientKey, Phi};
