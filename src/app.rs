@@ -52,11 +52,15 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
     /// Token issuer/verifier.
     pub auth: Auth,
+    /// What the MLLP listener refused or cut short.
+    pub mllp_metrics: Arc<crate::ingest::mllp::listener::ListenerMetrics>,
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
     escalation: JoinHandle<()>,
+    device_watch: JoinHandle<()>,
+    devices: Arc<vigil_actors::device::DeviceRegistry>,
     passivation: Option<JoinHandle<()>>,
     webhooks: Vec<JoinHandle<()>>,
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
@@ -103,6 +107,82 @@ fn refuse_keys_in_data_dir(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Process-wide settings for `serve` and `demo`, before any file is created: files and
+/// directories are private to the service user (umask 077), and the soft limit on open files
+/// is raised to the hard limit (each MLLP, HTTP and WebSocket connection holds one).
+pub fn harden_process() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current != limit.maximum {
+            let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                tracing::warn!(error = %e, soft = ?limit.current, hard = ?limit.maximum, "could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// Create `dir` (and parents) private to the service user, and make it so if it exists with
+/// wider permissions.
+fn private_dir(dir: &Path, key: &str) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir).with_context(|| format!("creating {key} {}", dir.display()))?;
+        let mode =
+            std::fs::metadata(dir).with_context(|| format!("reading {key} {}", dir.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {key} {} private (0700)", dir.display()))?;
+            tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "{key} made private (0700)");
+        }
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).with_context(|| format!("creating {key} {}", dir.display()))?;
+    Ok(())
+}
+
+/// MLLP connections may use the descriptors the process has left after `mllp.reserved_fds`,
+/// so a flood of them cannot starve HTTP (health checks), the store or the log: the
+/// configured `mllp.max_connections` is lowered to fit, with a warning.
+fn fit_connections_to_fd_limit(
+    mut settings: crate::config::MllpSettings,
+) -> anyhow::Result<crate::config::MllpSettings> {
+    #[cfg(unix)]
+    {
+        let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current else {
+            return Ok(settings);
+        };
+        // Descriptors already open (store files, listeners); 64 when they cannot be counted.
+        let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(64);
+        let budget = limit.saturating_sub(open).saturating_sub(settings.reserved_fds as u64);
+        if budget == 0 {
+            anyhow::bail!(
+                "the open-file limit ({limit}, {open} in use) leaves no descriptors for MLLP connections after mllp.reserved_fds = {}; raise the limit (LimitNOFILE) or lower mllp.reserved_fds",
+                settings.reserved_fds
+            );
+        }
+        let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+        if budget < settings.max_connections {
+            tracing::warn!(
+                configured = settings.max_connections,
+                allowed = budget,
+                open_file_limit = limit,
+                reserved_fds = settings.reserved_fds,
+                "mllp.max_connections lowered to fit the open-file limit"
+            );
+            settings.max_connections = budget;
+        }
+    }
+    Ok(settings)
+}
+
 /// Build everything and start listening.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     start_with_token_clock(config, Arc::new(SystemClock)).await
@@ -111,8 +191,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// [`start`], with tokens' times (issue, expiry, not-before) read from `token_clock`: tests
 /// expire a console's token without waiting.
 pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    private_dir(&config.data_dir, "data dir")?;
     refuse_keys_in_data_dir(config)?;
     let auth = load_auth(config)?.with_clock(token_clock);
     let index_key = load_or_create_key(&config.store.index_key_file())?;
@@ -149,6 +228,11 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         .with_live_feed(Arc::new(live.clone())),
     );
     let authorities = crate::ingest::map::Authorities::new(&config.fhir.identifier_systems)?;
+    let devices = Arc::new(vigil_actors::device::DeviceRegistry::new(
+        Arc::clone(&router),
+        Arc::clone(&clock),
+        vigil_actors::device::DeviceConfig::default(),
+    ));
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
         .with_authorities(authorities)
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
@@ -162,7 +246,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     ));
     let hl7 = Arc::new(
         Hl7Feed::new(Arc::clone(&ingress), mapper, config.mllp.application.clone(), config.mllp.facility.clone())
-            .with_unsupported(config.hl7.unsupported),
+            .with_unsupported(config.hl7.unsupported)
+            .with_devices(Arc::clone(&devices)),
     );
 
     let mllp_listener =
@@ -173,7 +258,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let http_addr = http_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let audit = crate::audit::AuditLog::open(store.local()).context("opening the audit log")?;
+    let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;
+    let audit = crate::audit::AuditLog::open(store.local(), audit_key).context("opening the audit log")?;
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
     let http_tls = match &config.http.tls {
@@ -185,7 +271,9 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         AUTH_FAILURE_WINDOW,
         MAX_PEERS_TRACKED,
     ));
+    let mllp_metrics = Arc::new(crate::ingest::mllp::listener::ListenerMetrics::default());
     let state = AppState {
+        mllp: Arc::clone(&mllp_metrics),
         console: crate::console::Console::new(Arc::clone(&alerts), Arc::clone(&router), audit.clone()),
         live,
         sessions,
@@ -217,12 +305,13 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
     let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
     let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
-    let mllp = tokio::spawn(crate::ingest::mllp::listener::serve(
+    let mllp = tokio::spawn(crate::ingest::mllp::listener::serve_with_metrics(
         mllp_listener,
         hl7,
-        config.mllp.clone(),
+        fit_connections_to_fd_limit(config.mllp.clone())?,
         tls,
         shutdown_rx.clone(),
+        Arc::clone(&mllp_metrics),
     ));
     let limits = crate::http::server::ServerLimits {
         header_read_timeout: config.http.header_read_timeout,
@@ -251,6 +340,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         Arc::clone(&clock),
         shutdown.subscribe(),
     ));
+    let device_watch = tokio::spawn(watch_devices(Arc::clone(&devices), shutdown.subscribe()));
     let passivation =
         config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
     ready.store(true, Ordering::Release);
@@ -259,11 +349,14 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         mllp_addr,
         http_addr,
         auth,
+        mllp_metrics,
         shutdown,
         ready,
         mllp,
         http,
         escalation,
+        device_watch,
+        devices,
         passivation,
         webhooks,
         sessions_closed,
@@ -271,6 +364,28 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         store,
         rules_watch,
     })
+}
+
+/// Judge device silence every 10 s (by the clock port): a device silent past its threshold
+/// raises `device.offline` for its patient.
+async fn watch_devices(devices: Arc<vigil_actors::device::DeviceRegistry>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let offline = devices.check_silence().await;
+                if offline > 0 {
+                    tracing::info!(offline, tracked = devices.device_count(), "devices went silent");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Stop idle patient actors (no open alert, no clock running) every minute; their next event
@@ -320,6 +435,8 @@ impl Running {
             tracing::warn!("http did not stop within 5 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.device_watch).await;
+        self.devices.shutdown().await;
         if let Some(passivation) = self.passivation {
             let _ = tokio::time::timeout(Duration::from_secs(5), passivation).await;
         }

@@ -314,6 +314,9 @@ pub struct StoreFileConfig {
     pub keys_dir: Option<PathBuf>,
     /// The field-encryption key ring. Default: `<keys_dir>/field.keys`. Env: `VIGIL_KEYS_FILE`.
     pub keys_file: Option<PathBuf>,
+    /// Key of the audit log's MAC chain. Must not be inside the data directory. Default:
+    /// `<keys_dir>/audit.key`. Env: `VIGIL_AUDIT_KEY_FILE`.
+    pub audit_key_file: Option<PathBuf>,
     /// Days kept: observations and other clinical events (default 2192).
     pub retention_observations_days: Option<u32>,
     /// Days kept: raw inbound messages (default 2192).
@@ -350,8 +353,22 @@ pub struct MllpFileConfig {
     pub max_frame_bytes: Option<usize>,
     /// Close a connection idle this long (default 300 s).
     pub idle_timeout_secs: Option<u64>,
-    /// Most concurrent connections (default 4096).
+    /// Most concurrent connections (default 4096; lowered at start to what the file limit
+    /// allows after `reserved_fds`).
     pub max_connections: Option<usize>,
+    /// Most concurrent connections from one peer address (default 1024: many monitors behind
+    /// one gateway address is normal).
+    pub max_connections_per_peer: Option<usize>,
+    /// A connection that has not completed a frame this long after opening is closed
+    /// (default 30 s; also bounds the TLS handshake).
+    pub first_frame_timeout_secs: Option<u64>,
+    /// A frame must end within this long of its first byte (default 30 s) ...
+    pub frame_timeout_secs: Option<u64>,
+    /// ... or, when longer, arrive at least this fast on average (default 4096 bytes/s).
+    pub min_frame_bytes_per_sec: Option<u64>,
+    /// File descriptors kept free of MLLP connections, for HTTP, health checks and the store
+    /// (default 256).
+    pub reserved_fds: Option<usize>,
     /// Most messages in flight on one connection (pipelining; default 256).
     pub max_in_flight_per_connection: Option<usize>,
     /// Our MSH-3 in ACKs (default `VIGIL`).
@@ -404,6 +421,16 @@ pub struct MllpSettings {
     pub idle_timeout: Duration,
     /// Connection limit.
     pub max_connections: usize,
+    /// Connection limit per peer address.
+    pub max_connections_per_peer: usize,
+    /// Time from opening to the first complete frame.
+    pub first_frame_timeout: Duration,
+    /// Time from a frame's first byte to its end (unless it keeps the minimum rate).
+    pub frame_timeout: Duration,
+    /// Minimum average rate of a frame that takes longer than `frame_timeout`.
+    pub min_frame_bytes_per_sec: u64,
+    /// File descriptors kept free of MLLP connections.
+    pub reserved_fds: usize,
     /// Pipelining depth per connection.
     pub max_in_flight_per_connection: usize,
     /// MSH-3 of our ACKs.
@@ -512,6 +539,8 @@ pub struct StoreSettings {
     pub keys_dir: PathBuf,
     /// Field-encryption key ring file.
     pub keys_file: PathBuf,
+    /// Audit-chain MAC key file.
+    pub audit_key_file: PathBuf,
     /// Retention per kind.
     pub retention: Retention,
     /// ScyllaDB settings (used when `backend` is `scylla`).
@@ -572,6 +601,9 @@ impl Config {
             keys_file: env_path("VIGIL_KEYS_FILE")
                 .or(store_file.keys_file)
                 .unwrap_or_else(|| keys_dir.join("field.keys")),
+            audit_key_file: env_path("VIGIL_AUDIT_KEY_FILE")
+                .or(store_file.audit_key_file)
+                .unwrap_or_else(|| keys_dir.join("audit.key")),
             keys_dir,
             retention: Retention {
                 observations_days: store_file.retention_observations_days.unwrap_or(2192),
@@ -598,6 +630,11 @@ impl Config {
                 max_frame_bytes: file.mllp.max_frame_bytes.unwrap_or(1 << 20),
                 idle_timeout: Duration::from_secs(file.mllp.idle_timeout_secs.unwrap_or(300)),
                 max_connections: file.mllp.max_connections.unwrap_or(4096),
+                max_connections_per_peer: file.mllp.max_connections_per_peer.unwrap_or(1024),
+                first_frame_timeout: Duration::from_secs(file.mllp.first_frame_timeout_secs.unwrap_or(30)),
+                frame_timeout: Duration::from_secs(file.mllp.frame_timeout_secs.unwrap_or(30)),
+                min_frame_bytes_per_sec: file.mllp.min_frame_bytes_per_sec.unwrap_or(4096),
+                reserved_fds: file.mllp.reserved_fds.unwrap_or(256),
                 max_in_flight_per_connection: file.mllp.max_in_flight_per_connection.unwrap_or(256),
                 application: file.mllp.application.unwrap_or_else(|| "VIGIL".into()),
                 facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
@@ -639,6 +676,15 @@ impl Config {
         }
         if self.mllp.max_connections == 0 {
             bail!("mllp.max_connections must be at least 1");
+        }
+        if self.mllp.max_connections_per_peer == 0 {
+            bail!("mllp.max_connections_per_peer must be at least 1");
+        }
+        if self.mllp.first_frame_timeout.is_zero() || self.mllp.frame_timeout.is_zero() {
+            bail!("mllp.first_frame_timeout_secs and mllp.frame_timeout_secs must be at least 1");
+        }
+        if self.mllp.min_frame_bytes_per_sec == 0 {
+            bail!("mllp.min_frame_bytes_per_sec must be at least 1");
         }
         if self.mllp.max_in_flight_per_connection == 0 {
             bail!("mllp.max_in_flight_per_connection must be at least 1");
@@ -692,6 +738,7 @@ impl Config {
         for (key, path) in [
             ("store.keys_dir", &self.store.keys_dir),
             ("store.keys_file", &self.store.keys_file),
+            ("store.audit_key_file", &self.store.audit_key_file),
             ("auth.jwt_secret_file", &self.jwt_secret_file),
         ] {
             if inside(path, &self.data_dir) {

@@ -1,5 +1,6 @@
 //! Vigil: a real-time clinical event platform. This crate holds every adapter (MLLP, HL7,
 //! HTTP/WebSocket, Rhai, storage) and the wiring; the domain core is `vigil-actors`.
+pub mod accept;
 pub mod alerts;
 pub mod app;
 pub mod audit;

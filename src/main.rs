@@ -1,4 +1,5 @@
-//! The `vigil` command: `serve`, `demo` (serve plus a simulated ward) and `token`.
+//! The `vigil` command: `serve`, `demo` (serve plus a simulated ward), `rules`, `keys`, `audit`
+//! and `token`.
 
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use clap::{Parser, Subcommand};
 use vigil::app;
 use vigil::auth::Role;
 use vigil::config::{Config, ServeArgs};
+
+mod log_limit;
 
 // Many small allocations per event (rule values, details); see docs/BENCHMARKS.md.
 #[global_allocator]
@@ -56,6 +59,9 @@ enum Command {
     Rules(vigil::rules::cli::RulesCommand),
     /// Manage the field-encryption key ring (`vigil keys rotate`, `vigil keys list`).
     Keys(vigil::crypto::cli::KeysArgs),
+    /// Check or read the audit log: `vigil audit verify`, `vigil audit list [--since T] [--until T]`.
+    #[command(subcommand)]
+    Audit(vigil::audit::cli::AuditCommand),
     /// Print a signed console token.
     Token {
         /// Role of the holder.
@@ -75,10 +81,20 @@ enum Command {
     },
 }
 
+/// Logs to stderr, filtered by `VIGIL_LOG`, each call site held to [`log_limit::BUDGET`] lines
+/// per [`log_limit::WINDOW`] (call inside the runtime: a task reports what was suppressed).
 fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let limit = log_limit::PerCallsite::new(log_limit::BUDGET, log_limit::WINDOW);
+    // The level filter first, so events it drops never reach the limiter's lock.
+    let layer = tracing_subscriber::fmt::layer().with_target(false).with_filter(filter.and(limit.clone()));
+    tracing_subscriber::registry().with(layer).init();
+    tokio::spawn(limit.report());
 }
 
 async fn wait_for_signal() {
@@ -98,6 +114,8 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any file is created: what Vigil writes is private to the service user.
+    app::harden_process();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -167,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rules(command) => std::process::exit(vigil::rules::cli::run(command)),
         Command::Keys(args) => vigil::crypto::cli::run(&args)?,
+        Command::Audit(command) => std::process::exit(vigil::audit::cli::run(command)?),
         Command::Token { role, units, sub, hours, serve } => {
             let config = Config::load(&serve)?;
             std::fs::create_dir_all(&config.data_dir)

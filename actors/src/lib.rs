@@ -3,6 +3,7 @@
 //! evaluated by the rule port, and published as alerts. No sockets, no database, no Rhai.
 #![warn(missing_docs)]
 
+pub mod device;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
 pub mod model;

@@ -187,6 +187,108 @@ pub struct Allergy {
     pub severity: String,
 }
 
+/// Where an alarm is in its life, as the alert reporter says (IHE PCD-04 event phase).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmPhase {
+    /// The alarm condition began.
+    Start,
+    /// Still present (a periodic repeat).
+    Continue,
+    /// Over.
+    End,
+    /// Something about it changed (priority, inactivation, value).
+    Update,
+}
+
+/// The alarm's state at the reporter (IEC 60601-1-8 / PCD-04 alarm state).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmState {
+    /// No alarm condition.
+    Off,
+    /// Condition present, signal inactivated.
+    Inactive,
+    /// Condition present, signalling.
+    Active,
+    /// Condition over, signal latched until acknowledged at the device.
+    Latched,
+}
+
+/// How urgent the reporter says the alarm is (PH, PM, PL, PN).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmPriority {
+    /// PH: immediate response required.
+    High,
+    /// PM: prompt response required.
+    Medium,
+    /// PL: awareness required.
+    Low,
+    /// PN: no alarm priority (a message or advisory).
+    None,
+}
+
+/// What the alarm is about (SP, ST, SA).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// SP: about the patient.
+    Physiologic,
+    /// ST: about the equipment (leads off, probe off, battery).
+    Technical,
+    /// SA: advisory.
+    Advisory,
+}
+
+/// One device alarm report (IHE PCD-04 ORU^R40, or a technical condition seen in PCD-01).
+/// Facets the reporter did not send are `None`: said to be missing, never guessed.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct DeviceAlarm {
+    /// The source device (EUI-64 or the sender's equipment id), when sent.
+    pub device: Option<String>,
+    /// The alarm's identity at the reporter, unique per alarm instance: the key of its
+    /// Vigil alert (with the device).
+    pub alarm_id: String,
+    /// The reporter's update counter, when sent.
+    pub update_counter: Option<u64>,
+    /// The alarm event, `system|code` (e.g. `MDC|196876`).
+    pub event_code: String,
+    /// The event as named by the reporter (code text or OBX-5), for the board.
+    pub event_text: String,
+    /// The value that caused it, as sent (e.g. `SpO2 88 %`), when sent.
+    pub value: Option<String>,
+    /// Phase.
+    pub phase: AlarmPhase,
+    /// State, when sent.
+    pub state: Option<AlarmState>,
+    /// Inactivation state as sent (`enabled`, `audio-paused`, ...), when sent.
+    pub inactivation: Option<String>,
+    /// Priority, when sent.
+    pub priority: Option<AlarmPriority>,
+    /// Kind, when sent.
+    pub kind: Option<AlarmKind>,
+}
+
+impl DeviceAlarm {
+    /// The finding its Vigil alert is keyed by: device and alarm id (no patient data).
+    pub fn finding(&self) -> String {
+        format!("{}|{}", self.device.as_deref().unwrap_or(""), self.alarm_id)
+    }
+}
+
+/// A device's id as senders name it (EUI-64 or equipment id): in actor names, logs and alert
+/// findings; never patient data.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub String);
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What happened, as far as the patient actor is concerned.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -235,6 +337,24 @@ pub enum EventKind {
         /// The list replaces the one on record.
         replace: bool,
     },
+    /// A device alarm report (IHE PCD-04): raises, updates or ends one alert, decided by the
+    /// host (not a rule).
+    DeviceAlarm {
+        /// The alarm.
+        alarm: DeviceAlarm,
+    },
+    /// A device attached to the patient went silent past its expected interval, or reports
+    /// again: raises or resolves `device.offline`, decided by the host.
+    DeviceSilence {
+        /// The device.
+        device: DeviceId,
+        /// Silent (`true`) or reporting again (`false`).
+        offline: bool,
+        /// Seconds since it was last heard from.
+        silent_s: i64,
+        /// The interval it was expected to report at, in seconds.
+        interval_s: i64,
+    },
 }
 
 /// An event for one patient, as accepted from a sender.
@@ -257,7 +377,8 @@ pub struct ClinicalEvent {
 
 impl ClinicalEvent {
     /// The names rules declare as triggers: the canonical names of the values an event
-    /// carries, or `census`, `merge`, `order`, `administration`, `allergy`.
+    /// carries, or `census`, `merge`, `order`, `administration`, `allergy`; none for device
+    /// alarms, which the host turns into alerts itself.
     pub fn trigger_names(&self) -> Vec<&str> {
         match &self.kind {
             EventKind::Observations { observations } => observations.iter().map(|o| o.name.as_str()).collect(),
@@ -266,6 +387,8 @@ impl ClinicalEvent {
             EventKind::MedicationOrder { .. } => vec!["order"],
             EventKind::Administration { .. } => vec!["administration"],
             EventKind::Allergies { .. } => vec!["allergy"],
+            // Decided by the host, not by rules.
+            EventKind::DeviceAlarm { .. } | EventKind::DeviceSilence { .. } => Vec::new(),
         }
     }
 }

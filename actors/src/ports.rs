@@ -24,9 +24,26 @@ pub enum StoreError {
     /// The storage engine failed; the message names the operation.
     #[error("storage engine failed during {0}")]
     Engine(String),
+    /// The storage engine failed during `op`, for the reason `source` (the engine's or the
+    /// driver's own error, kept for whoever logs it: adapters do not log it themselves).
+    #[error("storage engine failed during {op}: {source}")]
+    Failed {
+        /// The operation.
+        op: String,
+        /// The engine's error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// Stored bytes could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// The engine failed during `op` because of `source`.
+    pub fn failed(op: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Failed { op: op.into(), source: Arc::new(source) }
+    }
 }
 
 /// Resolves once a write is durable (the batch it went into has been fsynced).

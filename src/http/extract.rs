@@ -197,7 +197,7 @@ mod tests {
     fn audit_log() -> (AuditLog, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("vigil-authfail-{}", rand::random::<u64>()));
         let db = fjall::Database::builder(&dir).open().unwrap();
-        (AuditLog::open(db).unwrap(), dir)
+        (AuditLog::open(db, crate::audit::AuditKey::new(&[7; 32])).unwrap(), dir)
     }
 
     fn records(audit: &AuditLog) -> Vec<crate::audit::AuditRecord> {

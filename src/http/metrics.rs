@@ -18,6 +18,18 @@ pub const MLLP_REJECTED: &str = "vigil_messages_rejected_total";
 pub const MLLP_DUPLICATES: &str = "vigil_messages_duplicate_total";
 /// Bytes received outside MLLP frames and discarded.
 pub const MLLP_DISCARDED: &str = "vigil_mllp_discarded_bytes_total";
+/// MLLP connections refused (every slot held by a delivering connection, or the peer at its cap).
+pub const MLLP_REFUSED: &str = "vigil_mllp_connections_refused_total";
+/// MLLP connections that had not delivered a frame, closed to make room.
+pub const MLLP_EVICTED: &str = "vigil_mllp_connections_evicted_total";
+/// MLLP connections closed for not sending a first frame in time.
+pub const MLLP_FIRST_FRAME_TIMEOUTS: &str = "vigil_mllp_first_frame_timeouts_total";
+/// MLLP connections closed for a frame too slow (slow drip).
+pub const MLLP_FRAME_TIMEOUTS: &str = "vigil_mllp_frame_timeouts_total";
+/// MLLP connections closed because the peer did not read its ACKs.
+pub const MLLP_WRITE_TIMEOUTS: &str = "vigil_mllp_write_timeouts_total";
+/// Failed MLLP accepts (for instance at the file limit).
+pub const MLLP_ACCEPT_ERRORS: &str = "vigil_mllp_accept_errors_total";
 /// Live patient actors.
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
@@ -109,6 +121,17 @@ pub async fn render(
         metrics::counter!(MLLP_REJECTED).absolute(m.rejected.load(Ordering::Relaxed));
         metrics::counter!(MLLP_DUPLICATES).absolute(m.duplicates.load(Ordering::Relaxed));
         metrics::counter!(MLLP_DISCARDED).absolute(m.discarded_bytes.load(Ordering::Relaxed));
+        let l = &state.mllp;
+        for (name, counter) in [
+            (MLLP_REFUSED, &l.refused),
+            (MLLP_EVICTED, &l.evicted),
+            (MLLP_FIRST_FRAME_TIMEOUTS, &l.first_frame_timeouts),
+            (MLLP_FRAME_TIMEOUTS, &l.frame_timeouts),
+            (MLLP_WRITE_TIMEOUTS, &l.write_timeouts),
+            (MLLP_ACCEPT_ERRORS, &l.accept_errors),
+        ] {
+            metrics::counter!(name).absolute(counter.load(Ordering::Relaxed));
+        }
         metrics::gauge!(PATIENTS).set(state.router.patient_count() as f64);
         // Sequence numbers stay far below 2^53, where f64 is exact.
         metrics::gauge!(ALERT_SEQ).set(state.alerts.last_seq() as f64);

@@ -48,6 +48,8 @@ pub struct AppState {
     pub ws_sessions: Arc<ws::SessionRegistry>,
     /// Ingest counters.
     pub ingress: Arc<Ingress>,
+    /// The MLLP listener's connection counters.
+    pub mllp: Arc<crate::ingest::mllp::listener::ListenerMetrics>,
     /// The HL7 feed (its mapper's dropped-value counters).
     pub hl7: Arc<crate::ingest::hl7::Hl7Feed>,
     /// Live patient actors.

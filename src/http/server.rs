@@ -22,6 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept::AcceptErrors;
+
 /// Limits of the HTTP server (`[http]` in the configuration).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -45,6 +47,7 @@ pub async fn serve(
     tick: impl Fn(bool) + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut errors = AcceptErrors::new("http");
     let mut ticker = tokio::time::interval(tick_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,11 +62,15 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             () = stopping(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    errors.succeeded();
+                    accepted
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(pause) = errors.failed(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             },
@@ -72,6 +79,7 @@ pub async fn serve(
         let io = IdleTimeout::new(stream, limits.idle_timeout, permit);
         tokio::spawn(connection(io, peer, app.clone(), limits.clone(), tls.clone(), shutdown.clone()));
     }
+    errors.flush(true);
     tick(true);
     // Every connection holds a permit until it closes: all of them back means all are closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);

@@ -90,11 +90,10 @@ impl Drop for Inner {
     }
 }
 
+/// An engine error as a `StoreError` naming the operation and keeping the cause (logged once,
+/// by whoever handles it).
 fn engine(op: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
-    move |e| {
-        tracing::error!(error = %e, op, "embedded store failure");
-        StoreError::Engine(op.to_string())
-    }
+    move |e| StoreError::failed(op, e)
 }
 
 impl EmbeddedStore {
@@ -488,7 +487,7 @@ mod tests {
     async fn many_appends_share_commits_and_survive_reopen() {
         let dir = tempdir();
         let publisher = Arc::new(CollectingPublisher::default());
-        let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), publisher).unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default(), test_keys(), publisher).unwrap();
         let patient = PatientId("p1".into());
         let t0 = OffsetDateTime::now_utc();
         let mut tickets = Vec::new();
@@ -504,7 +503,7 @@ mod tests {
         assert!(read.windows(2).all(|w| w[0].received_at <= w[1].received_at));
         drop(store);
         let reopened = EmbeddedStore::open(
-            &dir,
+            dir.path(),
             EmbeddedStoreConfig::default(),
             test_keys(),
             Arc::new(CollectingPublisher::default()),
@@ -525,7 +524,7 @@ mod tests {
     async fn a_message_with_ten_orders_is_logged_once_beside_its_ten_events() {
         let dir = tempdir();
         let store = EmbeddedStore::open(
-            &dir,
+            dir.path(),
             EmbeddedStoreConfig::default(),
             test_keys(),
             Arc::new(CollectingPublisher::default()),
@@ -593,16 +592,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance() {
         let publisher = Arc::new(crate::store::conformance::RecordingPublisher::default());
+        let dir = tempdir();
         let store =
-            EmbeddedStore::open(&tempdir(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
+            EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
         let store = Arc::new(store);
         crate::store::conformance::run(store.clone(), publisher, crate::store::conformance::Capabilities::FULL).await;
     }
 
-    pub(crate) fn tempdir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vigil-test-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory removed when the test ends.
+    pub(crate) fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("vigil-test-").tempdir().unwrap()
     }
 
     fn test_event(patient: &PatientId, at: OffsetDateTime) -> ClinicalEvent {

@@ -136,12 +136,23 @@ pub fn parse_consistency(name: &str) -> Option<Consistency> {
     })
 }
 
+/// A driver error (as text: the driver's error types differ per call) as a `StoreError` naming
+/// the operation and keeping the cause (logged once, by whoever handles it).
 fn engine(op: &'static str) -> impl Fn(String) -> StoreError {
-    move |e| {
-        tracing::error!(error = %e, op, "scylla store failure");
-        StoreError::Engine(op.to_string())
+    move |e| StoreError::failed(op, DriverError(e))
+}
+
+/// A ScyllaDB driver error, as text.
+#[derive(Debug)]
+struct DriverError(String);
+
+impl std::fmt::Display for DriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for DriverError {}
 
 struct Statements {
     insert_event: PreparedStatement,

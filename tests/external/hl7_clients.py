@@ -9,7 +9,8 @@ MSA-2, use the message's delimiters, and parse with both the `hl7` package and h
 Usage: hl7_clients.py --host 127.0.0.1 --port 2575 cases.json [--require-strict]
 
 cases.json: [{"name": ..., "message": "<HL7, segments separated by \\r>",
-              "expect": "AA"|"CA"|"AE"|"AR", "control_id": ...}, ...]
+              "expect": "AA"|"CA"|"AE"|"AR", "control_id": ...,
+              "reply": "ACK" (default) | "ORA"}, ...]
 
 Prints one JSON line per case and exits 1 if any case failed (2 on bad usage).
 Requires: pip install -r tests/requirements.txt (hl7, hl7apy).
@@ -88,7 +89,8 @@ def check_with_hl7(case, ack_text):
     check(msa2 == case["control_id"], f"hl7: MSA-2 is {msa2!r}, expected {case['control_id']!r}")
     msh9 = str(ack.segment("MSH")[9])
     # separators is "\r" + field + repetition + component + subcomponent.
-    check(msh9.split(ack.separators[3])[0] == "ACK", f"hl7: MSH-9 is {msh9!r}, not ACK")
+    reply = case.get("reply", "ACK")  # an IHE PCD-04 ORU^R40 is answered ORA^R41
+    check(msh9.split(ack.separators[3])[0] == reply, f"hl7: MSH-9 is {msh9!r}, not {reply}")
     return msa1, msa2
 
 

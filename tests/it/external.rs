@@ -60,6 +60,14 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
     let escaped = septic_oru("EXT-ESC-1", "MRN-EXT-ESC", "O\\T\\Brien").replacen("^Test|", "^Ann\\S\\Marie\\E\\|", 1);
     assert!(escaped.contains("|O\\T\\Brien^Ann\\S\\Marie\\E\\|"));
 
+    let spo2 = "196674^MDC_EVT_LO_VAL_LT_LIM^MDC";
+    let alarm = crate::devices::r40("EXT-R40-1", "MRN-EXT-R40", "AL-1", spo2, "start", "PH", "SP");
+    let alarm_no_id = crate::devices::r40("EXT-R40-2", "MRN-EXT-R40", "", spo2, "start", "PH", "SP")
+        .replace("|1^^0012345678ABCDEF^EUI-64|", "||");
+    assert!(alarm_no_id.contains("OBR|1|||196616"));
+    let keep_alive =
+        crate::devices::r40("EXT-R40-3", "MRN-EXT-R40", "HB", "196614^MDC_EVT_ACTIVE^MDC", "start", "PN", "SA");
+
     let cases = json!([
         {"name": "original-mode ORU qSOFA", "message": original, "expect": "AA", "control_id": "EXT-AA-1"},
         {"name": "enhanced-mode ORU (MSH-15 AL, MSH-16 NE)", "message": enhanced, "expect": "CA", "control_id": "EXT-CA-1"},
@@ -67,6 +75,9 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
         {"name": "ORU without PID", "message": no_pid, "expect": "AE", "control_id": "EXT-AE-1"},
         {"name": "odd delimiters #@*$%", "message": odd, "expect": "AA", "control_id": "EXT-ODD-1"},
         {"name": "escaped names", "message": escaped, "expect": "AA", "control_id": "EXT-ESC-1"},
+        {"name": "PCD-04 alert report answered ORA^R41", "message": alarm, "expect": "CA", "control_id": "EXT-R40-1", "reply": "ORA"},
+        {"name": "PCD-04 report without alarm id: ORA^R41 with ERR", "message": alarm_no_id, "expect": "CE", "control_id": "EXT-R40-2", "reply": "ORA"},
+        {"name": "PCD-04 keep-alive answered ORA^R41", "message": keep_alive, "expect": "CA", "control_id": "EXT-R40-3", "reply": "ORA"},
     ]);
     let cases_file = dir.join("cases.json");
     std::fs::write(&cases_file, serde_json::to_vec_pretty(&cases).unwrap()).unwrap();
@@ -88,6 +99,6 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}{stderr}"); // shown with --nocapture or when the test fails
     assert!(out.status.success(), "hl7_clients.py failed ({}):\n{stdout}\n{stderr}", out.status);
-    assert_eq!(stdout.lines().count(), 6, "one result line per case:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 9, "one result line per case:\n{stdout}\n{stderr}");
     server.shutdown().await;
 }

@@ -176,7 +176,9 @@ async fn failed_authentication_is_rate_limited_per_peer_and_audited_in_aggregate
     server.shutdown().await;
 
     let store = open_store(&dir);
-    let audit = vigil::audit::AuditLog::open(store.database()).unwrap();
+    let audit_key =
+        vigil::audit::AuditKey::load_or_create(&vigil::config::default_keys_dir(&dir).join("audit.key")).unwrap();
+    let audit = vigil::audit::AuditLog::open(store.database(), audit_key).unwrap();
     let records: Vec<_> = audit
         .since(time::OffsetDateTime::UNIX_EPOCH, 1000)
         .into_iter()

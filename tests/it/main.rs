@@ -3,9 +3,11 @@
 
 mod support;
 
+mod audit;
 mod browser;
 mod crash;
 mod demo;
+mod devices;
 mod e2e;
 mod external;
 mod fhir;
@@ -13,6 +15,7 @@ mod fixtures;
 mod hardening;
 mod kassandra;
 mod mllp;
+mod mllp_hardening;
 mod protocol;
 mod rules;
 mod storage;

@@ -193,7 +193,9 @@ async fn ack_and_resolve_over_websocket_and_rest_with_roles_scoping_and_audit() 
     server.shutdown().await;
 
     let store = open_store(&dir);
-    let audit = vigil::audit::AuditLog::open(store.database()).unwrap();
+    let audit_key =
+        vigil::audit::AuditKey::load_or_create(&vigil::config::default_keys_dir(&dir).join("audit.key")).unwrap();
+    let audit = vigil::audit::AuditLog::open(store.database(), audit_key).unwrap();
     let records = audit.since(time::OffsetDateTime::UNIX_EPOCH, 1000);
     let has =
         |action: &str, outcome: &str| records.iter().any(|r| r.action == action && r.outcome.starts_with(outcome));

@@ -90,9 +90,9 @@ async fn a_patients_name_and_mrn_never_reach_the_data_dir_in_plaintext() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_embedded() {
     let publisher = Arc::new(RecordingPublisher::default());
-    let store = Arc::new(
-        EmbeddedStore::open(&tempdir("conf"), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap(),
-    );
+    let dir = tempdir("conf");
+    let store =
+        Arc::new(EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap());
     conformance::run(store.clone(), publisher, Capabilities::FULL).await;
 }
 

@@ -13,10 +13,37 @@ use vigil::config::{Config, ServeArgs};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-it-{tag}-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A data directory for one test, removed with everything beside it (the key files Vigil
+/// keeps next to the data directory) when the test ends.
+pub struct TestDir {
+    _root: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+pub fn tempdir(tag: &str) -> TestDir {
+    let root = tempfile::Builder::new().prefix(&format!("vigil-it-{tag}-")).tempdir().unwrap();
+    let path = root.path().join("data");
+    std::fs::create_dir_all(&path).unwrap();
+    TestDir { _root: root, path }
 }
 
 pub fn rules_dir() -> PathBuf {
@@ -102,7 +129,24 @@ pub struct Proc {
     pub child: Child,
     pub mllp: SocketAddr,
     pub http: SocketAddr,
-    pub _stdout: BufReader<std::process::ChildStdout>,
+    pub _stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Proc {
+    /// Collect the rest of the child's stdout (where it logs) line by line, from a thread, so
+    /// the pipe never fills and blocks the child's logging.
+    pub fn collect_stdout(&mut self) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(stdout) = self._stdout.take() {
+            let sink = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in stdout.lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        lines
+    }
 }
 
 /// Arguments for `vigil <command>` on ephemeral ports with `data` and `rules`, then `extra`.
@@ -124,15 +168,17 @@ pub fn vigil_args<'a>(command: &'a str, data: &'a str, rules: &'a str, extra: &[
 
 // The child is waited for by `Proc::drop`, or just before the panic when it never listened;
 // clippy cannot see the drop.
-#[allow(clippy::zombie_processes)]
 pub fn spawn_vigil(args: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .env("VIGIL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    command.args(args).env("VIGIL_LOG", "warn").stderr(Stdio::inherit());
+    spawn_command(command)
+}
+
+/// Start `command` (the vigil binary, perhaps behind a wrapper such as `prlimit`) and wait for
+/// it to announce its addresses on stdout.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_command(mut command: Command) -> Proc {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     loop {
@@ -152,7 +198,7 @@ pub fn spawn_vigil(args: &[&str]) -> Proc {
                     http = a.parse().ok();
                 }
             }
-            return Proc { child, mllp: mllp.unwrap(), http: http.unwrap(), _stdout: stdout };
+            return Proc { child, mllp: mllp.unwrap(), http: http.unwrap(), _stdout: Some(stdout) };
         }
     }
 }

@@ -52,8 +52,15 @@ impl Running {
         }
         let triggers = event.trigger_names();
         let view = self.state.view_at(now, event);
-        let outcomes = self.ports.rules.evaluate(&view, &triggers);
+        let mut outcomes = self.ports.rules.evaluate(&view, &triggers);
         drop(view);
+        match &event.kind {
+            EventKind::DeviceAlarm { alarm } => outcomes.push(crate::device::alarm_outcome(alarm)),
+            EventKind::DeviceSilence { device, offline, silent_s, interval_s } => {
+                outcomes.push(crate::device::silence_outcome(device, *offline, *silent_s, *interval_s));
+            }
+            _ => {}
+        }
         self.state.decide(outcomes, now)
     }
 }

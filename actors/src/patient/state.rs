@@ -189,6 +189,8 @@ impl PatientState {
                     }
                 }
             }
+            // Turned into alert changes by the actor (`crate::device::alarm_outcome`).
+            EventKind::DeviceAlarm { .. } | EventKind::DeviceSilence { .. } => {}
         }
     }
 

@@ -337,16 +337,32 @@ pub fn build_ack(
     field(&mut out, timestamp);
     field(&mut out, "");
     out.push(d.field);
-    out.push_str("ACK");
-    if !h.trigger.is_empty() {
-        out.push(d.component);
-        out.push_str(&escape(&h.trigger, &d));
-        out.push(d.component);
+    let mut version = if h.version.is_empty() { DEFAULT_VERSION } else { &h.version };
+    if h.trigger == "R40" {
+        // IHE PCD-04: an alert report is answered ORA^R41. The message is defined from HL7
+        // v2.8 on in the published structures strict validators carry (v2.6 senders
+        // pre-adopt it), so an older version is answered as 2.8.
+        for (i, part) in ["ORA", "R41", "ORA_R41"].into_iter().enumerate() {
+            if i > 0 {
+                out.push(d.component);
+            }
+            out.push_str(part);
+        }
+        if version_before_2_8(version) {
+            version = ORA_R41_VERSION;
+        }
+    } else {
         out.push_str("ACK");
+        if !h.trigger.is_empty() {
+            out.push(d.component);
+            out.push_str(&escape(&h.trigger, &d));
+            out.push(d.component);
+            out.push_str("ACK");
+        }
     }
     field(&mut out, our_control_id);
     field(&mut out, if h.processing_id.is_empty() { "P" } else { &h.processing_id });
-    field(&mut out, if h.version.is_empty() { DEFAULT_VERSION } else { &h.version });
+    field(&mut out, version);
     out.push('\r');
 
     out.push_str("MSA");
@@ -392,6 +408,16 @@ pub fn build_ack(
         out.push('\r');
     }
     out
+}
+
+/// The version an ORA^R41 declares when the alert report's is older.
+pub const ORA_R41_VERSION: &str = "2.8";
+
+/// `2.1` ... `2.7.1`: versions whose message structures have no ORA_R41.
+fn version_before_2_8(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.trim().parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) < (2, 8)
 }
 
 /// How the sender asked to be acknowledged (MSH-15, MSH-16).
@@ -563,6 +589,17 @@ mod tests {
         let m = Message::parse(b"MSH|^~\\&|EPIC|CITY|VIGIL|VFAC|x||ADT^A01^ADT_A01|C1|P|2.5.1").expect("parses");
         let ack = build_ack(&AckHeader::from_message(&m), AckCode::AA, &[], "V0001", TS, None);
         assert_eq!(ack, "MSH|^~\\&|VIGIL|VFAC|EPIC|CITY|20240102030405+0000||ACK^A01^ACK|V0001|P|2.5.1\rMSA|AA|C1\r");
+    }
+
+    #[test]
+    fn an_alert_report_is_answered_ora_r41_in_a_version_that_defines_it() {
+        let m = Message::parse(b"MSH|^~\\&|ACM|ICU|VIGIL|VFAC|x||ORU^R40^ORU_R40|C1|P|2.6|||AL|NE").expect("parses");
+        let ack = build_ack(&AckHeader::from_message(&m), AckCode::CA, &[], "V0001", TS, None);
+        assert_eq!(ack, "MSH|^~\\&|VIGIL|VFAC|ACM|ICU|20240102030405+0000||ORA^R41^ORA_R41|V0001|P|2.8\rMSA|CA|C1\r");
+        let newer = Message::parse(b"MSH|^~\\&|ACM|ICU|VIGIL|VFAC|x||ORU^R40^ORU_R40|C1|P|2.8.2").expect("parses");
+        let ack = build_ack(&AckHeader::from_message(&newer), AckCode::AA, &[], "V0002", TS, None);
+        assert!(ack.contains("||ORA^R41^ORA_R41|V0002|P|2.8.2\r"), "{ack}");
+        assert!(version_before_2_8("2.7.1") && version_before_2_8("") && !version_before_2_8("2.8"));
     }
 
     #[test]

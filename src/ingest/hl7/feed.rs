@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use time::OffsetDateTime;
-use vigil_actors::{ClinicalEvent, Envelope, MessageKey, Phi};
+use vigil_actors::device::{Attachment, DeviceRegistry};
+use vigil_actors::{ClinicalEvent, DeviceId, Envelope, MessageKey, Phi};
 
 use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
 use super::parse::Message;
@@ -34,6 +35,7 @@ pub struct Feed {
 /// The message types Vigil maps, in the order they are looked up.
 pub const FEEDS: &[Feed] = &[
     Feed { code: "ORU", trigger: "R01", map: Mapper::oru_r01 },
+    Feed { code: "ORU", trigger: "R40", map: Mapper::oru_r40 },
     Feed { code: "ADT", trigger: "A40", map: Mapper::adt_merge },
     Feed { code: "ADT", trigger: "A60", map: Mapper::adt_a60 },
     Feed { code: "ADT", trigger: "A01", map: census },
@@ -67,6 +69,34 @@ pub struct Hl7Feed {
     facility: String,
     unsupported: UnsupportedPolicy,
     control_ids: AtomicU64,
+    devices: Option<Arc<DeviceRegistry>>,
+}
+
+/// Devices one message may report as seen, at most (a bound on the work one message causes).
+const MAX_DEVICES_PER_MESSAGE: usize = 8;
+
+/// The devices an ORU names: OBR-3.3 (the PCD-04 source EUI-64) and OBX-18.1, distinct.
+fn devices_named(msg: &Message) -> Vec<DeviceId> {
+    let mut devices: Vec<DeviceId> = Vec::new();
+    if msg.message_type().0 != "ORU" {
+        return devices;
+    }
+    let named = msg.segments().iter().filter_map(|s| match s.name() {
+        "OBR" if msg.message_type().1 == "R40" => Some(s.component(3, 3)),
+        "OBX" => Some(s.component(18, 1)),
+        _ => None,
+    });
+    for name in named {
+        let name = name.trim();
+        if name.is_empty() || devices.iter().any(|d| d.0 == name) {
+            continue;
+        }
+        if devices.len() == MAX_DEVICES_PER_MESSAGE {
+            break;
+        }
+        devices.push(DeviceId(name.to_string()));
+    }
+    devices
 }
 
 /// A reply that may still be waiting for durability.
@@ -114,7 +144,14 @@ impl Hl7Feed {
             facility,
             unsupported: UnsupportedPolicy::Reject,
             control_ids: AtomicU64::new(0),
+            devices: None,
         }
+    }
+
+    /// Report the devices messages name to `devices` (last seen, silence, `device.offline`).
+    pub fn with_devices(mut self, devices: Arc<DeviceRegistry>) -> Self {
+        self.devices = Some(devices);
+        self
     }
 
     /// What to do with message types Vigil does not map (`[hl7] unsupported`).
@@ -178,6 +215,13 @@ impl Hl7Feed {
                 return self.refuse(&header, mode, Refusal::Content, &[err]);
             }
         };
+        if let Some(devices) = &self.devices {
+            // A keep-alive names its device and no event: it still counts as heard from.
+            let attachment = events.first().map(Attachment::of);
+            for device in devices_named(&msg) {
+                devices.seen(&device, attachment.clone()).await;
+            }
+        }
         if events.is_empty() {
             tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
         }

@@ -12,6 +12,7 @@ mod allergies;
 pub mod identity;
 mod orders;
 mod oru;
+mod pcd04;
 mod values;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};

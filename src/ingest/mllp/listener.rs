@@ -1,21 +1,29 @@
 //! The MLLP listener: accepts connections (bounded), decodes frames, begins each message in
 //! arrival order and writes ACKs in the same order as their messages become durable, so a
 //! pipelining sender gets group commit and correctly ordered ACKs on one connection.
+//!
+//! Nobody on the network is authenticated here, so every resource a peer can hold is bounded in
+//! count and in time: connection slots (in total and per peer address, see [`super::slots`]), a
+//! connection's time to its first frame, a frame's time from its first byte, an ACK's time to
+//! be written. Accept errors (a full file table) back off and are logged once per interval.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::codec::{Decoded, MllpDecoder, frame};
+use super::slots::{Admission, Slot, Slots};
 use crate::config::MllpSettings;
 
 /// A TLS acceptor from PEM files: the certificate chain and its private key.
@@ -38,11 +46,48 @@ pub fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> an
         .context("mllp.tls: certificate and key do not match")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+use crate::accept::AcceptErrors;
 use crate::ingest::hl7::{Hl7Feed, Pending};
 
 /// The frames answering one message: none, one ACK, or an accept ACK then an application ACK.
 type AckFuture = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 
+/// What the listener refused or cut short, for `/metrics` and the periodic summary line.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    /// Connections closed at once: every slot held by a connection that has completed a frame,
+    /// or the peer address at its cap.
+    pub refused: AtomicU64,
+    /// Connections that had not completed a frame, closed to make room for a new one.
+    pub evicted: AtomicU64,
+    /// Connections closed for not completing their first frame in time.
+    pub first_frame_timeouts: AtomicU64,
+    /// Connections closed for a frame that took too long (slow drip).
+    pub frame_timeouts: AtomicU64,
+    /// Connections closed because the peer did not read its ACKs.
+    pub write_timeouts: AtomicU64,
+    /// Failed accepts (for instance at the file-descriptor limit).
+    pub accept_errors: AtomicU64,
+}
+
+impl ListenerMetrics {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; 5] {
+        [
+            self.refused.load(Ordering::Relaxed),
+            self.evicted.load(Ordering::Relaxed),
+            self.first_frame_timeouts.load(Ordering::Relaxed),
+            self.frame_timeouts.load(Ordering::Relaxed),
+            self.write_timeouts.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// How often refusals, evictions and timeouts are summed up in one log line, at most.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// Accept connections until `shutdown` turns true, then let every connection finish the
 /// messages it has begun and wait for them.
 pub async fn serve(
@@ -50,51 +95,123 @@ pub async fn serve(
     ingress: Arc<Hl7Feed>,
     settings: MllpSettings,
     tls: Option<TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    serve_with_metrics(listener, ingress, settings, tls, shutdown, Arc::default()).await
+}
+
+/// [`serve`], counting refusals and timeouts into `metrics`.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    ingress: Arc<Hl7Feed>,
+    settings: MllpSettings,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<ListenerMetrics>,
+) {
+    let slots = Arc::new(Slots::new(settings.max_connections, settings.max_connections_per_peer));
     let mut connections = JoinSet::new();
+    let mut errors = AcceptErrors::new("mllp");
+    let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summarised = metrics.snapshot();
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            _ = summary.tick() => {
+                errors.flush(true);
+                summarised = log_summary(&metrics, summarised);
+                continue;
+            }
             _ = shutdown.changed() => break,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                errors.succeeded();
+                pair
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "mllp accept failed");
+                ListenerMetrics::bump(&metrics.accept_errors);
+                if let Some(pause) = errors.failed(&e) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
                 continue;
             }
         };
+        let (slot, evicted) = match slots.admit(peer.ip()) {
+            Admission::Admitted { slot, evicted } => (slot, evicted),
+            Admission::Refused => {
+                ListenerMetrics::bump(&metrics.refused);
+                drop(stream);
+                continue;
+            }
+        };
+        if evicted {
+            ListenerMetrics::bump(&metrics.evicted);
+        }
         let _ = stream.set_nodelay(true);
         let ingress = Arc::clone(&ingress);
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
+        let metrics = Arc::clone(&metrics);
         connections.spawn(async move {
             let result = match tls {
                 Some(acceptor) => {
-                    // A handshake that stalls must not hold a connection slot forever.
-                    match tokio::time::timeout(settings.idle_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => connection(stream, ingress, &settings, shutdown).await,
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "tls handshake timed out")),
+                    // A handshake that stalls must not hold a connection slot: it has the time
+                    // of a first frame, and yields its slot like any connection without one.
+                    let handshake = tokio::time::timeout(settings.first_frame_timeout, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => connection(stream, ingress, &settings, shutdown, slot, &metrics).await,
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => {
+                                ListenerMetrics::bump(&metrics.first_frame_timeouts);
+                                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "tls handshake timed out"))
+                            }
+                        },
+                        _ = slot.evicted() => Ok(()),
                     }
                 }
-                None => connection(stream, ingress, &settings, shutdown).await,
+                None => connection(stream, ingress, &settings, shutdown, slot, &metrics).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "mllp connection ended with an error");
             }
-            drop(permit);
         });
         while connections.try_join_next().is_some() {}
     }
+    errors.flush(true);
     while connections.join_next().await.is_some() {}
+    log_summary(&metrics, summarised);
+}
+
+/// One line for everything refused or cut short since the last line, if anything was.
+fn log_summary(metrics: &ListenerMetrics, before: [u64; 5]) -> [u64; 5] {
+    let now = metrics.snapshot();
+    if now != before {
+        let d = |i: usize| now[i] - before[i];
+        tracing::info!(
+            refused = d(0),
+            evicted = d(1),
+            first_frame_timeouts = d(2),
+            frame_timeouts = d(3),
+            write_timeouts = d(4),
+            "mllp connections refused or closed early"
+        );
+    }
+    now
+}
+
+/// Why a connection's clock ran out.
+#[derive(Clone, Copy, Debug)]
+enum Deadline {
+    FirstFrame,
+    Frame,
+    Idle,
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -102,47 +219,98 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     ingress: Arc<Hl7Feed>,
     settings: &MllpSettings,
     mut shutdown: watch::Receiver<bool>,
+    slot: Slot,
+    metrics: &ListenerMetrics,
 ) -> std::io::Result<()> {
     let mut decoder = MllpDecoder::new(settings.max_frame_bytes);
     let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut reading = true;
-    let mut deadline = Instant::now() + settings.idle_timeout;
+    let opened = Instant::now();
+    // Last completed frame or written ACK: what the idle timeout counts from. Bytes outside
+    // frames do not count, so a peer dripping noise does not keep its connection.
+    let mut active = opened;
+    // First byte of the frame under way, and bytes received since.
+    let mut frame_started: Option<(Instant, u64)> = None;
+    // Whether a frame has been completed (else the first-frame clock runs).
+    let mut framed = false;
     loop {
+        let mut decoded_any = false;
         while reading && pending.len() < settings.max_in_flight_per_connection {
             let reply = match decoder.decode() {
                 Some(Decoded::Frame(bytes)) => ingress.begin(&bytes).await,
                 Some(Decoded::Oversized { prefix, len }) => ingress.oversized(&prefix, len, settings.max_frame_bytes),
                 None => break,
             };
+            decoded_any = true;
             pending.push_back(match reply {
                 Pending::Ready(ack) => Box::pin(std::future::ready(ack)),
                 durable => Box::pin(durable.finish()),
             });
         }
+        let now = Instant::now();
+        if decoded_any {
+            active = now;
+            framed = true;
+            slot.frame_completed();
+        }
+        if !decoder.in_frame() {
+            frame_started = None;
+        } else if decoded_any {
+            // The rest of the buffer is the next frame's start: its clock starts now.
+            frame_started = Some((now, 0));
+        }
         if !reading && pending.is_empty() {
             break;
         }
         let can_read = reading && pending.len() < settings.max_in_flight_per_connection;
+        let deadline = next_deadline(settings, framed, opened, active, frame_started, can_read, pending.is_empty());
         tokio::select! {
             Some(acks) = pending.next(), if !pending.is_empty() => {
                 for ack in acks {
-                    stream.write_all(&frame(ack.as_bytes())).await?;
-                }
-                deadline = Instant::now() + settings.idle_timeout;
-            }
-            read = stream.read(&mut buf), if can_read => {
-                match read? {
-                    0 => reading = false,
-                    n => {
-                        decoder.extend(&buf[..n]);
-                        deadline = Instant::now() + settings.idle_timeout;
+                    if accepts(&ack) {
+                        // A sender that delivers messages keeps its slot when newcomers crowd in.
+                        slot.prove();
+                    }
+                    match tokio::time::timeout(settings.frame_timeout, stream.write_all(&frame(ack.as_bytes()))).await {
+                        Ok(written) => written?,
+                        Err(_) => {
+                            // A peer that does not read its ACKs keeps no slot.
+                            ListenerMetrics::bump(&metrics.write_timeouts);
+                            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "ack write timed out"));
+                        }
                     }
                 }
+                active = Instant::now();
             }
-            _ = tokio::time::sleep_until(deadline), if pending.is_empty() => {
-                tracing::debug!("mllp connection idle, closing");
-                break;
+            read = stream.read(&mut buf), if can_read => {
+                match read {
+                    Ok(0) => reading = false,
+                    Ok(n) => {
+                        decoder.extend(&buf[..n]);
+                        let started = frame_started.get_or_insert((Instant::now(), 0));
+                        started.1 += n as u64;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = sleep_until_some(deadline) => {
+                let why = deadline.map(|(_, why)| why);
+                match why {
+                    Some(Deadline::FirstFrame) => ListenerMetrics::bump(&metrics.first_frame_timeouts),
+                    Some(Deadline::Frame) => ListenerMetrics::bump(&metrics.frame_timeouts),
+                    Some(Deadline::Idle) | None => {}
+                }
+                tracing::debug!(?why, "mllp connection timed out, closing");
+                if pending.is_empty() {
+                    break;
+                }
+                // Messages already begun are still answered.
+                reading = false;
+            }
+            _ = slot.evicted(), if reading => {
+                // Room for a newcomer: this connection never completed a frame.
+                reading = false;
             }
             _ = shutdown.changed(), if reading => {
                 // Stop taking new messages; the ones begun are answered before we close.
@@ -151,8 +319,53 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if decoder.discarded() > 0 {
-        ingress.ingress().metrics.discarded_bytes.fetch_add(decoder.discarded(), std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(bytes = decoder.discarded(), "mllp bytes outside frames discarded");
+        ingress.ingress().metrics.discarded_bytes.fetch_add(decoder.discarded(), Ordering::Relaxed);
+        // Counted on /metrics; a line per connection would let any peer write logs at will.
+        tracing::debug!(bytes = decoder.discarded(), "mllp bytes outside frames discarded");
     }
-    stream.shutdown().await
+    drop(slot);
+    // A peer that does not read must not hold the socket open through a blocked shutdown.
+    tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await.unwrap_or(Ok(()))
+}
+
+/// Whether an ACK accepts its message (MSA-1 `AA` or `CA`).
+fn accepts(ack: &str) -> bool {
+    ack.split(['\r', '\n']).any(|segment| {
+        let Some(rest) = segment.strip_prefix("MSA") else { return false };
+        let mut chars = rest.chars();
+        let Some(separator) = chars.next() else { return false };
+        matches!(chars.as_str().split(separator).next(), Some("AA" | "CA"))
+    })
+}
+
+/// The earliest clock that applies now, and which it is.
+fn next_deadline(
+    settings: &MllpSettings,
+    framed: bool,
+    opened: Instant,
+    active: Instant,
+    frame_started: Option<(Instant, u64)>,
+    can_read: bool,
+    nothing_pending: bool,
+) -> Option<(Instant, Deadline)> {
+    let mut clocks: Vec<(Instant, Deadline)> = Vec::with_capacity(3);
+    if !framed && can_read {
+        clocks.push((opened + settings.first_frame_timeout, Deadline::FirstFrame));
+    }
+    if let Some((started, bytes)) = frame_started.filter(|_| can_read) {
+        // A frame gets `frame_timeout`, or longer if it keeps the minimum average rate.
+        let at_rate = Duration::from_secs(bytes / settings.min_frame_bytes_per_sec);
+        clocks.push((started + settings.frame_timeout.max(at_rate), Deadline::Frame));
+    }
+    if nothing_pending && frame_started.is_none() {
+        clocks.push((active + settings.idle_timeout, Deadline::Idle));
+    }
+    clocks.into_iter().min_by_key(|(at, _)| *at)
+}
+
+async fn sleep_until_some(deadline: Option<(Instant, Deadline)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

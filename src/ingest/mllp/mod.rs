@@ -1,4 +1,5 @@
-//! MLLP: framing (`codec`) and the TCP listener (`listener`).
+//! MLLP: framing (`codec`), connection slots (`slots`) and the TCP listener (`listener`).
 
 pub mod codec;
 pub mod listener;
+pub mod slots;

@@ -1,0 +1,29 @@
+//! Messages the device actor accepts.
+
+use ractor::RpcReplyPort;
+use time::OffsetDateTime;
+
+use crate::model::ClinicalEvent;
+
+use super::state::Attachment;
+
+/// A message to a device actor.
+#[derive(Debug)]
+pub enum DeviceMsg {
+    /// A message from the device arrived.
+    Seen {
+        /// When.
+        at: OffsetDateTime,
+        /// The patient it named, if any (boxed: it is large and often absent).
+        attachment: Option<Box<Attachment>>,
+        /// The event resolving `device.offline`, when it was silent.
+        reply: RpcReplyPort<Option<ClinicalEvent>>,
+    },
+    /// Judge silence at `now`.
+    Check {
+        /// Now, by the clock port.
+        now: OffsetDateTime,
+        /// The event raising `device.offline`, when it just went silent.
+        reply: RpcReplyPort<Option<ClinicalEvent>>,
+    },
+}
