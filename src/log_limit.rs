@@ -93,7 +93,14 @@ impl<S> Filter<S> for PerCallsite {
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        if meta.is_event() { Interest::sometimes() } else { Interest::always() }
+        // Only lines at INFO and above are limited: asking "sometimes" of every debug and trace
+        // call site (ours and the dependencies') would keep the other filters from caching
+        // their "never", and every disabled event on the hot path would be evaluated again.
+        if meta.is_event() && *meta.level() <= tracing::Level::INFO {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
