@@ -267,6 +267,16 @@ impl EmbeddedStore {
         patient: &PatientId,
         since: OffsetDateTime,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<super::StoredEventBody> = self.event_rows(patient, since).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// The event rows of `patient` received at or after `since`, oldest first: one range scan.
+    async fn event_rows<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        patient: &PatientId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<T>, StoreError> {
         let from = event_key(patient, since, 0);
         let mut to = patient.0.as_bytes().to_vec();
         to.push(1);
@@ -274,8 +284,7 @@ impl EmbeddedStore {
             let mut out = Vec::new();
             for guard in ks.events.range(from..to) {
                 let (key, value) = guard.into_inner().map_err(engine("read events"))?;
-                let body: super::StoredEventBody = open_json(&ks.keys, EVENTS, &key, &value)?;
-                out.push(body.into());
+                out.push(open_json(&ks.keys, EVENTS, &key, &value)?);
             }
             Ok(out)
         })
@@ -299,18 +308,7 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
-        let from = event_key(patient, since, 0);
-        let mut to = patient.0.as_bytes().to_vec();
-        to.push(1);
-        self.blocking(move |ks| {
-            let mut out = Vec::new();
-            for guard in ks.events.range(from..to) {
-                let (key, value) = guard.into_inner().map_err(engine("read events"))?;
-                out.push(open_json(&ks.keys, EVENTS, &key, &value)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.event_rows(patient, since).await
     }
 }
 
