@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run from the repository root. BEFORE_TREE: a worktree of the older commit; BEFORE_TARGET and
+# AFTER_TARGET: the target directories their release builds went to (absolute; docs/BENCHMARKS.md).
+# Issue 12 benchmark (d): the harness at 2,000 and 5,000 msg/s against the server before the
+# renovation (fa7ff79) and after (HEAD), alternated, same harness binary, same machine.
+set -u
+LT=${AFTER_TARGET:-target}/release/vigil-loadtest
+run() { # label binary rate
+  local label=$1 bin=$2 rate=$3 d; d=$(mktemp -d)
+  (cd "$4" && exec $bin serve --data-dir "$d/data" --mllp-addr 127.0.0.1:22575 --http-addr 127.0.0.1:28080 > "$d/log" 2>&1) &
+  local pid=$!
+  for i in $(seq 1 100); do curl -sf http://127.0.0.1:28080/healthz >/dev/null && break; sleep 0.2; done
+  echo "### $label $rate"
+  $LT rate --mllp 127.0.0.1:22575 --rate $rate --duration 15 --connections 8 --patients 500 2>&1 | grep -E "^\|"
+  kill -TERM $pid; wait $pid 2>/dev/null; rm -rf "$d"
+}
+for round in 1 2; do
+  for rate in 2000 5000; do
+    run before $BEFORE_TARGET/release/vigil $rate $BEFORE_TREE
+    run after ${AFTER_TARGET:-target}/release/vigil $rate $PWD
+  done
+done
