@@ -171,7 +171,7 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// Number a job's alert changes, or fail the job (giving its numbers back).
-    async fn stage(&mut self, wanted: &[(Box<Alert>, bool)]) -> Result<Prepared, StoreError> {
+    async fn stage(&mut self, wanted: &[(&Alert, bool)]) -> Result<Prepared, StoreError> {
         let mut changes = Vec::new();
         let mut unchanged = None;
         // Entries replaced in `latest`, to undo a job that fails part-way.
@@ -191,12 +191,12 @@ impl<B: Backend> Pipeline<B> {
                     return Err(e);
                 }
             };
-            if let Some(current) = current.filter(|c| c.alert == **alert) {
+            if let Some(current) = current.filter(|c| &c.alert == *alert) {
                 unchanged = Some(current.seq);
                 continue;
             }
             self.next_seq += 1;
-            let change = SequencedAlert { seq: self.next_seq, notify: *notify, alert: (**alert).clone() };
+            let change = SequencedAlert { seq: self.next_seq, notify: *notify, alert: (*alert).clone() };
             undo.push((change.alert.id.0.clone(), self.latest.insert(change.alert.id.0.clone(), change.clone())));
             changes.push(Arc::new(change));
         }
@@ -208,12 +208,12 @@ impl<B: Backend> Pipeline<B> {
         let mut prepared: Vec<Result<Prepared, StoreError>> = Vec::with_capacity(jobs.len());
         for job in jobs.iter() {
             let staged = match job {
-                Job::Events { alerts, .. } => self.stage(alerts).await,
-                Job::Alert { alert, notify, .. } => {
-                    // One allocation-free shape for both kinds: a lone change is a list of one.
-                    let one = [(alert.clone(), *notify)];
-                    self.stage(&one).await
+                Job::Events { alerts, .. } => {
+                    let wanted: Vec<(&Alert, bool)> = alerts.iter().map(|(a, n)| (a.as_ref(), *n)).collect();
+                    self.stage(&wanted).await
                 }
+                // A lone change is a list of one.
+                Job::Alert { alert, notify, .. } => self.stage(&[(alert.as_ref(), *notify)]).await,
                 Job::Close(_) => Ok(Prepared { changes: Vec::new(), unchanged: None }),
             };
             prepared.push(staged);

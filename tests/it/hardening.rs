@@ -265,27 +265,13 @@ async fn a_client_sending_headers_a_byte_at_a_time_is_cut_off_while_a_normal_req
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_serves_with_hsts_and_a_plaintext_request_gets_no_answer() {
-    use rustls_pki_types::pem::PemObject;
     let dir = tempdir("https");
     let (ca, cert, key) = test_certificates(&dir);
     let mut config = config(&dir);
     config.http.tls = Some(vigil::config::TlsFileConfig { cert_file: cert, key_file: key });
     let server = vigil::app::start(&config).await.unwrap();
 
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(&ca, server.http_addr).await;
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, tls.read_to_end(&mut response)).await.unwrap().unwrap();

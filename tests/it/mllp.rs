@@ -1,7 +1,6 @@
 //! The MLLP listener's promises at the socket: TLS, a thousand concurrent connections, the
 //! frame size limit answered with AR, noise outside frames ignored, idle connections closed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,69 +37,12 @@ impl Frames {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mllp_over_tls_is_acknowledged_and_plaintext_is_not() {
     let dir = tempdir("tls");
-    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-        .unwrap();
-    let d = dir.to_str().unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    // A test CA, and a server certificate it signs (webpki refuses a CA as the end entity).
-    for args in [
-        [
-            &["req", "-x509", "-days", "1", "-subj", "/CN=Vigil Test CA"][..],
-            &ec,
-            &["-keyout", &format!("{d}/ca.key"), "-out", &format!("{d}/ca.pem")],
-        ]
-        .concat(),
-        [
-            &["req", "-subj", "/CN=localhost"][..],
-            &ec,
-            &["-keyout", &format!("{d}/key.pem"), "-out", &format!("{d}/leaf.csr")],
-        ]
-        .concat(),
-        vec![
-            "x509",
-            "-req",
-            "-days",
-            "1",
-            "-in",
-            &format!("{d}/leaf.csr"),
-            "-CA",
-            &format!("{d}/ca.pem"),
-            "-CAkey",
-            &format!("{d}/ca.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{d}/cert.pem"),
-            "-extfile",
-            &format!("{d}/ext.cnf"),
-        ],
-    ] {
-        let status = std::process::Command::new("openssl")
-            .args(&args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl makes the test certificates");
-        assert!(status.success(), "openssl {args:?}");
-    }
+    let (ca, cert, key) = test_certificates(&dir);
     let mut config = config(&dir);
     config.mllp.tls = Some(TlsFileConfig { cert_file: cert.clone(), key_file: key });
     let server = vigil::app::start(&config).await.unwrap();
 
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = TcpStream::connect(server.mllp_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(&ca, server.mllp_addr).await;
     tls.write_all(&frame(&septic_oru("TLS-1", "MRN-TLS", "Tau"))).await.unwrap();
     let ack = Frames::default().next(&mut tls).await;
     assert_eq!((ack_code(&ack), ack_control_id(&ack)), (Some("AA"), Some("TLS-1")), "{ack}");
