@@ -1,10 +1,21 @@
-//! Vigil load-test toolkit: MLLP client, PCD-01 message builder, FHIR Observations and client, demo ward simulator and
-//! open-loop load generator. Talks to Vigil only over the wire; all patients are synthetic.
+//! Vigil load-test toolkit: MLLP client, PCD-01, lab and pharmacy message builders, FHIR
+//! Observations and client, demo ward simulator, the echo baseline server, and the scenario
+//! runner (TOML scenarios, open-loop schedule, alert latency from the harness's own consoles,
+//! reports as a table, JSON and HTML, objectives). Talks to Vigil only over the wire; all
+//! patients are synthetic.
 
 pub mod adt;
+pub mod cli;
+pub mod echo;
 pub mod fhir;
 pub mod flapwatch;
+pub mod html;
+pub mod load;
 pub mod mllp;
+pub mod orders;
 pub mod pcd01;
 pub mod rate;
+pub mod report;
+pub mod scenario;
+pub mod server;
 pub mod ward;

@@ -12,6 +12,7 @@ use vigil_loadtest::fhir::{FhirBenchConfig, run_fhir_bench};
 use vigil_loadtest::flapwatch::{FlapwatchConfig, run_flapwatch};
 use vigil_loadtest::mllp::{MllpClient, ack_code};
 use vigil_loadtest::rate::{RateConfig, run_rate};
+use vigil_loadtest::report::Slo;
 use vigil_loadtest::ward::{WardConfig, run_ward};
 
 /// HL7 files are single messages; anything this large is the wrong file.
@@ -117,6 +118,17 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         window: u64,
     },
+    /// The echo baseline on its own: an MLLP server that answers every frame AA and does
+    /// nothing else, for comparing a server with what the machine and harness carry.
+    EchoServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2576")]
+        listen: String,
+    },
+    /// Run a scenario file (loadtest/scenarios/*.toml) against Vigil: live progress, then a
+    /// terminal table, and optionally JSON and a self-contained HTML report; `--slo` sets the
+    /// exit code (2 when an objective is not met).
+    Run(RunArgs),
     /// Open-loop load test; prints a Markdown report.
     Rate {
         /// Vigil MLLP listener (host:port).
@@ -134,7 +146,77 @@ enum Command {
         /// Distinct synthetic patients.
         #[arg(long, default_value_t = 500)]
         patients: usize,
+        /// First run the same load against an in-process echo server and report the rate as a
+        /// fraction of the echo's.
+        #[arg(long)]
+        baseline: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The scenario file.
+    #[arg(long, short = 's')]
+    scenario: PathBuf,
+    /// Vigil MLLP listener (host:port).
+    #[arg(long, env = "VIGIL_MLLP", default_value = "127.0.0.1:2575")]
+    mllp: String,
+    /// Vigil HTTP listener (host:port): consoles, FHIR, /metrics.
+    #[arg(long, env = "VIGIL_HTTP")]
+    http: Option<String>,
+    /// Console token for the consoles (`vigil token --unit '*'`).
+    #[arg(long, env = "VIGIL_TOKEN")]
+    token: Option<String>,
+    /// Gateway token for the FHIR load (`vigil token --role gateway`).
+    #[arg(long, env = "VIGIL_GATEWAY_TOKEN")]
+    gateway_token: Option<String>,
+    /// The server's process id: RSS and CPU sampled from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Read the per-stage histograms from /metrics (needs --http) before and after the window.
+    #[arg(long)]
+    stages: bool,
+    /// Bearer token for /metrics when `[http] metrics_require_auth` is set.
+    #[arg(long, env = "VIGIL_METRICS_TOKEN")]
+    metrics_token: Option<String>,
+    /// Override the scenario's rate (msg/s at full load).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Override the measured seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Override the warm-up seconds.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Override the ramp seconds.
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// Override the MLLP connections.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Override the number of consoles (0: none).
+    #[arg(long)]
+    consoles: Option<usize>,
+    /// First run the scenario's MLLP schedule against an in-process echo server, and state the
+    /// rate as a fraction of the echo's.
+    #[arg(long)]
+    baseline: bool,
+    /// Run against an in-process echo server only (no Vigil): the harness's own ceiling.
+    #[arg(long, conflicts_with = "baseline")]
+    echo: bool,
+    /// Objectives, e.g. `ack.p99<=10ms`, `alert.p99<=20ms`, `errors==0` (repeat or separate
+    /// with commas); any not met exits with 2.
+    #[arg(long, value_delimiter = ',')]
+    slo: Vec<Slo>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// No live progress.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[tokio::main]
@@ -206,16 +288,48 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             print!("{}", report.to_markdown());
         }
-        Command::Rate { mllp, rate, duration, connections, patients } => {
-            let report = run_rate(RateConfig {
+        Command::Rate { mllp, rate, duration, connections, patients, baseline } => {
+            let cfg = RateConfig {
                 addr: mllp,
                 rate_per_sec: rate,
                 duration: Duration::from_secs(duration),
                 connections,
                 patients,
-            })
-            .await?;
+            };
+            let echo = if baseline {
+                let (addr, stop, _task) = vigil_loadtest::echo::spawn("127.0.0.1:0").await?;
+                let echo = run_rate(RateConfig { addr, ..cfg.clone() }).await?;
+                let _ = stop.send(true);
+                Some(echo)
+            } else {
+                None
+            };
+            let report = run_rate(cfg).await?;
             print!("{}", report.to_markdown());
+            if let Some(echo) = echo {
+                println!(
+                    "\nEcho baseline, same load, same run: {:.1} msg/s (ACK p99 {:.3} ms); Vigil carried {:.1} % of it.",
+                    echo.achieved_rate,
+                    echo.p99_us as f64 / 1000.0,
+                    report.achieved_rate / echo.achieved_rate.max(1e-9) * 100.0
+                );
+            }
+        }
+        Command::EchoServer { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "echo server answering AA; Ctrl-C stops");
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(true);
+            });
+            vigil_loadtest::echo::serve(listener, rx).await;
+        }
+        Command::Run(args) => {
+            let met = vigil_loadtest::cli::run_scenario(args.into_options()).await?;
+            if !met {
+                std::process::exit(2);
+            }
         }
         Command::Fhir { http, token, posts, connections, stream_lines, patients } => {
             let r = run_fhir_bench(FhirBenchConfig { addr: http, token, posts, connections, stream_lines, patients })
@@ -235,6 +349,35 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+impl RunArgs {
+    fn into_options(self) -> vigil_loadtest::cli::RunOptions {
+        vigil_loadtest::cli::RunOptions {
+            scenario: self.scenario,
+            target: vigil_loadtest::load::Target {
+                mllp: self.mllp,
+                http: self.http,
+                console_token: self.token,
+                gateway_token: self.gateway_token,
+                pid: self.pid,
+                scrape_metrics: self.stages,
+                metrics_token: self.metrics_token,
+            },
+            rate: self.rate,
+            duration: self.duration,
+            warmup: self.warmup,
+            ramp: self.ramp,
+            connections: self.connections,
+            consoles: self.consoles,
+            baseline: self.baseline,
+            echo_only: self.echo,
+            slo: self.slo,
+            json: self.json,
+            html: self.html,
+            progress: !self.quiet,
+        }
+    }
 }
 
 async fn read_hl7_file(path: &PathBuf) -> anyhow::Result<String> {

@@ -218,7 +218,7 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).context("creating histogram")
 }
 
-fn rate_patients(n: usize) -> Vec<PatientDemo> {
+pub(crate) fn rate_patients(n: usize) -> Vec<PatientDemo> {
     (0..n)
         .map(|i| PatientDemo {
             mrn: format!("SIM{:06}", i % 1_000_000),
@@ -327,7 +327,7 @@ async fn read_loop(
     Ok(r)
 }
 
-fn stable_vitals(rng: &mut SimRng) -> Vitals {
+pub(crate) fn stable_vitals(rng: &mut SimRng) -> Vitals {
     let sbp = rng.range(110.0, 135.0).round();
     let dbp = rng.range(65.0, 85.0).round();
     Vitals {
