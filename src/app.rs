@@ -60,6 +60,7 @@ pub struct Running {
     http: JoinHandle<()>,
     escalation: JoinHandle<()>,
     device_watch: JoinHandle<()>,
+    metrics_upkeep: JoinHandle<()>,
     devices: Arc<vigil_actors::device::DeviceRegistry>,
     passivation: Option<JoinHandle<()>>,
     webhooks: Vec<JoinHandle<()>>,
@@ -216,12 +217,17 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let (events, alerts, message_log) = store.ports();
     let rules = Arc::new(load_rules(&config.rules_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = crate::http::metrics::Metrics::default();
+    let stages = metrics.stages();
     let live = crate::alerts::live::LiveHub::new(1024);
     let router = Arc::new(
         Router::new(
             Arc::clone(&events),
             Arc::clone(&alerts),
-            Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>,
+            Arc::new(crate::http::metrics::TimedRules::new(
+                Arc::clone(&rules) as Arc<dyn vigil_actors::RuleEngine>,
+                &stages,
+            )) as Arc<dyn vigil_actors::RuleEngine>,
             Arc::clone(&clock),
         )
         .await?
@@ -237,7 +243,9 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         .with_authorities(authorities)
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
-    let ingress = Arc::new(Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits));
+    let ingress = Arc::new(
+        Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits).with_stages(stages),
+    );
     let fhir = Arc::new(crate::ingest::fhir::FhirFeed::new(
         Arc::clone(&ingress),
         mapper.clone(),
@@ -293,7 +301,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         rules: Arc::clone(&rules),
         ready: Arc::clone(&ready),
         metrics_require_auth: config.http.metrics_require_auth,
-        metrics: crate::http::metrics::Metrics::default(),
+        metrics: metrics.clone(),
         security: crate::http::security::SecurityHeaders { hsts: http_tls.is_some() },
     };
     let tls = match &config.mllp.tls {
@@ -341,6 +349,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         shutdown.subscribe(),
     ));
     let device_watch = tokio::spawn(watch_devices(Arc::clone(&devices), shutdown.subscribe()));
+    let metrics_upkeep = tokio::spawn(metrics.upkeep(shutdown.subscribe()));
     let passivation =
         config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
     ready.store(true, Ordering::Release);
@@ -356,6 +365,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         http,
         escalation,
         device_watch,
+        metrics_upkeep,
         devices,
         passivation,
         webhooks,
@@ -436,6 +446,7 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.device_watch).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.metrics_upkeep).await;
         self.devices.shutdown().await;
         if let Some(passivation) = self.passivation {
             let _ = tokio::time::timeout(Duration::from_secs(5), passivation).await;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::AppState;
 
@@ -49,6 +49,87 @@ pub const OBSERVATIONS_DROPPED: &str = "vigil_observations_dropped_total";
 /// Console WebSocket sessions open.
 pub const WEBSOCKET_SESSIONS: &str = "vigil_websocket_sessions";
 
+/// Seconds an HL7 message spends in each stage of its path, a histogram labelled `stage`
+/// (one of [`STAGES`]); `vigil-loadtest run --stages` reads it before and after its window.
+pub const STAGE_SECONDS: &str = "vigil_stage_seconds";
+/// The stages, in data-flow order: MLLP frame decode; HL7 parse; mapping to events; routing
+/// (resend check, the in-flight permit, handing each patient's bundle to its actor's bounded
+/// mailbox); one rule evaluation in a patient actor; from routed to durable (the actor's queue,
+/// rules, the store's group commit); writing the ACK frame to the socket.
+pub const STAGES: [&str; 7] = ["decode", "parse", "map", "route", "rules", "commit_wait", "ack_write"];
+/// Bucket bounds of [`STAGE_SECONDS`], seconds: 1 µs to 10 s.
+pub const STAGE_BUCKETS: [f64; 22] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+/// How often recorded stage times are folded into the exporter's buckets; bounds the memory
+/// they hold between scrapes.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Handles to the per-stage histograms. Recording is an atomic append and the handles are
+/// cheap to clone; `Stages::default()` records nowhere (tests, tools).
+#[derive(Clone)]
+pub struct Stages {
+    /// MLLP frame decode.
+    pub decode: metrics::Histogram,
+    /// HL7 parse.
+    pub parse: metrics::Histogram,
+    /// Mapping to events.
+    pub map: metrics::Histogram,
+    /// Resend check, permit, hand-off to the actors.
+    pub route: metrics::Histogram,
+    /// One rule evaluation.
+    pub rules: metrics::Histogram,
+    /// Routed to durable.
+    pub commit_wait: metrics::Histogram,
+    /// ACK frame write.
+    pub ack_write: metrics::Histogram,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        let [decode, parse, map, route, rules, commit_wait, ack_write] = STAGES.map(|_| metrics::Histogram::noop());
+        Stages { decode, parse, map, route, rules, commit_wait, ack_write }
+    }
+}
+
+impl Stages {
+    /// Record the time since `started` into `stage`.
+    pub fn since(stage: &metrics::Histogram, started: std::time::Instant) {
+        stage.record(started.elapsed());
+    }
+}
+
+/// The rule engine, each evaluation timed into the `rules` stage.
+pub struct TimedRules {
+    inner: std::sync::Arc<dyn vigil_actors::RuleEngine>,
+    rules: metrics::Histogram,
+}
+
+impl TimedRules {
+    /// Time `inner`'s evaluations into `stages.rules`.
+    pub fn new(inner: std::sync::Arc<dyn vigil_actors::RuleEngine>, stages: &Stages) -> Self {
+        TimedRules { inner, rules: stages.rules.clone() }
+    }
+}
+
+impl vigil_actors::RuleEngine for TimedRules {
+    fn evaluate(
+        &self,
+        view: &std::sync::Arc<vigil_actors::PatientView>,
+        triggers: &[&str],
+    ) -> Vec<vigil_actors::RuleOutcome> {
+        let started = std::time::Instant::now();
+        let outcomes = self.inner.evaluate(view, triggers);
+        Stages::since(&self.rules, started);
+        outcomes
+    }
+
+    fn evaluate_all(&self, view: &std::sync::Arc<vigil_actors::PatientView>) -> Vec<vigil_actors::RuleOutcome> {
+        self.inner.evaluate_all(view)
+    }
+}
+
 /// One server's Prometheus recorder: every scrape sets the values from their sources (the
 /// ingest counters, the router, the alert log, the webhook counters, the session registry)
 /// and the exporter writes the exposition text. A recorder per server, not a global one, so
@@ -61,7 +142,12 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let builder = PrometheusBuilder::new();
+        // Only fails for an empty bucket list, and STAGE_BUCKETS is not empty.
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Full(STAGE_SECONDS.to_owned()), &STAGE_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let metrics = Metrics { recorder: std::sync::Arc::new(recorder), handle };
         metrics.describe();
@@ -86,7 +172,38 @@ impl Metrics {
                 "observation values dropped at ingest, by analyte and reason"
             );
             metrics::describe_gauge!(WEBSOCKET_SESSIONS, "console WebSocket sessions open");
+            metrics::describe_histogram!(
+                STAGE_SECONDS,
+                metrics::Unit::Seconds,
+                "seconds an HL7 message spends in each stage of its path, by stage"
+            );
         });
+    }
+
+    /// This server's per-stage histograms.
+    pub fn stages(&self) -> Stages {
+        self.record(|| {
+            let stage = |name: &'static str| metrics::histogram!(STAGE_SECONDS, "stage" => name);
+            let [decode, parse, map, route, rules, commit_wait, ack_write] = STAGES.map(stage);
+            Stages { decode, parse, map, route, rules, commit_wait, ack_write }
+        })
+    }
+
+    /// Fold recorded histogram values into the exporter's buckets every [`UPKEEP_EVERY`] until
+    /// `stop` turns true (without it they would pile up between scrapes).
+    pub async fn upkeep(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.handle.run_upkeep(),
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Run `f` with this server's recorder as the `metrics::` macros' target.
@@ -177,5 +294,46 @@ mod tests {
         );
         let other = Metrics::default();
         assert_eq!(value(&other.render(), WEBHOOK_RETRIED), None, "each server has its own recorder");
+    }
+
+    #[test]
+    fn stage_times_render_as_one_histogram_labelled_by_stage_with_the_stage_buckets() {
+        let metrics = Metrics::default();
+        let stages = metrics.stages();
+        stages.parse.record(std::time::Duration::from_micros(3));
+        stages.parse.record(std::time::Duration::from_micros(30));
+        stages.ack_write.record(std::time::Duration::from_millis(20));
+        Stages::default().parse.record(1.0);
+        let text = metrics.render();
+        let line = |suffix: &str, labels: &str| value(&text, &format!("{STAGE_SECONDS}_{suffix}{{{labels}}}"));
+        assert_eq!(line("bucket", "stage=\"parse\",le=\"0.000001\"").as_deref(), Some("0"), "{text}");
+        assert_eq!(line("bucket", "stage=\"parse\",le=\"0.000005\"").as_deref(), Some("1"), "{text}");
+        assert_eq!(line("bucket", "stage=\"parse\",le=\"0.00005\"").as_deref(), Some("2"), "{text}");
+        assert_eq!(line("count", "stage=\"parse\"").as_deref(), Some("2"), "a no-op handle records nowhere:\n{text}");
+        assert_eq!(line("count", "stage=\"ack_write\"").as_deref(), Some("1"), "{text}");
+        assert_eq!(line("bucket", "stage=\"ack_write\",le=\"0.01\"").as_deref(), Some("0"), "{text}");
+        assert_eq!(line("bucket", "stage=\"ack_write\",le=\"0.025\"").as_deref(), Some("1"), "{text}");
+        assert!(text.contains(&format!("# TYPE {STAGE_SECONDS} histogram")), "{text}");
+    }
+
+    #[test]
+    fn timed_rules_answer_as_the_engine_and_count_each_evaluation() {
+        use vigil_actors::RuleEngine as _;
+        let metrics = Metrics::default();
+        let stages = metrics.stages();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&calls);
+        let engine = vigil_actors::fakes::FnRules(move |_: &vigil_actors::PatientView, _: &[&str]| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        });
+        let timed = TimedRules::new(std::sync::Arc::new(engine), &stages);
+        let view = std::sync::Arc::new(vigil_actors::PatientView::default());
+        assert!(timed.evaluate(&view, &["hr"]).is_empty());
+        assert!(timed.evaluate(&view, &["rr"]).is_empty());
+        timed.evaluate_all(&view);
+        assert_eq!(calls.load(Ordering::Relaxed), 3, "every call reaches the engine");
+        let text = metrics.render();
+        assert_eq!(value(&text, &format!("{STAGE_SECONDS}_count{{stage=\"rules\"}}")).as_deref(), Some("2"), "{text}");
     }
 }

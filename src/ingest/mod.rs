@@ -137,6 +137,8 @@ pub struct Ingress {
     permits: Arc<Semaphore>,
     /// Counters.
     pub metrics: IngestMetrics,
+    /// Per-stage time histograms (records nowhere unless given by [`Ingress::with_stages`]).
+    pub stages: crate::http::metrics::Stages,
 }
 
 impl Ingress {
@@ -149,7 +151,14 @@ impl Ingress {
             clock,
             permits: Arc::new(Semaphore::new(permits.max(1))),
             metrics: IngestMetrics::default(),
+            stages: crate::http::metrics::Stages::default(),
         }
+    }
+
+    /// Time the stages of every message into `stages` (the server's `/metrics`).
+    pub fn with_stages(mut self, stages: crate::http::metrics::Stages) -> Self {
+        self.stages = stages;
+        self
     }
 
     /// The clock messages are received by.

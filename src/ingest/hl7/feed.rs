@@ -14,6 +14,7 @@ use vigil_actors::{ClinicalEvent, DeviceId, Envelope, MessageKey, Phi};
 use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
 use super::parse::Message;
 use crate::config::UnsupportedPolicy;
+use crate::http::metrics::Stages;
 use crate::ingest::map::{MapError, Mapper};
 use crate::ingest::{Ingress, Outcome, Submission};
 
@@ -123,7 +124,9 @@ impl Pending {
         match self {
             Pending::Ready(acks) => acks,
             Pending::Submitted { submission, header, mode, feed } => {
+                let routed = std::time::Instant::now();
                 let outcome = submission.outcome().await;
+                Stages::since(&feed.ingress.stages.commit_wait, routed);
                 if outcome == Outcome::NotStored {
                     tracing::error!(control_id = %header.control_id, "message not stored; sender told to resend");
                 }
@@ -172,7 +175,11 @@ impl Hl7Feed {
 
     /// Parse, map and submit one message. Call in arrival order; await `finish` in any order.
     pub async fn begin(self: &Arc<Self>, frame: &[u8]) -> Pending {
-        let msg = match Message::parse(frame) {
+        let stages = &self.ingress.stages;
+        let parsing = std::time::Instant::now();
+        let parsed = Message::parse(frame);
+        Stages::since(&stages.parse, parsing);
+        let msg = match parsed {
             Ok(msg) => msg,
             Err(e) => {
                 tracing::info!(error = %e.kind, "unparseable message rejected");
@@ -189,8 +196,13 @@ impl Hl7Feed {
         }
         let received_at = self.ingress.clock().now();
         let (code, trigger, _) = msg.message_type();
+        let mapping = std::time::Instant::now();
         let events = match FEEDS.iter().find(|f| f.code == code && f.trigger == trigger) {
-            Some(feed) => (feed.map)(&self.mapper, &msg, received_at),
+            Some(feed) => {
+                let events = (feed.map)(&self.mapper, &msg, received_at);
+                Stages::since(&stages.map, mapping);
+                events
+            }
             None if self.unsupported == UnsupportedPolicy::Ignore => {
                 tracing::info!(control_id = %header.control_id, code, trigger, "unsupported message type accepted and ignored, not stored");
                 Ok(Vec::new())
@@ -230,7 +242,9 @@ impl Hl7Feed {
             raw: Phi(msg.raw().to_string()),
             received_at,
         };
+        let routing = std::time::Instant::now();
         let submission = self.ingress.submit(envelope, events).await;
+        Stages::since(&stages.route, routing);
         Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
     }
 

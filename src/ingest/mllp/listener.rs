@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use super::codec::{Decoded, MllpDecoder, frame};
 use super::slots::{Admission, Slot, Slots};
 use crate::config::MllpSettings;
+use crate::http::metrics::Stages;
 
 /// A TLS acceptor from PEM files: the certificate chain and its private key.
 pub fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
@@ -237,8 +238,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let mut decoded_any = false;
         while reading && pending.len() < settings.max_in_flight_per_connection {
-            let reply = match decoder.decode() {
-                Some(Decoded::Frame(bytes)) => ingress.begin(&bytes).await,
+            let decoding = std::time::Instant::now();
+            let decoded = decoder.decode();
+            let reply = match decoded {
+                Some(Decoded::Frame(bytes)) => {
+                    Stages::since(&ingress.ingress().stages.decode, decoding);
+                    ingress.begin(&bytes).await
+                }
                 Some(Decoded::Oversized { prefix, len }) => ingress.oversized(&prefix, len, settings.max_frame_bytes),
                 None => break,
             };
@@ -272,8 +278,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         // A sender that delivers messages keeps its slot when newcomers crowd in.
                         slot.prove();
                     }
+                    let writing = std::time::Instant::now();
                     match tokio::time::timeout(settings.frame_timeout, stream.write_all(&frame(ack.as_bytes()))).await {
-                        Ok(written) => written?,
+                        Ok(written) => {
+                            written?;
+                            Stages::since(&ingress.ingress().stages.ack_write, writing);
+                        }
                         Err(_) => {
                             // A peer that does not read its ACKs keeps no slot.
                             ListenerMetrics::bump(&metrics.write_timeouts);
