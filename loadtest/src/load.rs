@@ -350,9 +350,16 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
     });
 
     let sampler = target.pid.map(|pid| ProcSampler::spawn(pid, start));
+    // /metrics is read when measuring starts (and once now, to fail early if it cannot be) and
+    // after the last reply.
     let stages_before = match (&target.http, target.scrape_metrics) {
         (Some(http), true) => {
-            Some(scrape_stages(http, target.metrics_token.as_deref()).await.context("reading /metrics")?)
+            scrape_stages(http, target.metrics_token.as_deref()).await.context("reading /metrics")?;
+            let (http, token, at) = (http.clone(), target.metrics_token.clone(), plan.measure_from);
+            Some(tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                scrape_stages(&http, token.as_deref()).await
+            }))
         }
         _ => None,
     };
@@ -433,6 +440,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         merge_counts(&mut m.errors, errors);
     }
     if let (Some(before), Some(http)) = (stages_before, &target.http) {
+        let before = before.await.context("/metrics task failed")?.context("reading /metrics")?;
         let after = scrape_stages(http, target.metrics_token.as_deref()).await.context("reading /metrics")?;
         m.stages = Some(after.since(&before));
     }

@@ -13,6 +13,7 @@ mod external;
 mod fhir;
 mod fixtures;
 mod hardening;
+mod harness;
 mod kassandra;
 mod mllp;
 mod mllp_hardening;
