@@ -313,7 +313,8 @@ pub fn render(r: &RunReport) -> String {
     }
     let pct = |x: f64| {
         let p = 100.0 - 100.0 / 10f64.powf(x);
-        if p <= 0.0 { "p0".to_owned() } else { format!("p{}", fmt_num(p)) }
+        let digits = format!("{p:.4}");
+        format!("p{}", digits.trim_end_matches('0').trim_end_matches('.'))
     };
     let nine_ticks = (0..=5).map(f64::from).collect();
     h.push_str(&plot("Latency by percentile", "ms (log)", &dists, true, None, &pct, Some(nine_ticks)));
@@ -403,5 +404,7 @@ mod tests {
         assert_eq!(ticks(3.0, 3.0, 5), vec![3.0]);
         assert!((nines(99.0) - 2.0).abs() < 1e-9);
         assert_eq!(nines(0.0), 0.0);
+        let html = sample_report().to_html();
+        assert!(html.contains(">p99.99<") && html.contains(">p99.9<") && html.contains(">p0<"), "percentile ticks");
     }
 }
