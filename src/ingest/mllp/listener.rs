@@ -234,6 +234,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut frame_started: Option<(Instant, u64)> = None;
     // Whether a frame has been completed (else the first-frame clock runs).
     let mut framed = false;
+    // Since when the connection has not read because its pipeline is full.
+    let mut stalled_since: Option<Instant> = None;
     loop {
         let mut decoded_any = false;
         while reading && pending.len() < settings.max_in_flight_per_connection {
@@ -264,6 +266,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
         let can_read = reading && pending.len() < settings.max_in_flight_per_connection;
+        hold_frame_clock(&mut frame_started, &mut stalled_since, reading, can_read, Instant::now());
         let deadline = next_deadline(settings, framed, opened, active, frame_started, can_read, pending.is_empty());
         tokio::select! {
             Some(acks) = pending.next(), if !pending.is_empty() => {
@@ -338,6 +341,30 @@ fn accepts(ack: &str) -> bool {
     })
 }
 
+/// While a connection does not read because its pipeline is full, the server is the slow side:
+/// the clock of the frame under way stands still, and resumes where it stood once the
+/// connection reads again. Without this, a pipelining sender whose ACKs waited longer than
+/// `frame_timeout` for commits (overload) had its connection closed for the partial frame
+/// left in the buffer, mid-pipeline, with the rest of its messages unanswered.
+fn hold_frame_clock(
+    frame_started: &mut Option<(Instant, u64)>,
+    stalled_since: &mut Option<Instant>,
+    reading: bool,
+    can_read: bool,
+    now: Instant,
+) {
+    match (*stalled_since, can_read) {
+        (None, false) if reading => *stalled_since = Some(now),
+        (Some(since), true) => {
+            if let Some((started, _)) = frame_started.as_mut() {
+                *started += now.saturating_duration_since(since);
+            }
+            *stalled_since = None;
+        }
+        _ => {}
+    }
+}
+
 /// The earliest clock that applies now, and which it is.
 fn next_deadline(
     settings: &MllpSettings,
@@ -367,5 +394,63 @@ async fn sleep_until_some(deadline: Option<(Instant, Deadline)>) {
     match deadline {
         Some((at, _)) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> MllpSettings {
+        MllpSettings {
+            max_frame_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 16,
+            max_connections_per_peer: 16,
+            first_frame_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(30),
+            min_frame_bytes_per_sec: 4096,
+            reserved_fds: 0,
+            max_in_flight_per_connection: 4,
+            application: "VIGIL".into(),
+            facility: "HOSP".into(),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn the_frame_clock_stands_still_while_the_pipeline_is_full() {
+        let settings = settings();
+        let t0 = Instant::now();
+        let mut frame_started = Some((t0, 100));
+        let mut stalled_since = None;
+        // 10 s into the frame the pipeline fills; commits take 60 s to answer one message.
+        hold_frame_clock(&mut frame_started, &mut stalled_since, true, false, t0 + Duration::from_secs(10));
+        assert_eq!(stalled_since, Some(t0 + Duration::from_secs(10)));
+        let stalled = next_deadline(&settings, true, t0, t0, frame_started, false, false);
+        assert!(stalled.is_none(), "no frame clock while not reading: {stalled:?}");
+        hold_frame_clock(&mut frame_started, &mut stalled_since, true, true, t0 + Duration::from_secs(70));
+        assert_eq!(stalled_since, None);
+        let (at, why) = next_deadline(&settings, true, t0, t0, frame_started, true, false).unwrap();
+        assert!(matches!(why, Deadline::Frame));
+        // 10 s of the frame's 30 were used before the stall: 20 s are left after it.
+        assert_eq!(at, t0 + Duration::from_secs(90));
+    }
+
+    #[test]
+    fn a_peer_that_drips_while_the_server_reads_is_still_timed_out() {
+        let settings = settings();
+        let t0 = Instant::now();
+        let mut frame_started = Some((t0, 10));
+        let mut stalled_since = None;
+        for s in 0..40 {
+            hold_frame_clock(&mut frame_started, &mut stalled_since, true, true, t0 + Duration::from_secs(s));
+        }
+        let (at, why) = next_deadline(&settings, true, t0, t0, frame_started, true, false).unwrap();
+        assert!(matches!(why, Deadline::Frame));
+        assert_eq!(at, t0 + Duration::from_secs(30));
+        // A connection that stops reading for good (shutdown, eviction) starts no stall.
+        hold_frame_clock(&mut frame_started, &mut stalled_since, false, false, t0 + Duration::from_secs(41));
+        assert_eq!(stalled_since, None);
     }
 }
