@@ -200,7 +200,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let store = match config.store.backend {
         Backend::Embedded => Store::Embedded(
             EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), keys, Arc::new(hub.clone()))
-                .context("opening the embedded store")?,
+                .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?,
         ),
         Backend::Scylla => {
             let local = fjall::Database::builder(config.data_dir.join("local"))
