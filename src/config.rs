@@ -323,6 +323,9 @@ pub struct StoreFileConfig {
     pub retention_raw_messages_days: Option<u32>,
     /// Days kept: audit records; at least 6 years (2192 days, the default).
     pub retention_audit_days: Option<u32>,
+    /// While the store is unreachable, how long a new message waits for it before it is
+    /// answered AE (default 10 s; 0: AE at once). `/readyz` is 503 meanwhile.
+    pub unavailable_ack_delay_secs: Option<u64>,
     /// `[store.scylla]`
     #[serde(default)]
     pub scylla: ScyllaFileConfig,
@@ -545,6 +548,8 @@ pub struct StoreSettings {
     pub retention: Retention,
     /// ScyllaDB settings (used when `backend` is `scylla`).
     pub scylla: ScyllaSettings,
+    /// While the store is unreachable, how long a new message waits before AE.
+    pub unavailable_ack_delay: Duration,
 }
 
 impl StoreSettings {
@@ -610,6 +615,7 @@ impl Config {
                 raw_messages_days: store_file.retention_raw_messages_days.unwrap_or(2192),
                 audit_days: store_file.retention_audit_days.unwrap_or(MIN_AUDIT_DAYS),
             },
+            unavailable_ack_delay: Duration::from_secs(store_file.unavailable_ack_delay_secs.unwrap_or(10)),
             scylla: ScyllaSettings {
                 nodes: env_string("VIGIL_SCYLLA_NODES")
                     .map(|v| v.split(',').map(|n| n.trim().to_string()).collect())

@@ -6,6 +6,7 @@ pub mod commit;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
+pub mod health;
 pub mod recover;
 pub mod scylla;
 
