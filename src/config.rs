@@ -374,6 +374,11 @@ pub struct MllpFileConfig {
     pub reserved_fds: Option<usize>,
     /// Most messages in flight on one connection (pipelining; default 256).
     pub max_in_flight_per_connection: Option<usize>,
+    /// New connections one peer address may open a second, after its burst (default 200;
+    /// 0: no limit). Past it a new connection is closed at once.
+    pub connects_per_peer_per_sec: Option<u32>,
+    /// New connections one peer address may open at once (default 1000).
+    pub connect_burst_per_peer: Option<u32>,
     /// Our MSH-3 in ACKs (default `VIGIL`).
     pub application: Option<String>,
     /// Our MSH-4 in ACKs (default `VIGIL`).
@@ -436,6 +441,10 @@ pub struct MllpSettings {
     pub reserved_fds: usize,
     /// Pipelining depth per connection.
     pub max_in_flight_per_connection: usize,
+    /// New connections per second per peer address after the burst (0: unlimited).
+    pub connects_per_peer_per_sec: u32,
+    /// New connections per peer address at once.
+    pub connect_burst_per_peer: u32,
     /// MSH-3 of our ACKs.
     pub application: String,
     /// MSH-4 of our ACKs.
@@ -642,6 +651,8 @@ impl Config {
                 min_frame_bytes_per_sec: file.mllp.min_frame_bytes_per_sec.unwrap_or(4096),
                 reserved_fds: file.mllp.reserved_fds.unwrap_or(256),
                 max_in_flight_per_connection: file.mllp.max_in_flight_per_connection.unwrap_or(256),
+                connects_per_peer_per_sec: file.mllp.connects_per_peer_per_sec.unwrap_or(200),
+                connect_burst_per_peer: file.mllp.connect_burst_per_peer.unwrap_or(1000),
                 application: file.mllp.application.unwrap_or_else(|| "VIGIL".into()),
                 facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
                 tls: file.mllp.tls,

@@ -68,6 +68,8 @@ pub struct ListenerMetrics {
     pub write_timeouts: AtomicU64,
     /// Failed accepts (for instance at the file-descriptor limit).
     pub accept_errors: AtomicU64,
+    /// Connections closed at once because their address opened too many too fast.
+    pub rate_limited: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -75,13 +77,14 @@ impl ListenerMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 5] {
+    fn snapshot(&self) -> [u64; 6] {
         [
             self.refused.load(Ordering::Relaxed),
             self.evicted.load(Ordering::Relaxed),
             self.first_frame_timeouts.load(Ordering::Relaxed),
             self.frame_timeouts.load(Ordering::Relaxed),
             self.write_timeouts.load(Ordering::Relaxed),
+            self.rate_limited.load(Ordering::Relaxed),
         ]
     }
 }
@@ -110,6 +113,11 @@ pub async fn serve_with_metrics(
     metrics: Arc<ListenerMetrics>,
 ) {
     let slots = Arc::new(Slots::new(settings.max_connections, settings.max_connections_per_peer));
+    let rate = super::rate::ConnectRate::new(
+        settings.connects_per_peer_per_sec,
+        settings.connect_burst_per_peer,
+        super::rate::MAX_PEERS_TRACKED,
+    );
     let mut connections = JoinSet::new();
     let mut errors = AcceptErrors::new("mllp");
     let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
@@ -141,6 +149,11 @@ pub async fn serve_with_metrics(
                 continue;
             }
         };
+        if !rate.allow(peer.ip(), std::time::Instant::now()) {
+            ListenerMetrics::bump(&metrics.rate_limited);
+            drop(stream);
+            continue;
+        }
         let (slot, evicted) = match slots.admit(peer.ip()) {
             Admission::Admitted { slot, evicted } => (slot, evicted),
             Admission::Refused => {
@@ -190,7 +203,7 @@ pub async fn serve_with_metrics(
 }
 
 /// One line for everything refused or cut short since the last line, if anything was.
-fn log_summary(metrics: &ListenerMetrics, before: [u64; 5]) -> [u64; 5] {
+fn log_summary(metrics: &ListenerMetrics, before: [u64; 6]) -> [u64; 6] {
     let now = metrics.snapshot();
     if now != before {
         let d = |i: usize| now[i] - before[i];
@@ -200,6 +213,7 @@ fn log_summary(metrics: &ListenerMetrics, before: [u64; 5]) -> [u64; 5] {
             first_frame_timeouts = d(2),
             frame_timeouts = d(3),
             write_timeouts = d(4),
+            rate_limited = d(5),
             "mllp connections refused or closed early"
         );
     }
@@ -412,6 +426,8 @@ mod tests {
             min_frame_bytes_per_sec: 4096,
             reserved_fds: 0,
             max_in_flight_per_connection: 4,
+            connects_per_peer_per_sec: 200,
+            connect_burst_per_peer: 1000,
             application: "VIGIL".into(),
             facility: "HOSP".into(),
             tls: None,
