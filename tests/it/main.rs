@@ -18,6 +18,7 @@ mod kassandra;
 mod mllp;
 mod mllp_hardening;
 mod outage;
+mod overload;
 mod protocol;
 mod rules;
 mod storage;

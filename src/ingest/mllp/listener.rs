@@ -250,19 +250,33 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut framed = false;
     // Since when the connection has not read because its pipeline is full.
     let mut stalled_since: Option<Instant> = None;
+    // The message whose beginning waits (admission): the next one begins after it.
+    let mut beginning: Option<BeginFuture> = None;
     loop {
         let mut decoded_any = false;
-        while reading && pending.len() < settings.max_in_flight_per_connection {
+        // Messages begin one at a time, in arrival order, while the pipeline has room. Most
+        // begin at once; one that must wait (for an ingest permit, the store's queue, the store
+        // itself) waits in the select below, so the ACKs already due are written meanwhile: a
+        // waiting connection is slowed, it does not fall silent.
+        while beginning.is_none() && reading && pending.len() < settings.max_in_flight_per_connection {
             let reply = match decoder.decode() {
-                Some(Decoded::Frame(bytes)) => ingress.begin(&bytes).await,
+                Some(Decoded::Frame(bytes)) => {
+                    let ingress = Arc::clone(&ingress);
+                    let mut begin: BeginFuture = Box::pin(async move { ingress.begin(&bytes).await });
+                    match std::future::poll_fn(|cx| std::task::Poll::Ready(begin.as_mut().poll(cx))).await {
+                        std::task::Poll::Ready(reply) => reply,
+                        std::task::Poll::Pending => {
+                            decoded_any = true;
+                            beginning = Some(begin);
+                            break;
+                        }
+                    }
+                }
                 Some(Decoded::Oversized { prefix, len }) => ingress.oversized(&prefix, len, settings.max_frame_bytes),
                 None => break,
             };
             decoded_any = true;
-            pending.push_back(match reply {
-                Pending::Ready(ack) => Box::pin(std::future::ready(ack)),
-                durable => Box::pin(durable.finish()),
-            });
+            pending.push_back(ack_future(reply));
         }
         let now = Instant::now();
         if decoded_any {
@@ -276,13 +290,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             // The rest of the buffer is the next frame's start: its clock starts now.
             frame_started = Some((now, 0));
         }
-        if !reading && pending.is_empty() {
+        let idle = pending.is_empty() && beginning.is_none();
+        if !reading && idle {
             break;
         }
-        let can_read = reading && pending.len() < settings.max_in_flight_per_connection;
+        let can_read = reading && beginning.is_none() && pending.len() < settings.max_in_flight_per_connection;
         hold_frame_clock(&mut frame_started, &mut stalled_since, reading, can_read, Instant::now());
-        let deadline = next_deadline(settings, framed, opened, active, frame_started, can_read, pending.is_empty());
+        let deadline = next_deadline(settings, framed, opened, active, frame_started, can_read, idle);
         tokio::select! {
+            reply = begun(&mut beginning) => {
+                beginning = None;
+                pending.push_back(ack_future(reply));
+            }
             Some(acks) = pending.next(), if !pending.is_empty() => {
                 for ack in acks {
                     if accepts(&ack) {
@@ -319,7 +338,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Deadline::Idle) | None => {}
                 }
                 tracing::debug!(?why, "mllp connection timed out, closing");
-                if pending.is_empty() {
+                if idle {
                     break;
                 }
                 // Messages already begun are still answered.
@@ -343,6 +362,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     drop(slot);
     // A peer that does not read must not hold the socket open through a blocked shutdown.
     tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await.unwrap_or(Ok(()))
+}
+
+/// A message being begun ([`Hl7Feed::begin`]), owned so that it can wait in a select.
+type BeginFuture = Pin<Box<dyn Future<Output = Pending> + Send>>;
+
+/// The reply of the message being begun, once it has begun; never, when none is.
+async fn begun(beginning: &mut Option<BeginFuture>) -> Pending {
+    match beginning {
+        Some(begin) => begin.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The ACK frames of a begun message, now or once it is durable.
+fn ack_future(reply: Pending) -> AckFuture {
+    match reply {
+        Pending::Ready(ack) => Box::pin(std::future::ready(ack)),
+        durable => Box::pin(durable.finish()),
+    }
 }
 
 /// Whether an ACK accepts its message (MSA-1 `AA` or `CA`).
