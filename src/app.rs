@@ -68,6 +68,7 @@ pub struct Running {
     router: Arc<Router>,
     store: Store,
     rules_watch: JoinHandle<()>,
+    store_probe: JoinHandle<()>,
 }
 
 /// The adapter in use; dropping it flushes.
@@ -201,7 +202,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let store = match config.store.backend {
         Backend::Embedded => Store::Embedded(
             EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), keys, Arc::new(hub.clone()))
-                .context("opening the embedded store")?,
+                .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?,
         ),
         Backend::Scylla => {
             let local = fjall::Database::builder(config.data_dir.join("local"))
@@ -243,8 +244,13 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         .with_authorities(authorities)
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
+    // Readiness and ingest follow the store's health (src/store/health.rs).
+    let (store_up, store_up_rx) = watch::channel(true);
+    let probed_log = Arc::clone(&message_log);
     let ingress = Arc::new(
-        Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits).with_stages(stages),
+        Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits)
+            .with_stages(stages)
+            .with_store_gate(crate::store::health::StoreGate::new(store_up_rx, config.store.unavailable_ack_delay)),
     );
     let fhir = Arc::new(crate::ingest::fhir::FhirFeed::new(
         Arc::clone(&ingress),
@@ -353,6 +359,20 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let passivation =
         config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
     ready.store(true, Ordering::Release);
+    let writable: Option<crate::store::health::Writable> = match &store {
+        Store::Embedded(s) => {
+            let s = s.clone();
+            Some(Arc::new(move || s.write_failure()))
+        }
+        Store::Scylla(..) => None,
+    };
+    let store_probe = tokio::spawn(crate::store::health::probe(
+        probed_log,
+        writable,
+        store_up,
+        Arc::clone(&ready),
+        shutdown.subscribe(),
+    ));
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
     Ok(Running {
         mllp_addr,
@@ -373,6 +393,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         router,
         store,
         rules_watch,
+        store_probe,
     })
 }
 
@@ -458,6 +479,7 @@ impl Running {
             tracing::warn!("websocket sessions did not close within 5 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.rules_watch).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.store_probe).await;
         self.router.shutdown().await;
         drop(self.router);
         match self.store {

@@ -323,6 +323,9 @@ pub struct StoreFileConfig {
     pub retention_raw_messages_days: Option<u32>,
     /// Days kept: audit records; at least 6 years (2192 days, the default).
     pub retention_audit_days: Option<u32>,
+    /// While the store is unreachable, how long a new message waits for it before it is
+    /// answered AE (default 10 s; 0: AE at once). `/readyz` is 503 meanwhile.
+    pub unavailable_ack_delay_secs: Option<u64>,
     /// `[store.scylla]`
     #[serde(default)]
     pub scylla: ScyllaFileConfig,
@@ -371,6 +374,11 @@ pub struct MllpFileConfig {
     pub reserved_fds: Option<usize>,
     /// Most messages in flight on one connection (pipelining; default 256).
     pub max_in_flight_per_connection: Option<usize>,
+    /// New connections one peer address may open a second, after its burst (default 200;
+    /// 0: no limit). Past it a new connection is closed at once.
+    pub connects_per_peer_per_sec: Option<u32>,
+    /// New connections one peer address may open at once (default 1000).
+    pub connect_burst_per_peer: Option<u32>,
     /// Our MSH-3 in ACKs (default `VIGIL`).
     pub application: Option<String>,
     /// Our MSH-4 in ACKs (default `VIGIL`).
@@ -433,6 +441,10 @@ pub struct MllpSettings {
     pub reserved_fds: usize,
     /// Pipelining depth per connection.
     pub max_in_flight_per_connection: usize,
+    /// New connections per second per peer address after the burst (0: unlimited).
+    pub connects_per_peer_per_sec: u32,
+    /// New connections per peer address at once.
+    pub connect_burst_per_peer: u32,
     /// MSH-3 of our ACKs.
     pub application: String,
     /// MSH-4 of our ACKs.
@@ -545,6 +557,8 @@ pub struct StoreSettings {
     pub retention: Retention,
     /// ScyllaDB settings (used when `backend` is `scylla`).
     pub scylla: ScyllaSettings,
+    /// While the store is unreachable, how long a new message waits before AE.
+    pub unavailable_ack_delay: Duration,
 }
 
 impl StoreSettings {
@@ -610,6 +624,7 @@ impl Config {
                 raw_messages_days: store_file.retention_raw_messages_days.unwrap_or(2192),
                 audit_days: store_file.retention_audit_days.unwrap_or(MIN_AUDIT_DAYS),
             },
+            unavailable_ack_delay: Duration::from_secs(store_file.unavailable_ack_delay_secs.unwrap_or(10)),
             scylla: ScyllaSettings {
                 nodes: env_string("VIGIL_SCYLLA_NODES")
                     .map(|v| v.split(',').map(|n| n.trim().to_string()).collect())
@@ -636,6 +651,8 @@ impl Config {
                 min_frame_bytes_per_sec: file.mllp.min_frame_bytes_per_sec.unwrap_or(4096),
                 reserved_fds: file.mllp.reserved_fds.unwrap_or(256),
                 max_in_flight_per_connection: file.mllp.max_in_flight_per_connection.unwrap_or(256),
+                connects_per_peer_per_sec: file.mllp.connects_per_peer_per_sec.unwrap_or(200),
+                connect_burst_per_peer: file.mllp.connect_burst_per_peer.unwrap_or(1000),
                 application: file.mllp.application.unwrap_or_else(|| "VIGIL".into()),
                 facility: file.mllp.facility.unwrap_or_else(|| "VIGIL".into()),
                 tls: file.mllp.tls,

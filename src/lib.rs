@@ -8,6 +8,10 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod crypto;
+/// What each fuzz target checks, shared by `fuzz/` (libFuzzer, nightly) and the stable seeded
+/// run in CI (`cargo test -p vigil --lib fuzz`).
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz;
 pub mod http;
 pub mod ingest;
 pub mod rules;

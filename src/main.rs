@@ -62,6 +62,9 @@ enum Command {
     /// Check or read the audit log: `vigil audit verify`, `vigil audit list [--since T] [--until T]`.
     #[command(subcommand)]
     Audit(vigil::audit::cli::AuditCommand),
+    /// Check or recover the embedded store's journal: `vigil store check`, `vigil store recover`.
+    #[command(subcommand)]
+    Store(vigil::store::recover::cli::StoreCommand),
     /// Print a signed console token.
     Token {
         /// Role of the holder.
@@ -186,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Rules(command) => std::process::exit(vigil::rules::cli::run(command)),
         Command::Keys(args) => vigil::crypto::cli::run(&args)?,
         Command::Audit(command) => std::process::exit(vigil::audit::cli::run(command)?),
+        Command::Store(command) => std::process::exit(vigil::store::recover::cli::run(command)?),
         Command::Token { role, units, sub, hours, serve } => {
             let config = Config::load(&serve)?;
             std::fs::create_dir_all(&config.data_dir)

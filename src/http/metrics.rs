@@ -30,6 +30,8 @@ pub const MLLP_FRAME_TIMEOUTS: &str = "vigil_mllp_frame_timeouts_total";
 pub const MLLP_WRITE_TIMEOUTS: &str = "vigil_mllp_write_timeouts_total";
 /// Failed MLLP accepts (for instance at the file limit).
 pub const MLLP_ACCEPT_ERRORS: &str = "vigil_mllp_accept_errors_total";
+/// MLLP connections closed at once: their address opened too many too fast.
+pub const MLLP_RATE_LIMITED: &str = "vigil_mllp_connections_rate_limited_total";
 /// Live patient actors.
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
@@ -246,6 +248,7 @@ pub async fn render(
             (MLLP_FRAME_TIMEOUTS, &l.frame_timeouts),
             (MLLP_WRITE_TIMEOUTS, &l.write_timeouts),
             (MLLP_ACCEPT_ERRORS, &l.accept_errors),
+            (MLLP_RATE_LIMITED, &l.rate_limited),
         ] {
             metrics::counter!(name).absolute(counter.load(Ordering::Relaxed));
         }

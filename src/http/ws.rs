@@ -491,6 +491,12 @@ impl ClientFrame {
     }
 }
 
+/// Parse one client frame as a session does, and give the reference it would answer under:
+/// for the fuzz targets (`fuzz/`, `vigil::fuzz`), which must reach the same parser.
+pub fn parse_client_frame(text: &str) -> Result<Option<String>, serde_json::Error> {
+    serde_json::from_str::<ClientFrame>(text).map(|frame| frame.reference().map(str::to_owned))
+}
+
 /// The next live update for the watched patient; pending forever when none is watched.
 /// Lagging drops updates (the store has them), never the session.
 async fn next_live(

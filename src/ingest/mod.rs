@@ -135,6 +135,8 @@ pub struct Ingress {
     inflight: DashMap<MessageKey, watch::Receiver<Option<Outcome>>>,
     clock: Arc<dyn Clock>,
     permits: Arc<Semaphore>,
+    /// Whether the store answers; without it, always assumed.
+    gate: Option<crate::store::health::StoreGate>,
     /// Counters.
     pub metrics: IngestMetrics,
     /// Per-stage time histograms (records nowhere unless given by [`Ingress::with_stages`]).
@@ -150,6 +152,7 @@ impl Ingress {
             inflight: DashMap::new(),
             clock,
             permits: Arc::new(Semaphore::new(permits.max(1))),
+            gate: None,
             metrics: IngestMetrics::default(),
             stages: crate::http::metrics::Stages::default(),
         }
@@ -158,6 +161,12 @@ impl Ingress {
     /// Time the stages of every message into `stages` (the server's `/metrics`).
     pub fn with_stages(mut self, stages: crate::http::metrics::Stages) -> Self {
         self.stages = stages;
+        self
+    }
+
+    /// Hold, then refuse (AE), new messages while `gate` says the store is down.
+    pub fn with_store_gate(mut self, gate: crate::store::health::StoreGate) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -189,6 +198,14 @@ impl Ingress {
     /// recognises a resend) is written once, with the last bundle: a resend is recognised only once every bundle before it was
     /// queued, and the embedded store commits in queue order.
     pub async fn submit(self: &Arc<Self>, envelope: Envelope, events: Vec<ClinicalEvent>) -> Submission {
+        // Nothing is acknowledged that cannot be made durable: while the store is down a new
+        // message waits for it (its sender reads no ACK and sends no more), then is refused.
+        if let Some(gate) = &self.gate
+            && !gate.wait_until_up().await
+        {
+            self.count(Outcome::NotStored);
+            return Submission::Done(Outcome::NotStored);
+        }
         let done = match self.inflight.entry(envelope.key.clone()) {
             Entry::Occupied(first) => {
                 return Submission::InFlightDuplicate { first: first.get().clone(), ingress: Arc::clone(self) };

@@ -62,6 +62,9 @@ struct Keyspaces {
     /// Ids of alerts that are not resolved (values empty), kept in the same batches as the
     /// alerts: reading the open ones never scans every alert ever raised.
     open_index: Keyspace,
+    /// The first commit that failed. fjall poisons its database on a failed journal write
+    /// (a full disk): no later write succeeds until the store is reopened.
+    write_failure: std::sync::OnceLock<String>,
 }
 
 /// The fjall-backed store. Cloning shares it.
@@ -122,7 +125,16 @@ impl EmbeddedStore {
             None => 0,
         };
         let open_index = db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let ks = Arc::new(Keyspaces { db, keys, events, messages, alerts, alert_log, open_index });
+        let ks = Arc::new(Keyspaces {
+            db,
+            keys,
+            events,
+            messages,
+            alerts,
+            alert_log,
+            open_index,
+            write_failure: std::sync::OnceLock::new(),
+        });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let committer = {
@@ -151,6 +163,11 @@ impl EmbeddedStore {
                 committer: std::sync::Mutex::new(Some(committer)),
             }),
         })
+    }
+
+    /// Why the store takes no more writes, once a commit has failed (until reopened).
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.ks.write_failure.get().cloned()
     }
 
     /// The underlying database, for adapters that keep their own keyspaces in it (audit,
@@ -455,9 +472,15 @@ impl Backend for Fjall {
             }
             results.push(Ok(()));
         }
-        match batch.commit().map_err(engine("commit")) {
+        match batch.commit() {
             Ok(()) => results,
-            Err(e) => results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+            Err(e) => {
+                if ks.write_failure.set(e.to_string()).is_ok() {
+                    tracing::error!(error = %e, "the embedded store refused a write (disk full?): nothing more is acknowledged; free space and restart vigil");
+                }
+                let e = engine("commit")(e);
+                results.into_iter().map(|r| r.and(Err(e.clone()))).collect()
+            }
         }
     }
 

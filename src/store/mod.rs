@@ -6,6 +6,8 @@ pub mod commit;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
+pub mod health;
+pub mod recover;
 pub mod scylla;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};

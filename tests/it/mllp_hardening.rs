@@ -253,3 +253,39 @@ async fn mllp_at_the_file_limit_backs_off_logs_little_and_recovers() {
     assert!(healthy && accepting, "after release: /healthz {healthy}, MLLP {accepting}");
     drop(proc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_are_served() {
+    let dir = tempdir("connect-rate");
+    let mut config = config(&dir);
+    config.mllp.connects_per_peer_per_sec = 2;
+    config.mllp.connect_burst_per_peer = 10;
+    let server = vigil::app::start(&config).await.unwrap();
+    let addr = server.mllp_addr;
+    let churner: IpAddr = "127.0.0.9".parse().unwrap();
+    // 40 connections at once from one address: its burst of 10 is served (perhaps one more as
+    // the bucket refills); the rest are closed before taking a slot.
+    let mut served = 0;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut stream = connect_from(churner, addr).await.unwrap();
+        stream
+            .write_all(&vigil_loadtest::mllp::frame(&septic_oru(&format!("RATE-{served}"), "MRN-RATE", "Rate")))
+            .await
+            .unwrap();
+        let mut reply = [0u8; 256];
+        let answered = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply)).await;
+        if matches!(answered, Ok(Ok(n)) if n > 0) {
+            served += 1;
+            held.push(stream);
+        }
+    }
+    assert!((10..=12).contains(&served), "{served} of 40 connections served");
+    let limited = server.mllp_metrics.rate_limited.load(Ordering::Relaxed);
+    assert!(limited >= 28, "{limited} connections counted as rate-limited");
+    // Another address is not affected.
+    let mut other = MllpClient::connect(&addr.to_string(), Duration::from_secs(5)).await.unwrap();
+    timed_ack(&mut other, "RATE-OTHER").await;
+    drop(held);
+    server.shutdown().await;
+}

@@ -69,6 +69,8 @@ pub struct ListenerMetrics {
     pub write_timeouts: AtomicU64,
     /// Failed accepts (for instance at the file-descriptor limit).
     pub accept_errors: AtomicU64,
+    /// Connections closed at once because their address opened too many too fast.
+    pub rate_limited: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -76,13 +78,14 @@ impl ListenerMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 5] {
+    fn snapshot(&self) -> [u64; 6] {
         [
             self.refused.load(Ordering::Relaxed),
             self.evicted.load(Ordering::Relaxed),
             self.first_frame_timeouts.load(Ordering::Relaxed),
             self.frame_timeouts.load(Ordering::Relaxed),
             self.write_timeouts.load(Ordering::Relaxed),
+            self.rate_limited.load(Ordering::Relaxed),
         ]
     }
 }
@@ -111,6 +114,11 @@ pub async fn serve_with_metrics(
     metrics: Arc<ListenerMetrics>,
 ) {
     let slots = Arc::new(Slots::new(settings.max_connections, settings.max_connections_per_peer));
+    let rate = super::rate::ConnectRate::new(
+        settings.connects_per_peer_per_sec,
+        settings.connect_burst_per_peer,
+        super::rate::MAX_PEERS_TRACKED,
+    );
     let mut connections = JoinSet::new();
     let mut errors = AcceptErrors::new("mllp");
     let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
@@ -142,6 +150,11 @@ pub async fn serve_with_metrics(
                 continue;
             }
         };
+        if !rate.allow(peer.ip(), std::time::Instant::now()) {
+            ListenerMetrics::bump(&metrics.rate_limited);
+            drop(stream);
+            continue;
+        }
         let (slot, evicted) = match slots.admit(peer.ip()) {
             Admission::Admitted { slot, evicted } => (slot, evicted),
             Admission::Refused => {
@@ -191,7 +204,7 @@ pub async fn serve_with_metrics(
 }
 
 /// One line for everything refused or cut short since the last line, if anything was.
-fn log_summary(metrics: &ListenerMetrics, before: [u64; 5]) -> [u64; 5] {
+fn log_summary(metrics: &ListenerMetrics, before: [u64; 6]) -> [u64; 6] {
     let now = metrics.snapshot();
     if now != before {
         let d = |i: usize| now[i] - before[i];
@@ -201,6 +214,7 @@ fn log_summary(metrics: &ListenerMetrics, before: [u64; 5]) -> [u64; 5] {
             first_frame_timeouts = d(2),
             frame_timeouts = d(3),
             write_timeouts = d(4),
+            rate_limited = d(5),
             "mllp connections refused or closed early"
         );
     }
@@ -235,24 +249,37 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut frame_started: Option<(Instant, u64)> = None;
     // Whether a frame has been completed (else the first-frame clock runs).
     let mut framed = false;
+    // Since when the connection has not read because its pipeline is full.
+    let mut stalled_since: Option<Instant> = None;
+    // The message whose beginning waits (admission): the next one begins after it.
+    let mut beginning: Option<BeginFuture> = None;
     loop {
         let mut decoded_any = false;
-        while reading && pending.len() < settings.max_in_flight_per_connection {
+        // Messages begin one at a time, in arrival order, while the pipeline has room. Most
+        // begin at once; one that must wait (for an ingest permit, the store's queue, the store
+        // itself) waits in the select below, so the ACKs already due are written meanwhile: a
+        // waiting connection is slowed, it does not fall silent.
+        while beginning.is_none() && reading && pending.len() < settings.max_in_flight_per_connection {
             let decoding = std::time::Instant::now();
-            let decoded = decoder.decode();
-            let reply = match decoded {
+            let reply = match decoder.decode() {
                 Some(Decoded::Frame(bytes)) => {
                     Stages::since(&ingress.ingress().stages.decode, decoding);
-                    ingress.begin(&bytes).await
+                    let ingress = Arc::clone(&ingress);
+                    let mut begin: BeginFuture = Box::pin(async move { ingress.begin(&bytes).await });
+                    match std::future::poll_fn(|cx| std::task::Poll::Ready(begin.as_mut().poll(cx))).await {
+                        std::task::Poll::Ready(reply) => reply,
+                        std::task::Poll::Pending => {
+                            decoded_any = true;
+                            beginning = Some(begin);
+                            break;
+                        }
+                    }
                 }
                 Some(Decoded::Oversized { prefix, len }) => ingress.oversized(&prefix, len, settings.max_frame_bytes),
                 None => break,
             };
             decoded_any = true;
-            pending.push_back(match reply {
-                Pending::Ready(ack) => Box::pin(std::future::ready(ack)),
-                durable => Box::pin(durable.finish()),
-            });
+            pending.push_back(ack_future(reply));
         }
         let now = Instant::now();
         if decoded_any {
@@ -266,12 +293,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             // The rest of the buffer is the next frame's start: its clock starts now.
             frame_started = Some((now, 0));
         }
-        if !reading && pending.is_empty() {
+        let idle = pending.is_empty() && beginning.is_none();
+        if !reading && idle {
             break;
         }
-        let can_read = reading && pending.len() < settings.max_in_flight_per_connection;
-        let deadline = next_deadline(settings, framed, opened, active, frame_started, can_read, pending.is_empty());
+        let can_read = reading && beginning.is_none() && pending.len() < settings.max_in_flight_per_connection;
+        hold_frame_clock(&mut frame_started, &mut stalled_since, reading, can_read, Instant::now());
+        let deadline = next_deadline(settings, framed, opened, active, frame_started, can_read, idle);
         tokio::select! {
+            reply = begun(&mut beginning) => {
+                beginning = None;
+                pending.push_back(ack_future(reply));
+            }
             Some(acks) = pending.next(), if !pending.is_empty() => {
                 for ack in acks {
                     if accepts(&ack) {
@@ -312,7 +345,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Deadline::Idle) | None => {}
                 }
                 tracing::debug!(?why, "mllp connection timed out, closing");
-                if pending.is_empty() {
+                if idle {
                     break;
                 }
                 // Messages already begun are still answered.
@@ -338,6 +371,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await.unwrap_or(Ok(()))
 }
 
+/// A message being begun ([`Hl7Feed::begin`]), owned so that it can wait in a select.
+type BeginFuture = Pin<Box<dyn Future<Output = Pending> + Send>>;
+
+/// The reply of the message being begun, once it has begun; never, when none is.
+async fn begun(beginning: &mut Option<BeginFuture>) -> Pending {
+    match beginning {
+        Some(begin) => begin.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The ACK frames of a begun message, now or once it is durable.
+fn ack_future(reply: Pending) -> AckFuture {
+    match reply {
+        Pending::Ready(ack) => Box::pin(std::future::ready(ack)),
+        durable => Box::pin(durable.finish()),
+    }
+}
+
 /// Whether an ACK accepts its message (MSA-1 `AA` or `CA`).
 fn accepts(ack: &str) -> bool {
     ack.split(['\r', '\n']).any(|segment| {
@@ -346,6 +398,30 @@ fn accepts(ack: &str) -> bool {
         let Some(separator) = chars.next() else { return false };
         matches!(chars.as_str().split(separator).next(), Some("AA" | "CA"))
     })
+}
+
+/// While a connection does not read because its pipeline is full, the server is the slow side:
+/// the clock of the frame under way stands still, and resumes where it stood once the
+/// connection reads again. Without this, a pipelining sender whose ACKs waited longer than
+/// `frame_timeout` for commits (overload) had its connection closed for the partial frame
+/// left in the buffer, mid-pipeline, with the rest of its messages unanswered.
+fn hold_frame_clock(
+    frame_started: &mut Option<(Instant, u64)>,
+    stalled_since: &mut Option<Instant>,
+    reading: bool,
+    can_read: bool,
+    now: Instant,
+) {
+    match (*stalled_since, can_read) {
+        (None, false) if reading => *stalled_since = Some(now),
+        (Some(since), true) => {
+            if let Some((started, _)) = frame_started.as_mut() {
+                *started += now.saturating_duration_since(since);
+            }
+            *stalled_since = None;
+        }
+        _ => {}
+    }
 }
 
 /// The earliest clock that applies now, and which it is.
@@ -377,5 +453,65 @@ async fn sleep_until_some(deadline: Option<(Instant, Deadline)>) {
     match deadline {
         Some((at, _)) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> MllpSettings {
+        MllpSettings {
+            max_frame_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 16,
+            max_connections_per_peer: 16,
+            first_frame_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(30),
+            min_frame_bytes_per_sec: 4096,
+            reserved_fds: 0,
+            max_in_flight_per_connection: 4,
+            connects_per_peer_per_sec: 200,
+            connect_burst_per_peer: 1000,
+            application: "VIGIL".into(),
+            facility: "HOSP".into(),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn the_frame_clock_stands_still_while_the_pipeline_is_full() {
+        let settings = settings();
+        let t0 = Instant::now();
+        let mut frame_started = Some((t0, 100));
+        let mut stalled_since = None;
+        // 10 s into the frame the pipeline fills; commits take 60 s to answer one message.
+        hold_frame_clock(&mut frame_started, &mut stalled_since, true, false, t0 + Duration::from_secs(10));
+        assert_eq!(stalled_since, Some(t0 + Duration::from_secs(10)));
+        let stalled = next_deadline(&settings, true, t0, t0, frame_started, false, false);
+        assert!(stalled.is_none(), "no frame clock while not reading: {stalled:?}");
+        hold_frame_clock(&mut frame_started, &mut stalled_since, true, true, t0 + Duration::from_secs(70));
+        assert_eq!(stalled_since, None);
+        let (at, why) = next_deadline(&settings, true, t0, t0, frame_started, true, false).unwrap();
+        assert!(matches!(why, Deadline::Frame));
+        // 10 s of the frame's 30 were used before the stall: 20 s are left after it.
+        assert_eq!(at, t0 + Duration::from_secs(90));
+    }
+
+    #[test]
+    fn a_peer_that_drips_while_the_server_reads_is_still_timed_out() {
+        let settings = settings();
+        let t0 = Instant::now();
+        let mut frame_started = Some((t0, 10));
+        let mut stalled_since = None;
+        for s in 0..40 {
+            hold_frame_clock(&mut frame_started, &mut stalled_since, true, true, t0 + Duration::from_secs(s));
+        }
+        let (at, why) = next_deadline(&settings, true, t0, t0, frame_started, true, false).unwrap();
+        assert!(matches!(why, Deadline::Frame));
+        assert_eq!(at, t0 + Duration::from_secs(30));
+        // A connection that stops reading for good (shutdown, eviction) starts no stall.
+        hold_frame_clock(&mut frame_started, &mut stalled_since, false, false, t0 + Duration::from_secs(41));
+        assert_eq!(stalled_since, None);
     }
 }

@@ -1,5 +1,7 @@
-//! MLLP: framing (`codec`), connection slots (`slots`) and the TCP listener (`listener`).
+//! MLLP: framing (`codec`), the per-address connection rate (`rate`), connection slots
+//! (`slots`) and the TCP listener (`listener`).
 
 pub mod codec;
 pub mod listener;
+pub mod rate;
 pub mod slots;
