@@ -7,6 +7,7 @@ pub mod commit;
 pub mod conformance;
 pub mod embedded;
 pub mod scylla;
+mod scylla_devices;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use scylla::{ScyllaStore, ScyllaStoreConfig};

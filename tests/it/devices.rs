@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use vigil::auth::Role;
 use vigil_loadtest::mllp::{MllpClient, ack_code, ack_control_id};
 
@@ -111,4 +111,184 @@ async fn pcd04_alarms_raise_update_and_resolve_one_alert_each_and_are_answered_o
     let ack = mllp.send(&bad_phase).await.unwrap();
     assert!(ack.contains("\rERR||OBX^1^5|103^"), "{ack}");
     server.shutdown().await;
+}
+
+/// A PCD-01 report (ORU^R01, MSH-15 AL / MSH-16 NE) from `device` carrying one heart rate, for
+/// the patient `pid` names (`None`: no PID segment, as a gateway that does not know the patient
+/// sends it).
+fn pcd01(control_id: &str, device: &str, pid: Option<&str>, hr: u32) -> String {
+    let ts = now_dtm();
+    let mut segments = vec![format!("MSH|^~\\&|GW|ICU|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|{control_id}|P|2.6|||AL|NE")];
+    if let Some(mrn) = pid {
+        segments.push(format!("PID|||{mrn}^^^HOSP^MR||Device^Named||19600101|M"));
+        segments.push("PV1||I|ICU^09^C".to_string());
+    }
+    segments.push(format!("OBR|1||{control_id}^GW|182777000^monitoring of patient^SCT|||{ts}"));
+    segments.push(format!(
+        "OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|{hr}|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||{ts}||||{device}"
+    ));
+    segments.join("\r")
+}
+
+fn adt(control_id: &str, trigger: &str, mrn: &str, bed: &str) -> String {
+    let ts = now_dtm();
+    [
+        format!("MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|{ts}||ADT^{trigger}^ADT_A01|{control_id}|P|2.5.1"),
+        format!("PID|||{mrn}^^^HOSP^MR||Bed^Follow||19500101|F"),
+        format!("PV1||I|{bed}||||D1^Attending||||||||||||V-{mrn}"),
+    ]
+    .join("\r")
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(server: &vigil::app::Running) -> Self {
+        vigil::alerts::webhooks::install_tls_provider();
+        Api { http: reqwest::Client::new(), base: format!("http://{}", server.http_addr) }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn put(&self, device: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, &format!("/api/devices/{device}/association"), token, Some(body)).await
+    }
+
+    async fn metric(&self, name: &str, token: &str) -> Option<f64> {
+        let text =
+            self.http.get(format!("{}/metrics", self.base)).bearer_auth(token).send().await.ok()?.text().await.ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+/// Association by bed, by the PID of PCD-01 and through the API; quarantine of readings from a
+/// device with no patient; transfer ending a bed association; every change audited; all of it
+/// persisted across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unassociated_readings_are_quarantined_and_beds_transfers_and_the_api_decide_whose_a_reading_is() {
+    let dir = tempdir("device-assoc");
+    let config = config_qsofa_only(&dir);
+    let server = vigil::app::start(&config).await.unwrap();
+    let nurse = server.auth.issue("rn-assoc", Role::Nurse, vec!["ICU".into()], time::Duration::hours(1));
+    let rrt = server.auth.issue("rrt-assoc", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let gateway = server.auth.issue("gw-1", Role::Gateway, vec!["*".into()], time::Duration::hours(1));
+    let api = Api::new(&server);
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+
+    // 1. A reading from a device nobody placed or named: stored in quarantine, acknowledged,
+    //    counted, visible, and nobody's.
+    let ack = mllp.send(&pcd01("Q-1", "MON-7A", None, 71)).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let (status, body) = api.get("/api/quarantine", &rrt).await;
+    assert_eq!(status, 200, "{body}");
+    let readings = body["readings"].as_array().unwrap();
+    assert_eq!(readings.len(), 1, "{body}");
+    assert_eq!((readings[0]["device"].as_str(), readings[0]["message"].as_str()), (Some("MON-7A"), Some("Q-1")));
+    assert_eq!(readings[0]["observations"][0]["name"], "hr");
+    assert_eq!(readings[0]["observations"][0]["value"], 71.0);
+    assert_eq!(api.metric("vigil_device_quarantined_readings_total", &rrt).await, Some(1.0));
+    assert_eq!(api.get("/api/quarantine", &gateway).await.0, 403, "a gateway reads no quarantine");
+
+    // 2. Placed at a bed by a nurse (an RRT may not); ADT admits a patient to that bed: the
+    //    device reports for them, and a reading without PID is theirs.
+    let bed = json!({"bed": {"unit": "ICU", "room": "07", "bed": "A"}});
+    assert_eq!(api.put("MON-7A", &rrt, bed.clone()).await.0, 403);
+    let (status, placed) = api.put("MON-7A", &nurse, bed).await;
+    assert_eq!(status, 200, "{placed}");
+    assert_eq!((placed["bed"]["bed"].as_str(), &placed["association"]), (Some("A"), &Value::Null), "an empty bed");
+    let ack = mllp.send(&adt("A01-1", "A01", "MRN-BED-1", "ICU^07^A")).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("AA"), "{ack}");
+    let (_, device) = api.get("/api/devices/MON-7A", &rrt).await;
+    assert_eq!(device["association"]["source"], "bed", "{device}");
+    let patient_id = device["association"]["patient_id"].as_str().unwrap().to_string();
+    let ack = mllp.send(&pcd01("Q-2", "MON-7A", None, 88)).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let (status, summary) = api.get(&format!("/api/patients/{patient_id}"), &rrt).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["mrn"], "MRN-BED-1");
+    assert_eq!(summary["latest"]["hr"]["value"], 88.0, "the reading went to the bed's patient: {summary}");
+    assert_eq!(api.get("/api/quarantine", &rrt).await.1["readings"].as_array().unwrap().len(), 1);
+
+    // 3. A transfer to another bed ends the bed association: the next reading is quarantined
+    //    (the device stays at its bed; it reports for whoever ADT puts there next).
+    let ack = mllp.send(&adt("A02-1", "A02", "MRN-BED-1", "ICU^08^B")).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("AA"), "{ack}");
+    let (_, device) = api.get("/api/devices/MON-7A", &rrt).await;
+    assert_eq!((&device["association"], device["bed"]["bed"].as_str()), (&Value::Null, Some("A")), "{device}");
+    let ack = mllp.send(&pcd01("Q-3", "MON-7A", None, 99)).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let (_, body) = api.get("/api/quarantine?limit=1", &rrt).await;
+    assert_eq!(body["readings"][0]["message"], "Q-3", "newest first: {body}");
+    let (_, summary) = api.get(&format!("/api/patients/{patient_id}"), &rrt).await;
+    assert_eq!(summary["latest"]["hr"]["value"], 88.0, "the quarantined reading is nobody's");
+
+    // 4. A PCD-01 naming a patient associates its device with them; then the API ends it.
+    let ack = mllp.send(&pcd01("P-1", "PUMP-3", Some("MRN-PID-1"), 64)).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let (_, device) = api.get("/api/devices/PUMP-3", &rrt).await;
+    assert_eq!(device["association"]["source"], "message", "{device}");
+    let ack = mllp.send(&pcd01("P-2", "PUMP-3", None, 66)).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let pid_patient = device["association"]["patient_id"].as_str().unwrap().to_string();
+    let (_, summary) = api.get(&format!("/api/patients/{pid_patient}"), &rrt).await;
+    assert_eq!(summary["latest"]["hr"]["value"], 66.0, "{summary}");
+    let (status, ended) = api.call(reqwest::Method::DELETE, "/api/devices/PUMP-3/association", &nurse, None).await;
+    assert_eq!((status, &ended["association"]), (200, &Value::Null), "{ended}");
+
+    // 5. Explicitly through the API, by patient identifier.
+    let body = json!({"patient": {"authority": "HOSP", "mrn": "MRN-BED-1"}});
+    let (status, device) = api.put("MON-7A", &nurse, body).await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["association"]["source"], "api");
+    assert_eq!(device["association"]["patient_id"], patient_id.as_str(), "the same patient as over HL7");
+    assert_eq!(api.put("MON-7A", &nurse, json!({"bed": null})).await.0, 400, "patient or bed");
+    let (_, list) = api.get("/api/devices", &rrt).await;
+    assert_eq!(list["devices"].as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(api.metric("vigil_device_quarantined_readings_total", &rrt).await, Some(2.0));
+    assert_eq!(api.metric("vigil_devices_live", &rrt).await, Some(2.0));
+    server.shutdown().await;
+
+    // Persisted: the association and placement survive a restart.
+    let server = vigil::app::start(&config).await.unwrap();
+    let rrt = server.auth.issue("rrt-assoc", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let api = Api::new(&server);
+    let (_, device) = api.get("/api/devices/MON-7A", &rrt).await;
+    assert_eq!(device["association"]["source"], "api", "{device}");
+    assert_eq!(device["bed"]["bed"], "A");
+    assert_eq!(api.get("/api/quarantine", &rrt).await.1["readings"].as_array().unwrap().len(), 2);
+    server.shutdown().await;
+
+    // Every association change is in the HMAC-chained audit log, patients by opaque id only.
+    let store = open_store(&dir);
+    let audit_key =
+        vigil::audit::AuditKey::load_or_create(&vigil::config::default_keys_dir(&dir).join("audit.key")).unwrap();
+    let audit = vigil::audit::AuditLog::open(store.database(), audit_key).unwrap();
+    let records = audit.since(time::OffsetDateTime::UNIX_EPOCH, 1000);
+    let device_records: Vec<_> = records.iter().filter(|r| r.action.starts_with("device.")).collect();
+    let has = |action: &str, user: &str, text: &str| {
+        device_records.iter().any(|r| r.action == action && r.user == user && r.outcome.contains(text))
+    };
+    assert!(has("device.associate", "feed:hl7", "by bed (adt admit)"), "{device_records:#?}");
+    assert!(has("device.dissociate", "feed:hl7", "(adt transfer)"), "{device_records:#?}");
+    assert!(has("device.associate", "feed:hl7", "by message (named by its message)"), "{device_records:#?}");
+    assert!(has("device.dissociate", "rn-assoc", "(api)"), "{device_records:#?}");
+    assert!(has("device.associate", "rn-assoc", "by api (api)"), "{device_records:#?}");
+    assert!(device_records.iter().all(|r| !r.outcome.contains("MRN-")), "no MRN in the audit log");
+    assert!(audit.verify().problems.is_empty(), "the chain verifies");
 }

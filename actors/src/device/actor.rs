@@ -45,6 +45,7 @@ impl Actor for DeviceActor {
             DeviceMsg::Check { now, reply } => {
                 let _ = reply.send(state.check(now));
             }
+            DeviceMsg::Attach { attachment } => state.attach(attachment.map(|a| *a)),
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ pub enum DeviceMsg {
     Seen {
         /// When.
         at: OffsetDateTime,
-        /// The patient it named, if any (boxed: it is large and often absent).
+        /// The patient it reports for now, if any (boxed: it is large and often absent).
         attachment: Option<Box<Attachment>>,
         /// The event resolving `device.offline`, when it was silent.
         reply: RpcReplyPort<Option<ClinicalEvent>>,
@@ -25,5 +25,10 @@ pub enum DeviceMsg {
         now: OffsetDateTime,
         /// The event raising `device.offline`, when it just went silent.
         reply: RpcReplyPort<Option<ClinicalEvent>>,
+    },
+    /// Its association changed without a message from it.
+    Attach {
+        /// The patient it reports for now, if any.
+        attachment: Option<Box<Attachment>>,
     },
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use time::OffsetDateTime;
-use vigil_actors::device::{Attachment, DeviceRegistry};
-use vigil_actors::{ClinicalEvent, DeviceId, Envelope, MessageKey, Phi};
+use vigil_actors::device::{Attachment, ChangedBy, DeviceRegistry, QuarantinedReading};
+use vigil_actors::{ClinicalEvent, DeviceId, Envelope, EventKind, MessageKey, Phi};
 
 use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
 use super::parse::Message;
@@ -97,6 +97,12 @@ fn devices_named(msg: &Message) -> Vec<DeviceId> {
         devices.push(DeviceId(name.to_string()));
     }
     devices
+}
+
+/// A PCD-01 report that names no patient: no PID, or a PID without an identifier. Its
+/// readings belong to the patient its device is associated with, or are quarantined.
+fn names_no_patient(msg: &Message) -> bool {
+    msg.segment("PID").is_none_or(|pid| pid.text(3).trim().is_empty())
 }
 
 /// A reply that may still be waiting for durability.
@@ -189,6 +195,12 @@ impl Hl7Feed {
         }
         let received_at = self.ingress.clock().now();
         let (code, trigger, _) = msg.message_type();
+        if let Some(devices) = &self.devices {
+            let named = devices_named(&msg);
+            if code == "ORU" && trigger == "R01" && !named.is_empty() && names_no_patient(&msg) {
+                return self.device_reading(devices, &msg, header, mode, received_at, &named).await;
+            }
+        }
         let events = match FEEDS.iter().find(|f| f.code == code && f.trigger == trigger) {
             Some(feed) => (feed.map)(&self.mapper, &msg, received_at),
             None if self.unsupported == UnsupportedPolicy::Ignore => {
@@ -216,15 +228,33 @@ impl Hl7Feed {
             }
         };
         if let Some(devices) = &self.devices {
-            // A keep-alive names its device and no event: it still counts as heard from.
-            let attachment = events.first().map(Attachment::of);
+            // ADT moves patients between beds: devices placed at those beds follow.
+            for event in events.iter().filter(|e| matches!(e.kind, EventKind::Census { .. })) {
+                if let Err(error) = devices.census(ChangedBy::HL7, event).await {
+                    tracing::error!(control_id = %header.control_id, %error, "device associations not updated by census");
+                }
+            }
+            // A device's message that names a patient associates it with them. A keep-alive
+            // names its device and no event: it still counts as heard from.
+            let named_patient = events.first().map(Attachment::of);
             for device in devices_named(&msg) {
-                devices.seen(&device, attachment.clone()).await;
+                devices.seen(ChangedBy::HL7, &device, named_patient.clone()).await;
             }
         }
         if events.is_empty() {
             tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
         }
+        self.submit(&msg, header, mode, received_at, events).await
+    }
+
+    async fn submit(
+        self: &Arc<Self>,
+        msg: &Message,
+        header: AckHeader,
+        mode: AckMode,
+        received_at: OffsetDateTime,
+        events: Vec<ClinicalEvent>,
+    ) -> Pending {
         let envelope = Envelope {
             key: MessageKey::hl7(format!("{}|{}", msg.sending_application(), msg.sending_facility()), msg.control_id()),
             raw: Phi(msg.raw().to_string()),
@@ -232,6 +262,49 @@ impl Hl7Feed {
         };
         let submission = self.ingress.submit(envelope, events).await;
         Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
+    }
+
+    /// A PCD-01 report naming no patient: its readings go to the patient the first device it
+    /// names is associated with now, or are quarantined (stored durably before the ACK,
+    /// counted, listed by `GET /api/quarantine`, never a patient's).
+    async fn device_reading(
+        self: &Arc<Self>,
+        devices: &DeviceRegistry,
+        msg: &Message,
+        header: AckHeader,
+        mode: AckMode,
+        received_at: OffsetDateTime,
+        named: &[DeviceId],
+    ) -> Pending {
+        let observations = self.mapper.oru_observations(msg, received_at);
+        let mut reports_for = None;
+        for (i, device) in named.iter().enumerate() {
+            let current = devices.seen(ChangedBy::HL7, device, None).await;
+            if i == 0 {
+                reports_for = current;
+            }
+        }
+        let events = match (reports_for, named.first()) {
+            _ if observations.is_empty() => Vec::new(),
+            (Some(patient), _) => vec![patient.event(received_at, EventKind::Observations { observations })],
+            (None, Some(device)) => {
+                let reading = QuarantinedReading {
+                    device: device.clone(),
+                    received_at,
+                    feed: "hl7".into(),
+                    message: msg.control_id().to_string(),
+                    observations,
+                };
+                if let Err(error) = devices.quarantine(reading).await {
+                    tracing::error!(control_id = %header.control_id, %error, "quarantined reading not stored; sender told to resend");
+                    self.ingress.refused();
+                    return Pending::Ready(self.answer(&header, mode, Outcome::NotStored));
+                }
+                Vec::new()
+            }
+            (None, None) => Vec::new(),
+        };
+        self.submit(msg, header, mode, received_at, events).await
     }
 
     /// The reply to a frame over the size limit.
