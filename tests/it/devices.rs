@@ -292,3 +292,45 @@ async fn unassociated_readings_are_quarantined_and_beds_transfers_and_the_api_de
     assert!(device_records.iter().all(|r| !r.outcome.contains("MRN-")), "no MRN in the audit log");
     assert!(audit.verify().problems.is_empty(), "the chain verifies");
 }
+
+/// Leads off inside a PCD-01 report (an OBX carrying `196876^MDC_EVT_LEAD_DISCONN^MDC`) raises
+/// one `device.technical` alert for the device's patient; the next report with valid data and
+/// no such row resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leads_off_in_pcd01_raises_a_technical_alert_that_valid_data_resolves() {
+    let dir = tempdir("leads-off");
+    let server = vigil::app::start(&config_qsofa_only(&dir)).await.unwrap();
+    let token = server.auth.issue("rrt-lo", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let mut ws = ws_connect(server.http_addr, &token).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;
+    ws_next(&mut ws, &["subscribed"], WAIT).await;
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    let ts = now_dtm();
+    let leads_off = format!(
+        "OBX|2|ST|196876^MDC_EVT_LEAD_DISCONN^MDC|1.1.1.2|||||||R|||{ts}||||MON-LO\rOBX|3|CWE|68480^MDC_ATTR_ALERT_SOURCE^MDC|1.3.1.9|0^MDC_EVT_PROBE_DISCONN^MDC||||||R|||{ts}||||MON-LO"
+    );
+    let with_leads_off = format!("{}\r{leads_off}", pcd01("LO-1", "MON-LO", Some("MRN-LO-1"), 80));
+    let ack = mllp.send(&with_leads_off).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let first = next_alert(&mut ws, "device.technical").await;
+    let second = next_alert(&mut ws, "device.technical").await;
+    let mut raised = [first, second];
+    raised.sort_by_key(|a| a["finding"].as_str().unwrap_or_default().to_string());
+    assert_eq!(raised[0]["finding"], "MON-LO|tech:MDC|196876@1.1.1.2", "{}", raised[0]);
+    assert_eq!(raised[1]["finding"], "MON-LO|tech:MDC|MDC_EVT_PROBE_DISCONN@1.3.1.9", "{}", raised[1]);
+    assert_eq!(raised[0]["status"], "active");
+    assert_eq!(raised[0]["severity"], "high", "no priority sent: shown as high");
+    assert_eq!(raised[0]["details"]["event_text"], "MDC_EVT_LEAD_DISCONN");
+    assert_eq!(raised[0]["patient"]["mrn"], "MRN-LO-1");
+    // Repeated: nothing new. Then valid data without the condition: both resolve.
+    let again = with_leads_off.replace("|LO-1|", "|LO-2|");
+    assert_eq!(ack_code(&mllp.send(&again).await.unwrap()), Some("CA"));
+    let ack = mllp.send(&pcd01("LO-3", "MON-LO", Some("MRN-LO-1"), 82)).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+    let mut resolved = [next_alert(&mut ws, "device.technical").await, next_alert(&mut ws, "device.technical").await];
+    resolved.sort_by_key(|a| a["finding"].as_str().unwrap_or_default().to_string());
+    for (before, after) in raised.iter().zip(&resolved) {
+        assert_eq!((&after["id"], &after["status"]), (&before["id"], &json!("resolved")), "{after}");
+    }
+    server.shutdown().await;
+}

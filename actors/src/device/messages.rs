@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use crate::model::ClinicalEvent;
 
 use super::state::Attachment;
+use super::technical::TechnicalReport;
 
 /// A message to a device actor.
 #[derive(Debug)]
@@ -16,8 +17,12 @@ pub enum DeviceMsg {
         at: OffsetDateTime,
         /// The patient it reports for now, if any (boxed: it is large and often absent).
         attachment: Option<Box<Attachment>>,
-        /// The event resolving `device.offline`, when it was silent.
-        reply: RpcReplyPort<Option<ClinicalEvent>>,
+        /// What the message said of its technical state (leads off ...), when it carried
+        /// observations.
+        report: Option<Box<TechnicalReport>>,
+        /// The events to store: `device.offline` resolved when it was silent, technical
+        /// conditions raised or resolved.
+        reply: RpcReplyPort<Vec<ClinicalEvent>>,
     },
     /// Judge silence at `now`.
     Check {

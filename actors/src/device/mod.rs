@@ -8,6 +8,7 @@ pub mod links;
 mod messages;
 mod registry;
 mod state;
+pub mod technical;
 
 pub use actor::{DeviceActor, DeviceArgs};
 pub use alarm::{
@@ -21,3 +22,4 @@ pub use links::{
 pub use messages::DeviceMsg;
 pub use registry::{ChangedBy, DeviceError, DeviceRegistry, MAX_BEDS};
 pub use state::{Attachment, DeviceConfig, DeviceState};
+pub use technical::{TechnicalCondition, TechnicalReport};

@@ -16,6 +16,7 @@ use super::actor::{DeviceActor, DeviceArgs};
 use super::links::{AssociationAudit, DeviceRecord, DeviceStore, LinkError, Links, QuarantinedReading, Touched};
 use super::messages::DeviceMsg;
 use super::state::{Attachment, DeviceConfig};
+use super::technical::TechnicalReport;
 use crate::model::{CensusAction, ClinicalEvent, DeviceId, EventKind, Location};
 use crate::ports::{Clock, StoreError};
 use crate::router::Router;
@@ -193,9 +194,16 @@ impl DeviceRegistry {
 
     /// `device` was heard from now. When its message named a patient (`named`), it reports
     /// for them from now on; otherwise for its current association. Returns the patient its
-    /// readings belong to (`None`: quarantine them). When it had been silent, the
-    /// `device.offline` it raised is resolved and stored before this returns.
-    pub async fn seen(&self, by: ChangedBy<'_>, device: &DeviceId, named: Option<Attachment>) -> Option<Attachment> {
+    /// readings belong to (`None`: quarantine them). Before this returns, the `device.offline`
+    /// it raised when silent is resolved, and the technical conditions of `report` (leads off
+    /// ...) are raised or resolved, and stored.
+    pub async fn seen(
+        &self,
+        by: ChangedBy<'_>,
+        device: &DeviceId,
+        named: Option<Attachment>,
+        report: Option<TechnicalReport>,
+    ) -> Option<Attachment> {
         let current = match named {
             Some(patient) => {
                 let now = self.clock.now();
@@ -212,11 +220,14 @@ impl DeviceRegistry {
         let at = self.clock.now();
         let (tx, rx) = oneshot::channel();
         let attachment = current.clone().map(Box::new);
-        if actor.cast(DeviceMsg::Seen { at, attachment, reply: tx.into() }).is_err() {
+        let report = report.map(Box::new);
+        if actor.cast(DeviceMsg::Seen { at, attachment, report, reply: tx.into() }).is_err() {
             return current;
         }
-        if let Ok(Some(event)) = rx.await {
-            self.offline.fetch_sub(1, Ordering::Relaxed);
+        for event in rx.await.unwrap_or_default() {
+            if matches!(event.kind, EventKind::DeviceSilence { offline: false, .. }) {
+                self.offline.fetch_sub(1, Ordering::Relaxed);
+            }
             self.store(event).await;
         }
         current
@@ -272,7 +283,7 @@ impl DeviceRegistry {
         };
         if let Err(error) = stored {
             // The next check or sighting decides again only on a change: say so loudly.
-            tracing::error!(%patient, %error, "device silence change not stored");
+            tracing::error!(%patient, %error, "device alert change not stored");
         }
     }
 
@@ -348,7 +359,7 @@ mod tests {
         };
         // Reports every 60 s: the interval is learnt; silence past 3 x 60 s is offline.
         for _ in 0..4 {
-            devices.seen(ChangedBy::HL7, &monitor, Some(attachment())).await;
+            devices.seen(ChangedBy::HL7, &monitor, Some(attachment()), None).await;
             advance(Duration::seconds(60));
         }
         assert_eq!(devices.check_silence().await, 0, "one interval late is not offline");
@@ -356,7 +367,7 @@ mod tests {
         assert_eq!(devices.check_silence().await, 1, "185 s silent: offline");
         assert_eq!(devices.check_silence().await, 0, "raised once");
         advance(Duration::seconds(30));
-        devices.seen(ChangedBy::HL7, &monitor, None).await;
+        devices.seen(ChangedBy::HL7, &monitor, None, None).await;
         router.shutdown().await;
         let published = publisher.published.lock().unwrap().clone();
         let changes: Vec<_> = published.iter().map(|c| (c.alert.rule.id.as_str(), c.alert.status)).collect();
@@ -377,12 +388,12 @@ mod tests {
         let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let config = DeviceConfig { max_devices: 2, ..DeviceConfig::default() };
         let devices = DeviceRegistry::new(router, clock.clone(), config, Arc::new(MemoryDeviceStore::default()));
-        devices.seen(ChangedBy::HL7, &DeviceId("no-patient".into()), None).await;
-        devices.seen(ChangedBy::HL7, &DeviceId("once".into()), Some(attachment())).await;
-        devices.seen(ChangedBy::HL7, &DeviceId("third".into()), Some(attachment())).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("no-patient".into()), None, None).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("once".into()), Some(attachment()), None).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("third".into()), Some(attachment()), None).await;
         assert_eq!((devices.device_count(), devices.untracked.load(Ordering::Relaxed)), (2, 1));
         *clock.0.lock().unwrap() += Duration::hours(2);
-        devices.seen(ChangedBy::HL7, &DeviceId("no-patient".into()), None).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("no-patient".into()), None, None).await;
         *clock.0.lock().unwrap() += Duration::hours(2);
         assert_eq!(devices.check_silence().await, 0);
         assert!(store.events().is_empty());

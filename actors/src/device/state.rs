@@ -82,12 +82,22 @@ pub struct DeviceState {
     /// Since when it is silent past its threshold, and the patient `device.offline` was
     /// raised for (resolved there, whoever the device reports for by then).
     pub offline: Option<(OffsetDateTime, Attachment)>,
+    /// Technical conditions active (leads off, probe off).
+    pub technical: super::technical::Technical,
 }
 
 impl DeviceState {
     /// A device never heard from.
     pub fn new(id: DeviceId, config: DeviceConfig) -> Self {
-        DeviceState { id, config, attachment: None, last_seen: None, gaps: VecDeque::new(), offline: None }
+        DeviceState {
+            id,
+            config,
+            attachment: None,
+            last_seen: None,
+            gaps: VecDeque::new(),
+            offline: None,
+            technical: Default::default(),
+        }
     }
 
     /// The interval it reports at: configured, else the median of recent gaps.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use time::OffsetDateTime;
-use vigil_actors::device::{Attachment, ChangedBy, DeviceRegistry, QuarantinedReading};
-use vigil_actors::{ClinicalEvent, DeviceId, Envelope, EventKind, MessageKey, Phi};
+use vigil_actors::device::{Attachment, ChangedBy, DeviceRegistry, QuarantinedReading, TechnicalReport};
+use vigil_actors::{ClinicalEvent, DeviceId, Envelope, EventKind, MessageKey, Observation, Phi};
 
 use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
 use super::parse::Message;
@@ -97,6 +97,28 @@ fn devices_named(msg: &Message) -> Vec<DeviceId> {
         devices.push(DeviceId(name.to_string()));
     }
     devices
+}
+
+/// What a PCD-01 report (ORU^R01) says of the technical state of each device it names, in
+/// the order of `named`: the conditions (leads off, probe off) its OBX rows carry for it (rows
+/// without OBX-18 belong to the first device), and whether it carried a valid measurement of
+/// that device. Other messages say nothing.
+fn technical_reports(msg: &Message, named: &[DeviceId], observations: &[Observation]) -> Vec<Option<TechnicalReport>> {
+    let (code, trigger, _) = msg.message_type();
+    if code != "ORU" || trigger != "R01" {
+        return vec![None; named.len()];
+    }
+    let found = crate::ingest::map::technical::technical_conditions(msg);
+    named
+        .iter()
+        .enumerate()
+        .map(|(i, device)| {
+            let ours = |sent: Option<&str>| sent.map_or(i == 0, |d| d.is_empty() && i == 0 || d == device.0);
+            let conditions = found.iter().filter(|(d, _)| ours(Some(d))).map(|(_, c)| c.clone()).collect();
+            let valid_data = observations.iter().any(|o| o.value.is_some() && ours(o.device.as_deref()));
+            Some(TechnicalReport { conditions, valid_data })
+        })
+        .collect()
 }
 
 /// A PCD-01 report that names no patient: no PID, or a PID without an identifier. Its
@@ -237,8 +259,14 @@ impl Hl7Feed {
             // A device's message that names a patient associates it with them. A keep-alive
             // names its device and no event: it still counts as heard from.
             let named_patient = events.first().map(Attachment::of);
-            for device in devices_named(&msg) {
-                devices.seen(ChangedBy::HL7, &device, named_patient.clone()).await;
+            let named = devices_named(&msg);
+            let observations = match events.first().map(|e| &e.kind) {
+                Some(EventKind::Observations { observations }) => observations.as_slice(),
+                _ => &[],
+            };
+            let reports = technical_reports(&msg, &named, observations);
+            for (device, report) in named.iter().zip(reports) {
+                devices.seen(ChangedBy::HL7, device, named_patient.clone(), report).await;
             }
         }
         if events.is_empty() {
@@ -277,9 +305,10 @@ impl Hl7Feed {
         named: &[DeviceId],
     ) -> Pending {
         let observations = self.mapper.oru_observations(msg, received_at);
+        let reports = technical_reports(msg, named, &observations);
         let mut reports_for = None;
-        for (i, device) in named.iter().enumerate() {
-            let current = devices.seen(ChangedBy::HL7, device, None).await;
+        for (i, (device, report)) in named.iter().zip(reports).enumerate() {
+            let current = devices.seen(ChangedBy::HL7, device, None, report).await;
             if i == 0 {
                 reports_for = current;
             }
