@@ -253,12 +253,15 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
         .with_default_offset(config.hl7.default_utc_offset);
     let ingress = Arc::new(Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits));
-    let fhir = Arc::new(crate::ingest::fhir::FhirFeed::new(
-        Arc::clone(&ingress),
-        mapper.clone(),
-        config.fhir.clone(),
-        Arc::clone(&events),
-    ));
+    let fhir = Arc::new(
+        crate::ingest::fhir::FhirFeed::new(
+            Arc::clone(&ingress),
+            mapper.clone(),
+            config.fhir.clone(),
+            Arc::clone(&events),
+        )
+        .with_devices(Arc::clone(&devices)),
+    );
     let hl7 = Arc::new(
         Hl7Feed::new(Arc::clone(&ingress), mapper, config.mllp.application.clone(), config.mllp.facility.clone())
             .with_unsupported(config.hl7.unsupported)

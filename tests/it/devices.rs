@@ -334,3 +334,72 @@ async fn leads_off_in_pcd01_raises_a_technical_alert_that_valid_data_resolves() 
     }
     server.shutdown().await;
 }
+
+/// FHIR Observations feed the same device registry and actors as PCD-01: the device an
+/// Observation names (an EUI-64 under the PHD system) reports for its subject from then on, an
+/// Observation carrying a leads-off MDC code raises `device.technical`, and the next one with a
+/// value resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_observations_report_their_device_and_carry_technical_conditions() {
+    const SYSTEM: &str = "http://hospital.example.org/mrn";
+    const PHD: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
+    let dir = tempdir("fhir-device");
+    let mut config = config_qsofa_only(&dir);
+    config.fhir.identifier_systems.insert("HOSP".into(), SYSTEM.into());
+    let server = vigil::app::start(&config).await.unwrap();
+    let rrt = server.auth.issue("rrt-fd", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let gateway = server.auth.issue("gw-fd", Role::Gateway, Vec::new(), time::Duration::hours(1));
+    let api = Api::new(&server);
+    let mut ws = ws_connect(server.http_addr, &rrt).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;
+    ws_next(&mut ws, &["subscribed"], WAIT).await;
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    let ack = mllp.send(&adt("FD-A01", "A01", "MRN-FD-1", "ICU^10^A")).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("AA"), "{ack}");
+
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let observation = |code: Value, value: Option<Value>| {
+        let mut o = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": code,
+            "subject": {"identifier": {"system": SYSTEM, "value": "MRN-FD-1"}},
+            "device": {"identifier": {"system": PHD, "value": "71-10-00-FE-FF-5F-49-B0"}},
+            "effectiveDateTime": now,
+        });
+        if let Some(value) = value {
+            o["valueQuantity"] = value;
+        }
+        o
+    };
+    let post = |body: Value| {
+        api.http
+            .post(format!("{}/fhir/Observation", api.base))
+            .bearer_auth(&gateway)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    let leads_off = observation(
+        json!({"coding": [{"system": "urn:iso:std:iso:11073:10101", "code": "196876", "display": "MDC_EVT_LEAD_DISCONN"}]}),
+        None,
+    );
+    let answer = post(leads_off).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "nothing stored as an observation");
+    let raised = next_alert(&mut ws, "device.technical").await;
+    assert_eq!(raised["finding"], "711000FEFF5F49B0|tech:MDC|196876", "{raised}");
+    assert_eq!(raised["patient"]["mrn"], "MRN-FD-1");
+    let (_, device) = api.get("/api/devices/711000FEFF5F49B0", &rrt).await;
+    assert_eq!(device["association"]["source"], "message", "{device}");
+
+    let heart_rate = observation(
+        json!({"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}),
+        Some(json!({"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"})),
+    );
+    let answer = post(heart_rate).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 201);
+    let resolved = next_alert(&mut ws, "device.technical").await;
+    assert_eq!((&resolved["id"], &resolved["status"]), (&raised["id"], &json!("resolved")), "{resolved}");
+    assert_eq!(api.metric("vigil_devices_live", &rrt).await, Some(1.0));
+    server.shutdown().await;
+}
