@@ -85,6 +85,14 @@ impl Store {
         }
     }
 
+    /// Where device placements, associations and quarantined readings are kept.
+    fn devices(&self) -> Arc<dyn vigil_actors::device::DeviceStore> {
+        match self {
+            Store::Embedded(s) => Arc::new(s.clone()),
+            Store::Scylla(s, _) => Arc::new(s.clone()),
+        }
+    }
+
     /// The node-local database for the audit log and webhook cursors: the embedded store's
     /// own, or a small one in the data directory beside a ScyllaDB deployment.
     fn local(&self) -> fjall::Database {
@@ -235,11 +243,18 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         .with_live_feed(Arc::new(live.clone())),
     );
     let authorities = crate::ingest::map::Authorities::new(&config.fhir.identifier_systems)?;
-    let devices = Arc::new(vigil_actors::device::DeviceRegistry::new(
-        Arc::clone(&router),
-        Arc::clone(&clock),
-        vigil_actors::device::DeviceConfig::default(),
-    ));
+    let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;
+    let audit = crate::audit::AuditLog::open(store.local(), audit_key).context("opening the audit log")?;
+    let devices = Arc::new(
+        vigil_actors::device::DeviceRegistry::new(
+            Arc::clone(&router),
+            Arc::clone(&clock),
+            config.devices.silence,
+            store.devices(),
+        )
+        .with_audit(Arc::new(audit.clone())),
+    );
+    devices.restore().await.context("reading device associations")?;
     let mapper = Mapper::new(Vocabulary::shipped(), BlindIndex::new(&index_key))
         .with_authorities(authorities)
         .with_mrn_type(config.hl7.mrn_identifier_type.clone())
@@ -252,12 +267,15 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
             .with_stages(stages)
             .with_store_gate(crate::store::health::StoreGate::new(store_up_rx, config.store.unavailable_ack_delay)),
     );
-    let fhir = Arc::new(crate::ingest::fhir::FhirFeed::new(
-        Arc::clone(&ingress),
-        mapper.clone(),
-        config.fhir.clone(),
-        Arc::clone(&events),
-    ));
+    let fhir = Arc::new(
+        crate::ingest::fhir::FhirFeed::new(
+            Arc::clone(&ingress),
+            mapper.clone(),
+            config.fhir.clone(),
+            Arc::clone(&events),
+        )
+        .with_devices(Arc::clone(&devices)),
+    );
     let hl7 = Arc::new(
         Hl7Feed::new(Arc::clone(&ingress), mapper, config.mllp.application.clone(), config.mllp.facility.clone())
             .with_unsupported(config.hl7.unsupported)
@@ -272,8 +290,6 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let http_addr = http_listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;
-    let audit = crate::audit::AuditLog::open(store.local(), audit_key).context("opening the audit log")?;
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
     let http_tls = match &config.http.tls {
@@ -332,7 +348,10 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         idle_timeout: config.http.idle_timeout,
         max_connections: config.http.max_connections,
     };
-    let app = http::routes(state).layer(axum::Extension(webhook_ledger)).layer(axum::Extension(fhir));
+    let app = http::routes(state)
+        .layer(axum::Extension(webhook_ledger))
+        .layer(axum::Extension(fhir))
+        .layer(axum::Extension(Arc::clone(&devices)));
     // Failed-authentication windows that closed are audited every window, and at shutdown.
     let flush = move |last: bool| match last {
         false => auth_failures.flush(std::time::Instant::now(), &audit),
@@ -354,7 +373,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         Arc::clone(&clock),
         shutdown.subscribe(),
     ));
-    let device_watch = tokio::spawn(watch_devices(Arc::clone(&devices), shutdown.subscribe()));
+    let device_watch =
+        tokio::spawn(watch_devices(Arc::clone(&devices), config.devices.check_every, shutdown.subscribe()));
     let metrics_upkeep = tokio::spawn(metrics.upkeep(shutdown.subscribe()));
     let passivation =
         config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
@@ -397,10 +417,14 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     })
 }
 
-/// Judge device silence every 10 s (by the clock port): a device silent past its threshold
+/// Judge device silence every `[devices] check_every_secs` (by the clock port): a device silent past its threshold
 /// raises `device.offline` for its patient.
-async fn watch_devices(devices: Arc<vigil_actors::device::DeviceRegistry>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+async fn watch_devices(
+    devices: Arc<vigil_actors::device::DeviceRegistry>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -502,6 +502,20 @@ pub mod cli {
     }
 }
 
+/// Device associations are audited like console actions: `device.associate` (to a patient)
+/// or `device.dissociate`, the device as target, the patients by opaque id and the cause.
+impl vigil_actors::device::AssociationAudit for AuditLog {
+    fn association_changed(&self, user: &str, role: &str, change: &vigil_actors::device::AssociationChange) {
+        let describe = |side: &Option<(vigil_actors::PatientId, vigil_actors::device::AssociationSource)>| match side {
+            Some((patient, source)) => format!("{patient} by {}", source.as_str()),
+            None => "none".to_string(),
+        };
+        let action = if change.after.is_some() { "device.associate" } else { "device.dissociate" };
+        let outcome = format!("ok: {} -> {} ({})", describe(&change.before), describe(&change.after), change.cause);
+        self.record(user, role, action, &change.device.0, &outcome);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,57 @@ pub struct FileConfig {
     /// `[http]` section.
     #[serde(default)]
     pub http: HttpFileConfig,
+    /// `[devices]` section.
+    #[serde(default)]
+    pub devices: DevicesFileConfig,
+}
+
+/// `[devices]`: how device silence is judged (docs/devices.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesFileConfig {
+    /// The interval devices report at, in seconds; absent or 0: learnt per device (median of
+    /// its recent gaps).
+    pub interval_secs: Option<u64>,
+    /// Silent for this many intervals: `device.offline` (default 3).
+    pub offline_multiplier: Option<u32>,
+    /// Never offline sooner than this many seconds after the last report (default 60).
+    pub offline_floor_secs: Option<u64>,
+    /// Devices tracked at most (default 10,000).
+    pub max_devices: Option<usize>,
+    /// How often silence is judged, in seconds (default 10).
+    pub check_every_secs: Option<u64>,
+}
+
+/// `[devices]`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSettings {
+    /// How silence is judged.
+    pub silence: vigil_actors::device::DeviceConfig,
+    /// How often.
+    pub check_every: Duration,
+}
+
+impl DeviceSettings {
+    fn from_file(file: &DevicesFileConfig) -> Self {
+        let defaults = vigil_actors::device::DeviceConfig::default();
+        let seconds = |s: u64| time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
+        DeviceSettings {
+            silence: vigil_actors::device::DeviceConfig {
+                offline_intervals: file.offline_multiplier.unwrap_or(defaults.offline_intervals),
+                offline_floor: file.offline_floor_secs.map_or(defaults.offline_floor, seconds),
+                interval: file.interval_secs.filter(|s| *s > 0).map(seconds),
+                max_devices: file.max_devices.unwrap_or(defaults.max_devices),
+            },
+            check_every: Duration::from_secs(file.check_every_secs.unwrap_or(10)),
+        }
+    }
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings::from_file(&DevicesFileConfig::default())
+    }
 }
 
 /// `[fhir]`: the FHIR R4 REST and NDJSON feed (docs/fhir.md).
@@ -496,6 +547,8 @@ pub struct Config {
     pub webhooks: Vec<crate::alerts::webhooks::WebhookEndpoint>,
     /// Storage and key locations.
     pub store: StoreSettings,
+    /// `[devices]`: device silence.
+    pub devices: DeviceSettings,
 }
 
 /// Which store adapter runs.
@@ -636,7 +689,9 @@ impl Config {
                 consistency: scylla_file.consistency.unwrap_or_else(|| "local_quorum".into()),
             },
         };
+        let devices = DeviceSettings::from_file(&file.devices);
         let config = Config {
+            devices,
             fhir: FhirSettings::from_file(file.fhir),
             mllp_addr: args.mllp_addr.or(file.mllp_addr).unwrap_or(([127, 0, 0, 1], 2575).into()),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 8080).into()),
@@ -688,6 +743,15 @@ impl Config {
 
     /// Check values a file or flag could get wrong.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.devices.silence.offline_intervals == 0 {
+            bail!("devices.offline_multiplier must be at least 1");
+        }
+        if self.devices.silence.max_devices == 0 {
+            bail!("devices.max_devices must be at least 1");
+        }
+        if self.devices.check_every.is_zero() {
+            bail!("devices.check_every_secs must be at least 1");
+        }
         if self.mllp.max_frame_bytes < 1024 {
             bail!("mllp.max_frame_bytes must be at least 1024");
         }

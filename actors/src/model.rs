@@ -58,7 +58,7 @@ pub struct PatientKey {
 }
 
 /// Where a patient is: unit, room and bed (HL7 PV1-3).
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
 pub struct Location {
     /// Nursing unit / point of care, e.g. `ICU`.
     pub unit: String,

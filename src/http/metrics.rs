@@ -48,6 +48,15 @@ pub const WEBHOOK_DEAD_LETTERED: &str = "vigil_webhook_dead_lettered_total";
 /// `unit_unknown`, `implausible`, `not_numeric`, `unknown_answer`): both bounded sets.
 pub const OBSERVATIONS_DROPPED: &str = "vigil_observations_dropped_total";
 
+/// Devices with a live actor (heard from since start, within `[devices] max_devices`).
+pub const DEVICES_LIVE: &str = "vigil_devices_live";
+/// Devices silent past their threshold (`device.offline` raised, not yet back).
+pub const DEVICES_OFFLINE: &str = "vigil_devices_offline";
+/// Readings of devices with no current association, quarantined since start.
+pub const DEVICE_QUARANTINED: &str = "vigil_device_quarantined_readings_total";
+/// Sightings of devices beyond `[devices] max_devices`, not tracked.
+pub const DEVICES_UNTRACKED: &str = "vigil_device_untracked_sightings_total";
+
 /// Console WebSocket sessions open.
 pub const WEBSOCKET_SESSIONS: &str = "vigil_websocket_sessions";
 
@@ -179,6 +188,10 @@ impl Metrics {
                 metrics::Unit::Seconds,
                 "seconds an HL7 message spends in each stage of its path, by stage"
             );
+            metrics::describe_gauge!(DEVICES_LIVE, "devices with a live actor");
+            metrics::describe_gauge!(DEVICES_OFFLINE, "devices silent past their threshold (device.offline raised)");
+            metrics::describe_counter!(DEVICE_QUARANTINED, "readings of unassociated devices quarantined");
+            metrics::describe_counter!(DEVICES_UNTRACKED, "sightings of devices beyond max_devices, not tracked");
         });
     }
 
@@ -223,6 +236,7 @@ impl Metrics {
 pub async fn render(
     axum::extract::State(state): State<AppState>,
     webhooks: Option<axum::Extension<crate::alerts::webhooks::Webhooks>>,
+    devices: Option<axum::Extension<std::sync::Arc<vigil_actors::device::DeviceRegistry>>>,
     request: axum::extract::Request,
 ) -> Result<impl IntoResponse, super::error::ApiError> {
     if state.metrics_require_auth {
@@ -263,6 +277,12 @@ pub async fn render(
                 .absolute(n);
         }
         metrics::gauge!(WEBSOCKET_SESSIONS).set(state.ws_sessions.count() as f64);
+        if let Some(axum::Extension(devices)) = &devices {
+            metrics::gauge!(DEVICES_LIVE).set(devices.device_count() as f64);
+            metrics::gauge!(DEVICES_OFFLINE).set(devices.offline_count() as f64);
+            metrics::counter!(DEVICE_QUARANTINED).absolute(devices.quarantined.load(Ordering::Relaxed));
+            metrics::counter!(DEVICES_UNTRACKED).absolute(devices.untracked.load(Ordering::Relaxed));
+        }
     });
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()))
 }

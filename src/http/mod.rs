@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod console;
+pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -85,6 +86,7 @@ pub fn routes(state: AppState) -> Router {
         .merge(api::routes())
         .merge(rules_api::routes())
         .merge(webhooks::routes())
+        .merge(devices::routes())
         .merge(crate::ingest::fhir::http::routes())
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .layer(axum::middleware::from_fn_with_state(security, security::add_headers))

@@ -341,3 +341,77 @@ async fn alert_changes(
     assert_eq!(paged, expected, "paging returns each change once, in order");
     assert!(alerts.alerts_after(u64::MAX, 10).await.unwrap().is_empty());
 }
+
+/// What every [`DeviceStore`](vigil_actors::device::DeviceStore) keeps: device records and bed
+/// occupants replaced by key and read back whole (empty beds included), and quarantined
+/// readings newest first, at most the limit asked.
+pub async fn devices(store: Arc<dyn vigil_actors::device::DeviceStore>) {
+    use vigil_actors::device::{
+        Association, AssociationSource, Attachment, BedRecord, DeviceRecord, QuarantinedReading,
+    };
+    use vigil_actors::{Demographics, DeviceId, Location, Observation, PatientId, PatientKey, Phi, ResultStatus};
+
+    let t0 = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp() - 600).unwrap();
+    let run: u32 = rand::random();
+    let unit = format!("CONF-{run}");
+    let bed = Location { unit: unit.clone(), room: "4".into(), bed: "B".into() };
+    let patient = Attachment {
+        patient_id: PatientId("conf-dev-p".into()),
+        patient: PatientKey { authority: "HOSP".into(), mrn: Phi("MRN-CONF".into()) },
+        demographics: Demographics::default(),
+        location: Some(bed.clone()),
+    };
+    let monitor = DeviceId(format!("CONF-MON-{run}"));
+    let placed = DeviceRecord { id: monitor.clone(), bed: Some(bed.clone()), association: None };
+    store.put_device(&placed).await.unwrap();
+    let associated = DeviceRecord {
+        association: Some(Association { patient: patient.clone(), source: AssociationSource::Bed, since: t0 }),
+        ..placed.clone()
+    };
+    store.put_device(&associated).await.unwrap();
+    let other = DeviceRecord { id: DeviceId(format!("CONF-PUMP-{run}")), bed: None, association: None };
+    store.put_device(&other).await.unwrap();
+    let mut devices = store.devices().await.unwrap();
+    devices.retain(|d| d.id.0.ends_with(&format!("-{run}")));
+    devices.sort_by(|a, b| a.id.0.cmp(&b.id.0));
+    assert_eq!(devices, vec![associated, other], "a device's record is replaced, not added");
+
+    store.put_bed(&BedRecord { bed: bed.clone(), occupant: Some(patient.clone()) }).await.unwrap();
+    let other_bed = Location { unit: unit.clone(), room: "4".into(), bed: "C".into() };
+    store.put_bed(&BedRecord { bed: other_bed.clone(), occupant: Some(patient) }).await.unwrap();
+    store.put_bed(&BedRecord { bed: bed.clone(), occupant: None }).await.unwrap();
+    let mut beds = store.beds().await.unwrap();
+    beds.retain(|b| b.bed.unit == unit);
+    beds.sort_by(|a, b| a.bed.bed.cmp(&b.bed.bed));
+    assert_eq!(beds.len(), 2);
+    assert_eq!((beds[0].bed.clone(), beds[0].occupant.is_none()), (bed, true), "an emptied bed reads back empty");
+    assert_eq!(beds[1].bed, other_bed);
+
+    // Newest first: a run against a shared cluster writes after everything else it reads.
+    let tq = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::hours(1);
+    let reading = |i: i64| QuarantinedReading {
+        device: monitor.clone(),
+        received_at: tq + time::Duration::seconds(i),
+        feed: "hl7".into(),
+        message: format!("Q-{i}"),
+        observations: vec![Observation {
+            name: "hr".into(),
+            value: Some(70.0 + i as f64),
+            text: None,
+            unit: "/min".into(),
+            observed_at: tq + time::Duration::seconds(i),
+            source_code: "MDC|147842".into(),
+            device: Some(monitor.0.clone()),
+            status: ResultStatus::Final,
+            result_key: String::new(),
+            reference_range: None,
+            abnormal_flags: Vec::new(),
+        }],
+    };
+    for i in 0..3 {
+        store.quarantine(&reading(i)).await.unwrap();
+    }
+    let newest = store.quarantined(2).await.unwrap();
+    assert_eq!(newest.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), vec!["Q-2", "Q-1"]);
+    assert_eq!(newest[0], reading(2), "a quarantined reading reads back as written");
+}

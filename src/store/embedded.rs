@@ -20,10 +20,12 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use vigil_actors::device::{BedRecord, DeviceRecord, DeviceStore, QuarantinedReading};
 use vigil_actors::{
     AcceptedMessage, Alert, AlertId, AlertPublisher, AlertStatus, AlertStore, ClinicalEvent, Durable, EventStore,
     FromMessage, MessageKey, MessageLog, PatientId, RecordedEvent, SequencedAlert, StoreError,
 };
+use vigil_actors::{DeviceId, Location};
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -65,6 +67,10 @@ struct Keyspaces {
     /// The first commit that failed. fjall poisons its database on a failed journal write
     /// (a full disk): no later write succeeds until the store is reopened.
     write_failure: std::sync::OnceLock<String>,
+    /// Device placements and associations (`d\0<device>`), bed occupants (`b\0<bed>`).
+    device_links: Keyspace,
+    /// Readings of unassociated devices, by time received then a counter.
+    quarantine: Keyspace,
 }
 
 /// The fjall-backed store. Cloning shares it.
@@ -125,6 +131,8 @@ impl EmbeddedStore {
             None => 0,
         };
         let open_index = db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let device_links = db.keyspace(DEVICE_LINKS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let quarantine = db.keyspace(QUARANTINE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let ks = Arc::new(Keyspaces {
             db,
             keys,
@@ -134,6 +142,8 @@ impl EmbeddedStore {
             alert_log,
             open_index,
             write_failure: std::sync::OnceLock::new(),
+            device_links,
+            quarantine,
         });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -193,6 +203,8 @@ const EVENTS: &str = "events";
 const MESSAGES: &str = "messages";
 const ALERTS: &str = "alerts";
 const ALERT_LOG: &str = "alert_log";
+const DEVICE_LINKS: &str = "device_links";
+const QUARANTINE: &str = "quarantine";
 
 fn seal(keys: &KeyRing, table: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
     keys.seal(Aad { table, key, column: "record" }, plaintext)
@@ -498,6 +510,89 @@ fn stored_alert(ks: &Keyspaces, id: &str) -> Result<Option<SequencedAlert>, Stor
     }
 }
 
+/// A device's key in `device_links`.
+fn device_key(id: &DeviceId) -> Vec<u8> {
+    let mut key = b"d\0".to_vec();
+    key.extend_from_slice(id.0.as_bytes());
+    key
+}
+
+/// A bed's key in `device_links` (unit, room and bed; NUL cannot occur in an HL7 field).
+fn bed_key(bed: &Location) -> Vec<u8> {
+    format!("b\0{}\0{}\0{}", bed.unit, bed.room, bed.bed).into_bytes()
+}
+
+impl EmbeddedStore {
+    /// Seal and write one row outside the commit pipeline, then make it durable (device
+    /// changes and quarantined readings are rare; each is acknowledged only once on disk).
+    async fn put_durably(&self, table: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.blocking(move |ks| {
+            let sealed = seal(&ks.keys, table, &key, &value)?;
+            let keyspace = if table == QUARANTINE { &ks.quarantine } else { &ks.device_links };
+            keyspace.insert(key, sealed).map_err(engine("write device row"))?;
+            ks.db.persist(PersistMode::SyncAll).map_err(engine("persist device row"))
+        })
+        .await
+    }
+
+    async fn links_with_prefix<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        prefix: &'static [u8],
+    ) -> Result<Vec<T>, StoreError> {
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.device_links.prefix(prefix) {
+                let (key, value) = guard.into_inner().map_err(engine("read device rows"))?;
+                out.push(open_json(&ks.keys, DEVICE_LINKS, &key, &value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Engine(format!("encode {what}: {e}")))
+}
+
+#[async_trait]
+impl DeviceStore for EmbeddedStore {
+    async fn put_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+        self.put_durably(DEVICE_LINKS, device_key(&record.id), encode("device", record)?).await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.links_with_prefix(b"d\0").await
+    }
+
+    async fn put_bed(&self, record: &BedRecord) -> Result<(), StoreError> {
+        self.put_durably(DEVICE_LINKS, bed_key(&record.bed), encode("bed", record)?).await
+    }
+
+    async fn beds(&self) -> Result<Vec<BedRecord>, StoreError> {
+        self.links_with_prefix(b"b\0").await
+    }
+
+    async fn quarantine(&self, reading: &QuarantinedReading) -> Result<(), StoreError> {
+        let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
+        let mut key = reading.received_at.unix_timestamp_nanos().to_be_bytes().to_vec();
+        key.extend_from_slice(&counter.to_be_bytes());
+        self.put_durably(QUARANTINE, key, encode("quarantined reading", reading)?).await
+    }
+
+    async fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedReading>, StoreError> {
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.quarantine.iter().rev().take(limit) {
+                let (key, value) = guard.into_inner().map_err(engine("read quarantine"))?;
+                out.push(open_json(&ks.keys, QUARANTINE, &key, &value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +713,7 @@ mod tests {
             EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
         let store = Arc::new(store);
         crate::store::conformance::run(store.clone(), publisher, crate::store::conformance::Capabilities::FULL).await;
+        crate::store::conformance::devices(store).await;
     }
 
     /// A directory removed when the test ends.

@@ -36,7 +36,10 @@ use crate::config::{Retention, StoreSettings};
 use crate::crypto::{Aad, KeyRing};
 
 /// The ordered migrations: (version, name, CQL with `{ks}` for the keyspace).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_init", include_str!("../../schemas/cql/0001_init.cql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_init", include_str!("../../schemas/cql/0001_init.cql")),
+    (2, "0002_devices", include_str!("../../schemas/cql/0002_devices.cql")),
+];
 
 /// Alert-log sequence numbers per partition.
 const LOG_BUCKET: u64 = 1024;
@@ -232,17 +235,19 @@ struct SealedMessage {
 /// A write queued for the commit pipeline: the rows of the ScyllaDB tables.
 type Job = commit::Job<Vec<SealedEvent>>;
 
-struct Shared {
-    session: Session,
+pub(super) struct Shared {
+    pub(super) session: Session,
     st: Statements,
-    keys: Arc<KeyRing>,
+    /// Device statements (`scylla_devices.rs`).
+    pub(super) device_st: super::scylla_devices::DeviceStatements,
+    pub(super) keys: Arc<KeyRing>,
     last_seq: Arc<AtomicU64>,
 }
 
 /// The ScyllaDB-backed store. Cloning shares it.
 #[derive(Clone)]
 pub struct ScyllaStore {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     tx: mpsc::Sender<Job>,
     committer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -307,7 +312,8 @@ impl ScyllaStore {
         let session = builder.build().await.map_err(|e| engine("connect")(e.to_string()))?;
         migrate(&session, &config).await?;
         let st = Statements::prepare(&session, &config).await?;
-        let shared = Arc::new(Shared { session, st, keys, last_seq: Arc::new(AtomicU64::new(0)) });
+        let device_st = super::scylla_devices::DeviceStatements::prepare(&session, &config).await?;
+        let shared = Arc::new(Shared { session, st, device_st, keys, last_seq: Arc::new(AtomicU64::new(0)) });
         let last = recover_last_seq(&shared).await?;
         shared.last_seq.store(last, Ordering::Release);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));

@@ -119,6 +119,7 @@ async fn conformance_scylla_over_kassandra() {
     let publisher = Arc::new(RecordingPublisher::default());
     let store = Arc::new(scylla_store(&server.addr.to_string(), "vigil_conf", true, publisher.clone()).await);
     conformance::run(store.clone(), publisher, Capabilities::KASSANDRA).await;
+    conformance::devices(store.clone()).await;
     store.close().await;
     // A second start on the same keyspace: migrations are recorded, not applied twice, and
     // the alert sequence continues.
@@ -156,5 +157,6 @@ async fn conformance_real_scylla_when_configured() {
     let publisher = Arc::new(RecordingPublisher::default());
     let store = Arc::new(scylla_store(&node, "vigil_test", false, publisher.clone()).await);
     conformance::run(store.clone(), publisher, Capabilities::FULL).await;
+    conformance::devices(store.clone()).await;
     store.close().await;
 }

@@ -39,12 +39,17 @@ impl Actor for DeviceActor {
         state: &mut DeviceState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DeviceMsg::Seen { at, attachment, reply } => {
-                let _ = reply.send(state.seen(at, attachment.map(|a| *a)));
+            DeviceMsg::Seen { at, attachment, report, reply } => {
+                let mut events: Vec<_> = state.seen(at, attachment.map(|a| *a)).into_iter().collect();
+                if let Some(report) = report {
+                    events.extend(state.technical.report(&state.id, at, &report, state.attachment.as_ref()));
+                }
+                let _ = reply.send(events);
             }
             DeviceMsg::Check { now, reply } => {
                 let _ = reply.send(state.check(now));
             }
+            DeviceMsg::Attach { attachment } => state.attach(attachment.map(|a| *a)),
         }
         Ok(())
     }

@@ -1,20 +1,55 @@
 //! The device registry: owns the device id -> actor map (bounded), starts a device's actor on
-//! first sight (again if it failed), and stores the `device.offline` changes its actors decide
-//! through the patient [`Router`], so they follow the patient's alert lifecycle.
+//! first sight (again if it failed), keeps which patient each device reports for ([`Links`]:
+//! by bed, by its own message, or through the API; persisted through [`DeviceStore`], every
+//! change audited through [`AssociationAudit`]), quarantines readings of devices with no
+//! patient, and stores the `device.offline` changes its actors decide through the patient
+//! [`Router`], so they follow the patient's alert lifecycle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorRef, ActorStatus};
+use ractor::{ActorRef, ActorStatus};
 use tokio::sync::oneshot;
 
 use super::actor::{DeviceActor, DeviceArgs};
+use super::links::{AssociationAudit, DeviceRecord, DeviceStore, LinkError, Links, QuarantinedReading, Touched};
 use super::messages::DeviceMsg;
 use super::state::{Attachment, DeviceConfig};
-use crate::model::{ClinicalEvent, DeviceId};
-use crate::ports::Clock;
+use super::technical::TechnicalReport;
+use crate::model::{CensusAction, ClinicalEvent, DeviceId, EventKind, Location};
+use crate::ports::{Clock, StoreError};
 use crate::router::Router;
+
+/// Occupied beds tracked at most.
+pub const MAX_BEDS: usize = 100_000;
+
+/// Who changed an association: a user of the API, or a feed.
+#[derive(Clone, Copy, Debug)]
+pub struct ChangedBy<'a> {
+    /// User id (`sub` of the token), or the feed (`feed:hl7`).
+    pub user: &'a str,
+    /// The user's role, or `system` for a feed.
+    pub role: &'a str,
+}
+
+impl ChangedBy<'static> {
+    /// The HL7 feed.
+    pub const HL7: ChangedBy<'static> = ChangedBy { user: "feed:hl7", role: "system" };
+    /// The FHIR feed.
+    pub const FHIR: ChangedBy<'static> = ChangedBy { user: "feed:fhir", role: "system" };
+}
+
+/// Why an association change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A bound was reached.
+    #[error(transparent)]
+    Bound(#[from] LinkError),
+    /// The change was made in memory but not persisted.
+    #[error("device association not stored: {0}")]
+    Store(#[from] StoreError),
+}
 
 /// Routes device sightings and silence checks to one actor per device.
 pub struct DeviceRegistry {
@@ -22,34 +57,193 @@ pub struct DeviceRegistry {
     config: DeviceConfig,
     clock: Arc<dyn Clock>,
     router: Arc<Router>,
+    links: tokio::sync::Mutex<Links>,
+    store: Arc<dyn DeviceStore>,
+    audit: Option<Arc<dyn AssociationAudit>>,
     /// Sightings of devices beyond `max_devices`, not tracked (`/metrics`).
     pub untracked: AtomicU64,
+    /// Readings quarantined since start (`/metrics`).
+    pub quarantined: AtomicU64,
+    offline: AtomicI64,
 }
 
 impl DeviceRegistry {
-    /// A registry storing its patients' device events through `router`.
-    pub fn new(router: Arc<Router>, clock: Arc<dyn Clock>, config: DeviceConfig) -> Self {
-        DeviceRegistry { actors: DashMap::new(), config, clock, router, untracked: AtomicU64::new(0) }
+    /// A registry storing its patients' device events through `router`, and its devices,
+    /// beds and quarantined readings in `store`. Call [`DeviceRegistry::restore`] before use.
+    pub fn new(router: Arc<Router>, clock: Arc<dyn Clock>, config: DeviceConfig, store: Arc<dyn DeviceStore>) -> Self {
+        DeviceRegistry {
+            actors: DashMap::new(),
+            config,
+            clock,
+            router,
+            links: tokio::sync::Mutex::new(Links::new(config.max_devices, MAX_BEDS)),
+            store,
+            audit: None,
+            untracked: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            offline: AtomicI64::new(0),
+        }
     }
 
-    /// Devices tracked.
+    /// Audit association changes to `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AssociationAudit>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Load device placements, associations and bed occupants from the store.
+    pub async fn restore(&self) -> Result<(), StoreError> {
+        let devices = self.store.devices().await?;
+        let beds = self.store.beds().await?;
+        self.links.lock().await.restore(devices, beds);
+        Ok(())
+    }
+
+    /// Devices with a live actor.
     pub fn device_count(&self) -> usize {
         self.actors.len()
     }
 
-    /// `device` was heard from now, for `attachment`'s patient when the message named one.
-    /// When it had been silent, its patient's `device.offline` is resolved and stored before
-    /// this returns.
-    pub async fn seen(&self, device: &DeviceId, attachment: Option<Attachment>) {
-        let Some(actor) = self.actor_for(device).await else { return };
+    /// Devices offline now (`device.offline` raised and not yet resolved by data).
+    pub fn offline_count(&self) -> u64 {
+        u64::try_from(self.offline.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Every known device (placed, associated or seen with a patient), sorted by id.
+    pub async fn list(&self) -> Vec<DeviceRecord> {
+        self.links.lock().await.list()
+    }
+
+    /// One device's record.
+    pub async fn record(&self, id: &DeviceId) -> Option<DeviceRecord> {
+        self.links.lock().await.device(id).cloned()
+    }
+
+    /// The patient `device` reports for now.
+    pub async fn current(&self, device: &DeviceId) -> Option<Attachment> {
+        self.links.lock().await.current(device).cloned()
+    }
+
+    /// Apply a change to the links, persist what it touched, audit it and tell the device
+    /// actors. The lock is held until the change is durable: changes are stored in the order
+    /// they were made.
+    async fn change(
+        &self,
+        by: ChangedBy<'_>,
+        f: impl FnOnce(&mut Links) -> Result<Touched, LinkError>,
+    ) -> Result<(), DeviceError> {
+        let mut links = self.links.lock().await;
+        let touched = f(&mut links)?;
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut stored = Ok(());
+        for record in &touched.devices {
+            if let Err(e) = self.store.put_device(record).await {
+                stored = Err(e);
+            }
+        }
+        for record in &touched.beds {
+            if let Err(e) = self.store.put_bed(record).await {
+                stored = Err(e);
+            }
+        }
+        for change in &touched.changes {
+            if let Some(audit) = &self.audit {
+                audit.association_changed(by.user, by.role, change);
+            }
+            let attachment = links.current(&change.device).cloned().map(Box::new);
+            if let Some(actor) = self.actors.get(&change.device) {
+                let _ = actor.cast(DeviceMsg::Attach { attachment });
+            }
+        }
+        Ok(stored?)
+    }
+
+    /// Associate `device` with `patient` (the API).
+    pub async fn associate(
+        &self,
+        by: ChangedBy<'_>,
+        device: &DeviceId,
+        patient: Attachment,
+    ) -> Result<(), DeviceError> {
+        let now = self.clock.now();
+        self.change(by, |links| links.associate(device, patient, now)).await
+    }
+
+    /// End the association of `device` (the API).
+    pub async fn dissociate(&self, by: ChangedBy<'_>, device: &DeviceId) -> Result<(), DeviceError> {
+        self.change(by, |links| links.dissociate(device)).await
+    }
+
+    /// Place `device` at `bed`, or at no bed (the API).
+    pub async fn place(&self, by: ChangedBy<'_>, device: &DeviceId, bed: Option<Location>) -> Result<(), DeviceError> {
+        let now = self.clock.now();
+        self.change(by, |links| links.place(device, bed, now)).await
+    }
+
+    /// ADT: `event`'s patient was admitted, moved or discharged; devices at their old and
+    /// new beds follow. Events other than census are ignored.
+    pub async fn census(&self, by: ChangedBy<'_>, event: &ClinicalEvent) -> Result<(), DeviceError> {
+        let EventKind::Census { action, .. } = &event.kind else { return Ok(()) };
+        let action: CensusAction = *action;
+        let now = self.clock.now();
+        let patient = Attachment::of(event);
+        self.change(by, |links| links.census(&patient, action, event.location.as_ref(), now)).await
+    }
+
+    /// `device` was heard from now. When its message named a patient (`named`), it reports
+    /// for them from now on; otherwise for its current association. Returns the patient its
+    /// readings belong to (`None`: quarantine them). Before this returns, the `device.offline`
+    /// it raised when silent is resolved, and the technical conditions of `report` (leads off
+    /// ...) are raised or resolved, and stored.
+    pub async fn seen(
+        &self,
+        by: ChangedBy<'_>,
+        device: &DeviceId,
+        named: Option<Attachment>,
+        report: Option<TechnicalReport>,
+    ) -> Option<Attachment> {
+        let current = match named {
+            Some(patient) => {
+                let now = self.clock.now();
+                let named = patient.clone();
+                if let Err(error) = self.change(by, |links| links.named_by_message(device, named, now)).await {
+                    // The reading still goes to the patient its message names.
+                    tracing::warn!(%device, %error, "device association by message not kept");
+                }
+                Some(patient)
+            }
+            None => self.current(device).await,
+        };
+        let Some(actor) = self.actor_for(device).await else { return current };
         let at = self.clock.now();
         let (tx, rx) = oneshot::channel();
-        if actor.cast(DeviceMsg::Seen { at, attachment: attachment.map(Box::new), reply: tx.into() }).is_err() {
-            return;
+        let attachment = current.clone().map(Box::new);
+        let report = report.map(Box::new);
+        if actor.cast(DeviceMsg::Seen { at, attachment, report, reply: tx.into() }).is_err() {
+            return current;
         }
-        if let Ok(Some(event)) = rx.await {
+        for event in rx.await.unwrap_or_default() {
+            if matches!(event.kind, EventKind::DeviceSilence { offline: false, .. }) {
+                self.offline.fetch_sub(1, Ordering::Relaxed);
+            }
             self.store(event).await;
         }
+        current
+    }
+
+    /// Keep a reading of a device with no patient, durably; counted.
+    pub async fn quarantine(&self, reading: QuarantinedReading) -> Result<(), StoreError> {
+        self.store.quarantine(&reading).await?;
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(device = %reading.device, feed = %reading.feed, values = reading.observations.len(), "reading of an unassociated device quarantined");
+        Ok(())
+    }
+
+    /// The latest quarantined readings, newest first.
+    pub async fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedReading>, StoreError> {
+        self.store.quarantined(limit).await
     }
 
     /// Judge every device's silence at the clock's now; store the `device.offline` alerts it
@@ -65,6 +259,7 @@ impl DeviceRegistry {
             }
             if let Ok(Some(event)) = rx.await {
                 offline += 1;
+                self.offline.fetch_add(1, Ordering::Relaxed);
                 self.store(event).await;
             }
         }
@@ -88,7 +283,7 @@ impl DeviceRegistry {
         };
         if let Err(error) = stored {
             // The next check or sighting decides again only on a change: say so loudly.
-            tracing::error!(%patient, %error, "device silence change not stored");
+            tracing::error!(%patient, %error, "device alert change not stored");
         }
     }
 
@@ -106,7 +301,7 @@ impl DeviceRegistry {
             return None;
         }
         let args = DeviceArgs { id: id.clone(), config: self.config };
-        match Actor::spawn(None, DeviceActor, args).await {
+        match ractor::Actor::spawn(None, DeviceActor, args).await {
             Ok((actor, _)) => {
                 // Two first sightings at once: the first actor registered wins.
                 let kept = self.actors.entry(id.clone()).or_insert(actor.clone()).value().clone();
@@ -130,6 +325,7 @@ mod tests {
     use time::Duration;
 
     use super::*;
+    use crate::device::links::MemoryDeviceStore;
     use crate::fakes::{CollectingPublisher, FnRules, ManualClock, MemoryStore};
     use crate::model::{AlertStatus, Demographics, Location, PatientId, PatientKey, Phi};
 
@@ -150,7 +346,12 @@ mod tests {
         let clock = Arc::new(ManualClock(Mutex::new(t0)));
         let rules = Arc::new(FnRules(|_: &crate::ports::PatientView, _: &[&str]| Vec::new()));
         let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
-        let devices = DeviceRegistry::new(Arc::clone(&router), clock.clone(), DeviceConfig::default());
+        let devices = DeviceRegistry::new(
+            Arc::clone(&router),
+            clock.clone(),
+            DeviceConfig::default(),
+            Arc::new(MemoryDeviceStore::default()),
+        );
         let monitor = DeviceId("0012345678ABCDEF".into());
         let advance = |by: Duration| {
             let mut now = clock.0.lock().unwrap();
@@ -158,7 +359,7 @@ mod tests {
         };
         // Reports every 60 s: the interval is learnt; silence past 3 x 60 s is offline.
         for _ in 0..4 {
-            devices.seen(&monitor, Some(attachment())).await;
+            devices.seen(ChangedBy::HL7, &monitor, Some(attachment()), None).await;
             advance(Duration::seconds(60));
         }
         assert_eq!(devices.check_silence().await, 0, "one interval late is not offline");
@@ -166,7 +367,7 @@ mod tests {
         assert_eq!(devices.check_silence().await, 1, "185 s silent: offline");
         assert_eq!(devices.check_silence().await, 0, "raised once");
         advance(Duration::seconds(30));
-        devices.seen(&monitor, None).await;
+        devices.seen(ChangedBy::HL7, &monitor, None, None).await;
         router.shutdown().await;
         let published = publisher.published.lock().unwrap().clone();
         let changes: Vec<_> = published.iter().map(|c| (c.alert.rule.id.as_str(), c.alert.status)).collect();
@@ -186,13 +387,13 @@ mod tests {
         let rules = Arc::new(FnRules(|_: &crate::ports::PatientView, _: &[&str]| Vec::new()));
         let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let config = DeviceConfig { max_devices: 2, ..DeviceConfig::default() };
-        let devices = DeviceRegistry::new(router, clock.clone(), config);
-        devices.seen(&DeviceId("no-patient".into()), None).await;
-        devices.seen(&DeviceId("once".into()), Some(attachment())).await;
-        devices.seen(&DeviceId("third".into()), Some(attachment())).await;
+        let devices = DeviceRegistry::new(router, clock.clone(), config, Arc::new(MemoryDeviceStore::default()));
+        devices.seen(ChangedBy::HL7, &DeviceId("no-patient".into()), None, None).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("once".into()), Some(attachment()), None).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("third".into()), Some(attachment()), None).await;
         assert_eq!((devices.device_count(), devices.untracked.load(Ordering::Relaxed)), (2, 1));
         *clock.0.lock().unwrap() += Duration::hours(2);
-        devices.seen(&DeviceId("no-patient".into()), None).await;
+        devices.seen(ChangedBy::HL7, &DeviceId("no-patient".into()), None, None).await;
         *clock.0.lock().unwrap() += Duration::hours(2);
         assert_eq!(devices.check_silence().await, 0);
         assert!(store.events().is_empty());

@@ -31,8 +31,8 @@ impl Default for DeviceConfig {
     }
 }
 
-/// The patient a device reports for, as the last message naming both said.
-#[derive(Clone, Debug, PartialEq)]
+/// The patient a device reports for (see [`super::links`] for how it is decided).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     /// Opaque id.
     pub patient_id: PatientId,
@@ -55,7 +55,8 @@ impl Attachment {
         }
     }
 
-    fn event(&self, at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
+    /// An event of this patient.
+    pub fn event(&self, at: OffsetDateTime, kind: EventKind) -> ClinicalEvent {
         ClinicalEvent {
             patient_id: self.patient_id.clone(),
             patient: self.patient.clone(),
@@ -73,19 +74,30 @@ pub struct DeviceState {
     /// Id.
     pub id: DeviceId,
     config: DeviceConfig,
-    /// Its patient, when a message named one.
+    /// Its patient now, when it has one.
     pub attachment: Option<Attachment>,
     /// When last heard from.
     pub last_seen: Option<OffsetDateTime>,
     gaps: VecDeque<i64>,
-    /// Since when it is silent past its threshold (`device.offline` raised for its patient).
-    pub offline_since: Option<OffsetDateTime>,
+    /// Since when it is silent past its threshold, and the patient `device.offline` was
+    /// raised for (resolved there, whoever the device reports for by then).
+    pub offline: Option<(OffsetDateTime, Attachment)>,
+    /// Technical conditions active (leads off, probe off).
+    pub technical: super::technical::Technical,
 }
 
 impl DeviceState {
     /// A device never heard from.
     pub fn new(id: DeviceId, config: DeviceConfig) -> Self {
-        DeviceState { id, config, attachment: None, last_seen: None, gaps: VecDeque::new(), offline_since: None }
+        DeviceState {
+            id,
+            config,
+            attachment: None,
+            last_seen: None,
+            gaps: VecDeque::new(),
+            offline: None,
+            technical: Default::default(),
+        }
     }
 
     /// The interval it reports at: configured, else the median of recent gaps.
@@ -104,8 +116,8 @@ impl DeviceState {
         self.interval().map(|i| (i * intervals).max(self.config.offline_floor))
     }
 
-    /// Heard from at `at`, for `attachment` when the message named a patient. The event that
-    /// resolves `device.offline` when it was silent.
+    /// Heard from at `at`, reporting for `attachment` (its current association, if any). The
+    /// event that resolves `device.offline` when it was silent.
     pub fn seen(&mut self, at: OffsetDateTime, attachment: Option<Attachment>) -> Option<ClinicalEvent> {
         if let Some(last) = self.last_seen {
             let gap = (at - last).whole_seconds();
@@ -118,10 +130,9 @@ impl DeviceState {
         }
         self.last_seen = Some(self.last_seen.map_or(at, |last| last.max(at)));
         // The offline alert belongs to the patient it was raised for: resolve it there, even
-        // when the device now reports for someone else.
-        let back = self.offline_since.take().and_then(|since| {
-            let attached = self.attachment.as_ref()?;
-            Some(attached.event(
+        // when the device now reports for someone else, or for nobody.
+        let back = self.offline.take().map(|(since, attached)| {
+            attached.event(
                 at,
                 EventKind::DeviceSilence {
                     device: self.id.clone(),
@@ -129,18 +140,21 @@ impl DeviceState {
                     silent_s: (at - since).whole_seconds(),
                     interval_s: self.interval().map_or(0, |i| i.whole_seconds()),
                 },
-            ))
+            )
         });
-        if attachment.is_some() {
-            self.attachment = attachment;
-        }
+        self.attachment = attachment;
         back
+    }
+
+    /// Its association changed without a message from it (ADT, the API).
+    pub fn attach(&mut self, attachment: Option<Attachment>) {
+        self.attachment = attachment;
     }
 
     /// At `now`: the event that raises `device.offline` when it has just gone silent past its
     /// threshold. Nothing for a device with no patient, or whose interval is not known yet.
     pub fn check(&mut self, now: OffsetDateTime) -> Option<ClinicalEvent> {
-        if self.offline_since.is_some() {
+        if self.offline.is_some() {
             return None;
         }
         let (last, threshold, attached) = (self.last_seen?, self.threshold()?, self.attachment.as_ref()?);
@@ -148,8 +162,7 @@ impl DeviceState {
         if silent <= threshold {
             return None;
         }
-        self.offline_since = Some(now);
-        Some(attached.event(
+        let event = attached.event(
             now,
             EventKind::DeviceSilence {
                 device: self.id.clone(),
@@ -157,6 +170,8 @@ impl DeviceState {
                 silent_s: silent.whole_seconds(),
                 interval_s: self.interval().map_or(0, |i| i.whole_seconds()),
             },
-        ))
+        );
+        self.offline = Some((now, attached.clone()));
+        Some(event)
     }
 }

@@ -136,6 +136,8 @@ pub struct FhirFeed {
     /// Patients whose ids were issued or read lately, so `Patient/<id>` resolves without a
     /// store read.
     issued: DashMap<PatientId, PatientKey>,
+    /// The device registry Observations report their devices to.
+    devices: Option<Arc<vigil_actors::device::DeviceRegistry>>,
 }
 
 /// One resource ready to submit: its events, resend key and answer-to-be.
@@ -152,6 +154,8 @@ pub struct Prepared {
     pub issues: Vec<Issue>,
     /// Patients whose ids this resource issues (Patient resources).
     issues_patient: Option<(PatientId, PatientKey)>,
+    /// The device an Observation names, for the device registry.
+    device: Option<resources::DeviceReport>,
 }
 
 /// The answer to one resource.
@@ -169,7 +173,7 @@ impl FhirFeed {
     /// The feed over `ingress`, mapping with `mapper` (a clone of the HL7 feed's) and reading
     /// recent events from `events`.
     pub fn new(ingress: Arc<Ingress>, mapper: Mapper, settings: FhirSettings, events: Arc<dyn EventStore>) -> Self {
-        FhirFeed { ingress, mapper, settings, events, issued: DashMap::new() }
+        FhirFeed { ingress, mapper, settings, events, issued: DashMap::new(), devices: None }
     }
 
     /// The limits and identifier systems in force.
@@ -264,11 +268,34 @@ impl FhirFeed {
             events: mapped.events,
             issues: mapped.issues,
             issues_patient,
+            device: mapped.device,
         })
+    }
+
+    /// Report the device an Observation names to the device registry, when one is wired:
+    /// seen now, reporting for the Observation's subject, its technical conditions raised or
+    /// resolved (stored before this returns, so before the answer).
+    async fn report_device(&self, report: Option<&resources::DeviceReport>) {
+        let (Some(devices), Some(report)) = (&self.devices, report) else { return };
+        let technical = vigil_actors::device::TechnicalReport {
+            conditions: report.conditions.clone(),
+            valid_data: report.valid_data,
+        };
+        let device = vigil_actors::DeviceId(report.device.clone());
+        let by = vigil_actors::device::ChangedBy::FHIR;
+        devices.seen(by, &device, Some(report.patient.clone()), Some(technical)).await;
+    }
+
+    /// Report the devices Observations name to `devices` (last seen, silence, association,
+    /// technical conditions), as the HL7 feed does for PCD-01.
+    pub fn with_devices(mut self, devices: Arc<vigil_actors::device::DeviceRegistry>) -> Self {
+        self.devices = Some(devices);
+        self
     }
 
     /// Submit a prepared resource; call in arrival order.
     pub async fn submit(&self, prepared: Prepared) -> (Submission, Pending) {
+        self.report_device(prepared.device.as_ref()).await;
         let pending = Pending {
             location: format!("{}/{}", prepared.kind, prepared.id),
             issues: prepared.issues,
@@ -436,6 +463,9 @@ impl FhirFeed {
             let shape = problems.iter().any(|i| matches!(i.code, "invalid" | "required" | "structure"));
             let status = if shape { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
             return Err(FhirError { status, issues: problems });
+        }
+        for p in &prepared {
+            self.report_device(p.device.as_ref()).await;
         }
         // One message: every entry's events, grouped per patient (each patient's stored
         // atomically, in entry order), under the Bundle's resend key.

@@ -41,6 +41,53 @@ pub struct Mapped {
     /// The logical id Vigil gives the resource, when it is not derived from the resend key
     /// (Patient: the opaque patient id; Device: from its identifier).
     pub id: Option<String>,
+    /// An Observation naming its device: what the device registry is told (last seen, the
+    /// patient it reports for, technical conditions such as leads off).
+    pub device: Option<DeviceReport>,
+}
+
+/// What an Observation says of the device that made it.
+#[derive(Debug, Clone)]
+pub struct DeviceReport {
+    /// The device's label (an EUI-64 as 16 hex digits, as PCD-01 OBX-18 has it).
+    pub device: String,
+    /// The patient its subject names.
+    pub patient: vigil_actors::device::Attachment,
+    /// Technical conditions it carries (an MDC event code such as `MDC_EVT_LEAD_DISCONN`).
+    pub conditions: Vec<vigil_actors::device::TechnicalCondition>,
+    /// It carried a value Vigil uses.
+    pub valid_data: bool,
+}
+
+/// The technical conditions (leads off, probe off) an Observation carries: an MDC coding of
+/// its `code`, its `valueCodeableConcept` or a component's, that names one.
+fn technical_conditions(obs: &El<'_>) -> Result<Vec<vigil_actors::device::TechnicalCondition>, Issue> {
+    let mut elements = vec![obs.clone()];
+    elements.extend(obs.array("component")?);
+    let mut found = Vec::new();
+    for (n, element) in elements.iter().enumerate() {
+        for name in ["code", "valueCodeableConcept"] {
+            let Some(concept) = element.object(name)? else { continue };
+            for coding in concept.array("coding")? {
+                let system = coding.str("system")?.unwrap_or("");
+                let code = coding.str("code")?.unwrap_or("");
+                let display = coding.str("display")?.unwrap_or("");
+                if system == MDC && crate::ingest::map::technical::is_technical("MDC", code, display) {
+                    let key = if code.trim().is_empty() || code.trim() == "0" { display.trim() } else { code.trim() };
+                    let text = if display.trim().is_empty() { code.trim() } else { display.trim() };
+                    found.push(vigil_actors::device::TechnicalCondition {
+                        code: format!("MDC|{key}"),
+                        text: text.to_string(),
+                        source: if n == 0 { String::new() } else { format!("component[{}]", n - 1) },
+                    });
+                }
+            }
+        }
+        if found.len() >= vigil_actors::device::technical::MAX_CONDITIONS {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// Patients and devices named elsewhere in the request: Bundle entries by `fullUrl` and
@@ -392,7 +439,7 @@ pub fn device(_ctx: &Context<'_>, device: &El<'_>) -> Result<Mapped, Vec<Issue>>
         "Device",
         "a device is recorded through the observations that name it; nothing is stored for the Device itself",
     ));
-    Ok(Mapped { events: Vec::new(), issues, id: Some(device_id(&label)) })
+    Ok(Mapped { events: Vec::new(), issues, id: Some(device_id(&label)), device: None })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,15 +517,37 @@ pub fn observation(ctx: &Context<'_>, obs: &El<'_>) -> Result<Mapped, Vec<Issue>
         return Err(dropped.into_iter().map(|i| Issue { severity: super::outcome::Severity::Error, ..i }).collect());
     }
     issues.extend(dropped);
+    let conditions = technical_conditions(obs).map_err(|i| vec![i])?;
+    let report = |patient: &PatientKey, valid_data: bool, conditions: Vec<_>| {
+        base.device.clone().map(|device| DeviceReport {
+            device,
+            patient: vigil_actors::device::Attachment::of(&event(
+                ctx,
+                patient.clone(),
+                EventKind::Observations { observations: Vec::new() },
+            )),
+            conditions,
+            valid_data,
+        })
+    };
     if observations.is_empty() {
+        if !conditions.is_empty() {
+            issues.push(Issue::information(
+                obs.child_path("code"),
+                "a technical condition of the device: raised as device.technical for its patient",
+            ));
+            return Ok(Mapped { issues, device: report(&patient, false, conditions), ..Mapped::default() });
+        }
         issues.push(Issue::information(
             obs.child_path("code"),
             "no code Vigil maps (schemas/codes/observations.json) carries a value; nothing stored",
         ));
         return Ok(Mapped { issues, ..Mapped::default() });
     }
+    let valid_data = observations.iter().any(|o| o.value.is_some());
+    let device = report(&patient, valid_data, conditions);
     let kind = EventKind::Observations { observations };
-    Ok(Mapped { events: vec![event(ctx, patient, kind)], issues, id: None })
+    Ok(Mapped { events: vec![event(ctx, patient, kind)], issues, id: None, device })
 }
 
 fn effective(ctx: &Context<'_>, obs: &El<'_>) -> Result<Option<OffsetDateTime>, Issue> {
@@ -705,7 +774,7 @@ pub fn patient(ctx: &Context<'_>, patient: &El<'_>) -> Result<Mapped, Vec<Issue>
         event(ctx, key, EventKind::Census { action: CensusAction::Update, attending: None, encounter: None });
     census.demographics = demographics;
     let id = census.patient_id.0.clone();
-    Ok(Mapped { events: vec![census], issues: Vec::new(), id: Some(id) })
+    Ok(Mapped { events: vec![census], issues: Vec::new(), id: Some(id), device: None })
 }
 
 fn demographics(patient: &El<'_>) -> Result<Demographics, Issue> {
@@ -797,7 +866,7 @@ pub fn encounter(ctx: &Context<'_>, enc: &El<'_>) -> Result<Mapped, Vec<Issue>> 
         CensusAction::CancelAdmit => None,
         _ => location(&locations).map_err(|i| vec![i])?,
     };
-    Ok(Mapped { events: vec![census], issues: Vec::new(), id: None })
+    Ok(Mapped { events: vec![census], issues: Vec::new(), id: None, device: None })
 }
 
 fn attending(enc: &El<'_>) -> Result<Option<String>, Issue> {
@@ -959,6 +1028,7 @@ pub fn medication_request(ctx: &Context<'_>, req: &El<'_>) -> Result<Mapped, Vec
         events: vec![event(ctx, patient, EventKind::MedicationOrder { action, medication })],
         issues: Vec::new(),
         id: None,
+        device: None,
     })
 }
 
@@ -1006,6 +1076,7 @@ pub fn medication_administration(ctx: &Context<'_>, admin: &El<'_>) -> Result<Ma
         events: vec![event(ctx, patient, EventKind::Administration { medication, given_at })],
         issues: Vec::new(),
         id: None,
+        device: None,
     })
 }
 
@@ -1078,6 +1149,7 @@ pub fn allergy_intolerance(ctx: &Context<'_>, allergy: &El<'_>) -> Result<Mapped
         events: vec![event(ctx, patient, EventKind::Allergies { allergies: vec![entry], replace: false })],
         issues: Vec::new(),
         id: None,
+        device: None,
     })
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use time::OffsetDateTime;
-use vigil_actors::device::{Attachment, DeviceRegistry};
-use vigil_actors::{ClinicalEvent, DeviceId, Envelope, MessageKey, Phi};
+use vigil_actors::device::{Attachment, ChangedBy, DeviceRegistry, QuarantinedReading, TechnicalReport};
+use vigil_actors::{ClinicalEvent, DeviceId, Envelope, EventKind, MessageKey, Observation, Phi};
 
 use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
 use super::parse::Message;
@@ -98,6 +98,34 @@ fn devices_named(msg: &Message) -> Vec<DeviceId> {
         devices.push(DeviceId(name.to_string()));
     }
     devices
+}
+
+/// What a PCD-01 report (ORU^R01) says of the technical state of each device it names, in
+/// the order of `named`: the conditions (leads off, probe off) its OBX rows carry for it (rows
+/// without OBX-18 belong to the first device), and whether it carried a valid measurement of
+/// that device. Other messages say nothing.
+fn technical_reports(msg: &Message, named: &[DeviceId], observations: &[Observation]) -> Vec<Option<TechnicalReport>> {
+    let (code, trigger, _) = msg.message_type();
+    if code != "ORU" || trigger != "R01" {
+        return vec![None; named.len()];
+    }
+    let found = crate::ingest::map::technical::technical_conditions(msg);
+    named
+        .iter()
+        .enumerate()
+        .map(|(i, device)| {
+            let ours = |sent: Option<&str>| sent.map_or(i == 0, |d| d.is_empty() && i == 0 || d == device.0);
+            let conditions = found.iter().filter(|(d, _)| ours(Some(d))).map(|(_, c)| c.clone()).collect();
+            let valid_data = observations.iter().any(|o| o.value.is_some() && ours(o.device.as_deref()));
+            Some(TechnicalReport { conditions, valid_data })
+        })
+        .collect()
+}
+
+/// A PCD-01 report that names no patient: no PID, or a PID without an identifier. Its
+/// readings belong to the patient its device is associated with, or are quarantined.
+fn names_no_patient(msg: &Message) -> bool {
+    msg.segment("PID").is_none_or(|pid| pid.text(3).trim().is_empty())
 }
 
 /// A reply that may still be waiting for durability.
@@ -196,6 +224,12 @@ impl Hl7Feed {
         }
         let received_at = self.ingress.clock().now();
         let (code, trigger, _) = msg.message_type();
+        if let Some(devices) = &self.devices {
+            let named = devices_named(&msg);
+            if code == "ORU" && trigger == "R01" && !named.is_empty() && names_no_patient(&msg) {
+                return self.device_reading(devices, &msg, header, mode, received_at, &named).await;
+            }
+        }
         let mapping = std::time::Instant::now();
         let events = match FEEDS.iter().find(|f| f.code == code && f.trigger == trigger) {
             Some(feed) => {
@@ -228,15 +262,39 @@ impl Hl7Feed {
             }
         };
         if let Some(devices) = &self.devices {
-            // A keep-alive names its device and no event: it still counts as heard from.
-            let attachment = events.first().map(Attachment::of);
-            for device in devices_named(&msg) {
-                devices.seen(&device, attachment.clone()).await;
+            // ADT moves patients between beds: devices placed at those beds follow.
+            for event in events.iter().filter(|e| matches!(e.kind, EventKind::Census { .. })) {
+                if let Err(error) = devices.census(ChangedBy::HL7, event).await {
+                    tracing::error!(control_id = %header.control_id, %error, "device associations not updated by census");
+                }
+            }
+            // A device's message that names a patient associates it with them. A keep-alive
+            // names its device and no event: it still counts as heard from.
+            let named_patient = events.first().map(Attachment::of);
+            let named = devices_named(&msg);
+            let observations = match events.first().map(|e| &e.kind) {
+                Some(EventKind::Observations { observations }) => observations.as_slice(),
+                _ => &[],
+            };
+            let reports = technical_reports(&msg, &named, observations);
+            for (device, report) in named.iter().zip(reports) {
+                devices.seen(ChangedBy::HL7, device, named_patient.clone(), report).await;
             }
         }
         if events.is_empty() {
             tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
         }
+        self.submit(&msg, header, mode, received_at, events).await
+    }
+
+    async fn submit(
+        self: &Arc<Self>,
+        msg: &Message,
+        header: AckHeader,
+        mode: AckMode,
+        received_at: OffsetDateTime,
+        events: Vec<ClinicalEvent>,
+    ) -> Pending {
         let envelope = Envelope {
             key: MessageKey::hl7(format!("{}|{}", msg.sending_application(), msg.sending_facility()), msg.control_id()),
             raw: Phi(msg.raw().to_string()),
@@ -246,6 +304,50 @@ impl Hl7Feed {
         let submission = self.ingress.submit(envelope, events).await;
         Stages::since(&stages.route, routing);
         Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
+    }
+
+    /// A PCD-01 report naming no patient: its readings go to the patient the first device it
+    /// names is associated with now, or are quarantined (stored durably before the ACK,
+    /// counted, listed by `GET /api/quarantine`, never a patient's).
+    async fn device_reading(
+        self: &Arc<Self>,
+        devices: &DeviceRegistry,
+        msg: &Message,
+        header: AckHeader,
+        mode: AckMode,
+        received_at: OffsetDateTime,
+        named: &[DeviceId],
+    ) -> Pending {
+        let observations = self.mapper.oru_observations(msg, received_at);
+        let reports = technical_reports(msg, named, &observations);
+        let mut reports_for = None;
+        for (i, (device, report)) in named.iter().zip(reports).enumerate() {
+            let current = devices.seen(ChangedBy::HL7, device, None, report).await;
+            if i == 0 {
+                reports_for = current;
+            }
+        }
+        let events = match (reports_for, named.first()) {
+            _ if observations.is_empty() => Vec::new(),
+            (Some(patient), _) => vec![patient.event(received_at, EventKind::Observations { observations })],
+            (None, Some(device)) => {
+                let reading = QuarantinedReading {
+                    device: device.clone(),
+                    received_at,
+                    feed: "hl7".into(),
+                    message: msg.control_id().to_string(),
+                    observations,
+                };
+                if let Err(error) = devices.quarantine(reading).await {
+                    tracing::error!(control_id = %header.control_id, %error, "quarantined reading not stored; sender told to resend");
+                    self.ingress.refused();
+                    return Pending::Ready(self.answer(&header, mode, Outcome::NotStored));
+                }
+                Vec::new()
+            }
+            (None, None) => Vec::new(),
+        };
+        self.submit(msg, header, mode, received_at, events).await
     }
 
     /// The reply to a frame over the size limit.

@@ -13,6 +13,7 @@ pub mod identity;
 mod orders;
 mod oru;
 mod pcd04;
+pub mod technical;
 mod values;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};

@@ -24,6 +24,15 @@ impl Mapper {
         let pid = msg.segment("PID").ok_or(NO_PID)?;
         let mut event = self.event(pid, received_at, EventKind::Observations { observations: Vec::new() })?;
         event.location = msg.segment("PV1").and_then(|pv1| location(pv1, 3));
+        let observations = self.oru_observations(msg, received_at);
+        event.kind = EventKind::Observations { observations };
+        Ok(vec![event])
+    }
+
+    /// The observations of an ORU^R01, whoever they are for: the readings of a PCD-01
+    /// report that names no patient are attributed through the device's association, or
+    /// quarantined (`ingest/hl7/feed.rs`).
+    pub fn oru_observations(&self, msg: &Message, received_at: OffsetDateTime) -> Vec<Observation> {
         let mut observations = Vec::new();
         let mut order = OrderContext { order_number: String::new(), observed_at: None };
         for segment in msg.segments() {
@@ -55,8 +64,7 @@ impl Mapper {
                 _ => {}
             }
         }
-        event.kind = EventKind::Observations { observations };
-        Ok(vec![event])
+        observations
     }
 
     /// The canonical analyte of OBX-3: the primary triplet, else the alternate one (a LIS
