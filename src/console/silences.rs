@@ -84,9 +84,22 @@ pub struct Silence {
     /// Set once it has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<SilenceEnd>,
+    /// Units the silenced alerts had escalated to (they see the silence too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated_units: Vec<String>,
+    /// Roles the silenced alerts had escalated to (they see the silence too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalated_roles: Vec<String>,
 }
 
 impl Silence {
+    /// Whether `claims`' holder sees it: its unit, or a unit or role its alerts escalated to.
+    pub fn visible_to(&self, claims: &Claims) -> bool {
+        claims.may_see(&self.unit)
+            || self.escalated_units.iter().any(|u| claims.may_see(u))
+            || self.escalated_roles.iter().any(|r| r == super::role_name(claims.role))
+    }
+
     /// Whether it quiets `alert` (open, same patient, and the alert if one was named).
     pub fn covers(&self, alert: &Alert) -> bool {
         self.ended.is_none()
@@ -266,6 +279,15 @@ impl Console {
             return Err(ConsoleError::NotFound("no open alert to silence".into()));
         };
         let now = self.silences.now();
+        let (mut escalated_units, mut escalated_roles) = (Vec::new(), Vec::new());
+        for escalation in covered.iter().filter_map(|a| a.escalation.as_ref()) {
+            escalated_units.extend(escalation.units.iter().cloned());
+            escalated_roles.extend(escalation.roles.iter().cloned());
+        }
+        escalated_units.sort();
+        escalated_units.dedup();
+        escalated_roles.sort();
+        escalated_roles.dedup();
         let silence = Silence {
             id: format!("sil-{:016x}", rand::random::<u64>()),
             patient: request.patient,
@@ -277,6 +299,8 @@ impl Console {
             until: now + time::Duration::minutes(request.minutes),
             reason: request.reason,
             ended: None,
+            escalated_units,
+            escalated_roles,
         };
         self.silences.start(silence.clone())?;
         self.audit(claims, ACTION, &target, &format!("ok: {} min, {}", request.minutes, silence.reason));
@@ -287,7 +311,7 @@ impl Console {
     pub fn end_silence(&self, claims: &Claims, id: &str) -> Result<Silence, ConsoleError> {
         const ACTION: &str = "end_silence";
         self.require(claims, Permission::ActOnAlerts, ACTION, id)?;
-        let visible = |s: &Silence| s.id == id && claims.may_see(&s.unit);
+        let visible = |s: &Silence| s.id == id && s.visible_to(claims);
         let end = SilenceEnd { by: claims.sub.clone(), at: self.silences.now(), why: EndReason::Ended };
         match self.silences.end_where(&end, visible).pop() {
             Some(ended) => {
@@ -303,7 +327,7 @@ impl Console {
 
     /// The open silences `claims` sees.
     pub fn silences_for(&self, claims: &Claims) -> Vec<Silence> {
-        self.silences.open_silences().into_iter().filter(|s| claims.may_see(&s.unit)).collect()
+        self.silences.open_silences().into_iter().filter(|s| s.visible_to(claims)).collect()
     }
 
     /// The silence book (sessions subscribe to its changes).

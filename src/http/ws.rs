@@ -558,8 +558,13 @@ impl Session {
     /// Whether the session shows `silence`: the token allows its unit and the subscription
     /// covers it.
     fn sees_silence(&self, silence: &Silence) -> bool {
-        self.claims.may_see(&silence.unit)
-            && (self.all_units || self.units.contains(&silence.unit) || self.patients.contains(&silence.patient))
+        let role = role_name(self.claims.role);
+        silence.visible_to(&self.claims)
+            && (self.all_units
+                || self.units.contains(&silence.unit)
+                || self.patients.contains(&silence.patient)
+                || silence.escalated_units.iter().any(|u| self.units.contains(u))
+                || silence.escalated_roles.iter().any(|r| r == role))
     }
 
     async fn send_silences(&mut self) -> SessionResult {
