@@ -563,3 +563,68 @@ async fn an_assignment_then_an_escalation_along_the_chain_with_receipts_and_a_si
     assert_eq!(ended_frame["silence"]["ended"]["by"], "nurse-4");
     server.shutdown().await;
 }
+
+/// Issue 16 over REST: assignments (charge nurse only, the unit in the token) and silences
+/// (the lists, a patient with an open alert), refusals as `{"error","reason"}`, and the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_and_assignments_over_rest_with_refusals_and_audit() {
+    let dir = tempdir("rest-silence");
+    let server = vigil::app::start(&config_qsofa_only(&dir)).await.unwrap();
+    let issue = |sub: &str, role: Role| server.auth.issue(sub, role, vec!["ICU".into()], time::Duration::hours(1));
+    let (charge, nurse) = (issue("charge-2", Role::Charge), issue("nurse-5", Role::Nurse));
+    let http = reqwest_like(server.http_addr);
+
+    let body = json!({"nurse": "nurse-5", "unit": "ICU", "beds": ["04-B"], "hours": 12});
+    let (status, assigned) = http.request("PUT", "/api/assignments", &charge, Some(body.clone())).await;
+    assert_eq!((status, assigned["by"].as_str()), (200, Some("charge-2")), "{assigned}");
+    let (status, refused) = http.request("PUT", "/api/assignments", &nurse, Some(body)).await;
+    assert_eq!((status, refused["error"].as_str()), (403, Some("forbidden")), "{refused}");
+    assert!(refused["reason"].as_str().unwrap().contains("may not assign"));
+    let elsewhere = json!({"nurse": "nurse-5", "unit": "5W", "beds": ["01-A"], "hours": 8});
+    assert_eq!(http.request("PUT", "/api/assignments", &charge, Some(elsewhere)).await.0, 403);
+    let (status, list) = http.get("/api/assignments", &nurse).await;
+    assert_eq!((status, list["assignments"][0]["beds"].clone()), (200, json!(["04-B"])));
+
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    raise(&mut mllp, 1).await;
+    let (_, alerts) = http.get("/api/alerts", &nurse).await;
+    let patient = alerts["alerts"][0]["alert"]["patient"]["id"].as_str().unwrap().to_string();
+    let (status, bad) =
+        http.post("/api/silences", &nurse, json!({"patient": patient, "minutes": 7, "reason": "procedure"})).await;
+    assert_eq!((status, bad["error"].as_str()), (400, Some("bad_request")), "{bad}");
+    let (status, missing) =
+        http.post("/api/silences", &nurse, json!({"patient": "nobody", "minutes": 15, "reason": "procedure"})).await;
+    assert_eq!(status, 404, "{missing}");
+    let (status, silence) =
+        http.post("/api/silences", &nurse, json!({"patient": patient, "minutes": 15, "reason": "procedure"})).await;
+    assert_eq!((status, silence["by"].as_str()), (200, Some("nurse-5")), "{silence}");
+    let (_, open) = http.get("/api/silences", &charge).await;
+    assert_eq!(open["silences"][0]["id"], silence["id"]);
+    let id = silence["id"].as_str().unwrap();
+    let (status, ended) = http.post(&format!("/api/silences/{id}/end"), &charge, json!({})).await;
+    assert_eq!((status, ended["ended"]["by"].as_str()), (200, Some("charge-2")), "{ended}");
+    assert_eq!(http.get("/api/silences", &charge).await.1["silences"], json!([]));
+
+    let dir_db = vigil::audit::database_dir(&config_qsofa_only(&dir));
+    server.shutdown().await;
+    let db = fjall::Database::builder(dir_db).open().unwrap();
+    let key = vigil::audit::AuditKey::load_or_create(&config_qsofa_only(&dir).store.audit_key_file).unwrap();
+    let log = vigil::audit::AuditLog::open(db, key).unwrap();
+    let acts: Vec<String> = log
+        .since(time::OffsetDateTime::UNIX_EPOCH, 10_000)
+        .into_iter()
+        .filter(|r| ["assign", "silence", "end_silence"].contains(&r.action.as_str()))
+        .map(|r| format!("{} {} {}", r.user, r.action, r.outcome))
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            "charge-2 assign ok: 1 beds",
+            "nurse-5 assign denied: role not permitted",
+            "charge-2 assign denied: unit not in token",
+            "nurse-5 silence denied: no open alert to silence",
+            "nurse-5 silence ok: 15 min, procedure",
+            "charge-2 end_silence ok",
+        ]
+    );
+}
