@@ -59,6 +59,7 @@ pub struct Running {
     mllp: JoinHandle<()>,
     http: JoinHandle<()>,
     escalation: JoinHandle<()>,
+    silences: JoinHandle<()>,
     device_watch: JoinHandle<()>,
     metrics_upkeep: JoinHandle<()>,
     devices: Arc<vigil_actors::device::DeviceRegistry>,
@@ -304,7 +305,10 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let mllp_metrics = Arc::new(crate::ingest::mllp::listener::ListenerMetrics::default());
     let state = AppState {
         mllp: Arc::clone(&mllp_metrics),
-        console: crate::console::Console::new(Arc::clone(&alerts), Arc::clone(&router), audit.clone()),
+        console: crate::console::Console::new(Arc::clone(&alerts), Arc::clone(&router), audit.clone())
+            .with_silences(crate::console::Silences::open(&store.local(), Arc::clone(&clock))?)
+            .with_assignments(crate::console::Assignments::open(&store.local(), Arc::clone(&clock))?)
+            .with_escalation(config.escalation.clone()),
         live,
         sessions,
         shutdown: shutdown_rx.clone(),
@@ -348,6 +352,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         idle_timeout: config.http.idle_timeout,
         max_connections: config.http.max_connections,
     };
+    let (state_console, state_hub) = (state.console.clone(), state.hub.clone());
     let app = http::routes(state)
         .layer(axum::Extension(webhook_ledger))
         .layer(axum::Extension(fhir))
@@ -371,6 +376,12 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         Arc::clone(&state_alerts),
         Arc::clone(&router),
         Arc::clone(&clock),
+        shutdown.subscribe(),
+    ));
+    let silences = tokio::spawn(crate::console::silences::run(
+        state_console,
+        state_hub.subscribe(),
+        Duration::from_secs(5),
         shutdown.subscribe(),
     ));
     let device_watch =
@@ -404,6 +415,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         mllp,
         http,
         escalation,
+        silences,
         device_watch,
         metrics_upkeep,
         devices,
@@ -490,6 +502,7 @@ impl Running {
             tracing::warn!("http did not stop within 5 s");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.silences).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.device_watch).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.metrics_upkeep).await;
         self.devices.shutdown().await;

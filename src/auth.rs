@@ -17,6 +17,9 @@ pub enum Role {
     Rrt,
     /// Nurse.
     Nurse,
+    /// Charge nurse: a nurse who also assigns nurses to beds for a shift, and the second step
+    /// of the default escalation chain.
+    Charge,
     /// Physician.
     Physician,
     /// Pharmacist.

@@ -287,6 +287,25 @@ pub struct EscalationFileConfig {
     pub units: Option<Vec<String>>,
     /// Roles that also see escalated alerts (default `["rrt"]`).
     pub roles: Option<Vec<String>>,
+    /// The chain after the assigned nurse, in order (`[[escalation.chain]]`); without it, one
+    /// step to `units` and `roles`.
+    pub chain: Option<Vec<ChainStepFile>>,
+}
+
+/// `[[escalation.chain]]`: one step of the escalation chain.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainStepFile {
+    /// Who, as consoles show it (e.g. `charge nurse`).
+    pub label: String,
+    /// Roles that see the alert from this step on.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Units that see the alert from this step on.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Seconds at the previous step before this one (default: the severity's window).
+    pub wait_secs: Option<u64>,
 }
 
 /// `[hl7]`
@@ -773,6 +792,9 @@ impl Config {
         if self.escalation.windows.iter().any(|(_, w)| w.is_some_and(|w| w.is_zero())) {
             bail!("escalation windows (escalation.*_secs) must be at least 1 second");
         }
+        if self.escalation.chain.iter().any(|s| s.wait.is_some_and(|w| w.is_zero()) || s.label.trim().is_empty()) {
+            bail!("every escalation.chain step needs a label and a wait_secs of at least 1 second");
+        }
         match (self.auth_algorithm.as_str(), &self.auth_public_key) {
             ("HS256", _) => {}
             ("RS256" | "ES256", Some(_)) => {}
@@ -871,6 +893,14 @@ fn escalation_policy(file: EscalationFileConfig) -> crate::alerts::escalation::E
     }
     if let Some(roles) = file.roles {
         policy.roles = roles;
+    }
+    for step in file.chain.unwrap_or_default() {
+        policy.chain.push(crate::alerts::escalation::ChainStep {
+            label: step.label,
+            units: step.units,
+            roles: step.roles,
+            wait: secs(step.wait_secs),
+        });
     }
     policy
 }

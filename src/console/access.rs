@@ -19,6 +19,8 @@ pub enum Permission {
     ViewDeadLetters,
     /// Write to the FHIR feed (device gateways, interface engines).
     WriteFhir,
+    /// Assign nurses to beds for a shift.
+    AssignBeds,
 }
 
 impl Permission {
@@ -26,7 +28,10 @@ impl Permission {
     pub fn granted_to(self, role: Role) -> bool {
         match self {
             Permission::ActOnAlerts => {
-                matches!(role, Role::Rrt | Role::Nurse | Role::Physician | Role::Pharmacist | Role::Admin)
+                matches!(
+                    role,
+                    Role::Rrt | Role::Nurse | Role::Charge | Role::Physician | Role::Pharmacist | Role::Admin
+                )
             }
             Permission::ReadRules => {
                 matches!(role, Role::Informaticist | Role::Admin | Role::Pharmacist | Role::Physician)
@@ -34,6 +39,7 @@ impl Permission {
             Permission::WriteRules => matches!(role, Role::Informaticist | Role::Admin),
             Permission::ViewDeadLetters => role == Role::Admin,
             Permission::WriteFhir => role == Role::Gateway,
+            Permission::AssignBeds => matches!(role, Role::Charge | Role::Admin),
         }
     }
 
@@ -48,6 +54,7 @@ impl Permission {
             Permission::WriteRules => format!("role {role} may not do this; needs informaticist or admin"),
             Permission::ViewDeadLetters => format!("role {role} may not view webhook dead letters"),
             Permission::WriteFhir => format!("role {role} may not write to /fhir; needs gateway"),
+            Permission::AssignBeds => format!("role {role} may not assign beds; needs charge or admin"),
         }
     }
 }
@@ -62,6 +69,7 @@ pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Rrt => "rrt",
         Role::Nurse => "nurse",
+        Role::Charge => "charge",
         Role::Physician => "physician",
         Role::Pharmacist => "pharmacist",
         Role::Informaticist => "informaticist",
@@ -83,16 +91,18 @@ mod tests {
     fn permissions_follow_the_role() {
         use Permission::*;
         let table = [
-            (Role::Rrt, [true, false, false, false, false]),
-            (Role::Nurse, [true, false, false, false, false]),
-            (Role::Physician, [true, true, false, false, false]),
-            (Role::Pharmacist, [true, true, false, false, false]),
-            (Role::Informaticist, [false, true, true, false, false]),
-            (Role::Admin, [true, true, true, true, false]),
-            (Role::Gateway, [false, false, false, false, true]),
+            (Role::Rrt, [true, false, false, false, false, false]),
+            (Role::Nurse, [true, false, false, false, false, false]),
+            (Role::Charge, [true, false, false, false, false, true]),
+            (Role::Physician, [true, true, false, false, false, false]),
+            (Role::Pharmacist, [true, true, false, false, false, false]),
+            (Role::Informaticist, [false, true, true, false, false, false]),
+            (Role::Admin, [true, true, true, true, false, true]),
+            (Role::Gateway, [false, false, false, false, true, false]),
         ];
         for (role, expected) in table {
-            let granted = [ActOnAlerts, ReadRules, WriteRules, ViewDeadLetters, WriteFhir].map(|p| p.granted_to(role));
+            let granted = [ActOnAlerts, ReadRules, WriteRules, ViewDeadLetters, WriteFhir, AssignBeds]
+                .map(|p| p.granted_to(role));
             assert_eq!(granted, expected, "{role:?}");
         }
         assert!(Permission::WriteRules.refusal(Role::Nurse).contains("role nurse"));

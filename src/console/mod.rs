@@ -7,7 +7,9 @@
 
 mod access;
 mod alerts;
+pub mod assignments;
 mod patients;
+pub mod silences;
 
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ use vigil_actors::{AlertStore, Router};
 
 pub use access::{Permission, may_act, role_name, sees};
 pub use alerts::{AlertFilter, AlertList, ConsoleAction};
+pub use assignments::{Assignment, AssignmentRequest, Assignments, ReceiptKind, Route};
+pub use silences::{Silence, SilenceRequest, Silences};
 
 use crate::audit::AuditLog;
 use crate::auth::Claims;
@@ -53,12 +57,38 @@ pub struct Console {
     alerts: Arc<dyn AlertStore>,
     router: Arc<Router>,
     audit: AuditLog,
+    silences: Silences,
+    assignments: Assignments,
+    escalation: crate::alerts::escalation::EscalationPolicy,
 }
 
 impl Console {
     /// A console over the alert log, the patient actors and the audit log.
     pub fn new(alerts: Arc<dyn AlertStore>, router: Arc<Router>, audit: AuditLog) -> Self {
-        Console { alerts, router, audit }
+        let clock: Arc<dyn vigil_actors::Clock> = Arc::new(vigil_actors::SystemClock);
+        let silences = Silences::in_memory(Arc::clone(&clock));
+        let assignments = Assignments::in_memory(clock);
+        let escalation = crate::alerts::escalation::EscalationPolicy::default();
+        Console { alerts, router, audit, silences, assignments, escalation }
+    }
+
+    /// The same console keeping its assignments in `assignments` (persisted, on the server's
+    /// clock).
+    pub fn with_assignments(mut self, assignments: Assignments) -> Self {
+        self.assignments = assignments;
+        self
+    }
+
+    /// The same console showing `policy`'s escalation chain on alerts.
+    pub fn with_escalation(mut self, policy: crate::alerts::escalation::EscalationPolicy) -> Self {
+        self.escalation = policy;
+        self
+    }
+
+    /// The same console keeping its silences in `silences` (persisted, on the server's clock).
+    pub fn with_silences(mut self, silences: Silences) -> Self {
+        self.silences = silences;
+        self
     }
 
     /// The alert log, for the WebSocket's snapshot and backfill (it filters with [`sees`]).

@@ -13,7 +13,7 @@ use vigil_actors::{PatientSummary, SequencedAlert};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::Authenticated;
-use crate::console::{AlertFilter, ConsoleAction};
+use crate::console::{AlertFilter, Assignment, AssignmentRequest, ConsoleAction, Silence, SilenceRequest};
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 type JsonResult<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -90,6 +90,43 @@ async fn comment(
     Ok(change_json(&state.console.act(&claims, &id, action).await?))
 }
 
+async fn list_silences(State(state): State<AppState>, Authenticated(claims): Authenticated) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"silences": state.console.silences_for(&claims)}))
+}
+
+async fn start_silence(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    body: JsonResult<SilenceRequest>,
+) -> Result<Json<Silence>, ApiError> {
+    let Json(request) = body?;
+    Ok(Json(state.console.silence(&claims, request).await?))
+}
+
+async fn end_silence(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Silence>, ApiError> {
+    Ok(Json(state.console.end_silence(&claims, &id)?))
+}
+
+async fn list_assignments(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"assignments": state.console.assignments_for(&claims)}))
+}
+
+async fn assign(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    body: JsonResult<AssignmentRequest>,
+) -> Result<Json<Assignment>, ApiError> {
+    let Json(request) = body?;
+    Ok(Json(state.console.assign(&claims, request)?))
+}
+
 const OPENAPI: &str = include_str!("../../schemas/http/openapi.json");
 
 async fn openapi() -> impl IntoResponse {
@@ -105,5 +142,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/alerts/{id}/resolve", post(resolve))
         .route("/api/alerts/{id}/comment", post(comment))
         .route("/api/patients/{id}", get(get_patient))
+        .route("/api/silences", get(list_silences).post(start_silence))
+        .route("/api/silences/{id}/end", post(end_silence))
+        .route("/api/assignments", get(list_assignments).put(assign))
         .route("/api/openapi.json", get(openapi))
 }

@@ -1,12 +1,19 @@
-//! The console page, compiled into the binary: no CDN, works offline. Its one inline script
-//! and one inline style run under a per-response nonce, so the page's CSP needs no
-//! `'unsafe-inline'`.
+//! The console page, compiled into the binary: no CDN, works offline. Three files
+//! (`console.html` markup, `console.css`, `console.js`) are joined once into one page whose one
+//! inline script and one inline style run under a per-response nonce, so the page's CSP needs
+//! no `'unsafe-inline'`.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
-const INDEX_HTML: &str = include_str!("console.html");
+const MARKUP: &str = include_str!("console.html");
+const STYLE: &str = include_str!("console.css");
+const SCRIPT: &str = include_str!("console.js");
+
+/// The page with its style and script in place (joined once).
+static INDEX_HTML: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| MARKUP.replacen("/*CONSOLE_CSS*/", STYLE, 1).replacen("/*CONSOLE_JS*/", SCRIPT, 1));
 
 /// The page's Content-Security-Policy for `nonce`.
 pub fn content_security_policy(nonce: &str) -> String {
@@ -51,6 +58,9 @@ mod tests {
         assert!(html.contains(&format!("<style nonce=\"{nonce}\">")));
         assert!(!html.contains("<script>") && !html.contains("<style>"), "every inline block has the nonce");
         assert!(!html.contains(" style=\""), "no style attributes: the CSP would block them");
+        assert!(!html.contains("/*CONSOLE_"), "the style and script are in place");
+        assert!(html.contains("function renderBoard") && html.contains(".tile"), "both files were joined");
+        assert_eq!(html.matches("<script").count(), 1, "one script");
         let again = index().await;
         assert_ne!(again.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap(), csp, "a nonce per response");
     }

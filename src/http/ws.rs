@@ -23,7 +23,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::Authenticated;
 use crate::auth::Claims;
-use crate::console::{ConsoleAction, role_name, sees};
+use crate::console::{
+    Assignment, AssignmentRequest, ConsoleAction, ReceiptKind, Route, Silence, SilenceRequest, role_name, sees,
+};
 
 /// Largest client frame accepted.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
@@ -133,6 +135,32 @@ enum ClientFrame {
         patient: String,
     },
     Unwatch,
+    Silence {
+        #[serde(rename = "ref")]
+        reference: String,
+        patient: String,
+        #[serde(default)]
+        alert_id: Option<String>,
+        minutes: i64,
+        reason: String,
+    },
+    EndSilence {
+        #[serde(rename = "ref")]
+        reference: String,
+        silence_id: String,
+    },
+    Receipt {
+        alert_id: String,
+        kind: ReceiptKind,
+    },
+    Assign {
+        #[serde(rename = "ref")]
+        reference: String,
+        nurse: String,
+        unit: String,
+        beds: Vec<String>,
+        hours: i64,
+    },
 }
 
 /// Frames the server sends.
@@ -143,15 +171,21 @@ enum ServerFrame<'a> {
         seq: u64,
         notify: bool,
         alert: &'a Alert,
+        route: Route,
     },
     Snapshot {
         seq: u64,
         alerts: Vec<&'a Alert>,
+        routes: std::collections::BTreeMap<&'a str, Route>,
     },
     Subscribed {
         units: &'a [String],
         patients: &'a [String],
         seq: u64,
+        user: &'a str,
+        role: &'a str,
+        assignments: &'a [Assignment],
+        rule_titles: std::collections::BTreeMap<String, String>,
     },
     Resync {
         since: u64,
@@ -172,6 +206,10 @@ enum ServerFrame<'a> {
         error: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         alert: Option<&'a Alert>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        silence: Option<&'a Silence>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        assignment: Option<&'a Assignment>,
     },
     Error {
         code: &'a str,
@@ -186,6 +224,22 @@ enum ServerFrame<'a> {
         seq: u64,
         patient: &'a str,
         observations: &'a [vigil_actors::Observation],
+    },
+    /// Every open silence the session sees (after `subscribe`, and again after a lag).
+    Silences {
+        seq: u64,
+        silences: &'a [Silence],
+    },
+    /// A silence started or ended.
+    Silence {
+        seq: u64,
+        silence: &'a Silence,
+    },
+    /// An alert's delivery and read receipts changed.
+    Receipts {
+        seq: u64,
+        alert_id: &'a str,
+        receipts: &'a [crate::console::assignments::Receipt],
     },
 }
 
@@ -274,6 +328,8 @@ impl Session {
         // Subscribe to the hub first: anything committed after this point arrives live, and
         // anything before it is in the store; duplicates are dropped by sequence number.
         let mut live = self.state.hub.subscribe();
+        let mut silences = self.state.console.silence_book().subscribe();
+        let mut receipts = self.state.console.assignment_book().subscribe();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
         let mut shutdown = self.state.shutdown.clone();
@@ -308,6 +364,28 @@ impl Session {
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 },
+                change = silences.recv(), if self.subscribed => match change {
+                    Ok(silence) => {
+                        if self.sees_silence(&silence) {
+                            let seq = self.last;
+                            self.send(&ServerFrame::Silence { seq, silence: &silence }).await?;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => self.send_silences().await?,
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                change = receipts.recv(), if self.subscribed => match change {
+                    Ok(change) => {
+                        if self.claims.may_see(&change.unit) && (self.all_units || self.units.contains(&change.unit)) {
+                            let seq = self.last;
+                            let frame = ServerFrame::Receipts { seq, alert_id: &change.alert_id, receipts: &change.receipts };
+                            self.send(&frame).await?;
+                        }
+                    }
+                    // Receipts are informational: a lagging session shows the next ones.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return Ok(()),
+                },
                 update = next_live(&mut self.watching) => {
                     if let Some(update) = update {
                         let seq = self.last;
@@ -337,7 +415,15 @@ impl Session {
             let message = expired.to_string();
             match frame.reference() {
                 Some(reference) => {
-                    let frame = ServerFrame::Reply { reference, seq, ok: false, error: Some(message), alert: None };
+                    let frame = ServerFrame::Reply {
+                        reference,
+                        seq,
+                        ok: false,
+                        error: Some(message),
+                        alert: None,
+                        silence: None,
+                        assignment: None,
+                    };
                     self.send(&frame).await?;
                 }
                 None => self.send(&ServerFrame::Error { code: "unauthorized", message, seq }).await?,
@@ -362,6 +448,50 @@ impl Session {
                 self.watching = None;
                 return Ok(Flow::Continue);
             }
+            ClientFrame::Silence { reference, patient, alert_id, minutes, reason } => {
+                let request = SilenceRequest { patient, alert_id, minutes, reason };
+                let result = self.state.console.silence(&self.claims, request).await;
+                self.reply_silence(&reference, result).await?;
+                return Ok(Flow::Continue);
+            }
+            ClientFrame::Receipt { alert_id, kind } => {
+                if let Err(e) = self.state.console.receipt(&self.claims, &alert_id, kind).await {
+                    let seq = self.last;
+                    self.send(&ServerFrame::Error { code: "not_found", message: e.to_string(), seq }).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+            ClientFrame::Assign { reference, nurse, unit, beds, hours } => {
+                let result = self.state.console.assign(&self.claims, AssignmentRequest { nurse, unit, beds, hours });
+                let seq = self.last;
+                let frame = match &result {
+                    Ok(assignment) => ServerFrame::Reply {
+                        reference: &reference,
+                        seq,
+                        ok: true,
+                        error: None,
+                        alert: None,
+                        silence: None,
+                        assignment: Some(assignment),
+                    },
+                    Err(e) => ServerFrame::Reply {
+                        reference: &reference,
+                        seq,
+                        ok: false,
+                        error: Some(e.to_string()),
+                        alert: None,
+                        silence: None,
+                        assignment: None,
+                    },
+                };
+                self.send(&frame).await?;
+                return Ok(Flow::Continue);
+            }
+            ClientFrame::EndSilence { reference, silence_id } => {
+                let result = self.state.console.end_silence(&self.claims, &silence_id);
+                self.reply_silence(&reference, result).await?;
+                return Ok(Flow::Continue);
+            }
             ClientFrame::Ack { reference, alert_id } => (reference, alert_id, ConsoleAction::Acknowledge),
             ClientFrame::Resolve { reference, alert_id, reason } => {
                 (reference, alert_id, ConsoleAction::Resolve { reason })
@@ -373,15 +503,75 @@ impl Session {
         let result = self.state.console.act(&self.claims, &alert_id, action).await;
         let seq = self.last;
         let frame = match &result {
-            Ok(change) => {
-                ServerFrame::Reply { reference: &reference, seq, ok: true, error: None, alert: Some(&change.alert) }
-            }
-            Err(e) => {
-                ServerFrame::Reply { reference: &reference, seq, ok: false, error: Some(e.to_string()), alert: None }
-            }
+            Ok(change) => ServerFrame::Reply {
+                reference: &reference,
+                seq,
+                ok: true,
+                error: None,
+                alert: Some(&change.alert),
+                silence: None,
+                assignment: None,
+            },
+            Err(e) => ServerFrame::Reply {
+                reference: &reference,
+                seq,
+                ok: false,
+                error: Some(e.to_string()),
+                alert: None,
+                silence: None,
+                assignment: None,
+            },
         };
         self.send(&frame).await?;
         Ok(Flow::Continue)
+    }
+
+    async fn reply_silence(
+        &mut self,
+        reference: &str,
+        result: Result<Silence, crate::console::ConsoleError>,
+    ) -> SessionResult {
+        let seq = self.last;
+        let frame = match &result {
+            Ok(silence) => ServerFrame::Reply {
+                reference,
+                seq,
+                ok: true,
+                error: None,
+                alert: None,
+                silence: Some(silence),
+                assignment: None,
+            },
+            Err(e) => ServerFrame::Reply {
+                reference,
+                seq,
+                ok: false,
+                error: Some(e.to_string()),
+                alert: None,
+                silence: None,
+                assignment: None,
+            },
+        };
+        self.send(&frame).await
+    }
+
+    /// Whether the session shows `silence`: the token allows its unit and the subscription
+    /// covers it.
+    fn sees_silence(&self, silence: &Silence) -> bool {
+        let role = role_name(self.claims.role);
+        silence.visible_to(&self.claims)
+            && (self.all_units
+                || self.units.contains(&silence.unit)
+                || self.patients.contains(&silence.patient)
+                || silence.escalated_units.iter().any(|u| self.units.contains(u))
+                || silence.escalated_roles.iter().any(|r| r == role))
+    }
+
+    async fn send_silences(&mut self) -> SessionResult {
+        let open: Vec<Silence> =
+            self.state.console.silences_for(&self.claims).into_iter().filter(|s| self.sees_silence(s)).collect();
+        let seq = self.last;
+        self.send(&ServerFrame::Silences { seq, silences: &open }).await
     }
 
     async fn watch(&mut self, patient: String) -> SessionResult {
@@ -422,14 +612,29 @@ impl Session {
                 let seq = log.last_seq();
                 let open = log.open_alerts().await?;
                 let alerts: Vec<&Alert> = open.iter().map(|c| &c.alert).filter(|a| self.sees(a)).collect();
-                let frame = ServerFrame::Snapshot { seq, alerts };
+                let console = &self.state.console;
+                let routes = alerts.iter().map(|a| (a.id.0.as_str(), console.route(a))).collect();
+                let frame = ServerFrame::Snapshot { seq, alerts, routes };
                 let text = serde_json::to_string(&frame)?;
                 self.send_message(Message::Text(text.into())).await?;
                 self.last = seq;
             }
         }
+        self.send_silences().await?;
         let seq = self.last;
-        self.send(&ServerFrame::Subscribed { units: &units, patients: &patients, seq }).await
+        let assignments = self.state.console.assignments_for(&self.claims);
+        let (user, role) = (self.claims.sub.clone(), role_name(self.claims.role));
+        let rule_titles = self.state.rules.rules().iter().map(|r| (r.id.clone(), r.title.clone())).collect();
+        let frame = ServerFrame::Subscribed {
+            units: &units,
+            patients: &patients,
+            seq,
+            user: &user,
+            role,
+            assignments: &assignments,
+            rule_titles,
+        };
+        self.send(&frame).await
     }
 
     /// Subscribed to the alert's unit (or a unit it escalated to, or its patient), and the
@@ -467,7 +672,8 @@ impl Session {
         if !self.sees(&change.alert) {
             return Ok(());
         }
-        self.send(&ServerFrame::Alert { seq: change.seq, notify: change.notify, alert: &change.alert }).await
+        let route = self.state.console.route(&change.alert);
+        self.send(&ServerFrame::Alert { seq: change.seq, notify: change.notify, alert: &change.alert, route }).await
     }
 }
 
@@ -485,7 +691,10 @@ impl ClientFrame {
         match self {
             ClientFrame::Ack { reference, .. }
             | ClientFrame::Resolve { reference, .. }
-            | ClientFrame::Comment { reference, .. } => Some(reference),
+            | ClientFrame::Comment { reference, .. }
+            | ClientFrame::Silence { reference, .. }
+            | ClientFrame::EndSilence { reference, .. }
+            | ClientFrame::Assign { reference, .. } => Some(reference),
             _ => None,
         }
     }

@@ -51,9 +51,20 @@ const browser = await chromium.launch({
          "--no-first-run", "--disable-component-update", "--disable-sync"],
 });
 
-async function openPage(tok) {
-  const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
+async function openPage(tok, opts = {}) {
+  const context = await browser.newContext({ viewport: opts.viewport || { width: 1600, height: 900 }, hasTouch: !!opts.touch });
   const page = await context.newPage();
+  const view = opts.view || "list";
+  await page.addInitScript((v) => { localStorage.setItem("vigil.view", v); }, view);
+  if (opts.clock) await page.clock.install({ time: new Date() });
+  // Headless Chromium never blocks audio: stand in for a browser that does (the context starts
+  // suspended until the page resumes it from a click), to test what the console does about it.
+  if (opts.blockAudio) {
+    await page.addInitScript(() => {
+      const Native = window.AudioContext;
+      window.AudioContext = class extends Native { constructor(...a) { super(...a); this.suspend(); } };
+    });
+  }
   page.on("pageerror", (e) => { console.error("page error:", e.message); process.exitCode = 1; });
   // Count the frames the console receives, to show the clicks happened under load.
   await page.addInitScript(() => {
@@ -73,8 +84,8 @@ async function openPage(tok) {
   return page;
 }
 
-async function openBoard() {
-  const page = await openPage(token);
+async function openBoard(opts = {}) {
+  const page = await openPage(opts.token || token, opts);
   await page.locator("#conn", { hasText: "live" }).waitFor({ timeout: 10000 });
   return page;
 }
@@ -99,7 +110,7 @@ async function loadPhase() {
   const page = await openBoard();
   // NEWS2 alerts of patients at full deterioration stay open; a flapping SIRS alert could be
   // resolved by its rule between choosing it and clicking.
-  const active = page.locator("#rows tr.active", { has: page.locator("td:nth-child(4)", { hasText: /^news2$/ }) });
+  const active = page.locator('#rows tr.active[data-rule="news2"]');
   const deadline = Date.now() + 120000;
   while ((await active.count()) < 14) {
     check(Date.now() < deadline, `only ${await active.count()} unacknowledged alerts after 2 min`);
@@ -193,6 +204,275 @@ async function loadPhase() {
   console.log(`disconnected: banner in view after scrolling ${scrolled}px, rows greyed (opacity ${opacity})`);
 }
 
+
+// ---- issue 16: the unit board, bundling, silences, phone, keyboard, notifications ----
+const tiles = (page) => page.locator("#units-board .tile");
+const RANKS = { critical: 4, high: 3, medium: 2, low: 1, info: 0 };
+const perHour = (n, patients, secs) => (patients ? n / patients / (secs / 3600) : 0);
+
+async function measure(page, secs) {
+  const read = () => page.evaluate(() => ({ frames: window.__notifyFrames || 0, sounded: window.__notifications || 0,
+    bundled: window.__bundled || 0, silenced: window.__silenced || 0,
+    patients: document.querySelectorAll("#units-board .tile").length }));
+  const a = await read(), t0 = Date.now();
+  await sleep(secs * 1000);
+  const b = await read(), dt = (Date.now() - t0) / 1000;
+  const patients = Math.max(a.patients, b.patients);
+  return { secs: dt, patients, notify_frames: b.frames - a.frames, sounded: b.sounded - a.sounded,
+    bundled_away: b.bundled - a.bundled, silenced_away: b.silenced - a.silenced,
+    raw_per_patient_hour: perHour(b.frames - a.frames, patients, dt), sounded_per_patient_hour: perHour(b.sounded - a.sounded, patients, dt) };
+}
+
+async function boardPhase() {
+  const page = await openBoard({ view: "board" });
+  const deadline = Date.now() + 150000;
+  while ((await tiles(page).count()) < 38) {
+    check(Date.now() < deadline, `only ${await tiles(page).count()} bed tiles after 150 s`);
+    await sleep(500);
+  }
+  await page.mouse.move(1, 1);
+  // The notification figure: the same console over the same demo, first with bundling only
+  // (every notify frame counted as the old console beeped it), then with every patient silenced.
+  const before = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
+  console.log(`notifications (bundled, no silences): ${JSON.stringify(before)}`);
+
+  // A tile per bed, both units, sorted by acuity, 40 beds on one desktop screen.
+  const board = await page.evaluate(() => [...document.querySelectorAll("#units-board section.unit")].map((sec) => ({
+    unit: sec.dataset.unit,
+    tiles: [...sec.querySelectorAll(".tile")].map((t) => ({ bed: t.querySelector(".bed").textContent, sev: t.dataset.severity,
+      news: t.querySelector(".news").textContent, state: t.querySelector(".state").textContent, rule: t.querySelector(".rule").textContent })) })));
+  check(board.map((u) => u.unit).join(",") === "5W,ICU", `units on the board: ${board.map((u) => u.unit)}`);
+  for (const u of board) {
+    for (const t of u.tiles) {
+      check(/^\d\d-[AB]$/.test(t.bed), `bed label "${t.bed}"`);
+      check(/^NEWS2 /.test(t.news), `NEWS2 line "${t.news}"`);
+      check(/^(UNACKED|acked by .+) · (just now|\d+ min ago|\d+ h \d+ min ago)$/.test(t.state), `state line "${t.state}"`);
+      check(!/^news2$|^sepsis\./.test(t.rule), `rule shown by id: "${t.rule}"`);
+    }
+    const ranks = u.tiles.map((t) => RANKS[t.sev]);
+    check(ranks.every((r, i) => i === 0 || ranks[i - 1] >= r), `${u.unit} not sorted by acuity: ${u.tiles.map((t) => t.sev)}`);
+  }
+  const fit = await page.evaluate(() => ({ sh: document.scrollingElement.scrollHeight, h: innerHeight, sw: document.scrollingElement.scrollWidth, w: innerWidth }));
+  check(fit.sh <= fit.h && fit.sw <= fit.w, `40 beds do not fit one 1600x900 screen: ${JSON.stringify(fit)}`);
+  await page.screenshot({ path: path.join(shots, "board-two-units.png") });
+  console.log(`board: ${board.map((u) => u.unit + " " + u.tiles.length).join(", ")} tiles; fits ${fit.w}x${fit.h}`);
+
+  // Filters: unit, severity, status.
+  await page.selectOption("#f-unit", "ICU");
+  check(await page.evaluate(() => [...document.querySelectorAll("#units-board .tile")].every((t) => t.dataset.unit === "ICU")), "unit filter");
+  await page.selectOption("#f-unit", "");
+  await page.selectOption("#f-sev", "critical");
+  const sevs = await page.evaluate(() => [...document.querySelectorAll("#units-board .tile")].map((t) => t.dataset.severity));
+  check(sevs.length > 0 && sevs.every((s) => s === "critical"), `severity filter shows ${sevs}`);
+  await page.selectOption("#f-sev", "");
+  // The alert list is one click away.
+  await page.click("#view-list");
+  await page.locator("#rows tr").first().waitFor({ timeout: 5000 });
+  await page.click("#view-board");
+
+  // Bundling: a patient with several open alerts shows them in one panel, most severe first,
+  // with one place to acknowledge them all.
+  const multi = page.locator("#units-board .tile.unacked", { has: page.locator(".rule", { hasText: / \+\d+$/ }) }).first();
+  await multi.waitFor({ timeout: 60000 });
+  const pid = await multi.getAttribute("data-patient");
+  await multi.click();
+  await page.locator("#p-alerts .alert-card").nth(1).waitFor({ timeout: 10000 });
+  const cards = await page.evaluate(() => [...document.querySelectorAll("#p-alerts .alert-card")].map((c) => c.className.split(" ")[1]));
+  check(cards.length >= 2, `bundle of ${cards.length}`);
+  check(cards.every((s, i) => i === 0 || RANKS[cards[i - 1]] >= RANKS[s]), `bundle not by severity: ${cards}`);
+  const allBtn = page.locator("#p-ack-all");
+  check(/^Acknowledge all \d+$/.test(await allBtn.innerText()), `ack-all reads "${await allBtn.innerText()}"`);
+  // Receipts: opening the patient reported it; the card says who opened it.
+  await page.locator("#p-alerts .receipts", { hasText: "opened by console-user" }).first().waitFor({ timeout: 10000 });
+  await allBtn.click();
+  await page.locator(`#units-board .tile[data-patient="${pid}"] .state`, { hasText: /^acked by console-user/ }).waitFor({ timeout: 60000 });
+  const acked = await page.evaluate(() => [...document.querySelectorAll("#p-alerts .alert-card .state")].map((e) => e.textContent));
+  check(acked.every((t) => t.startsWith("Acknowledged by console-user at")), `after acknowledge all: ${acked}`);
+  console.log(`bundle of ${cards.length} alerts (${cards.join(", ")}) acknowledged with one click`);
+  await page.screenshot({ path: path.join(shots, "patient-bundle.png") });
+
+  // Escape closes the panel and gives focus back to the tile.
+  await page.keyboard.press("Escape");
+  check(await page.locator("#patient").isHidden(), "Escape did not close the panel");
+  check(await page.evaluate((p) => document.activeElement && document.activeElement.dataset.patient === p, pid), "focus did not return to the tile");
+
+  // Keyboard only: Tab to an unacknowledged tile, Enter, Tab to its Acknowledge, Enter.
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  let target = null;
+  for (let i = 0; i < 200 && !target; i++) {
+    await page.keyboard.press("Tab");
+    target = await page.evaluate(() => { const a = document.activeElement; return a && a.classList.contains("tile") && a.classList.contains("unacked") ? a.dataset.patient : null; });
+  }
+  check(target, "no unacknowledged tile reached with Tab");
+  await page.keyboard.press("Enter");
+  await page.locator("#p-alerts .alert-card").first().waitFor({ timeout: 10000 });
+  let onAck = false;
+  for (let i = 0; i < 40 && !onAck; i++) {
+    await page.keyboard.press("Tab");
+    onAck = await page.evaluate(() => { const a = document.activeElement; return !!a && a.matches("#p-alerts button.ack[aria-disabled=false], #p-ack-all"); });
+  }
+  check(onAck, "Tab never reached an Acknowledge button in the panel");
+  await page.keyboard.press("Enter");
+  await page.locator("#p-alerts .alert-card .state", { hasText: "Acknowledged by console-user" }).first().waitFor({ timeout: 60000 });
+  await page.keyboard.press("Escape");
+  console.log("keyboard only: Tab, Enter, Tab, Enter acknowledged; Escape closed the panel");
+
+  // Silences: silence every patient on the board for 15 min (RRT at the bedside) and measure again.
+  const pids = await page.evaluate(() => [...document.querySelectorAll("#units-board .tile")].map((t) => t.dataset.patient));
+  const first = pids[0];
+  await page.locator(`#units-board .tile[data-patient="${first}"]`).click();
+  await page.locator("#p-silence-go").waitFor({ timeout: 10000 });
+  await page.selectOption("#p-sil-minutes", "15");
+  await page.selectOption("#p-sil-reason", "rrt_at_bedside");
+  await page.click("#p-silence-go");
+  await page.locator("#p-silence .silenced", { hasText: "silenced by console-user" }).waitFor({ timeout: 10000 });
+  await page.keyboard.press("Escape");
+  const sil = page.locator(`#units-board .tile[data-patient="${first}"] .sil`);
+  await sil.waitFor({ state: "visible", timeout: 10000 });
+  check(/^Silenced 1[45] min · RRT at the bedside · console-user$/.test(await sil.innerText()), `silence on the tile reads "${await sil.innerText()}"`);
+  await page.evaluate((ids) => { for (const p of ids.slice(1)) send({ type: "silence", ref: "s-" + p, patient: p, minutes: 15, reason: "rrt_at_bedside" }); }, pids);
+  await sleep(1000);
+  const after = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
+  console.log(`notifications (bundled, every patient silenced): ${JSON.stringify(after)}`);
+  fs.writeFileSync(path.join(shots, "notifications.json"), JSON.stringify({ before, after }, null, 1));
+  await page.screenshot({ path: path.join(shots, "board-silenced.png") });
+}
+
+// A silence that expires, on the browser's injected clock: shown on the tile, gone after 15 min.
+async function silenceClockPhase() {
+  const page = await openBoard({ view: "board", clock: true });
+  const tile = tiles(page).first();
+  await tile.waitFor({ timeout: 60000 });
+  const pid = await tile.getAttribute("data-patient");
+  await tile.click();
+  // The board phase silenced every patient on this ward: end this one's first (End silence).
+  const end = page.locator("#p-silence .silenced button", { hasText: "End silence" });
+  await page.locator("#p-silence-go, #p-silence .silenced").first().waitFor({ timeout: 10000 });
+  if (await end.count()) await end.click();
+  await page.locator("#p-silence-go").waitFor({ timeout: 10000 });
+  await page.selectOption("#p-sil-minutes", "15");
+  await page.selectOption("#p-sil-reason", "procedure");
+  await page.click("#p-silence-go");
+  await page.locator("#p-silence .silenced").waitFor({ timeout: 10000 });
+  await page.keyboard.press("Escape");
+  const sil = page.locator(`#units-board .tile[data-patient="${pid}"] .sil`);
+  await sil.waitFor({ state: "visible", timeout: 10000 });
+  check(/Procedure in progress · console-user$/.test(await sil.innerText()), `silence reads "${await sil.innerText()}"`);
+  await page.clock.fastForward("14:00");
+  await sleep(300);
+  check(await sil.isVisible(), "the silence ended a minute early");
+  await page.clock.fastForward("01:05");
+  await sil.waitFor({ state: "hidden", timeout: 10000 });
+  console.log("silence shown on the tile, ended after 15 min of injected time");
+}
+
+// Phones: 390 px, no horizontal scrolling on the board, in a patient, at the Acknowledge button.
+async function phonePhase() {
+  const page = await openBoard({ view: "board", viewport: { width: 390, height: 844 }, touch: true });
+  await tiles(page).nth(3).waitFor({ timeout: 60000 });
+  const wide = () => page.evaluate(() => document.scrollingElement.scrollWidth - document.documentElement.clientWidth);
+  check((await wide()) <= 0, `board scrolls sideways by ${await wide()} px at 390 px`);
+  await page.screenshot({ path: path.join(shots, "phone-board.png") });
+  const t = page.locator("#units-board .tile.unacked").first();
+  await t.waitFor({ timeout: 60000 });
+  await t.tap();
+  const btn = page.locator('#p-alerts button.ack[aria-disabled="false"]').first();
+  await btn.waitFor({ timeout: 10000 });
+  const box = await btn.boundingBox();
+  check(box && box.x >= 0 && box.x + box.width <= 390, `Acknowledge button outside the screen: ${JSON.stringify(box)}`);
+  const panelWide = await page.evaluate(() => document.querySelector("#patient").scrollWidth - document.querySelector("#patient").clientWidth);
+  check((await wide()) <= 0 && panelWide <= 0, `patient panel scrolls sideways by ${panelWide} px`);
+  await btn.tap();
+  await page.locator("#p-alerts .alert-card .state", { hasText: "Acknowledged by" }).first().waitFor({ timeout: 60000 });
+  await page.screenshot({ path: path.join(shots, "phone-patient.png") });
+  await page.click("#p-close");
+  await page.click("#view-list");
+  check((await wide()) <= 0, `alert list scrolls sideways by ${await wide()} px at 390 px`);
+  console.log("phone: board, patient and acknowledge at 390 px without horizontal scrolling");
+}
+
+// An assignment followed by an escalation along the chain (in-process server, 2 s steps).
+async function chainPhase() {
+  const charge = await openBoard({ view: "board", token: env("VIGIL_CHARGE_TOKEN") });
+  await charge.click("#assign-open");
+  await charge.fill("#as-nurse", "nurse-4");
+  await charge.fill("#as-beds", "04-B, 05-A");
+  await charge.click("#as-go");
+  await charge.locator("#as-list li", { hasText: "nurse-4: ICU 04-B, 05-A" }).waitFor({ timeout: 10000 });
+  const nurse = await openBoard({ view: "board", token: env("VIGIL_NURSE_TOKEN") });
+  check(await nurse.locator("#assign-open").isHidden(), "a nurse is offered the assignment form");
+  const ts = hl7Now();
+  const msg = [
+    `MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|${ts}||ORU^R01^ORU_R01|CHAIN-1|P|2.6`,
+    `PID|||${mrn}^^^HOSP^MR||Chain^Test||19600101|F`, `PV1||I|ICU^04^B`,
+    `OBX|1|NM|151562^MDC_RESP_RATE^MDC|1.2.1.1|28|264928^MDC_DIM_RESP_PER_MIN^MDC|||||R|||${ts}`,
+    `OBX|2|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.4.1.1|88|266016^MDC_DIM_MMHG^MDC|||||R|||${ts}`,
+  ].join("\r");
+  check((await sendMllp(env("VIGIL_MLLP"), msg)).includes("MSA|AA|CHAIN-1"), "no AA");
+  const esc = (page) => page.locator('#units-board .tile[data-bed="04-B"] .esc');
+  await esc(nurse).filter({ hasText: /^nurse nurse-4 · next: charge nurse in/ }).waitFor({ timeout: 10000 });
+  const sounded = (page) => page.evaluate(() => window.__notifications || 0);
+  check((await sounded(nurse)) === 1, `the assigned nurse was notified ${await sounded(nurse)} times`);
+  check((await sounded(charge)) === 0, "the charge nurse was notified before the escalation");
+  await esc(charge).filter({ hasText: /^escalated L1 → charge nurse · next: rapid response team in/ }).waitFor({ timeout: 15000 });
+  check((await sounded(charge)) === 1, `the charge nurse was notified ${await sounded(charge)} times at the escalation`);
+  await esc(nurse).filter({ hasText: /^escalated L2 → rapid response team/ }).waitFor({ timeout: 15000 });
+  await nurse.locator('#units-board .tile[data-bed="04-B"]').click();
+  const card = nurse.locator("#p-alerts .alert-card").first();
+  await card.locator(".chain", { hasText: "assigned nurse → charge nurse → [rapid response team]" }).waitFor({ timeout: 10000 });
+  await card.locator(".receipts", { hasText: "shown to nurse-4" }).waitFor({ timeout: 10000 });
+  await card.locator(".receipts", { hasText: "opened by nurse-4" }).waitFor({ timeout: 10000 });
+  await nurse.screenshot({ path: path.join(shots, "chain-escalated.png") });
+  console.log("assignment then escalation: nurse-4 notified first, charge nurse at L1, RRT at L2; receipts shown");
+}
+
+// Sound the browser blocks: the console says so and offers the click that unblocks it.
+async function soundPhase() {
+  const page = await openBoard({ view: "board", blockAudio: true });
+  const blocked = page.locator("#soundblock");
+  await blocked.waitFor({ state: "visible", timeout: 10000 });
+  await page.click("#sound-unblock");
+  await blocked.waitFor({ state: "hidden", timeout: 10000 });
+  check(await page.evaluate(() => audio && audio.state === "running"), "the audio context is not running after the click");
+  await page.click("#mute");
+  check(/^Sound muted until \d\d:\d\d/.test(await page.locator("#mute").innerText()), `mute reads "${await page.locator("#mute").innerText()}"`);
+  const until = await page.evaluate(() => Number(localStorage.getItem("vigil.muteUntil")));
+  const end = new Date(until);
+  check(end.getMinutes() === 0 && (end.getHours() === 7 || end.getHours() === 19) && until - Date.now() <= 12 * 3600e3, `mute ends at ${end}`);
+  console.log(`sound: blocked banner shown, unblocked by a click; mute until ${end.toTimeString().slice(0, 5)}`);
+}
+
+// The notification figure (docs/console-notifications.svg): one console on `vigil demo` from
+// its start for VIGIL_MEASURE_SECS. Without VIGIL_SILENCE_ON_FIRST it counts every notify frame
+// (what the console sounded before bundling) and what it sounds now (bundled per patient);
+// with it, the run is repeated on the same seeded ward and each patient is silenced for 15 min
+// ("RRT at the bedside") as soon as the console first sounds for them.
+async function figurePhase() {
+  const page = await openBoard({ view: "board" });
+  const silence = process.env.VIGIL_SILENCE_ON_FIRST === "1";
+  const beds = Number(process.env.VIGIL_BEDS || 40);
+  const secs = Number(process.env.VIGIL_MEASURE_SECS || 300);
+  const t0 = Date.now(), silenced = new Set();
+  while (Date.now() - t0 < secs * 1000) {
+    if (silence) {
+      const sounded = await page.evaluate(() => Object.keys(window.__perPatient || {}));
+      for (const p of sounded.filter((p) => !silenced.has(p))) {
+        silenced.add(p);
+        await page.evaluate((id) => send({ type: "silence", ref: "f-" + id, patient: id, minutes: 15, reason: "rrt_at_bedside" }), p);
+      }
+    }
+    await sleep(250);
+  }
+  const dt = (Date.now() - t0) / 1000;
+  const c = await page.evaluate(() => ({ frames: window.__notifyFrames || 0, sounded: window.__notifications || 0,
+    bundled: window.__bundled || 0, silenced: window.__silenced || 0 }));
+  const out = { secs: dt, beds, silenced_patients: silenced.size, notify_frames: c.frames, sounded: c.sounded,
+    bundled_away: c.bundled, silenced_away: c.silenced,
+    raw_per_patient_hour: perHour(c.frames, beds, dt), sounded_per_patient_hour: perHour(c.sounded, beds, dt) };
+  fs.writeFileSync(path.join(shots, silence ? "figure-silenced.json" : "figure-bundled.json"), JSON.stringify(out, null, 1));
+  console.log(`figure${silence ? " (silence on first sound)" : ""}: ${JSON.stringify(out)}`);
+}
+
 const row = (page) => page.locator("tr[data-alert-id]", { hasText: "sepsis.qsofa" });
 
 try {
@@ -224,7 +504,7 @@ try {
 
     // The patient view: latest values, then a live update as the monitor reports again.
     await row(a).locator("td.pt").click();
-    const rrTile = a.locator('#p-latest .tile[data-vital="rr"] b');
+    const rrTile = a.locator('#p-latest .vt[data-vital="rr"] b');
     await rrTile.waitFor({ timeout: 10000 });
     if ((await rrTile.innerText()).trim() !== "28") throw new Error(`RR tile shows ${await rrTile.innerText()}`);
     const ts2 = hl7Now();
@@ -236,11 +516,24 @@ try {
     ].join("\r");
     const ack2 = await sendMllp(env("VIGIL_MLLP"), update);
     if (!ack2.includes("MSA|AA|BROWSER-2")) throw new Error(`unexpected ACK: ${ack2}`);
-    await a.locator('#p-latest .tile[data-vital="rr"] b', { hasText: "31" }).waitFor({ timeout: 10000 });
+    await a.locator('#p-latest .vt[data-vital="rr"] b', { hasText: "31" }).waitFor({ timeout: 10000 });
     await a.screenshot({ path: path.join(shots, "patient-view.png"), fullPage: true });
     console.log("alert shown in both sessions, acknowledged from A, seen acknowledged in B; patient view updated live");
   } else if (phase === "load") {
     await loadPhase();
+  } else if (phase === "board") {
+    await boardPhase();
+    await silenceClockPhase();
+    await phonePhase();
+  } else if (phase === "figure") {
+    await figurePhase();
+  } else if (phase === "silence-clock") {
+    await silenceClockPhase();
+  } else if (phase === "phone") {
+    await phonePhase();
+  } else if (phase === "chain") {
+    await chainPhase();
+    await soundPhase();
   } else if (phase === "after-restart") {
     const c = await openBoard();
     await row(c).locator("td.status", { hasText: "acknowledged by" }).waitFor({ timeout: 10000 });

@@ -90,6 +90,36 @@ async fn console_under_load_acknowledges_every_held_click_and_refuses_an_expired
     let expired = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    // Issue 16 first, on the same ward: the unit board with both units and 40 beds on one
+    // screen, filters, bundling, keyboard-only acknowledge, silences (on the page's injected
+    // clock), the phone layout, and the notification counts with and without silences.
+    let board = tokio::task::block_in_place(|| {
+        Command::new("node")
+            .arg(browser_dir.join("console.mjs"))
+            .arg("board")
+            .env("VIGIL_HTTP", proc.http.to_string())
+            .env("VIGIL_MLLP", proc.mllp.to_string())
+            .env("VIGIL_TOKEN", &token)
+            .env("VIGIL_SHOTS", &shots)
+            .env("VIGIL_MEASURE_SECS", "30")
+            .output()
+            .expect("node must be installed to run the browser test")
+    });
+    let stdout = String::from_utf8_lossy(&board.stdout);
+    println!("{stdout}");
+    assert!(
+        board.status.success(),
+        "browser board phase failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&board.stderr)
+    );
+    for line in ["acknowledged with one click", "keyboard only:", "ended after 15 min of injected time", "phone:"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    for shot in
+        ["board-two-units.png", "patient-bundle.png", "phone-board.png", "phone-patient.png", "notifications.json"]
+    {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
     let out = tokio::task::block_in_place(|| {
         Command::new("node")
             .arg(browser_dir.join("console.mjs"))
@@ -110,4 +140,48 @@ async fn console_under_load_acknowledges_every_held_click_and_refuses_an_expired
     for shot in ["expired-token.png", "board-under-load.png", "board-disconnected.png"] {
         assert!(shots.join(shot).exists(), "{shot}");
     }
+}
+
+/// Issue 16: a charge nurse assigns beds in the console; an alert on one of them notifies the
+/// assigned nurse first, then escalates to the charge nurse and the rapid response team, each
+/// step on its own timer, shown on the tile and the alert with the receipts; the console says
+/// when the browser blocks sound and unblocks it with a click; mute lasts until the shift ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_assignment_then_escalation_along_the_chain() {
+    use vigil::alerts::escalation::ChainStep;
+    use vigil::auth::Role;
+    let dir = tempdir("browser-chain");
+    let mut config = config_qsofa_only(&dir);
+    let step = |label: &str, role: &str| ChainStep {
+        label: label.into(),
+        units: Vec::new(),
+        roles: vec![role.into()],
+        wait: Some(time::Duration::seconds(4)),
+    };
+    config.escalation.chain = vec![step("charge nurse", "charge"), step("rapid response team", "rrt")];
+    config.escalation.period = std::time::Duration::from_millis(200);
+    let server = vigil::app::start(&config).await.unwrap();
+    let issue = |sub: &str, role: Role| server.auth.issue(sub, role, vec!["ICU".into()], time::Duration::hours(1));
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("node")
+            .arg(browser_dir.join("console.mjs"))
+            .arg("chain")
+            .env("VIGIL_HTTP", server.http_addr.to_string())
+            .env("VIGIL_MLLP", server.mllp_addr.to_string())
+            .env("VIGIL_TOKEN", issue("rrt-1", Role::Rrt))
+            .env("VIGIL_CHARGE_TOKEN", issue("charge-1", Role::Charge))
+            .env("VIGIL_NURSE_TOKEN", issue("nurse-4", Role::Nurse))
+            .env("VIGIL_MRN", format!("MRN-CH-{}", rand::random::<u32>()))
+            .env("VIGIL_SHOTS", &shots)
+            .output()
+            .expect("node must be installed to run the browser test")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "browser chain phase failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("charge nurse at L1, RRT at L2"), "{stdout}");
+    assert!(stdout.contains("sound: blocked banner shown"), "{stdout}");
+    server.shutdown().await;
 }

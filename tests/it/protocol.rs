@@ -54,6 +54,12 @@ impl Console {
         ws_send(&mut self.ws, frame).await;
     }
 
+    /// Send a frame the schema refuses (to see the server refuse it too).
+    async fn ws_send_raw(&mut self, frame: Value) {
+        assert!(!self.client_schema.is_valid(&frame), "{frame} should not match the client schema");
+        ws_send(&mut self.ws, frame).await;
+    }
+
     async fn next(&mut self, types: &[&str]) -> Value {
         use futures_util::StreamExt;
         tokio::time::timeout(WAIT, async {
@@ -434,4 +440,191 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Issue 16: a charge nurse assigns a bed; the alert on it reaches the assigned nurse first,
+/// then escalates along the chain (charge nurse, then the rapid response team), each step on
+/// its own timer, with the chain, the next step and the receipts on the alert; a silence is
+/// started, announced and refused outside its lists. Every frame both ways validates against
+/// schemas/ws/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_then_an_escalation_along_the_chain_with_receipts_and_a_silence() {
+    use vigil::alerts::escalation::ChainStep;
+    let dir = tempdir("chain");
+    let mut config = config_qsofa_only(&dir);
+    let step = |label: &str, role: &str, units: &[&str]| ChainStep {
+        label: label.into(),
+        units: units.iter().map(|u| u.to_string()).collect(),
+        roles: vec![role.into()],
+        wait: Some(time::Duration::seconds(3)),
+    };
+    config.escalation.chain = vec![step("charge nurse", "charge", &[]), step("rapid response team", "rrt", &["RRT"])];
+    config.escalation.period = Duration::from_millis(100);
+    let server = vigil::app::start(&config).await.unwrap();
+    let issue =
+        |sub: &str, role: Role, unit: &str| server.auth.issue(sub, role, vec![unit.into()], time::Duration::hours(1));
+    let (charge_token, nurse_token) = (issue("charge-1", Role::Charge, "ICU"), issue("nurse-4", Role::Nurse, "ICU"));
+    let team_token = issue("rrt-1", Role::Rrt, "RRT");
+
+    let mut charge = Console::connect(server.http_addr, &charge_token).await;
+    charge.send(json!({"type": "subscribe"})).await;
+    charge.next(&["subscribed"]).await;
+    let assign = json!({"type": "assign", "ref": "as1", "nurse": "nurse-4", "unit": "ICU", "beds": ["04-B", "05-A"], "hours": 12});
+    charge.send(assign).await;
+    let reply = charge.next(&["reply"]).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["assignment"]["beds"], json!(["04-B", "05-A"]));
+
+    let mut nurse = Console::connect(server.http_addr, &nurse_token).await;
+    nurse.send(json!({"type": "subscribe"})).await;
+    let subscribed = nurse.next(&["subscribed"]).await;
+    assert_eq!((subscribed["user"].as_str(), subscribed["role"].as_str()), (Some("nurse-4"), Some("nurse")));
+    assert_eq!(subscribed["assignments"][0]["nurse"], "nurse-4");
+    assert!(subscribed["rule_titles"]["sepsis.qsofa"].as_str().unwrap().contains("qSOFA"));
+    // A nurse may not assign.
+    nurse
+        .send(json!({"type": "assign", "ref": "as2", "nurse": "nurse-4", "unit": "ICU", "beds": ["01-A"], "hours": 8}))
+        .await;
+    let refused = nurse.next(&["reply"]).await;
+    assert_eq!(refused["ok"], false);
+    assert!(refused["error"].as_str().unwrap().contains("may not assign"), "{refused}");
+    let mut team = Console::connect(server.http_addr, &team_token).await;
+    team.send(json!({"type": "subscribe", "units": ["RRT"]})).await;
+    team.next(&["subscribed"]).await;
+
+    // Raised on bed 04-B: the assigned nurse first, the charge nurse next.
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    raise(&mut mllp, 1).await;
+    let raised = nurse.next(&["alert"]).await;
+    let id = raised["alert"]["id"].as_str().unwrap().to_string();
+    let route = &raised["route"];
+    assert_eq!(route["assigned"], json!(["nurse-4"]));
+    assert_eq!(route["chain"], json!(["assigned nurse", "charge nurse", "rapid response team"]));
+    assert_eq!(
+        (route["current"].as_str(), route["next"]["label"].as_str()),
+        (Some("assigned nurse"), Some("charge nurse"))
+    );
+    nurse.send(json!({"type": "receipt", "alert_id": id, "kind": "delivered"})).await;
+    let receipts = charge.next(&["receipts"]).await;
+    assert_eq!(
+        (receipts["alert_id"].as_str(), receipts["receipts"][0]["user"].as_str()),
+        (Some(id.as_str()), Some("nurse-4"))
+    );
+    assert_eq!(receipts["receipts"][0]["kind"], "delivered");
+
+    // Nobody acknowledges: the charge nurse, then the team, each after its own 2 s.
+    let to_charge = loop {
+        let frame = charge.next(&["alert"]).await;
+        if frame["alert"]["escalation"]["level"] == 1 {
+            break frame;
+        }
+    };
+    assert_eq!(to_charge["notify"], true);
+    assert_eq!(to_charge["alert"]["escalation"]["roles"], json!(["charge"]));
+    assert_eq!(
+        (to_charge["route"]["current"].as_str(), to_charge["route"]["next"]["label"].as_str()),
+        (Some("charge nurse"), Some("rapid response team"))
+    );
+    let to_team = team.next(&["alert"]).await;
+    assert_eq!(to_team["alert"]["id"], id.as_str());
+    assert_eq!(to_team["alert"]["escalation"]["level"], 2);
+    assert_eq!(to_team["alert"]["escalation"]["roles"], json!(["charge", "rrt"]), "the charge nurse keeps it");
+    assert_eq!(to_team["route"]["current"], "rapid response team");
+    assert_eq!(to_team["route"]["receipts"][0]["user"], "nurse-4");
+
+    // The team is at the bedside: silence the patient for 15 min; the nurse's console hears of it.
+    let patient = to_team["alert"]["patient"]["id"].as_str().unwrap().to_string();
+    team.send(json!({"type": "silence", "ref": "s1", "patient": patient, "minutes": 15, "reason": "rrt_at_bedside"}))
+        .await;
+    let silenced = team.next(&["reply"]).await;
+    assert_eq!(silenced["ok"], true, "{silenced}");
+    assert_eq!(
+        (silenced["silence"]["by"].as_str(), silenced["silence"]["severity"].as_str()),
+        (Some("rrt-1"), Some("high"))
+    );
+    let announced = nurse.next(&["silence"]).await;
+    assert_eq!(announced["silence"]["id"], silenced["silence"]["id"]);
+    team.send(json!({"type": "silence", "ref": "s2", "patient": patient, "minutes": 15, "reason": "transport"})).await;
+    assert_eq!(team.next(&["reply"]).await["ok"], true);
+    nurse
+        .ws_send_raw(json!({"type": "silence", "ref": "s3", "patient": patient, "minutes": 7, "reason": "transport"}))
+        .await;
+    let bad = nurse.next(&["reply"]).await;
+    assert_eq!(bad["ok"], false);
+    nurse.send(json!({"type": "end_silence", "ref": "e1", "silence_id": silenced["silence"]["id"]})).await;
+    let ended = nurse.next(&["reply"]).await;
+    assert_eq!(ended["silence"]["ended"]["why"], "ended");
+    let ended_frame = loop {
+        let frame = team.next(&["silence"]).await;
+        if !frame["silence"]["ended"].is_null() {
+            break frame;
+        }
+    };
+    assert_eq!(ended_frame["silence"]["ended"]["by"], "nurse-4");
+    server.shutdown().await;
+}
+
+/// Issue 16 over REST: assignments (charge nurse only, the unit in the token) and silences
+/// (the lists, a patient with an open alert), refusals as `{"error","reason"}`, and the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_and_assignments_over_rest_with_refusals_and_audit() {
+    let dir = tempdir("rest-silence");
+    let server = vigil::app::start(&config_qsofa_only(&dir)).await.unwrap();
+    let issue = |sub: &str, role: Role| server.auth.issue(sub, role, vec!["ICU".into()], time::Duration::hours(1));
+    let (charge, nurse) = (issue("charge-2", Role::Charge), issue("nurse-5", Role::Nurse));
+    let http = reqwest_like(server.http_addr);
+
+    let body = json!({"nurse": "nurse-5", "unit": "ICU", "beds": ["04-B"], "hours": 12});
+    let (status, assigned) = http.request("PUT", "/api/assignments", &charge, Some(body.clone())).await;
+    assert_eq!((status, assigned["by"].as_str()), (200, Some("charge-2")), "{assigned}");
+    let (status, refused) = http.request("PUT", "/api/assignments", &nurse, Some(body)).await;
+    assert_eq!((status, refused["error"].as_str()), (403, Some("forbidden")), "{refused}");
+    assert!(refused["reason"].as_str().unwrap().contains("may not assign"));
+    let elsewhere = json!({"nurse": "nurse-5", "unit": "5W", "beds": ["01-A"], "hours": 8});
+    assert_eq!(http.request("PUT", "/api/assignments", &charge, Some(elsewhere)).await.0, 403);
+    let (status, list) = http.get("/api/assignments", &nurse).await;
+    assert_eq!((status, list["assignments"][0]["beds"].clone()), (200, json!(["04-B"])));
+
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    raise(&mut mllp, 1).await;
+    let (_, alerts) = http.get("/api/alerts", &nurse).await;
+    let patient = alerts["alerts"][0]["alert"]["patient"]["id"].as_str().unwrap().to_string();
+    let (status, bad) =
+        http.post("/api/silences", &nurse, json!({"patient": patient, "minutes": 7, "reason": "procedure"})).await;
+    assert_eq!((status, bad["error"].as_str()), (400, Some("bad_request")), "{bad}");
+    let (status, missing) =
+        http.post("/api/silences", &nurse, json!({"patient": "nobody", "minutes": 15, "reason": "procedure"})).await;
+    assert_eq!(status, 404, "{missing}");
+    let (status, silence) =
+        http.post("/api/silences", &nurse, json!({"patient": patient, "minutes": 15, "reason": "procedure"})).await;
+    assert_eq!((status, silence["by"].as_str()), (200, Some("nurse-5")), "{silence}");
+    let (_, open) = http.get("/api/silences", &charge).await;
+    assert_eq!(open["silences"][0]["id"], silence["id"]);
+    let id = silence["id"].as_str().unwrap();
+    let (status, ended) = http.post(&format!("/api/silences/{id}/end"), &charge, json!({})).await;
+    assert_eq!((status, ended["ended"]["by"].as_str()), (200, Some("charge-2")), "{ended}");
+    assert_eq!(http.get("/api/silences", &charge).await.1["silences"], json!([]));
+
+    let dir_db = vigil::audit::database_dir(&config_qsofa_only(&dir));
+    server.shutdown().await;
+    let db = fjall::Database::builder(dir_db).open().unwrap();
+    let key = vigil::audit::AuditKey::load_or_create(&config_qsofa_only(&dir).store.audit_key_file).unwrap();
+    let log = vigil::audit::AuditLog::open(db, key).unwrap();
+    let acts: Vec<String> = log
+        .since(time::OffsetDateTime::UNIX_EPOCH, 10_000)
+        .into_iter()
+        .filter(|r| ["assign", "silence", "end_silence"].contains(&r.action.as_str()))
+        .map(|r| format!("{} {} {}", r.user, r.action, r.outcome))
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            "charge-2 assign ok: 1 beds",
+            "nurse-5 assign denied: role not permitted",
+            "charge-2 assign denied: unit not in token",
+            "nurse-5 silence denied: no open alert to silence",
+            "nurse-5 silence ok: 15 min, procedure",
+            "charge-2 end_silence ok",
+        ]
+    );
 }

@@ -1,0 +1,407 @@
+//! Assignments and receipts: which nurse has which beds this shift, and who was shown and who
+//! opened each alert. An alert notifies the nurses assigned to its bed first (level 0 of the
+//! escalation chain, `alerts::escalation`); a console that is not theirs shows it without
+//! sound until it escalates to the console's role or unit. Receipts are what the consoles
+//! report: `delivered` when an alert was put on a user's screen, `opened` when the user opened
+//! it; one of each per user and alert, shown on the alert to everyone who sees it.
+//!
+//! Assignments persist in the node-local database (a restart keeps the shift's plan);
+//! receipts are held in memory, bounded, and audited as they arrive.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use vigil_actors::{Alert, AlertId, Clock};
+
+use super::{Console, ConsoleError, Permission, sees};
+use crate::auth::Claims;
+
+/// Beds one nurse may be given on one unit.
+pub const MAX_BEDS: usize = 60;
+/// Assignments held; beyond, expired ones are forgotten first.
+pub const MAX_ASSIGNMENTS: usize = 5_000;
+/// Longest shift, hours.
+pub const MAX_SHIFT_HOURS: i64 = 16;
+/// Alerts whose receipts are held (the oldest are forgotten first).
+pub const MAX_RECEIPT_ALERTS: usize = 20_000;
+/// Receipts held per alert.
+pub const MAX_RECEIPTS_PER_ALERT: usize = 64;
+const CHANGES_CAPACITY: usize = 1024;
+const KEYSPACE: &str = "console_assignments";
+
+/// A nurse's beds on a unit for a shift.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The nurse's user id (token subject).
+    pub nurse: String,
+    /// The unit.
+    pub unit: String,
+    /// Beds as the board labels them: `room-bed` (`07-A`), or the bed alone without a room.
+    pub beds: Vec<String>,
+    /// Shift start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    /// Shift end: the assignment lapses.
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+    /// Who assigned.
+    pub by: String,
+}
+
+/// What a charge nurse asks: this nurse, these beds, for so many hours from now.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentRequest {
+    /// The nurse's user id.
+    pub nurse: String,
+    /// The unit.
+    pub unit: String,
+    /// Beds (`room-bed`); empty ends the nurse's assignment on the unit.
+    pub beds: Vec<String>,
+    /// Shift length, 1 to 16 hours.
+    pub hours: i64,
+}
+
+/// What a console reports about an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// Put on the user's screen.
+    Delivered,
+    /// Opened by the user (the patient panel).
+    Opened,
+}
+
+/// One user's receipt for an alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The user.
+    pub user: String,
+    /// Delivered or opened.
+    pub kind: ReceiptKind,
+    /// When the server heard of it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The receipts of one alert, as sent to consoles.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertReceipts {
+    /// The alert.
+    pub alert_id: String,
+    /// Its unit (who sees the receipts).
+    #[serde(skip)]
+    pub unit: String,
+    /// Oldest first.
+    pub receipts: Vec<Receipt>,
+}
+
+/// The bed label of an alert's patient.
+pub fn bed_label(alert: &Alert) -> String {
+    let p = &alert.patient;
+    if p.room.is_empty() { p.bed.clone() } else { format!("{}-{}", p.room, p.bed) }
+}
+
+/// Assignments (persisted) and receipts (in memory). Cheap to clone.
+#[derive(Clone)]
+pub struct Assignments {
+    held: Arc<Mutex<BTreeMap<(String, String), Assignment>>>,
+    receipts: Arc<Mutex<Receipts>>,
+    keyspace: Option<Keyspace>,
+    clock: Arc<dyn Clock>,
+    changes: broadcast::Sender<Arc<AlertReceipts>>,
+}
+
+#[derive(Default)]
+struct Receipts {
+    by_alert: BTreeMap<String, AlertReceipts>,
+    order: VecDeque<String>,
+}
+
+impl Assignments {
+    /// Kept in memory only.
+    pub fn in_memory(clock: Arc<dyn Clock>) -> Self {
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        Assignments { held: Arc::default(), receipts: Arc::default(), keyspace: None, clock, changes }
+    }
+
+    /// Persisted in `db` (read back at start).
+    pub fn open(db: &Database, clock: Arc<dyn Clock>) -> Result<Self, ConsoleError> {
+        let keyspace = db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(store_failure)?;
+        let mut held = BTreeMap::new();
+        for entry in keyspace.iter() {
+            let (_, value) = entry.into_inner().map_err(store_failure)?;
+            match serde_json::from_slice::<Assignment>(&value) {
+                Ok(a) => {
+                    held.insert((a.unit.clone(), a.nurse.clone()), a);
+                }
+                Err(e) => tracing::error!(error = %e, "an unreadable assignment was skipped"),
+            }
+        }
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        Ok(Assignments {
+            held: Arc::new(Mutex::new(held)),
+            receipts: Arc::default(),
+            keyspace: Some(keyspace),
+            clock,
+            changes,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Assignment>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Receipt changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AlertReceipts>> {
+        self.changes.subscribe()
+    }
+
+    /// Assignments in force now.
+    pub fn current(&self) -> Vec<Assignment> {
+        let now = self.clock.now();
+        self.lock().values().filter(|a| a.from <= now && now < a.until).cloned().collect()
+    }
+
+    /// The nurses assigned now to `alert`'s bed.
+    pub fn assigned_to(&self, alert: &Alert) -> Vec<String> {
+        let bed = bed_label(alert);
+        let now = self.clock.now();
+        self.lock()
+            .values()
+            .filter(|a| a.unit == alert.patient.unit && a.from <= now && now < a.until && a.beds.contains(&bed))
+            .map(|a| a.nurse.clone())
+            .collect()
+    }
+
+    fn put(&self, assignment: Assignment) -> Result<(), ConsoleError> {
+        let key = (assignment.unit.clone(), assignment.nurse.clone());
+        let row_key = format!("{}\u{0}{}", key.0, key.1);
+        let mut held = self.lock();
+        if assignment.beds.is_empty() {
+            held.remove(&key);
+            if let Some(keyspace) = &self.keyspace {
+                keyspace.remove(row_key.as_bytes()).map_err(store_failure)?;
+            }
+            return Ok(());
+        }
+        if !held.contains_key(&key) && held.len() >= MAX_ASSIGNMENTS {
+            let now = self.clock.now();
+            let lapsed: Vec<_> = held.iter().filter(|(_, a)| a.until <= now).map(|(k, _)| k.clone()).collect();
+            for k in lapsed {
+                held.remove(&k);
+                if let Some(keyspace) = &self.keyspace {
+                    keyspace.remove(format!("{}\u{0}{}", k.0, k.1).as_bytes()).map_err(store_failure)?;
+                }
+            }
+            if held.len() >= MAX_ASSIGNMENTS {
+                return Err(ConsoleError::Conflict(format!("at most {MAX_ASSIGNMENTS} assignments may be held")));
+            }
+        }
+        if let Some(keyspace) = &self.keyspace {
+            let bytes = serde_json::to_vec(&assignment).map_err(|e| store_failure(e.to_string()))?;
+            keyspace.insert(row_key.as_bytes(), bytes).map_err(store_failure)?;
+        }
+        held.insert(key, assignment);
+        Ok(())
+    }
+
+    /// Record `user`'s receipt; `None` when it was already recorded (nothing changed).
+    fn receipt(&self, alert: &Alert, user: &str, kind: ReceiptKind) -> Option<AlertReceipts> {
+        let mut receipts = self.receipts.lock().unwrap_or_else(|p| p.into_inner());
+        let id = alert.id.0.clone();
+        if !receipts.by_alert.contains_key(&id) {
+            if receipts.order.len() >= MAX_RECEIPT_ALERTS
+                && let Some(oldest) = receipts.order.pop_front()
+            {
+                receipts.by_alert.remove(&oldest);
+            }
+            receipts.order.push_back(id.clone());
+            let entry = AlertReceipts { alert_id: id.clone(), unit: alert.patient.unit.clone(), receipts: Vec::new() };
+            receipts.by_alert.insert(id.clone(), entry);
+        }
+        let entry = receipts.by_alert.get_mut(&id)?;
+        if entry.receipts.len() >= MAX_RECEIPTS_PER_ALERT
+            || entry.receipts.iter().any(|r| r.user == user && r.kind == kind)
+        {
+            return None;
+        }
+        entry.receipts.push(Receipt { user: user.to_string(), kind, at: self.clock.now() });
+        let changed = entry.clone();
+        drop(receipts);
+        let _ = self.changes.send(Arc::new(changed.clone()));
+        Some(changed)
+    }
+
+    /// The receipts held for `alert_id`.
+    pub fn receipts_of(&self, alert_id: &str) -> Option<AlertReceipts> {
+        self.receipts.lock().unwrap_or_else(|p| p.into_inner()).by_alert.get(alert_id).cloned()
+    }
+}
+
+fn store_failure(e: impl std::fmt::Display) -> ConsoleError {
+    tracing::error!(error = %e, "console: assignment store failure");
+    ConsoleError::Unavailable
+}
+
+impl Console {
+    /// Assign a nurse's beds on a unit for a shift (an empty list ends the assignment), on
+    /// behalf of a charge nurse or an admin who sees the unit. Audited (nurse, unit, bed count).
+    pub fn assign(&self, claims: &Claims, request: AssignmentRequest) -> Result<Assignment, ConsoleError> {
+        const ACTION: &str = "assign";
+        let target = format!("{}:{}", request.unit, request.nurse);
+        self.require(claims, Permission::AssignBeds, ACTION, &target)?;
+        if !claims.may_see(&request.unit) {
+            self.audit(claims, ACTION, &target, "denied: unit not in token");
+            return Err(ConsoleError::Forbidden(format!("unit {} is not in your token", request.unit)));
+        }
+        let valid_name = |s: &str| !s.trim().is_empty() && s.len() <= 64 && !s.contains('\u{0}');
+        if !valid_name(&request.nurse) || !valid_name(&request.unit) {
+            return Err(ConsoleError::BadRequest("a nurse and a unit are 1 to 64 characters".into()));
+        }
+        if request.beds.len() > MAX_BEDS || request.beds.iter().any(|b| !valid_name(b)) {
+            return Err(ConsoleError::BadRequest(format!("at most {MAX_BEDS} beds of 1 to 64 characters")));
+        }
+        if !(1..=MAX_SHIFT_HOURS).contains(&request.hours) {
+            return Err(ConsoleError::BadRequest(format!("a shift lasts 1 to {MAX_SHIFT_HOURS} hours")));
+        }
+        let from = self.assignments.clock.now();
+        let mut beds = request.beds;
+        beds.sort();
+        beds.dedup();
+        let assignment = Assignment {
+            nurse: request.nurse,
+            unit: request.unit,
+            beds,
+            from,
+            until: from + time::Duration::hours(request.hours),
+            by: claims.sub.clone(),
+        };
+        self.assignments.put(assignment.clone())?;
+        self.audit(claims, ACTION, &target, &format!("ok: {} beds", assignment.beds.len()));
+        Ok(assignment)
+    }
+
+    /// The assignments in force on the units `claims` sees.
+    pub fn assignments_for(&self, claims: &Claims) -> Vec<Assignment> {
+        self.assignments.current().into_iter().filter(|a| claims.may_see(&a.unit)).collect()
+    }
+
+    /// Record that `claims`' holder was shown (or opened) an alert they see. Audited once per
+    /// user, alert and kind.
+    pub async fn receipt(
+        &self,
+        claims: &Claims,
+        alert_id: &str,
+        kind: ReceiptKind,
+    ) -> Result<Option<AlertReceipts>, ConsoleError> {
+        let action = match kind {
+            ReceiptKind::Delivered => "receipt_delivered",
+            ReceiptKind::Opened => "receipt_opened",
+        };
+        let found = self.alerts.alert(&AlertId(alert_id.to_string())).await?;
+        let Some(change) = found.filter(|c| sees(claims, &c.alert)) else {
+            return Err(ConsoleError::NotFound("no such alert".into()));
+        };
+        let recorded = self.assignments.receipt(&change.alert, &claims.sub, kind);
+        if recorded.is_some() {
+            self.audit(claims, action, alert_id, "ok");
+        }
+        Ok(recorded)
+    }
+
+    /// The assignment book (sessions subscribe to its receipt changes).
+    pub fn assignment_book(&self) -> &Assignments {
+        &self.assignments
+    }
+
+    /// What the console shows of an alert's route: who it reaches now and next, and who is
+    /// assigned to its bed.
+    pub fn route(&self, alert: &Alert) -> Route {
+        Route {
+            assigned: self.assignments.assigned_to(alert),
+            position: self.escalation.position(alert),
+            receipts: self.assignments.receipts_of(&alert.id.0).map(|r| r.receipts).unwrap_or_default(),
+        }
+    }
+}
+
+/// An alert's route, sent with it to consoles.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Route {
+    /// Nurses assigned to the bed now (notified first).
+    pub assigned: Vec<String>,
+    /// The escalation chain and where the alert stands on it.
+    #[serde(flatten)]
+    pub position: crate::alerts::escalation::ChainPosition,
+    /// Delivery and read receipts so far.
+    pub receipts: Vec<Receipt>,
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_actors::fakes::ManualClock;
+
+    use super::*;
+
+    const T0: OffsetDateTime = time::macros::datetime!(2026-01-01 07:00 UTC);
+
+    fn alert(unit: &str, room: &str, bed: &str) -> Alert {
+        let json = serde_json::json!({
+            "id": "p1:news2", "patient": {"id": "p1", "mrn": "M1", "name": "N", "unit": unit, "room": room, "bed": bed},
+            "rule": {"id": "news2", "version": "v"}, "severity": "high", "status": "active", "score": 6.0,
+            "summary": "s", "details": null, "raised_at": "2026-01-01T07:00:00Z", "updated_at": "2026-01-01T07:00:00Z"
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn an_assignment_covers_its_beds_until_the_shift_ends_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path()).open().unwrap();
+        let clock = Arc::new(ManualClock(Mutex::new(T0)));
+        let book = Assignments::open(&db, clock.clone()).unwrap();
+        let shift = |beds: &[&str]| Assignment {
+            nurse: "nurse-4".into(),
+            unit: "ICU".into(),
+            beds: beds.iter().map(|b| b.to_string()).collect(),
+            from: T0,
+            until: T0 + time::Duration::hours(12),
+            by: "charge-1".into(),
+        };
+        book.put(shift(&["07-A", "07-B"])).unwrap();
+        assert_eq!(book.assigned_to(&alert("ICU", "07", "A")), ["nurse-4"]);
+        assert!(book.assigned_to(&alert("ICU", "08", "A")).is_empty(), "another bed");
+        assert!(book.assigned_to(&alert("5W", "07", "A")).is_empty(), "another unit");
+        let reopened = Assignments::open(&db, clock.clone()).unwrap();
+        assert_eq!(reopened.current(), vec![shift(&["07-A", "07-B"])]);
+        *clock.0.lock().unwrap() = T0 + time::Duration::hours(12);
+        assert!(book.assigned_to(&alert("ICU", "07", "A")).is_empty(), "the shift ended");
+        book.put(shift(&[])).unwrap();
+        assert!(Assignments::open(&db, clock).unwrap().current().is_empty());
+    }
+
+    #[test]
+    fn a_receipt_is_recorded_once_per_user_and_kind_and_bounded() {
+        let clock = Arc::new(ManualClock(Mutex::new(T0)));
+        let book = Assignments::in_memory(clock);
+        let a = alert("ICU", "07", "A");
+        let mut changes = book.subscribe();
+        assert!(book.receipt(&a, "nurse-4", ReceiptKind::Delivered).is_some());
+        assert!(book.receipt(&a, "nurse-4", ReceiptKind::Delivered).is_none(), "once");
+        let opened = book.receipt(&a, "nurse-4", ReceiptKind::Opened).unwrap();
+        assert_eq!(
+            opened.receipts.iter().map(|r| r.kind).collect::<Vec<_>>(),
+            [ReceiptKind::Delivered, ReceiptKind::Opened]
+        );
+        assert_eq!(changes.try_recv().unwrap().receipts.len(), 1);
+        for n in 0..(MAX_RECEIPTS_PER_ALERT + 10) {
+            book.receipt(&a, &format!("u{n}"), ReceiptKind::Delivered);
+        }
+        assert_eq!(book.receipts_of("p1:news2").unwrap().receipts.len(), MAX_RECEIPTS_PER_ALERT);
+    }
+}
