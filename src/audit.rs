@@ -527,7 +527,8 @@ mod tests {
 
     #[test]
     fn records_from_many_threads_chain_in_one_order_and_verify() {
-        let dir = std::env::temp_dir().join(format!("vigil-audit-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let log = log_in(&dir);
         std::thread::scope(|s| {
             for t in 0..4 {
@@ -561,7 +562,8 @@ mod tests {
 
     #[test]
     fn a_different_key_verifies_nothing() {
-        let dir = std::env::temp_dir().join(format!("vigil-audit-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let log = log_in(&dir);
         log.record("u", "rrt", "ack", "A-1", "ok");
         drop(log);

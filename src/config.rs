@@ -924,7 +924,8 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_unknown_keys_are_named() {
-        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vigil.toml");
         std::fs::write(
@@ -951,7 +952,8 @@ mod tests {
 
     #[test]
     fn hl7_section_sets_identity_zone_and_unsupported_policy() {
-        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vigil.toml");
         let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
@@ -974,7 +976,8 @@ mod tests {
 
     #[test]
     fn fhir_section_sets_identifier_systems_and_limits_and_names_a_bad_key() {
-        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vigil.toml");
         let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
@@ -997,7 +1000,8 @@ mod tests {
 
     #[test]
     fn http_and_token_settings_have_defaults_and_are_validated_by_key() {
-        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vigil.toml");
         let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
@@ -1039,7 +1043,8 @@ mod tests {
 
     #[test]
     fn keys_default_beside_the_data_dir_never_inside_and_audit_is_kept_six_years() {
-        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.join("data");
         let args = ServeArgs { data_dir: Some(data.clone()), config: Some(dir.join("v.toml")), ..ServeArgs::default() };

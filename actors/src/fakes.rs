@@ -22,6 +22,8 @@ pub struct MemoryStore {
     alerts: Mutex<Vec<SequencedAlert>>,
     publisher: Mutex<Option<Arc<dyn AlertPublisher>>>,
     publish_order: Mutex<()>,
+    snapshots: Mutex<std::collections::HashMap<PatientId, Vec<u8>>>,
+    events_read: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryStore {
@@ -33,6 +35,16 @@ impl MemoryStore {
     /// Every event appended so far.
     pub fn events(&self) -> Vec<ClinicalEvent> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// How many events `events_since` has returned so far (what rebuilds cost).
+    pub fn events_read(&self) -> usize {
+        self.events_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The snapshot held for `patient`, without taking it.
+    pub fn snapshot_of(&self, patient: &PatientId) -> Option<Vec<u8>> {
+        self.snapshots.lock().ok()?.get(patient).cloned()
     }
 }
 
@@ -63,7 +75,19 @@ impl EventStore for MemoryStore {
 
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
         let events = self.events.lock().map_err(|_| poisoned())?;
-        Ok(events.iter().filter(|e| &e.patient_id == patient && e.received_at >= since).cloned().collect())
+        let found: Vec<ClinicalEvent> =
+            events.iter().filter(|e| &e.patient_id == patient && e.received_at >= since).cloned().collect();
+        self.events_read.fetch_add(found.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(found)
+    }
+
+    async fn save_snapshot(&self, patient: &PatientId, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.snapshots.lock().map_err(|_| poisoned())?.insert(patient.clone(), snapshot.to_vec());
+        Ok(())
+    }
+
+    async fn take_snapshot(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snapshots.lock().map_err(|_| poisoned())?.remove(patient))
     }
 }
 
@@ -380,6 +404,69 @@ mod tests {
         assert_eq!(window.1, vec![18.0, 19.0, 20.0], "the history came back from the store");
         router.shutdown().await;
         assert_eq!(router.patient_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_reads_the_snapshot_of_the_last_stop_and_tops_it_up_from_the_log() {
+        let store = Arc::new(MemoryStore::with_publisher(Arc::new(CollectingPublisher::default())));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let seen: Arc<Mutex<Vec<Vec<f64>>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+            record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
+            Vec::new()
+        }));
+        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
+        let patient = PatientId("p-500".into());
+        for (minute, rr) in [(0, 18.0), (10, 19.0), (20, 21.0)] {
+            *clock.0.lock().unwrap() = at(minute);
+            router.ingest(event("500", rr, at(minute))).await.unwrap().wait().await.unwrap();
+        }
+        assert!(store.snapshot_of(&patient).is_none(), "a live actor keeps its state in memory");
+        *clock.0.lock().unwrap() = at(90);
+        assert_eq!(router.passivate_idle(time::Duration::hours(1)).await, 1);
+        assert!(store.snapshot_of(&patient).is_some(), "a clean stop leaves a snapshot");
+
+        // An event logged after the snapshot was written (another writer, or a successor that
+        // failed before it could write its own): the rebuild applies it on top.
+        store.append(&event("500", 24.0, at(91))).await.unwrap().wait().await.unwrap();
+        let read_before = store.events_read();
+        *clock.0.lock().unwrap() = at(92);
+        router.ingest(event("500", 22.0, at(92))).await.unwrap().wait().await.unwrap();
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &vec![18.0, 19.0, 21.0, 24.0, 22.0], "the whole window");
+        assert_eq!(
+            store.events_read() - read_before,
+            2,
+            "one record, then the newest event it holds (re-applied) and the one logged after it: not the day"
+        );
+        assert!(store.snapshot_of(&patient).is_none(), "taken by the start: a failed successor replays the log");
+
+        // A snapshot this build cannot use (another version, another patient's, garbage) is
+        // ignored: the actor is rebuilt from the log, never started with a partial window.
+        router.shutdown().await;
+        let good = store.snapshot_of(&patient).expect("shutdown leaves a snapshot");
+        let mut other_version: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        other_version["version"] = serde_json::json!(crate::patient::SNAPSHOT_VERSION + 1);
+        let unusable = [serde_json::to_vec(&other_version).unwrap(), b"garbage".to_vec()];
+        for bytes in unusable {
+            let rules_seen = Arc::clone(&seen);
+            let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+                rules_seen.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
+                Vec::new()
+            }));
+            let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+            store.save_snapshot(&patient, &bytes).await.unwrap();
+            let read_before = store.events_read();
+            router.ingest(event("500", 23.0, at(93))).await.unwrap().wait().await.unwrap();
+            assert_eq!(store.events_read() - read_before, 5, "the day replayed from the log: all five logged events");
+            assert_eq!(seen.lock().unwrap().last().unwrap(), &vec![18.0, 19.0, 21.0, 24.0, 22.0, 23.0]);
+            router.shutdown().await;
+            store.take_snapshot(&patient).await.unwrap();
+            // Drop the event of this round so the next starts from the same log.
+            store.events.lock().unwrap().pop();
+        }
     }
 
     #[tokio::test]

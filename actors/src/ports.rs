@@ -106,6 +106,16 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Recent events of one patient, oldest first, received at or after `since`.
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError>;
+
+    /// Keep the state snapshot of `patient` (opaque bytes, sealed at rest), replacing any
+    /// earlier one. Written by an actor as it stops, after its events were queued.
+    async fn save_snapshot(&self, patient: &PatientId, snapshot: &[u8]) -> Result<(), StoreError>;
+
+    /// Read and remove the snapshot of `patient`. The removal is ordered before any later
+    /// append (awaited, or in the same journal), so once a successor has appended, a crash
+    /// never leaves this snapshot standing beside events it does not hold. A record that
+    /// cannot be opened is removed too and reported as [`StoreError::Corrupt`].
+    async fn take_snapshot(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// The message log, as the duplicate check reads it: which messages were accepted.

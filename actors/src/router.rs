@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
 use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, FromMessage, PatientId, PatientSummary};
-use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, WINDOW_MAX_AGE};
+use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, PatientState, WINDOW_MAX_AGE};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
 
 /// How long shutdown waits for patient actors to finish their queued messages.
@@ -205,8 +205,27 @@ impl Router {
         if let Some(predecessor) = predecessor {
             let _ = predecessor.wait(Some(SHUTDOWN_DEADLINE)).await;
         }
-        let since = self.ports.clock.now() - WINDOW_MAX_AGE;
-        let history = self.ports.events.events_since(id, since.max(OffsetDateTime::UNIX_EPOCH)).await?;
+        let window_start = (self.ports.clock.now() - WINDOW_MAX_AGE).max(OffsetDateTime::UNIX_EPOCH);
+        // The snapshot the last clean stop wrote, topped up with the events received since its
+        // newest (inclusive: re-applying that one replaces its samples); without a usable one,
+        // the last 24 h of events.
+        let restored = match self.ports.events.take_snapshot(id).await {
+            Ok(Some(bytes)) => match PatientState::restore(id, &bytes) {
+                Ok(restored) => Some(restored),
+                Err(refused) => {
+                    tracing::warn!(patient = %id, %refused, "state snapshot not used; replaying the log");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(StoreError::Corrupt(what)) => {
+                tracing::warn!(patient = %id, what, "state snapshot unreadable; replaying the log");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let since = restored.as_ref().map_or(window_start, |(_, through)| (*through).max(window_start));
+        let history = self.ports.events.events_since(id, since).await?;
         // First start: the open alerts loaded at start-up. A restart after the actor failed:
         // read them again, or its alerts would be re-raised as new episodes. A start after
         // passivation: none (an actor with open alerts is never passivated, and no other
@@ -216,7 +235,8 @@ impl Router {
             None if self.actors.contains_key(id) => self.ports.alerts.open_alerts_of(id).await?,
             None => Vec::new(),
         };
-        let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), history, open_alerts };
+        let restored = restored.map(|(state, _)| state);
+        let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), restored, history, open_alerts };
         let (actor, _handle) =
             Actor::spawn(None, PatientActor, args).await.map_err(|e| IngestError::Actor(e.to_string()))?;
         self.actors.insert(id.clone(), actor.clone());

@@ -198,7 +198,8 @@ mod tests {
 
     #[test]
     fn rotation_adds_an_active_key_and_old_keys_still_decrypt() {
-        let dir = std::env::temp_dir().join(format!("vigil-ring-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("field.keys");
         let first = KeyRing::load_or_create(&path).unwrap();
         assert_eq!(first.active_id(), 1);

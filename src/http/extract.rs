@@ -194,9 +194,9 @@ fn write_records(audit: &AuditLog, records: impl IntoIterator<Item = (IpAddr, u3
 mod tests {
     use super::*;
 
-    fn audit_log() -> (AuditLog, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("vigil-authfail-{}", rand::random::<u64>()));
-        let db = fjall::Database::builder(&dir).open().unwrap();
+    fn audit_log() -> (AuditLog, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
         (AuditLog::open(db, crate::audit::AuditKey::new(&[7; 32])).unwrap(), dir)
     }
 

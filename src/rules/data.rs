@@ -633,18 +633,19 @@ mod tests {
 
     #[test]
     fn a_score_table_reading_an_unknown_name_is_refused() {
-        let dir = std::env::temp_dir().join(format!("vigil-scores-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let table = r#"{ "scores": { "t": { "items": [ { "key": "a", "inputs": [ { "name": "spo", "max_age_s": 60, "points": [["else", 0]] } ] } ] } } }"#;
         std::fs::write(dir.join("scores.json"), table).unwrap();
         let errors = Tables::load(&dir).err().unwrap();
         assert!(errors[0].to_string().contains("`spo` is not a canonical name"), "{}", errors[0]);
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn a_critical_value_without_a_source_or_with_an_unknown_analyte_is_refused() {
-        let dir = std::env::temp_dir().join(format!("vigil-critical-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let load = |table: &str| {
             std::fs::write(dir.join("critical_values.json"), table).unwrap();
@@ -663,7 +664,6 @@ mod tests {
             ),
             None
         );
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
@@ -749,7 +749,8 @@ mod tests {
 
     #[test]
     fn a_washout_longer_than_the_actor_remembers_is_refused() {
-        let dir = std::env::temp_dir().join(format!("vigil-washout-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let table = r#"{ "classes": { "x": { "washout_days": 90, "members": [ { "name": "x" } ] } } }"#;
         std::fs::write(dir.join("drug_classes.json"), table).unwrap();
@@ -771,6 +772,5 @@ mod tests {
         std::fs::write(dir.join("drug_classes.json"), table).unwrap();
         let errors = Tables::load(&dir).err().unwrap();
         assert!(errors[0].to_string().contains("two ingredients or more"), "{}", errors[0]);
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

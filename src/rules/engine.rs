@@ -770,7 +770,8 @@ mod tests {
 
     #[test]
     fn rules_of_one_pass_share_a_score_but_never_each_others_changes_to_it() {
-        let dir = std::env::temp_dir().join(format!("vigil-rules-memo-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/data/scores.json");
         std::fs::copy(shipped, dir.join("data/scores.json")).unwrap();
@@ -800,12 +801,12 @@ mod tests {
         assert_eq!(b_score, Some(2.0), "hr > 90 and temp > 38: the chart as scored");
         assert_eq!(b_summary, "b 2");
         assert_eq!(b["met"].as_array().map(Vec::len), Some(2), "{b}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn replace_swaps_only_valid_versions_and_reload_keeps_the_old_set_on_error() {
-        let dir = std::env::temp_dir().join(format!("vigil-rules-unit-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("t.rhai"), OK_RULE).unwrap();
         let host = RhaiRules::from_dir(&dir).unwrap();
@@ -827,6 +828,5 @@ mod tests {
         assert!(host.reload().is_err());
         assert_eq!(host.rules()[0].version, v2, "a broken file leaves the running version");
         assert_eq!(host.last_errors().len(), 1);
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -146,6 +146,21 @@ pub async fn run<S: EventStore + AlertStore + MessageLog>(
     events_round_trip(&events, &log, t0, caps).await;
     alert_changes(&alerts, &publisher, t0, caps).await;
     events_with_their_alerts(&events, &alerts, &publisher, t0, caps).await;
+    snapshots(&events).await;
+}
+
+/// A patient's state snapshot: the latest written replaces the earlier, a take returns it
+/// once (the next start replays the log), and each patient has its own.
+async fn snapshots(events: &Arc<dyn EventStore>) {
+    let patient = PatientId(unique("snap"));
+    let other = PatientId(unique("snap"));
+    assert_eq!(events.take_snapshot(&patient).await.unwrap(), None, "none before the first stop");
+    events.save_snapshot(&patient, b"{\"version\":1,\"first\":true}").await.unwrap();
+    let latest = b"{\"version\":1,\"name\":\"Conformance^Casey\"}".to_vec();
+    events.save_snapshot(&patient, &latest).await.unwrap();
+    assert_eq!(events.take_snapshot(&other).await.unwrap(), None, "another patient's is not this one's");
+    assert_eq!(events.take_snapshot(&patient).await.unwrap(), Some(latest), "the latest replaces the earlier");
+    assert_eq!(events.take_snapshot(&patient).await.unwrap(), None, "taken once: a second start replays the log");
 }
 
 /// A message's events and the alert changes the rules made of them share one ticket: once it

@@ -71,6 +71,8 @@ struct Keyspaces {
     device_links: Keyspace,
     /// Readings of unassociated devices, by time received then a counter.
     quarantine: Keyspace,
+    /// Patient state snapshots (sealed), one per patient, written by actors as they stop.
+    snapshots: Keyspace,
 }
 
 /// The fjall-backed store. Cloning shares it.
@@ -133,6 +135,7 @@ impl EmbeddedStore {
         let open_index = db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let device_links = db.keyspace(DEVICE_LINKS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let quarantine = db.keyspace(QUARANTINE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let snapshots = db.keyspace(SNAPSHOTS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let ks = Arc::new(Keyspaces {
             db,
             keys,
@@ -144,6 +147,7 @@ impl EmbeddedStore {
             write_failure: std::sync::OnceLock::new(),
             device_links,
             quarantine,
+            snapshots,
         });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -205,6 +209,7 @@ const ALERTS: &str = "alerts";
 const ALERT_LOG: &str = "alert_log";
 const DEVICE_LINKS: &str = "device_links";
 const QUARANTINE: &str = "quarantine";
+const SNAPSHOTS: &str = "patient_snapshots";
 
 fn seal(keys: &KeyRing, table: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
     keys.seal(Aad { table, key, column: "record" }, plaintext)
@@ -338,6 +343,32 @@ impl EventStore for EmbeddedStore {
 
     async fn events_since(&self, patient: &PatientId, since: OffsetDateTime) -> Result<Vec<ClinicalEvent>, StoreError> {
         self.event_rows(patient, since).await
+    }
+
+    /// Written straight to the keyspace, not through the commit pipeline; the next batch's
+    /// fsync (or the final one at shutdown) makes it durable. A snapshot lost to a crash costs
+    /// a replay of the log. One made durable before the last events it holds (still queued
+    /// when it was written) holds events whose senders were not acknowledged: they resend,
+    /// and the same samples applied again replace themselves.
+    async fn save_snapshot(&self, patient: &PatientId, snapshot: &[u8]) -> Result<(), StoreError> {
+        let key = patient.0.as_bytes().to_vec();
+        let value = seal(&self.inner.ks.keys, SNAPSHOTS, &key, snapshot)?;
+        self.blocking(move |ks| ks.snapshots.insert(key, value).map_err(engine("write snapshot"))).await
+    }
+
+    /// The removal goes to the journal before any append the successor makes, so it is
+    /// durable no later than that append.
+    async fn take_snapshot(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = patient.0.as_bytes().to_vec();
+        self.blocking(move |ks| {
+            let Some(sealed) = ks.snapshots.get(&key).map_err(engine("read snapshot"))? else { return Ok(None) };
+            ks.snapshots.remove(key.as_slice()).map_err(engine("remove snapshot"))?;
+            ks.keys
+                .open(Aad { table: SNAPSHOTS, key: &key, column: "record" }, &sealed)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{SNAPSHOTS}: {e}")))
+        })
+        .await
     }
 }
 
@@ -714,6 +745,26 @@ mod tests {
         let store = Arc::new(store);
         crate::store::conformance::run(store.clone(), publisher, crate::store::conformance::Capabilities::FULL).await;
         crate::store::conformance::devices(store).await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_sealed_at_rest_survives_a_restart_and_an_unreadable_one_is_removed() {
+        let dir = tempdir();
+        let publisher = Arc::new(vigil_actors::fakes::CollectingPublisher::default());
+        let open = || EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone());
+        let patient = PatientId("p-snap".into());
+        let plaintext = b"{\"name\":\"Snapshot^Sam\"}".to_vec();
+        {
+            let store = open().unwrap();
+            store.save_snapshot(&patient, &plaintext).await.unwrap();
+            let raw = store.inner.ks.snapshots.get(patient.0.as_bytes()).unwrap().unwrap();
+            assert!(!raw.windows(8).any(|w| w == b"Snapshot"), "no PHI in plaintext at rest");
+        }
+        let store = open().unwrap();
+        assert_eq!(store.take_snapshot(&patient).await.unwrap(), Some(plaintext), "durable across a restart");
+        store.inner.ks.snapshots.insert(patient.0.as_bytes(), b"not sealed".as_slice()).unwrap();
+        assert!(matches!(store.take_snapshot(&patient).await, Err(StoreError::Corrupt(_))));
+        assert_eq!(store.take_snapshot(&patient).await.unwrap(), None, "an unreadable one is removed, not kept");
     }
 
     /// A directory removed when the test ends.

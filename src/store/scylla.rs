@@ -176,6 +176,9 @@ struct Statements {
     select_alert_log_bucket: PreparedStatement,
     upsert_seq_bucket: PreparedStatement,
     select_seq_bucket: PreparedStatement,
+    insert_snapshot: PreparedStatement,
+    select_snapshot: PreparedStatement,
+    delete_snapshot: PreparedStatement,
 }
 
 impl Statements {
@@ -211,6 +214,9 @@ impl Statements {
             select_alert_log_bucket: prepare(format!("SELECT seq FROM {ks}.alert_log WHERE bucket = ?"), true).await?,
             upsert_seq_bucket: prepare(format!("INSERT INTO {ks}.alert_seq (scope, bucket) VALUES (?, ?)"), true).await?,
             select_seq_bucket: prepare(format!("SELECT bucket FROM {ks}.alert_seq WHERE scope = ?"), true).await?,
+            insert_snapshot: prepare(format!("INSERT INTO {ks}.patient_snapshots (patient_id, taken_at, body) VALUES (?, ?, ?) USING TTL {events_ttl}"), true).await?,
+            select_snapshot: prepare(format!("SELECT body FROM {ks}.patient_snapshots WHERE patient_id = ?"), true).await?,
+            delete_snapshot: prepare(format!("DELETE FROM {ks}.patient_snapshots WHERE patient_id = ?"), true).await?,
         })
     }
 }
@@ -541,6 +547,42 @@ impl EventStore for ScyllaStore {
             }
         }
         Ok(out)
+    }
+
+    /// Written at once (acknowledged at the configured consistency), not through the commit
+    /// pipeline: one that lands before the last events it holds holds events whose senders
+    /// were not acknowledged; they resend, and the same samples replace themselves.
+    async fn save_snapshot(&self, patient: &PatientId, snapshot: &[u8]) -> Result<(), StoreError> {
+        let sh = &self.shared;
+        let body = seal(&sh.keys, "patient_snapshots", patient.0.as_bytes(), "body", snapshot)?;
+        let taken_at = timestamp(OffsetDateTime::now_utc());
+        sh.session
+            .execute_unpaged(&sh.st.insert_snapshot, (patient.0.as_str(), taken_at, body))
+            .await
+            .map_err(|e| engine("write snapshot")(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The delete is acknowledged before this returns, so before the successor appends.
+    async fn take_snapshot(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+        let sh = &self.shared;
+        let fail = |e: String| engine("read snapshot")(e);
+        let row = sh
+            .session
+            .execute_unpaged(&sh.st.select_snapshot, (patient.0.as_str(),))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .into_rows_result()
+            .map_err(|e| fail(e.to_string()))?
+            .maybe_first_row::<(Vec<u8>,)>()
+            .map_err(|e| fail(e.to_string()))?;
+        let Some((sealed,)) = row else { return Ok(None) };
+        sh.session
+            .execute_unpaged(&sh.st.delete_snapshot, (patient.0.as_str(),))
+            .await
+            .map_err(|e| engine("remove snapshot")(e.to_string()))?;
+        let aad = Aad { table: "patient_snapshots", key: patient.0.as_bytes(), column: "body" };
+        sh.keys.open(aad, &sealed).map(Some).map_err(|e| StoreError::Corrupt(format!("patient_snapshots: {e}")))
     }
 }
 

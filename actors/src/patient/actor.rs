@@ -19,7 +19,10 @@ pub struct PatientArgs {
     pub id: PatientId,
     /// The ports.
     pub ports: Ports,
-    /// Recent events to rebuild the window from (oldest first).
+    /// The state restored from the patient's snapshot, when one was usable.
+    pub restored: Option<PatientState>,
+    /// Events to rebuild the window from, applied on top of `restored` (oldest first): the
+    /// last 24 h, or those received since the snapshot's newest.
     pub history: Vec<ClinicalEvent>,
     /// Alerts of this patient still open at start.
     pub open_alerts: Vec<Alert>,
@@ -71,7 +74,7 @@ impl Actor for PatientActor {
     type Arguments = PatientArgs;
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: PatientArgs) -> Result<Running, ActorProcessingErr> {
-        let mut state = PatientState::new(args.id);
+        let mut state = args.restored.unwrap_or_else(|| PatientState::new(args.id));
         for event in &args.history {
             state.apply(event);
         }
@@ -80,6 +83,23 @@ impl Actor for PatientActor {
         }
         let last_active = args.ports.clock.now();
         Ok(Running { state, ports: args.ports, last_active })
+    }
+
+    /// A clean stop (passivation, shutdown, a merge retiring the record): keep the state as a
+    /// snapshot so the next start reads one record. Its events were queued before it (the
+    /// store writes them first or in the same journal); a failed actor writes none (this is
+    /// not called after an error) and its successor replays the log.
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, run: &mut Running) -> Result<(), ActorProcessingErr> {
+        match run.state.snapshot() {
+            None => {}
+            Some(Err(error)) => tracing::warn!(patient = %run.state.id, %error, "state snapshot not encoded"),
+            Some(Ok(bytes)) => {
+                if let Err(error) = run.ports.events.save_snapshot(&run.state.id, &bytes).await {
+                    tracing::warn!(patient = %run.state.id, %error, "state snapshot not saved; the next start replays the log");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn handle(

@@ -3,8 +3,10 @@
 
 mod actor;
 mod messages;
+mod snapshot;
 mod state;
 
 pub use actor::{PatientActor, PatientArgs};
 pub use messages::{ActFailure, PatientMsg};
+pub use snapshot::{SNAPSHOT_VERSION, SnapshotRefused};
 pub use state::{ActError, MAX_COMMENTS, PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};

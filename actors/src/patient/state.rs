@@ -58,6 +58,8 @@ pub struct PatientState {
     resolved: HashMap<AlertKey, Closed>,
     /// Since when each open alert's rule has said "resolve" on complete data (hysteresis).
     clearing: HashMap<AlertKey, OffsetDateTime>,
+    /// The newest `received_at` of the events folded in (what a snapshot of this state holds).
+    through: Option<OffsetDateTime>,
 }
 
 /// An alert's key in a patient: rule id and finding (empty for a rule's one alert).
@@ -118,11 +120,23 @@ impl PatientState {
             open_alerts: HashMap::new(),
             resolved: HashMap::new(),
             clearing: HashMap::new(),
+            through: None,
         }
+    }
+
+    /// The newest `received_at` of the events folded in, `None` before the first.
+    pub fn through(&self) -> Option<OffsetDateTime> {
+        self.through
+    }
+
+    /// Restored from a snapshot holding the events received up to `at`.
+    pub(super) fn restored_through(&mut self, at: OffsetDateTime) {
+        self.through = Some(at);
     }
 
     /// Fold an event into the state.
     pub fn apply(&mut self, event: &ClinicalEvent) {
+        self.through = Some(self.through.map_or(event.received_at, |t| t.max(event.received_at)));
         self.key = Some(event.patient.clone());
         if !event.demographics.name.expose().is_empty() {
             self.demographics = event.demographics.clone();

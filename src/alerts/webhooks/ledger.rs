@@ -104,7 +104,8 @@ mod tests {
 
     #[test]
     fn cursors_and_dead_letters_survive_reopen() {
-        let dir = std::env::temp_dir().join(format!("vigil-ledger-{}", rand::random::<u64>()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let letter = |endpoint: &str, seq| DeadLetter {
             endpoint: endpoint.into(),
             seq,
