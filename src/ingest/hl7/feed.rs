@@ -302,7 +302,7 @@ impl Hl7Feed {
         };
         let routing = std::time::Instant::now();
         let submission = self.ingress.submit(envelope, events).await;
-        Stages::since(&stages.route, routing);
+        Stages::since(&self.ingress.stages.route, routing);
         Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
     }
 
