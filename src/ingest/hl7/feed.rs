@@ -215,13 +215,9 @@ impl Hl7Feed {
                 return self.refuse(&header, mode, Refusal::Content, &[err]);
             }
         };
-        if let Some(devices) = &self.devices {
-            // A keep-alive names its device and no event: it still counts as heard from.
-            let attachment = events.first().map(Attachment::of);
-            for device in devices_named(&msg) {
-                devices.seen(&device, attachment.clone()).await;
-            }
-        }
+        // A keep-alive names its device and no event: it still counts as heard from.
+        let attachment = events.first().map(Attachment::of);
+        let named = if self.devices.is_some() { devices_named(&msg) } else { Vec::new() };
         if events.is_empty() {
             tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
         }
@@ -230,7 +226,17 @@ impl Hl7Feed {
             raw: Phi(msg.raw().to_string()),
             received_at,
         };
-        let submission = self.ingress.submit(envelope, events).await;
+        // The devices hear of it beside the submission, not before it: a device actor's reply
+        // is not on the path of the ACK (a round trip per message in arrival order, measured
+        // at 5,000 msg/s; docs/BENCHMARKS.md).
+        let heard = async {
+            if let Some(devices) = &self.devices {
+                for device in &named {
+                    devices.seen(device, attachment.clone()).await;
+                }
+            }
+        };
+        let (submission, ()) = tokio::join!(self.ingress.submit(envelope, events), heard);
         Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
     }
 
