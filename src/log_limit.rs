@@ -106,6 +106,14 @@ impl<S> Filter<S> for PerCallsite {
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
         self.admit(event.metadata(), Instant::now())
     }
+
+    /// No level of its own: the level filter beside it decides. Without a hint, the pair's
+    /// hint is "none" (everything), and the `log` bridge, whose maximum level is set from it,
+    /// hands every dependency's debug and trace record (fjall logs several per write) to
+    /// `tracing`, only for the level filter to drop it there: found by profiling the harness.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +150,16 @@ mod tests {
         assert_eq!(suppressed.len(), 1);
         assert_eq!(suppressed[0].1, 995);
         assert!(limit.take_suppressed().is_empty(), "reported once");
+    }
+
+    #[test]
+    fn beside_a_level_filter_the_pair_keeps_that_filters_maximum_level() {
+        use tracing::level_filters::LevelFilter;
+        use tracing_subscriber::filter::FilterExt;
+        let level = tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn");
+        let pair = level.and(PerCallsite::new(5, Duration::from_secs(60)));
+        // What `init()` sets as the `log` bridge's maximum: INFO, not "everything".
+        let hint = <_ as Filter<tracing_subscriber::Registry>>::max_level_hint(&pair);
+        assert_eq!(hint, Some(LevelFilter::INFO));
     }
 }

@@ -9,7 +9,6 @@ pub mod embedded;
 pub mod health;
 pub mod recover;
 pub mod scylla;
-mod scylla_devices;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 pub use scylla::{ScyllaStore, ScyllaStoreConfig};

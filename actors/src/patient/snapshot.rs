@@ -139,12 +139,20 @@ impl PatientState {
     /// The state a snapshot of patient `id` holds, and the newest `received_at` in it (apply
     /// the logged events received at or after it on top).
     pub fn restore(id: &PatientId, bytes: &[u8]) -> Result<(PatientState, OffsetDateTime), SnapshotRefused> {
-        let undecodable = |e: serde_json::Error| SnapshotRefused::Undecodable(e.to_string());
-        let VersionOnly { version } = serde_json::from_slice(bytes).map_err(undecodable)?;
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotRefused::Version(version));
+        // One pass over the record; only one that does not decode is read again, for its
+        // version (a record of another version is refused by its number, not its shape).
+        let record: SnapshotV1 = match serde_json::from_slice(bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                return Err(match serde_json::from_slice::<VersionOnly>(bytes) {
+                    Ok(VersionOnly { version }) if version != SNAPSHOT_VERSION => SnapshotRefused::Version(version),
+                    _ => SnapshotRefused::Undecodable(e.to_string()),
+                });
+            }
+        };
+        if record.version != SNAPSHOT_VERSION {
+            return Err(SnapshotRefused::Version(record.version));
         }
-        let record: SnapshotV1 = serde_json::from_slice(bytes).map_err(undecodable)?;
         if &record.patient != id {
             return Err(SnapshotRefused::OtherPatient);
         }

@@ -261,6 +261,10 @@ impl Hl7Feed {
                 return self.refuse(&header, mode, Refusal::Content, &[err]);
             }
         };
+        // A device's message that names a patient associates it with them. A keep-alive
+        // names its device and no event: it still counts as heard from.
+        let mut heard_by: Vec<(DeviceId, Option<TechnicalReport>)> = Vec::new();
+        let named_patient = events.first().map(Attachment::of);
         if let Some(devices) = &self.devices {
             // ADT moves patients between beds: devices placed at those beds follow.
             for event in events.iter().filter(|e| matches!(e.kind, EventKind::Census { .. })) {
@@ -268,23 +272,29 @@ impl Hl7Feed {
                     tracing::error!(control_id = %header.control_id, %error, "device associations not updated by census");
                 }
             }
-            // A device's message that names a patient associates it with them. A keep-alive
-            // names its device and no event: it still counts as heard from.
-            let named_patient = events.first().map(Attachment::of);
             let named = devices_named(&msg);
             let observations = match events.first().map(|e| &e.kind) {
                 Some(EventKind::Observations { observations }) => observations.as_slice(),
                 _ => &[],
             };
             let reports = technical_reports(&msg, &named, observations);
-            for (device, report) in named.iter().zip(reports) {
-                devices.seen(ChangedBy::HL7, device, named_patient.clone(), report).await;
-            }
+            heard_by = named.into_iter().zip(reports).collect();
         }
         if events.is_empty() {
             tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
         }
-        self.submit(&msg, header, mode, received_at, events).await
+        // The devices hear of it beside the submission, not before it: a device actor's reply
+        // is not on the path of the ACK (a round trip per message in arrival order, measured
+        // at 5,000 msg/s; docs/BENCHMARKS.md).
+        let heard = async {
+            if let Some(devices) = &self.devices {
+                for (device, report) in heard_by {
+                    devices.seen(ChangedBy::HL7, &device, named_patient.clone(), report).await;
+                }
+            }
+        };
+        let (pending, ()) = tokio::join!(self.submit(&msg, header, mode, received_at, events), heard);
+        pending
     }
 
     async fn submit(

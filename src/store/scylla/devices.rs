@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use vigil_actors::StoreError;
 use vigil_actors::device::{BedRecord, DeviceRecord, DeviceStore, QuarantinedReading};
 
-use super::scylla::{ScyllaStore, ScyllaStoreConfig};
+use super::{ScyllaStore, ScyllaStoreConfig};
 use crate::crypto::Aad;
 
 /// Days of quarantine the API's newest-first read looks back over.
