@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod crypto;
+pub mod demo_monitor;
 pub mod http;
 pub mod ingest;
 pub mod rules;
