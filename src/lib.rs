@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod crypto;
+pub mod demo_monitor;
 /// What each fuzz target checks, shared by `fuzz/` (libFuzzer, nightly) and the stable seeded
 /// run in CI (`cargo test -p vigil --lib fuzz`).
 #[cfg(any(test, feature = "testing"))]

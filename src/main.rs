@@ -50,6 +50,14 @@ enum Command {
         /// (`--beds 40 --unit ICU --unit 5W` for 40 beds on two units).
         #[arg(long = "unit", default_values_t = ["ICU".to_owned()])]
         units: Vec<String>,
+        /// One more monitor (bed 99A of the first unit) drops out for this many seconds after
+        /// every `--dropout-after-secs` of reports, so the console shows `device.offline`
+        /// raised and resolved (0: no such monitor).
+        #[arg(long, default_value_t = 120)]
+        dropout_secs: u64,
+        /// Seconds the dropout monitor reports before each dropout.
+        #[arg(long, default_value_t = 60)]
+        dropout_after_secs: u64,
         /// Every n-th bed sends its vitals as FHIR through a simulated gateway (0: none).
         #[arg(long, default_value_t = 4)]
         fhir_every: usize,
@@ -138,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
             recover_after_secs,
             units,
             fhir_every,
+            dropout_secs,
+            dropout_after_secs,
         } => {
             init_logging();
             let mut config = Config::load(&serve)?;
@@ -167,16 +177,34 @@ async fn main() -> anyhow::Result<()> {
                 }),
                 ..Default::default()
             };
+            let dropout = (dropout_secs > 0).then(|| {
+                let dropout = vigil::demo_monitor::Dropout {
+                    interval: Duration::from_secs(interval_secs.max(1)),
+                    reporting: Duration::from_secs(dropout_after_secs.max(1)),
+                    silent: Duration::from_secs(dropout_secs),
+                };
+                let unit = units.first().cloned().unwrap_or_else(|| "ICU".into());
+                tokio::spawn(vigil::demo_monitor::run(running.mllp_addr.to_string(), unit, dropout, stop_rx.clone()))
+            });
             let ward = tokio::spawn(vigil_loadtest::ward::run_ward(running.mllp_addr.to_string(), ward, stop_rx));
             println!(
                 "\nVigil demo running: {beds} simulated beds on {} ({deteriorating} deteriorating), admitted by ADT^A01 and sending IHE PCD-01 vitals over MLLP to {} (every {fhir_every}th bed through a FHIR gateway instead).",
                 units.join(", "),
                 running.mllp_addr
             );
+            if dropout_secs > 0 {
+                println!(
+                    "One more monitor ({}, bed 99A) reports for {dropout_after_secs} s, drops out for {dropout_secs} s, and comes back: device.offline is raised and resolved.",
+                    vigil::demo_monitor::DEVICE
+                );
+            }
             println!("Open the console:\n\n    http://{}/#token={token}\n", running.http_addr);
             println!("WebSocket: ws://{}/ws?token=<token>   Stop with Ctrl-C.\n", running.http_addr);
             wait_for_signal().await;
             let _ = stop.send(true);
+            if let Some(dropout) = dropout {
+                let _ = dropout.await;
+            }
             match ward.await {
                 Ok(Ok(stats)) => {
                     tracing::info!(sent = stats.sent, acked = stats.acked, naks = stats.naks, "ward stopped")

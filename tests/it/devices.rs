@@ -116,7 +116,7 @@ async fn pcd04_alarms_raise_update_and_resolve_one_alert_each_and_are_answered_o
 /// A PCD-01 report (ORU^R01, MSH-15 AL / MSH-16 NE) from `device` carrying one heart rate, for
 /// the patient `pid` names (`None`: no PID segment, as a gateway that does not know the patient
 /// sends it).
-fn pcd01(control_id: &str, device: &str, pid: Option<&str>, hr: u32) -> String {
+pub fn pcd01(control_id: &str, device: &str, pid: Option<&str>, hr: u32) -> String {
     let ts = now_dtm();
     let mut segments = vec![format!("MSH|^~\\&|GW|ICU|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|{control_id}|P|2.6|||AL|NE")];
     if let Some(mrn) = pid {

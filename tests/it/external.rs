@@ -67,6 +67,9 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
     assert!(alarm_no_id.contains("OBR|1|||196616"));
     let keep_alive =
         crate::devices::r40("EXT-R40-3", "MRN-EXT-R40", "HB", "196614^MDC_EVT_ACTIVE^MDC", "start", "PN", "SA");
+    // A PCD-01 report naming no patient, from a device nobody associated: quarantined, and
+    // acknowledged like any stored report.
+    let unassociated = crate::devices::pcd01("EXT-Q-1", "MON-EXT-Q", None, 73);
 
     let cases = json!([
         {"name": "original-mode ORU qSOFA", "message": original, "expect": "AA", "control_id": "EXT-AA-1"},
@@ -78,6 +81,7 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
         {"name": "PCD-04 alert report answered ORA^R41", "message": alarm, "expect": "CA", "control_id": "EXT-R40-1", "reply": "ORA"},
         {"name": "PCD-04 report without alarm id: ORA^R41 with ERR", "message": alarm_no_id, "expect": "CE", "control_id": "EXT-R40-2", "reply": "ORA"},
         {"name": "PCD-04 keep-alive answered ORA^R41", "message": keep_alive, "expect": "CA", "control_id": "EXT-R40-3", "reply": "ORA"},
+        {"name": "PCD-01 of an unassociated device: quarantined", "message": unassociated, "expect": "CA", "control_id": "EXT-Q-1"},
     ]);
     let cases_file = dir.join("cases.json");
     std::fs::write(&cases_file, serde_json::to_vec_pretty(&cases).unwrap()).unwrap();
@@ -99,6 +103,20 @@ async fn external_hl7_clients_get_the_right_acks_and_every_ack_parses_with_hl7ap
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}{stderr}"); // shown with --nocapture or when the test fails
     assert!(out.status.success(), "hl7_clients.py failed ({}):\n{stdout}\n{stderr}", out.status);
-    assert_eq!(stdout.lines().count(), 9, "one result line per case:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 10, "one result line per case:\n{stdout}\n{stderr}");
+    let rrt = server.auth.issue("rrt-ext", vigil::auth::Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    vigil::alerts::webhooks::install_tls_provider();
+    let quarantine = reqwest::Client::new()
+        .get(format!("http://{}/api/quarantine", server.http_addr))
+        .bearer_auth(&rrt)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let quarantine: serde_json::Value = serde_json::from_str(&quarantine).unwrap();
+    assert_eq!(quarantine["readings"][0]["message"], "EXT-Q-1", "{quarantine}");
+    assert_eq!(quarantine["readings"][0]["device"], "MON-EXT-Q");
     server.shutdown().await;
 }

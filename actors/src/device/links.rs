@@ -285,7 +285,8 @@ impl Links {
 
     /// Place `id` at `bed` (API), or take it away from any bed (`None`). A bed-derived
     /// association follows: it reports for the bed's occupant, or for nobody if the bed is
-    /// empty. An association by message or API is kept.
+    /// empty. An association set through the API is kept; one by message gives way to the
+    /// user's placement.
     pub fn place(&mut self, id: &DeviceId, bed: Option<Location>, now: OffsetDateTime) -> Result<Touched, LinkError> {
         let mut touched = Touched::default();
         let record = self.record_mut(id)?;
@@ -293,7 +294,7 @@ impl Links {
             return Ok(touched);
         }
         record.bed.clone_from(&bed);
-        let explicit = record.association.as_ref().is_some_and(|a| a.source != AssociationSource::Bed);
+        let explicit = record.association.as_ref().is_some_and(|a| a.source == AssociationSource::Api);
         touched.devices.push(record.clone());
         if !explicit {
             let occupant = bed.as_ref().and_then(|b| self.beds.get(b)).cloned();
@@ -458,6 +459,9 @@ mod tests {
         assert_eq!(renamed.changes[0].after, Some((PatientId("p3".into()), AssociationSource::Message)));
         links.census(&patient("p3"), CensusAction::Discharge, None, T0).unwrap();
         assert!(links.current(&pump).is_none(), "discharge ends every association of the patient");
+        links.named_by_message(&pump, patient("p4"), T0).unwrap();
+        let placed = links.place(&pump, Some(bed("D")), T0).unwrap();
+        assert_eq!(placed.changes[0].after, None, "a user's placement at an empty bed ends a message association");
         let ended = links.dissociate(&pump).unwrap();
         assert!(ended.is_empty(), "nothing left to end");
     }

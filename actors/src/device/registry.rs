@@ -208,9 +208,12 @@ impl DeviceRegistry {
             Some(patient) => {
                 let now = self.clock.now();
                 let named = patient.clone();
-                if let Err(error) = self.change(by, |links| links.named_by_message(device, named, now)).await {
+                match self.change(by, |links| links.named_by_message(device, named, now)).await {
+                    Ok(()) => {}
+                    // Beyond the bound: counted as untracked below, not logged per message.
+                    Err(DeviceError::Bound(_)) => {}
                     // The reading still goes to the patient its message names.
-                    tracing::warn!(%device, %error, "device association by message not kept");
+                    Err(error) => tracing::warn!(%device, %error, "device association by message not kept"),
                 }
                 Some(patient)
             }
