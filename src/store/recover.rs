@@ -521,7 +521,7 @@ mod tests {
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
                     // Mostly valid tags, so the reader goes deep.
-                    if seed % 3 == 0 { (seed % 5) as u8 } else { (seed >> 8) as u8 }
+                    if seed.is_multiple_of(3) { (seed % 5) as u8 } else { (seed >> 8) as u8 }
                 })
                 .collect();
             let _ = batches(&bytes);

@@ -1,6 +1,7 @@
 //! Durability across `kill -9`: every message that got an accepting ACK is in the store
 //! after the process dies mid-flow, and the server restarts on the same data — once, and over
-//! many kill/restart cycles at random moments under load (`VIGIL_CRASH_CYCLES`, default 3).
+//! many kill/restart cycles at random moments under load (`VIGIL_CRASH_CYCLES`, default 5;
+//! `tests/crash_cycles.sh` runs 100).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -98,8 +99,14 @@ async fn patient_flow(
     progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> (Vec<usize>, usize) {
     let mut acked = Vec::new();
-    let Ok(mut client) = MllpClient::connect(&mllp, Duration::from_secs(5)).await else {
-        return (acked, next);
+    // The first reply after a restart waits for the patient's actor to rebuild from its
+    // history, which grows with every cycle (over 5 s after ~60 cycles in a debug build).
+    let mut client = match MllpClient::connect(&mllp, Duration::from_secs(30)).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("patient {patient}: no connection this cycle: {e}");
+            return (acked, next);
+        }
     };
     loop {
         let indexes: Vec<usize> = (next..next + 10).collect();
@@ -117,14 +124,20 @@ async fn patient_flow(
                 }
                 progress.fetch_add(acks.len(), std::sync::atomic::Ordering::Relaxed);
             }
-            Err(_) => return (acked, next),
+            Err(e) => {
+                if acked.is_empty() {
+                    // Expected once the process is killed; before any ACK it says why.
+                    eprintln!("patient {patient}: no ACK this cycle: {e}");
+                }
+                return (acked, next);
+            }
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_repeated_kill_9_at_random_moments_in_order_and_alerts_are_not_duplicated() {
-    let cycles: usize = std::env::var("VIGIL_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let cycles: usize = std::env::var("VIGIL_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     const PATIENTS: usize = 4;
     let dir = tempdir("crash-cycles");
     let data = dir.to_str().unwrap().to_string();
@@ -186,4 +199,9 @@ async fn acked_messages_survive_repeated_kill_9_at_random_moments_in_order_and_a
     for (key, ids) in &episodes {
         assert_eq!(ids.len(), 1, "{key:?} raised {} times across crashes", ids.len());
     }
+    let total: usize = acked.values().map(Vec::len).sum();
+    eprintln!(
+        "crash cycles: {cycles} kill -9 cycles, {total} messages acknowledged, 0 lost, per-patient order kept, {} alerts each raised once",
+        episodes.len()
+    );
 }

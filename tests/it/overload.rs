@@ -36,7 +36,7 @@ fn mrn(n: u64) -> String {
 fn message(phase: &str, n: u64) -> (String, String, bool) {
     let id = format!("{phase}-{n}");
     if n % POISON_EVERY == POISON_EVERY - 1 {
-        let poisoned = if n % 2 == 0 {
+        let poisoned = if n.is_multiple_of(2) {
             // Not HL7 at all.
             format!("this is not an HL7 message {id}")
         } else {
