@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub connections: Option<usize>,
     /// Consoles override (0: none).
     pub consoles: Option<usize>,
+    /// FHIR Observations/s override (of a scenario with a `[fhir]` section).
+    pub fhir_rate: Option<f64>,
     /// Run the echo baseline first.
     pub baseline: bool,
     /// Run against an in-process echo server only.
@@ -66,6 +68,9 @@ pub fn load_scenario(o: &RunOptions) -> anyhow::Result<Scenario> {
     }
     if let Some(c) = o.connections {
         s.load.connections = c;
+    }
+    if let (Some(rate), Some(fhir)) = (o.fhir_rate, s.fhir.as_mut()) {
+        fhir.rate = rate;
     }
     match o.consoles {
         Some(0) => s.consoles = None,

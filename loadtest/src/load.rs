@@ -373,7 +373,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
             target.mllp.clone(),
             d.clone(),
             run_id,
-            start,
+            (start, plan.measure_until),
             Arc::clone(book),
             Arc::clone(&live),
         ))),
@@ -632,13 +632,14 @@ fn crossing_vitals() -> Vitals {
 }
 
 /// The deterioration generator: stable vitals for each chosen patient at the start, then
-/// each one's crossing at its time. One connection of its own, closed loop (the rate is low);
-/// returns failures by kind.
+/// each one's crossing at its time; crossings after the schedule's end are not sent (a shorter
+/// `--duration` keeps the ones that fit). One connection of its own, closed loop (the rate is
+/// low); returns failures by kind.
 async fn deteriorate(
     addr: String,
     d: crate::scenario::Deterioration,
     run_id: u64,
-    start: Instant,
+    (start, end): (Instant, Instant),
     book: Arc<AlertBook>,
     live: Arc<Live>,
 ) -> BTreeMap<String, u64> {
@@ -656,7 +657,9 @@ async fn deteriorate(
             return errors;
         }
     };
-    let patients: Vec<PatientDemo> = (0..d.patients as u64).map(|k| special_patient("DT", run_id, k)).collect();
+    let crossing = |k: usize| start + Duration::from_secs_f64(d.first_at_s + d.every_s * k as f64);
+    let fit = (0..d.patients).take_while(|&k| crossing(k) <= end).count() as u64;
+    let patients: Vec<PatientDemo> = (0..fit).map(|k| special_patient("DT", run_id, k)).collect();
     let mut rng = SimRng::new(run_id ^ 0xde7e);
     for (k, p) in patients.iter().enumerate() {
         let msg = oru_r01(
@@ -669,7 +672,7 @@ async fn deteriorate(
         send_checked(&mut client, &addr, &msg, &mut errors, &live).await;
     }
     for (k, p) in patients.into_iter().enumerate() {
-        let intended = start + Duration::from_secs_f64(d.first_at_s + d.every_s * k as f64);
+        let intended = crossing(k);
         book.expect(p.mrn.clone(), intended);
         tokio::time::sleep_until(intended).await;
         let msg = oru_r01(

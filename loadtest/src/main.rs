@@ -197,6 +197,9 @@ struct RunArgs {
     /// Override the number of consoles (0: none).
     #[arg(long)]
     consoles: Option<usize>,
+    /// Override the FHIR Observations/s (scenarios with a `[fhir]` section).
+    #[arg(long)]
+    fhir_rate: Option<f64>,
     /// First run the scenario's MLLP schedule against an in-process echo server, and state the
     /// rate as a fraction of the echo's.
     #[arg(long)]
@@ -370,6 +373,7 @@ impl RunArgs {
             ramp: self.ramp,
             connections: self.connections,
             consoles: self.consoles,
+            fhir_rate: self.fhir_rate,
             baseline: self.baseline,
             echo_only: self.echo,
             slo: self.slo,

@@ -181,17 +181,27 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
 ) -> Result<String, MllpClientError> {
     let mut chunk = [0u8; READ_CHUNK];
+    // Bytes after the start block already searched for the end: each read is searched once, so
+    // a large reply costs linear, not quadratic, time.
+    let mut searched = 0usize;
     loop {
         // Noise before a start block (e.g. a stray CR/LF from a sloppy peer) is dropped.
         match buf.iter().position(|&b| b == START_BLOCK) {
             Some(0) => {}
             Some(start) => {
                 buf.drain(..start);
+                searched = 0;
             }
-            None => buf.clear(),
+            None => {
+                buf.clear();
+                searched = 0;
+            }
         }
+        // One byte back: the FS of an end block may have come at the end of the last read.
+        let from = searched.saturating_sub(1);
         if !buf.is_empty()
-            && let Some(end) = buf[1..].windows(2).position(|w| w == [END_BLOCK, CARRIAGE_RETURN])
+            && let Some(end) =
+                buf[1 + from..].windows(2).position(|w| w == [END_BLOCK, CARRIAGE_RETURN]).map(|at| at + from)
         {
             let payload_end = end + 1;
             if payload_end - 1 > MAX_REPLY_BYTES {
@@ -205,6 +215,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         if buf.len() > MAX_REPLY_BYTES + 2 {
             return Err(MllpClientError::ReplyTooLarge);
         }
+        searched = buf.len().saturating_sub(1);
         let n = reader.read(&mut chunk).await?;
         if n == 0 {
             return Err(MllpClientError::Closed);

@@ -41,6 +41,7 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
         ramp: None,
         connections: None,
         consoles: None,
+        fhir_rate: None,
         baseline: false,
         echo_only: false,
         slo: CI_OBJECTIVES.iter().map(|s| s.parse::<Slo>().unwrap()).collect(),
@@ -70,5 +71,57 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
     }
     assert!(stage("rules") > 0, "{:?}", report.stages);
     assert!(report.server.as_ref().is_some_and(|s| s.peak_rss_mib > 0.0));
+    server.shutdown().await;
+}
+
+/// The FHIR gateway and the console fan-out against a real server, briefly: FHIR response
+/// latency is measured with every POST stored, and each of several consoles times every
+/// deterioration alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_fhir_gateway_and_console_fanout_are_measured() {
+    let dir = tempdir("harness-fhir");
+    let mut cfg = config(&dir);
+    cfg.fhir.identifier_systems.insert("VIGIL_SIM".into(), vigil_loadtest::fhir::SIM_SYSTEM.into());
+    let server = vigil::app::start(&cfg).await.unwrap();
+    let console = server.auth.issue("loadtest", Role::Rrt, vec!["*".into()], time::Duration::hours(1));
+    let gateway = server.auth.issue("gw", Role::Gateway, vec![], time::Duration::hours(1));
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios");
+    let target = Target {
+        mllp: server.mllp_addr.to_string(),
+        http: Some(server.http_addr.to_string()),
+        console_token: Some(console),
+        gateway_token: Some(gateway),
+        pid: None,
+        scrape_metrics: false,
+        metrics_token: None,
+    };
+    let options = |file: &str, duration: f64, consoles: Option<usize>| RunOptions {
+        scenario: scenarios.join(file),
+        target: target.clone(),
+        rate: Some(20.0),
+        duration: Some(duration),
+        warmup: Some(0.0),
+        ramp: Some(0.0),
+        connections: Some(2),
+        consoles,
+        fhir_rate: Some(10.0),
+        baseline: false,
+        echo_only: false,
+        slo: vec!["errors==0".parse().unwrap(), "alerts.missing==0".parse().unwrap()],
+        json: None,
+        html: None,
+        progress: false,
+    };
+    let fhir = run_report(&options("fhir-gateway.toml", 3.0, None)).await.unwrap();
+    assert!(fhir.slo.iter().all(|r| r.ok), "{}", fhir.to_table());
+    assert_eq!(fhir.fhir.as_ref().map(|l| l.count), Some(30), "{}", fhir.to_table());
+    assert!(fhir.fhir_throughput.is_some_and(|t| t > 9.0), "{}", fhir.to_table());
+
+    let fanout = run_report(&options("console-fanout.toml", 7.0, Some(3))).await.unwrap();
+    assert!(fanout.slo.iter().all(|r| r.ok), "{}", fanout.to_table());
+    // Crossings at 6 s + k * 0.3 s that fit the 7 s run: 6.0, 6.3, 6.6, 6.9; each timed by
+    // each of the 3 consoles.
+    assert_eq!(fanout.alerts_expected, 4, "{}", fanout.to_table());
+    assert_eq!(fanout.alert.as_ref().map(|l| l.count), Some(fanout.alerts_expected * 3), "{}", fanout.to_table());
     server.shutdown().await;
 }
