@@ -440,13 +440,31 @@ async function soundPhase() {
   const end = new Date(until);
   check(end.getMinutes() === 0 && (end.getHours() === 7 || end.getHours() === 19) && until - Date.now() <= 12 * 3600e3, `mute ends at ${end}`);
   console.log(`sound: blocked banner shown, unblocked by a click; mute until ${end.toTimeString().slice(0, 5)}`);
+
+  // Severity by colour, shape and text; HIGH and MEDIUM apart in greyscale (filled vs dashed
+  // outline, and different shapes), in both colour schemes.
+  for (const scheme of ["dark", "light"]) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const look = await page.evaluate(() => Object.fromEntries(["critical", "high", "medium", "low"].map((s) => {
+      const e = document.createElement("span"); e.className = "sev " + s; e.textContent = s; document.body.append(e);
+      const c = getComputedStyle(e), b = getComputedStyle(e, "::before");
+      const rgb = (c.backgroundColor.match(/[\d.]+/g) || []).map(Number);
+      const grey = rgb.length >= 3 && (rgb[3] === undefined || rgb[3] > 0) ? Math.round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) : null;
+      const out = { grey, border: c.borderTopStyle, shape: b.clipPath, text: e.textContent };
+      e.remove(); return [s, out];
+    })));
+    check(look.high.grey !== null && look.medium.grey === null && look.medium.border === "dashed", `${scheme}: high and medium alike in greyscale: ${JSON.stringify(look)}`);
+    check(new Set(["critical", "high", "medium"].map((s) => look[s].shape)).size === 3, `${scheme}: shapes not distinct: ${JSON.stringify(look)}`);
+  }
+  console.log("severity: colour, shape and text; high filled, medium dashed outline, in dark and light");
 }
 
 // The notification figure (docs/console-notifications.svg): one console on `vigil demo` from
 // its start for VIGIL_MEASURE_SECS. Without VIGIL_SILENCE_ON_FIRST it counts every notify frame
 // (what the console sounded before bundling) and what it sounds now (bundled per patient);
 // with it, the run is repeated on the same seeded ward and each patient is silenced for 15 min
-// ("RRT at the bedside") as soon as the console first sounds for them.
+// ("RRT at the bedside") once the console has sounded for them and they are critical (a silence
+// set earlier would end at the next rise in severity, as it should).
 async function figurePhase() {
   const page = await openBoard({ view: "board" });
   const silence = process.env.VIGIL_SILENCE_ON_FIRST === "1";
@@ -455,7 +473,9 @@ async function figurePhase() {
   const t0 = Date.now(), silenced = new Set();
   while (Date.now() - t0 < secs * 1000) {
     if (silence) {
-      const sounded = await page.evaluate(() => Object.keys(window.__perPatient || {}));
+      // The RRT goes to a patient once the console has sounded for them and they are critical.
+      const sounded = await page.evaluate(() => Object.keys(window.__perPatient || {})
+        .filter((p) => [...alerts.values()].some((a) => a.patient.id === p && a.severity === "critical" && a.status !== "resolved")));
       for (const p of sounded.filter((p) => !silenced.has(p))) {
         silenced.add(p);
         await page.evaluate((id) => send({ type: "silence", ref: "f-" + id, patient: id, minutes: 15, reason: "rrt_at_bedside" }), p);
