@@ -537,6 +537,14 @@ try {
     const ack2 = await sendMllp(env("VIGIL_MLLP"), update);
     if (!ack2.includes("MSA|AA|BROWSER-2")) throw new Error(`unexpected ACK: ${ack2}`);
     await a.locator('#p-latest .vt[data-vital="rr"] b', { hasText: "31" }).waitFor({ timeout: 10000 });
+    // Trends a clinician can read: scale, time axis, normal range, the latest value, flagged.
+    const rr = a.locator('#p-trends .trend[data-vital="rr"] svg');
+    await rr.locator("text.latest", { hasText: "31" }).waitFor({ timeout: 10000 });
+    const trend = await rr.evaluate((svg) => ({ range: !!svg.querySelector("rect.range"), texts: [...svg.querySelectorAll("text")].map((t) => t.textContent),
+      abnormal: svg.querySelector("text.latest").classList.contains("abnormal"), label: svg.getAttribute("aria-label") }));
+    check(trend.range && trend.abnormal && /outside the normal range 12 to 20/.test(trend.label), `RR trend: ${JSON.stringify(trend)}`);
+    check(trend.texts.filter((t) => /^\d\d:\d\d/.test(t)).length === 2 && trend.texts.some((t) => t === "31"), `RR trend axes: ${trend.texts}`);
+    check(/ABNORMAL/.test(await a.locator('#p-latest .vt[data-vital="rr"]').innerText()), "RR 31 not flagged abnormal");
     await a.screenshot({ path: path.join(shots, "patient-view.png"), fullPage: true });
     console.log("alert shown in both sessions, acknowledged from A, seen acknowledged in B; patient view updated live");
   } else if (phase === "load") {
