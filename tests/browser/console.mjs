@@ -211,14 +211,14 @@ const RANKS = { critical: 4, high: 3, medium: 2, low: 1, info: 0 };
 const perHour = (n, patients, secs) => (patients ? n / patients / (secs / 3600) : 0);
 
 async function measure(page, secs) {
-  const read = () => page.evaluate(() => ({ frames: window.__notifyFrames || 0, sounded: window.__notifications || 0,
+  const read = () => page.evaluate(() => ({ frames: window.__notifyFrames || 0, sounded: window.__notifications || 0, tones: window.__tones || 0,
     bundled: window.__bundled || 0, silenced: window.__silenced || 0,
     patients: document.querySelectorAll("#units-board .tile").length }));
   const a = await read(), t0 = Date.now();
   await sleep(secs * 1000);
   const b = await read(), dt = (Date.now() - t0) / 1000;
   const patients = Math.max(a.patients, b.patients);
-  return { secs: dt, patients, notify_frames: b.frames - a.frames, sounded: b.sounded - a.sounded,
+  return { secs: dt, patients, notify_frames: b.frames - a.frames, sounded: b.sounded - a.sounded, tones: b.tones - a.tones,
     bundled_away: b.bundled - a.bundled, silenced_away: b.silenced - a.silenced,
     raw_per_patient_hour: perHour(b.frames - a.frames, patients, dt), sounded_per_patient_hour: perHour(b.sounded - a.sounded, patients, dt) };
 }
@@ -235,6 +235,12 @@ async function boardPhase() {
   // (every notify frame counted as the old console beeped it), then with every patient silenced.
   const before = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
   console.log(`notifications (bundled, no silences): ${JSON.stringify(before)}`);
+  // Unacknowledged critical alerts repeat their tone (every 20 s) even with no new frame, and a
+  // new critical alert is announced to screen readers.
+  check(before.tones >= 1, `no tone in ${before.secs} s with unacknowledged critical alerts: ${JSON.stringify(before)}`);
+  const live = await page.evaluate(() => document.querySelector("#live").textContent);
+  check(/^New critical alert: (ICU|5W) bed \d\d-[AB], /.test(live), `ARIA live region reads "${live}"`);
+  check(await page.evaluate(() => document.querySelector("#live").getAttribute("aria-live")) === "assertive", "live region not assertive");
 
   // A tile per bed, both units, sorted by acuity, 40 beds on one desktop screen.
   const board = await page.evaluate(() => [...document.querySelectorAll("#units-board section.unit")].map((sec) => ({
@@ -334,6 +340,9 @@ async function boardPhase() {
   await sleep(1000);
   const after = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
   console.log(`notifications (bundled, every patient silenced): ${JSON.stringify(after)}`);
+  // Beds that had no alert yet when the ward was silenced may still sound; no silenced one does.
+  const unsilenced = 40 - pids.length;
+  check(after.sounded <= unsilenced && (unsilenced > 0 || after.tones === 0), `a silenced ward still sounded: ${JSON.stringify(after)}`);
   fs.writeFileSync(path.join(shots, "notifications.json"), JSON.stringify({ before, after }, null, 1));
   await page.screenshot({ path: path.join(shots, "board-silenced.png") });
 }
