@@ -951,6 +951,28 @@ mod tests {
     }
 
     #[test]
+    fn the_escalation_chain_is_read_in_order_and_a_zero_wait_or_a_blank_label_is_refused() {
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vigil.toml");
+        let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        let chain = "[[escalation.chain]]\nlabel = \"charge nurse\"\nroles = [\"charge\"]\nwait_secs = 120\n\
+                     [[escalation.chain]]\nlabel = \"rapid response team\"\nroles = [\"rrt\"]\nunits = [\"RRT\"]\n";
+        std::fs::write(&path, chain).unwrap();
+        let steps = Config::load(&args).unwrap().escalation.chain;
+        assert_eq!(steps.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), ["charge nurse", "rapid response team"]);
+        assert_eq!((steps[0].wait, steps[1].wait), (Some(time::Duration::seconds(120)), None));
+        assert_eq!(steps[1].units, ["RRT"]);
+        std::fs::write(&path, "[[escalation.chain]]\nlabel = \"charge\"\nwait_secs = 0\n").unwrap();
+        assert!(format!("{:#}", Config::load(&args).unwrap_err()).contains("escalation.chain"));
+        std::fs::write(&path, "[[escalation.chain]]\nlabel = \" \"\n").unwrap();
+        assert!(Config::load(&args).is_err());
+        std::fs::write(&path, "[[escalation.chain]]\nlabel = \"x\"\nwho = \"y\"\n").unwrap();
+        assert!(format!("{:#}", Config::load(&args).unwrap_err()).contains("who"), "unknown keys are named");
+        assert!(Config::load(&ServeArgs::default()).unwrap().escalation.chain.is_empty());
+    }
+
+    #[test]
     fn hl7_section_sets_identity_zone_and_unsupported_policy() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();

@@ -328,4 +328,26 @@ mod tests {
         );
         router.shutdown().await;
     }
+
+    #[test]
+    fn the_next_step_is_shown_only_while_unacknowledged_and_for_severities_that_escalate() {
+        let alert = |severity: &str, status: &str| -> vigil_actors::Alert {
+            serde_json::from_value(serde_json::json!({
+                "id": "p1:r", "patient": {"id": "p1", "mrn": "M", "name": "N", "unit": "ICU", "bed": "A"},
+                "rule": {"id": "r", "version": "v"}, "severity": severity, "status": status, "score": null,
+                "summary": "s", "details": null, "raised_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+            }))
+            .unwrap()
+        };
+        let policy = charge_then_rrt();
+        let critical = policy.position(&alert("critical", "active"));
+        let at = time::macros::datetime!(2026-01-01 00:01 UTC);
+        assert_eq!(critical.next, Some(NextStep { label: "charge nurse".into(), at }), "the step's own 60 s");
+        assert_eq!(policy.position(&alert("critical", "acknowledged")).next, None);
+        let low = policy.position(&alert("low", "active"));
+        assert_eq!((low.current.as_str(), low.next), ("assigned nurse", None), "low never escalates");
+        let default = EscalationPolicy::default().position(&alert("high", "active"));
+        assert_eq!(default.chain, ["assigned nurse", "rapid response team"]);
+        assert_eq!(default.next.map(|n| n.at), Some(time::macros::datetime!(2026-01-01 00:05 UTC)));
+    }
 }

@@ -211,14 +211,14 @@ const RANKS = { critical: 4, high: 3, medium: 2, low: 1, info: 0 };
 const perHour = (n, patients, secs) => (patients ? n / patients / (secs / 3600) : 0);
 
 async function measure(page, secs) {
-  const read = () => page.evaluate(() => ({ frames: window.__notifyFrames || 0, sounded: window.__notifications || 0,
+  const read = () => page.evaluate(() => ({ frames: window.__notifyFrames || 0, sounded: window.__notifications || 0, tones: window.__tones || 0,
     bundled: window.__bundled || 0, silenced: window.__silenced || 0,
     patients: document.querySelectorAll("#units-board .tile").length }));
   const a = await read(), t0 = Date.now();
   await sleep(secs * 1000);
   const b = await read(), dt = (Date.now() - t0) / 1000;
   const patients = Math.max(a.patients, b.patients);
-  return { secs: dt, patients, notify_frames: b.frames - a.frames, sounded: b.sounded - a.sounded,
+  return { secs: dt, patients, notify_frames: b.frames - a.frames, sounded: b.sounded - a.sounded, tones: b.tones - a.tones,
     bundled_away: b.bundled - a.bundled, silenced_away: b.silenced - a.silenced,
     raw_per_patient_hour: perHour(b.frames - a.frames, patients, dt), sounded_per_patient_hour: perHour(b.sounded - a.sounded, patients, dt) };
 }
@@ -235,6 +235,12 @@ async function boardPhase() {
   // (every notify frame counted as the old console beeped it), then with every patient silenced.
   const before = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
   console.log(`notifications (bundled, no silences): ${JSON.stringify(before)}`);
+  // Unacknowledged critical alerts repeat their tone (every 20 s) even with no new frame, and a
+  // new critical alert is announced to screen readers.
+  check(before.tones >= 1, `no tone in ${before.secs} s with unacknowledged critical alerts: ${JSON.stringify(before)}`);
+  const live = await page.evaluate(() => document.querySelector("#live").textContent);
+  check(/^New critical alert: (ICU|5W) bed \d\d-[AB], /.test(live), `ARIA live region reads "${live}"`);
+  check(await page.evaluate(() => document.querySelector("#live").getAttribute("aria-live")) === "assertive", "live region not assertive");
 
   // A tile per bed, both units, sorted by acuity, 40 beds on one desktop screen.
   const board = await page.evaluate(() => [...document.querySelectorAll("#units-board section.unit")].map((sec) => ({
@@ -334,6 +340,9 @@ async function boardPhase() {
   await sleep(1000);
   const after = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
   console.log(`notifications (bundled, every patient silenced): ${JSON.stringify(after)}`);
+  // Beds that had no alert yet when the ward was silenced may still sound; no silenced one does.
+  const unsilenced = 40 - pids.length;
+  check(after.sounded <= unsilenced && (unsilenced > 0 || after.tones === 0), `a silenced ward still sounded: ${JSON.stringify(after)}`);
   fs.writeFileSync(path.join(shots, "notifications.json"), JSON.stringify({ before, after }, null, 1));
   await page.screenshot({ path: path.join(shots, "board-silenced.png") });
 }
@@ -440,13 +449,31 @@ async function soundPhase() {
   const end = new Date(until);
   check(end.getMinutes() === 0 && (end.getHours() === 7 || end.getHours() === 19) && until - Date.now() <= 12 * 3600e3, `mute ends at ${end}`);
   console.log(`sound: blocked banner shown, unblocked by a click; mute until ${end.toTimeString().slice(0, 5)}`);
+
+  // Severity by colour, shape and text; HIGH and MEDIUM apart in greyscale (filled vs dashed
+  // outline, and different shapes), in both colour schemes.
+  for (const scheme of ["dark", "light"]) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const look = await page.evaluate(() => Object.fromEntries(["critical", "high", "medium", "low"].map((s) => {
+      const e = document.createElement("span"); e.className = "sev " + s; e.textContent = s; document.body.append(e);
+      const c = getComputedStyle(e), b = getComputedStyle(e, "::before");
+      const rgb = (c.backgroundColor.match(/[\d.]+/g) || []).map(Number);
+      const grey = rgb.length >= 3 && (rgb[3] === undefined || rgb[3] > 0) ? Math.round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) : null;
+      const out = { grey, border: c.borderTopStyle, shape: b.clipPath, text: e.textContent };
+      e.remove(); return [s, out];
+    })));
+    check(look.high.grey !== null && look.medium.grey === null && look.medium.border === "dashed", `${scheme}: high and medium alike in greyscale: ${JSON.stringify(look)}`);
+    check(new Set(["critical", "high", "medium"].map((s) => look[s].shape)).size === 3, `${scheme}: shapes not distinct: ${JSON.stringify(look)}`);
+  }
+  console.log("severity: colour, shape and text; high filled, medium dashed outline, in dark and light");
 }
 
 // The notification figure (docs/console-notifications.svg): one console on `vigil demo` from
 // its start for VIGIL_MEASURE_SECS. Without VIGIL_SILENCE_ON_FIRST it counts every notify frame
 // (what the console sounded before bundling) and what it sounds now (bundled per patient);
 // with it, the run is repeated on the same seeded ward and each patient is silenced for 15 min
-// ("RRT at the bedside") as soon as the console first sounds for them.
+// ("RRT at the bedside") once the console has sounded for them and they are critical (a silence
+// set earlier would end at the next rise in severity, as it should).
 async function figurePhase() {
   const page = await openBoard({ view: "board" });
   const silence = process.env.VIGIL_SILENCE_ON_FIRST === "1";
@@ -455,7 +482,9 @@ async function figurePhase() {
   const t0 = Date.now(), silenced = new Set();
   while (Date.now() - t0 < secs * 1000) {
     if (silence) {
-      const sounded = await page.evaluate(() => Object.keys(window.__perPatient || {}));
+      // The RRT goes to a patient once the console has sounded for them and they are critical.
+      const sounded = await page.evaluate(() => Object.keys(window.__perPatient || {})
+        .filter((p) => [...alerts.values()].some((a) => a.patient.id === p && a.severity === "critical" && a.status !== "resolved")));
       for (const p of sounded.filter((p) => !silenced.has(p))) {
         silenced.add(p);
         await page.evaluate((id) => send({ type: "silence", ref: "f-" + id, patient: id, minutes: 15, reason: "rrt_at_bedside" }), p);
@@ -517,6 +546,14 @@ try {
     const ack2 = await sendMllp(env("VIGIL_MLLP"), update);
     if (!ack2.includes("MSA|AA|BROWSER-2")) throw new Error(`unexpected ACK: ${ack2}`);
     await a.locator('#p-latest .vt[data-vital="rr"] b', { hasText: "31" }).waitFor({ timeout: 10000 });
+    // Trends a clinician can read: scale, time axis, normal range, the latest value, flagged.
+    const rr = a.locator('#p-trends .trend[data-vital="rr"] svg');
+    await rr.locator("text.latest", { hasText: "31" }).waitFor({ timeout: 10000 });
+    const trend = await rr.evaluate((svg) => ({ range: !!svg.querySelector("rect.range"), texts: [...svg.querySelectorAll("text")].map((t) => t.textContent),
+      abnormal: svg.querySelector("text.latest").classList.contains("abnormal"), label: svg.getAttribute("aria-label") }));
+    check(trend.range && trend.abnormal && /outside the normal range 12 to 20/.test(trend.label), `RR trend: ${JSON.stringify(trend)}`);
+    check(trend.texts.filter((t) => /^\d\d:\d\d/.test(t)).length === 2 && trend.texts.some((t) => t === "31"), `RR trend axes: ${trend.texts}`);
+    check(/ABNORMAL/.test(await a.locator('#p-latest .vt[data-vital="rr"]').innerText()), "RR 31 not flagged abnormal");
     await a.screenshot({ path: path.join(shots, "patient-view.png"), fullPage: true });
     console.log("alert shown in both sessions, acknowledged from A, seen acknowledged in B; patient view updated live");
   } else if (phase === "load") {

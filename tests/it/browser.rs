@@ -183,5 +183,6 @@ async fn console_assignment_then_escalation_along_the_chain() {
     assert!(out.status.success(), "browser chain phase failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("charge nurse at L1, RRT at L2"), "{stdout}");
     assert!(stdout.contains("sound: blocked banner shown"), "{stdout}");
+    assert!(stdout.contains("severity: colour, shape and text"), "{stdout}");
     server.shutdown().await;
 }
