@@ -281,13 +281,15 @@ function renderBoard() {
   const board = $("units-board");
   const sections = new Map([...board.children].map((s) => [s.dataset.unit, s]));
   const seen = new Set();
-  for (const unit of units.filter((u) => !f.unit || u === f.unit)) {
+  units.filter((u) => !f.unit || u === f.unit).forEach((unit, position) => {
     let sec = sections.get(unit);
     if (!sec) {
       sec = el("section", "unit"); sec.dataset.unit = unit;
       const head = el("div", "unit-head"); head.append(el("h2", "", unit), el("span", "count"));
-      sec.append(head, el("div", "grid")); board.append(sec);
+      sec.append(head, el("div", "grid"));
     }
+    // Units stay in name order whichever unit's first alert arrived first.
+    if (board.children[position] !== sec) board.insertBefore(sec, board.children[position] || null);
     const mine = shown.filter((b) => b.patient.unit === unit);
     const unacked = mine.filter((b) => b.unacked.length).length;
     setText(sec.querySelector(".count"), mine.length + " beds with open alerts · " + unacked + " unacknowledged");
@@ -301,7 +303,7 @@ function renderBoard() {
     });
     if (focused && focused !== document.activeElement && grid.contains(focused)) focused.focus({ preventScroll: true });
     seen.add("unit:" + unit);
-  }
+  });
   for (const [pid, p] of tilesById) if (!seen.has(pid)) { p.t.remove(); tilesById.delete(pid); }
   for (const sec of [...board.children]) if (!seen.has("unit:" + sec.dataset.unit)) sec.remove();
   document.body.classList.toggle("dense", shown.length > 36);
