@@ -4,14 +4,17 @@
 # Issue 12 benchmark (d): the harness at 2,000 and 5,000 msg/s against the server before the
 # renovation (fa7ff79) and after (HEAD), alternated, same harness binary, same machine.
 set -u
+# Ports overridable so that two benchmarks on one machine do not meet.
+MLLP_PORT=${MLLP_PORT:-22575}
+HTTP_PORT=${HTTP_PORT:-28080}
 LT=${AFTER_TARGET:-target}/release/vigil-loadtest
 run() { # label binary rate
   local label=$1 bin=$2 rate=$3 d; d=$(mktemp -d)
-  (cd "$4" && exec $bin serve --data-dir "$d/data" --mllp-addr 127.0.0.1:22575 --http-addr 127.0.0.1:28080 > "$d/log" 2>&1) &
+  (cd "$4" && exec $bin serve --data-dir "$d/data" --mllp-addr 127.0.0.1:$MLLP_PORT --http-addr 127.0.0.1:$HTTP_PORT > "$d/log" 2>&1) &
   local pid=$!
-  for i in $(seq 1 100); do curl -sf http://127.0.0.1:28080/healthz >/dev/null && break; sleep 0.2; done
+  for i in $(seq 1 100); do curl -sf http://127.0.0.1:$HTTP_PORT/healthz >/dev/null && break; sleep 0.2; done
   echo "### $label $rate"
-  $LT rate --mllp 127.0.0.1:22575 --rate $rate --duration 15 --connections 8 --patients 500 2>&1 | grep -E "^\|"
+  $LT rate --mllp 127.0.0.1:$MLLP_PORT --rate $rate --duration 15 --connections 8 --patients 500 2>&1 | grep -E "^\|"
   kill -TERM $pid; wait $pid 2>/dev/null; rm -rf "$d"
 }
 for round in 1 2; do
