@@ -3,8 +3,9 @@
 //! only: the alerts stay on the board, marked silenced. It ends by itself at its end time (on
 //! the `Clock` port), at once when the patient's or the alert's severity rises above what it
 //! was when silenced, or when a user ends it. Every start and end is audited (opaque ids and
-//! the reason's code only) and every silence is persisted in the node-local database, so a
-//! restart neither forgets one nor revives an ended one.
+//! the reason's code only) and every silence is kept in the [`ConsoleStore`] all nodes share,
+//! so a restart neither forgets one nor revives an ended one, and one set on a node holds on
+//! the others from their next refresh.
 //!
 //! Reasons are a fixed list of codes, never free text: nothing a user types here can carry PHI
 //! into the store, the audit log or a log line.
@@ -636,6 +637,18 @@ mod tests {
         let ended = ward.console.end_silence(&nurse(&["*"]), &silence.id).await.unwrap();
         assert_eq!(ended.ended.map(|e| (e.by, e.why)), Some(("nurse-4".into(), EndReason::Ended)));
         assert!(ward.console.end_silence(&nurse(&["*"]), &silence.id).await.is_err(), "ended once");
+        ward.router.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_silence_past_its_end_time_quiets_nothing_even_before_the_task_ends_it() {
+        let ward = ward().await;
+        ward.console.silence(&nurse(&["*"]), request(5, "procedure")).await.unwrap();
+        ward.at(5 * 60 - 1);
+        assert!(ward.console.silence_book().covering(&ward.alert().await).is_some());
+        ward.at(5 * 60);
+        assert!(ward.console.silence_book().covering(&ward.alert().await).is_none(), "its end time, on the clock");
+        assert_eq!(ward.console.silence_book().open_silences().len(), 1, "not yet ended by the task");
         ward.router.shutdown().await;
     }
 }

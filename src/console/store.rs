@@ -129,3 +129,45 @@ pub async fn move_local_rows(db: &fjall::Database, to: &dyn ConsoleStore) -> Res
     }
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: time::OffsetDateTime = time::macros::datetime!(2026-01-01 03:00 UTC);
+
+    #[tokio::test]
+    async fn rows_of_the_node_local_database_are_moved_once_and_the_old_keyspaces_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let silence = serde_json::json!({
+            "id": "sil-1", "patient": "p-1", "unit": "ICU", "severity": "high", "by": "nurse-4",
+            "at": "2026-01-01T03:00:00Z", "until": "2026-01-01T03:15:00Z", "reason": "procedure"
+        });
+        let assignment = Assignment {
+            nurse: "nurse-4".into(),
+            unit: "ICU".into(),
+            beds: vec!["07-A".into()],
+            from: T0,
+            until: T0 + time::Duration::hours(12),
+            by: "charge-1".into(),
+        };
+        let old = db.keyspace(LEGACY_SILENCES, fjall::KeyspaceCreateOptions::default).unwrap();
+        old.insert("sil-1", serde_json::to_vec(&silence).unwrap()).unwrap();
+        old.insert("sil-bad", b"not json".as_slice()).unwrap();
+        let old = db.keyspace(LEGACY_ASSIGNMENTS, fjall::KeyspaceCreateOptions::default).unwrap();
+        old.insert("ICU\u{0}nurse-4", serde_json::to_vec(&assignment).unwrap()).unwrap();
+        drop(old);
+
+        let store = MemoryConsoleStore::default();
+        assert_eq!(move_local_rows(&db, &store).await.unwrap(), 2, "an unreadable row is skipped");
+        let moved = store.silences().await.unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!((moved[0].id.as_str(), moved[0].until), ("sil-1", T0 + time::Duration::minutes(15)));
+        assert!(moved[0].ended.is_none());
+        assert_eq!(store.assignments().await.unwrap(), vec![assignment]);
+        assert!(!db.keyspace_exists(LEGACY_SILENCES) && !db.keyspace_exists(LEGACY_ASSIGNMENTS));
+        assert_eq!(move_local_rows(&db, &store).await.unwrap(), 0, "read once");
+        assert!(!db.keyspace_exists(LEGACY_SILENCES), "and not created again");
+    }
+}
