@@ -94,6 +94,14 @@ impl Store {
         }
     }
 
+    /// Where the console's silences and assignments are kept (shared by every node).
+    fn console(&self) -> Arc<dyn crate::console::ConsoleStore> {
+        match self {
+            Store::Embedded(s) => Arc::new(s.clone()),
+            Store::Scylla(s, _) => Arc::new(s.clone()),
+        }
+    }
+
     /// The node-local database for the audit log and webhook cursors: the embedded store's
     /// own, or a small one in the data directory beside a ScyllaDB deployment.
     fn local(&self) -> fjall::Database {
@@ -303,11 +311,20 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         MAX_PEERS_TRACKED,
     ));
     let mllp_metrics = Arc::new(crate::ingest::mllp::listener::ListenerMetrics::default());
+    let console_store = store.console();
+    let moved = crate::console::store::move_local_rows(&store.local(), console_store.as_ref())
+        .await
+        .context("moving silences and assignments out of the node-local database")?;
+    if moved > 0 {
+        tracing::info!(rows = moved, "silences and assignments moved from the node-local database to the store");
+    }
+    let silences = crate::console::Silences::open(Arc::clone(&console_store), Arc::clone(&clock)).await?;
+    let assignments = crate::console::Assignments::open(console_store, Arc::clone(&clock)).await?;
     let state = AppState {
         mllp: Arc::clone(&mllp_metrics),
         console: crate::console::Console::new(Arc::clone(&alerts), Arc::clone(&router), audit.clone())
-            .with_silences(crate::console::Silences::open(&store.local(), Arc::clone(&clock))?)
-            .with_assignments(crate::console::Assignments::open(&store.local(), Arc::clone(&clock))?)
+            .with_silences(silences)
+            .with_assignments(assignments)
             .with_escalation(config.escalation.clone()),
         live,
         sessions,

@@ -5,18 +5,18 @@
 //! report: `delivered` when an alert was put on a user's screen, `opened` when the user opened
 //! it; one of each per user and alert, shown on the alert to everyone who sees it.
 //!
-//! Assignments persist in the node-local database (a restart keeps the shift's plan);
-//! receipts are held in memory, bounded, and audited as they arrive.
+//! Assignments are kept in the [`ConsoleStore`] every node shares (a restart keeps the shift's
+//! plan, and each node re-reads it every tick of `silences::run`); receipts are held in memory, bounded, and audited as they arrive.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use vigil_actors::{Alert, AlertId, Clock};
 
+use super::store::{ConsoleStore, MemoryConsoleStore};
 use super::{Console, ConsoleError, Permission, sees};
 use crate::auth::Claims;
 
@@ -31,7 +31,6 @@ pub const MAX_RECEIPT_ALERTS: usize = 20_000;
 /// Receipts held per alert.
 pub const MAX_RECEIPTS_PER_ALERT: usize = 64;
 const CHANGES_CAPACITY: usize = 1024;
-const KEYSPACE: &str = "console_assignments";
 
 /// A nurse's beds on a unit for a shift.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,7 +110,9 @@ pub fn bed_label(alert: &Alert) -> String {
 pub struct Assignments {
     held: Arc<Mutex<BTreeMap<(String, String), Assignment>>>,
     receipts: Arc<Mutex<Receipts>>,
-    keyspace: Option<Keyspace>,
+    store: Arc<dyn ConsoleStore>,
+    /// One write at a time, held across the store's write.
+    writes: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     changes: broadcast::Sender<Arc<AlertReceipts>>,
 }
@@ -125,31 +126,41 @@ struct Receipts {
 impl Assignments {
     /// Kept in memory only.
     pub fn in_memory(clock: Arc<dyn Clock>) -> Self {
-        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
-        Assignments { held: Arc::default(), receipts: Arc::default(), keyspace: None, clock, changes }
+        Self::held_in(BTreeMap::new(), Arc::new(MemoryConsoleStore::default()), clock)
     }
 
-    /// Persisted in `db` (read back at start).
-    pub fn open(db: &Database, clock: Arc<dyn Clock>) -> Result<Self, ConsoleError> {
-        let keyspace = db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(store_failure)?;
-        let mut held = BTreeMap::new();
-        for entry in keyspace.iter() {
-            let (_, value) = entry.into_inner().map_err(store_failure)?;
-            match serde_json::from_slice::<Assignment>(&value) {
-                Ok(a) => {
-                    held.insert((a.unit.clone(), a.nurse.clone()), a);
-                }
-                Err(e) => tracing::error!(error = %e, "an unreadable assignment was skipped"),
-            }
-        }
+    fn held_in(
+        held: BTreeMap<(String, String), Assignment>,
+        store: Arc<dyn ConsoleStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
-        Ok(Assignments {
+        Assignments {
             held: Arc::new(Mutex::new(held)),
             receipts: Arc::default(),
-            keyspace: Some(keyspace),
+            store,
+            writes: Arc::default(),
             clock,
             changes,
-        })
+        }
+    }
+
+    fn keyed(assignments: Vec<Assignment>) -> BTreeMap<(String, String), Assignment> {
+        assignments.into_iter().map(|a| ((a.unit.clone(), a.nurse.clone()), a)).collect()
+    }
+
+    /// Kept in `store` (read back at start).
+    pub async fn open(store: Arc<dyn ConsoleStore>, clock: Arc<dyn Clock>) -> Result<Self, ConsoleError> {
+        let held = Self::keyed(store.assignments().await.map_err(store_failure)?);
+        Ok(Self::held_in(held, store, clock))
+    }
+
+    /// Hold what the store holds now (other nodes' assignments and removals included).
+    pub async fn refresh(&self) -> Result<(), ConsoleError> {
+        let _writing = self.writes.lock().await;
+        let stored = Self::keyed(self.store.assignments().await.map_err(store_failure)?);
+        *self.lock() = stored;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Assignment>> {
@@ -178,35 +189,35 @@ impl Assignments {
             .collect()
     }
 
-    fn put(&self, assignment: Assignment) -> Result<(), ConsoleError> {
+    async fn put(&self, assignment: Assignment) -> Result<(), ConsoleError> {
+        let _writing = self.writes.lock().await;
         let key = (assignment.unit.clone(), assignment.nurse.clone());
-        let row_key = format!("{}\u{0}{}", key.0, key.1);
-        let mut held = self.lock();
         if assignment.beds.is_empty() {
-            held.remove(&key);
-            if let Some(keyspace) = &self.keyspace {
-                keyspace.remove(row_key.as_bytes()).map_err(store_failure)?;
-            }
+            self.store.remove_assignment(&key.0, &key.1).await.map_err(store_failure)?;
+            self.lock().remove(&key);
             return Ok(());
         }
-        if !held.contains_key(&key) && held.len() >= MAX_ASSIGNMENTS {
-            let now = self.clock.now();
-            let lapsed: Vec<_> = held.iter().filter(|(_, a)| a.until <= now).map(|(k, _)| k.clone()).collect();
-            for k in lapsed {
-                held.remove(&k);
-                if let Some(keyspace) = &self.keyspace {
-                    keyspace.remove(format!("{}\u{0}{}", k.0, k.1).as_bytes()).map_err(store_failure)?;
-                }
+        let lapsed: Vec<(String, String)> = {
+            let held = self.lock();
+            if held.contains_key(&key) || held.len() < MAX_ASSIGNMENTS {
+                Vec::new()
+            } else {
+                let now = self.clock.now();
+                held.iter().filter(|(_, a)| a.until <= now).map(|(k, _)| k.clone()).collect()
             }
-            if held.len() >= MAX_ASSIGNMENTS {
+        };
+        for k in lapsed {
+            self.store.remove_assignment(&k.0, &k.1).await.map_err(store_failure)?;
+            self.lock().remove(&k);
+        }
+        {
+            let held = self.lock();
+            if !held.contains_key(&key) && held.len() >= MAX_ASSIGNMENTS {
                 return Err(ConsoleError::Conflict(format!("at most {MAX_ASSIGNMENTS} assignments may be held")));
             }
         }
-        if let Some(keyspace) = &self.keyspace {
-            let bytes = serde_json::to_vec(&assignment).map_err(|e| store_failure(e.to_string()))?;
-            keyspace.insert(row_key.as_bytes(), bytes).map_err(store_failure)?;
-        }
-        held.insert(key, assignment);
+        self.store.put_assignment(&assignment).await.map_err(store_failure)?;
+        self.lock().insert(key, assignment);
         Ok(())
     }
 
@@ -251,7 +262,7 @@ fn store_failure(e: impl std::fmt::Display) -> ConsoleError {
 impl Console {
     /// Assign a nurse's beds on a unit for a shift (an empty list ends the assignment), on
     /// behalf of a charge nurse or an admin who sees the unit. Audited (nurse, unit, bed count).
-    pub fn assign(&self, claims: &Claims, request: AssignmentRequest) -> Result<Assignment, ConsoleError> {
+    pub async fn assign(&self, claims: &Claims, request: AssignmentRequest) -> Result<Assignment, ConsoleError> {
         const ACTION: &str = "assign";
         let target = format!("{}:{}", request.unit, request.nurse);
         self.require(claims, Permission::AssignBeds, ACTION, &target)?;
@@ -281,7 +292,7 @@ impl Console {
             until: from + time::Duration::hours(request.hours),
             by: claims.sub.clone(),
         };
-        self.assignments.put(assignment.clone())?;
+        self.assignments.put(assignment.clone()).await?;
         self.audit(claims, ACTION, &target, &format!("ok: {} beds", assignment.beds.len()));
         Ok(assignment)
     }
@@ -359,12 +370,15 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    #[test]
-    fn an_assignment_covers_its_beds_until_the_shift_ends_and_survives_a_restart() {
+    #[tokio::test]
+    async fn an_assignment_covers_its_beds_until_the_shift_ends_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder(dir.path()).open().unwrap();
+        let keys = Arc::new(crate::crypto::KeyRing::from_keys(&[(1, [9; 32])]).unwrap());
+        let publisher = Arc::new(vigil_actors::fakes::CollectingPublisher::default());
+        let embedded = crate::store::EmbeddedStore::open(dir.path(), Default::default(), keys, publisher).unwrap();
+        let db: Arc<dyn ConsoleStore> = Arc::new(embedded);
         let clock = Arc::new(ManualClock(Mutex::new(T0)));
-        let book = Assignments::open(&db, clock.clone()).unwrap();
+        let book = Assignments::open(Arc::clone(&db), clock.clone()).await.unwrap();
         let shift = |beds: &[&str]| Assignment {
             nurse: "nurse-4".into(),
             unit: "ICU".into(),
@@ -373,16 +387,16 @@ mod tests {
             until: T0 + time::Duration::hours(12),
             by: "charge-1".into(),
         };
-        book.put(shift(&["07-A", "07-B"])).unwrap();
+        book.put(shift(&["07-A", "07-B"])).await.unwrap();
         assert_eq!(book.assigned_to(&alert("ICU", "07", "A")), ["nurse-4"]);
         assert!(book.assigned_to(&alert("ICU", "08", "A")).is_empty(), "another bed");
         assert!(book.assigned_to(&alert("5W", "07", "A")).is_empty(), "another unit");
-        let reopened = Assignments::open(&db, clock.clone()).unwrap();
+        let reopened = Assignments::open(Arc::clone(&db), clock.clone()).await.unwrap();
         assert_eq!(reopened.current(), vec![shift(&["07-A", "07-B"])]);
         *clock.0.lock().unwrap() = T0 + time::Duration::hours(12);
         assert!(book.assigned_to(&alert("ICU", "07", "A")).is_empty(), "the shift ended");
-        book.put(shift(&[])).unwrap();
-        assert!(Assignments::open(&db, clock).unwrap().current().is_empty());
+        book.put(shift(&[])).await.unwrap();
+        assert!(Assignments::open(db, clock).await.unwrap().current().is_empty());
     }
 
     #[test]

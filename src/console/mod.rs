@@ -10,6 +10,7 @@ mod alerts;
 pub mod assignments;
 mod patients;
 pub mod silences;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub use access::{Permission, may_act, role_name, sees};
 pub use alerts::{AlertFilter, AlertList, ConsoleAction};
 pub use assignments::{Assignment, AssignmentRequest, Assignments, ReceiptKind, Route};
 pub use silences::{Silence, SilenceRequest, Silences};
+pub use store::{ConsoleStore, MemoryConsoleStore};
 
 use crate::audit::AuditLog;
 use crate::auth::Claims;

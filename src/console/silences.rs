@@ -3,8 +3,9 @@
 //! only: the alerts stay on the board, marked silenced. It ends by itself at its end time (on
 //! the `Clock` port), at once when the patient's or the alert's severity rises above what it
 //! was when silenced, or when a user ends it. Every start and end is audited (opaque ids and
-//! the reason's code only) and every silence is persisted in the node-local database, so a
-//! restart neither forgets one nor revives an ended one.
+//! the reason's code only) and every silence is kept in the [`ConsoleStore`] all nodes share,
+//! so a restart neither forgets one nor revives an ended one, and one set on a node holds on
+//! the others from their next refresh.
 //!
 //! Reasons are a fixed list of codes, never free text: nothing a user types here can carry PHI
 //! into the store, the audit log or a log line.
@@ -12,12 +13,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, watch};
 use vigil_actors::{Alert, AlertStatus, Clock, Severity};
 
+use super::store::{ConsoleStore, MemoryConsoleStore};
 use super::{Console, ConsoleError, Permission};
 use crate::auth::Claims;
 
@@ -31,7 +32,6 @@ pub const REASONS: [&str; 5] =
 pub const MAX_SILENCES: usize = 10_000;
 /// Silence changes a lagging console session may fall behind before it re-reads the list.
 const CHANGES_CAPACITY: usize = 256;
-const KEYSPACE: &str = "console_silences";
 
 /// Why a silence ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,12 +123,16 @@ pub struct SilenceRequest {
     pub reason: String,
 }
 
-/// The silences of a server: held in memory, persisted in the node-local database, changes
-/// fanned out to console sessions. Cheap to clone.
+/// The silences of a server: held in memory, kept in the [`ConsoleStore`] every node shares,
+/// changes fanned out to console sessions. Each node re-reads the store every tick of [`run`]
+/// ([`Silences::refresh`]), so a silence set on one node holds on the others. Cheap to clone.
 #[derive(Clone)]
 pub struct Silences {
     held: Arc<Mutex<BTreeMap<String, Silence>>>,
-    keyspace: Option<Keyspace>,
+    store: Arc<dyn ConsoleStore>,
+    /// One write (start, end, refresh) at a time, held across the store's write, so the store
+    /// and the held map change in the same order.
+    writes: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     changes: broadcast::Sender<Arc<Silence>>,
 }
@@ -136,25 +140,62 @@ pub struct Silences {
 impl Silences {
     /// Silences kept in memory only (tests, tools).
     pub fn in_memory(clock: Arc<dyn Clock>) -> Self {
-        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
-        Silences { held: Arc::default(), keyspace: None, clock, changes }
+        Self::held_in(BTreeMap::new(), Arc::new(MemoryConsoleStore::default()), clock)
     }
 
-    /// Silences persisted in `db` (read back at start).
-    pub fn open(db: &Database, clock: Arc<dyn Clock>) -> Result<Self, ConsoleError> {
-        let keyspace = db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(store_failure)?;
-        let mut held = BTreeMap::new();
-        for entry in keyspace.iter() {
-            let (_, value) = entry.into_inner().map_err(store_failure)?;
-            match serde_json::from_slice::<Silence>(&value) {
-                Ok(silence) => {
-                    held.insert(silence.id.clone(), silence);
+    fn held_in(held: BTreeMap<String, Silence>, store: Arc<dyn ConsoleStore>, clock: Arc<dyn Clock>) -> Self {
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        Silences { held: Arc::new(Mutex::new(held)), store, writes: Arc::default(), clock, changes }
+    }
+
+    /// Silences kept in `store` (read back at start).
+    pub async fn open(store: Arc<dyn ConsoleStore>, clock: Arc<dyn Clock>) -> Result<Self, ConsoleError> {
+        let held = store.silences().await.map_err(store_failure)?.into_iter().map(|s| (s.id.clone(), s)).collect();
+        Ok(Self::held_in(held, store, clock))
+    }
+
+    /// Take up what other nodes changed in the store: silences started or ended elsewhere are
+    /// held (and announced to sessions) as the store has them; an end this node knows of is
+    /// never undone by an older open row (it is written again); one the store no longer has
+    /// is let go (its alerts sound again). Returns the silences that changed here.
+    pub async fn refresh(&self) -> Result<Vec<Silence>, ConsoleError> {
+        let _writing = self.writes.lock().await;
+        let stored: BTreeMap<String, Silence> =
+            self.store.silences().await.map_err(store_failure)?.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let mut changed = Vec::new();
+        let mut rewrite = Vec::new();
+        {
+            let mut held = self.lock();
+            held.retain(|id, _| stored.contains_key(id));
+            for (id, silence) in stored {
+                match held.get(&id) {
+                    Some(mine) if mine.ended.is_some() && silence.ended.is_none() => rewrite.push(mine.clone()),
+                    Some(mine) if *mine == silence => {}
+                    _ => {
+                        changed.push(silence.clone());
+                        held.insert(id, silence);
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, "an unreadable silence was skipped"),
+            }
+            if held.len() > MAX_SILENCES {
+                let mut ended: Vec<(OffsetDateTime, String)> =
+                    held.values().filter_map(|s| s.ended.as_ref().map(|e| (e.at, s.id.clone()))).collect();
+                ended.sort();
+                let excess = held.len() - MAX_SILENCES;
+                for (_, id) in ended.into_iter().take(excess) {
+                    held.remove(&id);
+                }
             }
         }
-        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
-        Ok(Silences { held: Arc::new(Mutex::new(held)), keyspace: Some(keyspace), clock, changes })
+        for silence in &rewrite {
+            if let Err(e) = self.store.put_silence(silence).await {
+                tracing::error!(silence = %silence.id, error = %e, "an ended silence was not persisted");
+            }
+        }
+        for silence in &changed {
+            let _ = self.changes.send(Arc::new(silence.clone()));
+        }
+        Ok(changed)
     }
 
     /// Changes from now on (a started, ended or expired silence).
@@ -172,59 +213,60 @@ impl Silences {
         self.lock().values().filter(|s| s.ended.is_none()).cloned().collect()
     }
 
-    /// The open silence covering `alert`, if any.
+    /// The open silence covering `alert`, if any. One past its end time covers nothing, even
+    /// before [`run`] has ended it.
     pub fn covering(&self, alert: &Alert) -> Option<Silence> {
-        self.lock().values().find(|s| s.covers(alert)).cloned()
+        let now = self.now();
+        self.lock().values().find(|s| s.covers(alert) && now < s.until).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Silence>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn persist(&self, silence: &Silence) -> Result<(), ConsoleError> {
-        let Some(keyspace) = &self.keyspace else { return Ok(()) };
-        let bytes = serde_json::to_vec(silence).map_err(|e| store_failure(e.to_string()))?;
-        keyspace.insert(silence.id.as_bytes(), bytes).map_err(store_failure)
-    }
-
-    /// Hold and persist a new silence, making room by forgetting the oldest ended ones.
-    fn start(&self, silence: Silence) -> Result<(), ConsoleError> {
-        let mut held = self.lock();
-        if held.len() >= MAX_SILENCES {
-            let mut ended: Vec<(OffsetDateTime, String)> =
-                held.values().filter_map(|s| s.ended.as_ref().map(|e| (e.at, s.id.clone()))).collect();
-            ended.sort();
-            let excess = held.len() + 1 - MAX_SILENCES;
-            for (_, id) in ended.into_iter().take(excess) {
-                held.remove(&id);
-                if let Some(keyspace) = &self.keyspace {
-                    keyspace.remove(id.as_bytes()).map_err(store_failure)?;
+    /// Persist and hold a new silence, making room by forgetting the oldest ended ones.
+    pub(crate) async fn start(&self, silence: Silence) -> Result<(), ConsoleError> {
+        let _writing = self.writes.lock().await;
+        let forget: Vec<String> = {
+            let held = self.lock();
+            if held.len() < MAX_SILENCES {
+                Vec::new()
+            } else {
+                let mut ended: Vec<(OffsetDateTime, String)> =
+                    held.values().filter_map(|s| s.ended.as_ref().map(|e| (e.at, s.id.clone()))).collect();
+                ended.sort();
+                let excess = held.len() + 1 - MAX_SILENCES;
+                if ended.len() < excess {
+                    return Err(ConsoleError::Conflict(format!("at most {MAX_SILENCES} silences may be open")));
                 }
+                ended.into_iter().take(excess).map(|(_, id)| id).collect()
             }
-            if held.len() >= MAX_SILENCES {
-                return Err(ConsoleError::Conflict(format!("at most {MAX_SILENCES} silences may be open")));
-            }
+        };
+        for id in &forget {
+            self.store.remove_silence(id).await.map_err(store_failure)?;
+            self.lock().remove(id);
         }
-        self.persist(&silence)?;
-        held.insert(silence.id.clone(), silence.clone());
-        drop(held);
+        self.store.put_silence(&silence).await.map_err(store_failure)?;
+        self.lock().insert(silence.id.clone(), silence.clone());
         let _ = self.changes.send(Arc::new(silence));
         Ok(())
     }
 
     /// End the silences `pick` selects among the open ones; returns those ended.
-    fn end_where(&self, end: &SilenceEnd, pick: impl Fn(&Silence) -> bool) -> Vec<Silence> {
+    async fn end_where(&self, end: &SilenceEnd, pick: impl Fn(&Silence) -> bool) -> Vec<Silence> {
+        let _writing = self.writes.lock().await;
         let mut ended = Vec::new();
-        let mut held = self.lock();
-        for silence in held.values_mut().filter(|s| s.ended.is_none() && pick(s)) {
-            silence.ended = Some(end.clone());
-            ended.push(silence.clone());
+        {
+            let mut held = self.lock();
+            for silence in held.values_mut().filter(|s| s.ended.is_none() && pick(s)) {
+                silence.ended = Some(end.clone());
+                ended.push(silence.clone());
+            }
         }
-        drop(held);
         for silence in &ended {
             // The change stands in memory even when the write fails: a silence that should
-            // have ended must never keep quieting alerts.
-            if let Err(e) = self.persist(silence) {
+            // have ended must never keep quieting alerts (the next refresh writes it again).
+            if let Err(e) = self.store.put_silence(silence).await {
                 tracing::error!(silence = %silence.id, error = %e, "an ended silence was not persisted");
             }
             let _ = self.changes.send(Arc::new(silence.clone()));
@@ -233,19 +275,19 @@ impl Silences {
     }
 
     /// End every open silence whose time ran out by `now`.
-    pub fn expire(&self, now: OffsetDateTime) -> Vec<Silence> {
+    pub async fn expire(&self, now: OffsetDateTime) -> Vec<Silence> {
         let end = SilenceEnd { by: "system".into(), at: now, why: EndReason::Expired };
-        self.end_where(&end, |s| s.until <= now)
+        self.end_where(&end, |s| s.until <= now).await
     }
 
     /// End, at once, the open silences `alert` rises above (a still open alert of the silenced
     /// patient, or the silenced alert, now more severe than when silenced).
-    pub fn on_alert_change(&self, alert: &Alert, now: OffsetDateTime) -> Vec<Silence> {
+    pub async fn on_alert_change(&self, alert: &Alert, now: OffsetDateTime) -> Vec<Silence> {
         if alert.status == AlertStatus::Resolved {
             return Vec::new();
         }
         let end = SilenceEnd { by: "system".into(), at: now, why: EndReason::SeverityRose };
-        self.end_where(&end, |s| s.covers(alert) && alert.severity > s.severity)
+        self.end_where(&end, |s| s.covers(alert) && alert.severity > s.severity).await
     }
 }
 
@@ -302,18 +344,18 @@ impl Console {
             escalated_units,
             escalated_roles,
         };
-        self.silences.start(silence.clone())?;
+        self.silences.start(silence.clone()).await?;
         self.audit(claims, ACTION, &target, &format!("ok: {} min, {}", request.minutes, silence.reason));
         Ok(silence)
     }
 
     /// End a silence now on behalf of `claims`. Audited.
-    pub fn end_silence(&self, claims: &Claims, id: &str) -> Result<Silence, ConsoleError> {
+    pub async fn end_silence(&self, claims: &Claims, id: &str) -> Result<Silence, ConsoleError> {
         const ACTION: &str = "end_silence";
         self.require(claims, Permission::ActOnAlerts, ACTION, id)?;
         let visible = |s: &Silence| s.id == id && s.visible_to(claims);
         let end = SilenceEnd { by: claims.sub.clone(), at: self.silences.now(), why: EndReason::Ended };
-        match self.silences.end_where(&end, visible).pop() {
+        match self.silences.end_where(&end, visible).await.pop() {
             Some(ended) => {
                 self.audit(claims, ACTION, id, "ok");
                 Ok(ended)
@@ -350,13 +392,14 @@ pub async fn run(
     loop {
         let lagged = tokio::select! {
             _ = tick.tick() => {
-                let ended = console.silences.expire(console.silences.now());
+                console.refresh_books().await;
+                let ended = console.silences.expire(console.silences.now()).await;
                 console.audit_ends(&ended);
                 false
             }
             change = alerts.recv() => match change {
                 Ok(change) => {
-                    let ended = console.silences.on_alert_change(&change.alert, console.silences.now());
+                    let ended = console.silences.on_alert_change(&change.alert, console.silences.now()).await;
                     console.audit_ends(&ended);
                     false
                 }
@@ -376,11 +419,11 @@ pub async fn run(
 /// Returns the silences ended (each audited).
 pub async fn check_now(console: &Console) -> Vec<Silence> {
     let now = console.silences.now();
-    let mut ended = console.silences.expire(now);
+    let mut ended = console.silences.expire(now).await;
     match console.alerts.open_alerts().await {
         Ok(open) => {
             for change in &open {
-                ended.extend(console.silences.on_alert_change(&change.alert, now));
+                ended.extend(console.silences.on_alert_change(&change.alert, now).await);
             }
         }
         Err(error) => tracing::warn!(%error, "silence check could not read open alerts"),
@@ -390,6 +433,17 @@ pub async fn check_now(console: &Console) -> Vec<Silence> {
 }
 
 impl Console {
+    /// Take up the silences and assignments other nodes changed in the store (logged, not
+    /// fatal, when the store cannot be read: the next tick tries again).
+    pub async fn refresh_books(&self) {
+        if let Err(e) = self.silences.refresh().await {
+            tracing::warn!(error = %e, "silences could not be re-read from the store");
+        }
+        if let Err(e) = self.assignments.refresh().await {
+            tracing::warn!(error = %e, "assignments could not be re-read from the store");
+        }
+    }
+
     fn audit_ends(&self, ended: &[Silence]) {
         for silence in ended {
             let target = silence.alert_id.as_deref().unwrap_or(&silence.patient);
@@ -426,7 +480,7 @@ mod tests {
         clock: Arc<ManualClock>,
         severity: Arc<AtomicU8>,
         audit: AuditLog,
-        db: Database,
+        kept: Arc<dyn ConsoleStore>,
         _dir: tempfile::TempDir,
     }
 
@@ -457,11 +511,19 @@ mod tests {
         }));
         let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder(dir.path()).open().unwrap();
-        let audit = AuditLog::open(db.clone(), AuditKey::new(&[7; 32])).unwrap();
-        let silences = Silences::open(&db, clock.clone()).unwrap();
+        let keys = Arc::new(crate::crypto::KeyRing::from_keys(&[(1, [9; 32])]).unwrap());
+        let embedded = crate::store::EmbeddedStore::open(
+            dir.path(),
+            crate::store::EmbeddedStoreConfig::default(),
+            keys,
+            Arc::new(CollectingPublisher::default()),
+        )
+        .unwrap();
+        let audit = AuditLog::open(embedded.database(), AuditKey::new(&[7; 32])).unwrap();
+        let kept: Arc<dyn ConsoleStore> = Arc::new(embedded);
+        let silences = Silences::open(Arc::clone(&kept), clock.clone()).await.unwrap();
         let console = Console::new(store.clone(), Arc::clone(&router), audit.clone()).with_silences(silences);
-        let ward = Ward { console, store, router, clock, severity, audit, db, _dir: dir };
+        let ward = Ward { console, store, router, clock, severity, audit, kept, _dir: dir };
         ward.measure(0, 1.0).await;
         ward
     }
@@ -515,7 +577,7 @@ mod tests {
         assert_eq!(ward.audited("silence"), ["nurse-4 ok: 15 min, rrt_at_bedside"]);
 
         // A restart reads it back, still open.
-        let reopened = Silences::open(&ward.db, ward.clock.clone()).unwrap();
+        let reopened = Silences::open(Arc::clone(&ward.kept), ward.clock.clone()).await.unwrap();
         assert_eq!(reopened.open_silences(), vec![silence.clone()]);
 
         ward.at(15 * 60 - 1);
@@ -531,7 +593,7 @@ mod tests {
         assert!(ward.console.silence_book().covering(&ward.alert().await).is_none());
         assert_eq!(ward.audited("silence_end"), ["system ok: expired"]);
         // Ended for good: a restart does not revive it.
-        assert!(Silences::open(&ward.db, ward.clock.clone()).unwrap().open_silences().is_empty());
+        assert!(Silences::open(Arc::clone(&ward.kept), ward.clock.clone()).await.unwrap().open_silences().is_empty());
         ward.router.shutdown().await;
     }
 
@@ -544,7 +606,8 @@ mod tests {
         ward.severity.store(2, Ordering::SeqCst);
         ward.measure(120, 3.0).await;
         assert_eq!(ward.alert().await.severity, Severity::Critical);
-        let ended = ward.console.silence_book().on_alert_change(&ward.alert().await, ward.console.silence_book().now());
+        let ended =
+            ward.console.silence_book().on_alert_change(&ward.alert().await, ward.console.silence_book().now()).await;
         assert_eq!(ended.len(), 1, "critical rises above the silenced high");
         assert_eq!(ended[0].ended.as_ref().map(|e| e.why), Some(EndReason::SeverityRose));
         assert!(ward.console.silence_book().open_silences().is_empty());
@@ -570,10 +633,22 @@ mod tests {
 
         let silence = ward.console.silence(&nurse(&["*"]), request(30, "transport")).await.unwrap();
         assert!(ward.console.silences_for(&nurse(&["WARD9"])).is_empty(), "not shown outside the token's units");
-        assert!(ward.console.end_silence(&nurse(&["WARD9"]), &silence.id).is_err());
-        let ended = ward.console.end_silence(&nurse(&["*"]), &silence.id).unwrap();
+        assert!(ward.console.end_silence(&nurse(&["WARD9"]), &silence.id).await.is_err());
+        let ended = ward.console.end_silence(&nurse(&["*"]), &silence.id).await.unwrap();
         assert_eq!(ended.ended.map(|e| (e.by, e.why)), Some(("nurse-4".into(), EndReason::Ended)));
-        assert!(ward.console.end_silence(&nurse(&["*"]), &silence.id).is_err(), "ended once");
+        assert!(ward.console.end_silence(&nurse(&["*"]), &silence.id).await.is_err(), "ended once");
+        ward.router.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_silence_past_its_end_time_quiets_nothing_even_before_the_task_ends_it() {
+        let ward = ward().await;
+        ward.console.silence(&nurse(&["*"]), request(5, "procedure")).await.unwrap();
+        ward.at(5 * 60 - 1);
+        assert!(ward.console.silence_book().covering(&ward.alert().await).is_some());
+        ward.at(5 * 60);
+        assert!(ward.console.silence_book().covering(&ward.alert().await).is_none(), "its end time, on the clock");
+        assert_eq!(ward.console.silence_book().open_silences().len(), 1, "not yet ended by the task");
         ward.router.shutdown().await;
     }
 }

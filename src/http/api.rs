@@ -108,7 +108,7 @@ async fn end_silence(
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<Silence>, ApiError> {
-    Ok(Json(state.console.end_silence(&claims, &id)?))
+    Ok(Json(state.console.end_silence(&claims, &id).await?))
 }
 
 async fn list_assignments(
@@ -124,7 +124,7 @@ async fn assign(
     body: JsonResult<AssignmentRequest>,
 ) -> Result<Json<Assignment>, ApiError> {
     let Json(request) = body?;
-    Ok(Json(state.console.assign(&claims, request)?))
+    Ok(Json(state.console.assign(&claims, request).await?))
 }
 
 const OPENAPI: &str = include_str!("../../schemas/http/openapi.json");

@@ -462,7 +462,8 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             ClientFrame::Assign { reference, nurse, unit, beds, hours } => {
-                let result = self.state.console.assign(&self.claims, AssignmentRequest { nurse, unit, beds, hours });
+                let result =
+                    self.state.console.assign(&self.claims, AssignmentRequest { nurse, unit, beds, hours }).await;
                 let seq = self.last;
                 let frame = match &result {
                     Ok(assignment) => ServerFrame::Reply {
@@ -488,7 +489,7 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             ClientFrame::EndSilence { reference, silence_id } => {
-                let result = self.state.console.end_silence(&self.claims, &silence_id);
+                let result = self.state.console.end_silence(&self.claims, &silence_id).await;
                 self.reply_silence(&reference, result).await?;
                 return Ok(Flow::Continue);
             }

@@ -430,3 +430,117 @@ pub async fn devices(store: Arc<dyn vigil_actors::device::DeviceStore>) {
     assert_eq!(newest.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), vec!["Q-2", "Q-1"]);
     assert_eq!(newest[0], reading(2), "a quarantined reading reads back as written");
 }
+
+/// What every [`ConsoleStore`](crate::console::ConsoleStore) keeps: silences by id and
+/// assignments by unit and nurse, replaced by key, removed by key (the others stay), read back
+/// whole; a silence past its end time is still read back (the store never ends one: each node
+/// does, by `until` on its clock). Two nodes' books over one store see each other's silences
+/// and assignments after a refresh, and an end is never undone by an older row.
+pub async fn console(store: Arc<dyn crate::console::ConsoleStore>) {
+    use crate::console::assignments::Assignment;
+    use crate::console::silences::{EndReason, Silence, SilenceEnd};
+    use crate::console::{Assignments, Silences};
+    use vigil_actors::Clock;
+
+    let t0 = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp() - 600).unwrap();
+    let silence = |id: &str, minutes: i64| Silence {
+        id: id.to_string(),
+        patient: unique("pat"),
+        unit: "ICU".into(),
+        alert_id: None,
+        severity: Severity::High,
+        by: "nurse-4".into(),
+        at: t0,
+        until: t0 + time::Duration::minutes(minutes),
+        reason: "procedure".into(),
+        ended: None,
+        escalated_units: vec!["RRT".into()],
+        escalated_roles: Vec::new(),
+    };
+    let (one, two) = (unique("sil"), unique("sil"));
+    let mine = |all: Vec<Silence>, ids: &[&str]| {
+        let mut kept: Vec<Silence> = all.into_iter().filter(|s| ids.contains(&s.id.as_str())).collect();
+        kept.sort_by(|a, b| a.id.cmp(&b.id));
+        kept
+    };
+    // Five minutes long, started ten minutes ago: past its end, and still read back.
+    let (first, second) = (silence(&one, 5), silence(&two, 15));
+    store.put_silence(&first).await.unwrap();
+    store.put_silence(&second).await.unwrap();
+    let mut expected = vec![first.clone(), second.clone()];
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(mine(store.silences().await.unwrap(), &[&one, &two]), expected, "read back as written");
+    let ended = Silence {
+        ended: Some(SilenceEnd { by: "system".into(), at: t0 + time::Duration::minutes(5), why: EndReason::Expired }),
+        ..first.clone()
+    };
+    store.put_silence(&ended).await.unwrap();
+    store.remove_silence(&two).await.unwrap();
+    store.remove_silence(&unique("never")).await.unwrap();
+    assert_eq!(mine(store.silences().await.unwrap(), &[&one, &two]), vec![ended], "replaced by id; removed by id");
+
+    let unit = unique("UNIT");
+    let shift = |nurse: &str, beds: &[&str]| Assignment {
+        nurse: nurse.into(),
+        unit: unit.clone(),
+        beds: beds.iter().map(|b| b.to_string()).collect(),
+        from: t0,
+        until: t0 + time::Duration::hours(12),
+        by: "charge-1".into(),
+    };
+    let of_unit = |all: Vec<Assignment>| {
+        let mut kept: Vec<Assignment> = all.into_iter().filter(|a| a.unit == unit).collect();
+        kept.sort_by(|a, b| a.nurse.cmp(&b.nurse));
+        kept
+    };
+    store.put_assignment(&shift("nurse-4", &["07-A"])).await.unwrap();
+    store.put_assignment(&shift("nurse-5", &["08-A"])).await.unwrap();
+    store.put_assignment(&shift("nurse-4", &["07-A", "07-B"])).await.unwrap();
+    assert_eq!(
+        of_unit(store.assignments().await.unwrap()),
+        vec![shift("nurse-4", &["07-A", "07-B"]), shift("nurse-5", &["08-A"])],
+        "replaced by unit and nurse"
+    );
+    store.remove_assignment(&unit, "nurse-5").await.unwrap();
+    assert_eq!(of_unit(store.assignments().await.unwrap()), vec![shift("nurse-4", &["07-A", "07-B"])]);
+
+    // Two nodes over the one store.
+    let clock = Arc::new(vigil_actors::fakes::ManualClock(Mutex::new(t0)));
+    let node_a = Silences::open(Arc::clone(&store), clock.clone()).await.unwrap();
+    let node_b = Silences::open(Arc::clone(&store), clock.clone()).await.unwrap();
+    let shared = unique("sil");
+    node_a.start(silence(&shared, 15)).await.unwrap();
+    let open_on = |book: &Silences| book.open_silences().into_iter().filter(|s| s.id == shared).count();
+    assert_eq!(open_on(&node_b), 0, "not before a refresh");
+    let mut changes = node_b.subscribe();
+    node_b.refresh().await.unwrap();
+    assert_eq!(open_on(&node_b), 1, "a silence set on one node holds on the other");
+    assert_eq!(changes.try_recv().map(|s| s.id.clone()).ok(), Some(shared.clone()), "and is announced there");
+    *clock.0.lock().unwrap() = t0 + time::Duration::minutes(15);
+    assert_eq!(node_b.expire(clock.now()).await.len(), 1, "each node ends it by its own end time");
+    node_a.refresh().await.unwrap();
+    assert_eq!(open_on(&node_a), 0, "an end on one node holds on the other");
+    // A stale open row (a write racing the end) does not revive it: the end is written again.
+    store.put_silence(&silence(&shared, 15)).await.unwrap();
+    node_a.refresh().await.unwrap();
+    assert_eq!(open_on(&node_a), 0);
+    let row = store.silences().await.unwrap().into_iter().find(|s| s.id == shared).unwrap();
+    assert_eq!(row.ended.map(|e| e.why), Some(EndReason::Expired));
+
+    let book_a = Assignments::open(Arc::clone(&store), clock.clone()).await.unwrap();
+    let book_b = Assignments::open(Arc::clone(&store), clock.clone()).await.unwrap();
+    *clock.0.lock().unwrap() = t0 + time::Duration::hours(1);
+    store.put_assignment(&shift("nurse-6", &["09-A"])).await.unwrap();
+    store.remove_assignment(&unit, "nurse-4").await.unwrap();
+    book_a.refresh().await.unwrap();
+    let nurses = |book: &Assignments| {
+        let mut n: Vec<String> = book.current().into_iter().filter(|a| a.unit == unit).map(|a| a.nurse).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(nurses(&book_a), ["nurse-6"], "another node's assignment and removal, after a refresh");
+    assert_eq!(nurses(&book_b), ["nurse-4"], "before its refresh a node keeps what it read");
+    store.remove_assignment(&unit, "nurse-6").await.unwrap();
+    store.remove_silence(&shared).await.unwrap();
+    store.remove_silence(&one).await.unwrap();
+}

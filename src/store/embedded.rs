@@ -73,6 +73,8 @@ struct Keyspaces {
     quarantine: Keyspace,
     /// Patient state snapshots (sealed), one per patient, written by actors as they stop.
     snapshots: Keyspace,
+    /// Console silences (`s\0<id>`) and assignments (`a\0<unit>\0<nurse>`), sealed.
+    console: Keyspace,
 }
 
 /// The fjall-backed store. Cloning shares it.
@@ -136,6 +138,7 @@ impl EmbeddedStore {
         let device_links = db.keyspace(DEVICE_LINKS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let quarantine = db.keyspace(QUARANTINE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let snapshots = db.keyspace(SNAPSHOTS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let console = db.keyspace(CONSOLE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let ks = Arc::new(Keyspaces {
             db,
             keys,
@@ -148,6 +151,7 @@ impl EmbeddedStore {
             device_links,
             quarantine,
             snapshots,
+            console,
         });
         let last_seq = Arc::new(AtomicU64::new(last_seq));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -210,6 +214,7 @@ const ALERT_LOG: &str = "alert_log";
 const DEVICE_LINKS: &str = "device_links";
 const QUARANTINE: &str = "quarantine";
 const SNAPSHOTS: &str = "patient_snapshots";
+const CONSOLE: &str = "console";
 
 fn seal(keys: &KeyRing, table: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
     keys.seal(Aad { table, key, column: "record" }, plaintext)
@@ -559,7 +564,11 @@ impl EmbeddedStore {
     async fn put_durably(&self, table: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
         self.blocking(move |ks| {
             let sealed = seal(&ks.keys, table, &key, &value)?;
-            let keyspace = if table == QUARANTINE { &ks.quarantine } else { &ks.device_links };
+            let keyspace = match table {
+                QUARANTINE => &ks.quarantine,
+                CONSOLE => &ks.console,
+                _ => &ks.device_links,
+            };
             keyspace.insert(key, sealed).map_err(engine("write device row"))?;
             ks.db.persist(PersistMode::SyncAll).map_err(engine("persist device row"))
         })
@@ -621,6 +630,71 @@ impl DeviceStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+/// A silence's key in `console`.
+fn silence_key(id: &str) -> Vec<u8> {
+    format!("s\0{id}").into_bytes()
+}
+
+/// An assignment's key in `console`.
+fn assignment_key(unit: &str, nurse: &str) -> Vec<u8> {
+    format!("a\0{}", crate::console::store::assignment_key(unit, nurse)).into_bytes()
+}
+
+impl EmbeddedStore {
+    /// Remove one row of `console` and make the removal durable.
+    async fn remove_console_row(&self, key: Vec<u8>) -> Result<(), StoreError> {
+        self.blocking(move |ks| {
+            ks.console.remove(key).map_err(engine("remove console row"))?;
+            ks.db.persist(PersistMode::SyncAll).map_err(engine("persist console row"))
+        })
+        .await
+    }
+
+    async fn console_rows<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        prefix: &'static [u8],
+    ) -> Result<Vec<T>, StoreError> {
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.console.prefix(prefix) {
+                let (key, value) = guard.into_inner().map_err(engine("read console rows"))?;
+                out.push(open_json(&ks.keys, CONSOLE, &key, &value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Silences and assignments, sealed like every other row, each write durable before it returns.
+#[async_trait]
+impl crate::console::ConsoleStore for EmbeddedStore {
+    async fn put_silence(&self, silence: &crate::console::Silence) -> Result<(), StoreError> {
+        self.put_durably(CONSOLE, silence_key(&silence.id), encode("silence", silence)?).await
+    }
+
+    async fn remove_silence(&self, id: &str) -> Result<(), StoreError> {
+        self.remove_console_row(silence_key(id)).await
+    }
+
+    async fn silences(&self) -> Result<Vec<crate::console::Silence>, StoreError> {
+        self.console_rows(b"s\0").await
+    }
+
+    async fn put_assignment(&self, assignment: &crate::console::Assignment) -> Result<(), StoreError> {
+        let key = assignment_key(&assignment.unit, &assignment.nurse);
+        self.put_durably(CONSOLE, key, encode("assignment", assignment)?).await
+    }
+
+    async fn remove_assignment(&self, unit: &str, nurse: &str) -> Result<(), StoreError> {
+        self.remove_console_row(assignment_key(unit, nurse)).await
+    }
+
+    async fn assignments(&self) -> Result<Vec<crate::console::Assignment>, StoreError> {
+        self.console_rows(b"a\0").await
     }
 }
 
@@ -744,7 +818,8 @@ mod tests {
             EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap();
         let store = Arc::new(store);
         crate::store::conformance::run(store.clone(), publisher, crate::store::conformance::Capabilities::FULL).await;
-        crate::store::conformance::devices(store).await;
+        crate::store::conformance::devices(store.clone()).await;
+        crate::store::conformance::console(store).await;
     }
 
     #[tokio::test]

@@ -94,6 +94,7 @@ async fn conformance_embedded() {
     let store =
         Arc::new(EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), publisher.clone()).unwrap());
     conformance::run(store.clone(), publisher, Capabilities::FULL).await;
+    conformance::console(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +102,7 @@ async fn conformance_memory_fake() {
     let publisher = Arc::new(RecordingPublisher::default());
     let store = Arc::new(vigil_actors::fakes::MemoryStore::with_publisher(publisher.clone()));
     conformance::run(store.clone(), publisher, Capabilities::FULL).await;
+    conformance::console(Arc::new(vigil::console::MemoryConsoleStore::default())).await;
 }
 
 async fn scylla_store(node: &str, keyspace: &str, kassandra: bool, publisher: Arc<RecordingPublisher>) -> ScyllaStore {
@@ -120,6 +122,7 @@ async fn conformance_scylla_over_kassandra() {
     let store = Arc::new(scylla_store(&server.addr.to_string(), "vigil_conf", true, publisher.clone()).await);
     conformance::run(store.clone(), publisher, Capabilities::KASSANDRA).await;
     conformance::devices(store.clone()).await;
+    conformance::console(store.clone()).await;
     store.close().await;
     // A second start on the same keyspace: migrations are recorded, not applied twice, and
     // the alert sequence continues.
@@ -158,6 +161,7 @@ async fn conformance_real_scylla_when_configured() {
     let store = Arc::new(scylla_store(&node, "vigil_test", false, publisher.clone()).await);
     conformance::run(store.clone(), publisher, Capabilities::FULL).await;
     conformance::devices(store.clone()).await;
+    conformance::console(store.clone()).await;
     store.close().await;
 }
 

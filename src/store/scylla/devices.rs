@@ -72,7 +72,12 @@ fn bed_key(bed: &vigil_actors::Location) -> String {
 }
 
 impl ScyllaStore {
-    fn seal_json<T: serde::Serialize>(&self, table: &str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    pub(super) fn seal_json<T: serde::Serialize>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, StoreError> {
         let plain = serde_json::to_vec(value).map_err(|e| StoreError::Engine(format!("encode {table}: {e}")))?;
         self.shared
             .keys
@@ -80,7 +85,7 @@ impl ScyllaStore {
             .map_err(|e| StoreError::Engine(format!("seal {table}: {e}")))
     }
 
-    fn open_json<T: serde::de::DeserializeOwned>(
+    pub(super) fn open_json<T: serde::de::DeserializeOwned>(
         &self,
         table: &str,
         key: &str,

@@ -14,11 +14,12 @@
 //! The module by concern: `config.rs` (cluster, keyspace, consistency), `schema.rs` (the
 //! numbered migrations and the prepared statements), `ports.rs` (the `vigil-actors` ports:
 //! sealing rows, queuing writes, reads), `devices.rs` (device placements, associations and
-//! quarantined readings), `backend.rs` (the commit pipeline's backend: rounds of
+//! quarantined readings), `console.rs` (the console's silences and assignments), `backend.rs` (the commit pipeline's backend: rounds of
 //! per-partition batches).
 
 mod backend;
 mod config;
+mod console;
 mod devices;
 mod ports;
 mod schema;
@@ -91,6 +92,8 @@ struct Shared {
     st: Statements,
     /// Device statements (`devices.rs`).
     device_st: devices::DeviceStatements,
+    /// Console statements (`console.rs`).
+    console_st: console::ConsoleStatements,
     keys: Arc<KeyRing>,
     last_seq: Arc<AtomicU64>,
 }
@@ -164,7 +167,9 @@ impl ScyllaStore {
         migrate(&session, &config).await?;
         let st = Statements::prepare(&session, &config).await?;
         let device_st = devices::DeviceStatements::prepare(&session, &config).await?;
-        let shared = Arc::new(Shared { session, st, device_st, keys, last_seq: Arc::new(AtomicU64::new(0)) });
+        let console_st = console::ConsoleStatements::prepare(&session, &config).await?;
+        let shared =
+            Arc::new(Shared { session, st, device_st, console_st, keys, last_seq: Arc::new(AtomicU64::new(0)) });
         let last = recover_last_seq(&shared).await?;
         shared.last_seq.store(last, Ordering::Release);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));

@@ -12,6 +12,7 @@ use super::{ScyllaStoreConfig, engine, timestamp};
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_init", include_str!("../../../schemas/cql/0001_init.cql")),
     (2, "0002_devices", include_str!("../../../schemas/cql/0002_devices.cql")),
+    (3, "0003_console", include_str!("../../../schemas/cql/0003_console.cql")),
 ];
 
 pub(super) struct Statements {

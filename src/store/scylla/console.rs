@@ -1,0 +1,114 @@
+//! The ScyllaDB side of the [`ConsoleStore`] port: silences and nurse-to-bed assignments in
+//! `console_rows` (migration `schemas/cql/0003_console.cql`), one small partition per kind,
+//! read whole, so every node sees what any node wrote. Values are sealed like every other row.
+//! Nothing here relies on TTL or on the cluster's order: a silence ends by its `until` on the
+//! `Clock` port (`console/silences.rs`), and readers sort what they need.
+
+use futures_util::StreamExt;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use vigil_actors::StoreError;
+
+use super::{ScyllaStore, ScyllaStoreConfig};
+use crate::console::store::assignment_key;
+use crate::console::{Assignment, ConsoleStore, Silence};
+
+const CONSOLE_ROWS: &str = "console_rows";
+const SILENCE: &str = "silence";
+const ASSIGNMENT: &str = "assignment";
+
+/// The console statements, prepared once at connect.
+pub(super) struct ConsoleStatements {
+    insert: PreparedStatement,
+    select: PreparedStatement,
+    delete: PreparedStatement,
+}
+
+fn failed(op: &'static str) -> impl Fn(String) -> StoreError {
+    move |e| StoreError::Engine(format!("{op}: {e}"))
+}
+
+impl ConsoleStatements {
+    pub(super) async fn prepare(session: &Session, config: &ScyllaStoreConfig) -> Result<Self, StoreError> {
+        let ks = &config.keyspace;
+        let prepare = |cql: String| async move {
+            let mut statement = session.prepare(cql.clone()).await.map_err(|e| {
+                tracing::error!(error = %e, %cql, "prepare failed");
+                StoreError::Engine("prepare".into())
+            })?;
+            statement.set_consistency(config.consistency);
+            statement.set_is_idempotent(true);
+            Ok::<_, StoreError>(statement)
+        };
+        Ok(ConsoleStatements {
+            insert: prepare(format!("INSERT INTO {ks}.{CONSOLE_ROWS} (scope, key, body) VALUES (?, ?, ?)")).await?,
+            select: prepare(format!("SELECT key, body FROM {ks}.{CONSOLE_ROWS} WHERE scope = ?")).await?,
+            delete: prepare(format!("DELETE FROM {ks}.{CONSOLE_ROWS} WHERE scope = ? AND key = ?")).await?,
+        })
+    }
+}
+
+impl ScyllaStore {
+    async fn put_console_row<T: serde::Serialize>(&self, scope: &str, key: &str, value: &T) -> Result<(), StoreError> {
+        let body = self.seal_json(CONSOLE_ROWS, &format!("{scope}/{key}"), value)?;
+        let sh = &self.shared;
+        sh.session
+            .execute_unpaged(&sh.console_st.insert, (scope, key, body))
+            .await
+            .map_err(|e| failed("write console row")(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn remove_console_row(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        let sh = &self.shared;
+        sh.session
+            .execute_unpaged(&sh.console_st.delete, (scope, key))
+            .await
+            .map_err(|e| failed("remove console row")(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn console_rows<T: serde::de::DeserializeOwned>(&self, scope: &str) -> Result<Vec<T>, StoreError> {
+        let sh = &self.shared;
+        let mut rows = sh
+            .session
+            .execute_iter(sh.console_st.select.clone(), (scope,))
+            .await
+            .map_err(|e| failed("read console rows")(e.to_string()))?
+            .rows_stream::<(String, Vec<u8>)>()
+            .map_err(|e| failed("read console rows")(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (key, body) = row.map_err(|e| failed("read console rows")(e.to_string()))?;
+            out.push(self.open_json(CONSOLE_ROWS, &format!("{scope}/{key}"), &body)?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl ConsoleStore for ScyllaStore {
+    async fn put_silence(&self, silence: &Silence) -> Result<(), StoreError> {
+        self.put_console_row(SILENCE, &silence.id, silence).await
+    }
+
+    async fn remove_silence(&self, id: &str) -> Result<(), StoreError> {
+        self.remove_console_row(SILENCE, id).await
+    }
+
+    async fn silences(&self) -> Result<Vec<Silence>, StoreError> {
+        self.console_rows(SILENCE).await
+    }
+
+    async fn put_assignment(&self, assignment: &Assignment) -> Result<(), StoreError> {
+        self.put_console_row(ASSIGNMENT, &assignment_key(&assignment.unit, &assignment.nurse), assignment).await
+    }
+
+    async fn remove_assignment(&self, unit: &str, nurse: &str) -> Result<(), StoreError> {
+        self.remove_console_row(ASSIGNMENT, &assignment_key(unit, nurse)).await
+    }
+
+    async fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.console_rows(ASSIGNMENT).await
+    }
+}
