@@ -3,6 +3,7 @@
 //! evaluated by the rule port, and published as alerts. No sockets, no database, no Rhai.
 #![warn(missing_docs)]
 
+pub mod census;
 pub mod device;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
@@ -11,6 +12,7 @@ pub mod patient;
 pub mod ports;
 pub mod router;
 
+pub use census::{Census, CensusBed, CensusChange, News2Now};
 pub use model::*;
 pub use ports::*;
 pub use router::{IngestError, Router};

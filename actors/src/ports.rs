@@ -422,4 +422,6 @@ pub struct Ports {
     pub clock: Arc<dyn Clock>,
     /// Live observation feed, when consoles want one.
     pub live: Option<Arc<dyn LiveFeed>>,
+    /// Who is in which bed, with their current NEWS2 (the consoles' unit board).
+    pub census: Arc<crate::census::Census>,
 }

@@ -50,6 +50,11 @@ impl Router {
         self
     }
 
+    /// Who is in which bed, with their current NEWS2 (kept across passivation).
+    pub fn census(&self) -> &Arc<crate::census::Census> {
+        &self.ports.census
+    }
+
     /// The console's summary of a patient (starting its actor from the store if needed).
     /// An id with no live actor and no recent events is unknown: no actor is started for it.
     pub async fn summary(&self, patient: &PatientId) -> Result<PatientSummary, IngestError> {
@@ -81,7 +86,7 @@ impl Router {
             actors: DashMap::new(),
             starting: DashMap::new(),
             preloaded,
-            ports: Ports { events, alerts, rules, clock, live: None },
+            ports: Ports { events, alerts, rules, clock, live: None, census: Arc::default() },
         })
     }
 
@@ -108,7 +113,9 @@ impl Router {
         }
         for event in &events {
             if let EventKind::Merge { prior_id, .. } = &event.kind {
-                // The retired record's actor stops; its history is read by the survivor.
+                // The retired record's actor stops; its history is read by the survivor,
+                // which takes its bed.
+                self.ports.census.set(prior_id, None);
                 if let Some((_, prior)) = self.actors.remove(prior_id) {
                     let _ = prior.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
                 }

@@ -8,6 +8,7 @@
 mod access;
 mod alerts;
 pub mod assignments;
+mod census;
 mod patients;
 pub mod silences;
 pub mod store;
@@ -19,6 +20,7 @@ use vigil_actors::{AlertStore, Router};
 pub use access::{Permission, may_act, role_name, sees};
 pub use alerts::{AlertFilter, AlertList, ConsoleAction};
 pub use assignments::{Assignment, AssignmentRequest, Assignments, ReceiptKind, Route};
+pub use census::{BoardScope, MAX_BOARD_BEDS};
 pub use silences::{Silence, SilenceRequest, Silences};
 pub use store::{ConsoleStore, MemoryConsoleStore};
 

@@ -14,6 +14,8 @@ const RESOLVE_REASONS = ["Treated, condition improved", "Reviewed: not clinicall
 const alerts = new Map();
 const routes = new Map();      // alert id -> route (assigned, chain, next step, receipts)
 const silences = new Map();    // silence id -> open silence
+const census = new Map();      // patient id -> occupied bed (unit, bed, name, current NEWS2 or null)
+let censusTruncated = false;
 const pending = new Map();
 // When each alert reached its current severity (first seen at it); a snapshot gives the time
 // it was raised, the best known.
@@ -202,19 +204,36 @@ function beds() {
     b.open.push(a);
     if (Date.parse(a.updated_at) >= Date.parse(b.patient.__at || 0)) { b.patient = Object.assign({}, a.patient, { __at: a.updated_at }); }
   }
+  // Every occupied bed has a tile, alert or not; the census says where the patient is now.
+  for (const c of census.values()) {
+    const at = { id: c.patient, name: c.name, unit: c.unit, room: c.room, bed: c.bed };
+    const b = byPatient.get(c.patient);
+    if (b) { b.patient = Object.assign({}, b.patient, at); b.census = c; }
+    else byPatient.set(c.patient, { patient: at, open: [], census: c });
+  }
   for (const b of byPatient.values()) {
     b.open.sort((x, y) => (RANK[y.severity] - RANK[x.severity]) || (Date.parse(sevSince.get(x.id) || x.raised_at) - Date.parse(sevSince.get(y.id) || y.raised_at)));
     b.top = b.open[0];
     b.unacked = b.open.filter((a) => a.status === "active");
     b.news2 = b.open.find((a) => a.rule.id === "news2");
     b.offline = b.open.some((a) => a.rule.id === "device.offline");
+    b.score = newsOf(b);
   }
   return [...byPatient.values()];
 }
+// The current NEWS2: the census's (from the latest vital signs), else an open NEWS2 alert's;
+// null when none is known ("no score", never a low one).
+function newsOf(b) {
+  if (b.census && b.census.news2) return b.census.news2;
+  if (b.news2 && b.news2.score !== null) return { score: b.news2.score, band: b.news2.details && b.news2.details.band, stale: b.news2.stale };
+  return null;
+}
+const sevRank = (b) => (b.top ? RANK[b.top.severity] : -1);
+// Open alerts first (severity, unacknowledged, NEWS2, longest open), then quiet beds by NEWS2.
 function acuity(x, y) {
-  return (RANK[y.top.severity] - RANK[x.top.severity]) || ((y.unacked.length > 0) - (x.unacked.length > 0))
-    || ((y.news2 ? y.news2.score : -1) - (x.news2 ? x.news2.score : -1))
-    || (Date.parse(sevSince.get(x.top.id) || x.top.raised_at) - Date.parse(sevSince.get(y.top.id) || y.top.raised_at))
+  return (sevRank(y) - sevRank(x)) || ((y.unacked.length > 0) - (x.unacked.length > 0))
+    || ((y.score ? y.score.score : -1) - (x.score ? x.score.score : -1))
+    || (x.top && y.top && (Date.parse(sevSince.get(x.top.id) || x.top.raised_at) - Date.parse(sevSince.get(y.top.id) || y.top.raised_at)))
     || (bedOf(x.patient) < bedOf(y.patient) ? -1 : 1);
 }
 function makeTile(pid) {
@@ -231,7 +250,28 @@ function makeTile(pid) {
   tilesById.set(pid, parts);
   return parts;
 }
+function newsLine(p, n) {
+  if (n) p.news.replaceChildren("NEWS2 ", el("b", "", String(n.score)), (n.band ? " · " + n.band : "") + (n.partial ? " · partial" : "") + (n.stale ? " · stale" : ""));
+  else p.news.replaceChildren("NEWS2 – no score");
+}
+// A bed with no open alert: a compact tile with its bed, patient and current NEWS2.
+function fillQuietTile(p, b) {
+  if (p.t.className !== "tile quiet") p.t.className = "tile quiet";
+  p.t.dataset.unit = b.patient.unit; p.t.dataset.bed = bedOf(b.patient); p.t.dataset.severity = "none";
+  setText(p.bed, bedOf(b.patient));
+  p.sev.className = "sev"; setText(p.sev, "");
+  p.off.hidden = true;
+  setText(p.name, b.patient.name || "(no name)");
+  newsLine(p, b.score);
+  setText(p.rule, "no open alert"); p.rule.title = "";
+  p.state.className = "state"; setText(p.state, "");
+  setText(p.esc, "");
+  const s = patientSilence(b.patient.id);
+  setText(p.sil, s ? "Silenced " + until(s.until) + " · " + reasonText(s.reason) + " · " + s.by : ""); p.sil.hidden = !s;
+  p.t.setAttribute("aria-label", b.patient.unit + " bed " + bedOf(b.patient) + ", no open alert, " + (b.score ? "NEWS2 " + b.score.score + (b.score.partial ? " partial" : "") : "no NEWS2 score"));
+}
 function fillTile(p, b) {
+  if (!b.top) { fillQuietTile(p, b); return; }
   const a = b.top;
   const cls = "tile " + a.severity + (b.unacked.length ? " unacked" : " acked");
   if (p.t.className !== cls) p.t.className = cls;
@@ -240,10 +280,7 @@ function fillTile(p, b) {
   p.sev.className = "sev " + a.severity; setText(p.sev, SEV_TEXT[a.severity]);
   p.off.hidden = !b.offline;
   setText(p.name, b.patient.name || "(no name)");
-  if (b.news2 && b.news2.score !== null) {
-    const band = b.news2.details && b.news2.details.band ? " · " + b.news2.details.band : "";
-    p.news.replaceChildren("NEWS2 ", el("b", "", String(b.news2.score)), band + (b.news2.stale ? " · stale" : ""));
-  } else p.news.replaceChildren("NEWS2 – (no score alerting)");
+  newsLine(p, b.score);
   const more = b.open.length > 1 ? " +" + (b.open.length - 1) : "";
   setText(p.rule, title(a) + more);
   p.rule.title = b.open.map((x) => SEV_TEXT[x.severity] + ": " + title(x)).join("\n");
@@ -270,10 +307,10 @@ function renderBoard() {
   const all = beds();
   const shown = all.filter((b) => {
     if (f.unit && b.patient.unit !== f.unit) return false;
-    if (f.sev && RANK[b.top.severity] < RANK[f.sev]) return false;
+    if (f.sev && sevRank(b) < RANK[f.sev]) return false;
     if (f.status === "active") return b.unacked.length > 0;
-    if (f.status === "acknowledged") return b.unacked.length === 0;
-    if (f.status === "quiet") return false;
+    if (f.status === "acknowledged") return b.open.length > 0 && b.unacked.length === 0;
+    if (f.status === "quiet") return b.open.length === 0;
     return true;
   }).sort(acuity);
   const units = [...new Set(all.map((b) => b.patient.unit))].sort();
@@ -292,7 +329,9 @@ function renderBoard() {
     if (board.children[position] !== sec) board.insertBefore(sec, board.children[position] || null);
     const mine = shown.filter((b) => b.patient.unit === unit);
     const unacked = mine.filter((b) => b.unacked.length).length;
-    setText(sec.querySelector(".count"), mine.length + " beds with open alerts · " + unacked + " unacknowledged");
+    const alerting = mine.filter((b) => b.open.length).length;
+    setText(sec.querySelector(".count"), mine.length + " beds · " + alerting + " with open alerts · " + unacked + " unacknowledged"
+      + (censusTruncated ? " · census incomplete (too many beds)" : ""));
     const grid = sec.querySelector(".grid");
     const focused = document.activeElement;
     mine.forEach((b, i) => {
@@ -778,6 +817,12 @@ function onFrame(f) {
     silences.clear(); for (const s of f.silences) silences.set(s.id, s);
   } else if (f.type === "silence") {
     if (f.silence.ended) silences.delete(f.silence.id); else silences.set(f.silence.id, f.silence);
+  } else if (f.type === "census") {
+    census.clear(); for (const c of f.beds) census.set(c.patient, c); censusTruncated = f.truncated;
+  } else if (f.type === "bed") {
+    census.set(f.bed.patient, f.bed);
+  } else if (f.type === "bed_left") {
+    census.delete(f.patient);
   } else if (f.type === "receipts") {
     const r = routes.get(f.alert_id); if (r) r.receipts = f.receipts;
   } else if (f.type === "reply") {

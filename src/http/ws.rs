@@ -24,7 +24,8 @@ use super::error::ApiError;
 use super::extract::Authenticated;
 use crate::auth::Claims;
 use crate::console::{
-    Assignment, AssignmentRequest, ConsoleAction, ReceiptKind, Route, Silence, SilenceRequest, role_name, sees,
+    Assignment, AssignmentRequest, BoardScope, ConsoleAction, ReceiptKind, Route, Silence, SilenceRequest, role_name,
+    sees,
 };
 
 /// Largest client frame accepted.
@@ -235,6 +236,24 @@ enum ServerFrame<'a> {
         seq: u64,
         silence: &'a Silence,
     },
+    /// Every occupied bed the session shows, alert or not (after `subscribe`, and again after
+    /// a lag); `truncated` when some were left out.
+    Census {
+        seq: u64,
+        beds: &'a [vigil_actors::CensusBed],
+        truncated: bool,
+    },
+    /// A patient is in a bed the session shows (admitted, moved in, or their score changed).
+    Bed {
+        seq: u64,
+        bed: &'a vigil_actors::CensusBed,
+    },
+    /// A patient left a bed the session showed (discharged, moved to a unit it does not show).
+    BedLeft {
+        seq: u64,
+        patient: &'a str,
+        unit: &'a str,
+    },
     /// An alert's delivery and read receipts changed.
     Receipts {
         seq: u64,
@@ -330,6 +349,7 @@ impl Session {
         let mut live = self.state.hub.subscribe();
         let mut silences = self.state.console.silence_book().subscribe();
         let mut receipts = self.state.console.assignment_book().subscribe();
+        let mut census = self.state.console.census_changes();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
         let mut shutdown = self.state.shutdown.clone();
@@ -384,6 +404,11 @@ impl Session {
                     }
                     // Receipts are informational: a lagging session shows the next ones.
                     Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                change = census.recv(), if self.subscribed => match change {
+                    Ok(change) => self.forward_census(&change).await?,
+                    Err(RecvError::Lagged(_)) => self.send_census().await?,
                     Err(RecvError::Closed) => return Ok(()),
                 },
                 update = next_live(&mut self.watching) => {
@@ -575,6 +600,37 @@ impl Session {
         self.send(&ServerFrame::Silences { seq, silences: &open }).await
     }
 
+    fn board_scope(&self) -> BoardScope<'_> {
+        BoardScope { all: self.all_units, units: &self.units, patients: &self.patients }
+    }
+
+    async fn send_census(&mut self) -> SessionResult {
+        let (beds, truncated) = self.state.console.census(&self.claims, &self.board_scope());
+        let seq = self.last;
+        self.send(&ServerFrame::Census { seq, beds: &beds, truncated }).await
+    }
+
+    /// A bed the session shows, or its leaving one it showed (a move to a unit it does not
+    /// show is a leaving).
+    async fn forward_census(&mut self, change: &vigil_actors::CensusChange) -> SessionResult {
+        use vigil_actors::CensusChange;
+        let seq = self.last;
+        let scope = self.board_scope();
+        let frame = match change {
+            CensusChange::Bed { bed, .. } if scope.shows(&self.claims, &bed.unit, &bed.patient.0) => {
+                ServerFrame::Bed { seq, bed }
+            }
+            CensusChange::Bed { bed, left_unit: Some(left) } if scope.shows(&self.claims, left, &bed.patient.0) => {
+                ServerFrame::BedLeft { seq, patient: &bed.patient.0, unit: left }
+            }
+            CensusChange::Left { patient, unit } if scope.shows(&self.claims, unit, &patient.0) => {
+                ServerFrame::BedLeft { seq, patient: &patient.0, unit }
+            }
+            _ => return Ok(()),
+        };
+        self.send(&frame).await
+    }
+
     async fn watch(&mut self, patient: String) -> SessionResult {
         // Subscribe before reading the summary so no value falls between the two.
         let live = self.state.live.subscribe();
@@ -622,6 +678,7 @@ impl Session {
             }
         }
         self.send_silences().await?;
+        self.send_census().await?;
         let seq = self.last;
         let assignments = self.state.console.assignments_for(&self.claims);
         let (user, role) = (self.claims.sub.clone(), role_name(self.claims.role));

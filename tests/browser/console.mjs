@@ -205,9 +205,53 @@ async function loadPhase() {
 }
 
 
-// ---- issue 16: the unit board, bundling, silences, phone, keyboard, notifications ----
+// The unit board's census: a bed with no alert has a tile ("no score" until vital signs give
+// a NEWS2, then its score and band); a discharged patient's tile goes away; the bed with an
+// open alert from the alert-and-ack phase stays first.
+async function censusPhase() {
+  const page = await openBoard({ view: "board" });
+  const quietMrn = `${mrn}-Q`;
+  const adt = (event, n, pv1) => [
+    `MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|${hl7Now()}||ADT^${event}^ADT_A01|CENSUS-${n}|P|2.5.1`,
+    `PID|||${quietMrn}^^^HOSP^MR||Quiet^Bed||19700101|M`,
+    pv1,
+  ].join("\r");
+  const sendOk = async (msg, id) => { const ack = await sendMllp(env("VIGIL_MLLP"), msg); check(ack.includes(`MSA|AA|${id}`), `unexpected ACK: ${ack}`); };
+  await sendOk(adt("A01", 1, "PV1||I|ICU^12^A"), "CENSUS-1");
+  const tile = page.locator('#units-board .tile[data-bed="12-A"]');
+  await tile.waitFor({ timeout: 10000 });
+  check(/\bquiet\b/.test(await tile.getAttribute("class")), `a bed with no alert: class "${await tile.getAttribute("class")}"`);
+  check((await tile.locator(".news").innerText()).trim() === "NEWS2 – no score", `admitted, no vitals: "${await tile.locator(".news").innerText()}"`);
+  check(/Quiet/.test(await tile.locator(".name").innerText()), "the patient's name on the tile");
+  const ts = hl7Now();
+  await sendOk([
+    `MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|${ts}||ORU^R01^ORU_R01|CENSUS-2|P|2.6`,
+    `PID|||${quietMrn}^^^HOSP^MR||Quiet^Bed||19700101|M`,
+    `PV1||I|ICU^12^A`,
+    `OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||80|264864^^MDC|||||R|||${ts}`,
+    `OBX|2|NM|151562^MDC_RESP_RATE^MDC||16|264928^^MDC|||||R|||${ts}`,
+    `OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC||97|262688^^MDC|||||R|||${ts}`,
+    `OBX|4|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC||120|266016^^MDC|||||R|||${ts}`,
+    `OBX|5|NM|150344^MDC_TEMP^MDC||37.0|268192^^MDC|||||R|||${ts}`,
+    `OBX|6|CWE|67775-7^Level of consciousness^LN||A^Alert^HL70000||||||F|||${ts}`,
+    `OBX|7|NM|3150-0^Inhaled oxygen concentration^LN||21|%|||||F|||${ts}`,
+  ].join("\r"), "CENSUS-2");
+  await tile.locator(".news", { hasText: "NEWS2 0 · low" }).waitFor({ timeout: 10000 });
+  // Sorted by acuity: the alerting bed (07-A) before the quiet one.
+  const order = await page.evaluate(() => [...document.querySelectorAll('#units-board section[data-unit="ICU"] .tile')].map((t) => t.dataset.bed));
+  check(order.indexOf("07-A") === 0 && order.includes("12-A"), `ICU tiles in order ${order}`);
+  await page.screenshot({ path: path.join(shots, "board-census.png") });
+  await sendOk(adt("A03", 3, "PV1||I|ICU^12^A"), "CENSUS-3");
+  await tile.waitFor({ state: "detached", timeout: 10000 });
+  check(await page.locator('#units-board .tile[data-bed="07-A"]').count() === 1, "the alerting bed is no longer on the board");
+  console.log("census: a bed with no alert shows no score, then NEWS2 0 · low; discharged, its tile went away");
+}
+
+// ---- issue 16: the unit board, bundling// ---- issue 16: the unit board, bundling, silences, phone, keyboard, notifications ----
 const tiles = (page) => page.locator("#units-board .tile");
-const RANKS = { critical: 4, high: 3, medium: 2, low: 1, info: 0 };
+const RANKS = { critical: 4, high: 3, medium: 2, low: 1, info: 0, none: -1 };
+// Tiles of beds with an open alert (every census bed has a tile; quiet ones are compact).
+const alertTiles = (page) => page.locator("#units-board .tile:not(.quiet)");
 const perHour = (n, patients, secs) => (patients ? n / patients / (secs / 3600) : 0);
 
 async function measure(page, secs) {
@@ -226,8 +270,8 @@ async function measure(page, secs) {
 async function boardPhase() {
   const page = await openBoard({ view: "board" });
   const deadline = Date.now() + 150000;
-  while ((await tiles(page).count()) < 38) {
-    check(Date.now() < deadline, `only ${await tiles(page).count()} bed tiles after 150 s`);
+  while ((await alertTiles(page).count()) < 38) {
+    check(Date.now() < deadline, `only ${await alertTiles(page).count()} bed tiles with alerts after 150 s`);
     await sleep(500);
   }
   await page.mouse.move(1, 1);
@@ -252,6 +296,7 @@ async function boardPhase() {
     for (const t of u.tiles) {
       check(/^\d\d-[AB]$/.test(t.bed), `bed label "${t.bed}"`);
       check(/^NEWS2 /.test(t.news), `NEWS2 line "${t.news}"`);
+      if (t.sev === "none") { check(/^NEWS2 (\d+ · [a-z-]+( · partial)?|– no score)$/.test(t.news), `quiet bed's NEWS2 line "${t.news}"`); continue; }
       check(/^(UNACKED|acked by .+) · (just now|\d+ min ago|\d+ h \d+ min ago)$/.test(t.state), `state line "${t.state}"`);
       check(!/^news2$|^sepsis\./.test(t.rule), `rule shown by id: "${t.rule}"`);
     }
@@ -340,8 +385,9 @@ async function boardPhase() {
   await sleep(1000);
   const after = await measure(page, Number(process.env.VIGIL_MEASURE_SECS || 60));
   console.log(`notifications (bundled, every patient silenced): ${JSON.stringify(after)}`);
-  // Beds that had no alert yet when the ward was silenced may still sound; no silenced one does.
-  const unsilenced = 40 - pids.length;
+  // Beds that had no tile when the ward was silenced may still sound; no silenced one does.
+  // (Every census bed has a tile, quiet ones too: the demo's 40 plus its device-dropout bed.)
+  const unsilenced = Math.max(0, 40 - pids.length);
   check(after.sounded <= unsilenced && (unsilenced > 0 || after.tones === 0), `a silenced ward still sounded: ${JSON.stringify(after)}`);
   fs.writeFileSync(path.join(shots, "notifications.json"), JSON.stringify({ before, after }, null, 1));
   await page.screenshot({ path: path.join(shots, "board-silenced.png") });
@@ -556,6 +602,8 @@ try {
     check(/ABNORMAL/.test(await a.locator('#p-latest .vt[data-vital="rr"]').innerText()), "RR 31 not flagged abnormal");
     await a.screenshot({ path: path.join(shots, "patient-view.png"), fullPage: true });
     console.log("alert shown in both sessions, acknowledged from A, seen acknowledged in B; patient view updated live");
+  } else if (phase === "census") {
+    await censusPhase();
   } else if (phase === "load") {
     await loadPhase();
   } else if (phase === "board") {

@@ -44,6 +44,10 @@ async fn console_shows_acknowledges_and_keeps_acknowledged_across_restart() {
     let proc = spawn_vigil(&args);
     let (p, t, m, s) = (&proc, token.clone(), mrn.clone(), shots.clone());
     tokio::task::block_in_place(|| node_script("alert-and-ack", p, &t, &m, &s));
+    // Issue 16's census: a bed with no alert has a tile, with its NEWS2 or "no score"; a
+    // discharged patient's tile goes away.
+    tokio::task::block_in_place(|| node_script("census", p, &t, &m, &s));
+    assert!(shots.join("board-census.png").exists());
     drop(proc);
 
     let proc = spawn_vigil(&args);

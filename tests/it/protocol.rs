@@ -628,3 +628,87 @@ async fn silences_and_assignments_over_rest_with_refusals_and_audit() {
         ]
     );
 }
+
+/// The unit board's census (issue 16): a bed with no alert is on the board of the unit it is
+/// on, with "no score" until vital signs give one, then its NEWS2; a transfer moves it to the
+/// other unit's board; a discharge takes it off; a console on another unit never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_census_gives_every_bed_its_news2_or_none_and_follows_admit_transfer_discharge() {
+    let dir = tempdir("census");
+    let server = vigil::app::start(&config(&dir)).await.unwrap(); // the shipped pack
+    let icu = server.auth.issue("nurse-1", Role::Nurse, vec!["ICU".into()], time::Duration::hours(1));
+    let ward = server.auth.issue("nurse-2", Role::Nurse, vec!["5W".into()], time::Duration::hours(1));
+    let mut a = Console::connect(server.http_addr, &icu).await;
+    a.send(json!({"type": "subscribe", "units": ["ICU"]})).await;
+    assert_eq!(a.next(&["census"]).await["beds"], json!([]));
+    let mut b = Console::connect(server.http_addr, &ward).await;
+    b.send(json!({"type": "subscribe", "units": ["5W"]})).await;
+    assert_eq!(b.next(&["census"]).await["beds"], json!([]));
+
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    let ts = now_dtm();
+    let adt = |event: &str, n: u32, pv1: &str| {
+        [
+            format!("MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|{ts}||ADT^{event}^ADT_A01|CEN-{n}|P|2.5.1"),
+            "PID|||MRN-CEN^^^HOSP^MR||Census^Test||19700101|F".to_string(),
+            pv1.to_string(),
+        ]
+        .join("\r")
+    };
+    assert_eq!(ack_code(&mllp.send(&adt("A01", 1, "PV1||I|ICU^11^A")).await.unwrap()), Some("AA"));
+    let patient = blind_index(&dir).patient_id("HOSP", "MRN-CEN").0;
+    let admitted = a.next(&["bed"]).await;
+    let bed = &admitted["bed"];
+    assert_eq!(
+        (bed["patient"].as_str(), bed["unit"].as_str(), bed["bed"].as_str()),
+        (Some(&*patient), Some("ICU"), Some("A"))
+    );
+    assert_eq!(bed["news2"], Value::Null, "no vital signs yet: no score, never a low one");
+    assert!(bed["name"].as_str().unwrap().contains("Census"), "{bed}");
+
+    let vitals = [
+        format!("MSH|^~\\&|MONITOR|ICU|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|CEN-2|P|2.6"),
+        "PID|||MRN-CEN^^^HOSP^MR||Census^Test||19700101|F".to_string(),
+        "PV1||I|ICU^11^A".to_string(),
+        format!("OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC||80|264864^^MDC|||||R|||{ts}"),
+        format!("OBX|2|NM|151562^MDC_RESP_RATE^MDC||16|264928^^MDC|||||R|||{ts}"),
+        format!("OBX|3|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC||97|262688^^MDC|||||R|||{ts}"),
+        format!("OBX|4|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC||120|266016^^MDC|||||R|||{ts}"),
+        format!("OBX|5|NM|150344^MDC_TEMP^MDC||37.0|268192^^MDC|||||R|||{ts}"),
+        format!("OBX|6|CWE|67775-7^Level of consciousness^LN||A^Alert^HL70000||||||F|||{ts}"),
+        format!("OBX|7|NM|3150-0^Inhaled oxygen concentration^LN||21|%|||||F|||{ts}"),
+    ]
+    .join("\r");
+    assert_eq!(ack_code(&mllp.send(&vitals).await.unwrap()), Some("AA"));
+    let scored = a.next(&["bed"]).await;
+    assert_eq!(scored["bed"]["news2"], json!({"score": 0, "band": "low", "partial": false}), "{scored}");
+
+    // A console that subscribes now gets the bed in its census.
+    let mut c = Console::connect(server.http_addr, &icu).await;
+    c.send(json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;
+    let census = c.next(&["census"]).await;
+    assert_eq!(census["beds"], json!([scored["bed"]]), "{census}");
+    assert_eq!(census["truncated"], false);
+
+    assert_eq!(ack_code(&mllp.send(&adt("A02", 3, "PV1||I|5W^2^B|||ICU^11^A")).await.unwrap()), Some("AA"));
+    let left = a.next(&["bed", "bed_left"]).await;
+    assert_eq!(
+        (left["type"].as_str(), left["patient"].as_str(), left["unit"].as_str()),
+        (Some("bed_left"), Some(&*patient), Some("ICU"))
+    );
+    let moved = b.next(&["bed"]).await;
+    assert_eq!((moved["bed"]["unit"].as_str(), moved["bed"]["bed"].as_str()), (Some("5W"), Some("B")));
+    assert_eq!(moved["bed"]["news2"]["score"], 0, "the score moves with the patient");
+
+    assert_eq!(ack_code(&mllp.send(&adt("A03", 4, "PV1||I|5W^2^B")).await.unwrap()), Some("AA"));
+    let gone = b.next(&["bed", "bed_left"]).await;
+    assert_eq!(
+        (gone["type"].as_str(), gone["patient"].as_str(), gone["unit"].as_str()),
+        (Some("bed_left"), Some(&*patient), Some("5W"))
+    );
+    // The ICU console heard nothing more of the patient after the transfer.
+    a.send(json!({"type": "ping"})).await;
+    let next = a.next(&["bed", "bed_left", "pong"]).await;
+    assert_eq!(next["type"], "pong", "{next}");
+    server.shutdown().await;
+}

@@ -6,6 +6,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::messages::PatientMsg;
 use super::state::PatientState;
+use crate::census::{CensusBed, News2Now};
 use crate::model::{Alert, ClinicalEvent, Details, EventKind, PatientId};
 use crate::ports::{Ports, RuleVerdict};
 
@@ -34,6 +35,8 @@ pub struct Running {
     ports: Ports,
     /// When the actor last had an event or an action (for passivation).
     last_active: time::OffsetDateTime,
+    /// The NEWS2 of the latest vital signs (`None`: no score known).
+    news2: Option<News2Now>,
 }
 
 impl Running {
@@ -57,6 +60,9 @@ impl Running {
         let view = self.state.view_at(now, event);
         let mut outcomes = self.ports.rules.evaluate(&view, &triggers);
         drop(view);
+        if let Some(news2) = outcomes.iter().find(|o| o.rule_id == NEWS2_RULE) {
+            self.news2 = news2_now(&news2.verdict);
+        }
         match &event.kind {
             EventKind::DeviceAlarm { alarm } => outcomes.push(crate::device::alarm_outcome(alarm)),
             EventKind::DeviceSilence { device, offline, silent_s, interval_s } => {
@@ -66,6 +72,39 @@ impl Running {
         }
         self.state.decide(outcomes, now)
     }
+
+    /// Put the patient's bed and score in the census, or take them out of it when discharged
+    /// or nowhere.
+    fn publish_census(&self) {
+        let state = &self.state;
+        let location = &state.view.location;
+        let bed = (!state.view.discharged && !location.unit.is_empty()).then(|| CensusBed {
+            patient: state.id.clone(),
+            name: state.demographics.name.clone(),
+            unit: location.unit.clone(),
+            room: location.room.clone(),
+            bed: location.bed.clone(),
+            news2: self.news2.clone(),
+        });
+        self.ports.census.set(&state.id, bed);
+    }
+}
+
+/// The rule whose score the unit board shows.
+const NEWS2_RULE: &str = "news2";
+
+/// The score a NEWS2 verdict gives: a fired or resolving verdict's details carry it; a rule
+/// that does not apply, or details without a score, give none (shown as "no score").
+fn news2_now(verdict: &RuleVerdict) -> Option<News2Now> {
+    let details = match verdict {
+        RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details.to_value(),
+        RuleVerdict::NotApplicable { .. } | RuleVerdict::Quiet => return None,
+    };
+    Some(News2Now {
+        score: details.get("score")?.as_i64()?,
+        band: details.get("band")?.as_str()?.to_string(),
+        partial: details.get("partial").and_then(serde_json::Value::as_bool).unwrap_or(false),
+    })
 }
 
 impl Actor for PatientActor {
@@ -82,7 +121,11 @@ impl Actor for PatientActor {
             state.restore_open(alert);
         }
         let last_active = args.ports.clock.now();
-        Ok(Running { state, ports: args.ports, last_active })
+        // A passivated patient's score outlives its actor in the census.
+        let news2 = args.ports.census.get(&state.id).and_then(|bed| bed.news2);
+        let run = Running { state, ports: args.ports, last_active, news2 };
+        run.publish_census();
+        Ok(run)
     }
 
     /// A clean stop (passivation, shutdown, a merge retiring the record): keep the state as a
@@ -125,6 +168,7 @@ impl Actor for PatientActor {
                 if let Err(error) = &queued {
                     tracing::error!(patient = %run.state.id, %error, "message and its alert changes not queued");
                 }
+                run.publish_census();
                 // The sender may have hung up; its message is durable anyway.
                 let _ = reply.send(queued);
             }
