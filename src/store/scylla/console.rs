@@ -4,7 +4,6 @@
 //! Nothing here relies on TTL or on the cluster's order: a silence ends by its `until` on the
 //! `Clock` port (`console/silences.rs`), and readers sort what they need.
 
-use futures_util::StreamExt;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use vigil_actors::StoreError;
@@ -50,13 +49,7 @@ impl ConsoleStatements {
 
 impl ScyllaStore {
     async fn put_console_row<T: serde::Serialize>(&self, scope: &str, key: &str, value: &T) -> Result<(), StoreError> {
-        let body = self.seal_json(CONSOLE_ROWS, &format!("{scope}/{key}"), value)?;
-        let sh = &self.shared;
-        sh.session
-            .execute_unpaged(&sh.console_st.insert, (scope, key, body))
-            .await
-            .map_err(|e| failed("write console row")(e.to_string()))?;
-        Ok(())
+        self.put_scoped_row(CONSOLE_ROWS, &self.shared.console_st.insert, scope, key, value).await
     }
 
     async fn remove_console_row(&self, scope: &str, key: &str) -> Result<(), StoreError> {
@@ -69,20 +62,7 @@ impl ScyllaStore {
     }
 
     async fn console_rows<T: serde::de::DeserializeOwned>(&self, scope: &str) -> Result<Vec<T>, StoreError> {
-        let sh = &self.shared;
-        let mut rows = sh
-            .session
-            .execute_iter(sh.console_st.select.clone(), (scope,))
-            .await
-            .map_err(|e| failed("read console rows")(e.to_string()))?
-            .rows_stream::<(String, Vec<u8>)>()
-            .map_err(|e| failed("read console rows")(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await {
-            let (key, body) = row.map_err(|e| failed("read console rows")(e.to_string()))?;
-            out.push(self.open_json(CONSOLE_ROWS, &format!("{scope}/{key}"), &body)?);
-        }
-        Ok(out)
+        self.scoped_rows(CONSOLE_ROWS, &self.shared.console_st.select, scope).await
     }
 }
 

@@ -14,7 +14,6 @@ use vigil_actors::StoreError;
 use vigil_actors::device::{BedRecord, DeviceRecord, DeviceStore, QuarantinedReading};
 
 use super::{ScyllaStore, ScyllaStoreConfig};
-use crate::crypto::Aad;
 
 /// Days of quarantine the API's newest-first read looks back over.
 const QUARANTINE_DAYS_READ: i32 = 7;
@@ -72,58 +71,12 @@ fn bed_key(bed: &vigil_actors::Location) -> String {
 }
 
 impl ScyllaStore {
-    pub(super) fn seal_json<T: serde::Serialize>(
-        &self,
-        table: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<Vec<u8>, StoreError> {
-        let plain = serde_json::to_vec(value).map_err(|e| StoreError::Engine(format!("encode {table}: {e}")))?;
-        self.shared
-            .keys
-            .seal(Aad { table, key: key.as_bytes(), column: "body" }, &plain)
-            .map_err(|e| StoreError::Engine(format!("seal {table}: {e}")))
-    }
-
-    pub(super) fn open_json<T: serde::de::DeserializeOwned>(
-        &self,
-        table: &str,
-        key: &str,
-        sealed: &[u8],
-    ) -> Result<T, StoreError> {
-        let plain = self
-            .shared
-            .keys
-            .open(Aad { table, key: key.as_bytes(), column: "body" }, sealed)
-            .map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?;
-        serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))
-    }
-
     async fn put_link<T: serde::Serialize>(&self, scope: &str, key: String, value: &T) -> Result<(), StoreError> {
-        let body = self.seal_json(DEVICE_LINKS, &format!("{scope}/{key}"), value)?;
-        let sh = &self.shared;
-        sh.session
-            .execute_unpaged(&sh.device_st.insert_link, (scope, key, body))
-            .await
-            .map_err(|e| failed("write device link")(e.to_string()))?;
-        Ok(())
+        self.put_scoped_row(DEVICE_LINKS, &self.shared.device_st.insert_link, scope, &key, value).await
     }
 
     async fn links<T: serde::de::DeserializeOwned>(&self, scope: &str) -> Result<Vec<T>, StoreError> {
-        let sh = &self.shared;
-        let mut rows = sh
-            .session
-            .execute_iter(sh.device_st.select_links.clone(), (scope,))
-            .await
-            .map_err(|e| failed("read device links")(e.to_string()))?
-            .rows_stream::<(String, Vec<u8>)>()
-            .map_err(|e| failed("read device links")(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await {
-            let (key, body) = row.map_err(|e| failed("read device links")(e.to_string()))?;
-            out.push(self.open_json(DEVICE_LINKS, &format!("{scope}/{key}"), &body)?);
-        }
-        Ok(out)
+        self.scoped_rows(DEVICE_LINKS, &self.shared.device_st.select_links, scope).await
     }
 }
 

@@ -22,6 +22,7 @@ mod config;
 mod console;
 mod devices;
 mod ports;
+mod rows;
 mod schema;
 
 pub use config::{Replication, ScyllaStoreConfig, parse_consistency};
