@@ -30,15 +30,7 @@ fn failed(op: &'static str) -> impl Fn(String) -> StoreError {
 impl ConsoleStatements {
     pub(super) async fn prepare(session: &Session, config: &ScyllaStoreConfig) -> Result<Self, StoreError> {
         let ks = &config.keyspace;
-        let prepare = |cql: String| async move {
-            let mut statement = session.prepare(cql.clone()).await.map_err(|e| {
-                tracing::error!(error = %e, %cql, "prepare failed");
-                StoreError::Engine("prepare".into())
-            })?;
-            statement.set_consistency(config.consistency);
-            statement.set_is_idempotent(true);
-            Ok::<_, StoreError>(statement)
-        };
+        let prepare = |cql: String| super::schema::prepare_statement(session, config, cql, true);
         Ok(ConsoleStatements {
             insert: prepare(format!("INSERT INTO {ks}.{CONSOLE_ROWS} (scope, key, body) VALUES (?, ?, ?)")).await?,
             select: prepare(format!("SELECT key, body FROM {ks}.{CONSOLE_ROWS} WHERE scope = ?")).await?,

@@ -39,20 +39,29 @@ pub(super) struct Statements {
     pub(super) delete_snapshot: PreparedStatement,
 }
 
+/// One statement prepared at connect, at the configured consistency (every table's statements
+/// go through here: `Statements`, `devices.rs`, `console.rs`).
+pub(super) async fn prepare_statement(
+    session: &Session,
+    config: &ScyllaStoreConfig,
+    cql: String,
+    idempotent: bool,
+) -> Result<PreparedStatement, StoreError> {
+    let mut statement = session.prepare(cql.clone()).await.map_err(|e| {
+        tracing::error!(error = %e, %cql, "prepare failed");
+        StoreError::Engine("prepare".into())
+    })?;
+    statement.set_consistency(config.consistency);
+    statement.set_is_idempotent(idempotent);
+    Ok(statement)
+}
+
 impl Statements {
     pub(super) async fn prepare(session: &Session, config: &ScyllaStoreConfig) -> Result<Self, StoreError> {
         let ks = &config.keyspace;
         let events_ttl = u64::from(config.retention.observations_days) * 86_400;
         let raw_ttl = u64::from(config.retention.raw_messages_days) * 86_400;
-        let prepare = |cql: String, idempotent: bool| async move {
-            let mut statement = session.prepare(cql.clone()).await.map_err(|e| {
-                tracing::error!(error = %e, %cql, "prepare failed");
-                StoreError::Engine("prepare".into())
-            })?;
-            statement.set_consistency(config.consistency);
-            statement.set_is_idempotent(idempotent);
-            Ok::<_, StoreError>(statement)
-        };
+        let prepare = |cql: String, idempotent: bool| prepare_statement(session, config, cql, idempotent);
         Ok(Statements {
             insert_event: prepare(format!("INSERT INTO {ks}.events (patient_id, day, received_at, event_id, body) VALUES (?, ?, ?, ?, ?) USING TTL {events_ttl}"), true).await?,
             insert_patient_day: prepare(format!("INSERT INTO {ks}.patient_days (patient_id, day) VALUES (?, ?) USING TTL {events_ttl}"), true).await?,
