@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use time::OffsetDateTime;
 
-use crate::pcd01::{PatientDemo, escape, hl7_timestamp};
+use crate::pcd01::{PatientDemo, escape, hl7_timestamp, push_pid, push_pv1};
 
 /// Builds an ADT^A01 for `p` (segments terminated by `\r`): MSH, EVN, PID, PV1 with the
 /// location in PV1-3 and a visit number in PV1-19.
@@ -16,24 +16,8 @@ pub fn adt_a01(p: &PatientDemo, control_id: &str, at: OffsetDateTime) -> String 
     // Writing into a String cannot fail, hence the ignored results below.
     let _ = write!(out, "MSH|^~\\&|ADT_SIM|VIGIL_SIM|VIGIL|HOSP|{ts}||ADT^A01^ADT_A01|{cid}|P|2.5|||AL|NE\r");
     let _ = write!(out, "EVN|A01|{ts}\r");
-    let _ = write!(
-        out,
-        "PID|||{}^^^{}^MR||{}^{}^^^^^L||{}|{}\r",
-        escape(&p.mrn),
-        escape(&p.assigning_authority),
-        escape(&p.family),
-        escape(&p.given),
-        escape(&p.birth_date),
-        escape(&p.sex),
-    );
-    let _ = write!(
-        out,
-        "PV1||I|{}^{}^{}||||||||||||||||V{}|||||||||||||||||||||||||{ts}\r",
-        escape(&p.unit),
-        escape(&p.room),
-        escape(&p.bed),
-        escape(&p.mrn),
-    );
+    push_pid(&mut out, p);
+    push_pv1(&mut out, p, &format!("||||||||||||||||V{}|||||||||||||||||||||||||{ts}", escape(&p.mrn)));
     out
 }
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use time::OffsetDateTime;
 
-use crate::pcd01::{PatientDemo, escape, hl7_timestamp};
+use crate::pcd01::{PatientDemo, escape, hl7_timestamp, push_pid, push_pv1};
 
 /// A drug of an order: RxNorm code and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,17 +34,8 @@ pub const INTERACTING_PAIR: [Drug; 2] = [
 fn push_header(out: &mut String, app: &str, kind: &str, control_id: &str, ts: &str, p: &PatientDemo) {
     // Writing into a String cannot fail, hence the ignored results.
     let _ = write!(out, "MSH|^~\\&|{app}|VIGIL_SIM|VIGIL|HOSP|{ts}||{kind}|{}|P|2.5.1\r", escape(control_id));
-    let _ = write!(
-        out,
-        "PID|||{}^^^{}^MR||{}^{}^^^^^L||{}|{}\r",
-        escape(&p.mrn),
-        escape(&p.assigning_authority),
-        escape(&p.family),
-        escape(&p.given),
-        escape(&p.birth_date),
-        escape(&p.sex),
-    );
-    let _ = write!(out, "PV1||I|{}^{}^{}\r", escape(&p.unit), escape(&p.room), escape(&p.bed));
+    push_pid(out, p);
+    push_pv1(out, p, "");
 }
 
 /// A basic metabolic panel (glucose, creatinine, potassium, sodium), values in range and

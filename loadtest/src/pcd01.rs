@@ -135,17 +135,8 @@ pub fn oru_r01(p: &PatientDemo, device_id: &str, v: &Vitals, control_id: &str, a
         out,
         "MSH|^~\\&|{SENDING_APP}|{SENDING_FACILITY}|VIGIL|HOSP|{ts}||ORU^R01^ORU_R01|{cid}|P|2.6|||AL|NE||UNICODE UTF-8|||{PCD01_PROFILE}\r"
     );
-    let _ = write!(
-        out,
-        "PID|||{}^^^{}^MR||{}^{}^^^^^L||{}|{}\r",
-        escape(&p.mrn),
-        escape(&p.assigning_authority),
-        escape(&p.family),
-        escape(&p.given),
-        escape(&p.birth_date),
-        escape(&p.sex),
-    );
-    let _ = write!(out, "PV1||I|{}^{}^{}\r", escape(&p.unit), escape(&p.room), escape(&p.bed));
+    push_pid(&mut out, p);
+    push_pv1(&mut out, p, "");
     let _ = write!(out, "OBR|1|{cid}^VIGIL_SIM|{cid}^VIGIL_SIM|182777000^monitoring of patient^SCT|||{ts}\r");
 
     let mut n = 1usize;
@@ -214,6 +205,28 @@ fn push_obx(out: &mut String, fields: &[(usize, &str)]) {
         out.push_str(value);
     }
     out.push('\r');
+}
+
+/// PID with the patient's identity (PID-3 under its assigning authority, name, birth date, sex),
+/// as every simulated sender writes it.
+pub(crate) fn push_pid(out: &mut String, p: &PatientDemo) {
+    // Writing into a String cannot fail, hence the ignored result.
+    let _ = write!(
+        out,
+        "PID|||{}^^^{}^MR||{}^{}^^^^^L||{}|{}\r",
+        escape(&p.mrn),
+        escape(&p.assigning_authority),
+        escape(&p.family),
+        escape(&p.given),
+        escape(&p.birth_date),
+        escape(&p.sex),
+    );
+}
+
+/// PV1 with the location in PV1-3 (unit^room^bed); `tail` is appended after PV1-3 as is (the
+/// fields that follow, with their leading `|`, or empty).
+pub(crate) fn push_pv1(out: &mut String, p: &PatientDemo, tail: &str) {
+    let _ = write!(out, "PV1||I|{}^{}^{}{tail}\r", escape(&p.unit), escape(&p.room), escape(&p.bed));
 }
 
 /// `YYYYMMDDHHMMSS+ZZZZ`, the DTM form PCD-01 requires (offset mandatory).
