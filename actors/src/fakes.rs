@@ -535,4 +535,56 @@ mod tests {
             .collect::<Vec<_>>()
         );
     }
+
+    /// A connection routes its next message while the actor of the last one is still at work:
+    /// one slow patient does not hold up another's message, and a patient's own messages are
+    /// applied in the order they were routed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_is_routed_without_waiting_for_its_actor_and_each_patient_keeps_its_order() {
+        let store = Arc::new(MemoryStore::default());
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        // The rules of a reading of 99 /min wait until the test opens the gate.
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let held = Arc::clone(&gate);
+        let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+            if v.latest("rr", 600.0) == Some(99.0) {
+                let (open, turn) = &*held;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = turn.wait(open).unwrap();
+                }
+            }
+            Vec::new()
+        }));
+        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let routed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let slow = router.route_all(None, vec![event("100", 99.0, t0)]).await.unwrap();
+            let after = router.route_all(None, vec![event("100", 12.0, t0)]).await.unwrap();
+            router.ingest(event("200", 14.0, t0)).await.unwrap().wait().await.unwrap();
+            (slow, after)
+        })
+        .await;
+        let stored: Vec<_> = store.events().iter().map(|e| e.patient_id.0.clone()).collect();
+        {
+            let (open, turn) = &*gate;
+            *open.lock().unwrap() = true;
+            turn.notify_all();
+        }
+        let (slow, after) = routed.expect("routing waited for a busy actor");
+        assert_eq!(stored, vec!["p-200"], "the other patient's message is durable while patient 100's actor works");
+        slow.durable().await.unwrap();
+        after.durable().await.unwrap();
+        router.shutdown().await;
+        let rr: Vec<_> = store
+            .events()
+            .iter()
+            .filter(|e| e.patient_id.0 == "p-100")
+            .map(|e| match &e.kind {
+                EventKind::Observations { observations } => observations[0].value,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rr, vec![Some(99.0), Some(12.0)], "patient 100's messages applied in routed order");
+    }
 }

@@ -32,6 +32,31 @@ pub enum IngestError {
     Actor(String),
 }
 
+/// Events handed to their patient's actor ([`Router::route_all`]).
+#[derive(Debug)]
+pub enum Routed {
+    /// In the actor's mailbox: the actor answers with the ticket once it has queued the append.
+    InMailbox(oneshot::Receiver<Result<Durable, StoreError>>),
+    /// Queued for append already (or nothing to append).
+    Taken(Durable),
+}
+
+impl Routed {
+    /// The durability ticket, once the actor has applied the events, run the rules and queued
+    /// the append.
+    pub async fn taken(self) -> Result<Durable, IngestError> {
+        match self {
+            Routed::InMailbox(rx) => Ok(rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))??),
+            Routed::Taken(ticket) => Ok(ticket),
+        }
+    }
+
+    /// Wait until the events are durable.
+    pub async fn durable(self) -> Result<(), IngestError> {
+        Ok(self.taken().await?.wait().await?)
+    }
+}
+
 /// Routes events to patient actors.
 pub struct Router {
     actors: DashMap<PatientId, ActorRef<PatientMsg>>,
@@ -103,10 +128,22 @@ impl Router {
         message: Option<FromMessage>,
         events: Vec<ClinicalEvent>,
     ) -> Result<Durable, IngestError> {
+        self.route_all(message, events).await?.taken().await
+    }
+
+    /// Hand the events of one message for one patient to its actor and return as soon as they
+    /// are in its mailbox, without waiting for the actor to apply them: events routed one after
+    /// another reach each actor in that order, and a caller can route the next message while the
+    /// actor works on this one. [`Routed::taken`] gives the durability ticket.
+    pub async fn route_all(
+        &self,
+        message: Option<FromMessage>,
+        events: Vec<ClinicalEvent>,
+    ) -> Result<Routed, IngestError> {
         let Some(patient) = events.first().map(|e| e.patient_id.clone()) else {
             let (done, ticket) = Durable::channel();
             done.complete(Ok(()));
-            return Ok(ticket);
+            return Ok(Routed::Taken(ticket));
         };
         if events.iter().any(|e| e.patient_id != patient) {
             return Err(IngestError::MixedPatients);
@@ -129,7 +166,7 @@ impl Router {
         for _ in 0..2 {
             let actor = self.actor_for(&patient).await?;
             match actor.cast(message) {
-                Ok(()) => return rx.await.map_err(|_| IngestError::Actor("actor stopped".into()))?.map_err(Into::into),
+                Ok(()) => return Ok(Routed::InMailbox(rx)),
                 Err(ractor::MessagingErr::SendErr(refused)) => message = refused,
                 Err(e) => return Err(IngestError::Actor(e.to_string())),
             }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use vigil_actors::{ClinicalEvent, Clock, Durable, Envelope, FromMessage, MessageKey, MessageLog, Router};
+use vigil_actors::{ClinicalEvent, Clock, Envelope, FromMessage, MessageKey, MessageLog, Routed, Router};
 
 pub use hl7::hl7_timestamp;
 
@@ -64,7 +64,7 @@ pub enum Submission {
     /// Waiting for every bundle of the message to be durable.
     Durable {
         /// Resolve on commit, one per patient bundle, in routing order.
-        tickets: Vec<Durable>,
+        tickets: Vec<Routed>,
         /// Held until answered: bounds messages in flight across all connections and feeds.
         permit: OwnedSemaphorePermit,
         /// Tells resends waiting on this message how it ended.
@@ -104,7 +104,7 @@ impl Submission {
                 // Every event must be durable before anything is acknowledged.
                 let mut stored = true;
                 for ticket in tickets {
-                    if let Err(e) = ticket.wait().await {
+                    if let Err(e) = ticket.durable().await {
                         if stored {
                             tracing::error!(error = %e, "message not stored; sender told to resend");
                         }
@@ -249,7 +249,18 @@ impl Ingress {
         let mut tickets = Vec::with_capacity(bundles.len());
         for (i, bundle) in bundles.into_iter().enumerate() {
             let message = FromMessage { envelope: Arc::clone(&envelope), logs_message: i == last };
-            match self.router.ingest_all(Some(message), bundle).await {
+            // The last bundle (the one that logs the message) is handed over without waiting
+            // for its actor, so the connection can begin its next message meanwhile (a
+            // patient's messages still reach its actor in order). A bundle before it waits until
+            // its actor has queued it: the log entry must never be queued ahead of a bundle of
+            // its message, or a crash between the two would leave a resend recognised as a
+            // duplicate with that bundle lost.
+            let routed = match self.router.route_all(Some(message), bundle).await {
+                Ok(routed) if i == last => Ok(routed),
+                Ok(routed) => routed.taken().await.map(Routed::Taken),
+                Err(e) => Err(e),
+            };
+            match routed {
                 Ok(ticket) => tickets.push(ticket),
                 Err(e) => {
                     // Events already routed may become durable; the sender resends and the
