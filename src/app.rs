@@ -1,6 +1,8 @@
 //! Wiring: builds every adapter from the configuration, starts the listeners, and shuts down
-//! in one ordered function (readiness off, stop accepting, answer in-flight messages, drain
-//! actors, flush the store).
+//! in one ordered function (readiness off, stop accepting, answer in-flight messages, stop the
+//! background tasks, drain actors, flush the store). One [`CancellationToken`] says "stop"
+//! (its child `intake` first: listeners, WebSocket sessions, the store probe); one
+//! [`TaskTracker`] owns every task spawned here, so shutdown knows when all have ended.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use vigil_actors::{AlertStore, Clock, EventStore, MessageLog, Router, SystemClock};
 
 use crate::alerts::AlertHub;
@@ -54,23 +58,46 @@ pub struct Running {
     pub auth: Auth,
     /// What the MLLP listener refused or cut short.
     pub mllp_metrics: Arc<crate::ingest::mllp::listener::ListenerMetrics>,
-    shutdown: watch::Sender<bool>,
+    /// Cancelled second: the background tasks (escalation, silences, device watch, metrics
+    /// upkeep, passivation, webhooks, rules watch). A parent of `intake`.
+    shutdown: CancellationToken,
+    /// Cancelled first: what takes work in (MLLP and HTTP listeners, WebSocket sessions) and
+    /// the store probe (which would turn readiness back on).
+    intake: CancellationToken,
+    /// Every task spawned here (the listeners' tasks track their own connections).
+    tasks: TaskTracker,
     ready: Arc<AtomicBool>,
-    mllp: JoinHandle<()>,
-    http: JoinHandle<()>,
-    escalation: JoinHandle<()>,
-    silences: JoinHandle<()>,
-    device_watch: JoinHandle<()>,
-    metrics_upkeep: JoinHandle<()>,
+    mllp: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
     devices: Arc<vigil_actors::device::DeviceRegistry>,
-    passivation: Option<JoinHandle<()>>,
     webhooks: Vec<JoinHandle<()>>,
     sessions_closed: tokio::sync::mpsc::Receiver<()>,
     router: Arc<Router>,
     store: Store,
-    rules_watch: JoinHandle<()>,
-    store_probe: JoinHandle<()>,
+    /// The shutdown stages done so far, and how long each took.
+    stages: Vec<(&'static str, Duration)>,
 }
+
+/// How long each shutdown stage took, and what it left behind (logged at the end of
+/// [`Running::shutdown`]; tests read it).
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownReport {
+    /// Each stage and its duration, in order.
+    pub stages: Vec<(&'static str, Duration)>,
+    /// Tracked tasks still running when the background stage's deadline passed.
+    pub tasks_left: usize,
+    /// Patient actors live when draining began.
+    pub actors_drained: usize,
+}
+
+/// Deadlines of the shutdown stages.
+const MLLP_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+const HTTP_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+const SESSIONS_DEADLINE: Duration = Duration::from_secs(5);
+/// Webhook dispatchers abandon an in-flight POST after 1 s and are aborted at this; their
+/// cursors make that safe.
+const WEBHOOKS_DEADLINE: Duration = Duration::from_secs(3);
+const TASKS_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The adapter in use; dropping it flushes.
 enum Store {
@@ -249,7 +276,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
             Arc::clone(&clock),
         )
         .await?
-        .with_live_feed(Arc::new(live.clone())),
+        .with_live_feed(Arc::new(live.clone()))
+        .with_snapshot_every(config.snapshot_every),
     );
     let authorities = crate::ingest::map::Authorities::new(&config.fhir.identifier_systems)?;
     let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;
@@ -297,7 +325,9 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let mllp_addr = mllp_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let intake = shutdown.child_token();
+    let tasks = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
     let state_alerts = Arc::clone(&alerts);
     let (sessions, sessions_closed) = tokio::sync::mpsc::channel(1);
@@ -328,7 +358,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
             .with_escalation(config.escalation.clone()),
         live,
         sessions,
-        shutdown: shutdown_rx.clone(),
+        shutdown: intake.clone(),
         audit: audit.clone(),
         hub,
         alerts,
@@ -354,14 +384,14 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     // Before MLLP starts: a new endpoint's cursor is the log's end, so nothing later is skipped.
     let webhook_ledger =
         crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
-    let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
-    let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
-    let mllp = tokio::spawn(crate::ingest::mllp::listener::serve_with_metrics(
+    let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown, &tasks)?;
+    crate::rules::watch::spawn(rules, shutdown.clone(), &tasks);
+    let mllp = tasks.spawn(crate::ingest::mllp::listener::serve_with_metrics(
         mllp_listener,
         hl7,
         fit_connections_to_fd_limit(config.mllp.clone())?,
         tls,
-        shutdown_rx.clone(),
+        intake.clone(),
         Arc::clone(&mllp_metrics),
     ));
     let limits = crate::http::server::ServerLimits {
@@ -379,33 +409,33 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         false => auth_failures.flush(std::time::Instant::now(), &audit),
         true => auth_failures.flush_all(&audit),
     };
-    let http = tokio::spawn(crate::http::server::serve(
+    let http = tasks.spawn(crate::http::server::serve(
         http_listener,
         app,
         limits,
         http_tls,
-        shutdown_rx,
+        intake.clone(),
         AUTH_FAILURE_WINDOW,
         flush,
     ));
-    let escalation = tokio::spawn(crate::alerts::escalation::run(
+    tasks.spawn(crate::alerts::escalation::run(
         config.escalation.clone(),
         Arc::clone(&state_alerts),
         Arc::clone(&router),
         Arc::clone(&clock),
-        shutdown.subscribe(),
+        shutdown.clone(),
     ));
-    let silences = tokio::spawn(crate::console::silences::run(
+    tasks.spawn(crate::console::silences::run(
         state_console,
         state_hub.subscribe(),
         Duration::from_secs(5),
-        shutdown.subscribe(),
+        shutdown.clone(),
     ));
-    let device_watch =
-        tokio::spawn(watch_devices(Arc::clone(&devices), config.devices.check_every, shutdown.subscribe()));
-    let metrics_upkeep = tokio::spawn(metrics.upkeep(shutdown.subscribe()));
-    let passivation =
-        config.passivate_after.map(|idle| tokio::spawn(passivate(Arc::clone(&router), idle, shutdown.subscribe())));
+    tasks.spawn(watch_devices(Arc::clone(&devices), config.devices.check_every, shutdown.clone()));
+    tasks.spawn(metrics.upkeep(shutdown.clone()));
+    if let Some(idle) = config.passivate_after {
+        tasks.spawn(passivate(Arc::clone(&router), idle, shutdown.clone()));
+    }
     ready.store(true, Ordering::Release);
     let writable: Option<crate::store::health::Writable> = match &store {
         Store::Embedded(s) => {
@@ -414,13 +444,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         }
         Store::Scylla(..) => None,
     };
-    let store_probe = tokio::spawn(crate::store::health::probe(
-        probed_log,
-        writable,
-        store_up,
-        Arc::clone(&ready),
-        shutdown.subscribe(),
-    ));
+    tasks.spawn(crate::store::health::probe(probed_log, writable, store_up, Arc::clone(&ready), intake.clone()));
     tracing::info!(%mllp_addr, %http_addr, data_dir = %config.data_dir.display(), "vigil serving");
     Ok(Running {
         mllp_addr,
@@ -428,31 +452,23 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         auth,
         mllp_metrics,
         shutdown,
+        intake,
+        tasks,
         ready,
-        mllp,
-        http,
-        escalation,
-        silences,
-        device_watch,
-        metrics_upkeep,
+        mllp: Some(mllp),
+        http: Some(http),
         devices,
-        passivation,
         webhooks,
         sessions_closed,
         router,
         store,
-        rules_watch,
-        store_probe,
+        stages: Vec::new(),
     })
 }
 
 /// Judge device silence every `[devices] check_every_secs` (by the clock port): a device silent past its threshold
 /// raises `device.offline` for its patient.
-async fn watch_devices(
-    devices: Arc<vigil_actors::device::DeviceRegistry>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn watch_devices(devices: Arc<vigil_actors::device::DeviceRegistry>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -463,11 +479,7 @@ async fn watch_devices(
                     tracing::info!(offline, tracked = devices.device_count(), "devices went silent");
                 }
             }
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return;
-                }
-            }
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -475,7 +487,7 @@ async fn watch_devices(
 /// Stop idle patient actors (no open alert, no clock running) every minute; their next event
 /// rebuilds them from the store. Memory then follows the patients being monitored, not every
 /// patient seen since start.
-async fn passivate(router: Arc<Router>, idle_for: time::Duration, mut stop: watch::Receiver<bool>) {
+async fn passivate(router: Arc<Router>, idle_for: time::Duration, stop: CancellationToken) {
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -486,11 +498,7 @@ async fn passivate(router: Arc<Router>, idle_for: time::Duration, mut stop: watc
                     tracing::debug!(stopped, live = router.patient_count(), "idle patient actors passivated");
                 }
             }
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return;
-                }
-            }
+            () = stop.cancelled() => return,
         }
     }
 }
@@ -507,35 +515,62 @@ fn load_rules(dir: &Path) -> anyhow::Result<RhaiRules> {
 }
 
 impl Running {
-    /// Ordered shutdown, each stage with a deadline.
-    pub async fn shutdown(self) {
+    /// The first stage of shutdown: readiness off, intake cancelled, and wait (each listener
+    /// within its deadline) until the MLLP listener has closed its socket and every MLLP
+    /// connection has answered the messages it had begun, and the HTTP listener has closed
+    /// with its connections. Afterwards a new connection to either port is refused. Called by
+    /// [`Running::shutdown`] when it has not been. Returns the stages done so far.
+    pub async fn stop_intake(&mut self) -> Vec<(&'static str, Duration)> {
+        let stages = &mut self.stages;
         self.ready.store(false, Ordering::Release);
-        let _ = self.shutdown.send(true);
-        // Connections stop reading and answer what they have begun.
-        if tokio::time::timeout(Duration::from_secs(10), self.mllp).await.is_err() {
-            tracing::warn!("mllp connections did not finish within 10 s");
+        self.intake.cancel();
+        let started = std::time::Instant::now();
+        if let Some(mllp) = self.mllp.take() {
+            if tokio::time::timeout(MLLP_DRAIN_DEADLINE, mllp).await.is_err() {
+                tracing::warn!(deadline = ?MLLP_DRAIN_DEADLINE, "mllp connections did not finish in time");
+            }
+            stages.push(("mllp: in-flight messages answered", started.elapsed()));
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.http).await.is_err() {
-            tracing::warn!("http did not stop within 5 s");
+        let started = std::time::Instant::now();
+        if let Some(http) = self.http.take() {
+            if tokio::time::timeout(HTTP_DRAIN_DEADLINE, http).await.is_err() {
+                tracing::warn!(deadline = ?HTTP_DRAIN_DEADLINE, "http did not stop in time");
+            }
+            stages.push(("http: connections closed", started.elapsed()));
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.escalation).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.silences).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.device_watch).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.metrics_upkeep).await;
+        stages.clone()
+    }
+
+    /// Ordered shutdown, each stage with a deadline: stop intake ([`Running::stop_intake`]),
+    /// then cancel the background tasks and wait for every tracked task, then stop the device
+    /// actors and drain the patient actors (in parallel), then flush the store.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let mut report = ShutdownReport { stages: self.stop_intake().await, ..ShutdownReport::default() };
+        let mut stage = |name: &'static str, started: std::time::Instant| report.stages.push((name, started.elapsed()));
+        let started = std::time::Instant::now();
+        if tokio::time::timeout(SESSIONS_DEADLINE, self.sessions_closed.recv()).await.is_err() {
+            tracing::warn!(deadline = ?SESSIONS_DEADLINE, "websocket sessions did not close in time");
+        }
+        stage("websocket sessions closed", started);
+        let started = std::time::Instant::now();
+        self.shutdown.cancel();
+        self.tasks.close();
+        let webhooks = std::mem::take(&mut self.webhooks);
+        crate::alerts::webhooks::stop(webhooks, tokio::time::Instant::now() + WEBHOOKS_DEADLINE).await;
+        if tokio::time::timeout(TASKS_DEADLINE, self.tasks.wait()).await.is_err() {
+            tracing::warn!(left = self.tasks.len(), deadline = ?TASKS_DEADLINE, "background tasks did not end in time");
+        }
+        let tasks_left = self.tasks.len();
+        stage("background tasks ended", started);
+        let started = std::time::Instant::now();
         self.devices.shutdown().await;
-        if let Some(passivation) = self.passivation {
-            let _ = tokio::time::timeout(Duration::from_secs(5), passivation).await;
-        }
-        // Webhook dispatchers abandon an in-flight POST after 1 s; their cursors make that safe.
-        crate::alerts::webhooks::stop(self.webhooks, tokio::time::Instant::now() + Duration::from_secs(3)).await;
-        let mut sessions = self.sessions_closed;
-        if tokio::time::timeout(Duration::from_secs(5), sessions.recv()).await.is_err() {
-            tracing::warn!("websocket sessions did not close within 5 s");
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.rules_watch).await;
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.store_probe).await;
+        stage("device actors stopped", started);
+        let started = std::time::Instant::now();
+        let actors_drained = self.router.patient_count();
         self.router.shutdown().await;
         drop(self.router);
+        stage("patient actors drained", started);
+        let started = std::time::Instant::now();
         match self.store {
             // Dropping the last store handle joins the committer after its final fsync.
             Store::Embedded(store) => {
@@ -549,6 +584,11 @@ impl Running {
                 }
             }
         }
-        tracing::info!("vigil stopped");
+        stage("store flushed", started);
+        report.tasks_left = tasks_left;
+        report.actors_drained = actors_drained;
+        let took: Vec<String> = report.stages.iter().map(|(name, d)| format!("{name}: {d:.2?}")).collect();
+        tracing::info!(stages = %took.join(", "), actors_drained, tasks_left, "vigil stopped");
+        report
     }
 }

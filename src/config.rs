@@ -31,6 +31,9 @@ pub struct ServeArgs {
 /// Default idle time before a patient actor is passivated: one hour.
 pub const DEFAULT_PASSIVATE_AFTER_SECS: u64 = 3600;
 
+/// Default cadence of a running patient actor's state snapshots, in events.
+pub const DEFAULT_SNAPSHOT_EVERY_EVENTS: u32 = 500;
+
 /// The configuration file's shape. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,6 +274,10 @@ pub struct PatientsFileConfig {
     /// running is stopped and rebuilt from the store on its next event (default 3600; 0 keeps
     /// every actor for the life of the process).
     pub passivate_after_secs: Option<u64>,
+    /// A running patient actor writes its state snapshot every this many events, once they
+    /// are durable, so a rebuild after a crash tops up a recent snapshot instead of replaying
+    /// the day (default 500; 0: only when an actor stops cleanly).
+    pub snapshot_every_events: Option<u32>,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -560,6 +567,8 @@ pub struct Config {
     pub escalation: crate::alerts::escalation::EscalationPolicy,
     /// Idle time after which a patient actor is passivated (`None`: never).
     pub passivate_after: Option<time::Duration>,
+    /// Events between a running patient actor's state snapshots (0: only at a clean stop).
+    pub snapshot_every: u32,
     /// HL7 mapping settings.
     pub hl7: Hl7Settings,
     /// Outbound alert webhooks (secrets already read; validated).
@@ -752,6 +761,7 @@ impl Config {
                 0 => None,
                 secs => Some(time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))),
             },
+            snapshot_every: file.patients.snapshot_every_events.unwrap_or(DEFAULT_SNAPSHOT_EVERY_EVENTS),
             hl7,
             webhooks: crate::alerts::webhooks::endpoints_from_file(file.webhooks)?,
             store,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use vigil_loadtest::mllp::{MllpClient, ack_code};
 use vigil_loadtest::pcd01::{PatientDemo, Vitals};
 
@@ -48,7 +48,7 @@ fn patient(unit: &str) -> PatientDemo {
 
 /// Admit the monitor's patient, then report or stay silent as `dropout` says until `stop`.
 /// Answers that are not accepted are logged; the monitor carries on (a demo, not a feed).
-pub async fn run(mllp_addr: String, unit: String, dropout: Dropout, mut stop: watch::Receiver<bool>) {
+pub async fn run(mllp_addr: String, unit: String, dropout: Dropout, stop: CancellationToken) {
     let patient = patient(&unit);
     let started = tokio::time::Instant::now();
     let mut client: Option<MllpClient> = None;
@@ -59,12 +59,7 @@ pub async fn run(mllp_addr: String, unit: String, dropout: Dropout, mut stop: wa
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return;
-                }
-                continue;
-            }
+            () = stop.cancelled() => return,
         }
         if admitted && !dropout.reports_at(started.elapsed()) {
             continue;

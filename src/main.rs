@@ -162,7 +162,10 @@ async fn main() -> anyhow::Result<()> {
             println!("vigil listening: mllp={} http={}", running.mllp_addr, running.http_addr);
             let token = running.auth.issue("demo", Role::Rrt, vec!["*".into()], time::Duration::hours(12));
             let gateway = running.auth.issue("demo-gateway", Role::Gateway, Vec::new(), time::Duration::hours(12));
+            // The ward simulator (vigil-loadtest) takes a watch channel; the dropout monitor is
+            // ours and takes a token.
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let stop_monitor = tokio_util::sync::CancellationToken::new();
             let ward = vigil_loadtest::ward::WardConfig {
                 beds,
                 interval: Duration::from_secs(interval_secs.max(1)),
@@ -184,7 +187,12 @@ async fn main() -> anyhow::Result<()> {
                     silent: Duration::from_secs(dropout_secs),
                 };
                 let unit = units.first().cloned().unwrap_or_else(|| "ICU".into());
-                tokio::spawn(vigil::demo_monitor::run(running.mllp_addr.to_string(), unit, dropout, stop_rx.clone()))
+                tokio::spawn(vigil::demo_monitor::run(
+                    running.mllp_addr.to_string(),
+                    unit,
+                    dropout,
+                    stop_monitor.clone(),
+                ))
             });
             let ward = tokio::spawn(vigil_loadtest::ward::run_ward(running.mllp_addr.to_string(), ward, stop_rx));
             println!(
@@ -202,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
             println!("WebSocket: ws://{}/ws?token=<token>   Stop with Ctrl-C.\n", running.http_addr);
             wait_for_signal().await;
             let _ = stop.send(true);
+            stop_monitor.cancel();
             if let Some(dropout) = dropout {
                 let _ = dropout.await;
             }

@@ -469,6 +469,85 @@ mod tests {
         }
     }
 
+    /// The `through` a snapshot names, as (unix seconds, nanoseconds, offset seconds).
+    fn snapshot_through(bytes: &[u8]) -> OffsetDateTime {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        OffsetDateTime::from_unix_timestamp(value["through"][0].as_i64().unwrap()).unwrap()
+    }
+
+    /// Until the store holds a snapshot of `patient` naming `through` (written by a task beside
+    /// the ACK: the test yields to it, it does not sleep).
+    async fn snapshot_lands(store: &MemoryStore, patient: &PatientId, through: OffsetDateTime) {
+        let landed = async {
+            while store.snapshot_of(patient).is_none_or(|b| snapshot_through(&b) != through) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), landed).await.expect("the snapshot is written");
+    }
+
+    #[tokio::test]
+    async fn a_running_actor_snapshots_every_n_events_so_a_rebuild_after_a_crash_replays_fewer_than_n() {
+        const EVERY: u32 = 10;
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
+        let patient = PatientId("p-600".into());
+        // The same 26 events (25 one every 5 minutes, one late), with the cadence and without.
+        for every in [EVERY, 0] {
+            let store = Arc::new(MemoryStore::with_publisher(Arc::new(CollectingPublisher::default())));
+            let clock = Arc::new(ManualClock(Mutex::new(t0)));
+            let seen: Arc<Mutex<Vec<Vec<f64>>>> = Arc::default();
+            let record = Arc::clone(&seen);
+            let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+                record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
+                Vec::new()
+            }));
+            let router = Router::new(store.clone(), store.clone(), rules.clone(), clock.clone())
+                .await
+                .unwrap()
+                .with_snapshot_every(every);
+            let values: Vec<f64> = (0..25).map(|i| 10.0 + f64::from(i)).collect();
+            for (i, rr) in values.iter().enumerate() {
+                *clock.0.lock().unwrap() = at(5 * i as i64);
+                router.ingest(event("600", *rr, at(5 * i as i64))).await.unwrap().wait().await.unwrap();
+            }
+            if every > 0 {
+                // Written after the 10th and the 20th event, each naming its newest event less
+                // the reorder margin.
+                snapshot_lands(&store, &patient, at(5 * 19) - crate::patient::REORDER_MARGIN).await;
+            } else {
+                assert!(store.snapshot_of(&patient).is_none(), "no cadence: a live actor writes none");
+            }
+            // A message stamped before the 20th event but reaching the actor after it (another
+            // connection, a wait for admission): after its snapshot, yet before its `through`.
+            router.ingest(event("600", 50.0, at(94))).await.unwrap().wait().await.unwrap();
+            // A crash: the actor never stops cleanly (no snapshot at stop); a new router over
+            // the same store rebuilds the patient on its next event.
+            let crashed = router;
+            let router = Router::new(store.clone(), store.clone(), rules, clock.clone())
+                .await
+                .unwrap()
+                .with_snapshot_every(every);
+            let read_before = store.events_read();
+            *clock.0.lock().unwrap() = at(125);
+            router.ingest(event("600", 99.0, at(125))).await.unwrap().wait().await.unwrap();
+            let replayed = store.events_read() - read_before;
+            let mut window = values.clone();
+            window.insert(19, 50.0);
+            window.push(99.0);
+            assert_eq!(seen.lock().unwrap().last().unwrap(), &window, "the whole window either way");
+            if every > 0 {
+                // Events 20..25 after the snapshot, and the two inside the margin before it
+                // (the 20th, already in it, re-applied; the late one, not in it).
+                assert_eq!(replayed, 7, "the snapshot of the 20th event, topped up");
+                assert!(replayed < EVERY as usize);
+            } else {
+                assert_eq!(replayed, 26, "without the cadence the day is replayed");
+            }
+            drop(crashed);
+        }
+    }
+
     #[tokio::test]
     async fn acknowledge_holds_until_severity_rises_and_resolve_closes() {
         let publisher = Arc::new(CollectingPublisher::default());

@@ -424,4 +424,7 @@ pub struct Ports {
     pub live: Option<Arc<dyn LiveFeed>>,
     /// Who is in which bed, with their current NEWS2 (the consoles' unit board).
     pub census: Arc<crate::census::Census>,
+    /// A running patient actor writes its state snapshot after every this many events (once
+    /// they are durable), besides when it stops cleanly; 0: only when it stops.
+    pub snapshot_every: u32,
 }

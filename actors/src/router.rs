@@ -75,6 +75,14 @@ impl Router {
         self
     }
 
+    /// Each running patient actor writes its state snapshot every `events` events (once they
+    /// are durable), so a rebuild after a crash reads a recent one; 0 (the default): only
+    /// when an actor stops cleanly.
+    pub fn with_snapshot_every(mut self, events: u32) -> Self {
+        self.ports.snapshot_every = events;
+        self
+    }
+
     /// Who is in which bed, with their current NEWS2 (kept across passivation).
     pub fn census(&self) -> &Arc<crate::census::Census> {
         &self.ports.census
@@ -111,7 +119,7 @@ impl Router {
             actors: DashMap::new(),
             starting: DashMap::new(),
             preloaded,
-            ports: Ports { events, alerts, rules, clock, live: None, census: Arc::default() },
+            ports: Ports { events, alerts, rules, clock, live: None, census: Arc::default(), snapshot_every: 0 },
         })
     }
 

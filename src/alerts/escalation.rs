@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use vigil_actors::{AlertAction, AlertStatus, AlertStore, Clock, Router, Severity};
 
 /// When and to whom alerts escalate.
@@ -159,13 +159,13 @@ pub async fn run(
     alerts: Arc<dyn AlertStore>,
     router: Arc<Router>,
     clock: Arc<dyn Clock>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(policy.period);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = shutdown.cancelled() => return,
         }
         escalate_overdue(&policy, alerts.as_ref(), &router, clock.now()).await;
     }

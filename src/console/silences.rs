@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use vigil_actors::{Alert, AlertStatus, Clock, Severity};
 
 use super::store::{ConsoleStore, MemoryConsoleStore};
@@ -385,7 +386,7 @@ pub async fn run(
     console: Console,
     mut alerts: broadcast::Receiver<Arc<vigil_actors::SequencedAlert>>,
     period: std::time::Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,7 +407,7 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Lagged(_)) => true,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         };
         // Missed changes: judge every open alert as it stands.
         if lagged {

@@ -205,18 +205,14 @@ impl Metrics {
     }
 
     /// Fold recorded histogram values into the exporter's buckets every [`UPKEEP_EVERY`] until
-    /// `stop` turns true (without it they would pile up between scrapes).
-    pub async fn upkeep(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// `stop` is cancelled (without it they would pile up between scrapes).
+    pub async fn upkeep(self, stop: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(UPKEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.handle.run_upkeep(),
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return;
-                    }
-                }
+                () = stop.cancelled() => return,
             }
         }
     }

@@ -61,7 +61,7 @@ pub struct AppState {
     /// so no session outlives the store it reads.
     pub sessions: tokio::sync::mpsc::Sender<()>,
     /// Turns true when shutdown begins: WebSocket sessions close.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// The rule host (listing, replacing rules over `/api/rules`).
     pub rules: Arc<crate::rules::RhaiRules>,
     /// Readiness: false while starting and once shutdown begins.

@@ -18,9 +18,11 @@ use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::accept::AcceptErrors;
 
@@ -35,24 +37,26 @@ pub struct ServerLimits {
     pub max_connections: usize,
 }
 
-/// Serve `app` on `listener` until `shutdown` turns true; `tick(false)` runs every
+/// Serve `app` on `listener` until `shutdown` is cancelled; `tick(false)` runs every
 /// `tick_every`, and `tick(true)` once accepting has stopped (the failed-authentication flush).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
     tls: Option<TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     tick_every: Duration,
     tick: impl Fn(bool) + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut errors = AcceptErrors::new("http");
+    // Every connection is a task of this tracker; the listener's task waits for them all.
+    let connections = TaskTracker::new();
     let mut ticker = tokio::time::interval(tick_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let permit = tokio::select! {
-            () = stopping(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
             _ = ticker.tick() => { tick(false); continue; }
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -60,7 +64,7 @@ pub async fn serve(
             },
         };
         let (stream, peer) = tokio::select! {
-            () = stopping(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     errors.succeeded();
@@ -77,18 +81,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = IdleTimeout::new(stream, limits.idle_timeout, permit);
-        tokio::spawn(connection(io, peer, app.clone(), limits.clone(), tls.clone(), shutdown.clone()));
+        connections.spawn(connection(io, peer, app.clone(), limits.clone(), tls.clone(), shutdown.clone()));
     }
+    // Closed at once: a new connection is refused, not left waiting in the backlog.
+    drop(listener);
     errors.flush(true);
     tick(true);
-    // Every connection holds a permit until it closes: all of them back means all are closed.
+    connections.close();
+    connections.wait().await;
+    // Every connection holds a permit until it closes, an upgraded WebSocket too (its task is
+    // hyper's, not ours): all of them back means all are closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
-}
-
-/// Resolves once shutdown has begun (or its sender is gone).
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 async fn connection(
@@ -97,7 +101,7 @@ async fn connection(
     app: Router,
     limits: ServerLimits,
     tls: Option<TlsAcceptor>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     match tls {
         None => serve_connection(io, peer, app, limits, shutdown).await,
@@ -109,13 +113,8 @@ async fn connection(
     }
 }
 
-async fn serve_connection<I>(
-    io: I,
-    peer: SocketAddr,
-    app: Router,
-    limits: ServerLimits,
-    mut shutdown: watch::Receiver<bool>,
-) where
+async fn serve_connection<I>(io: I, peer: SocketAddr, app: Router, limits: ServerLimits, shutdown: CancellationToken)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -131,7 +130,7 @@ async fn serve_connection<I>(
     tokio::pin!(conn);
     let outcome = tokio::select! {
         outcome = conn.as_mut() => outcome,
-        () = stopping(&mut shutdown) => {
+        () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.as_mut().await
         }

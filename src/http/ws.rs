@@ -352,13 +352,13 @@ impl Session {
         let mut census = self.state.console.census_changes();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
-        let mut shutdown = self.state.shutdown.clone();
+        let shutdown = self.state.shutdown.clone();
         let expiry = tokio::time::sleep(Duration::from_secs(self.state.auth.secs_left(&self.claims)));
         tokio::pin!(expiry);
         loop {
             tokio::select! {
                 () = &mut expiry => return self.close_expired().await,
-                _ = shutdown.changed() => {
+                () = shutdown.cancelled() => {
                     // Going away (1001): the console reconnects with `since` and misses nothing.
                     let close = axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
                     let _ = self.send_message(Message::Close(Some(close))).await;

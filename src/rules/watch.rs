@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::RhaiRules;
 
@@ -37,18 +38,18 @@ pub fn fingerprint(dir: &Path) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-/// Watch `rules.dir()` until `shutdown` turns true. A change is reloaded once two consecutive
+/// Watch `rules.dir()` until `shutdown` is cancelled, as a task of `tasks`. A change is reloaded once two consecutive
 /// polls agree (so an editor's half-written file is not compiled); a refused reload is logged
 /// with file, line and column and the running rules stay.
-pub fn spawn(rules: Arc<RhaiRules>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+pub fn spawn(rules: Arc<RhaiRules>, shutdown: CancellationToken, tasks: &TaskTracker) -> JoinHandle<()> {
+    tasks.spawn(async move {
         let Some(dir) = rules.dir().map(Path::to_path_buf) else { return };
         let fp_dir = dir.clone();
         let mut loaded = tokio::task::spawn_blocking(move || fingerprint(&fp_dir)).await.unwrap_or_default();
         let mut pending: Option<Vec<u8>> = None;
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
             let fp_dir = dir.clone();

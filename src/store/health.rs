@@ -43,7 +43,7 @@ impl StoreGate {
 /// Why a store takes no writes, if it does not (the embedded store after a failed commit).
 pub type Writable = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
-/// Probe `log` (and `writable`) every [`PROBE_INTERVAL`] until `shutdown`: publish the result on `up`, and keep
+/// Probe `log` (and `writable`) every [`PROBE_INTERVAL`] until `shutdown` is cancelled: publish the result on `up`, and keep
 /// `ready` equal to it. A change is logged once (ERROR when the store goes down: what is not
 /// durable is not acknowledged until it returns).
 pub async fn probe(
@@ -51,7 +51,7 @@ pub async fn probe(
     writable: Option<Writable>,
     up: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let key = MessageKey::hl7("vigil|health", "probe");
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
@@ -59,12 +59,7 @@ pub async fn probe(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    return;
-                }
-                continue;
-            }
+            () = shutdown.cancelled() => return,
         }
         let answered = match tokio::time::timeout(PROBE_TIMEOUT, log.accepted_message(&key)).await {
             Ok(Ok(_)) => match writable.as_ref().and_then(|w| w()) {
@@ -74,7 +69,7 @@ pub async fn probe(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
         };
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
         let now_up = answered.is_ok();

@@ -160,3 +160,74 @@ async fn a_dropped_value_is_counted_and_the_message_still_accepted() {
     assert!(!metrics.contains("analyte=\"rr\""), "the usable rows are not counted as dropped");
     server.shutdown().await;
 }
+
+/// Shutdown in its order: intake stops first (both listening sockets closed, so a new
+/// connection is refused), the messages a connection had begun are still answered, every
+/// tracked task ends, and every message acknowledged on the way is in the store afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_intake_first_answers_what_was_begun_and_ends_every_task() {
+    let dir = tempdir("shutdown-order");
+    let mut server = vigil::app::start(&config(&dir)).await.unwrap();
+    let mut stream = TcpStream::connect(server.mllp_addr).await.unwrap();
+    let mut frames = Frames::default();
+    stream.write_all(&frame(&septic_oru("SHUT-0", "MRN-SHUT", "Order"))).await.unwrap();
+    let first = frames.next(&mut stream).await;
+    assert_eq!((ack_code(&first), ack_control_id(&first)), (Some("AA"), Some("SHUT-0")), "{first}");
+
+    // A pipelined batch in one write (one read on the server: under its 16 KiB buffer): once the
+    // first of it is answered, the server has begun all of it, and shutdown begins then.
+    let batch: Vec<String> = (1..=12).map(|i| format!("SHUT-{i}")).collect();
+    let bytes: Vec<u8> = batch.iter().flat_map(|id| frame(&septic_oru(id, "MRN-SHUT", "Order"))).collect();
+    assert!(bytes.len() < 16 * 1024);
+    stream.write_all(&bytes).await.unwrap();
+    let ack = frames.next(&mut stream).await;
+    assert_eq!((ack_code(&ack), ack_control_id(&ack)), (Some("AA"), Some("SHUT-1")), "{ack}");
+    let stages = server.stop_intake().await;
+    assert_eq!(stages.first().map(|(name, _)| *name), Some("mllp: in-flight messages answered"));
+
+    // Intake is closed: a newcomer is refused on both ports, at once (not left in a backlog).
+    for port in [server.mllp_addr, server.http_addr] {
+        let refused = TcpStream::connect(port).await.map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused), "{port}");
+    }
+    // What was begun before was answered, in order, and then the connection closed. (Frames
+    // received but not yet begun are not: their sender, without an ACK, sends them again.)
+    let mut acked = vec!["SHUT-0".to_string(), "SHUT-1".to_string()];
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "connection not closed after its answers: {closed:?}");
+    frames.buf.extend_from_slice(&rest);
+    while let Some(end) = frames.buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+        let ack = String::from_utf8_lossy(&frames.buf[1..end]).into_owned();
+        frames.buf.drain(..end + 2);
+        let expected = &batch[acked.len() - 1];
+        assert_eq!((ack_code(&ack), ack_control_id(&ack)), (Some("AA"), Some(expected.as_str())), "{ack}");
+        acked.push(expected.clone());
+    }
+    assert!(frames.buf.is_empty(), "a partial frame after the last answer");
+    println!("answered after intake stopped: {}", acked.len() - 2);
+
+    let report = server.shutdown().await;
+    println!("{report:?}");
+    assert_eq!(report.tasks_left, 0, "every tracked task ended within its deadline: {report:?}");
+    assert_eq!(report.actors_drained, 1, "{report:?}");
+    let names: Vec<&str> = report.stages.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "mllp: in-flight messages answered",
+            "http: connections closed",
+            "websocket sessions closed",
+            "background tasks ended",
+            "device actors stopped",
+            "patient actors drained",
+            "store flushed"
+        ]
+    );
+    // Every acknowledged message is durable.
+    let mut stored = stored_control_ids(&dir, &["MRN-SHUT".to_string()]).await;
+    stored.sort();
+    stored.dedup();
+    acked.sort();
+    assert_eq!(stored, acked);
+}

@@ -61,8 +61,8 @@ async fn scylla_unreachable_turns_readiness_off_and_mllp_answers_ae_until_it_ret
     let router = Arc::new(Router::new(memory.clone(), memory, rules, Arc::clone(&clock)).await.unwrap());
     let (up, up_rx) = tokio::sync::watch::channel(true);
     let ready = Arc::new(AtomicBool::new(true));
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let probing = tokio::spawn(probe(Arc::clone(&log), None, up, Arc::clone(&ready), shutdown_rx));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let probing = tokio::spawn(probe(Arc::clone(&log), None, up, Arc::clone(&ready), shutdown.clone()));
     // A message waits up to 1 s for the store before it is answered AE.
     let ingress =
         Arc::new(Ingress::new(router, log, clock, 64).with_store_gate(StoreGate::new(up_rx, Duration::from_secs(1))));
@@ -85,7 +85,7 @@ async fn scylla_unreachable_turns_readiness_off_and_mllp_answers_ae_until_it_ret
     assert_eq!(ack(&feed, "OUT-2").await, "AA", "the resend after the outage is accepted");
     println!("outage noticed in {noticed:?}, message held {held:?} then AE; store back, readiness on in {back:?}");
 
-    let _ = shutdown.send(true);
+    shutdown.cancel();
     probing.await.unwrap();
     scylla.close().await;
 }

@@ -220,3 +220,126 @@ async fn a_damaged_journal_is_named_at_start_and_recovered_keeping_the_intact_ba
         stored.len()
     );
 }
+
+/// The embedded store under a router, counting what rebuilds read and the snapshots written.
+struct Counting {
+    store: EmbeddedStore,
+    read: std::sync::atomic::AtomicUsize,
+    saved: tokio::sync::watch::Sender<usize>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Counting {
+    async fn append_all(
+        &self,
+        message: Option<&vigil_actors::FromMessage>,
+        events: &[vigil_actors::ClinicalEvent],
+        alerts: &[(vigil_actors::Alert, bool)],
+    ) -> Result<vigil_actors::Durable, vigil_actors::StoreError> {
+        self.store.append_all(message, events, alerts).await
+    }
+
+    async fn events_since(
+        &self,
+        patient: &vigil_actors::PatientId,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<vigil_actors::ClinicalEvent>, vigil_actors::StoreError> {
+        let events = self.store.events_since(patient, since).await?;
+        self.read.fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(events)
+    }
+
+    async fn save_snapshot(
+        &self,
+        patient: &vigil_actors::PatientId,
+        snapshot: &[u8],
+    ) -> Result<(), vigil_actors::StoreError> {
+        self.store.save_snapshot(patient, snapshot).await?;
+        self.saved.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn take_snapshot(
+        &self,
+        patient: &vigil_actors::PatientId,
+    ) -> Result<Option<Vec<u8>>, vigil_actors::StoreError> {
+        self.store.take_snapshot(patient).await
+    }
+}
+
+/// `[patients] snapshot_every_events` on the embedded store: a running actor's state is
+/// written, sealed, every N events once they are durable; after a crash (the actor never
+/// stops cleanly, so no snapshot at stop) the rebuild reads it and tops it up from the log,
+/// fewer than N events, and its rules see the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_after_a_crash_reads_the_running_snapshot_from_the_embedded_store() {
+    use vigil_actors::fakes::{FnRules, ManualClock};
+    use vigil_actors::{ClinicalEvent, EventKind, Observation, PatientId, PatientKey, Phi, ResultStatus, Router};
+    const EVERY: u32 = 10;
+    let dir = tempdir("running-snapshot");
+    let publisher = Arc::new(RecordingPublisher::default());
+    let store = EmbeddedStore::open(&dir, EmbeddedStoreConfig::default(), test_keys(), publisher).unwrap();
+    let (saved, mut saves) = tokio::sync::watch::channel(0usize);
+    let counting = Arc::new(Counting { store: store.clone(), read: Default::default(), saved });
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let t0 = now - time::Duration::hours(3);
+    let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
+    let clock = Arc::new(ManualClock(std::sync::Mutex::new(t0)));
+    let seen: Arc<std::sync::Mutex<Vec<Vec<f64>>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let rules = Arc::new(FnRules(move |v: &vigil_actors::PatientView, _t: &[&str]| {
+        record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
+        Vec::new()
+    }));
+    let event = |rr: f64, at: time::OffsetDateTime| ClinicalEvent {
+        patient_id: PatientId("p-snap".into()),
+        patient: PatientKey { authority: "HOSP".into(), mrn: Phi("MRN-SNAP".into()) },
+        demographics: Default::default(),
+        location: None,
+        received_at: at,
+        kind: EventKind::Observations {
+            observations: vec![Observation {
+                name: "rr".into(),
+                value: Some(rr),
+                text: None,
+                unit: "/min".into(),
+                observed_at: at,
+                source_code: "MDC|151562".into(),
+                device: None,
+                status: ResultStatus::Final,
+                result_key: String::new(),
+                reference_range: None,
+                abnormal_flags: vec![],
+            }],
+        },
+    };
+    let router = Router::new(counting.clone(), Arc::new(store.clone()), rules.clone(), clock.clone())
+        .await
+        .unwrap()
+        .with_snapshot_every(EVERY);
+    let values: Vec<f64> = (0..25).map(|i| 10.0 + f64::from(i)).collect();
+    for (i, rr) in values.iter().enumerate() {
+        *clock.0.lock().unwrap() = at(5 * i as i64);
+        router.ingest(event(*rr, at(5 * i as i64))).await.unwrap().wait().await.unwrap();
+    }
+    // Written after the 10th and the 20th event, each once its events were durable.
+    tokio::time::timeout(Duration::from_secs(20), saves.wait_for(|n| *n == 2)).await.unwrap().unwrap();
+
+    // The crash: the actor never stops cleanly; a new router rebuilds the patient.
+    let crashed = router;
+    let router = Router::new(counting.clone(), Arc::new(store.clone()), rules, clock.clone())
+        .await
+        .unwrap()
+        .with_snapshot_every(EVERY);
+    let read_before = counting.read.load(std::sync::atomic::Ordering::Relaxed);
+    *clock.0.lock().unwrap() = at(125);
+    router.ingest(event(99.0, at(125))).await.unwrap().wait().await.unwrap();
+    let replayed = counting.read.load(std::sync::atomic::Ordering::Relaxed) - read_before;
+    let mut window = values;
+    window.push(99.0);
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &window, "the whole window");
+    assert!(replayed < EVERY as usize, "{replayed} events replayed: the snapshot of the 20th was read");
+    assert_eq!(replayed, 6, "the 20th (inside the reorder margin) and the five after it");
+    router.shutdown().await;
+    drop(crashed);
+}

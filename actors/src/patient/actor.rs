@@ -1,14 +1,16 @@
 //! The patient actor's behaviour: queue the append (the sender's ACK waits on it), fold the
 //! event into state, run the triggered rules, and queue alert changes, which the alert store
-//! publishes once durable.
+//! publishes once durable. Every `Ports::snapshot_every` events it writes its state snapshot,
+//! once those events are durable and beside the ACK, never before it.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
 
 use super::messages::PatientMsg;
 use super::state::PatientState;
 use crate::census::{CensusBed, News2Now};
 use crate::model::{Alert, ClinicalEvent, Details, EventKind, PatientId};
-use crate::ports::{Ports, RuleVerdict};
+use crate::ports::{Durable, Ports, RuleVerdict};
 
 /// The patient actor. Stateless itself; everything lives in [`PatientState`].
 #[derive(Debug, Default)]
@@ -37,6 +39,14 @@ pub struct Running {
     last_active: time::OffsetDateTime,
     /// The NEWS2 of the latest vital signs (`None`: no score known).
     news2: Option<News2Now>,
+    /// Events applied since the last snapshot was taken (or that no standing snapshot holds).
+    since_snapshot: u64,
+    /// An append of this actor failed to queue: its state holds values the log may not, so it
+    /// writes no snapshot while running (its successor replays the log).
+    unlogged: bool,
+    /// The snapshot being written (after its events are durable); the next waits for it, and
+    /// a clean stop too, so snapshots land in the order they were taken.
+    snapshot_write: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -71,6 +81,41 @@ impl Running {
             _ => {}
         }
         self.state.decide(outcomes, now)
+    }
+
+    /// After `events` more applied and `queued` for durable append: when a snapshot is due,
+    /// take it now and write it once the ticket says they are durable; the sender gets the
+    /// same outcome first (a task in between, so the ACK never waits on the snapshot).
+    fn snapshot_after(&mut self, events: usize, queued: Durable) -> Durable {
+        self.since_snapshot = self.since_snapshot.saturating_add(events as u64);
+        let every = u64::from(self.ports.snapshot_every);
+        if every == 0 || self.since_snapshot < every || self.unlogged {
+            return queued;
+        }
+        let bytes = match self.state.snapshot_while_running() {
+            Some(Ok(bytes)) => bytes,
+            None => return queued,
+            Some(Err(error)) => {
+                tracing::warn!(patient = %self.state.id, %error, "state snapshot not encoded");
+                return queued;
+            }
+        };
+        self.since_snapshot = 0;
+        let (done, ticket) = Durable::channel();
+        let (events, id, previous) = (self.ports.events.clone(), self.state.id.clone(), self.snapshot_write.take());
+        self.snapshot_write = Some(tokio::spawn(async move {
+            let outcome = queued.wait().await;
+            let durable = outcome.is_ok();
+            done.complete(outcome);
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            // Not durable: the sender resends, and the next snapshot will hold it.
+            if durable && let Err(error) = events.save_snapshot(&id, &bytes).await {
+                tracing::warn!(patient = %id, %error, "state snapshot not saved; a rebuild tops up an older one");
+            }
+        }));
+        ticket
     }
 
     /// Put the patient's bed and score in the census, or take them out of it when discharged
@@ -113,6 +158,7 @@ impl Actor for PatientActor {
     type Arguments = PatientArgs;
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: PatientArgs) -> Result<Running, ActorProcessingErr> {
+        let restored = args.restored.is_some();
         let mut state = args.restored.unwrap_or_else(|| PatientState::new(args.id));
         for event in &args.history {
             state.apply(event);
@@ -123,7 +169,22 @@ impl Actor for PatientActor {
         let last_active = args.ports.clock.now();
         // A passivated patient's score outlives its actor in the census.
         let news2 = args.ports.census.get(&state.id).and_then(|bed| bed.news2);
-        let run = Running { state, ports: args.ports, last_active, news2 };
+        // The start took the standing snapshot (if any): what it holds is in none now, so
+        // one is due at the first event when the state came from one; else after the events
+        // replayed count up to the cadence.
+        let since_snapshot = match restored {
+            true => u64::from(args.ports.snapshot_every),
+            false => args.history.len() as u64,
+        };
+        let run = Running {
+            state,
+            ports: args.ports,
+            last_active,
+            news2,
+            since_snapshot,
+            unlogged: false,
+            snapshot_write: None,
+        };
         run.publish_census();
         Ok(run)
     }
@@ -133,6 +194,10 @@ impl Actor for PatientActor {
     /// store writes them first or in the same journal); a failed actor writes none (this is
     /// not called after an error) and its successor replays the log.
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, run: &mut Running) -> Result<(), ActorProcessingErr> {
+        // A running snapshot still being written lands first, so this one is what stands.
+        if let Some(previous) = run.snapshot_write.take() {
+            let _ = previous.await;
+        }
         match run.state.snapshot() {
             None => {}
             Some(Err(error)) => tracing::warn!(patient = %run.state.id, %error, "state snapshot not encoded"),
@@ -164,10 +229,14 @@ impl Actor for PatientActor {
                 for event in &events {
                     changes.extend(run.on_event(event).await);
                 }
-                let queued = run.ports.events.append_all(message.as_ref(), &events, &changes).await;
-                if let Err(error) = &queued {
-                    tracing::error!(patient = %run.state.id, %error, "message and its alert changes not queued");
-                }
+                let queued = match run.ports.events.append_all(message.as_ref(), &events, &changes).await {
+                    Ok(ticket) => Ok(run.snapshot_after(events.len(), ticket)),
+                    Err(error) => {
+                        tracing::error!(patient = %run.state.id, %error, "message and its alert changes not queued");
+                        run.unlogged = true;
+                        Err(error)
+                    }
+                };
                 run.publish_census();
                 // The sender may have hung up; its message is durable anyway.
                 let _ = reply.send(queued);

@@ -8,5 +8,5 @@ mod state;
 
 pub use actor::{PatientActor, PatientArgs};
 pub use messages::{ActFailure, PatientMsg};
-pub use snapshot::{SNAPSHOT_VERSION, SnapshotRefused};
+pub use snapshot::{REORDER_MARGIN, SNAPSHOT_VERSION, SnapshotRefused};
 pub use state::{ActError, MAX_COMMENTS, PatientState, WINDOW_MAX_AGE, WINDOW_MAX_SAMPLES};

@@ -1,12 +1,19 @@
 //! A patient actor's state at rest. Written when the actor stops cleanly (passivation,
-//! shutdown) through `EventStore::save_snapshot`, it lets the next start read one record instead
-//! of replaying a day of events (decrypting and decoding each). It is honest about what it is:
+//! shutdown) through `EventStore::save_snapshot`, and by a running actor every
+//! `Ports::snapshot_every` events once they are durable (so that after a crash, too, a rebuild
+//! tops up a recent one), it lets the next start read one record instead of replaying a day of
+//! events (decrypting and decoding each). It is honest about what it is:
 //!
 //! - **versioned**: a record of another [`SNAPSHOT_VERSION`], of another patient, or that does
 //!   not decode is ignored, and the actor is rebuilt from the event log as without one;
 //! - **verified against the log**: it names the newest `received_at` it holds (`through`); the
 //!   router applies every logged event received at or after it on top (re-applying the newest
 //!   replaces its samples), so a snapshot older than the log is topped up, never trusted alone;
+//! - **never ahead of the log**: a running actor's snapshot is written only after the append
+//!   of its newest event is durable, and names as `through` its newest `received_at` less
+//!   [`REORDER_MARGIN`]: a message stamped earlier that reached the actor after the snapshot
+//!   was taken is still in the top-up (re-applying the events it already holds replaces their
+//!   samples, in log order);
 //! - **taken, not read**: a start removes it (`EventStore::take_snapshot`) before the actor
 //!   appends anything, so a successor that later fails without writing its own cannot leave an
 //!   older snapshot standing beside events it never held; the next start replays the log;
@@ -31,6 +38,12 @@ use super::state::PatientState;
 
 /// The encoding version this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// How far before its newest event a running actor's snapshot says it holds everything: two
+/// messages of one patient on two connections may reach the actor in another order than they
+/// were stamped (`received_at`), by as long as a message can wait for admission. The top-up
+/// after a crash re-applies this much of the log.
+pub const REORDER_MARGIN: time::Duration = time::Duration::minutes(2);
 
 /// An instant as (unix seconds, nanoseconds, UTC offset in seconds): exact, and a fraction of
 /// the cost of an RFC 3339 string to decode (a day's window holds thousands of them).
@@ -98,7 +111,16 @@ struct VersionOnly {
 impl PatientState {
     /// The snapshot of this state: `None` while it holds no event (nothing to keep).
     pub fn snapshot(&self) -> Option<Result<Vec<u8>, serde_json::Error>> {
-        let through = self.through()?;
+        Some(self.encode(self.through()?))
+    }
+
+    /// The snapshot a running actor writes (messages may still reach it out of their stamped
+    /// order): it names as its newest event one [`REORDER_MARGIN`] before the newest it holds.
+    pub fn snapshot_while_running(&self) -> Option<Result<Vec<u8>, serde_json::Error>> {
+        Some(self.encode(self.through()? - REORDER_MARGIN))
+    }
+
+    fn encode(&self, through: OffsetDateTime) -> Result<Vec<u8>, serde_json::Error> {
         let view = &self.view;
         let record = SnapshotV1 {
             version: SNAPSHOT_VERSION,
@@ -133,7 +155,7 @@ impl PatientState {
             allergies: view.allergies.clone(),
             settings: view.settings.clone(),
         };
-        Some(serde_json::to_vec(&record))
+        serde_json::to_vec(&record)
     }
 
     /// The state a snapshot of patient `id` holds, and the newest `received_at` in it (apply

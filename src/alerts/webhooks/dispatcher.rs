@@ -9,7 +9,8 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use vigil_actors::{Alert, AlertStore, SequencedAlert};
 
 use super::ledger::{DeadLetter, Ledger};
@@ -51,7 +52,7 @@ pub(super) struct Dispatcher {
     pub(super) alerts: Arc<dyn AlertStore>,
     pub(super) ledger: Ledger,
     pub(super) metrics: Arc<WebhookMetrics>,
-    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) shutdown: CancellationToken,
 }
 
 impl Dispatcher {
@@ -113,12 +114,11 @@ impl Dispatcher {
     }
 
     fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.is_cancelled()
     }
 
     async fn stopped(&self) {
-        let mut shutdown = self.shutdown.clone();
-        let _ = shutdown.wait_for(|s| *s).await;
+        self.shutdown.cancelled().await;
     }
 
     async fn pause(&self, delay: Duration) {

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use vigil_actors::{AlertStatus, AlertStore, SequencedAlert, Severity};
 
 pub use ledger::{DeadLetter, Ledger};
@@ -278,13 +279,15 @@ impl Webhooks {
 
     /// Start one dispatcher per endpoint. An endpoint without a cursor starts at the current
     /// end of the alert log (it is not sent the history); the cursor is written before this
-    /// returns, so a change committed afterwards is never skipped.
+    /// returns, so a change committed afterwards is never skipped. Each dispatcher is a task of
+    /// `tasks` and stops once `shutdown` is cancelled.
     pub fn start(
         &self,
         endpoints: &[WebhookEndpoint],
         alerts: Arc<dyn AlertStore>,
         hub: &AlertHub,
-        shutdown: &watch::Sender<bool>,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<Vec<JoinHandle<()>>, WebhookError> {
         if endpoints.is_empty() {
             return Ok(Vec::new());
@@ -295,7 +298,7 @@ impl Webhooks {
             .user_agent(concat!("vigil-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WebhookError::Client(e.without_url().to_string()))?;
-        let mut tasks = Vec::with_capacity(endpoints.len());
+        let mut handles = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let cursor = match self.ledger.cursor(&endpoint.name)? {
                 Some(cursor) => cursor,
@@ -315,11 +318,11 @@ impl Webhooks {
                 alerts: Arc::clone(&alerts),
                 ledger: self.ledger.clone(),
                 metrics: Arc::clone(&self.metrics),
-                shutdown: shutdown.subscribe(),
+                shutdown: shutdown.clone(),
             };
-            tasks.push(tokio::spawn(dispatcher.run(cursor, hub.subscribe())));
+            handles.push(tasks.spawn(dispatcher.run(cursor, hub.subscribe())));
         }
-        Ok(tasks)
+        Ok(handles)
     }
 }
 
@@ -336,7 +339,7 @@ fn is_loopback(host: &str) -> bool {
         || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Stop the dispatchers: they were signalled through the shutdown channel; each abandons an
+/// Stop the dispatchers: they were signalled through the shutdown token; each abandons an
 /// in-flight POST after a short grace. Whatever is still running at `deadline` is aborted —
 /// the cursor makes that safe (the change is sent again after restart).
 pub async fn stop(tasks: Vec<JoinHandle<()>>, deadline: tokio::time::Instant) {

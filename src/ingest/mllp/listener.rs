@@ -17,10 +17,10 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use super::codec::{Decoded, MllpDecoder, frame};
 use super::slots::{Admission, Slot, Slots};
@@ -92,14 +92,15 @@ impl ListenerMetrics {
 
 /// How often refusals, evictions and timeouts are summed up in one log line, at most.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
-/// Accept connections until `shutdown` turns true, then let every connection finish the
-/// messages it has begun and wait for them.
+/// Accept connections until `shutdown` is cancelled, then close the listening socket (a new
+/// connection is refused), let every connection finish the messages it has begun and wait
+/// for them.
 pub async fn serve(
     listener: TcpListener,
     ingress: Arc<Hl7Feed>,
     settings: MllpSettings,
     tls: Option<TlsAcceptor>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     serve_with_metrics(listener, ingress, settings, tls, shutdown, Arc::default()).await
 }
@@ -110,7 +111,7 @@ pub async fn serve_with_metrics(
     ingress: Arc<Hl7Feed>,
     settings: MllpSettings,
     tls: Option<TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     metrics: Arc<ListenerMetrics>,
 ) {
     let slots = Arc::new(Slots::new(settings.max_connections, settings.max_connections_per_peer));
@@ -132,7 +133,7 @@ pub async fn serve_with_metrics(
                 summarised = log_summary(&metrics, summarised);
                 continue;
             }
-            _ = shutdown.changed() => break,
+            () = shutdown.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -144,7 +145,7 @@ pub async fn serve_with_metrics(
                 if let Some(pause) = errors.failed(&e) {
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.changed() => break,
+                        () = shutdown.cancelled() => break,
                     }
                 }
                 continue;
@@ -198,6 +199,8 @@ pub async fn serve_with_metrics(
         });
         while connections.try_join_next().is_some() {}
     }
+    // Closed at once: a new connection is refused, not left waiting in the backlog.
+    drop(listener);
     errors.flush(true);
     while connections.join_next().await.is_some() {}
     log_summary(&metrics, summarised);
@@ -233,7 +236,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     ingress: Arc<Hl7Feed>,
     settings: &MllpSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     slot: Slot,
     metrics: &ListenerMetrics,
 ) -> std::io::Result<()> {
@@ -355,7 +358,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 // Room for a newcomer: this connection never completed a frame.
                 reading = false;
             }
-            _ = shutdown.changed(), if reading => {
+            () = shutdown.cancelled(), if reading => {
                 // Stop taking new messages; the ones begun are answered before we close.
                 reading = false;
             }
