@@ -249,7 +249,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
             Arc::clone(&clock),
         )
         .await?
-        .with_live_feed(Arc::new(live.clone())),
+        .with_live_feed(Arc::new(live.clone()))
+        .with_start_timings(metrics.start_timings()),
     );
     let authorities = crate::ingest::map::Authorities::new(&config.fhir.identifier_systems)?;
     let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;

@@ -15,4 +15,4 @@ pub mod router;
 pub use census::{Census, CensusBed, CensusChange, News2Now};
 pub use model::*;
 pub use ports::*;
-pub use router::{IngestError, Router};
+pub use router::{IngestError, Router, StartTimings};

@@ -14,9 +14,9 @@ start() { cd "$TREE"; $BIN serve --data-dir "$d/data" --mllp-addr 127.0.0.1:$MLL
   for i in $(seq 1 600); do curl -sf http://127.0.0.1:$HTTP_PORT/healthz >/dev/null && break; sleep 0.1; done; }
 start
 LOAD_SECS=${LOAD_SECS:-210}   # 210 s at 5,000 msg/s: 1.05 M messages
-echo "### load: 5,000 msg/s x $LOAD_SECS s, 5,000 patients"
+echo "### load: 5,000 msg/s x $LOAD_SECS s, 5,000 patients"; uptime
 $LT rate --mllp 127.0.0.1:$MLLP_PORT --rate 5000 --duration $LOAD_SECS --connections 8 --patients 5000 2>&1 | grep -E "^\|"
-curl -s http://127.0.0.1:$HTTP_PORT/metrics | grep -E "^vigil_mllp_accepted_total|^vigil_patients"
+curl -s http://127.0.0.1:$HTTP_PORT/metrics | grep -E "^vigil_messages_accepted_total|^vigil_patient_actors"
 t2=$(date +%s.%N); kill -TERM $pid; wait $pid; t3=$(date +%s.%N)
 echo "SIGTERM to exit: $(echo "$t3 - $t2" | bc) s"
 du -sh "$d/data"
@@ -26,6 +26,10 @@ echo "### first 10 s after restart, 1,000 msg/s"
 # PERF_OUT=file: a call-graph profile of the server over those 10 s.
 [ -n "${PERF_OUT:-}" ] && { perf record -g -o "$PERF_OUT" -p $pid -- sleep 10 > /dev/null 2>&1 & }
 $LT rate --mllp 127.0.0.1:$MLLP_PORT --rate 1000 --duration 10 --connections 8 --patients 5000 2>&1 | grep -E "^\|"
+uptime
+# Where the starts' time went (vigil_actor_start_seconds by step; starts from snapshot / log).
+curl -s http://127.0.0.1:$HTTP_PORT/metrics | grep -E "^vigil_actor_start_seconds_(sum|count)|^vigil_actor_starts_total|^vigil_stage_seconds_(sum|count)|^vigil_patient_actors"
 echo "### next 10 s (warm)"
 $LT rate --mllp 127.0.0.1:$MLLP_PORT --rate 1000 --duration 10 --connections 8 --patients 5000 2>&1 | grep -E "^\|"
+uptime
 kill -TERM $pid; wait $pid; rm -rf "$d"
