@@ -357,6 +357,20 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
     let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown)?;
     let rules_watch = crate::rules::watch::spawn(rules, shutdown_rx.clone());
+    // Before MLLP takes a message and before readiness: the first messages after a restart
+    // find their patients' actors warm (actors/src/prewarm.rs).
+    if let Some(prewarm) = &config.prewarm {
+        let started = std::time::Instant::now();
+        let report = vigil_actors::prewarm(&router, prewarm).await;
+        tracing::info!(
+            listed = report.listed,
+            started = report.started,
+            failed = report.failed,
+            deadline_reached = report.deadline_reached,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "patient actors prewarmed"
+        );
+    }
     let mllp = tokio::spawn(crate::ingest::mllp::listener::serve_with_metrics(
         mllp_listener,
         hl7,

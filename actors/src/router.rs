@@ -318,6 +318,16 @@ impl Router {
         Ok(actor)
     }
 
+    /// Start the actor of `id` if it is not live (prewarm).
+    pub(crate) async fn warm(&self, id: &PatientId) -> Result<(), IngestError> {
+        self.actor_for(id).await.map(|_| ())
+    }
+
+    /// The patients whose snapshots the store keeps, at most `limit` (prewarm).
+    pub(crate) async fn snapshotted_patients(&self, limit: usize) -> Result<Vec<PatientId>, StoreError> {
+        self.ports.events.snapshotted_patients(limit).await
+    }
+
     fn live(&self, id: &PatientId) -> Option<ActorRef<PatientMsg>> {
         let actor = self.actors.get(id)?.value().clone();
         matches!(actor.get_status(), ActorStatus::Running | ActorStatus::Starting).then_some(actor)
