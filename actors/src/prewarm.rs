@@ -119,7 +119,7 @@ mod tests {
             patient_id: PatientId(format!("p-{mrn}")),
             patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
             demographics: Demographics::default(),
-            location: None,
+            location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
             received_at: at,
             kind: EventKind::Observations {
                 observations: vec![Observation {
@@ -186,8 +186,25 @@ mod tests {
         assert_eq!(seen.lock().unwrap().last().unwrap(), &(warm_a, vec![18.0, 19.0, 21.0]));
         // The patient with no snapshot starts on its first event, from the log.
         router.ingest(event("602", 26.0, at(20))).await.unwrap().wait().await.unwrap();
-        assert_eq!(seen.lock().unwrap().last().unwrap(), &(cold, vec![25.0, 26.0]));
+        assert_eq!(seen.lock().unwrap().last().unwrap(), &(cold.clone(), vec![25.0, 26.0]));
         assert_eq!(router.patient_count(), 3);
+
+        // A merge retires 601 into 602: the retired record's actor stops, and its snapshot is
+        // dropped, so the next restart does not bring it back (into its old bed).
+        let merge = ClinicalEvent {
+            kind: EventKind::Merge {
+                prior: PatientKey { authority: "HOSP".into(), mrn: Phi("601".into()) },
+                prior_id: warm_b.clone(),
+            },
+            ..event("602", 26.0, at(21))
+        };
+        router.ingest(merge).await.unwrap().wait().await.unwrap();
+        assert!(store.snapshot_of(&warm_b).is_none(), "the retired record keeps no snapshot");
+        router.shutdown().await;
+        let router = Arc::new(Router::new(store.clone(), store.clone(), recording_rules(&seen), clock).await.unwrap());
+        let report = prewarm(&router, &PrewarmConfig::default()).await;
+        assert_eq!(report, PrewarmReport { listed: 2, started: 2, failed: 0, deadline_reached: false });
+        assert!(router.census().get(&warm_b).is_none(), "the retired record is in no bed");
         router.shutdown().await;
     }
 

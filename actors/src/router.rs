@@ -168,6 +168,12 @@ impl Router {
                 if let Some((_, prior)) = self.actors.remove(prior_id) {
                     let _ = prior.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
                 }
+                // Its clean stop left a snapshot: dropped, so that a restart's prewarm does not
+                // bring the retired record back into its old bed (a later event for it, if
+                // any, rebuilds it from the log).
+                if let Err(error) = self.ports.events.take_snapshot(prior_id).await {
+                    tracing::warn!(patient = %prior_id, %error, "retired record's snapshot not dropped");
+                }
             }
         }
         // An actor may begin to stop (passivated) between being looked up and this send: the
