@@ -277,7 +277,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         )
         .await?
         .with_live_feed(Arc::new(live.clone()))
-        .with_snapshot_every(config.snapshot_every),
+        .with_snapshot_every(config.snapshot_every)
+        .with_start_timings(metrics.start_timings()),
     );
     let authorities = crate::ingest::map::Authorities::new(&config.fhir.identifier_systems)?;
     let audit_key = crate::audit::AuditKey::load_or_create(&config.store.audit_key_file)?;
@@ -386,6 +387,20 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         crate::alerts::webhooks::Webhooks::open(store.local()).context("opening the webhook ledger")?;
     let webhooks = webhook_ledger.start(&config.webhooks, Arc::clone(&state_alerts), &state.hub, &shutdown, &tasks)?;
     crate::rules::watch::spawn(rules, shutdown.clone(), &tasks);
+    // Before MLLP takes a message and before readiness: the first messages after a restart
+    // find their patients' actors warm (actors/src/prewarm.rs).
+    if let Some(prewarm) = &config.prewarm {
+        let started = std::time::Instant::now();
+        let report = vigil_actors::prewarm(&router, prewarm).await;
+        tracing::info!(
+            listed = report.listed,
+            started = report.started,
+            failed = report.failed,
+            deadline_reached = report.deadline_reached,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "patient actors prewarmed"
+        );
+    }
     let mllp = tasks.spawn(crate::ingest::mllp::listener::serve_with_metrics(
         mllp_listener,
         hl7,

@@ -278,6 +278,16 @@ pub struct PatientsFileConfig {
     /// are durable, so a rebuild after a crash tops up a recent snapshot instead of replaying
     /// the day (default 500; 0: only when an actor stops cleanly).
     pub snapshot_every_events: Option<u32>,
+    /// Start, before the server reports ready and takes messages, the actors of the patients
+    /// whose state snapshots a clean stop kept (default true). Env: `VIGIL_PREWARM`
+    /// (`true`/`false`).
+    pub prewarm: Option<bool>,
+    /// Seconds prewarm may take before start-up carries on without it (default 20).
+    pub prewarm_deadline_secs: Option<u64>,
+    /// Actors prewarm starts at once (default 4).
+    pub prewarm_concurrency: Option<usize>,
+    /// Most actors prewarm starts (default 50,000).
+    pub prewarm_max_patients: Option<usize>,
 }
 
 /// `[escalation]`: an alert not acknowledged within its severity's window escalates.
@@ -569,6 +579,8 @@ pub struct Config {
     pub passivate_after: Option<time::Duration>,
     /// Events between a running patient actor's state snapshots (0: only at a clean stop).
     pub snapshot_every: u32,
+    /// Prewarm of the actors a clean stop left snapshots of (`None`: off).
+    pub prewarm: Option<vigil_actors::PrewarmConfig>,
     /// HL7 mapping settings.
     pub hl7: Hl7Settings,
     /// Outbound alert webhooks (secrets already read; validated).
@@ -658,6 +670,25 @@ pub fn default_keys_dir(data_dir: &Path) -> PathBuf {
 
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// `[patients] prewarm*` over its defaults, `VIGIL_PREWARM` over the file.
+fn prewarm_config(file: &PatientsFileConfig) -> anyhow::Result<Option<vigil_actors::PrewarmConfig>> {
+    let on = match env_string("VIGIL_PREWARM").as_deref() {
+        None => file.prewarm.unwrap_or(true),
+        Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => bail!("VIGIL_PREWARM must be true or false, not {other:?}"),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let defaults = vigil_actors::PrewarmConfig::default();
+    Ok(Some(vigil_actors::PrewarmConfig {
+        concurrency: file.prewarm_concurrency.unwrap_or(defaults.concurrency),
+        deadline: file.prewarm_deadline_secs.map_or(defaults.deadline, Duration::from_secs),
+        max_patients: file.prewarm_max_patients.unwrap_or(defaults.max_patients),
+    }))
 }
 
 fn env_string(name: &str) -> Option<String> {
@@ -762,6 +793,7 @@ impl Config {
                 secs => Some(time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))),
             },
             snapshot_every: file.patients.snapshot_every_events.unwrap_or(DEFAULT_SNAPSHOT_EVERY_EVENTS),
+            prewarm: prewarm_config(&file.patients)?,
             hl7,
             webhooks: crate::alerts::webhooks::endpoints_from_file(file.webhooks)?,
             store,
@@ -780,6 +812,11 @@ impl Config {
         }
         if self.devices.check_every.is_zero() {
             bail!("devices.check_every_secs must be at least 1");
+        }
+        if let Some(prewarm) = &self.prewarm
+            && (prewarm.concurrency == 0 || prewarm.deadline.is_zero())
+        {
+            bail!("patients.prewarm_concurrency and patients.prewarm_deadline_secs must be at least 1");
         }
         if self.mllp.max_frame_bytes < 1024 {
             bail!("mllp.max_frame_bytes must be at least 1024");

@@ -89,6 +89,10 @@ impl EventStore for MemoryStore {
     async fn take_snapshot(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.snapshots.lock().map_err(|_| poisoned())?.remove(patient))
     }
+
+    async fn snapshotted_patients(&self, limit: usize) -> Result<Vec<PatientId>, StoreError> {
+        Ok(self.snapshots.lock().map_err(|_| poisoned())?.keys().take(limit).cloned().collect())
+    }
 }
 
 #[async_trait]

@@ -10,9 +10,11 @@ pub mod fakes;
 pub mod model;
 pub mod patient;
 pub mod ports;
+pub mod prewarm;
 pub mod router;
 
 pub use census::{Census, CensusBed, CensusChange, News2Now};
 pub use model::*;
 pub use ports::*;
-pub use router::{IngestError, Routed, Router};
+pub use prewarm::{PrewarmConfig, PrewarmReport, prewarm};
+pub use router::{IngestError, Routed, Router, StartTimings};

@@ -116,6 +116,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// never leaves this snapshot standing beside events it does not hold. A record that
     /// cannot be opened is removed too and reported as [`StoreError::Corrupt`].
     async fn take_snapshot(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Patients whose state snapshot is kept (their actor stopped cleanly and has not started
+    /// since), at most `limit`: the actors a start-up may prewarm. The default lists none, and
+    /// every actor then starts on its first event.
+    async fn snapshotted_patients(&self, _limit: usize) -> Result<Vec<PatientId>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The message log, as the duplicate check reads it: which messages were accepted.

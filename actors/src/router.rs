@@ -2,8 +2,10 @@
 //! first use, and hands each event to its patient's actor. Actor names carry only opaque ids.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use dashmap::DashMap;
+use metrics::{Counter, Histogram};
 use ractor::{Actor, ActorRef, ActorStatus};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
@@ -57,6 +59,45 @@ impl Routed {
     }
 }
 
+/// Where the time of a patient actor's start goes, one histogram per step (seconds), and how
+/// the starts rebuilt their state. `StartTimings::default()` records nowhere (tests, tools);
+/// the server hands in handles of its own recorder (`Router::with_start_timings`).
+#[derive(Clone)]
+pub struct StartTimings {
+    /// Reading (and removing) the state snapshot, unsealing included.
+    pub snapshot_read: Histogram,
+    /// Decoding the snapshot into a state.
+    pub snapshot_decode: Histogram,
+    /// Reading the events logged since the snapshot (or the whole window without one).
+    pub history_read: Histogram,
+    /// Reading the patient's open alerts (only after an actor failed; otherwise preloaded).
+    pub open_alerts: Histogram,
+    /// Spawning the actor: applying the history to the rule window, restoring open alerts.
+    pub spawn: Histogram,
+    /// How long a message (or a console request) waited for its patient's actor to start,
+    /// waiting behind another start of the same patient included.
+    pub wait: Histogram,
+    /// Starts that began from a snapshot.
+    pub from_snapshot: Counter,
+    /// Starts that replayed the event log (no usable snapshot).
+    pub from_log: Counter,
+}
+
+impl Default for StartTimings {
+    fn default() -> Self {
+        StartTimings {
+            snapshot_read: Histogram::noop(),
+            snapshot_decode: Histogram::noop(),
+            history_read: Histogram::noop(),
+            open_alerts: Histogram::noop(),
+            spawn: Histogram::noop(),
+            wait: Histogram::noop(),
+            from_snapshot: Counter::noop(),
+            from_log: Counter::noop(),
+        }
+    }
+}
+
 /// Routes events to patient actors.
 pub struct Router {
     actors: DashMap<PatientId, ActorRef<PatientMsg>>,
@@ -66,6 +107,7 @@ pub struct Router {
     /// Open alerts read once at start-up, taken by each patient's first actor.
     preloaded: DashMap<PatientId, Vec<Alert>>,
     ports: Ports,
+    timings: StartTimings,
 }
 
 impl Router {
@@ -80,6 +122,12 @@ impl Router {
     /// when an actor stops cleanly.
     pub fn with_snapshot_every(mut self, events: u32) -> Self {
         self.ports.snapshot_every = events;
+        self
+    }
+
+    /// Record where the time of each actor start goes into `timings`.
+    pub fn with_start_timings(mut self, timings: StartTimings) -> Self {
+        self.timings = timings;
         self
     }
 
@@ -120,6 +168,7 @@ impl Router {
             starting: DashMap::new(),
             preloaded,
             ports: Ports { events, alerts, rules, clock, live: None, census: Arc::default(), snapshot_every: 0 },
+            timings: StartTimings::default(),
         })
     }
 
@@ -163,6 +212,12 @@ impl Router {
                 self.ports.census.set(prior_id, None);
                 if let Some((_, prior)) = self.actors.remove(prior_id) {
                     let _ = prior.drain_and_wait(Some(std::time::Duration::from_secs(5))).await;
+                }
+                // Its clean stop left a snapshot: dropped, so that a restart's prewarm does not
+                // bring the retired record back into its old bed (a later event for it, if
+                // any, rebuilds it from the log).
+                if let Err(error) = self.ports.events.take_snapshot(prior_id).await {
+                    tracing::warn!(patient = %prior_id, %error, "retired record's snapshot not dropped");
                 }
             }
         }
@@ -240,9 +295,11 @@ impl Router {
         if let Some(actor) = self.live(id) {
             return Ok(actor);
         }
+        let waiting = Instant::now();
         let gate = Arc::clone(self.starting.entry(id.clone()).or_default().value());
         let started = self.start(id, &gate).await;
         self.starting.remove_if(id, |_, g| Arc::ptr_eq(g, &gate));
+        self.timings.wait.record(waiting.elapsed());
         started
     }
 
@@ -261,8 +318,12 @@ impl Router {
         // The snapshot the last clean stop wrote, topped up with the events received since its
         // newest (inclusive: re-applying that one replaces its samples); without a usable one,
         // the last 24 h of events.
-        let restored = match self.ports.events.take_snapshot(id).await {
-            Ok(Some(bytes)) => match PatientState::restore(id, &bytes) {
+        let timings = &self.timings;
+        let step = Instant::now();
+        let taken = self.ports.events.take_snapshot(id).await;
+        timings.snapshot_read.record(step.elapsed());
+        let restored = match taken {
+            Ok(Some(bytes)) => match timed(&timings.snapshot_decode, || PatientState::restore(id, &bytes)) {
                 Ok(restored) => Some(restored),
                 Err(refused) => {
                     tracing::warn!(patient = %id, %refused, "state snapshot not used; replaying the log");
@@ -277,26 +338,57 @@ impl Router {
             Err(e) => return Err(e.into()),
         };
         let since = restored.as_ref().map_or(window_start, |(_, through)| (*through).max(window_start));
+        match restored {
+            Some(_) => timings.from_snapshot.increment(1),
+            None => timings.from_log.increment(1),
+        }
+        let step = Instant::now();
         let history = self.ports.events.events_since(id, since).await?;
+        timings.history_read.record(step.elapsed());
         // First start: the open alerts loaded at start-up. A restart after the actor failed:
         // read them again, or its alerts would be re-raised as new episodes. A start after
         // passivation: none (an actor with open alerts is never passivated, and no other
         // actor raised any for it since).
         let open_alerts = match self.preloaded.remove(id) {
             Some((_, alerts)) => alerts,
-            None if self.actors.contains_key(id) => self.ports.alerts.open_alerts_of(id).await?,
+            None if self.actors.contains_key(id) => {
+                let step = Instant::now();
+                let alerts = self.ports.alerts.open_alerts_of(id).await?;
+                timings.open_alerts.record(step.elapsed());
+                alerts
+            }
             None => Vec::new(),
         };
         let restored = restored.map(|(state, _)| state);
         let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), restored, history, open_alerts };
+        let step = Instant::now();
         let (actor, _handle) =
             Actor::spawn(None, PatientActor, args).await.map_err(|e| IngestError::Actor(e.to_string()))?;
+        timings.spawn.record(step.elapsed());
         self.actors.insert(id.clone(), actor.clone());
         Ok(actor)
+    }
+
+    /// Start the actor of `id` if it is not live (prewarm).
+    pub(crate) async fn warm(&self, id: &PatientId) -> Result<(), IngestError> {
+        self.actor_for(id).await.map(|_| ())
+    }
+
+    /// The patients whose snapshots the store keeps, at most `limit` (prewarm).
+    pub(crate) async fn snapshotted_patients(&self, limit: usize) -> Result<Vec<PatientId>, StoreError> {
+        self.ports.events.snapshotted_patients(limit).await
     }
 
     fn live(&self, id: &PatientId) -> Option<ActorRef<PatientMsg>> {
         let actor = self.actors.get(id)?.value().clone();
         matches!(actor.get_status(), ActorStatus::Running | ActorStatus::Starting).then_some(actor)
     }
+}
+
+/// Run `f`, recording how long it took into `into`.
+fn timed<T>(into: &Histogram, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    into.record(started.elapsed());
+    out
 }

@@ -73,6 +73,16 @@ pub const STAGE_BUCKETS: [f64; 22] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
+/// Seconds each step of a patient actor's start takes, a histogram labelled `step` (one of
+/// [`START_STEPS`]); buckets as [`STAGE_BUCKETS`].
+pub const ACTOR_START_SECONDS: &str = "vigil_actor_start_seconds";
+/// The steps of a start, in order: reading the state snapshot; decoding it; reading the events
+/// logged since; reading open alerts (after a failure only); spawning the actor (the rule
+/// window rebuilt); and the whole wait of the message that asked for the actor.
+pub const START_STEPS: [&str; 6] = ["snapshot_read", "snapshot_decode", "history_read", "open_alerts", "spawn", "wait"];
+/// Patient actor starts, labelled `from`: `snapshot` or `log` (replayed, no usable snapshot).
+pub const ACTOR_STARTS: &str = "vigil_actor_starts_total";
+
 /// How often recorded stage times are folded into the exporter's buckets; bounds the memory
 /// they hold between scrapes.
 pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -157,6 +167,7 @@ impl Default for Metrics {
         // Only fails for an empty bucket list, and STAGE_BUCKETS is not empty.
         let builder = builder
             .set_buckets_for_metric(Matcher::Full(STAGE_SECONDS.to_owned()), &STAGE_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ACTOR_START_SECONDS.to_owned()), &STAGE_BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -188,6 +199,12 @@ impl Metrics {
                 metrics::Unit::Seconds,
                 "seconds an HL7 message spends in each stage of its path, by stage"
             );
+            metrics::describe_histogram!(
+                ACTOR_START_SECONDS,
+                metrics::Unit::Seconds,
+                "seconds each step of a patient actor's start takes, by step"
+            );
+            metrics::describe_counter!(ACTOR_STARTS, "patient actor starts, from a snapshot or from the log");
             metrics::describe_gauge!(DEVICES_LIVE, "devices with a live actor");
             metrics::describe_gauge!(DEVICES_OFFLINE, "devices silent past their threshold (device.offline raised)");
             metrics::describe_counter!(DEVICE_QUARANTINED, "readings of unassociated devices quarantined");
@@ -201,6 +218,24 @@ impl Metrics {
             let stage = |name: &'static str| metrics::histogram!(STAGE_SECONDS, "stage" => name);
             let [decode, parse, map, route, rules, commit_wait, ack_write] = STAGES.map(stage);
             Stages { decode, parse, map, route, rules, commit_wait, ack_write }
+        })
+    }
+
+    /// This server's handles for timing patient actor starts.
+    pub fn start_timings(&self) -> vigil_actors::StartTimings {
+        self.record(|| {
+            let step = |name: &'static str| metrics::histogram!(ACTOR_START_SECONDS, "step" => name);
+            let [snapshot_read, snapshot_decode, history_read, open_alerts, spawn, wait] = START_STEPS.map(step);
+            vigil_actors::StartTimings {
+                snapshot_read,
+                snapshot_decode,
+                history_read,
+                open_alerts,
+                spawn,
+                wait,
+                from_snapshot: metrics::counter!(ACTOR_STARTS, "from" => "snapshot"),
+                from_log: metrics::counter!(ACTOR_STARTS, "from" => "log"),
+            }
         })
     }
 

@@ -375,6 +375,20 @@ impl EventStore for EmbeddedStore {
         })
         .await
     }
+
+    /// The snapshots' keys are the patients' ids: one scan of keys, no value unsealed.
+    async fn snapshotted_patients(&self, limit: usize) -> Result<Vec<PatientId>, StoreError> {
+        self.blocking(move |ks| {
+            let mut out = Vec::new();
+            for guard in ks.snapshots.iter().take(limit) {
+                let key = guard.key().map_err(engine("list snapshots"))?;
+                let id = std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt("snapshot key".into()))?;
+                out.push(PatientId(id.to_owned()));
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 #[async_trait]

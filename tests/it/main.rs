@@ -21,6 +21,7 @@ mod mllp_hardening;
 mod outage;
 mod overload;
 mod protocol;
+mod restart;
 mod rules;
 mod storage;
 mod webhooks;
