@@ -30,7 +30,7 @@ use self::outcome::{FhirError, Issue};
 use self::resources::{Context, MapFn, Mapped, Referenced};
 use crate::config::FhirSettings;
 use crate::ingest::map::Mapper;
-use crate::ingest::{Ingress, Outcome, Submission};
+use crate::ingest::{Ingress, Outcome, Part, Submission};
 
 /// How a resend of a resource is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,9 @@ pub fn map_resource(mapper: &Mapper, value: &Value, received_at: OffsetDateTime)
     (row.map)(&Context { mapper, received_at, referenced: &referenced }, &El::root(value, kind))
 }
 
+/// What the answer to a resend says (a conditional create that matched).
+const RESENT: &str = "a resend of a resource already accepted: answered as then, not stored again";
+
 /// Opaque patient ids handed out for Patients, and what they stand for, at most this many.
 const ISSUED_CAPACITY: usize = 100_000;
 
@@ -156,6 +159,9 @@ pub struct Prepared {
     issues_patient: Option<(PatientId, PatientKey)>,
     /// The device an Observation names, for the device registry.
     device: Option<resources::DeviceReport>,
+    /// Whether its resend key recognises a resend (`If-None-Exist`, or a resource that
+    /// happens once); otherwise every POST of it is applied.
+    recognised: bool,
 }
 
 /// The answer to one resource.
@@ -252,6 +258,7 @@ impl FhirFeed {
         let ctx = Context { mapper: &self.mapper, received_at, referenced };
         let mapped: Mapped = (row.map)(&ctx, &El::root(value, kind)).map_err(refusal)?;
         let key_id = resend_key(row, value, if_none_exist);
+        let recognised = row.resend == Resend::Once || if_none_exist.is_some_and(|q| !q.trim().is_empty());
         let id = mapped.id.clone().unwrap_or_else(|| short_digest(&key_id));
         let issues_patient = match (kind, mapped.events.first()) {
             ("Patient", Some(e)) => Some((e.patient_id.clone(), e.patient.clone())),
@@ -269,6 +276,7 @@ impl FhirFeed {
             issues: mapped.issues,
             issues_patient,
             device: mapped.device,
+            recognised,
         })
     }
 
@@ -316,13 +324,7 @@ impl FhirFeed {
             Outcome::Stored => StatusCode::CREATED,
             Outcome::Empty => StatusCode::OK,
             Outcome::Duplicate => {
-                issues.insert(
-                    0,
-                    Issue::information(
-                        "",
-                        "a resend of a resource already accepted: answered as then, not stored again",
-                    ),
-                );
+                issues.insert(0, Issue::information("", RESENT));
                 StatusCode::OK
             }
             Outcome::NotStored => {
@@ -467,38 +469,51 @@ impl FhirFeed {
         for p in &prepared {
             self.report_device(p.device.as_ref()).await;
         }
-        // One message: every entry's events, grouped per patient (each patient's stored
-        // atomically, in entry order), under the Bundle's resend key.
-        let mut events: Vec<ClinicalEvent> = Vec::new();
-        let mut issued = Vec::new();
-        for p in &mut prepared {
-            events.append(&mut p.events);
-            issued.extend(p.issues_patient.take());
+        // One message under the Bundle's resend key, each entry a part under its own: an entry
+        // accepted before (alone, in a batch, in another transaction) is not stored again and
+        // is answered 200 as a conditional create that matched. The rest is grouped per
+        // patient (each patient's stored atomically, in entry order).
+        let order = patient_order(&prepared);
+        let mut parts: Vec<Part> = Vec::with_capacity(prepared.len());
+        for &i in &order {
+            let p = &mut prepared[i];
+            parts.push(Part {
+                key: p.recognised.then(|| p.envelope.key.clone()),
+                events: std::mem::take(&mut p.events),
+            });
         }
-        group_by_patient(&mut events);
+        let issued: Vec<_> = prepared.iter_mut().filter_map(|p| p.issues_patient.take()).collect();
         let key = bundle_key(bundle.value());
         let envelope = Envelope {
             key: MessageKey { source: Source::Fhir, sender: sender.to_string(), id: key },
             raw: Phi(bundle.value().to_string()),
             received_at,
         };
-        let outcome = self.ingress.submit(envelope, events).await.outcome().await;
+        let (submission, resent_in_order) = self.ingress.submit_parts(envelope, parts).await;
+        let mut resent = vec![false; prepared.len()];
+        for (&i, was) in order.iter().zip(resent_in_order) {
+            resent[i] = was;
+        }
+        let outcome = submission.outcome().await;
         if outcome == Outcome::NotStored {
             return Err(FhirError::retry());
         }
         for (id, key) in issued {
             self.remember(id, key);
         }
-        let status = match outcome {
-            Outcome::Stored => "201 Created",
-            _ => "200 OK",
-        };
         let responses: Vec<Value> = prepared
             .iter()
-            .map(|p| {
+            .zip(resent)
+            .map(|(p, resent)| {
+                let (status, mut issues) = match outcome {
+                    Outcome::Stored if !resent => ("201 Created", Vec::new()),
+                    Outcome::Stored | Outcome::Empty if !resent => ("200 OK", Vec::new()),
+                    _ => ("200 OK", vec![Issue::information("", RESENT)]),
+                };
+                issues.extend(p.issues.iter().cloned());
                 let mut response = json!({ "status": status, "location": format!("{}/{}", p.kind, p.id) });
-                if !p.issues.is_empty() {
-                    response["outcome"] = outcome::operation_outcome(&p.issues);
+                if !issues.is_empty() {
+                    response["outcome"] = outcome::operation_outcome(&issues);
                 }
                 json!({ "response": response })
             })
@@ -704,16 +719,34 @@ fn collect_patient_references(value: &Value, out: &mut Vec<(PatientId, String)>,
     }
 }
 
-/// Events of several patients in one message, regrouped so each patient's events are
-/// consecutive (one atomic bundle each), in order of first appearance and entry order.
-fn group_by_patient(events: &mut [ClinicalEvent]) {
-    let mut order: Vec<PatientId> = Vec::new();
-    for e in events.iter() {
-        if !order.contains(&e.patient_id) {
-            order.push(e.patient_id.clone());
-        }
+/// The entries of a transaction in the order they are submitted: regrouped so each patient's
+/// events are consecutive (one atomic bundle each), in order of first appearance and entry
+/// order; entries with no events keep their place among them.
+fn patient_order(prepared: &[Prepared]) -> Vec<usize> {
+    let mut patients: Vec<&PatientId> = Vec::new();
+    let mut rank = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let at = p.events.first().map(|e| match patients.iter().position(|q| **q == e.patient_id) {
+            Some(at) => at,
+            None => {
+                patients.push(&e.patient_id);
+                patients.len() - 1
+            }
+        });
+        rank.push(at);
     }
-    if order.len() > 1 {
-        events.sort_by_key(|e| order.iter().position(|p| *p == e.patient_id).unwrap_or(usize::MAX));
+    let mut order: Vec<usize> = (0..prepared.len()).collect();
+    if patients.len() > 1 {
+        // An entry with no events goes with the patient of the entry before it.
+        let mut current = 0;
+        let ranks: Vec<usize> = rank
+            .iter()
+            .map(|r| {
+                current = r.unwrap_or(current);
+                current
+            })
+            .collect();
+        order.sort_by_key(|&i| ranks[i]);
     }
+    order
 }
