@@ -8,6 +8,7 @@
 //! mapping in `resources.rs` returning [`Mapped`], a row here, a test in `resources/tests.rs`
 //! and in tests/it/fhir.rs, and a line in docs/fhir.md.
 
+pub mod alarm;
 pub mod capability;
 pub mod http;
 pub mod json;
@@ -257,7 +258,7 @@ impl FhirFeed {
         };
         let ctx = Context { mapper: &self.mapper, received_at, referenced };
         let mapped: Mapped = (row.map)(&ctx, &El::root(value, kind)).map_err(refusal)?;
-        let key_id = resend_key(row, value, if_none_exist);
+        let key_id = resend_key(row, value, if_none_exist, mapped.keyed_by_content);
         let recognised = row.resend == Resend::Once || if_none_exist.is_some_and(|q| !q.trim().is_empty());
         let id = mapped.id.clone().unwrap_or_else(|| short_digest(&key_id));
         let issues_patient = match (kind, mapped.events.first()) {
@@ -285,13 +286,13 @@ impl FhirFeed {
     /// resolved (stored before this returns, so before the answer).
     async fn report_device(&self, report: Option<&resources::DeviceReport>) {
         let (Some(devices), Some(report)) = (&self.devices, report) else { return };
-        let technical = vigil_actors::device::TechnicalReport {
+        let technical = report.technical.then(|| vigil_actors::device::TechnicalReport {
             conditions: report.conditions.clone(),
             valid_data: report.valid_data,
-        };
+        });
         let device = vigil_actors::DeviceId(report.device.clone());
         let by = vigil_actors::device::ChangedBy::FHIR;
-        devices.seen(by, &device, Some(report.patient.clone()), Some(technical)).await;
+        devices.seen(by, &device, Some(report.patient.clone()), technical).await;
     }
 
     /// Report the devices Observations name to `devices` (last seen, silence, association,
@@ -609,13 +610,13 @@ fn status_line(status: StatusCode) -> String {
 }
 
 /// What recognises a resend of one resource (see [`Resend`]).
-fn resend_key(row: &Resource, value: &Value, if_none_exist: Option<&str>) -> String {
+fn resend_key(row: &Resource, value: &Value, if_none_exist: Option<&str>, by_content: bool) -> String {
     if let Some(query) = if_none_exist.map(str::trim).filter(|q| !q.is_empty()) {
         let query = query.strip_prefix(row.name).unwrap_or(query).trim_start_matches('?');
         return format!("{}?{}", row.name, resources::percent_decode(query));
     }
     match row.resend {
-        Resend::Once => match first_identifier(value) {
+        Resend::Once => match first_identifier(value).filter(|_| !by_content) {
             Some(token) => format!("{}?identifier={token}", row.name),
             None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(value.to_string().as_bytes()))),
         },
