@@ -462,6 +462,16 @@ pub async fn devices(store: Arc<dyn vigil_actors::device::DeviceStore>) {
     let newest = store.quarantined(2).await.unwrap();
     assert_eq!(newest.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), vec!["Q-2", "Q-1"]);
     assert_eq!(newest[0], reading(2), "a quarantined reading reads back as written");
+    // Bounded: by age (older than the cutoff dropped), then by count (the oldest beyond it).
+    let dropped = store.trim_quarantine(10, tq + time::Duration::seconds(1)).await.unwrap();
+    let messages = |readings: Vec<QuarantinedReading>| readings.into_iter().map(|r| r.message).collect::<Vec<_>>();
+    assert_eq!((dropped, messages(store.quarantined(10).await.unwrap())), (1, vec!["Q-2".into(), "Q-1".into()]));
+    for i in 3..5 {
+        store.quarantine(&reading(i)).await.unwrap();
+    }
+    let dropped = store.trim_quarantine(2, tq).await.unwrap();
+    assert_eq!((dropped, messages(store.quarantined(10).await.unwrap())), (2, vec!["Q-4".into(), "Q-3".into()]));
+    assert_eq!(store.trim_quarantine(2, tq).await.unwrap(), 0, "within bounds: nothing dropped");
 }
 
 /// What every [`ConsoleStore`](crate::console::ConsoleStore) keeps: silences by id and

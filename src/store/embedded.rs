@@ -72,6 +72,10 @@ struct Keyspaces {
     device_links: Keyspace,
     /// Readings of unassociated devices, by time received then a counter.
     quarantine: Keyspace,
+    /// Readings in `quarantine` (counted at open, then kept up to date), and the lock one
+    /// trim at a time holds.
+    quarantine_len: std::sync::atomic::AtomicUsize,
+    quarantine_trim: std::sync::Mutex<()>,
     /// Patient state snapshots (sealed), one per patient, written by actors as they stop.
     snapshots: Keyspace,
     /// Console silences (`s\0<id>`) and assignments (`a\0<unit>\0<nurse>`), sealed.
@@ -140,6 +144,7 @@ impl EmbeddedStore {
         let quarantine = db.keyspace(QUARANTINE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let snapshots = db.keyspace(SNAPSHOTS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let console = db.keyspace(CONSOLE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let quarantine_len = quarantine.len().map_err(engine("count quarantine"))?;
         let ks = Arc::new(Keyspaces {
             db,
             keys,
@@ -151,6 +156,8 @@ impl EmbeddedStore {
             write_failure: std::sync::OnceLock::new(),
             device_links,
             quarantine,
+            quarantine_len: std::sync::atomic::AtomicUsize::new(quarantine_len),
+            quarantine_trim: std::sync::Mutex::new(()),
             snapshots,
             console,
         });
@@ -622,7 +629,9 @@ impl DeviceStore for EmbeddedStore {
         let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
         let mut key = reading.received_at.unix_timestamp_nanos().to_be_bytes().to_vec();
         key.extend_from_slice(&counter.to_be_bytes());
-        self.put_durably(QUARANTINE, key, encode("quarantined reading", reading)?).await
+        self.put_durably(QUARANTINE, key, encode("quarantined reading", reading)?).await?;
+        self.inner.ks.quarantine_len.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedReading>, StoreError> {
@@ -633,6 +642,33 @@ impl DeviceStore for EmbeddedStore {
                 out.push(open_json(&ks.keys, QUARANTINE, &key, &value)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Keys are the time received first, so the oldest are the front of the keyspace. The
+    /// removals are not fsynced: one lost to a crash is trimmed again (the count is taken
+    /// afresh at open).
+    async fn trim_quarantine(&self, keep: usize, older_than: OffsetDateTime) -> Result<u64, StoreError> {
+        let cutoff = older_than.unix_timestamp_nanos().to_be_bytes();
+        self.blocking(move |ks| {
+            let _one_at_a_time =
+                ks.quarantine_trim.lock().map_err(|_| StoreError::Engine("quarantine trim lock".into()))?;
+            let len = ks.quarantine_len.load(Ordering::Relaxed);
+            let mut doomed = Vec::new();
+            for guard in ks.quarantine.iter() {
+                let key = guard.key().map_err(engine("read quarantine"))?;
+                let old = key.get(..cutoff.len()).is_some_and(|at| at < cutoff.as_slice());
+                if !old && len.saturating_sub(doomed.len()) <= keep {
+                    break;
+                }
+                doomed.push(key);
+            }
+            for key in &doomed {
+                ks.quarantine.remove(key.clone()).map_err(engine("trim quarantine"))?;
+                ks.quarantine_len.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }
