@@ -93,6 +93,11 @@ pub struct DevicesFileConfig {
     pub max_devices: Option<usize>,
     /// How often silence is judged, in seconds (default 10).
     pub check_every_secs: Option<u64>,
+    /// Quarantined readings (of devices with no association) kept at most; the oldest beyond
+    /// are dropped, counted (default 10,000).
+    pub quarantine_max_readings: Option<usize>,
+    /// Quarantined readings are dropped after this many hours, counted (default 168: 7 days).
+    pub quarantine_max_age_hours: Option<u64>,
 }
 
 /// `[devices]`, resolved.
@@ -114,6 +119,10 @@ impl DeviceSettings {
                 offline_floor: file.offline_floor_secs.map_or(defaults.offline_floor, seconds),
                 interval: file.interval_secs.filter(|s| *s > 0).map(seconds),
                 max_devices: file.max_devices.unwrap_or(defaults.max_devices),
+                quarantine_max: file.quarantine_max_readings.unwrap_or(defaults.quarantine_max),
+                quarantine_max_age: file
+                    .quarantine_max_age_hours
+                    .map_or(defaults.quarantine_max_age, |h| seconds(h.saturating_mul(3600))),
             },
             check_every: Duration::from_secs(file.check_every_secs.unwrap_or(10)),
         }
@@ -809,6 +818,12 @@ impl Config {
         }
         if self.devices.silence.max_devices == 0 {
             bail!("devices.max_devices must be at least 1");
+        }
+        if self.devices.silence.quarantine_max == 0 {
+            bail!("devices.quarantine_max_readings must be at least 1");
+        }
+        if self.devices.silence.quarantine_max_age <= time::Duration::ZERO {
+            bail!("devices.quarantine_max_age_hours must be at least 1");
         }
         if self.devices.check_every.is_zero() {
             bail!("devices.check_every_secs must be at least 1");

@@ -61,9 +61,13 @@ impl EventStore for MemoryStore {
         alerts: &[(Alert, bool)],
     ) -> Result<Durable, StoreError> {
         self.events.lock().map_err(|_| poisoned())?.extend(events.iter().cloned());
-        if let (Some(FromMessage { envelope, logs_message: true }), Some(first)) = (message, events.first()) {
+        if let (Some(FromMessage { envelope, logs_message, parts }), Some(first)) = (message, events.first()) {
             let accepted = AcceptedMessage { patient_id: first.patient_id.clone(), received_at: envelope.received_at };
-            self.messages.lock().map_err(|_| poisoned())?.push((envelope.key.clone(), accepted));
+            let mut messages = self.messages.lock().map_err(|_| poisoned())?;
+            if *logs_message {
+                messages.push((envelope.key.clone(), accepted.clone()));
+            }
+            messages.extend(parts.iter().map(|part| (part.clone(), accepted.clone())));
         }
         for (alert, notify) in alerts {
             self.upsert_alert(alert, *notify).await?;

@@ -451,6 +451,11 @@ pub struct FromMessage {
     pub envelope: std::sync::Arc<Envelope>,
     /// Whether this bundle writes the message's log entry (one bundle per message does).
     pub logs_message: bool,
+    /// Keys of the parts of the message whose events are in this bundle (the entries of a
+    /// FHIR transaction, each of which may also be sent on its own): each is logged in the
+    /// same atomic write as the events, so a resend of the part alone, or inside another
+    /// message, is recognised — and never without the events it stands for.
+    pub parts: Vec<MessageKey>,
 }
 
 /// A stored event with the message it came from (`None` for events stored before messages

@@ -54,6 +54,8 @@ pub const DEVICES_LIVE: &str = "vigil_devices_live";
 pub const DEVICES_OFFLINE: &str = "vigil_devices_offline";
 /// Readings of devices with no current association, quarantined since start.
 pub const DEVICE_QUARANTINED: &str = "vigil_device_quarantined_readings_total";
+/// Quarantined readings dropped, oldest first, to keep the quarantine within its bounds.
+pub const DEVICE_QUARANTINE_DROPPED: &str = "vigil_device_quarantine_dropped_total";
 /// Sightings of devices beyond `[devices] max_devices`, not tracked.
 pub const DEVICES_UNTRACKED: &str = "vigil_device_untracked_sightings_total";
 
@@ -208,6 +210,10 @@ impl Metrics {
             metrics::describe_gauge!(DEVICES_LIVE, "devices with a live actor");
             metrics::describe_gauge!(DEVICES_OFFLINE, "devices silent past their threshold (device.offline raised)");
             metrics::describe_counter!(DEVICE_QUARANTINED, "readings of unassociated devices quarantined");
+            metrics::describe_counter!(
+                DEVICE_QUARANTINE_DROPPED,
+                "quarantined readings dropped, oldest first, beyond the quarantine's bounds"
+            );
             metrics::describe_counter!(DEVICES_UNTRACKED, "sightings of devices beyond max_devices, not tracked");
         });
     }
@@ -312,6 +318,7 @@ pub async fn render(
             metrics::gauge!(DEVICES_LIVE).set(devices.device_count() as f64);
             metrics::gauge!(DEVICES_OFFLINE).set(devices.offline_count() as f64);
             metrics::counter!(DEVICE_QUARANTINED).absolute(devices.quarantined.load(Ordering::Relaxed));
+            metrics::counter!(DEVICE_QUARANTINE_DROPPED).absolute(devices.quarantine_dropped.load(Ordering::Relaxed));
             metrics::counter!(DEVICES_UNTRACKED).absolute(devices.untracked.load(Ordering::Relaxed));
         }
     });

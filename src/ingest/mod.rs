@@ -79,9 +79,10 @@ pub enum Submission {
     },
 }
 
-/// A message in flight: its key, and the channel resends of it wait on.
+/// A message in flight: its key and its parts' keys, and the channel resends of any of them
+/// wait on.
 pub struct InFlight {
-    key: MessageKey,
+    keys: Vec<MessageKey>,
     done: watch::Sender<Option<Outcome>>,
     ingress: Arc<Ingress>,
 }
@@ -89,10 +90,29 @@ pub struct InFlight {
 impl InFlight {
     fn settle(self, outcome: Outcome) -> Outcome {
         let _ = self.done.send(Some(outcome));
-        self.ingress.inflight.remove(&self.key);
         self.ingress.count(outcome);
         outcome
     }
+}
+
+impl Drop for InFlight {
+    /// Settled or abandoned (the request dropped), its keys are no longer in flight.
+    fn drop(&mut self) {
+        let ours = self.done.subscribe();
+        for key in &self.keys {
+            // Only our own entry: a key another message took over once ours was settled stays.
+            self.ingress.inflight.remove_if(key, |_, first| first.same_channel(&ours));
+        }
+    }
+}
+
+/// One part of a message that may also be sent on its own, or inside another message (an
+/// entry of a FHIR transaction): what recognises a resend of it, and its events.
+pub struct Part {
+    /// Its resend key; `None` when nothing recognises a resend of it (it is applied each time).
+    pub key: Option<MessageKey>,
+    /// Its events.
+    pub events: Vec<ClinicalEvent>,
 }
 
 impl Submission {
@@ -198,17 +218,29 @@ impl Ingress {
     /// recognises a resend) is written once, with the last bundle: a resend is recognised only once every bundle before it was
     /// queued, and the embedded store commits in queue order.
     pub async fn submit(self: &Arc<Self>, envelope: Envelope, events: Vec<ClinicalEvent>) -> Submission {
+        self.submit_parts(envelope, vec![Part { key: None, events }]).await.0
+    }
+
+    /// [`Ingress::submit`] for a message made of parts that may also be sent on their own:
+    /// besides the message's own key, each part's key recognises a part accepted before (alone
+    /// or in another message) or in flight meanwhile; such a part is not stored again and is
+    /// marked `true` in the answer (by position). The other parts' keys are logged in the same
+    /// atomic write as their events. Parts sharing a key: the first is stored, the others are
+    /// resends of it.
+    pub async fn submit_parts(self: &Arc<Self>, envelope: Envelope, parts: Vec<Part>) -> (Submission, Vec<bool>) {
+        let mut resent = vec![false; parts.len()];
         // Nothing is acknowledged that cannot be made durable: while the store is down a new
         // message waits for it (its sender reads no ACK and sends no more), then is refused.
         if let Some(gate) = &self.gate
             && !gate.wait_until_up().await
         {
             self.count(Outcome::NotStored);
-            return Submission::Done(Outcome::NotStored);
+            return (Submission::Done(Outcome::NotStored), resent);
         }
         let done = match self.inflight.entry(envelope.key.clone()) {
             Entry::Occupied(first) => {
-                return Submission::InFlightDuplicate { first: first.get().clone(), ingress: Arc::clone(self) };
+                let first = first.get().clone();
+                return (Submission::InFlightDuplicate { first, ingress: Arc::clone(self) }, resent);
             }
             Entry::Vacant(slot) => {
                 let (done, first) = watch::channel(None);
@@ -216,39 +248,51 @@ impl Ingress {
                 done
             }
         };
-        // From here every path settles the in-flight entry: `outcome` for the durable path.
-        let inflight = InFlight { key: envelope.key.clone(), done, ingress: Arc::clone(self) };
-        match self.log.accepted_message(&envelope.key).await {
-            Ok(Some(first)) if envelope.received_at - first.received_at <= DEDUP_WINDOW => {
-                tracing::info!(patient = %first.patient_id, "duplicate of an accepted message re-acknowledged, not reprocessed");
-                return Submission::Done(inflight.settle(Outcome::Duplicate));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "message log unreadable; sender told to resend");
-                return Submission::Done(inflight.settle(Outcome::NotStored));
+        // From here every path settles the in-flight entries: `outcome` for the durable path.
+        let mut inflight = InFlight { keys: vec![envelope.key.clone()], done, ingress: Arc::clone(self) };
+        match self.accepted(&envelope).await {
+            Ok(true) => return (Submission::Done(inflight.settle(Outcome::Duplicate)), resent),
+            Ok(false) => {}
+            Err(()) => return (Submission::Done(inflight.settle(Outcome::NotStored)), resent),
+        }
+        let Ok(claimed) = self.claim_parts(&envelope, &parts, &mut inflight, &mut resent).await else {
+            return (Submission::Done(inflight.settle(Outcome::NotStored)), resent);
+        };
+        // The events of the parts to store, each with the part it belongs to.
+        let mut events: Vec<(ClinicalEvent, usize)> = Vec::new();
+        for (i, part) in parts.into_iter().enumerate() {
+            if !resent[i] {
+                events.extend(part.events.into_iter().map(|e| (e, i)));
             }
         }
         if events.is_empty() {
-            return Submission::Done(inflight.settle(Outcome::Empty));
+            return (Submission::Done(inflight.settle(Outcome::Empty)), resent);
         }
         let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return Submission::Done(inflight.settle(Outcome::NotStored));
+            return (Submission::Done(inflight.settle(Outcome::NotStored)), resent);
         };
         // One bundle per patient, in message order: a patient's events of one message are
-        // stored atomically (an A01 with its AL1 allergies, an RDE with several orders).
-        let mut bundles: Vec<Vec<ClinicalEvent>> = Vec::new();
-        for event in events {
+        // stored atomically (an A01 with its AL1 allergies, an RDE with several orders). A
+        // part's key goes with the bundle of its last event: never logged before all of them.
+        let mut bundles: Vec<(Vec<ClinicalEvent>, Vec<usize>)> = Vec::new();
+        let mut last_bundle_of = std::collections::HashMap::new();
+        for (event, part) in events {
             match bundles.last_mut() {
-                Some(last) if last.first().is_some_and(|e| e.patient_id == event.patient_id) => last.push(event),
-                _ => bundles.push(vec![event]),
+                Some((last, _)) if last.first().is_some_and(|e| e.patient_id == event.patient_id) => last.push(event),
+                _ => bundles.push((vec![event], Vec::new())),
             }
+            last_bundle_of.insert(part, bundles.len() - 1);
+        }
+        for (part, bundle) in last_bundle_of {
+            bundles[bundle].1.push(part);
         }
         let last = bundles.len() - 1;
         let envelope = Arc::new(envelope);
         let mut tickets = Vec::with_capacity(bundles.len());
-        for (i, bundle) in bundles.into_iter().enumerate() {
-            let message = FromMessage { envelope: Arc::clone(&envelope), logs_message: i == last };
+        for (i, (bundle, mut in_bundle)) in bundles.into_iter().enumerate() {
+            in_bundle.sort_unstable();
+            let part_keys = in_bundle.iter().filter_map(|p| claimed[*p].clone()).collect();
+            let message = FromMessage { envelope: Arc::clone(&envelope), logs_message: i == last, parts: part_keys };
             // The last bundle (the one that logs the message) is handed over without waiting
             // for its actor, so the connection can begin its next message meanwhile (a
             // patient's messages still reach its actor in order). A bundle before it waits until
@@ -266,10 +310,94 @@ impl Ingress {
                     // Events already routed may become durable; the sender resends and the
                     // duplicate check answers for the message as a whole.
                     tracing::error!(error = %e, "message not routed; sender told to resend");
-                    return Submission::Done(inflight.settle(Outcome::NotStored));
+                    return (Submission::Done(inflight.settle(Outcome::NotStored)), resent);
                 }
             }
         }
-        Submission::Durable { tickets, permit, inflight }
+        (Submission::Durable { tickets, permit, inflight }, resent)
+    }
+
+    /// Whether the message log holds `envelope`'s key, accepted within [`DEDUP_WINDOW`];
+    /// `Err` when the log cannot be read (logged).
+    async fn accepted(&self, envelope: &Envelope) -> Result<bool, ()> {
+        self.key_accepted(&envelope.key, envelope.received_at).await
+    }
+
+    async fn key_accepted(&self, key: &MessageKey, received_at: time::OffsetDateTime) -> Result<bool, ()> {
+        match self.log.accepted_message(key).await {
+            Ok(Some(first)) if received_at - first.received_at <= DEDUP_WINDOW => {
+                tracing::info!(patient = %first.patient_id, "duplicate of an accepted message re-acknowledged, not reprocessed");
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => {
+                tracing::error!(error = %e, "message log unreadable; sender told to resend");
+                Err(())
+            }
+        }
+    }
+
+    /// Take the parts' keys in flight (in key order, so two messages sharing parts never wait
+    /// on each other), waiting out a part another message has in flight; mark `resent` the
+    /// parts accepted before or meanwhile, and those repeating an earlier part's key. Answers,
+    /// by part, the keys this message is to log.
+    async fn claim_parts(
+        &self,
+        envelope: &Envelope,
+        parts: &[Part],
+        inflight: &mut InFlight,
+        resent: &mut [bool],
+    ) -> Result<Vec<Option<MessageKey>>, ()> {
+        let mut claimed = vec![None; parts.len()];
+        let mut order: Vec<(&MessageKey, usize)> =
+            parts.iter().enumerate().filter_map(|(i, p)| p.key.as_ref().map(|k| (k, i))).collect();
+        let rank = |(k, i): &(&MessageKey, usize)| {
+            (k.sender.clone(), k.id.clone(), k.source == vigil_actors::Source::Fhir, *i)
+        };
+        order.sort_by_key(rank);
+        let mut previous: Option<&MessageKey> = None;
+        for (key, i) in order {
+            if previous == Some(key) || *key == envelope.key {
+                resent[i] = true;
+                continue;
+            }
+            previous = Some(key);
+            resent[i] = !self.claim(key, inflight).await || self.key_accepted(key, envelope.received_at).await?;
+            if !resent[i] {
+                claimed[i] = Some(key.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Take `key` in flight for `inflight`; `false` when another message holding it was
+    /// accepted meanwhile (the part is a resend).
+    async fn claim(&self, key: &MessageKey, inflight: &mut InFlight) -> bool {
+        loop {
+            let mut first = match self.inflight.entry(key.clone()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(inflight.done.subscribe());
+                    inflight.keys.push(key.clone());
+                    return true;
+                }
+                Entry::Occupied(mut taken) => {
+                    let settled = *taken.get().borrow();
+                    match settled {
+                        Some(outcome) if outcome.accepted() => return false,
+                        // Waiting for the other message's outcome, below.
+                        None if taken.get().has_changed().is_ok() => taken.get().clone(),
+                        // Settled and not stored, or abandoned: its holder is leaving; the
+                        // key is ours.
+                        _ => {
+                            taken.insert(inflight.done.subscribe());
+                            inflight.keys.push(key.clone());
+                            return true;
+                        }
+                    }
+                }
+            };
+            // Holding no map lock.
+            let _ = first.wait_for(Option::is_some).await;
+        }
     }
 }

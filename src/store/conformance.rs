@@ -65,7 +65,7 @@ pub fn message(control_id: &str, at: OffsetDateTime) -> FromMessage {
         raw: Phi(format!("MSH|^~\\&|CONF|LAB|||||ORU^R01|{control_id}|P|2.6")),
         received_at: at,
     };
-    FromMessage { envelope: Arc::new(envelope), logs_message: true }
+    FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() }
 }
 
 /// A small observation event.
@@ -147,6 +147,39 @@ pub async fn run<S: EventStore + AlertStore + MessageLog>(
     alert_changes(&alerts, &publisher, t0, caps).await;
     events_with_their_alerts(&events, &alerts, &publisher, t0, caps).await;
     snapshots(&events).await;
+    parts_logged_with_their_events(&events, &log, t0).await;
+}
+
+/// The parts of a message (FHIR transaction entries) are logged under their own keys with
+/// the bundle that carries their events: each recognised alone, for its patient; the
+/// message's own entry only with the bundle that logs it.
+async fn parts_logged_with_their_events(events: &Arc<dyn EventStore>, log: &Arc<dyn MessageLog>, t0: OffsetDateTime) {
+    let run = unique("tx");
+    let fhir = |id: String| MessageKey { source: vigil_actors::Source::Fhir, sender: "conf-gw".into(), id };
+    let envelope = Arc::new(Envelope {
+        key: fhir(format!("Bundle?identifier=urn:conf|{run}")),
+        raw: Phi("{\"resourceType\":\"Bundle\"}".into()),
+        received_at: t0,
+    });
+    let (first, second) = (PatientId(unique("part")), PatientId(unique("part")));
+    let part = |n: usize| fhir(format!("Observation?identifier=urn:conf|{run}-{n}"));
+    // Two patients: the first bundle carries two parts and not the message's entry; the last
+    // carries one part and the message's entry.
+    let bundles = [(&first, false, vec![part(0), part(1)]), (&second, true, vec![part(2)])];
+    for (patient, logs_message, parts) in bundles {
+        let message = FromMessage { envelope: Arc::clone(&envelope), logs_message, parts };
+        let e = event(patient, "MRN-CONF", t0, 1.0);
+        events.append_all(Some(&message), &[e], &[]).await.unwrap().wait().await.expect("durable");
+    }
+    for (n, patient) in [(0, &first), (1, &first), (2, &second)] {
+        let seen = log.accepted_message(&part(n)).await.unwrap().expect("a part is accepted with its events");
+        assert_eq!((&seen.patient_id, seen.received_at), (patient, t0), "part {n}");
+    }
+    assert!(log.accepted_message(&part(3)).await.unwrap().is_none(), "only the parts sent");
+    let message = log.accepted_message(&envelope.key).await.unwrap().expect("the message is logged once");
+    assert_eq!(&message.patient_id, &second, "by the bundle that logs it");
+    let hl7 = MessageKey::hl7("conf-gw", part(0).id);
+    assert!(log.accepted_message(&hl7).await.unwrap().is_none(), "a part's key is its feed's");
 }
 
 /// A patient's state snapshot: the latest written replaces the earlier, a take returns it
@@ -429,6 +462,16 @@ pub async fn devices(store: Arc<dyn vigil_actors::device::DeviceStore>) {
     let newest = store.quarantined(2).await.unwrap();
     assert_eq!(newest.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), vec!["Q-2", "Q-1"]);
     assert_eq!(newest[0], reading(2), "a quarantined reading reads back as written");
+    // Bounded: by age (older than the cutoff dropped), then by count (the oldest beyond it).
+    let dropped = store.trim_quarantine(10, tq + time::Duration::seconds(1)).await.unwrap();
+    let messages = |readings: Vec<QuarantinedReading>| readings.into_iter().map(|r| r.message).collect::<Vec<_>>();
+    assert_eq!((dropped, messages(store.quarantined(10).await.unwrap())), (1, vec!["Q-2".into(), "Q-1".into()]));
+    for i in 3..5 {
+        store.quarantine(&reading(i)).await.unwrap();
+    }
+    let dropped = store.trim_quarantine(2, tq).await.unwrap();
+    assert_eq!((dropped, messages(store.quarantined(10).await.unwrap())), (2, vec!["Q-4".into(), "Q-3".into()]));
+    assert_eq!(store.trim_quarantine(2, tq).await.unwrap(), 0, "within bounds: nothing dropped");
 }
 
 /// What every [`ConsoleStore`](crate::console::ConsoleStore) keeps: silences by id and

@@ -45,12 +45,13 @@ impl Default for EmbeddedStoreConfig {
 /// A write queued for the commit pipeline: the rows of the embedded engine.
 type Job = commit::Job<Vec<EventRecord>>;
 
-/// One event ready for the batch: sealed record and, for the first event of its message, the
-/// sealed message-log entry (a message is logged once, however many events it carries).
+/// One event ready for the batch: sealed record and, for the first event of its bundle, the
+/// sealed message-log entries: the message's (a message is logged once, however many events
+/// it carries) and its parts' whose events are in the bundle.
 struct EventRecord {
     key: Vec<u8>,
     value: Vec<u8>,
-    message: Option<(Vec<u8>, Vec<u8>)>,
+    messages: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Keyspaces {
@@ -71,6 +72,10 @@ struct Keyspaces {
     device_links: Keyspace,
     /// Readings of unassociated devices, by time received then a counter.
     quarantine: Keyspace,
+    /// Readings in `quarantine` (counted at open, then kept up to date), and the lock one
+    /// trim at a time holds.
+    quarantine_len: std::sync::atomic::AtomicUsize,
+    quarantine_trim: std::sync::Mutex<()>,
     /// Patient state snapshots (sealed), one per patient, written by actors as they stop.
     snapshots: Keyspace,
     /// Console silences (`s\0<id>`) and assignments (`a\0<unit>\0<nurse>`), sealed.
@@ -139,6 +144,7 @@ impl EmbeddedStore {
         let quarantine = db.keyspace(QUARANTINE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let snapshots = db.keyspace(SNAPSHOTS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
         let console = db.keyspace(CONSOLE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let quarantine_len = quarantine.len().map_err(engine("count quarantine"))?;
         let ks = Arc::new(Keyspaces {
             db,
             keys,
@@ -150,6 +156,8 @@ impl EmbeddedStore {
             write_failure: std::sync::OnceLock::new(),
             device_links,
             quarantine,
+            quarantine_len: std::sync::atomic::AtomicUsize::new(quarantine_len),
+            quarantine_trim: std::sync::Mutex::new(()),
             snapshots,
             console,
         });
@@ -263,7 +271,8 @@ fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
 
 impl EmbeddedStore {
     /// The sealed rows of one message's events: an event row each, and with the first the
-    /// message-log entry of `message`, when given (a message is logged once).
+    /// message-log entry of `message`, when given (a message is logged once), and of each of
+    /// its parts in this bundle (their raw text is the message's: only a pointer to it).
     fn records_of(
         &self,
         message: Option<&FromMessage>,
@@ -271,30 +280,33 @@ impl EmbeddedStore {
     ) -> Result<Vec<EventRecord>, StoreError> {
         let keys = &self.inner.ks.keys;
         let mut records = Vec::with_capacity(events.len());
-        let mut log = message.filter(|m| m.logs_message);
+        let mut log = message;
         for event in events {
             let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
             let key = event_key(&event.patient_id, event.received_at, counter);
             let value = super::event_body(event, message)?;
             let value = seal(keys, EVENTS, &key, &value)?;
-            let message = match log.take() {
-                Some(FromMessage { envelope, .. }) => {
-                    let record = MessageRecord {
-                        accepted: AcceptedMessage {
-                            patient_id: event.patient_id.clone(),
-                            received_at: envelope.received_at,
-                        },
-                        raw: envelope.raw.expose().clone(),
-                    };
-                    let message_value =
+            let mut messages = Vec::new();
+            if let Some(FromMessage { envelope, logs_message, parts }) = log.take() {
+                let accepted =
+                    AcceptedMessage { patient_id: event.patient_id.clone(), received_at: envelope.received_at };
+                let mut entry = |key: &MessageKey, raw: String| -> Result<(), StoreError> {
+                    let record = MessageRecord { accepted: accepted.clone(), raw };
+                    let value =
                         serde_json::to_vec(&record).map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
-                    let message_key = message_key(&envelope.key);
-                    let message_value = seal(keys, MESSAGES, &message_key, &message_value)?;
-                    Some((message_key, message_value))
+                    let key = message_key(key);
+                    let value = seal(keys, MESSAGES, &key, &value)?;
+                    messages.push((key, value));
+                    Ok(())
+                };
+                if *logs_message {
+                    entry(&envelope.key, envelope.raw.expose().clone())?;
                 }
-                None => None,
-            };
-            records.push(EventRecord { key, value, message });
+                for part in parts {
+                    entry(part, format!("part of {}", envelope.key.id))?;
+                }
+            }
+            records.push(EventRecord { key, value, messages });
         }
         Ok(records)
     }
@@ -518,7 +530,7 @@ impl Backend for Fjall {
             };
             for r in job.rows.into_iter().flatten() {
                 batch.insert(&ks.events, r.key.as_slice(), r.value.as_slice());
-                if let Some((message_key, message_value)) = &r.message {
+                for (message_key, message_value) in &r.messages {
                     batch.insert(&ks.messages, message_key.as_slice(), message_value.as_slice());
                 }
             }
@@ -631,7 +643,9 @@ impl DeviceStore for EmbeddedStore {
         let counter = self.inner.event_counter.fetch_add(1, Ordering::Relaxed);
         let mut key = reading.received_at.unix_timestamp_nanos().to_be_bytes().to_vec();
         key.extend_from_slice(&counter.to_be_bytes());
-        self.put_durably(QUARANTINE, key, encode("quarantined reading", reading)?).await
+        self.put_durably(QUARANTINE, key, encode("quarantined reading", reading)?).await?;
+        self.inner.ks.quarantine_len.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedReading>, StoreError> {
@@ -642,6 +656,33 @@ impl DeviceStore for EmbeddedStore {
                 out.push(open_json(&ks.keys, QUARANTINE, &key, &value)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Keys are the time received first, so the oldest are the front of the keyspace. The
+    /// removals are not fsynced: one lost to a crash is trimmed again (the count is taken
+    /// afresh at open).
+    async fn trim_quarantine(&self, keep: usize, older_than: OffsetDateTime) -> Result<u64, StoreError> {
+        let cutoff = older_than.unix_timestamp_nanos().to_be_bytes();
+        self.blocking(move |ks| {
+            let _one_at_a_time =
+                ks.quarantine_trim.lock().map_err(|_| StoreError::Engine("quarantine trim lock".into()))?;
+            let len = ks.quarantine_len.load(Ordering::Relaxed);
+            let mut doomed = Vec::new();
+            for guard in ks.quarantine.iter() {
+                let key = guard.key().map_err(engine("read quarantine"))?;
+                let old = key.get(..cutoff.len()).is_some_and(|at| at < cutoff.as_slice());
+                if !old && len.saturating_sub(doomed.len()) <= keep {
+                    break;
+                }
+                doomed.push(key);
+            }
+            for key in &doomed {
+                ks.quarantine.remove(key.clone()).map_err(engine("trim quarantine"))?;
+                ks.quarantine_len.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }
@@ -787,11 +828,11 @@ mod tests {
             .collect();
         let envelope =
             Envelope { key: MessageKey::hl7("S", "RDE-10"), raw: vigil_actors::Phi(raw.clone()), received_at: t0 };
-        let message = FromMessage { envelope: Arc::new(envelope), logs_message: true };
+        let message = FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() };
         let records = store.records_of(Some(&message), &events).unwrap();
         assert_eq!(records.len(), 10);
         assert_eq!(
-            records.iter().filter(|r| r.message.is_some()).count(),
+            records.iter().map(|r| r.messages.len()).sum::<usize>(),
             1,
             "the raw message is sealed and written once"
         );
@@ -834,6 +875,45 @@ mod tests {
         crate::store::conformance::run(store.clone(), publisher, crate::store::conformance::Capabilities::FULL).await;
         crate::store::conformance::devices(store.clone()).await;
         crate::store::conformance::console(store).await;
+    }
+
+    /// A transaction's entries are logged under their own keys in the rows of the job that
+    /// carries their events — one fjall batch, committed (and fsynced) whole or not at all —
+    /// so after a crash a part is never recognised as a resend without its events stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transactions_entry_keys_ride_in_the_write_of_their_events_and_survive_reopen() {
+        let dir = tempdir();
+        let open = || {
+            let publisher = Arc::new(CollectingPublisher::default());
+            EmbeddedStore::open(dir.path(), EmbeddedStoreConfig::default(), test_keys(), publisher).unwrap()
+        };
+        let store = open();
+        let patient = PatientId("p-tx".into());
+        let t0 = OffsetDateTime::now_utc();
+        let fhir = |id: &str| MessageKey { source: vigil_actors::Source::Fhir, sender: "gw".into(), id: id.into() };
+        let parts = vec![fhir("Observation?identifier=u|1"), fhir("Observation?identifier=u|2")];
+        let envelope = Envelope {
+            key: fhir("Bundle?identifier=u|tx"),
+            raw: vigil_actors::Phi("{\"resourceType\":\"Bundle\"}".into()),
+            received_at: t0,
+        };
+        let message = FromMessage { envelope: Arc::new(envelope), logs_message: false, parts: parts.clone() };
+        let events = [test_event(&patient, t0), test_event(&patient, t0 + time::Duration::milliseconds(1))];
+        let records = store.records_of(Some(&message), &events).unwrap();
+        let logged: Vec<usize> = records.iter().map(|r| r.messages.len()).collect();
+        assert_eq!(logged, [2, 0], "both entry keys in the job's rows, once; not the message's own");
+        let mut keys: Vec<Vec<u8>> = records[0].messages.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        assert_eq!(keys, parts.iter().map(message_key).collect::<Vec<_>>());
+        store.append_all(Some(&message), &events, &[]).await.unwrap().wait().await.unwrap();
+        drop(store);
+        let reopened = open();
+        assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 2);
+        for part in &parts {
+            let seen = reopened.accepted_message(part).await.unwrap().expect("an entry key survives with its events");
+            assert_eq!(seen.patient_id, patient);
+        }
+        assert!(reopened.accepted_message(&message.envelope.key).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -880,6 +960,6 @@ mod tests {
             raw: vigil_actors::Phi("MSH|...".into()),
             received_at: event.received_at,
         };
-        FromMessage { envelope: Arc::new(envelope), logs_message: true }
+        FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() }
     }
 }

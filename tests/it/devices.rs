@@ -113,6 +113,136 @@ async fn pcd04_alarms_raise_update_and_resolve_one_alert_each_and_are_answered_o
     server.shutdown().await;
 }
 
+/// The next alert change of `rule` for the patient `mrn`.
+async fn next_alert_of(ws: &mut Ws, rule: &str, mrn: &str) -> Value {
+    loop {
+        let alert = next_alert(ws, rule).await;
+        if alert["patient"]["mrn"] == mrn {
+            return alert;
+        }
+    }
+}
+
+/// What a device alarm's alert says, whichever feed it came from (the device label aside).
+fn alarm_alert(alert: &Value) -> Value {
+    let details = &alert["details"];
+    json!({
+        "rule": alert["rule"]["id"], "severity": alert["severity"], "status": alert["status"],
+        "summary": alert["summary"], "resolved_by": alert["resolved"]["by"],
+        "alarm": alert["finding"].as_str().and_then(|f| f.split_once('|')).map(|(_, id)| id),
+        "kind": details["kind"], "priority": details["priority"], "state": details["state"],
+        "event": details["event"], "event_text": details["event_text"], "missing": details["missing"],
+    })
+}
+
+/// Alarm reports as a FHIR gateway sends them, built and validated by `fhir.resources`
+/// (tests/external/fhir_alarms.py).
+fn fhir_alarms(system: &str, mrn: &str, device: &str, reports: &Value) -> Vec<Value> {
+    use std::io::Write;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "no .venv with fhir.resources: python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt"
+    );
+    let mut child = std::process::Command::new(python)
+        .arg(root.join("tests/external/fhir_alarms.py"))
+        .args(["--system", system, "--mrn", mrn, "--device", device])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(reports.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "fhir_alarms.py: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_alarm_observations_raise_update_and_resolve_the_same_alerts_as_pcd04() {
+    const SYSTEM: &str = "http://hospital.example.org/mrn";
+    let dir = tempdir("fhir-alarm");
+    let mut config = config_qsofa_only(&dir);
+    config.fhir.identifier_systems.insert("HOSP".into(), SYSTEM.into());
+    let server = vigil::app::start(&config).await.unwrap();
+    let rrt = server.auth.issue("rrt-fa", Role::Rrt, vec!["ICU".into()], time::Duration::hours(1));
+    let gateway = server.auth.issue("gw-fa", Role::Gateway, Vec::new(), time::Duration::hours(1));
+    let api = Api::new(&server);
+    let mut ws = ws_connect(server.http_addr, &rrt).await;
+    ws_send(&mut ws, json!({"type": "subscribe", "units": ["ICU"], "since": 0})).await;
+    ws_next(&mut ws, &["subscribed"], WAIT).await;
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    let ack = mllp.send(&adt("FA-A01", "A01", "MRN-FA-FHIR", "ICU^11^B")).await.unwrap();
+    assert_eq!(ack_code(&ack), Some("AA"), "{ack}");
+
+    // (alarm, event, phase, priority, kind): a physiologic and a technical alarm's life, then
+    // a keep-alive.
+    let spo2 = ("196674", "MDC_EVT_LO_VAL_LT_LIM");
+    let leads = ("196876", "MDC_EVT_LEAD_DISCONN");
+    let steps = [
+        ("AL-P", spo2, "start", "PM", "SP"),
+        ("AL-P", spo2, "continue", "PM", "SP"),
+        ("AL-P", spo2, "update", "PH", "SP"),
+        ("AL-P", spo2, "end", "PH", "SP"),
+        ("AL-T", leads, "start", "PL", "ST"),
+        ("AL-T", leads, "continue", "PL", "ST"),
+        ("AL-T", leads, "end", "PL", "ST"),
+        ("HB", ("196614", "MDC_EVT_ACTIVE"), "start", "PN", "SA"),
+    ];
+    let reports: Vec<Value> = steps
+        .iter()
+        .map(|(alarm, (event, display), phase, priority, kind)| {
+            json!({"alarm": alarm, "event": event, "display": display, "phase": phase, "state": "active",
+                   "priority": priority, "kind": kind})
+        })
+        .collect();
+    let observations = fhir_alarms(SYSTEM, "MRN-FA-FHIR", "00-12-34-56-78-AB-CD-EE", &json!(reports));
+    let post = |body: &Value| {
+        api.http
+            .post(format!("{}/fhir/Observation", api.base))
+            .bearer_auth(&gateway)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    for (n, ((alarm, (event, display), phase, priority, kind), observation)) in
+        steps.iter().zip(&observations).enumerate()
+    {
+        let r40 =
+            r40(&format!("FA-R40-{n}"), "MRN-FA-HL7", alarm, &format!("{event}^{display}^MDC"), phase, priority, kind);
+        let ack = mllp.send(&r40).await.unwrap();
+        assert_eq!(ack_code(&ack), Some("CA"), "{ack}");
+        let response = post(observation).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+        let want = if *alarm == "HB" { 200 } else { 201 };
+        assert_eq!(status, want, "step {n}: {body}");
+        if *phase == "continue" || *alarm == "HB" {
+            continue; // nothing changes; the next change shows it
+        }
+        let rule = if *kind == "ST" { "device.technical" } else { "device.alarm" };
+        let hl7 = next_alert_of(&mut ws, rule, "MRN-FA-HL7").await;
+        let fhir = next_alert_of(&mut ws, rule, "MRN-FA-FHIR").await;
+        assert_eq!(alarm_alert(&fhir), alarm_alert(&hl7), "step {n} ({alarm} {phase})");
+        assert_eq!(fhir["finding"], format!("0012345678ABCDEE|{alarm}"));
+        assert_eq!(fhir["patient"]["bed"], "B");
+        let want_status = if *phase == "end" { "resolved" } else { "active" };
+        assert_eq!(fhir["status"], want_status, "step {n}");
+    }
+
+    // A resend of a report is answered as then; a report without its phase is refused naming it.
+    let response = post(&observations[0]).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut no_phase = observations[0].clone();
+    no_phase["component"].as_array_mut().unwrap().retain(|c| c["code"]["coding"][0]["code"] != "68481");
+    let response = post(&no_phase).await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    assert_eq!(body["issue"][0]["expression"][0], "Observation.component", "{body}");
+    server.shutdown().await;
+}
+
 /// A PCD-01 report (ORU^R01, MSH-15 AL / MSH-16 NE) from `device` carrying one heart rate, for
 /// the patient `pid` names (`None`: no PID segment, as a gateway that does not know the patient
 /// sends it).

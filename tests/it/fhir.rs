@@ -223,6 +223,119 @@ async fn a_transaction_of_1000_observations_is_stored_atomically_or_not_at_all_a
     assert_eq!(stored_events(&dir, "HOSP", "MRN-BATCH").await.len(), 1, "batch entries stand alone");
 }
 
+/// A Bundle entry: POST of `resource`, conditional on `if_none_exist` when given.
+fn entry(resource: Value, if_none_exist: Option<&str>) -> Value {
+    let mut request = json!({ "method": "POST", "url": "Observation" });
+    if let Some(query) = if_none_exist {
+        request["ifNoneExist"] = json!(query);
+    }
+    json!({ "resource": resource, "request": request })
+}
+
+fn bundle(kind: &str, entries: Vec<Value>) -> String {
+    json!({ "resourceType": "Bundle", "type": kind, "entry": entries }).to_string()
+}
+
+/// `(status, location)` of each entry of a response Bundle, and whether it says "a resend".
+fn entry_answers(body: &Value) -> Vec<(String, String, bool)> {
+    body["entry"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries: {body}"))
+        .iter()
+        .map(|e| {
+            let r = &e["response"];
+            let resend = r["outcome"]["issue"].as_array().is_some_and(|issues| {
+                issues.iter().any(|i| i["diagnostics"].as_str().is_some_and(|d| d.starts_with("a resend")))
+            });
+            (r["status"].as_str().unwrap().to_string(), r["location"].as_str().unwrap_or("").to_string(), resend)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_resent_alone_in_a_batch_or_in_another_transaction_is_stored_once() {
+    let dir = tempdir("fhir-entries");
+    let server = start(&dir).await;
+    let (http, token) = (client(), gateway(&server));
+    let obs = |id: &str, value: f64| observation("MRN-ENT", "8867-4", value, "/min", Some(id));
+    let created = |location: &str| ("201 Created".to_string(), location.to_string(), false);
+    let resent = |location: &str| ("200 OK".to_string(), location.to_string(), true);
+
+    // Alone first, then inside a transaction beside a new one: the entry is a resend.
+    let (status, headers, _) =
+        post(&http, &server, "/fhir/Observation", &token, obs("e-1", 61.0).to_string(), &[]).await;
+    assert_eq!(status, 201);
+    let e1 = headers["location"].to_str().unwrap().to_string();
+    let tx = bundle("transaction", vec![entry(obs("e-1", 61.0), None), entry(obs("e-2", 62.0), None)]);
+    let (status, _, body) = post(&http, &server, "/fhir", &token, tx, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let answers = entry_answers(&body);
+    let e2 = answers[1].1.clone();
+    assert_eq!(answers, [resent(&e1), created(&e2)], "{body}");
+
+    // The other way: an entry of that transaction sent alone, in a batch, in another transaction.
+    let (status, headers, body) =
+        post(&http, &server, "/fhir/Observation", &token, obs("e-2", 62.0).to_string(), &[]).await;
+    assert_eq!((status, headers["location"].to_str().unwrap()), (200, e2.as_str()), "{body}");
+    let batch = bundle("batch", vec![entry(obs("e-2", 62.0), None), entry(obs("e-3", 63.0), None)]);
+    let (_, _, body) = post(&http, &server, "/fhir", &token, batch, &[]).await;
+    let answers = entry_answers(&body);
+    let e3 = answers[1].1.clone();
+    assert_eq!(answers, [resent(&e2), created(&e3)], "{body}");
+    let tx = bundle("transaction", vec![entry(obs("e-3", 63.0), None), entry(obs("e-4", 64.0), None)]);
+    let (_, _, body) = post(&http, &server, "/fhir", &token, tx, &[]).await;
+    let answers = entry_answers(&body);
+    let e4 = answers[1].1.clone();
+    assert_eq!(answers, [resent(&e3), created(&e4)], "{body}");
+
+    // If-None-Exist naming an earlier entry, whatever the resource says: the match is the answer.
+    let other = obs("e-4-bis", 99.0);
+    let ine = Some("identifier=urn:ietf:rfc:3986|e-4");
+    let (_, _, body) =
+        post(&http, &server, "/fhir", &token, bundle("transaction", vec![entry(other.clone(), ine)]), &[]).await;
+    assert_eq!(entry_answers(&body), [resent(&e4)], "{body}");
+    let (_, _, body) = post(&http, &server, "/fhir", &token, bundle("batch", vec![entry(other, ine)]), &[]).await;
+    assert_eq!(entry_answers(&body), [resent(&e4)], "{body}");
+    // ... and naming an earlier entry of the same transaction: stored once, by the first.
+    let tx = bundle(
+        "transaction",
+        vec![entry(obs("e-5", 65.0), None), entry(obs("e-5-bis", 98.0), Some("identifier=urn:ietf:rfc:3986|e-5"))],
+    );
+    let (_, _, body) = post(&http, &server, "/fhir", &token, tx, &[]).await;
+    let answers = entry_answers(&body);
+    let e5 = answers[0].1.clone();
+    assert_eq!(answers, [created(&e5), resent(&e5)], "{body}");
+
+    // At once: the same entries alone, in a batch and in two transactions, concurrently.
+    let sends = [
+        ("/fhir/Observation", obs("e-6", 66.0).to_string()),
+        ("/fhir", bundle("transaction", vec![entry(obs("e-7", 67.0), None), entry(obs("e-6", 66.0), None)])),
+        ("/fhir", bundle("batch", vec![entry(obs("e-6", 66.0), None), entry(obs("e-7", 67.0), None)])),
+        ("/fhir", bundle("transaction", vec![entry(obs("e-6", 66.0), None), entry(obs("e-7", 67.0), None)])),
+    ];
+    let answers = futures_util::future::join_all(
+        sends.iter().map(|(path, body)| post(&http, &server, path, &token, body.clone(), &[])),
+    )
+    .await;
+    for (status, _, body) in &answers {
+        assert!(*status == 200 || *status == 201, "{status} {body}");
+    }
+    server.shutdown().await;
+
+    let mut values: Vec<f64> = stored_events(&dir, "HOSP", "MRN-ENT")
+        .await
+        .iter()
+        .flat_map(|e| match &e.event.kind {
+            vigil_actors::EventKind::Observations { observations } => {
+                observations.iter().filter_map(|o| o.value).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, [61.0, 62.0, 63.0, 64.0, 65.0, 66.0, 67.0], "each Observation stored once, however sent");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_an_operation_outcome_naming_the_element_and_limits_hold() {
     let dir = tempdir("fhir-errors");

@@ -120,6 +120,9 @@ pub trait DeviceStore: Send + Sync + 'static {
     async fn quarantine(&self, reading: &QuarantinedReading) -> Result<(), StoreError>;
     /// The latest quarantined readings, newest first, at most `limit`.
     async fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedReading>, StoreError>;
+    /// Drop the quarantined readings received before `older_than`, then the oldest beyond the
+    /// newest `keep`; how many were dropped.
+    async fn trim_quarantine(&self, keep: usize, older_than: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 /// Where association changes are audited.
@@ -502,7 +505,8 @@ mod tests {
     }
 }
 
-/// An in-memory [`DeviceStore`] for tests (quarantine bounded to its newest 10,000 readings).
+/// An in-memory [`DeviceStore`] for tests (quarantine bounded by `trim_quarantine`, and
+/// never beyond its newest 100,000 readings).
 #[cfg(any(test, feature = "fakes"))]
 #[derive(Default)]
 pub struct MemoryDeviceStore {
@@ -547,7 +551,7 @@ impl DeviceStore for MemoryDeviceStore {
 
     async fn quarantine(&self, reading: &QuarantinedReading) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
-        if inner.quarantine.len() == 10_000 {
+        if inner.quarantine.len() == 100_000 {
             inner.quarantine.pop_front();
         }
         inner.quarantine.push_back(reading.clone());
@@ -556,5 +560,14 @@ impl DeviceStore for MemoryDeviceStore {
 
     async fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedReading>, StoreError> {
         Ok(self.lock()?.quarantine.iter().rev().take(limit).cloned().collect())
+    }
+
+    async fn trim_quarantine(&self, keep: usize, older_than: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        let before = inner.quarantine.len();
+        inner.quarantine.retain(|r| r.received_at >= older_than);
+        let excess = inner.quarantine.len().saturating_sub(keep);
+        inner.quarantine.drain(..excess);
+        Ok((before - inner.quarantine.len()) as u64)
     }
 }

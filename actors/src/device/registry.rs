@@ -64,6 +64,9 @@ pub struct DeviceRegistry {
     pub untracked: AtomicU64,
     /// Readings quarantined since start (`/metrics`).
     pub quarantined: AtomicU64,
+    /// Quarantined readings dropped since start, oldest first, to keep the quarantine within
+    /// its bounds (`/metrics`).
+    pub quarantine_dropped: AtomicU64,
     offline: AtomicI64,
 }
 
@@ -81,6 +84,7 @@ impl DeviceRegistry {
             audit: None,
             untracked: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            quarantine_dropped: AtomicU64::new(0),
             offline: AtomicI64::new(0),
         }
     }
@@ -236,12 +240,35 @@ impl DeviceRegistry {
         current
     }
 
-    /// Keep a reading of a device with no patient, durably; counted.
+    /// Keep a reading of a device with no patient, durably; counted. The quarantine stays
+    /// within its bounds (`quarantine_max` readings, `quarantine_max_age` old): the oldest
+    /// readings beyond them are dropped, counted, never the new one.
     pub async fn quarantine(&self, reading: QuarantinedReading) -> Result<(), StoreError> {
         self.store.quarantine(&reading).await?;
         self.quarantined.fetch_add(1, Ordering::Relaxed);
         tracing::info!(device = %reading.device, feed = %reading.feed, values = reading.observations.len(), "reading of an unassociated device quarantined");
+        self.trim_quarantine().await;
         Ok(())
+    }
+
+    /// Drop the quarantined readings beyond the bounds, oldest first, at the clock's now
+    /// (after each reading quarantined, and from the silence check). A failure is logged:
+    /// the next trim catches up.
+    pub async fn trim_quarantine(&self) -> u64 {
+        let older_than = self.clock.now() - self.config.quarantine_max_age;
+        match self.store.trim_quarantine(self.config.quarantine_max, older_than).await {
+            Ok(dropped) => {
+                if dropped > 0 {
+                    self.quarantine_dropped.fetch_add(dropped, Ordering::Relaxed);
+                    tracing::warn!(dropped, "oldest quarantined readings dropped: quarantine at its bound");
+                }
+                dropped
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "quarantine not trimmed; retried on the next reading");
+                0
+            }
+        }
     }
 
     /// The latest quarantined readings, newest first.
@@ -266,6 +293,8 @@ impl DeviceRegistry {
                 self.store(event).await;
             }
         }
+        // Readings age out of the quarantine even when no new one arrives.
+        self.trim_quarantine().await;
         offline
     }
 
@@ -339,6 +368,43 @@ mod tests {
             demographics: Demographics { name: Phi("Test, Device".into()), ..Default::default() },
             location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
         }
+    }
+
+    #[tokio::test]
+    async fn the_quarantine_keeps_its_newest_readings_within_count_and_age_and_counts_the_dropped() {
+        let store = Arc::new(MemoryStore::default());
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let rules = Arc::new(FnRules(|_: &crate::ports::PatientView, _: &[&str]| Vec::new()));
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
+        let config =
+            DeviceConfig { quarantine_max: 3, quarantine_max_age: Duration::hours(1), ..DeviceConfig::default() };
+        let quarantine = Arc::new(MemoryDeviceStore::default());
+        let devices = DeviceRegistry::new(Arc::clone(&router), clock.clone(), config, quarantine.clone());
+        let advance = |by: Duration| *clock.0.lock().unwrap() += by;
+        let reading = |n: usize| QuarantinedReading {
+            device: DeviceId("0012345678ABCDEF".into()),
+            received_at: *clock.0.lock().unwrap(),
+            feed: "hl7".into(),
+            message: format!("Q-{n}"),
+            observations: Vec::new(),
+        };
+        let kept =
+            || async { quarantine.quarantined(100).await.unwrap().into_iter().map(|r| r.message).collect::<Vec<_>>() };
+        for n in 0..5 {
+            devices.quarantine(reading(n)).await.unwrap();
+            advance(Duration::minutes(10));
+        }
+        assert_eq!(kept().await, ["Q-4", "Q-3", "Q-2"], "the newest three, the oldest dropped first");
+        assert_eq!(devices.quarantine_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(devices.quarantined.load(Ordering::Relaxed), 5, "every reading was quarantined before");
+        // Over an hour after Q-3 arrived: it and Q-2 age out at the next check, with no new
+        // reading; Q-4 (55 minutes old) stays.
+        advance(Duration::minutes(45));
+        devices.check_silence().await;
+        assert_eq!(kept().await, ["Q-4"]);
+        assert_eq!(devices.quarantine_dropped.load(Ordering::Relaxed), 4);
+        router.shutdown().await;
     }
 
     #[tokio::test]

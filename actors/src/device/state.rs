@@ -23,11 +23,22 @@ pub struct DeviceConfig {
     pub interval: Option<Duration>,
     /// Devices tracked at most; a device beyond the bound is not tracked (counted).
     pub max_devices: usize,
+    /// Quarantined readings kept at most; beyond it the oldest are dropped (counted).
+    pub quarantine_max: usize,
+    /// Quarantined readings older than this are dropped (counted).
+    pub quarantine_max_age: Duration,
 }
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig { offline_intervals: 3, offline_floor: Duration::seconds(60), interval: None, max_devices: 10_000 }
+        DeviceConfig {
+            offline_intervals: 3,
+            offline_floor: Duration::seconds(60),
+            interval: None,
+            max_devices: 10_000,
+            quarantine_max: 10_000,
+            quarantine_max_age: Duration::days(7),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! mapping in `resources.rs` returning [`Mapped`], a row here, a test in `resources/tests.rs`
 //! and in tests/it/fhir.rs, and a line in docs/fhir.md.
 
+pub mod alarm;
 pub mod capability;
 pub mod http;
 pub mod json;
@@ -30,7 +31,7 @@ use self::outcome::{FhirError, Issue};
 use self::resources::{Context, MapFn, Mapped, Referenced};
 use crate::config::FhirSettings;
 use crate::ingest::map::Mapper;
-use crate::ingest::{Ingress, Outcome, Submission};
+use crate::ingest::{Ingress, Outcome, Part, Submission};
 
 /// How a resend of a resource is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +125,9 @@ pub fn map_resource(mapper: &Mapper, value: &Value, received_at: OffsetDateTime)
     (row.map)(&Context { mapper, received_at, referenced: &referenced }, &El::root(value, kind))
 }
 
+/// What the answer to a resend says (a conditional create that matched).
+const RESENT: &str = "a resend of a resource already accepted: answered as then, not stored again";
+
 /// Opaque patient ids handed out for Patients, and what they stand for, at most this many.
 const ISSUED_CAPACITY: usize = 100_000;
 
@@ -156,6 +160,9 @@ pub struct Prepared {
     issues_patient: Option<(PatientId, PatientKey)>,
     /// The device an Observation names, for the device registry.
     device: Option<resources::DeviceReport>,
+    /// Whether its resend key recognises a resend (`If-None-Exist`, or a resource that
+    /// happens once); otherwise every POST of it is applied.
+    recognised: bool,
 }
 
 /// The answer to one resource.
@@ -251,7 +258,8 @@ impl FhirFeed {
         };
         let ctx = Context { mapper: &self.mapper, received_at, referenced };
         let mapped: Mapped = (row.map)(&ctx, &El::root(value, kind)).map_err(refusal)?;
-        let key_id = resend_key(row, value, if_none_exist);
+        let key_id = resend_key(row, value, if_none_exist, mapped.keyed_by_content);
+        let recognised = row.resend == Resend::Once || if_none_exist.is_some_and(|q| !q.trim().is_empty());
         let id = mapped.id.clone().unwrap_or_else(|| short_digest(&key_id));
         let issues_patient = match (kind, mapped.events.first()) {
             ("Patient", Some(e)) => Some((e.patient_id.clone(), e.patient.clone())),
@@ -269,6 +277,7 @@ impl FhirFeed {
             issues: mapped.issues,
             issues_patient,
             device: mapped.device,
+            recognised,
         })
     }
 
@@ -277,13 +286,13 @@ impl FhirFeed {
     /// resolved (stored before this returns, so before the answer).
     async fn report_device(&self, report: Option<&resources::DeviceReport>) {
         let (Some(devices), Some(report)) = (&self.devices, report) else { return };
-        let technical = vigil_actors::device::TechnicalReport {
+        let technical = report.technical.then(|| vigil_actors::device::TechnicalReport {
             conditions: report.conditions.clone(),
             valid_data: report.valid_data,
-        };
+        });
         let device = vigil_actors::DeviceId(report.device.clone());
         let by = vigil_actors::device::ChangedBy::FHIR;
-        devices.seen(by, &device, Some(report.patient.clone()), Some(technical)).await;
+        devices.seen(by, &device, Some(report.patient.clone()), technical).await;
     }
 
     /// Report the devices Observations name to `devices` (last seen, silence, association,
@@ -316,13 +325,7 @@ impl FhirFeed {
             Outcome::Stored => StatusCode::CREATED,
             Outcome::Empty => StatusCode::OK,
             Outcome::Duplicate => {
-                issues.insert(
-                    0,
-                    Issue::information(
-                        "",
-                        "a resend of a resource already accepted: answered as then, not stored again",
-                    ),
-                );
+                issues.insert(0, Issue::information("", RESENT));
                 StatusCode::OK
             }
             Outcome::NotStored => {
@@ -467,38 +470,51 @@ impl FhirFeed {
         for p in &prepared {
             self.report_device(p.device.as_ref()).await;
         }
-        // One message: every entry's events, grouped per patient (each patient's stored
-        // atomically, in entry order), under the Bundle's resend key.
-        let mut events: Vec<ClinicalEvent> = Vec::new();
-        let mut issued = Vec::new();
-        for p in &mut prepared {
-            events.append(&mut p.events);
-            issued.extend(p.issues_patient.take());
+        // One message under the Bundle's resend key, each entry a part under its own: an entry
+        // accepted before (alone, in a batch, in another transaction) is not stored again and
+        // is answered 200 as a conditional create that matched. The rest is grouped per
+        // patient (each patient's stored atomically, in entry order).
+        let order = patient_order(&prepared);
+        let mut parts: Vec<Part> = Vec::with_capacity(prepared.len());
+        for &i in &order {
+            let p = &mut prepared[i];
+            parts.push(Part {
+                key: p.recognised.then(|| p.envelope.key.clone()),
+                events: std::mem::take(&mut p.events),
+            });
         }
-        group_by_patient(&mut events);
+        let issued: Vec<_> = prepared.iter_mut().filter_map(|p| p.issues_patient.take()).collect();
         let key = bundle_key(bundle.value());
         let envelope = Envelope {
             key: MessageKey { source: Source::Fhir, sender: sender.to_string(), id: key },
             raw: Phi(bundle.value().to_string()),
             received_at,
         };
-        let outcome = self.ingress.submit(envelope, events).await.outcome().await;
+        let (submission, resent_in_order) = self.ingress.submit_parts(envelope, parts).await;
+        let mut resent = vec![false; prepared.len()];
+        for (&i, was) in order.iter().zip(resent_in_order) {
+            resent[i] = was;
+        }
+        let outcome = submission.outcome().await;
         if outcome == Outcome::NotStored {
             return Err(FhirError::retry());
         }
         for (id, key) in issued {
             self.remember(id, key);
         }
-        let status = match outcome {
-            Outcome::Stored => "201 Created",
-            _ => "200 OK",
-        };
         let responses: Vec<Value> = prepared
             .iter()
-            .map(|p| {
+            .zip(resent)
+            .map(|(p, resent)| {
+                let (status, mut issues) = match outcome {
+                    Outcome::Stored if !resent => ("201 Created", Vec::new()),
+                    Outcome::Stored | Outcome::Empty if !resent => ("200 OK", Vec::new()),
+                    _ => ("200 OK", vec![Issue::information("", RESENT)]),
+                };
+                issues.extend(p.issues.iter().cloned());
                 let mut response = json!({ "status": status, "location": format!("{}/{}", p.kind, p.id) });
-                if !p.issues.is_empty() {
-                    response["outcome"] = outcome::operation_outcome(&p.issues);
+                if !issues.is_empty() {
+                    response["outcome"] = outcome::operation_outcome(&issues);
                 }
                 json!({ "response": response })
             })
@@ -594,13 +610,13 @@ fn status_line(status: StatusCode) -> String {
 }
 
 /// What recognises a resend of one resource (see [`Resend`]).
-fn resend_key(row: &Resource, value: &Value, if_none_exist: Option<&str>) -> String {
+fn resend_key(row: &Resource, value: &Value, if_none_exist: Option<&str>, by_content: bool) -> String {
     if let Some(query) = if_none_exist.map(str::trim).filter(|q| !q.is_empty()) {
         let query = query.strip_prefix(row.name).unwrap_or(query).trim_start_matches('?');
         return format!("{}?{}", row.name, resources::percent_decode(query));
     }
     match row.resend {
-        Resend::Once => match first_identifier(value) {
+        Resend::Once => match first_identifier(value).filter(|_| !by_content) {
             Some(token) => format!("{}?identifier={token}", row.name),
             None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(value.to_string().as_bytes()))),
         },
@@ -704,16 +720,34 @@ fn collect_patient_references(value: &Value, out: &mut Vec<(PatientId, String)>,
     }
 }
 
-/// Events of several patients in one message, regrouped so each patient's events are
-/// consecutive (one atomic bundle each), in order of first appearance and entry order.
-fn group_by_patient(events: &mut [ClinicalEvent]) {
-    let mut order: Vec<PatientId> = Vec::new();
-    for e in events.iter() {
-        if !order.contains(&e.patient_id) {
-            order.push(e.patient_id.clone());
-        }
+/// The entries of a transaction in the order they are submitted: regrouped so each patient's
+/// events are consecutive (one atomic bundle each), in order of first appearance and entry
+/// order; entries with no events keep their place among them.
+fn patient_order(prepared: &[Prepared]) -> Vec<usize> {
+    let mut patients: Vec<&PatientId> = Vec::new();
+    let mut rank = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let at = p.events.first().map(|e| match patients.iter().position(|q| **q == e.patient_id) {
+            Some(at) => at,
+            None => {
+                patients.push(&e.patient_id);
+                patients.len() - 1
+            }
+        });
+        rank.push(at);
     }
-    if order.len() > 1 {
-        events.sort_by_key(|e| order.iter().position(|p| *p == e.patient_id).unwrap_or(usize::MAX));
+    let mut order: Vec<usize> = (0..prepared.len()).collect();
+    if patients.len() > 1 {
+        // An entry with no events goes with the patient of the entry before it.
+        let mut current = 0;
+        let ranks: Vec<usize> = rank
+            .iter()
+            .map(|r| {
+                current = r.unwrap_or(current);
+                current
+            })
+            .collect();
+        order.sort_by_key(|&i| ranks[i]);
     }
+    order
 }

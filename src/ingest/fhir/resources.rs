@@ -28,7 +28,7 @@ pub const EUI64_SYSTEM: &str = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680";
 /// The core extension naming the gateway an observation came through.
 pub const GATEWAY_EXTENSION: &str = "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice";
 const UCUM: &str = "http://unitsofmeasure.org";
-const MDC: &str = "urn:iso:std:iso:11073:10101";
+pub(super) const MDC: &str = "urn:iso:std:iso:11073:10101";
 const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 
 /// What one resource maps to.
@@ -44,6 +44,9 @@ pub struct Mapped {
     /// An Observation naming its device: what the device registry is told (last seen, the
     /// patient it reports for, technical conditions such as leads off).
     pub device: Option<DeviceReport>,
+    /// Its identifier does not name this report but what it is about (a device alarm report
+    /// names its alarm, which has many reports): a resend is recognised by content.
+    pub keyed_by_content: bool,
 }
 
 /// What an Observation says of the device that made it.
@@ -57,6 +60,9 @@ pub struct DeviceReport {
     pub conditions: Vec<vigil_actors::device::TechnicalCondition>,
     /// It carried a value Vigil uses.
     pub valid_data: bool,
+    /// It says what the device's technical state is (`conditions`, `valid_data`): a
+    /// measurement does; an alarm report does not (as PCD-04 does not).
+    pub technical: bool,
 }
 
 /// The technical conditions (leads off, probe off) an Observation carries: an MDC coding of
@@ -183,7 +189,7 @@ fn key_of(mapper: &Mapper, system: &str, value: &str, path: &str) -> Result<Pati
 
 /// The patient a `subject` (or `patient`) reference names; refused when it cannot be
 /// resolved, never attributed to a guess.
-fn subject(ctx: &Context<'_>, resource: &El<'_>, name: &str) -> Result<PatientKey, Issue> {
+pub(super) fn subject(ctx: &Context<'_>, resource: &El<'_>, name: &str) -> Result<PatientKey, Issue> {
     let Some(reference) = resource.object(name)? else {
         return Err(Issue::required(resource.child_path(name)));
     };
@@ -264,7 +270,7 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn event(ctx: &Context<'_>, patient: PatientKey, kind: EventKind) -> ClinicalEvent {
+pub(super) fn event(ctx: &Context<'_>, patient: PatientKey, kind: EventKind) -> ClinicalEvent {
     ClinicalEvent {
         patient_id: ctx.mapper.patient_id(&patient),
         patient,
@@ -279,7 +285,7 @@ fn event(ctx: &Context<'_>, patient: PatientKey, kind: EventKind) -> ClinicalEve
 // Small readers
 
 /// `(system, code)` of each coding of a CodeableConcept child.
-fn codings<'a>(el: &El<'a>, name: &str) -> Result<Vec<(&'a str, &'a str)>, Issue> {
+pub(super) fn codings<'a>(el: &El<'a>, name: &str) -> Result<Vec<(&'a str, &'a str)>, Issue> {
     let Some(concept) = el.object(name)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for coding in concept.array("coding")? {
@@ -439,7 +445,7 @@ pub fn device(_ctx: &Context<'_>, device: &El<'_>) -> Result<Mapped, Vec<Issue>>
         "Device",
         "a device is recorded through the observations that name it; nothing is stored for the Device itself",
     ));
-    Ok(Mapped { events: Vec::new(), issues, id: Some(device_id(&label)), device: None })
+    Ok(Mapped { events: Vec::new(), issues, id: Some(device_id(&label)), device: None, keyed_by_content: false })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,6 +463,11 @@ enum Value {
 /// (unit, plausibility, unknown answer) are counted and answered as warnings; when none can
 /// be used and one was tried, the resource is refused naming each.
 pub fn observation(ctx: &Context<'_>, obs: &El<'_>) -> Result<Mapped, Vec<Issue>> {
+    if super::alarm::is_alarm(obs).map_err(|i| vec![i])? {
+        // Whatever its status: an alarm's end may come as `final` or `amended`.
+        obs.required_str("status").map_err(|i| vec![i])?;
+        return super::alarm::alarm(ctx, obs);
+    }
     let status = obs.required_str("status").map_err(|i| vec![i])?;
     let status = match status {
         "final" => ResultStatus::Final,
@@ -528,6 +539,7 @@ pub fn observation(ctx: &Context<'_>, obs: &El<'_>) -> Result<Mapped, Vec<Issue>
             )),
             conditions,
             valid_data,
+            technical: true,
         })
     };
     if observations.is_empty() {
@@ -547,7 +559,7 @@ pub fn observation(ctx: &Context<'_>, obs: &El<'_>) -> Result<Mapped, Vec<Issue>
     let valid_data = observations.iter().any(|o| o.value.is_some());
     let device = report(&patient, valid_data, conditions);
     let kind = EventKind::Observations { observations };
-    Ok(Mapped { events: vec![event(ctx, patient, kind)], issues, id: None, device })
+    Ok(Mapped { events: vec![event(ctx, patient, kind)], issues, id: None, device, keyed_by_content: false })
 }
 
 fn effective(ctx: &Context<'_>, obs: &El<'_>) -> Result<Option<OffsetDateTime>, Issue> {
@@ -564,7 +576,7 @@ fn effective(ctx: &Context<'_>, obs: &El<'_>) -> Result<Option<OffsetDateTime>, 
 }
 
 /// `Observation.device`, else the gateway it came through (the `gatewayDevice` extension).
-fn observation_device(ctx: &Context<'_>, obs: &El<'_>) -> Result<Option<String>, Issue> {
+pub(super) fn observation_device(ctx: &Context<'_>, obs: &El<'_>) -> Result<Option<String>, Issue> {
     if let Some(reference) = obs.object("device")?
         && let Some(label) = referenced_device(ctx, obs, &reference)?
     {
@@ -774,7 +786,7 @@ pub fn patient(ctx: &Context<'_>, patient: &El<'_>) -> Result<Mapped, Vec<Issue>
         event(ctx, key, EventKind::Census { action: CensusAction::Update, attending: None, encounter: None });
     census.demographics = demographics;
     let id = census.patient_id.0.clone();
-    Ok(Mapped { events: vec![census], issues: Vec::new(), id: Some(id), device: None })
+    Ok(Mapped { events: vec![census], issues: Vec::new(), id: Some(id), device: None, keyed_by_content: false })
 }
 
 fn demographics(patient: &El<'_>) -> Result<Demographics, Issue> {
@@ -866,7 +878,7 @@ pub fn encounter(ctx: &Context<'_>, enc: &El<'_>) -> Result<Mapped, Vec<Issue>> 
         CensusAction::CancelAdmit => None,
         _ => location(&locations).map_err(|i| vec![i])?,
     };
-    Ok(Mapped { events: vec![census], issues: Vec::new(), id: None, device: None })
+    Ok(Mapped { events: vec![census], issues: Vec::new(), id: None, device: None, keyed_by_content: false })
 }
 
 fn attending(enc: &El<'_>) -> Result<Option<String>, Issue> {
@@ -1029,6 +1041,7 @@ pub fn medication_request(ctx: &Context<'_>, req: &El<'_>) -> Result<Mapped, Vec
         issues: Vec::new(),
         id: None,
         device: None,
+        keyed_by_content: false,
     })
 }
 
@@ -1077,6 +1090,7 @@ pub fn medication_administration(ctx: &Context<'_>, admin: &El<'_>) -> Result<Ma
         issues: Vec::new(),
         id: None,
         device: None,
+        keyed_by_content: false,
     })
 }
 
@@ -1150,6 +1164,7 @@ pub fn allergy_intolerance(ctx: &Context<'_>, allergy: &El<'_>) -> Result<Mapped
         issues: Vec::new(),
         id: None,
         device: None,
+        keyed_by_content: false,
     })
 }
 

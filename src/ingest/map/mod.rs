@@ -12,7 +12,7 @@ mod allergies;
 pub mod identity;
 mod orders;
 mod oru;
-mod pcd04;
+pub(crate) mod pcd04;
 pub mod technical;
 mod values;
 

@@ -19,12 +19,12 @@ use crate::vocab::CodeSystem;
 pub const MDC_EVT_ACTIVE: &str = "196614";
 
 /// The MDC codes of alarm facets: the 68480-68488 family and the older 68165-68168.
-fn is_facet_code(code: &str) -> bool {
+pub(crate) fn is_facet_code(code: &str) -> bool {
     code.parse::<u32>().is_ok_and(|c| (68480..=68488).contains(&c) || (68165..=68168).contains(&c))
 }
 
 /// One facet value.
-enum Facet {
+pub(crate) enum Facet {
     Phase(AlarmPhase),
     State(AlarmState),
     Inactivation(String),
@@ -33,7 +33,7 @@ enum Facet {
 }
 
 /// The facet a value names, whatever code it came under.
-fn facet(value: &str) -> Option<Facet> {
+pub(crate) fn facet(value: &str) -> Option<Facet> {
     let v = value.trim().to_ascii_lowercase();
     Some(match v.as_str() {
         "start" => Facet::Phase(AlarmPhase::Start),
@@ -52,7 +52,7 @@ fn facet(value: &str) -> Option<Facet> {
 }
 
 /// PH/PM/PL/PN or SP/ST/SA.
-fn priority_or_kind(value: &str) -> Option<Facet> {
+pub(crate) fn priority_or_kind(value: &str) -> Option<Facet> {
     Some(match value.trim().to_ascii_uppercase().as_str() {
         "PH" => Facet::Priority(AlarmPriority::High),
         "PM" => Facet::Priority(AlarmPriority::Medium),

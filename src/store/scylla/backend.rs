@@ -98,7 +98,7 @@ impl Backend for Cql {
                 round.add(partition, statement, values, i);
             }
             for sealed in job.rows.into_iter().flatten() {
-                let SealedEvent { event, body, event_id, message } = sealed;
+                let SealedEvent { event, body, event_id, messages } = sealed;
                 let patient = event.patient_id.0.as_str();
                 let day = day_of(event.received_at);
                 let at = timestamp(event.received_at);
@@ -120,7 +120,7 @@ impl Backend for Cql {
                     vec![text(patient), CqlValue::Int(day)],
                     i,
                 );
-                if let Some(m) = message {
+                for m in messages {
                     accept.add(
                         format!("message_log/{}\0{}", m.sender, m.id),
                         &st.insert_message,

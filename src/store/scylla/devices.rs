@@ -26,6 +26,8 @@ pub(super) struct DeviceStatements {
     select_links: PreparedStatement,
     insert_quarantine: PreparedStatement,
     select_quarantine: PreparedStatement,
+    select_quarantine_keys: PreparedStatement,
+    delete_quarantine_row: PreparedStatement,
 }
 
 fn failed(op: &'static str) -> impl Fn(String) -> StoreError {
@@ -45,6 +47,14 @@ impl DeviceStatements {
             .await?,
             select_quarantine: prepare(format!(
                 "SELECT received_at, reading_id, body FROM {ks}.quarantine WHERE day = ? LIMIT {QUARANTINE_READ_PER_DAY}"
+            ))
+            .await?,
+            select_quarantine_keys: prepare(format!(
+                "SELECT received_at, reading_id FROM {ks}.quarantine WHERE day = ?"
+            ))
+            .await?,
+            delete_quarantine_row: prepare(format!(
+                "DELETE FROM {ks}.quarantine WHERE day = ? AND received_at = ? AND reading_id = ?"
             ))
             .await?,
         })
@@ -128,5 +138,43 @@ impl DeviceStore for ScyllaStore {
         }
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// Reads the keys of the day partitions from a week before `older_than` to tomorrow
+    /// (sorted here, newest first) and deletes, row by row, those older than `older_than` and
+    /// those beyond the newest `keep`: a read of at most `keep` live keys per trim (readings
+    /// of unassociated devices are rare). Partitions more than a week older were trimmed when
+    /// they were that old.
+    async fn trim_quarantine(&self, keep: usize, older_than: OffsetDateTime) -> Result<u64, StoreError> {
+        let sh = &self.shared;
+        let cutoff = CqlTimestamp(i64::try_from(older_than.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
+        let today = day_of(OffsetDateTime::now_utc()).max(day_of(older_than));
+        let mut keys: Vec<(i32, CqlTimestamp, String)> = Vec::new();
+        for day in day_of(older_than) - QUARANTINE_DAYS_READ..=today + 1 {
+            let mut rows = sh
+                .session
+                .execute_iter(sh.device_st.select_quarantine_keys.clone(), (day,))
+                .await
+                .map_err(|e| failed("read quarantine")(e.to_string()))?
+                .rows_stream::<(CqlTimestamp, String)>()
+                .map_err(|e| failed("read quarantine")(e.to_string()))?;
+            while let Some(row) = rows.next().await {
+                let (at, reading_id) = row.map_err(|e| failed("read quarantine")(e.to_string()))?;
+                keys.push((day, at, reading_id));
+            }
+        }
+        keys.sort_by(|a, b| (b.1.0, &b.2).cmp(&(a.1.0, &a.2)));
+        let mut dropped = 0;
+        for (n, (day, at, reading_id)) in keys.into_iter().enumerate() {
+            if n < keep && at.0 >= cutoff.0 {
+                continue;
+            }
+            sh.session
+                .execute_unpaged(&sh.device_st.delete_quarantine_row, (day, at, reading_id))
+                .await
+                .map_err(|e| failed("trim quarantine")(e.to_string()))?;
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 }

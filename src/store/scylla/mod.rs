@@ -69,11 +69,12 @@ impl std::fmt::Display for DriverError {
 impl std::error::Error for DriverError {}
 
 /// One event ready to write: the event, its sealed body and, for the first event of its
-/// message, its message-log entry (a message is logged once, however many events it carries).
+/// bundle, the message-log entries of its message (a message is logged once, however many
+/// events it carries) and of the message's parts in the bundle.
 struct SealedEvent {
     event: Box<ClinicalEvent>,
     body: Vec<u8>,
-    message: Option<SealedMessage>,
+    messages: Vec<SealedMessage>,
     event_id: String,
 }
 

@@ -28,7 +28,7 @@ impl EventStore for ScyllaStore {
     ) -> Result<Durable, StoreError> {
         let keys = &self.shared.keys;
         let mut sealed = Vec::with_capacity(events.len());
-        let mut log = message.filter(|m| m.logs_message);
+        let mut log = message;
         for event in events {
             let event_id = format!("{:016x}", rand::random::<u64>());
             let at = timestamp(event.received_at);
@@ -36,16 +36,26 @@ impl EventStore for ScyllaStore {
             let row_key = event_row_key(&event.patient_id.0, day, at, &event_id);
             let json = super::super::event_body(event, message)?;
             let body = seal(keys, "events", &row_key, "body", &json)?;
-            let message = match log.take() {
-                Some(FromMessage { envelope: m, .. }) => {
-                    let sender = m.key.scoped_sender().into_owned();
-                    let row_key = format!("{sender}\0{}", m.key.id);
-                    let raw = seal(keys, "message_log", row_key.as_bytes(), "raw", m.raw.expose().as_bytes())?;
-                    Some(SealedMessage { sender, id: m.key.id.clone(), received_at: timestamp(m.received_at), raw })
+            let mut messages = Vec::new();
+            if let Some(FromMessage { envelope: m, logs_message, parts }) = log.take() {
+                // The message's entry, then its parts' (their raw text: a pointer to the message).
+                let entries = logs_message
+                    .then(|| (&m.key, m.raw.expose().clone()))
+                    .into_iter()
+                    .chain(parts.iter().map(|part| (part, format!("part of {}", m.key.id))));
+                for (key, raw) in entries {
+                    let sender = key.scoped_sender().into_owned();
+                    let row_key = format!("{sender}\0{}", key.id);
+                    let raw = seal(keys, "message_log", row_key.as_bytes(), "raw", raw.as_bytes())?;
+                    messages.push(SealedMessage {
+                        sender,
+                        id: key.id.clone(),
+                        received_at: timestamp(m.received_at),
+                        raw,
+                    });
                 }
-                None => None,
-            };
-            sealed.push(SealedEvent { event: Box::new(event.clone()), body, message, event_id });
+            }
+            sealed.push(SealedEvent { event: Box::new(event.clone()), body, messages, event_id });
         }
         let (done, ticket) = Durable::channel();
         let alerts = alerts.iter().map(|(a, n)| (Box::new(a.clone()), *n)).collect();
