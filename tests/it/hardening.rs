@@ -172,17 +172,20 @@ async fn http_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_a
     config.http.connect_burst_per_peer = 10;
     let server = vigil::app::start(&config).await.unwrap();
     let churner: std::net::IpAddr = "127.0.0.9".parse().unwrap();
-    // 40 connections one after the other from one address: its burst of 10 is served (one or
-    // two more as the bucket refills); the rest are closed before hyper reads a byte.
+    // 40 connections one after the other from one address: its burst of 10 is served, and one
+    // more for each half second the loop takes (2 a second refill, measured: a loaded machine
+    // is slower); the rest are closed before hyper reads a byte.
     let mut served = 0;
+    let started = Instant::now();
     for _ in 0..40 {
         if healthz_from(churner, server.http_addr).await == Some(200) {
             served += 1;
         }
     }
-    assert!((10..=13).contains(&served), "{served} of 40 connections served");
+    let allowed = 10 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!((10..=allowed.min(39)).contains(&served), "{served} of 40 connections served, {allowed} allowed");
     let limited = server.http_metrics.rate_limited.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(limited, 40 - served, "every connection not served was counted as rate-limited");
+    assert_eq!(limited as usize, 40 - served, "every connection not served was counted as rate-limited");
     // Another address is not affected, and the refusals are on /metrics.
     let other: std::net::IpAddr = "127.0.0.10".parse().unwrap();
     assert_eq!(healthz_from(other, server.http_addr).await, Some(200));

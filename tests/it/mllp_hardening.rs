@@ -267,10 +267,12 @@ async fn mllp_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_a
     let server = vigil::app::start(&config).await.unwrap();
     let addr = server.mllp_addr;
     let churner: IpAddr = "127.0.0.9".parse().unwrap();
-    // 40 connections at once from one address: its burst of 10 is served (perhaps one more as
-    // the bucket refills); the rest are closed before taking a slot.
+    // 40 connections one after another from one address: its burst of 10 is served, and one
+    // more for each half second the loop takes (2 a second refill); the rest are closed before
+    // taking a slot. The allowance is measured, not assumed: under load each AA takes longer.
     let mut served = 0;
     let mut held = Vec::new();
+    let started = Instant::now();
     for _ in 0..40 {
         let mut stream = connect_from(churner, addr).await.unwrap();
         stream
@@ -284,9 +286,10 @@ async fn mllp_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_a
             held.push(stream);
         }
     }
-    assert!((10..=12).contains(&served), "{served} of 40 connections served");
+    let allowed = 10 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!((10..=allowed.min(39)).contains(&served), "{served} of 40 connections served, {allowed} allowed");
     let limited = server.mllp_metrics.rate_limited.load(Ordering::Relaxed);
-    assert!(limited >= 28, "{limited} connections counted as rate-limited");
+    assert_eq!(limited as usize, 40 - served, "every connection not served was counted as rate-limited");
     // Another address is not affected.
     let mut other = MllpClient::connect(&addr.to_string(), Duration::from_secs(5)).await.unwrap();
     timed_ack(&mut other, "RATE-OTHER").await;
