@@ -58,6 +58,8 @@ pub struct Running {
     pub auth: Auth,
     /// What the MLLP listener refused or cut short.
     pub mllp_metrics: Arc<crate::ingest::mllp::listener::ListenerMetrics>,
+    /// What the HTTP accept loop refused.
+    pub http_metrics: Arc<crate::http::server::ServerMetrics>,
     /// Cancelled second: the background tasks (escalation, silences, device watch, metrics
     /// upkeep, passivation, webhooks, rules watch). A parent of `intake`.
     shutdown: CancellationToken,
@@ -342,6 +344,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         MAX_PEERS_TRACKED,
     ));
     let mllp_metrics = Arc::new(crate::ingest::mllp::listener::ListenerMetrics::default());
+    let http_metrics = Arc::new(crate::http::server::ServerMetrics::default());
     let console_store = store.console();
     let moved = crate::console::store::move_local_rows(&store.local(), console_store.as_ref())
         .await
@@ -353,6 +356,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let assignments = crate::console::Assignments::open(console_store, Arc::clone(&clock)).await?;
     let state = AppState {
         mllp: Arc::clone(&mllp_metrics),
+        http_connections: Arc::clone(&http_metrics),
         console: crate::console::Console::new(Arc::clone(&alerts), Arc::clone(&router), audit.clone())
             .with_silences(silences)
             .with_assignments(assignments)
@@ -413,6 +417,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         header_read_timeout: config.http.header_read_timeout,
         idle_timeout: config.http.idle_timeout,
         max_connections: config.http.max_connections,
+        connects_per_peer_per_sec: config.http.connects_per_peer_per_sec,
+        connect_burst_per_peer: config.http.connect_burst_per_peer,
     };
     let (state_console, state_hub) = (state.console.clone(), state.hub.clone());
     let app = http::routes(state)
@@ -432,6 +438,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         intake.clone(),
         AUTH_FAILURE_WINDOW,
         flush,
+        Arc::clone(&http_metrics),
     ));
     tasks.spawn(crate::alerts::escalation::run(
         config.escalation.clone(),
@@ -466,6 +473,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         http_addr,
         auth,
         mllp_metrics,
+        http_metrics,
         shutdown,
         intake,
         tasks,

@@ -215,6 +215,11 @@ pub struct HttpFileConfig {
     pub max_websocket_sessions_per_user: Option<usize>,
     /// Failed authentications per peer address per minute before 429 (default 20).
     pub auth_failures_per_minute: Option<u32>,
+    /// New connections per peer address per second once its burst is spent (default 200;
+    /// 0 turns the limit off); past it a new connection is closed at once.
+    pub connects_per_peer_per_sec: Option<u32>,
+    /// New connections one peer address may open at once (default 1000).
+    pub connect_burst_per_peer: Option<u32>,
     /// `/metrics` needs a bearer token (default false).
     pub metrics_require_auth: Option<bool>,
     /// `[http.tls]`: serve HTTP over TLS (and send HSTS).
@@ -236,6 +241,10 @@ pub struct HttpSettings {
     pub max_websocket_sessions_per_user: usize,
     /// Failed authentications per peer per minute.
     pub auth_failures_per_minute: u32,
+    /// New connections per peer per second (0: no limit).
+    pub connects_per_peer_per_sec: u32,
+    /// New connections per peer at once.
+    pub connect_burst_per_peer: u32,
     /// `/metrics` needs a token.
     pub metrics_require_auth: bool,
     /// TLS certificate and key, when HTTP is served over TLS.
@@ -251,6 +260,8 @@ impl Default for HttpSettings {
             max_websocket_sessions: 512,
             max_websocket_sessions_per_user: 8,
             auth_failures_per_minute: 20,
+            connects_per_peer_per_sec: 200,
+            connect_burst_per_peer: 1000,
             metrics_require_auth: false,
             tls: None,
         }
@@ -269,6 +280,8 @@ impl HttpSettings {
                 .max_websocket_sessions_per_user
                 .unwrap_or(d.max_websocket_sessions_per_user),
             auth_failures_per_minute: file.auth_failures_per_minute.unwrap_or(d.auth_failures_per_minute),
+            connects_per_peer_per_sec: file.connects_per_peer_per_sec.unwrap_or(d.connects_per_peer_per_sec),
+            connect_burst_per_peer: file.connect_burst_per_peer.unwrap_or(d.connect_burst_per_peer),
             metrics_require_auth: file.metrics_require_auth.unwrap_or(d.metrics_require_auth),
             tls: file.tls,
         }
@@ -442,6 +455,9 @@ pub struct ScyllaFileConfig {
     pub replication_factor: Option<u32>,
     /// Consistency of reads and writes (default `local_quorum`).
     pub consistency: Option<String>,
+    /// Wait for schema agreement after DDL (default true). Off only for a single node that
+    /// cannot report it (the in-process test server, kassandra).
+    pub await_schema_agreement: Option<bool>,
 }
 
 /// `[mllp]`
@@ -642,6 +658,8 @@ pub struct ScyllaSettings {
     pub replication_factor: u32,
     /// Consistency name (`local_quorum`, `quorum`, `one`, ...).
     pub consistency: String,
+    /// Wait for schema agreement after DDL.
+    pub await_schema_agreement: bool,
 }
 
 /// `[store]`, resolved.
@@ -755,6 +773,7 @@ impl Config {
                 datacenters: scylla_file.datacenters.unwrap_or_default(),
                 replication_factor: scylla_file.replication_factor.unwrap_or(1),
                 consistency: scylla_file.consistency.unwrap_or_else(|| "local_quorum".into()),
+                await_schema_agreement: scylla_file.await_schema_agreement.unwrap_or(true),
             },
         };
         let devices = DeviceSettings::from_file(&file.devices);

@@ -32,6 +32,8 @@ pub const MLLP_WRITE_TIMEOUTS: &str = "vigil_mllp_write_timeouts_total";
 pub const MLLP_ACCEPT_ERRORS: &str = "vigil_mllp_accept_errors_total";
 /// MLLP connections closed at once: their address opened too many too fast.
 pub const MLLP_RATE_LIMITED: &str = "vigil_mllp_connections_rate_limited_total";
+/// HTTP connections closed at once: their address opened too many too fast.
+pub const HTTP_RATE_LIMITED: &str = "vigil_http_connections_rate_limited_total";
 /// Live patient actors.
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
@@ -303,6 +305,7 @@ pub async fn render(
         ] {
             metrics::counter!(name).absolute(counter.load(Ordering::Relaxed));
         }
+        metrics::counter!(HTTP_RATE_LIMITED).absolute(state.http_connections.rate_limited.load(Ordering::Relaxed));
         metrics::gauge!(PATIENTS).set(state.router.patient_count() as f64);
         // Sequence numbers stay far below 2^53, where f64 is exact.
         metrics::gauge!(ALERT_SEQ).set(state.alerts.last_seq() as f64);

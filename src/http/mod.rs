@@ -51,6 +51,8 @@ pub struct AppState {
     pub ingress: Arc<Ingress>,
     /// The MLLP listener's connection counters.
     pub mllp: Arc<crate::ingest::mllp::listener::ListenerMetrics>,
+    /// The HTTP accept loop's counters.
+    pub http_connections: Arc<server::ServerMetrics>,
     /// The HL7 feed (its mapper's dropped-value counters).
     pub hl7: Arc<crate::ingest::hl7::Hl7Feed>,
     /// Live patient actors.

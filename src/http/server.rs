@@ -4,12 +4,15 @@
 //! timeout (a request's head, and the wait for the next one on a kept-alive connection, must
 //! arrive within it: a slow-loris peer is cut off) and the idle timeout (no byte either way for
 //! that long ends any connection, upgraded ones too). Shutdown stops accepting and asks every
-//! connection to finish its request and close.
+//! connection to finish its request and close. A peer address opening connections past its
+//! rate (the MLLP listener's token bucket, [`ConnectRate`]) has each new one closed at once,
+//! before it takes a permit's socket or reaches hyper: a reconnect loop cannot churn the server.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::AcceptErrors;
+use crate::ingest::mllp::rate::{ConnectRate, MAX_PEERS_TRACKED};
 
 /// Limits of the HTTP server (`[http]` in the configuration).
 #[derive(Clone, Debug)]
@@ -35,10 +39,23 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Most connections open at once (WebSocket sessions included).
     pub max_connections: usize,
+    /// New connections per peer address per second, after the burst (0: no limit).
+    pub connects_per_peer_per_sec: u32,
+    /// New connections one peer address may open at once.
+    pub connect_burst_per_peer: u32,
+}
+
+/// What the HTTP accept loop refused, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    /// Connections closed at once because their address opened too many too fast.
+    pub rate_limited: AtomicU64,
 }
 
 /// Serve `app` on `listener` until `shutdown` is cancelled; `tick(false)` runs every
 /// `tick_every`, and `tick(true)` once accepting has stopped (the failed-authentication flush).
+/// Refusals are counted into `metrics`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -47,8 +64,10 @@ pub async fn serve(
     shutdown: CancellationToken,
     tick_every: Duration,
     tick: impl Fn(bool) + Send + 'static,
+    metrics: Arc<ServerMetrics>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let rate = ConnectRate::new(limits.connects_per_peer_per_sec, limits.connect_burst_per_peer, MAX_PEERS_TRACKED);
     let mut errors = AcceptErrors::new("http");
     // Every connection is a task of this tracker; the listener's task waits for them all.
     let connections = TaskTracker::new();
@@ -79,6 +98,12 @@ pub async fn serve(
                 }
             },
         };
+        if !rate.allow(peer.ip(), std::time::Instant::now()) {
+            // Counted on /metrics; a log line per connection would let any peer write logs.
+            metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let io = IdleTimeout::new(stream, limits.idle_timeout, permit);
         connections.spawn(connection(io, peer, app.clone(), limits.clone(), tls.clone(), shutdown.clone()));
@@ -238,7 +263,9 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
+    // Paused time: the clock advances only when every task waits, so the writes land exactly
+    // 250 ms apart however loaded the machine is (real sleeps made this flaky beside builds).
+    #[tokio::test(start_paused = true)]
     async fn a_socket_with_no_traffic_times_out_and_traffic_keeps_it_open() {
         let permits = Arc::new(Semaphore::new(1));
         let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
@@ -258,7 +285,8 @@ mod tests {
         }
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert!(started.elapsed() >= Duration::from_millis(750) + idle);
+        // Idle from the last byte (at 750 ms), not from the first or from the lazy re-arming.
+        assert_eq!(started.elapsed(), Duration::from_millis(750) + idle);
         assert_eq!(permits.available_permits(), 0, "the socket holds its connection permit");
         drop(io);
         assert_eq!(permits.available_permits(), 1, "and gives it back when it closes");

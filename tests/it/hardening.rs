@@ -152,6 +152,52 @@ async fn websocket_sessions_are_capped_per_user_and_in_total() {
     server.shutdown().await;
 }
 
+/// `GET /healthz` on a new connection from `source` (a loopback address): the status line's
+/// code, or `None` when the server closed the connection without answering.
+async fn healthz_from(source: std::net::IpAddr, to: std::net::SocketAddr) -> Option<u16> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(to).await.ok()?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await.ok()?.ok()?;
+    std::str::from_utf8(reply.get(9..12)?).ok()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_are_served() {
+    let dir = tempdir("http-connect-rate");
+    let mut config = config(&dir);
+    config.http.connects_per_peer_per_sec = 2;
+    config.http.connect_burst_per_peer = 10;
+    let server = vigil::app::start(&config).await.unwrap();
+    let churner: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    // 40 connections one after the other from one address: its burst of 10 is served, and one
+    // more for each half second the loop takes (2 a second refill, measured: a loaded machine
+    // is slower); the rest are closed before hyper reads a byte.
+    let mut served = 0;
+    let started = Instant::now();
+    for _ in 0..40 {
+        if healthz_from(churner, server.http_addr).await == Some(200) {
+            served += 1;
+        }
+    }
+    let allowed = 10 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!((10..=allowed.min(39)).contains(&served), "{served} of 40 connections served, {allowed} allowed");
+    let limited = server.http_metrics.rate_limited.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(limited as usize, 40 - served, "every connection not served was counted as rate-limited");
+    // Another address is not affected, and the refusals are on /metrics.
+    let other: std::net::IpAddr = "127.0.0.10".parse().unwrap();
+    assert_eq!(healthz_from(other, server.http_addr).await, Some(200));
+    let metrics = client().get(format!("http://{}/metrics", server.http_addr)).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.lines().any(|l| l == format!("vigil_http_connections_rate_limited_total {limited}")),
+        "rate-limited connections not exported:\n{text}"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_rate_limited_per_peer_and_audited_in_aggregate() {
     let dir = tempdir("auth-failures");

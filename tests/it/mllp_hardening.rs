@@ -63,7 +63,11 @@ async fn timed_ack(client: &mut MllpClient, control_id: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mllp_500_slow_drip_connections_do_not_delay_a_real_senders_ack_beyond_1s() {
-    let dir = tempdir("drip");
+    // The data on tmpfs: this times the listener against drippers, not the disk. In a CI run
+    // beside other tests one AA took 2.87 s; reproduced beside a 4 GB write, the slow round's
+    // AA (1.66 s) matched a 1.91 s fsync on the same disk while the runtime's wake-up lag
+    // stayed under 80 ms: the wait was the disk's, not the drippers'.
+    let dir = memory_tempdir("drip");
     let mut config = config(&dir);
     // Fewer slots than drippers, so they fill the table and must be evicted; a per-peer cap
     // above each dripping address's 50 connections, as for a gateway with many monitors.
@@ -263,10 +267,12 @@ async fn mllp_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_a
     let server = vigil::app::start(&config).await.unwrap();
     let addr = server.mllp_addr;
     let churner: IpAddr = "127.0.0.9".parse().unwrap();
-    // 40 connections at once from one address: its burst of 10 is served (perhaps one more as
-    // the bucket refills); the rest are closed before taking a slot.
+    // 40 connections one after another from one address: its burst of 10 is served, and one
+    // more for each half second the loop takes (2 a second refill); the rest are closed before
+    // taking a slot. The allowance is measured, not assumed: under load each AA takes longer.
     let mut served = 0;
     let mut held = Vec::new();
+    let started = Instant::now();
     for _ in 0..40 {
         let mut stream = connect_from(churner, addr).await.unwrap();
         stream
@@ -280,9 +286,10 @@ async fn mllp_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_a
             held.push(stream);
         }
     }
-    assert!((10..=12).contains(&served), "{served} of 40 connections served");
+    let allowed = 10 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!((10..=allowed.min(39)).contains(&served), "{served} of 40 connections served, {allowed} allowed");
     let limited = server.mllp_metrics.rate_limited.load(Ordering::Relaxed);
-    assert!(limited >= 28, "{limited} connections counted as rate-limited");
+    assert_eq!(limited as usize, 40 - served, "every connection not served was counted as rate-limited");
     // Another address is not affected.
     let mut other = MllpClient::connect(&addr.to_string(), Duration::from_secs(5)).await.unwrap();
     timed_ack(&mut other, "RATE-OTHER").await;

@@ -266,3 +266,163 @@ async fn overload_at_3x_and_5x_capacity_answers_every_message_loses_nothing_and_
     assert!(lost.is_empty(), "{} acknowledged messages not stored: {:?}", lost.len(), &lost[..lost.len().min(10)]);
     println!("{} messages acknowledged AA, all stored", acked.len());
 }
+
+/// The event store of the actors' fakes, whose commits take `delay` each: a disk whose fsync
+/// stalls (one was measured at 1.9 s on a disk shared with builds), or an overloaded commit
+/// pipeline, as the MLLP listener sees it.
+struct SlowCommits {
+    inner: Arc<vigil_actors::fakes::MemoryStore>,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl vigil_actors::EventStore for SlowCommits {
+    async fn append_all(
+        &self,
+        message: Option<&vigil_actors::FromMessage>,
+        events: &[vigil_actors::ClinicalEvent],
+        alerts: &[(vigil_actors::Alert, bool)],
+    ) -> Result<vigil_actors::Durable, vigil_actors::StoreError> {
+        let committed = self.inner.append_all(message, events, alerts).await?;
+        let (done, ticket) = vigil_actors::Durable::channel();
+        let delay = self.delay;
+        tokio::spawn(async move {
+            let result = committed.wait().await;
+            // The commit itself: what a stalled fsync costs.
+            tokio::time::sleep(delay).await;
+            done.complete(result);
+        });
+        Ok(ticket)
+    }
+
+    async fn events_since(
+        &self,
+        patient: &vigil_actors::PatientId,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<vigil_actors::ClinicalEvent>, vigil_actors::StoreError> {
+        self.inner.events_since(patient, since).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        patient: &vigil_actors::PatientId,
+        snapshot: &[u8],
+    ) -> Result<(), vigil_actors::StoreError> {
+        self.inner.save_snapshot(patient, snapshot).await
+    }
+
+    async fn take_snapshot(
+        &self,
+        patient: &vigil_actors::PatientId,
+    ) -> Result<Option<Vec<u8>>, vigil_actors::StoreError> {
+        self.inner.take_snapshot(patient).await
+    }
+}
+
+/// The frame clock under slow commits, deterministically: pipelining senders keep their
+/// window full while every commit takes 2.5x the frame timeout. Messages of ~3 KB, so a 16 KiB
+/// read holds a few frames and the last one that fills the window usually leaves a partial
+/// frame in the buffer; the connection then waits for commits with that partial frame held.
+/// Before the fix (the frame clock stood still only since 97f91b4), the clock of that partial
+/// frame ran through the wait and most senders were closed mid-pipeline ("closed by the server
+/// before a complete reply"); the overload test above cannot force waits that long on every
+/// machine (a connection's wait is about connections / capacity). The real listener, HL7 feed,
+/// ingest and patient actors; only the store is the in-memory fake, slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_senders_are_slowed_never_cut_while_commits_outlast_the_frame_clock() {
+    use vigil::ingest::Ingress;
+    use vigil::ingest::hl7::Hl7Feed;
+    use vigil::ingest::map::Mapper;
+    use vigil_actors::{Clock, MessageLog, Router, SystemClock};
+
+    // Reverted fix, 12 senders of 48: 1 to 6 senders cut in each of 6 runs. Here about 100
+    // waits with a partial frame held, so the bug cannot hide.
+    const SENDERS: usize = 16;
+    const PER_SENDER: usize = 96;
+    let frame_timeout = Duration::from_millis(200);
+    let memory = Arc::new(vigil_actors::fakes::MemoryStore::default());
+    let slow = Arc::new(SlowCommits { inner: Arc::clone(&memory), delay: frame_timeout * 5 / 2 });
+    let rules = Arc::new(vigil_actors::fakes::FnRules(|_: &_, _: &[&str]| Vec::new()));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let router = Arc::new(Router::new(slow, memory.clone(), rules, Arc::clone(&clock)).await.unwrap());
+    let log: Arc<dyn MessageLog> = memory.clone();
+    let ingress = Arc::new(Ingress::new(router, log, clock, 4096));
+    let mapper = Mapper::new(vigil::vocab::Vocabulary::shipped(), vigil::crypto::BlindIndex::new(&[7; 32]));
+    let feed = Arc::new(Hl7Feed::new(ingress, mapper, "VIGIL".into(), "HOSP".into()));
+    let mut settings = config(&tempdir("slow-commits")).mllp;
+    settings.frame_timeout = frame_timeout;
+    // Only the frame clock may close a sender here: the rate floor never extends it.
+    settings.min_frame_bytes_per_sec = 1 << 30;
+    settings.max_in_flight_per_connection = 16;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(vigil::ingest::mllp::listener::ListenerMetrics::default());
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(vigil::ingest::mllp::listener::serve_with_metrics(
+        listener,
+        feed,
+        settings,
+        None,
+        shutdown_rx,
+        Arc::clone(&metrics),
+    ));
+
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        senders.spawn(async move {
+            let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+            let (mut reader, mut writer) = stream.into_split();
+            let ids: Vec<String> = (0..PER_SENDER).map(|i| format!("SLOW-{sender}-{i}")).collect();
+            let mut bytes = Vec::new();
+            for id in &ids {
+                // A note segment pads the message to ~3 KB (synthetic text).
+                let padded =
+                    format!("{}\rNTE|1||{}", septic_oru(id, &format!("MRN-SLOW{sender}"), "Slow"), "z".repeat(2400));
+                bytes.extend_from_slice(&frame(&padded));
+            }
+            // The whole pipeline at once: the sender keeps the server's window full.
+            let write = async move {
+                writer.write_all(&bytes).await.map_err(|e| format!("write: {e}"))?;
+                Ok::<_, String>(writer)
+            };
+            let read = async {
+                let mut buf = Vec::new();
+                let mut answered = 0;
+                for id in &ids {
+                    let ack = read_frame(&mut reader, &mut buf)
+                        .await
+                        .map_err(|e| format!("sender {sender} after {answered} of {PER_SENDER} replies: {e}"))?;
+                    if ack_code(&ack) != Some("AA") || ack_control_id(&ack) != Some(id.as_str()) {
+                        return Err(format!("sender {sender}: {id} answered {ack:?}"));
+                    }
+                    answered += 1;
+                }
+                Ok(answered)
+            };
+            let (_writer, answered) = tokio::try_join!(write, read)?;
+            Ok::<usize, String>(answered)
+        });
+    }
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    while let Some(done) = senders.join_next().await {
+        match done.unwrap() {
+            Ok(n) => answered += n,
+            Err(e) => failures.push(e),
+        }
+    }
+    let frame_timeouts = metrics.frame_timeouts.load(Ordering::Relaxed);
+    println!(
+        "slow commits ({:?} each, frame clock {frame_timeout:?}): {answered} of {} messages answered AA in {:.1} s; {} senders cut; {frame_timeouts} frame timeouts",
+        frame_timeout * 5 / 2,
+        SENDERS * PER_SENDER,
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{} of {SENDERS} senders were cut off mid-pipeline: {failures:?}", failures.len());
+    assert_eq!(frame_timeouts, 0, "no frame clock ran out while the server was the slow side");
+    assert_eq!(answered, SENDERS * PER_SENDER);
+    let _ = shutdown.send(true);
+    serving.await.unwrap();
+}

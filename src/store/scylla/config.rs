@@ -66,7 +66,7 @@ impl ScyllaStoreConfig {
             retention: settings.retention,
             queue_capacity: 16_384,
             max_batch: 1_024,
-            await_schema_agreement: true,
+            await_schema_agreement: s.await_schema_agreement,
         }
     }
 
