@@ -116,6 +116,8 @@ pub fn alert(
         rule: RuleRef { id: "conf.rule".into(), version: "v1".into() },
         finding: Some("conf-finding".into()),
         severity,
+        // Distinct from `raised_at`, so a store that loses it is caught.
+        severity_since: at + time::Duration::seconds(30),
         status,
         score: Some(2.0),
         summary: "conformance".into(),
