@@ -70,6 +70,8 @@ pub struct Running {
     store: Store,
     rules_watch: JoinHandle<()>,
     store_probe: JoinHandle<()>,
+    /// Writes the census to the console store; stopped after the patient actors.
+    census_keeper: (watch::Sender<bool>, JoinHandle<()>),
 }
 
 /// The adapter in use; dropping it flushes.
@@ -318,6 +320,19 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     if moved > 0 {
         tracing::info!(rows = moved, "silences and assignments moved from the node-local database to the store");
     }
+    // The census kept at the last stop, before any message is taken (issue 16).
+    let census_changes = router.census().subscribe();
+    let census_written = crate::console::census::restore(router.census(), console_store.as_ref())
+        .await
+        .context("reading the census from the store")?;
+    let census_stop = watch::channel(false);
+    let census_keeper = tokio::spawn(crate::console::census::keep(
+        Arc::clone(router.census()),
+        Arc::clone(&console_store),
+        census_changes,
+        census_written,
+        census_stop.1,
+    ));
     let silences = crate::console::Silences::open(Arc::clone(&console_store), Arc::clone(&clock)).await?;
     let assignments = crate::console::Assignments::open(console_store, Arc::clone(&clock)).await?;
     let state = AppState {
@@ -443,6 +458,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         store,
         rules_watch,
         store_probe,
+        census_keeper: (census_stop.0, census_keeper),
     })
 }
 
@@ -535,6 +551,11 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.rules_watch).await;
         let _ = tokio::time::timeout(Duration::from_secs(3), self.store_probe).await;
         self.router.shutdown().await;
+        let (census_stop, census_keeper) = self.census_keeper;
+        let _ = census_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), census_keeper).await.is_err() {
+            tracing::warn!("the census was not written within 5 s");
+        }
         drop(self.router);
         match self.store {
             // Dropping the last store handle joins the committer after its final fsync.
