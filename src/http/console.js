@@ -96,14 +96,24 @@ function showMute() {
   b.setAttribute("aria-pressed", String(m));
   showSoundState();
 }
-// Desktop notifications where the user allows them (bed and severity only: lock screens show them).
+// Desktop notifications where the user allows them: the permission is asked only from a click
+// on "Desktop notifications" (never on load); then a notification for each alert this console
+// sounds (so silences, bundling and who it reaches apply) at or above the chosen severity
+// (vigil.notifyMin, "high or above" unless changed), none while sound is muted. Bed, unit,
+// severity and rule only: lock screens show them. One per patient at a time (tag).
+function notifyMin() { const m = localStorage.getItem("vigil.notifyMin"); return m in RANK || m === "off" ? m : "high"; }
 function showNotifyPerm() {
-  const b = $("notify-perm");
-  b.hidden = !("Notification" in window) || Notification.permission !== "default";
+  const has = "Notification" in window;
+  $("notify-perm").hidden = !has || Notification.permission !== "default";
+  $("notify-min-l").hidden = !has || Notification.permission !== "granted";
+  $("notify-min").value = notifyMin();
 }
 function desktop(a) {
-  if (!("Notification" in window) || Notification.permission !== "granted" || document.hasFocus()) return;
-  try { new Notification("Vigil: " + a.severity.toUpperCase() + " · " + a.patient.unit + " " + bedOf(a.patient), { body: title(a), tag: a.patient.id }); } catch (e) { /* not allowed here */ }
+  if (!("Notification" in window) || Notification.permission !== "granted" || mutedNow()) return;
+  const min = notifyMin();
+  if (min === "off" || RANK[a.severity] < RANK[min]) return;
+  window.__desktop = (window.__desktop || 0) + 1;
+  try { new Notification("Vigil: " + SEV_TEXT[a.severity].toUpperCase() + " · " + a.patient.unit + " bed " + bedOf(a.patient), { body: title(a), tag: a.patient.id, renotify: true }); } catch (e) { /* not allowed here */ }
 }
 
 // ---- who is notified: silences, assignments and escalation, bundling per patient ----
@@ -880,7 +890,8 @@ $("mute").onclick = () => {
   showMute();
 };
 $("sound-unblock").onclick = () => { const ctx = audioContext(); if (ctx) ctx.resume().then(showSoundState, showSoundState); };
-$("notify-perm").onclick = () => { Notification.requestPermission().then(showNotifyPerm); };
+$("notify-perm").onclick = () => { Notification.requestPermission().then(showNotifyPerm, showNotifyPerm); };
+$("notify-min").onchange = (e) => { localStorage.setItem("vigil.notifyMin", e.target.value); };
 // Any click or key is a user gesture that may unblock the one audio context.
 for (const ev of ["pointerdown", "keydown"]) document.addEventListener(ev, () => { if (audio && audio.state !== "running") audio.resume().then(showSoundState, showSoundState); }, true);
 audioContext(); showSoundState(); showMute(); showNotifyPerm();
