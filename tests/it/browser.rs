@@ -159,7 +159,18 @@ async fn console_board_fits_sixty_beds_of_one_unit_on_a_desktop_screen() {
         "demo",
         &data,
         rules.to_str().unwrap(),
-        &["--beds", "60", "--unit", "ICU", "--deteriorating", "60", "--interval-secs", "1", "--deterioration-secs", "20"],
+        &[
+            "--beds",
+            "60",
+            "--unit",
+            "ICU",
+            "--deteriorating",
+            "60",
+            "--interval-secs",
+            "1",
+            "--deterioration-secs",
+            "20",
+        ],
     ));
     let token = vigil_token(&dir, "*");
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
@@ -223,6 +234,9 @@ async fn console_assignment_then_escalation_along_the_chain() {
     assert!(stdout.contains("charge nurse at L1, RRT at L2"), "{stdout}");
     assert!(stdout.contains("sound: blocked banner shown"), "{stdout}");
     assert!(stdout.contains("severity: colour, shape and text"), "{stdout}");
-    assert!(stdout.contains("desktop notifications: asked on a click; threshold, mute and silence respected"), "{stdout}");
+    assert!(
+        stdout.contains("desktop notifications: asked on a click; threshold, mute and silence respected"),
+        "{stdout}"
+    );
     server.shutdown().await;
 }
