@@ -139,6 +139,8 @@ pub struct Assignments {
     store: Arc<dyn ConsoleStore>,
     /// One write at a time, held across the store's write.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// One receipt write at a time (apart from assignments: a refresh never holds one up).
+    receipt_writes: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     changes: broadcast::Sender<Arc<AlertReceipts>>,
 }
@@ -166,6 +168,7 @@ impl Assignments {
             receipts: Arc::default(),
             store,
             writes: Arc::default(),
+            receipt_writes: Arc::default(),
             clock,
             changes,
         }
@@ -274,7 +277,7 @@ impl Assignments {
         user: &str,
         kind: ReceiptKind,
     ) -> Result<Option<AlertReceipts>, ConsoleError> {
-        let _writing = self.writes.lock().await;
+        let _writing = self.receipt_writes.lock().await;
         let id = alert.id.0.clone();
         let (changed, evicted) = {
             let receipts = self.receipts_lock();

@@ -19,8 +19,9 @@ use vigil_actors::CensusBed;
 use super::assignments::StoredReceipts;
 use super::{Assignment, Silence};
 
-/// Keeps silences (by id) and assignments (by unit and nurse). Each write is durable (or
-/// acknowledged at the configured consistency) before it returns.
+/// Keeps silences (by id), assignments (by unit and nurse), census beds (by patient) and
+/// receipts (by alert). Each write is durable (or acknowledged at the configured consistency)
+/// before it returns, receipts as noted.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
     /// Write `silence`, replacing the one with its id.
@@ -41,7 +42,8 @@ pub trait ConsoleStore: Send + Sync {
     async fn remove_census_bed(&self, patient: &str) -> Result<(), StoreError>;
     /// Every census bed kept, in no promised order.
     async fn census_beds(&self) -> Result<Vec<CensusBed>, StoreError>;
-    /// Write an alert's receipts, replacing the ones kept for it.
+    /// Write an alert's receipts, replacing the ones kept for it: at least as durable as the
+    /// process (a restart keeps them; the embedded store does not sync each to disk).
     async fn put_receipts(&self, receipts: &StoredReceipts) -> Result<(), StoreError>;
     /// Forget the receipts of `alert_id` (absent is fine).
     async fn remove_receipts(&self, alert_id: &str) -> Result<(), StoreError>;

@@ -721,7 +721,16 @@ impl crate::console::ConsoleStore for EmbeddedStore {
     }
 
     async fn put_receipts(&self, receipts: &crate::console::assignments::StoredReceipts) -> Result<(), StoreError> {
-        self.put_durably(CONSOLE, receipts_key(&receipts.alert_id), encode("receipts", receipts)?).await
+        let (key, value) = (receipts_key(&receipts.alert_id), encode("receipts", receipts)?);
+        self.blocking(move |ks| {
+            let sealed = seal(&ks.keys, CONSOLE, &key, &value)?;
+            ks.console.insert(key, sealed).map_err(engine("write receipts"))?;
+            // Handed to the operating system, not synced: a crash or a restart of the process
+            // keeps it, a power cut may lose the last receipts. A sync per receipt held up the
+            // consoles' sessions, which report one per alert they show.
+            ks.db.persist(PersistMode::Buffer).map_err(engine("flush receipts"))
+        })
+        .await
     }
 
     async fn remove_receipts(&self, alert_id: &str) -> Result<(), StoreError> {
