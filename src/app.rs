@@ -78,6 +78,8 @@ pub struct Running {
     store: Store,
     /// The shutdown stages done so far, and how long each took.
     stages: Vec<(&'static str, Duration)>,
+    /// Writes the census to the console store; stopped after the patient actors.
+    census_keeper: (watch::Sender<bool>, JoinHandle<()>),
 }
 
 /// How long each shutdown stage took, and what it left behind (logged at the end of
@@ -352,6 +354,19 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     if moved > 0 {
         tracing::info!(rows = moved, "silences and assignments moved from the node-local database to the store");
     }
+    // The census kept at the last stop, before any message is taken (issue 16).
+    let census_changes = router.census().subscribe();
+    let census_written = crate::console::census::restore(router.census(), console_store.as_ref())
+        .await
+        .context("reading the census from the store")?;
+    let census_stop = watch::channel(false);
+    let census_keeper = tokio::spawn(crate::console::census::keep(
+        Arc::clone(router.census()),
+        Arc::clone(&console_store),
+        census_changes,
+        census_written,
+        census_stop.1,
+    ));
     let silences = crate::console::Silences::open(Arc::clone(&console_store), Arc::clone(&clock)).await?;
     let assignments = crate::console::Assignments::open(console_store, Arc::clone(&clock)).await?;
     let state = AppState {
@@ -486,6 +501,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         router,
         store,
         stages: Vec::new(),
+        census_keeper: (census_stop.0, census_keeper),
     })
 }
 
@@ -591,6 +607,11 @@ impl Running {
         let started = std::time::Instant::now();
         let actors_drained = self.router.patient_count();
         self.router.shutdown().await;
+        let (census_stop, census_keeper) = self.census_keeper;
+        let _ = census_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), census_keeper).await.is_err() {
+            tracing::warn!("the census was not written within 5 s");
+        }
         drop(self.router);
         stage("patient actors drained", started);
         let started = std::time::Instant::now();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::model::{PatientId, Phi};
@@ -18,7 +18,7 @@ pub const MAX_CENSUS: usize = 20_000;
 const CHANNEL: usize = 1024;
 
 /// The NEWS2 a patient's latest vital signs give, as the rule computed it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct News2Now {
     /// Aggregate 0-20.
     pub score: i64,
@@ -28,8 +28,8 @@ pub struct News2Now {
     pub partial: bool,
 }
 
-/// One occupied bed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One occupied bed (as consoles get it, and as the console store keeps it without its score).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CensusBed {
     /// Opaque patient id.
     pub patient: PatientId,

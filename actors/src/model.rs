@@ -549,8 +549,10 @@ pub struct RuleRef {
     pub version: String,
 }
 
-/// An alert as persisted and as sent to consoles (`schemas/ws/alert.json`).
+/// An alert as persisted and as sent to consoles (`schemas/ws/alert.json`). Read through
+/// `StoredAlert`, so that alerts stored before a field existed read with its default.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(from = "StoredAlert")]
 pub struct Alert {
     /// Stable id for this (patient, rule) episode.
     pub id: AlertId,
@@ -565,6 +567,10 @@ pub struct Alert {
     pub finding: Option<String>,
     /// How urgent.
     pub severity: Severity,
+    /// When the alert reached its current severity: when it was raised, or when its severity
+    /// last changed (a re-raise at the same severity keeps it). What "4 min ago" counts from.
+    #[serde(with = "time::serde::rfc3339")]
+    pub severity_since: OffsetDateTime,
     /// Lifecycle state.
     pub status: AlertStatus,
     /// The rule's score, when it computes one.
@@ -599,6 +605,66 @@ pub struct Alert {
     /// instead of raising a new one.
     #[serde(default)]
     pub reopened: u32,
+}
+
+/// An [`Alert`] as stored or received: every field of it, with those added after alerts were
+/// first stored optional. `severity_since` missing (an alert stored before it existed) reads
+/// as `raised_at`.
+#[derive(Deserialize)]
+struct StoredAlert {
+    id: AlertId,
+    patient: AlertPatient,
+    rule: RuleRef,
+    #[serde(default)]
+    finding: Option<String>,
+    severity: Severity,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    severity_since: Option<OffsetDateTime>,
+    status: AlertStatus,
+    score: Option<f64>,
+    summary: String,
+    details: Details,
+    #[serde(with = "time::serde::rfc3339")]
+    raised_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+    #[serde(default)]
+    acknowledged: Option<Actioned>,
+    #[serde(default)]
+    resolved: Option<Resolution>,
+    #[serde(default)]
+    escalation: Option<Escalation>,
+    #[serde(default)]
+    comments: Vec<Comment>,
+    #[serde(default)]
+    stale: bool,
+    #[serde(default)]
+    reopened: u32,
+}
+
+impl From<StoredAlert> for Alert {
+    fn from(s: StoredAlert) -> Self {
+        Alert {
+            id: s.id,
+            patient: s.patient,
+            rule: s.rule,
+            finding: s.finding,
+            severity: s.severity,
+            severity_since: s.severity_since.unwrap_or(s.raised_at),
+            status: s.status,
+            score: s.score,
+            summary: s.summary,
+            details: s.details,
+            raised_at: s.raised_at,
+            updated_at: s.updated_at,
+            acknowledged: s.acknowledged,
+            resolved: s.resolved,
+            escalation: s.escalation,
+            comments: s.comments,
+            stale: s.stale,
+            reopened: s.reopened,
+        }
+    }
 }
 
 /// Who did something to an alert, and when.

@@ -6,7 +6,9 @@
 //! it; one of each per user and alert, shown on the alert to everyone who sees it.
 //!
 //! Assignments are kept in the [`ConsoleStore`] every node shares (a restart keeps the shift's
-//! plan, and each node re-reads it every tick of `silences::run`); receipts are held in memory, bounded, and audited as they arrive.
+//! plan, and each node re-reads it every tick of `silences::run`). Receipts are audited as they
+//! arrive, written to the same store before they are shown (a restart keeps them; they are
+//! read back at start), and held in memory, bounded.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -99,13 +101,37 @@ pub struct AlertReceipts {
     pub receipts: Vec<Receipt>,
 }
 
+/// An alert's receipts as the [`ConsoleStore`] keeps them: with the alert's unit, which
+/// consoles are not sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredReceipts {
+    /// The alert.
+    pub alert_id: String,
+    /// Its unit.
+    pub unit: String,
+    /// Oldest first.
+    pub receipts: Vec<Receipt>,
+}
+
+impl From<&AlertReceipts> for StoredReceipts {
+    fn from(r: &AlertReceipts) -> Self {
+        StoredReceipts { alert_id: r.alert_id.clone(), unit: r.unit.clone(), receipts: r.receipts.clone() }
+    }
+}
+
+impl From<StoredReceipts> for AlertReceipts {
+    fn from(r: StoredReceipts) -> Self {
+        AlertReceipts { alert_id: r.alert_id, unit: r.unit, receipts: r.receipts }
+    }
+}
+
 /// The bed label of an alert's patient.
 pub fn bed_label(alert: &Alert) -> String {
     let p = &alert.patient;
     if p.room.is_empty() { p.bed.clone() } else { format!("{}-{}", p.room, p.bed) }
 }
 
-/// Assignments (persisted) and receipts (in memory). Cheap to clone.
+/// Assignments and receipts, persisted, held in memory. Cheap to clone.
 #[derive(Clone)]
 pub struct Assignments {
     held: Arc<Mutex<BTreeMap<(String, String), Assignment>>>,
@@ -113,6 +139,8 @@ pub struct Assignments {
     store: Arc<dyn ConsoleStore>,
     /// One write at a time, held across the store's write.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// One receipt write at a time (apart from assignments: a refresh never holds one up).
+    receipt_writes: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     changes: broadcast::Sender<Arc<AlertReceipts>>,
 }
@@ -140,6 +168,7 @@ impl Assignments {
             receipts: Arc::default(),
             store,
             writes: Arc::default(),
+            receipt_writes: Arc::default(),
             clock,
             changes,
         }
@@ -149,10 +178,25 @@ impl Assignments {
         assignments.into_iter().map(|a| ((a.unit.clone(), a.nurse.clone()), a)).collect()
     }
 
-    /// Kept in `store` (read back at start).
+    /// Kept in `store` (assignments and receipts read back at start; of the receipts, those of
+    /// the [`MAX_RECEIPT_ALERTS`] alerts first reported last).
     pub async fn open(store: Arc<dyn ConsoleStore>, clock: Arc<dyn Clock>) -> Result<Self, ConsoleError> {
         let held = Self::keyed(store.assignments().await.map_err(store_failure)?);
-        Ok(Self::held_in(held, store, clock))
+        let mut stored = store.receipts().await.map_err(store_failure)?;
+        stored.sort_by(|a, b| {
+            let first = |r: &StoredReceipts| r.receipts.iter().map(|x| x.at).min();
+            first(a).cmp(&first(b)).then_with(|| a.alert_id.cmp(&b.alert_id))
+        });
+        let skip = stored.len().saturating_sub(MAX_RECEIPT_ALERTS);
+        let book = Self::held_in(held, store, clock);
+        {
+            let mut receipts = book.receipts.lock().unwrap_or_else(|p| p.into_inner());
+            for r in stored.into_iter().skip(skip) {
+                receipts.order.push_back(r.alert_id.clone());
+                receipts.by_alert.insert(r.alert_id.clone(), r.into());
+            }
+        }
+        Ok(book)
     }
 
     /// Hold what the store holds now (other nodes' assignments and removals included).
@@ -221,36 +265,64 @@ impl Assignments {
         Ok(())
     }
 
-    /// Record `user`'s receipt; `None` when it was already recorded (nothing changed).
-    fn receipt(&self, alert: &Alert, user: &str, kind: ReceiptKind) -> Option<AlertReceipts> {
-        let mut receipts = self.receipts.lock().unwrap_or_else(|p| p.into_inner());
+    fn receipts_lock(&self) -> std::sync::MutexGuard<'_, Receipts> {
+        self.receipts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record `user`'s receipt, durably before it is held and sent; `None` when it was already
+    /// recorded (nothing changed).
+    async fn receipt(
+        &self,
+        alert: &Alert,
+        user: &str,
+        kind: ReceiptKind,
+    ) -> Result<Option<AlertReceipts>, ConsoleError> {
+        let _writing = self.receipt_writes.lock().await;
         let id = alert.id.0.clone();
-        if !receipts.by_alert.contains_key(&id) {
-            if receipts.order.len() >= MAX_RECEIPT_ALERTS
-                && let Some(oldest) = receipts.order.pop_front()
+        let (changed, evicted) = {
+            let receipts = self.receipts_lock();
+            let mut entry = receipts.by_alert.get(&id).cloned().unwrap_or_else(|| AlertReceipts {
+                alert_id: id.clone(),
+                unit: alert.patient.unit.clone(),
+                receipts: Vec::new(),
+            });
+            if entry.receipts.len() >= MAX_RECEIPTS_PER_ALERT
+                || entry.receipts.iter().any(|r| r.user == user && r.kind == kind)
             {
-                receipts.by_alert.remove(&oldest);
+                return Ok(None);
             }
-            receipts.order.push_back(id.clone());
-            let entry = AlertReceipts { alert_id: id.clone(), unit: alert.patient.unit.clone(), receipts: Vec::new() };
-            receipts.by_alert.insert(id.clone(), entry);
-        }
-        let entry = receipts.by_alert.get_mut(&id)?;
-        if entry.receipts.len() >= MAX_RECEIPTS_PER_ALERT
-            || entry.receipts.iter().any(|r| r.user == user && r.kind == kind)
+            entry.receipts.push(Receipt { user: user.to_string(), kind, at: self.clock.now() });
+            let evicted = match receipts.by_alert.contains_key(&id) || receipts.order.len() < MAX_RECEIPT_ALERTS {
+                true => None,
+                false => receipts.order.front().cloned(),
+            };
+            (entry, evicted)
+        };
+        self.store.put_receipts(&StoredReceipts::from(&changed)).await.map_err(store_failure)?;
         {
-            return None;
+            let mut receipts = self.receipts_lock();
+            if let Some(oldest) = &evicted {
+                receipts.order.pop_front();
+                receipts.by_alert.remove(oldest);
+            }
+            if !receipts.by_alert.contains_key(&id) {
+                receipts.order.push_back(id.clone());
+            }
+            receipts.by_alert.insert(id, changed.clone());
         }
-        entry.receipts.push(Receipt { user: user.to_string(), kind, at: self.clock.now() });
-        let changed = entry.clone();
-        drop(receipts);
+        if let Some(oldest) = evicted
+            && let Err(e) = self.store.remove_receipts(&oldest).await
+        {
+            // Only a row more than the bound: the next start reads the newest ones.
+            tracing::warn!(error = %e, "console: the receipts of a forgotten alert stay in the store");
+        }
         let _ = self.changes.send(Arc::new(changed.clone()));
-        Some(changed)
+        Ok(Some(changed))
     }
 
     /// The receipts held for `alert_id`.
     pub fn receipts_of(&self, alert_id: &str) -> Option<AlertReceipts> {
-        self.receipts.lock().unwrap_or_else(|p| p.into_inner()).by_alert.get(alert_id).cloned()
+        self.receipts_lock().by_alert.get(alert_id).cloned()
     }
 }
 
@@ -318,7 +390,7 @@ impl Console {
         let Some(change) = found.filter(|c| sees(claims, &c.alert)) else {
             return Err(ConsoleError::NotFound("no such alert".into()));
         };
-        let recorded = self.assignments.receipt(&change.alert, &claims.sub, kind);
+        let recorded = self.assignments.receipt(&change.alert, &claims.sub, kind).await?;
         if recorded.is_some() {
             self.audit(claims, action, alert_id, "ok");
         }
@@ -399,23 +471,57 @@ mod tests {
         assert!(Assignments::open(db, clock).await.unwrap().current().is_empty());
     }
 
-    #[test]
-    fn a_receipt_is_recorded_once_per_user_and_kind_and_bounded() {
+    #[tokio::test]
+    async fn a_receipt_is_recorded_once_per_user_and_kind_and_bounded() {
         let clock = Arc::new(ManualClock(Mutex::new(T0)));
         let book = Assignments::in_memory(clock);
         let a = alert("ICU", "07", "A");
         let mut changes = book.subscribe();
-        assert!(book.receipt(&a, "nurse-4", ReceiptKind::Delivered).is_some());
-        assert!(book.receipt(&a, "nurse-4", ReceiptKind::Delivered).is_none(), "once");
-        let opened = book.receipt(&a, "nurse-4", ReceiptKind::Opened).unwrap();
+        assert!(book.receipt(&a, "nurse-4", ReceiptKind::Delivered).await.unwrap().is_some());
+        assert!(book.receipt(&a, "nurse-4", ReceiptKind::Delivered).await.unwrap().is_none(), "once");
+        let opened = book.receipt(&a, "nurse-4", ReceiptKind::Opened).await.unwrap().unwrap();
         assert_eq!(
             opened.receipts.iter().map(|r| r.kind).collect::<Vec<_>>(),
             [ReceiptKind::Delivered, ReceiptKind::Opened]
         );
         assert_eq!(changes.try_recv().unwrap().receipts.len(), 1);
         for n in 0..(MAX_RECEIPTS_PER_ALERT + 10) {
-            book.receipt(&a, &format!("u{n}"), ReceiptKind::Delivered);
+            book.receipt(&a, &format!("u{n}"), ReceiptKind::Delivered).await.unwrap();
         }
         assert_eq!(book.receipts_of("p1:news2").unwrap().receipts.len(), MAX_RECEIPTS_PER_ALERT);
+    }
+
+    #[tokio::test]
+    async fn receipts_survive_a_restart_with_who_what_and_when() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(crate::crypto::KeyRing::from_keys(&[(1, [9; 32])]).unwrap());
+        let publisher = Arc::new(vigil_actors::fakes::CollectingPublisher::default());
+        let embedded = crate::store::EmbeddedStore::open(dir.path(), Default::default(), keys, publisher).unwrap();
+        let db: Arc<dyn ConsoleStore> = Arc::new(embedded);
+        let clock = Arc::new(ManualClock(Mutex::new(T0)));
+        let book = Assignments::open(Arc::clone(&db), clock.clone()).await.unwrap();
+        let a = alert("ICU", "07", "A");
+        book.receipt(&a, "nurse-4", ReceiptKind::Delivered).await.unwrap();
+        *clock.0.lock().unwrap() = T0 + time::Duration::minutes(2);
+        book.receipt(&a, "nurse-4", ReceiptKind::Opened).await.unwrap();
+        book.receipt(&a, "charge-1", ReceiptKind::Delivered).await.unwrap();
+        let before = book.receipts_of("p1:news2").unwrap();
+        assert_eq!(before.receipts.len(), 3);
+        drop(book);
+
+        let reopened = Assignments::open(Arc::clone(&db), clock.clone()).await.unwrap();
+        let after = reopened.receipts_of("p1:news2").expect("receipts read back at start");
+        assert_eq!(after, before);
+        assert_eq!(after.unit, "ICU", "with the unit that decides who sees them");
+        assert_eq!(
+            after.receipts.iter().map(|r| (r.user.as_str(), r.kind, r.at)).collect::<Vec<_>>(),
+            [
+                ("nurse-4", ReceiptKind::Delivered, T0),
+                ("nurse-4", ReceiptKind::Opened, T0 + time::Duration::minutes(2)),
+                ("charge-1", ReceiptKind::Delivered, T0 + time::Duration::minutes(2)),
+            ]
+        );
+        // Still recorded once: a repeat after the restart changes nothing.
+        assert!(reopened.receipt(&a, "nurse-4", ReceiptKind::Opened).await.unwrap().is_none());
     }
 }

@@ -8,7 +8,7 @@
 mod access;
 mod alerts;
 pub mod assignments;
-mod census;
+pub mod census;
 mod patients;
 pub mod silences;
 pub mod store;

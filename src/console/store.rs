@@ -1,5 +1,6 @@
-//! The [`ConsoleStore`] port: where silences and nurse-to-bed assignments are kept, so every
-//! node of a deployment sees the same ones. The embedded store (`store/embedded.rs`, keyspace
+//! The [`ConsoleStore`] port: where silences, nurse-to-bed assignments, the census (who is in
+//! which bed) and alerts' delivery and read receipts are kept, so every node of a deployment
+//! sees the same ones and a restart loses none. The embedded store (`store/embedded.rs`, keyspace
 //! `console`) and the ScyllaDB adapter (`store/scylla/console.rs`, table `console_rows`)
 //! implement it, sealing each row with the key ring; [`MemoryConsoleStore`] is the fake.
 //! `store::conformance::console` is what each must pass.
@@ -13,10 +14,14 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use vigil_actors::StoreError;
 
+use vigil_actors::CensusBed;
+
+use super::assignments::StoredReceipts;
 use super::{Assignment, Silence};
 
-/// Keeps silences (by id) and assignments (by unit and nurse). Each write is durable (or
-/// acknowledged at the configured consistency) before it returns.
+/// Keeps silences (by id), assignments (by unit and nurse), census beds (by patient) and
+/// receipts (by alert). Each write is durable (or acknowledged at the configured consistency)
+/// before it returns, receipts as noted.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
     /// Write `silence`, replacing the one with its id.
@@ -31,6 +36,19 @@ pub trait ConsoleStore: Send + Sync {
     async fn remove_assignment(&self, unit: &str, nurse: &str) -> Result<(), StoreError>;
     /// Every assignment kept, lapsed ones included, in no promised order.
     async fn assignments(&self) -> Result<Vec<Assignment>, StoreError>;
+    /// Write a patient's census bed (kept without its score), replacing the patient's.
+    async fn put_census_bed(&self, bed: &CensusBed) -> Result<(), StoreError>;
+    /// Forget `patient`'s census bed (absent is fine).
+    async fn remove_census_bed(&self, patient: &str) -> Result<(), StoreError>;
+    /// Every census bed kept, in no promised order.
+    async fn census_beds(&self) -> Result<Vec<CensusBed>, StoreError>;
+    /// Write an alert's receipts, replacing the ones kept for it: at least as durable as the
+    /// process (a restart keeps them; the embedded store does not sync each to disk).
+    async fn put_receipts(&self, receipts: &StoredReceipts) -> Result<(), StoreError>;
+    /// Forget the receipts of `alert_id` (absent is fine).
+    async fn remove_receipts(&self, alert_id: &str) -> Result<(), StoreError>;
+    /// Every alert's receipts kept, in no promised order.
+    async fn receipts(&self) -> Result<Vec<StoredReceipts>, StoreError>;
 }
 
 /// The key of an assignment row: unit and nurse (NUL occurs in neither: `Console::assign`
@@ -39,11 +57,14 @@ pub fn assignment_key(unit: &str, nurse: &str) -> String {
     format!("{unit}\u{0}{nurse}")
 }
 
-/// Silences and assignments in memory: tests and tools, and a console with no store.
+/// Silences, assignments, census and receipts in memory: tests and tools, and a console with
+/// no store.
 #[derive(Default)]
 pub struct MemoryConsoleStore {
     silences: Mutex<BTreeMap<String, Silence>>,
     assignments: Mutex<BTreeMap<String, Assignment>>,
+    census: Mutex<BTreeMap<String, CensusBed>>,
+    receipts: Mutex<BTreeMap<String, StoredReceipts>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,6 +100,34 @@ impl ConsoleStore for MemoryConsoleStore {
 
     async fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
         Ok(lock(&self.assignments).values().cloned().collect())
+    }
+
+    async fn put_census_bed(&self, bed: &CensusBed) -> Result<(), StoreError> {
+        lock(&self.census).insert(bed.patient.0.clone(), bed.clone());
+        Ok(())
+    }
+
+    async fn remove_census_bed(&self, patient: &str) -> Result<(), StoreError> {
+        lock(&self.census).remove(patient);
+        Ok(())
+    }
+
+    async fn census_beds(&self) -> Result<Vec<CensusBed>, StoreError> {
+        Ok(lock(&self.census).values().cloned().collect())
+    }
+
+    async fn put_receipts(&self, receipts: &StoredReceipts) -> Result<(), StoreError> {
+        lock(&self.receipts).insert(receipts.alert_id.clone(), receipts.clone());
+        Ok(())
+    }
+
+    async fn remove_receipts(&self, alert_id: &str) -> Result<(), StoreError> {
+        lock(&self.receipts).remove(alert_id);
+        Ok(())
+    }
+
+    async fn receipts(&self) -> Result<Vec<StoredReceipts>, StoreError> {
+        Ok(lock(&self.receipts).values().cloned().collect())
     }
 }
 

@@ -17,9 +17,9 @@ const silences = new Map();    // silence id -> open silence
 const census = new Map();      // patient id -> occupied bed (unit, bed, name, current NEWS2 or null)
 let censusTruncated = false;
 const pending = new Map();
-// When each alert reached its current severity (first seen at it); a snapshot gives the time
-// it was raised, the best known.
-const sevSince = new Map();
+// When an alert reached its current severity, as the server keeps it ("4 min ago" counts
+// from it); an older server sends only raised_at.
+function sevSince(a) { return a.severity_since || a.raised_at; }
 let lastSeq = null, ws = null, backoff = 500, refs = 0, live = false, everLive = false, lastUpdate = null, reconnectTimer = null;
 let me = { user: null, role: null }, ruleTitles = {}, assignments = [];
 let view = localStorage.getItem("vigil.view") === "list" ? "list" : "board";
@@ -96,14 +96,24 @@ function showMute() {
   b.setAttribute("aria-pressed", String(m));
   showSoundState();
 }
-// Desktop notifications where the user allows them (bed and severity only: lock screens show them).
+// Desktop notifications where the user allows them: the permission is asked only from a click
+// on "Desktop notifications" (never on load); then a notification for each alert this console
+// sounds (so silences, bundling and who it reaches apply) at or above the chosen severity
+// (vigil.notifyMin, "high or above" unless changed), none while sound is muted. Bed, unit,
+// severity and rule only: lock screens show them. One per patient at a time (tag).
+function notifyMin() { const m = localStorage.getItem("vigil.notifyMin"); return m in RANK || m === "off" ? m : "high"; }
 function showNotifyPerm() {
-  const b = $("notify-perm");
-  b.hidden = !("Notification" in window) || Notification.permission !== "default";
+  const has = "Notification" in window;
+  $("notify-perm").hidden = !has || Notification.permission !== "default";
+  $("notify-min-l").hidden = !has || Notification.permission !== "granted";
+  $("notify-min").value = notifyMin();
 }
 function desktop(a) {
-  if (!("Notification" in window) || Notification.permission !== "granted" || document.hasFocus()) return;
-  try { new Notification("Vigil: " + a.severity.toUpperCase() + " · " + a.patient.unit + " " + bedOf(a.patient), { body: title(a), tag: a.patient.id }); } catch (e) { /* not allowed here */ }
+  if (!("Notification" in window) || Notification.permission !== "granted" || mutedNow()) return;
+  const min = notifyMin();
+  if (min === "off" || RANK[a.severity] < RANK[min]) return;
+  window.__desktop = (window.__desktop || 0) + 1;
+  try { new Notification("Vigil: " + SEV_TEXT[a.severity].toUpperCase() + " · " + a.patient.unit + " bed " + bedOf(a.patient), { body: title(a), tag: a.patient.id, renotify: true }); } catch (e) { /* not allowed here */ }
 }
 
 // ---- who is notified: silences, assignments and escalation, bundling per patient ----
@@ -212,7 +222,7 @@ function beds() {
     else byPatient.set(c.patient, { patient: at, open: [], census: c });
   }
   for (const b of byPatient.values()) {
-    b.open.sort((x, y) => (RANK[y.severity] - RANK[x.severity]) || (Date.parse(sevSince.get(x.id) || x.raised_at) - Date.parse(sevSince.get(y.id) || y.raised_at)));
+    b.open.sort((x, y) => (RANK[y.severity] - RANK[x.severity]) || (Date.parse(sevSince(x)) - Date.parse(sevSince(y))));
     b.top = b.open[0];
     b.unacked = b.open.filter((a) => a.status === "active");
     b.news2 = b.open.find((a) => a.rule.id === "news2");
@@ -233,7 +243,7 @@ const sevRank = (b) => (b.top ? RANK[b.top.severity] : -1);
 function acuity(x, y) {
   return (sevRank(y) - sevRank(x)) || ((y.unacked.length > 0) - (x.unacked.length > 0))
     || ((y.score ? y.score.score : -1) - (x.score ? x.score.score : -1))
-    || (x.top && y.top && (Date.parse(sevSince.get(x.top.id) || x.top.raised_at) - Date.parse(sevSince.get(y.top.id) || y.top.raised_at)))
+    || (x.top && y.top && (Date.parse(sevSince(x.top)) - Date.parse(sevSince(y.top))))
     || (bedOf(x.patient) < bedOf(y.patient) ? -1 : 1);
 }
 function makeTile(pid) {
@@ -284,7 +294,7 @@ function fillTile(p, b) {
   const more = b.open.length > 1 ? " +" + (b.open.length - 1) : "";
   setText(p.rule, title(a) + more);
   p.rule.title = b.open.map((x) => SEV_TEXT[x.severity] + ": " + title(x)).join("\n");
-  const since = sevSince.get(a.id) || a.raised_at;
+  const since = sevSince(a);
   if (b.unacked.length) { p.state.className = "state unacked"; setText(p.state, "UNACKED · " + ago(since)); }
   else { p.state.className = "state"; setText(p.state, "acked by " + (a.acknowledged ? a.acknowledged.by : "?") + " · " + ago(since)); }
   const r = routes.get(a.id);
@@ -410,7 +420,7 @@ function fill(r, a) {
   if (r.score.title !== (a.stale ? "data missing or out of date at the last evaluation" : "")) r.score.title = a.stale ? "data missing or out of date at the last evaluation" : "";
   setText(r.summary, a.summary);
   if (r.summary.title !== a.summary) r.summary.title = a.summary;
-  setText(r.age, ago(sevSince.get(a.id) || a.raised_at));
+  setText(r.age, ago(sevSince(a)));
   setText(r.state, a.status);
   setText(r.by, a.status === "acknowledged" && a.acknowledged ? " by " + a.acknowledged.by + " " + ago(a.acknowledged.at) : "");
   const st = a.status === "acknowledged" && a.acknowledged ? "acknowledged by " + a.acknowledged.by : a.status;
@@ -465,7 +475,7 @@ function render() {
   const listed = renderList();
   for (const [id, a] of alerts) {
     if (a.status !== "resolved" || rowsById.has(id)) continue;
-    alerts.delete(id); routes.delete(id); sevSince.delete(id); gone.delete(id); gone.set(id, a);
+    alerts.delete(id); routes.delete(id); gone.delete(id); gone.set(id, a);
     if (gone.size > MAX_GONE) gone.delete(gone.keys().next().value);
   }
   renderBoard();
@@ -503,8 +513,6 @@ const gone = new Map(), MAX_GONE = 5000;
 function apply(alert, route) {
   const prev = alerts.get(alert.id) || gone.get(alert.id);
   if (!newer(alert, prev)) return false;
-  if (!prev) sevSince.set(alert.id, alert.raised_at);
-  else if (prev.severity !== alert.severity) sevSince.set(alert.id, alert.updated_at);
   alerts.set(alert.id, alert);
   if (route) routes.set(alert.id, route);
   if (patient && alert.patient.id === patient.id) {
@@ -651,7 +659,7 @@ function alertCard(a) {
   if (a.score !== null) h.append(el("span", "", "score " + a.score));
   if (a.stale) h.append(el("span", "muted", "stale: data missing at last evaluation"));
   c.append(h, el("div", "", a.summary + (a.finding ? " · " + a.finding : "")));
-  const since = sevSince.get(a.id) || a.raised_at;
+  const since = sevSince(a);
   c.append(el("div", "line", SEV_TEXT[a.severity] + " since " + ago(since) + " (" + clock(since) + ") · raised " + clock(a.raised_at) + (a.reopened ? " · reopened " + a.reopened + "×" : "")));
   c.append(el("div", "line state", stateText(a)));
   const r = routes.get(a.id);
@@ -882,7 +890,8 @@ $("mute").onclick = () => {
   showMute();
 };
 $("sound-unblock").onclick = () => { const ctx = audioContext(); if (ctx) ctx.resume().then(showSoundState, showSoundState); };
-$("notify-perm").onclick = () => { Notification.requestPermission().then(showNotifyPerm); };
+$("notify-perm").onclick = () => { Notification.requestPermission().then(showNotifyPerm, showNotifyPerm); };
+$("notify-min").onchange = (e) => { localStorage.setItem("vigil.notifyMin", e.target.value); };
 // Any click or key is a user gesture that may unblock the one audio context.
 for (const ev of ["pointerdown", "keydown"]) document.addEventListener(ev, () => { if (audio && audio.state !== "running") audio.resume().then(showSoundState, showSoundState); }, true);
 audioContext(); showSoundState(); showMute(); showNotifyPerm();

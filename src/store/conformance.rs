@@ -116,6 +116,8 @@ pub fn alert(
         rule: RuleRef { id: "conf.rule".into(), version: "v1".into() },
         finding: Some("conf-finding".into()),
         severity,
+        // Distinct from `raised_at`, so a store that loses it is caught.
+        severity_since: at + time::Duration::seconds(30),
         status,
         score: Some(2.0),
         summary: "conformance".into(),
@@ -586,4 +588,55 @@ pub async fn console(store: Arc<dyn crate::console::ConsoleStore>) {
     store.remove_assignment(&unit, "nurse-6").await.unwrap();
     store.remove_silence(&shared).await.unwrap();
     store.remove_silence(&one).await.unwrap();
+
+    // The census (issue 16): a bed per patient, replaced by patient, removed by patient.
+    let bed = |patient: &str, bed: &str| vigil_actors::CensusBed {
+        patient: PatientId(patient.to_string()),
+        name: Phi("Conformance, Casey".into()),
+        unit: unit.clone(),
+        room: "01".into(),
+        bed: bed.into(),
+        news2: None,
+    };
+    let (p1, p2) = (unique("pat"), unique("pat"));
+    let beds_of_unit = |all: Vec<vigil_actors::CensusBed>| {
+        let mut kept: Vec<vigil_actors::CensusBed> = all.into_iter().filter(|b| b.unit == unit).collect();
+        kept.sort_by(|a, b| a.patient.cmp(&b.patient));
+        kept
+    };
+    store.put_census_bed(&bed(&p1, "A")).await.unwrap();
+    store.put_census_bed(&bed(&p2, "B")).await.unwrap();
+    store.put_census_bed(&bed(&p1, "C")).await.unwrap();
+    let mut expected = vec![bed(&p1, "C"), bed(&p2, "B")];
+    expected.sort_by(|a, b| a.patient.cmp(&b.patient));
+    assert_eq!(beds_of_unit(store.census_beds().await.unwrap()), expected, "replaced by patient");
+    store.remove_census_bed(&p2).await.unwrap();
+    store.remove_census_bed(&unique("never")).await.unwrap();
+    assert_eq!(beds_of_unit(store.census_beds().await.unwrap()), vec![bed(&p1, "C")], "removed by patient");
+    store.remove_census_bed(&p1).await.unwrap();
+
+    // Receipts: per alert, replaced by alert id, removed by alert id, with the unit.
+    use crate::console::ReceiptKind;
+    use crate::console::assignments::{Receipt, StoredReceipts};
+    let (r1, r2) = (unique("alert"), unique("alert"));
+    let receipts = |id: &str, users: &[&str]| StoredReceipts {
+        alert_id: id.to_string(),
+        unit: unit.clone(),
+        receipts: users.iter().map(|u| Receipt { user: u.to_string(), kind: ReceiptKind::Delivered, at: t0 }).collect(),
+    };
+    let of_alerts = |all: Vec<StoredReceipts>| {
+        let mut kept: Vec<StoredReceipts> = all.into_iter().filter(|r| r.alert_id == r1 || r.alert_id == r2).collect();
+        kept.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        kept
+    };
+    store.put_receipts(&receipts(&r1, &["nurse-4"])).await.unwrap();
+    store.put_receipts(&receipts(&r2, &["nurse-5"])).await.unwrap();
+    store.put_receipts(&receipts(&r1, &["nurse-4", "charge-1"])).await.unwrap();
+    let mut expected = vec![receipts(&r1, &["nurse-4", "charge-1"]), receipts(&r2, &["nurse-5"])];
+    expected.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+    assert_eq!(of_alerts(store.receipts().await.unwrap()), expected, "replaced by alert");
+    store.remove_receipts(&r2).await.unwrap();
+    store.remove_receipts(&unique("never")).await.unwrap();
+    assert_eq!(of_alerts(store.receipts().await.unwrap()), vec![receipts(&r1, &["nurse-4", "charge-1"])]);
+    store.remove_receipts(&r1).await.unwrap();
 }

@@ -698,6 +698,16 @@ fn assignment_key(unit: &str, nurse: &str) -> Vec<u8> {
     format!("a\0{}", crate::console::store::assignment_key(unit, nurse)).into_bytes()
 }
 
+/// A census bed's key in `console`.
+fn census_key(patient: &str) -> Vec<u8> {
+    format!("c\0{patient}").into_bytes()
+}
+
+/// An alert's receipts' key in `console`.
+fn receipts_key(alert_id: &str) -> Vec<u8> {
+    format!("r\0{alert_id}").into_bytes()
+}
+
 impl EmbeddedStore {
     /// Remove one row of `console` and make the removal durable.
     async fn remove_console_row(&self, key: Vec<u8>) -> Result<(), StoreError> {
@@ -724,7 +734,8 @@ impl EmbeddedStore {
     }
 }
 
-/// Silences and assignments, sealed like every other row, each write durable before it returns.
+/// Silences, assignments, census beds and receipts, sealed like every other row, each write
+/// durable before it returns.
 #[async_trait]
 impl crate::console::ConsoleStore for EmbeddedStore {
     async fn put_silence(&self, silence: &crate::console::Silence) -> Result<(), StoreError> {
@@ -750,6 +761,39 @@ impl crate::console::ConsoleStore for EmbeddedStore {
 
     async fn assignments(&self) -> Result<Vec<crate::console::Assignment>, StoreError> {
         self.console_rows(b"a\0").await
+    }
+
+    async fn put_census_bed(&self, bed: &vigil_actors::CensusBed) -> Result<(), StoreError> {
+        self.put_durably(CONSOLE, census_key(&bed.patient.0), encode("census bed", bed)?).await
+    }
+
+    async fn remove_census_bed(&self, patient: &str) -> Result<(), StoreError> {
+        self.remove_console_row(census_key(patient)).await
+    }
+
+    async fn census_beds(&self) -> Result<Vec<vigil_actors::CensusBed>, StoreError> {
+        self.console_rows(b"c\0").await
+    }
+
+    async fn put_receipts(&self, receipts: &crate::console::assignments::StoredReceipts) -> Result<(), StoreError> {
+        let (key, value) = (receipts_key(&receipts.alert_id), encode("receipts", receipts)?);
+        self.blocking(move |ks| {
+            let sealed = seal(&ks.keys, CONSOLE, &key, &value)?;
+            ks.console.insert(key, sealed).map_err(engine("write receipts"))?;
+            // Handed to the operating system, not synced: a crash or a restart of the process
+            // keeps it, a power cut may lose the last receipts. A sync per receipt held up the
+            // consoles' sessions, which report one per alert they show.
+            ks.db.persist(PersistMode::Buffer).map_err(engine("flush receipts"))
+        })
+        .await
+    }
+
+    async fn remove_receipts(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.remove_console_row(receipts_key(alert_id)).await
+    }
+
+    async fn receipts(&self) -> Result<Vec<crate::console::assignments::StoredReceipts>, StoreError> {
+        self.console_rows(b"r\0").await
     }
 }
 

@@ -55,6 +55,7 @@ async fn console_shows_acknowledges_and_keeps_acknowledged_across_restart() {
     assert!(shots.join("board-acknowledged.png").exists());
     assert!(shots.join("patient-view.png").exists());
     assert!(shots.join("board-after-restart.png").exists());
+    assert!(shots.join("board-census-after-restart.png").exists());
 }
 
 /// The console under `vigil demo` with 40 deteriorating beds on two units (issue 11): an
@@ -146,6 +147,51 @@ async fn console_under_load_acknowledges_every_held_click_and_refuses_an_expired
     }
 }
 
+/// Issue 16: sixty beds of one unit on one 1920x1080 desktop screen without scrolling, nearly
+/// all of them alerting (`vigil demo`, 60 deteriorating beds on ICU). The screenshot is
+/// committed as docs/console/board-60-beds.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_board_fits_sixty_beds_of_one_unit_on_a_desktop_screen() {
+    let dir = tempdir("browser-sixty");
+    let data = dir.to_str().unwrap().to_string();
+    let rules = rules_dir();
+    let proc = spawn_vigil(&vigil_args(
+        "demo",
+        &data,
+        rules.to_str().unwrap(),
+        &[
+            "--beds",
+            "60",
+            "--unit",
+            "ICU",
+            "--deteriorating",
+            "60",
+            "--interval-secs",
+            "1",
+            "--deterioration-secs",
+            "20",
+        ],
+    ));
+    let token = vigil_token(&dir, "*");
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-shots");
+    let out = tokio::task::block_in_place(|| {
+        Command::new("node")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs"))
+            .arg("sixty")
+            .env("VIGIL_HTTP", proc.http.to_string())
+            .env("VIGIL_MLLP", proc.mllp.to_string())
+            .env("VIGIL_TOKEN", &token)
+            .env("VIGIL_SHOTS", &shots)
+            .output()
+            .expect("node must be installed to run the browser test")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "browser sixty phase failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("without scrolling"), "{stdout}");
+    assert!(shots.join("board-60-beds.png").exists());
+}
+
 /// Issue 16: a charge nurse assigns beds in the console; an alert on one of them notifies the
 /// assigned nurse first, then escalates to the charge nurse and the rapid response team, each
 /// step on its own timer, shown on the tile and the alert with the receipts; the console says
@@ -188,5 +234,9 @@ async fn console_assignment_then_escalation_along_the_chain() {
     assert!(stdout.contains("charge nurse at L1, RRT at L2"), "{stdout}");
     assert!(stdout.contains("sound: blocked banner shown"), "{stdout}");
     assert!(stdout.contains("severity: colour, shape and text"), "{stdout}");
+    assert!(
+        stdout.contains("desktop notifications: asked on a click; threshold, mute and silence respected"),
+        "{stdout}"
+    );
     server.shutdown().await;
 }

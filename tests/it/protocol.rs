@@ -712,3 +712,91 @@ async fn the_census_gives_every_bed_its_news2_or_none_and_follows_admit_transfer
     assert_eq!(next["type"], "pong", "{next}");
     server.shutdown().await;
 }
+
+/// Issue 16: the census and the receipts are durable. Beds admitted before a restart are in the
+/// census frame right after it, before any patient's actor starts again, each with no score
+/// (never a low one) until vital signs arrive; a discharged patient is not; an alert's delivery
+/// and read receipts are on its route after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_census_and_the_receipts_survive_a_restart_of_the_server() {
+    let dir = tempdir("census-restart");
+    let config = config_qsofa_only(&dir);
+    let server = vigil::app::start(&config).await.unwrap();
+    let nurse = server.auth.issue("nurse-4", Role::Nurse, vec!["ICU".into()], time::Duration::hours(1));
+    let mut a = Console::connect(server.http_addr, &nurse).await;
+    a.send(json!({"type": "subscribe", "units": ["ICU"]})).await;
+    assert_eq!(a.next(&["census"]).await["beds"], json!([]));
+
+    let mut mllp = MllpClient::connect(&server.mllp_addr.to_string(), WAIT).await.unwrap();
+    let ts = now_dtm();
+    let adt = |event: &str, n: u32, mrn: &str, pv1: &str| {
+        [
+            format!("MSH|^~\\&|EMR|HOSP|VIGIL|HOSP|{ts}||ADT^{event}^ADT_A01|CR-{n}|P|2.5.1"),
+            format!("PID|||{mrn}^^^HOSP^MR||Census^Restart||19700101|F"),
+            pv1.to_string(),
+        ]
+        .join("\r")
+    };
+    for (n, mrn, pv1) in
+        [(1, "MRN-CR-1", "PV1||I|ICU^11^A"), (2, "MRN-CR-2", "PV1||I|ICU^12^B"), (3, "MRN-CR-3", "PV1||I|ICU^13^C")]
+    {
+        assert_eq!(ack_code(&mllp.send(&adt("A01", n, mrn, pv1)).await.unwrap()), Some("AA"));
+        a.next(&["bed"]).await;
+    }
+    assert_eq!(ack_code(&mllp.send(&adt("A03", 4, "MRN-CR-3", "PV1||I|ICU^13^C")).await.unwrap()), Some("AA"));
+    assert_eq!(a.next(&["bed_left"]).await["unit"], "ICU");
+    // An alert on bed 04-B (scored: its bed has a NEWS2 before the restart), shown and opened.
+    raise(&mut mllp, 1).await;
+    let raised = a.next(&["alert"]).await;
+    let id = raised["alert"]["id"].as_str().unwrap().to_string();
+    a.send(json!({"type": "receipt", "alert_id": id, "kind": "delivered"})).await;
+    a.next(&["receipts"]).await;
+    a.send(json!({"type": "receipt", "alert_id": id, "kind": "opened"})).await;
+    let before = loop {
+        let frame = a.next(&["receipts"]).await;
+        if frame["receipts"].as_array().unwrap().len() == 2 {
+            break frame["receipts"].clone();
+        }
+    };
+    let index = blind_index(&dir);
+    let patients: Vec<String> =
+        ["MRN-CR-1", "MRN-CR-2", "MRN-PR-1"].iter().map(|m| index.patient_id("HOSP", m).0).collect();
+    drop(a);
+    server.shutdown().await;
+
+    let server = vigil::app::start(&config).await.unwrap();
+    let nurse = server.auth.issue("nurse-4", Role::Nurse, vec!["ICU".into()], time::Duration::hours(1));
+    let mut b = Console::connect(server.http_addr, &nurse).await;
+    b.send(json!({"type": "subscribe", "units": ["ICU"]})).await;
+    let snapshot = b.next(&["snapshot"]).await;
+    let census = b.next(&["census"]).await;
+    let beds = census["beds"].as_array().unwrap();
+    let mut seen: Vec<(String, String, String)> = beds
+        .iter()
+        .map(|bed| {
+            assert_eq!(bed["news2"], Value::Null, "no score until vital signs arrive, never a low one: {bed}");
+            assert!(
+                bed["name"].as_str().unwrap().contains("Restart") || bed["name"].as_str().unwrap().contains("Protocol")
+            );
+            (
+                bed["patient"].as_str().unwrap().into(),
+                bed["room"].as_str().unwrap().into(),
+                bed["bed"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected = vec![
+        (patients[0].clone(), "11".to_string(), "A".to_string()),
+        (patients[1].clone(), "12".to_string(), "B".to_string()),
+        (patients[2].clone(), "04".to_string(), "B".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected, "every census bed, the discharged one not: {census}");
+    assert_eq!(snapshot["routes"][&id]["receipts"], before, "the receipts, as recorded: {snapshot}");
+    assert_eq!(
+        before.as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["delivered", "opened"]
+    );
+    server.shutdown().await;
+}

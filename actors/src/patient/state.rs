@@ -376,9 +376,13 @@ impl PatientState {
                 return None;
             }
             let rose = severity > open.severity;
+            let changed = severity != open.severity;
             let patient = self.alert_patient();
             let alert = self.open_alerts.get_mut(&key)?;
             fired.write_into(alert);
+            if changed {
+                alert.severity_since = now;
+            }
             alert.severity = severity;
             alert.patient = patient;
             alert.updated_at = now;
@@ -395,6 +399,9 @@ impl PatientState {
                 // The same episode coming back: reopen it rather than raise a new alert.
                 let mut alert = closed.alert.clone();
                 let acknowledged = alert.acknowledged.is_some() && !rose;
+                if alert.severity != fired.severity {
+                    alert.severity_since = now;
+                }
                 fired.write_into(&mut alert);
                 alert.patient = self.alert_patient();
                 alert.resolved = None;
@@ -430,6 +437,7 @@ impl PatientState {
             rule: fired.rule.clone(),
             finding: None,
             severity: fired.severity,
+            severity_since: now,
             status: AlertStatus::Active,
             score: None,
             summary: String::new(),
@@ -872,6 +880,51 @@ mod tests {
         let later = state.decide(vec![fire(Severity::High, "d", false, HYSTERESIS)], at(1300 + 901));
         assert_ne!(later[0].0.id, first.id);
         assert!(later[0].1);
+    }
+
+    #[test]
+    fn severity_since_is_set_at_raise_and_at_each_change_of_severity_never_at_a_re_raise_at_the_same() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let at = |s: i64| t0 + Duration::seconds(s);
+        let policy = AlertPolicy { clear_for_s: 0, ..HYSTERESIS };
+        let mut state = PatientState::new(PatientId("p-since".into()));
+        let raised = state.decide(vec![fire(Severity::Medium, "NEWS2 5", false, policy)], at(0));
+        assert_eq!(raised[0].0.severity_since, at(0), "raised");
+        // Same severity, new content: the alert changes, the time at this severity does not.
+        let same = state.decide(vec![fire(Severity::Medium, "NEWS2 6", false, policy)], at(60));
+        assert_eq!((same[0].0.severity_since, same[0].0.updated_at), (at(0), at(60)));
+        let rose = state.decide(vec![fire(Severity::High, "NEWS2 7", false, policy)], at(120));
+        assert_eq!(rose[0].0.severity_since, at(120), "rose");
+        // A partial, lower score keeps the severity and so its time.
+        let partial = state.decide(vec![fire(Severity::Medium, "NEWS2 3 (partial)", true, policy)], at(180));
+        assert_eq!((partial[0].0.severity, partial[0].0.severity_since), (Severity::High, at(120)));
+        let fell = state.decide(vec![fire(Severity::Medium, "NEWS2 5", false, policy)], at(240));
+        assert_eq!(fell[0].0.severity_since, at(240), "fell");
+        // Resolved by the rule, then back within the reopen window: at the same severity the
+        // time is kept, at another it starts again.
+        state.decide(vec![clear(false, policy)], at(300));
+        let back = state.decide(vec![fire(Severity::Medium, "NEWS2 5", false, policy)], at(360));
+        assert_eq!((back[0].0.reopened, back[0].0.severity_since), (1, at(240)));
+        state.decide(vec![clear(false, policy)], at(420));
+        let higher = state.decide(vec![fire(Severity::Critical, "NEWS2 9", false, policy)], at(480));
+        assert_eq!((higher[0].0.reopened, higher[0].0.severity_since), (2, at(480)));
+    }
+
+    #[test]
+    fn an_alert_stored_before_severity_since_existed_reads_it_as_raised_at() {
+        let stored = serde_json::json!({
+            "id": "p-1-news2-1", "patient": {"id": "p-1", "mrn": "M", "name": "N", "unit": "ICU", "bed": "1"},
+            "rule": {"id": "news2", "version": "v"}, "severity": "high", "status": "active", "score": 7.0,
+            "summary": "s", "details": null, "raised_at": "2026-01-01T07:00:00Z", "updated_at": "2026-01-01T07:05:00Z"
+        });
+        let alert: Alert = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(alert.severity_since, datetime!(2026-01-01 07:00 UTC));
+        let mut newer = stored;
+        newer["severity_since"] = "2026-01-01T07:03:00Z".into();
+        let alert: Alert = serde_json::from_value(newer).unwrap();
+        assert_eq!(alert.severity_since, datetime!(2026-01-01 07:03 UTC));
+        let again: Alert = serde_json::from_str(&serde_json::to_string(&alert).unwrap()).unwrap();
+        assert_eq!(again, alert, "round trip");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The ScyllaDB side of the [`ConsoleStore`] port: silences and nurse-to-bed assignments in
-//! `console_rows` (migration `schemas/cql/0003_console.cql`), one small partition per kind,
+//! The ScyllaDB side of the [`ConsoleStore`] port: silences, nurse-to-bed assignments, census
+//! beds and receipts in `console_rows` (migration `schemas/cql/0003_console.cql`), one
+//! partition per kind (a census partition holds one row per occupied bed, read at start only),
 //! read whole, so every node sees what any node wrote. Values are sealed like every other row.
 //! Nothing here relies on TTL or on the cluster's order: a silence ends by its `until` on the
 //! `Clock` port (`console/silences.rs`), and readers sort what they need.
@@ -9,12 +10,15 @@ use scylla::statement::prepared::PreparedStatement;
 use vigil_actors::StoreError;
 
 use super::{ScyllaStore, ScyllaStoreConfig};
+use crate::console::assignments::StoredReceipts;
 use crate::console::store::assignment_key;
 use crate::console::{Assignment, ConsoleStore, Silence};
 
 const CONSOLE_ROWS: &str = "console_rows";
 const SILENCE: &str = "silence";
 const ASSIGNMENT: &str = "assignment";
+const CENSUS: &str = "census";
+const RECEIPTS: &str = "receipts";
 
 /// The console statements, prepared once at connect.
 pub(super) struct ConsoleStatements {
@@ -82,5 +86,29 @@ impl ConsoleStore for ScyllaStore {
 
     async fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
         self.console_rows(ASSIGNMENT).await
+    }
+
+    async fn put_census_bed(&self, bed: &vigil_actors::CensusBed) -> Result<(), StoreError> {
+        self.put_console_row(CENSUS, &bed.patient.0, bed).await
+    }
+
+    async fn remove_census_bed(&self, patient: &str) -> Result<(), StoreError> {
+        self.remove_console_row(CENSUS, patient).await
+    }
+
+    async fn census_beds(&self) -> Result<Vec<vigil_actors::CensusBed>, StoreError> {
+        self.console_rows(CENSUS).await
+    }
+
+    async fn put_receipts(&self, receipts: &StoredReceipts) -> Result<(), StoreError> {
+        self.put_console_row(RECEIPTS, &receipts.alert_id, receipts).await
+    }
+
+    async fn remove_receipts(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.remove_console_row(RECEIPTS, alert_id).await
+    }
+
+    async fn receipts(&self) -> Result<Vec<StoredReceipts>, StoreError> {
+        self.console_rows(RECEIPTS).await
     }
 }
