@@ -357,13 +357,13 @@ async fn pipelining_senders_are_slowed_never_cut_while_commits_outlast_the_frame
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(vigil::ingest::mllp::listener::ListenerMetrics::default());
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let serving = tokio::spawn(vigil::ingest::mllp::listener::serve_with_metrics(
         listener,
         feed,
         settings,
         None,
-        shutdown_rx,
+        shutdown.clone(),
         Arc::clone(&metrics),
     ));
 
@@ -423,6 +423,6 @@ async fn pipelining_senders_are_slowed_never_cut_while_commits_outlast_the_frame
     assert!(failures.is_empty(), "{} of {SENDERS} senders were cut off mid-pipeline: {failures:?}", failures.len());
     assert_eq!(frame_timeouts, 0, "no frame clock ran out while the server was the slow side");
     assert_eq!(answered, SENDERS * PER_SENDER);
-    let _ = shutdown.send(true);
+    shutdown.cancel();
     serving.await.unwrap();
 }
