@@ -200,6 +200,34 @@ where
     }
 }
 
+/// A respiratory-rate reading of patient `p-{mrn}` in bed ICU 1-A at `at`: the event most
+/// router and actor tests send.
+pub fn rr_event(mrn: &str, rr: f64, at: OffsetDateTime) -> ClinicalEvent {
+    use crate::model::{Demographics, EventKind, Location, Observation, PatientKey, Phi, ResultStatus};
+    ClinicalEvent {
+        patient_id: PatientId(format!("p-{mrn}")),
+        patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
+        demographics: Demographics { name: Phi("Test, Patient".into()), ..Default::default() },
+        location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
+        received_at: at,
+        kind: EventKind::Observations {
+            observations: vec![Observation {
+                name: "rr".into(),
+                value: Some(rr),
+                text: None,
+                unit: "/min".into(),
+                observed_at: at,
+                source_code: "MDC|151562".into(),
+                device: None,
+                status: ResultStatus::Final,
+                result_key: String::new(),
+                reference_range: None,
+                abnormal_flags: vec![],
+            }],
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,28 +237,7 @@ mod tests {
     use crate::router::Router;
 
     fn event(mrn: &str, rr: f64, at: OffsetDateTime) -> ClinicalEvent {
-        ClinicalEvent {
-            patient_id: PatientId(format!("p-{mrn}")),
-            patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
-            demographics: Demographics { name: Phi("Test, Patient".into()), ..Default::default() },
-            location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
-            received_at: at,
-            kind: EventKind::Observations {
-                observations: vec![Observation {
-                    name: "rr".into(),
-                    value: Some(rr),
-                    text: None,
-                    unit: "/min".into(),
-                    observed_at: at,
-                    source_code: "MDC|151562".into(),
-                    device: None,
-                    status: ResultStatus::Final,
-                    result_key: String::new(),
-                    reference_range: None,
-                    abnormal_flags: vec![],
-                }],
-            },
-        }
+        rr_event(mrn, rr, at)
     }
 
     #[tokio::test]

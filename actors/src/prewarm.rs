@@ -115,28 +115,7 @@ mod tests {
     use crate::ports::{Durable, EventStore, PatientView, StoreError};
 
     fn event(mrn: &str, rr: f64, at: OffsetDateTime) -> ClinicalEvent {
-        ClinicalEvent {
-            patient_id: PatientId(format!("p-{mrn}")),
-            patient: PatientKey { authority: "HOSP".into(), mrn: Phi(mrn.into()) },
-            demographics: Demographics::default(),
-            location: Some(Location { unit: "ICU".into(), room: "1".into(), bed: "A".into() }),
-            received_at: at,
-            kind: EventKind::Observations {
-                observations: vec![Observation {
-                    name: "rr".into(),
-                    value: Some(rr),
-                    text: None,
-                    unit: "/min".into(),
-                    observed_at: at,
-                    source_code: "MDC|151562".into(),
-                    device: None,
-                    status: ResultStatus::Final,
-                    result_key: String::new(),
-                    reference_range: None,
-                    abnormal_flags: vec![],
-                }],
-            },
-        }
+        crate::fakes::rr_event(mrn, rr, at)
     }
 
     type Seen = Arc<Mutex<Vec<(PatientId, Vec<f64>)>>>;
