@@ -274,24 +274,25 @@ impl Ingress {
         // One bundle per patient, in message order: a patient's events of one message are
         // stored atomically (an A01 with its AL1 allergies, an RDE with several orders). A
         // part's key goes with the bundle of its last event: never logged before all of them.
-        let mut bundles: Vec<(Vec<ClinicalEvent>, Vec<usize>)> = Vec::new();
-        let mut last_bundle_of = std::collections::HashMap::new();
+        let mut bundles: Vec<(Vec<ClinicalEvent>, Vec<MessageKey>)> = Vec::new();
+        let mut last_bundle_of = vec![None; claimed.len()];
         for (event, part) in events {
             match bundles.last_mut() {
                 Some((last, _)) if last.first().is_some_and(|e| e.patient_id == event.patient_id) => last.push(event),
                 _ => bundles.push((vec![event], Vec::new())),
             }
-            last_bundle_of.insert(part, bundles.len() - 1);
+            last_bundle_of[part] = Some(bundles.len() - 1);
         }
-        for (part, bundle) in last_bundle_of {
-            bundles[bundle].1.push(part);
+        // In part order, so each bundle lists its parts' keys in message order.
+        for (bundle, key) in last_bundle_of.into_iter().zip(claimed) {
+            if let (Some(bundle), Some(key)) = (bundle, key) {
+                bundles[bundle].1.push(key);
+            }
         }
         let last = bundles.len() - 1;
         let envelope = Arc::new(envelope);
         let mut tickets = Vec::with_capacity(bundles.len());
-        for (i, (bundle, mut in_bundle)) in bundles.into_iter().enumerate() {
-            in_bundle.sort_unstable();
-            let part_keys = in_bundle.iter().filter_map(|p| claimed[*p].clone()).collect();
+        for (i, (bundle, part_keys)) in bundles.into_iter().enumerate() {
             let message = FromMessage { envelope: Arc::clone(&envelope), logs_message: i == last, parts: part_keys };
             // The last bundle (the one that logs the message) is handed over without waiting
             // for its actor, so the connection can begin its next message meanwhile (a
