@@ -857,6 +857,12 @@ impl Details {
         serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The details read as `T`, which names only the fields it needs (the rest are skipped, not
+    /// built); `None` when they do not fit.
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.0.get()).ok()
+    }
+
     /// Whether the details are `null`.
     pub fn is_null(&self) -> bool {
         self.0.get() == "null"
