@@ -681,4 +681,76 @@ mod tests {
             .collect();
         assert_eq!(rr, vec![Some(99.0), Some(12.0)], "patient 100's messages applied in routed order");
     }
+
+    /// A handler that panics fails its actor; the supervisor counts it, the messages it held
+    /// are answered "not taken" (the sender resends), and the patient's next event restarts the
+    /// actor rehydrated from the store: the rules see the history, and the open alert carries
+    /// on as the same episode instead of being raised again.
+    #[tokio::test]
+    async fn a_failed_actor_is_counted_and_its_next_event_restarts_it_with_its_history_and_open_alert() {
+        let publisher = Arc::new(CollectingPublisher::default());
+        let store = Arc::new(MemoryStore::with_publisher(publisher.clone()));
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let windows: Arc<Mutex<Vec<Vec<f64>>>> = Arc::default();
+        let record = Arc::clone(&windows);
+        // Raises for RR >= 30; a reading of 99 /min makes the rules panic (a defect, say).
+        let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
+            let latest = v.latest("rr", 600.0);
+            assert!(latest != Some(99.0), "rule defect");
+            record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
+            match latest {
+                Some(rr) if rr >= 30.0 => vec![RuleOutcome {
+                    rule_id: "t.rr".into(),
+                    version: "v1".into(),
+                    policy: AlertPolicy::default(),
+                    verdict: RuleVerdict::Fire {
+                        finding: None,
+                        severity: Severity::High,
+                        score: Some(rr),
+                        summary: "rr".into(),
+                        details: crate::model::Details::null(),
+                        partial: false,
+                    },
+                }],
+                _ => Vec::new(),
+            }
+        }));
+        let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let timings = crate::router::StartTimings {
+            failures: metrics::Counter::from_arc(failures.clone()),
+            ..Default::default()
+        };
+        let router =
+            Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap().with_start_timings(timings);
+        let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
+        for (minute, rr) in [(0, 31.0), (1, 33.0)] {
+            *clock.0.lock().unwrap() = at(minute);
+            router.ingest(event("500", rr, at(minute))).await.unwrap().wait().await.unwrap();
+        }
+        *clock.0.lock().unwrap() = at(2);
+        let failed = router.ingest(event("500", 99.0, at(2))).await;
+        assert!(failed.is_err(), "the message the failed actor held is not taken: its sender resends");
+        let counted = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(counted.is_ok(), "the supervisor counts the failure");
+
+        *clock.0.lock().unwrap() = at(3);
+        router.ingest(event("500", 34.0, at(3))).await.unwrap().wait().await.unwrap();
+        assert_eq!(router.patient_count(), 1);
+        assert_eq!(
+            windows.lock().unwrap().last().unwrap(),
+            &vec![31.0, 33.0, 34.0],
+            "the restarted actor's rules see the stored history (the failed message was never stored)"
+        );
+        router.shutdown().await;
+        let published = publisher.published.lock().unwrap().clone();
+        assert!(published.iter().all(|c| c.alert.id == published[0].alert.id), "one episode, not a second alert");
+        assert_eq!(published.iter().filter(|c| c.notify).count(), 1, "raised and notified once");
+        assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }

@@ -11,7 +11,10 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, oneshot};
 
 use crate::model::{Alert, AlertAction, AlertId, ClinicalEvent, EventKind, FromMessage, PatientId, PatientSummary};
-use crate::patient::{ActFailure, PatientActor, PatientArgs, PatientMsg, PatientState, WINDOW_MAX_AGE};
+use crate::patient::{
+    ActFailure, PatientActor, PatientArgs, PatientMsg, PatientState, PatientSupervisor, SupervisorMsg, SupervisorState,
+    WINDOW_MAX_AGE,
+};
 use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
 
 /// How long shutdown waits for patient actors to finish their queued messages.
@@ -81,6 +84,8 @@ pub struct StartTimings {
     pub from_snapshot: Counter,
     /// Starts that replayed the event log (no usable snapshot).
     pub from_log: Counter,
+    /// Patient actors that failed (each restarts, rehydrated, on its patient's next use).
+    pub failures: Counter,
 }
 
 impl Default for StartTimings {
@@ -94,13 +99,17 @@ impl Default for StartTimings {
             wait: Histogram::noop(),
             from_snapshot: Counter::noop(),
             from_log: Counter::noop(),
+            failures: Counter::noop(),
         }
     }
 }
 
 /// Routes events to patient actors.
 pub struct Router {
-    actors: DashMap<PatientId, ActorRef<PatientMsg>>,
+    actors: Arc<DashMap<PatientId, ActorRef<PatientMsg>>>,
+    /// Every patient actor is linked to it; spawned with the first actor (after the builders
+    /// have set the timings), stopped by [`Router::shutdown`] after the actors.
+    supervisor: tokio::sync::OnceCell<ActorRef<SupervisorMsg>>,
     /// One start at a time per patient (never one for all: a start reads the patient's
     /// history, and other patients must not wait behind it).
     starting: DashMap<PatientId, Arc<Mutex<()>>>,
@@ -164,7 +173,8 @@ impl Router {
             preloaded.entry(change.alert.patient.id.clone()).or_default().push(change.alert);
         }
         Ok(Router {
-            actors: DashMap::new(),
+            actors: Arc::default(),
+            supervisor: tokio::sync::OnceCell::new(),
             starting: DashMap::new(),
             preloaded,
             ports: Ports { events, alerts, rules, clock, live: None, census: Arc::default(), snapshot_every: 0 },
@@ -289,6 +299,24 @@ impl Router {
         // Each drain is bounded by the deadline; this bounds the whole.
         let _ = tokio::time::timeout(SHUTDOWN_DEADLINE + std::time::Duration::from_secs(1), draining.join_all()).await;
         self.actors.clear();
+        // No actor starts after this: a start links to a stopped supervisor and is refused.
+        if let Some(supervisor) = self.supervisor.get() {
+            let _ = supervisor.stop_and_wait(None, Some(SHUTDOWN_DEADLINE)).await;
+        }
+    }
+
+    /// The supervisor every patient actor is linked to, spawned on first use.
+    async fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, IngestError> {
+        self.supervisor
+            .get_or_try_init(|| async {
+                let state =
+                    SupervisorState { actors: Arc::clone(&self.actors), failures: self.timings.failures.clone() };
+                let (supervisor, _handle) = Actor::spawn(None, PatientSupervisor, state)
+                    .await
+                    .map_err(|e| IngestError::Actor(format!("supervisor not started: {e}")))?;
+                Ok(supervisor)
+            })
+            .await
     }
 
     async fn actor_for(&self, id: &PatientId) -> Result<ActorRef<PatientMsg>, IngestError> {
@@ -361,9 +389,11 @@ impl Router {
         };
         let restored = restored.map(|(state, _)| state);
         let args = PatientArgs { id: id.clone(), ports: self.ports.clone(), restored, history, open_alerts };
+        let supervisor = self.supervisor().await?.get_cell();
         let step = Instant::now();
-        let (actor, _handle) =
-            Actor::spawn(None, PatientActor, args).await.map_err(|e| IngestError::Actor(e.to_string()))?;
+        let (actor, _handle) = Actor::spawn_linked(None, PatientActor, args, supervisor)
+            .await
+            .map_err(|e| IngestError::Actor(e.to_string()))?;
         timings.spawn.record(step.elapsed());
         self.actors.insert(id.clone(), actor.clone());
         Ok(actor)

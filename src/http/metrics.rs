@@ -86,6 +86,8 @@ pub const ACTOR_START_SECONDS: &str = "vigil_actor_start_seconds";
 pub const START_STEPS: [&str; 6] = ["snapshot_read", "snapshot_decode", "history_read", "open_alerts", "spawn", "wait"];
 /// Patient actor starts, labelled `from`: `snapshot` or `log` (replayed, no usable snapshot).
 pub const ACTOR_STARTS: &str = "vigil_actor_starts_total";
+/// Patient actors that failed (a handler panicked); each restarts on its patient's next use.
+pub const ACTOR_FAILURES: &str = "vigil_patient_actor_failures_total";
 
 /// How often recorded stage times are folded into the exporter's buckets; bounds the memory
 /// they hold between scrapes.
@@ -209,6 +211,7 @@ impl Metrics {
                 "seconds each step of a patient actor's start takes, by step"
             );
             metrics::describe_counter!(ACTOR_STARTS, "patient actor starts, from a snapshot or from the log");
+            metrics::describe_counter!(ACTOR_FAILURES, "patient actors that failed and restart on next use");
             metrics::describe_gauge!(DEVICES_LIVE, "devices with a live actor");
             metrics::describe_gauge!(DEVICES_OFFLINE, "devices silent past their threshold (device.offline raised)");
             metrics::describe_counter!(DEVICE_QUARANTINED, "readings of unassociated devices quarantined");
@@ -243,6 +246,7 @@ impl Metrics {
                 wait,
                 from_snapshot: metrics::counter!(ACTOR_STARTS, "from" => "snapshot"),
                 from_log: metrics::counter!(ACTOR_STARTS, "from" => "log"),
+                failures: metrics::counter!(ACTOR_FAILURES),
             }
         })
     }
