@@ -17,7 +17,7 @@ run() { # label binary rate
   $LT rate --mllp 127.0.0.1:$MLLP_PORT --rate $rate --duration 15 --connections 8 --patients 500 2>&1 | grep -E "^\|"
   kill -TERM $pid; wait $pid 2>/dev/null; rm -rf "$d"
 }
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-2}"); do   # ROUNDS: alternated rounds (default 2)
   for rate in 2000 5000; do
     run before $BEFORE_TARGET/release/vigil $rate $BEFORE_TREE
     run after ${AFTER_TARGET:-target}/release/vigil $rate $PWD
