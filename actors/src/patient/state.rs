@@ -623,6 +623,7 @@ fn apply_observation(view: &mut PatientView, o: &Observation) {
                     series.remove(pos - 1);
                     series.insert(pos - 1, CodedSample { at: o.observed_at, text: text.clone() });
                 } else {
+                    reserve_one(series);
                     series.insert(pos, CodedSample { at: o.observed_at, text: text.clone() });
                 }
                 while series.len() > WINDOW_MAX_SAMPLES {
@@ -705,6 +706,23 @@ fn age_years(birth_date: &str, now: OffsetDateTime) -> Option<i64> {
     (0..=150).contains(&age).then_some(age)
 }
 
+/// Make room for one more sample, growing by an eighth (at least [`WINDOW_MIN_GROWTH`], never
+/// past [`WINDOW_MAX_SAMPLES`] + 1) instead of doubling: a day of minute samples (1,440) held
+/// 2,048 slots when the window doubled, 30 % of it empty in every series of every patient.
+/// Each sample is copied about eight times over a series' growth (24 bytes each, once per
+/// growth step), which the rules' microseconds dwarf.
+fn reserve_one<T>(series: &mut VecDeque<T>) {
+    if series.len() < series.capacity() {
+        return;
+    }
+    let room = (series.len() / 8).max(WINDOW_MIN_GROWTH);
+    let room = room.min((WINDOW_MAX_SAMPLES + 1).saturating_sub(series.len())).max(1);
+    series.reserve_exact(room);
+}
+
+/// The fewest slots a window grows by (the first allocation of a series).
+const WINDOW_MIN_GROWTH: usize = 4;
+
 /// Insert keeping time order (monitors resend and interfaces reorder), then trim the window.
 fn insert_ordered(series: &mut VecDeque<Sample>, sample: Sample) {
     let pos = series.iter().rposition(|s| s.at <= sample.at).map_or(0, |p| p + 1);
@@ -714,6 +732,7 @@ fn insert_ordered(series: &mut VecDeque<Sample>, sample: Sample) {
             *slot = sample;
         }
     } else {
+        reserve_one(series);
         series.insert(pos, sample);
     }
     let newest = series.back().map(|s| s.at);
@@ -1151,5 +1170,135 @@ mod tests {
         let vitals = med_event(t0, EventKind::Observations { observations: Vec::new() });
         state.apply(&vitals);
         assert!(state.view_at(t0, &vitals).new_allergies.is_empty(), "other events carry no new allergies");
+    }
+
+    /// What a hashbrown map of `capacity` allocates for entries of `entry` bytes: its buckets
+    /// (a power of two, 7/8 usable from 8 on) and one control byte each plus a group's.
+    fn map_bytes(capacity: usize, entry: usize) -> usize {
+        let buckets = match capacity {
+            0 => return 0,
+            c if c < 8 => (c + 1).next_power_of_two(),
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        buckets * (entry + 1) + 16
+    }
+
+    /// The bytes one patient's state holds: its own size, its view's, and what the window and
+    /// the identity allocate (capacities, what the allocator handed out; its per-allocation
+    /// rounding not counted). Maps of alerts are empty here and counted by their size only.
+    fn state_bytes(state: &PatientState) -> usize {
+        let text = |s: &String| s.capacity();
+        let view = &state.view;
+        let series: usize =
+            view.series.iter().map(|(name, s)| text(name) + s.capacity() * std::mem::size_of::<Sample>()).sum();
+        let coded: usize = view
+            .coded
+            .iter()
+            .map(|(name, s)| {
+                text(name)
+                    + s.capacity() * std::mem::size_of::<CodedSample>()
+                    + s.iter().map(|c| text(&c.text)).sum::<usize>()
+            })
+            .sum();
+        let entry = std::mem::size_of::<(String, VecDeque<Sample>)>();
+        let identity = text(&state.id.0)
+            + state.key.as_ref().map_or(0, |k| text(&k.authority) + text(k.mrn.expose()))
+            + text(state.demographics.name.expose())
+            + text(state.demographics.birth_date.expose())
+            + text(&state.demographics.sex);
+        let location = text(&view.location.unit) + text(&view.location.room) + text(&view.location.bed);
+        std::mem::size_of::<PatientState>()
+            + std::mem::size_of::<PatientView>()
+            + map_bytes(view.series.capacity(), entry)
+            + map_bytes(view.coded.capacity(), std::mem::size_of::<(String, VecDeque<CodedSample>)>())
+            + series
+            + coded
+            + identity
+            + location
+            + text(&view.sex)
+            + view.patient_id.as_ref().map_or(0, |p| text(&p.0))
+    }
+
+    fn vitals(at: OffsetDateTime, values: &[(&str, f64)]) -> ClinicalEvent {
+        let observations = values
+            .iter()
+            .map(|(name, value)| Observation {
+                name: (*name).into(),
+                value: Some(*value),
+                text: None,
+                unit: String::new(),
+                observed_at: at,
+                source_code: String::new(),
+                device: None,
+                status: ResultStatus::Final,
+                result_key: String::new(),
+                reference_range: None,
+                abnormal_flags: Vec::new(),
+            })
+            .collect();
+        ClinicalEvent {
+            patient_id: PatientId("p-0001234".into()),
+            patient: crate::model::PatientKey { authority: "SYNTH".into(), mrn: Phi("SYNTH-0001234".into()) },
+            demographics: Demographics {
+                name: Phi("Synthetic^Patient".into()),
+                birth_date: Phi("19600101".into()),
+                sex: "F".into(),
+            },
+            location: Some(Location { unit: "ICU".into(), room: "12".into(), bed: "A".into() }),
+            received_at: at,
+            kind: EventKind::Observations { observations },
+        }
+    }
+
+    const SIX_VITALS: [(&str, f64); 6] =
+        [("hr", 80.0), ("rr", 16.0), ("spo2", 97.0), ("sbp", 120.0), ("temp", 37.0), ("dbp", 70.0)];
+
+    /// Issue 14: a monitored patient with 24 h of minute vitals (6 parameters, 8,640 samples).
+    /// The samples themselves are 8,640 x 24 bytes (207 KB, the floor with this `Sample`);
+    /// a window that doubled held 2,048 slots for 1,440 samples in each series (295 KB). Run
+    /// with `--nocapture` for the figures (docs/BENCHMARKS.md, "memory per patient").
+    #[test]
+    fn a_day_of_minute_vitals_holds_at_most_an_eighth_of_its_window_empty() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut state = PatientState::new(PatientId("p-0001234".into()));
+        let one = vitals(t0, &SIX_VITALS);
+        state.apply(&one);
+        let after_one = state_bytes(&state);
+        for minute in 1..(24 * 60) {
+            state.apply(&vitals(t0 + Duration::minutes(minute), &SIX_VITALS));
+        }
+        let samples: usize = state.view.series.values().map(VecDeque::len).sum();
+        assert_eq!(samples, 8_640);
+        let slots: usize = state.view.series.values().map(VecDeque::capacity).sum();
+        assert!(slots <= samples + samples / 8 + 6 * WINDOW_MIN_GROWTH, "{slots} slots for {samples} samples");
+        let day = state_bytes(&state);
+        let floor = samples * std::mem::size_of::<Sample>();
+        assert!(day < floor + floor / 8 + 4096, "{day} bytes for a {floor}-byte floor");
+        // A day on, the window keeps 24 h: the same size, no growth.
+        for minute in (24 * 60)..(48 * 60) {
+            state.apply(&vitals(t0 + Duration::minutes(minute), &SIX_VITALS));
+        }
+        assert_eq!(state.view.series.values().map(VecDeque::len).sum::<usize>(), 6 * (24 * 60 + 1));
+        assert!(state_bytes(&state) <= day + 6 * (24 * 60 / 8 + WINDOW_MIN_GROWTH) * std::mem::size_of::<Sample>());
+        eprintln!(
+            "size_of: PatientState {} PatientView {} Sample {}; one message (6 vitals): {after_one} bytes; \
+             24 h of minute vitals: {samples} samples in {slots} slots, {day} bytes ({floor} of samples); \
+             48 h on: {} bytes",
+            std::mem::size_of::<PatientState>(),
+            std::mem::size_of::<PatientView>(),
+            std::mem::size_of::<Sample>(),
+            state_bytes(&state),
+        );
+    }
+
+    #[test]
+    fn a_window_never_grows_past_its_bound() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let mut s = VecDeque::new();
+        for i in 0..(3 * WINDOW_MAX_SAMPLES) {
+            insert_ordered(&mut s, Sample { at: t0 + Duration::seconds(i as i64), value: 0.0 });
+            assert!(s.capacity() <= WINDOW_MAX_SAMPLES + 1 + WINDOW_MIN_GROWTH, "capacity {}", s.capacity());
+        }
+        assert_eq!(s.len(), WINDOW_MAX_SAMPLES);
     }
 }
