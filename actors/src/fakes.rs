@@ -240,6 +240,26 @@ mod tests {
         rr_event(mrn, rr, at)
     }
 
+    /// Rule `t.rr`: fires (high) while the latest RR is 30 /min or more, says nothing otherwise.
+    fn raises_at_30(latest_rr: Option<f64>) -> Vec<RuleOutcome> {
+        match latest_rr {
+            Some(rr) if rr >= 30.0 => vec![RuleOutcome {
+                rule_id: "t.rr".into(),
+                version: "v1".into(),
+                policy: AlertPolicy::default(),
+                verdict: RuleVerdict::Fire {
+                    finding: None,
+                    severity: Severity::High,
+                    score: Some(rr),
+                    summary: "rr".into(),
+                    details: crate::model::Details::null(),
+                    partial: false,
+                },
+            }],
+            _ => Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn router_persists_evaluates_and_dedups_alerts_per_patient_and_rule() {
         let publisher = Arc::new(CollectingPublisher::default());
@@ -359,22 +379,7 @@ mod tests {
         let rules = Arc::new(FnRules(move |v: &PatientView, _t: &[&str]| {
             let window: Vec<f64> = v.window("rr", 86_400.0).map(|s| s.value).collect();
             record.lock().unwrap().push((v.patient_id.clone().unwrap(), window));
-            match v.latest("rr", 600.0) {
-                Some(rr) if rr >= 30.0 => vec![RuleOutcome {
-                    rule_id: "t.rr".into(),
-                    version: "v1".into(),
-                    policy: AlertPolicy::default(),
-                    verdict: RuleVerdict::Fire {
-                        finding: None,
-                        severity: Severity::High,
-                        score: Some(rr),
-                        summary: "rr".into(),
-                        details: crate::model::Details::null(),
-                        partial: false,
-                    },
-                }],
-                _ => Vec::new(),
-            }
+            raises_at_30(v.latest("rr", 600.0))
         }));
         let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
         let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
@@ -699,22 +704,7 @@ mod tests {
             let latest = v.latest("rr", 600.0);
             assert!(latest != Some(99.0), "rule defect");
             record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
-            match latest {
-                Some(rr) if rr >= 30.0 => vec![RuleOutcome {
-                    rule_id: "t.rr".into(),
-                    version: "v1".into(),
-                    policy: AlertPolicy::default(),
-                    verdict: RuleVerdict::Fire {
-                        finding: None,
-                        severity: Severity::High,
-                        score: Some(rr),
-                        summary: "rr".into(),
-                        details: crate::model::Details::null(),
-                        partial: false,
-                    },
-                }],
-                _ => Vec::new(),
-            }
+            raises_at_30(latest)
         }));
         let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let timings = crate::router::StartTimings {
