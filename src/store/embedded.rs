@@ -80,16 +80,18 @@ struct Keyspaces {
     snapshots: Keyspace,
     /// Console silences (`s\0<id>`) and assignments (`a\0<unit>\0<nurse>`), sealed.
     console: Keyspace,
-    /// The one way the journal is made durable: the committer's batches and the rows written
-    /// outside it share fsyncs.
+    /// How rows written outside the commit pipeline (devices, console) are made durable:
+    /// they share fsyncs.
     journal: JournalSync,
 }
 
-/// Makes the journal durable for every writer at once. The journal is one file for every
-/// keyspace, so one fsync covers every write buffered before it began: a caller whose rows
-/// are in the journal takes a ticket and waits for the first fsync that starts after it
-/// (its own, or one already asked for by a caller beside it) instead of queueing one fsync
-/// per caller behind the journal's lock. Without it, a burst of new devices (one association
+/// Makes the journal durable for the rows written outside the commit pipeline (device and
+/// console rows, written and then synced). The journal is one file for every keyspace, so one
+/// fsync covers every write buffered before it began: a caller whose rows are in the journal
+/// takes a ticket and waits for the first fsync that starts after it (its own, or one already
+/// asked for by a caller beside it) instead of queueing one fsync per caller behind the
+/// journal's lock. (The committer's batches fsync inside their commit, before they are
+/// visible.) Without it, a burst of new devices (one association
 /// row each, each durable before its message is answered) and new census beds queued one
 /// fsync each, and a connection's messages waited on them in turn (about 100 messages/s on a
 /// disk where an fsync takes several milliseconds).
@@ -647,8 +649,12 @@ impl Backend for Fjall {
 
     async fn write(&mut self, jobs: &[Staged<'_, Vec<EventRecord>>]) -> Vec<Result<(), StoreError>> {
         let ks = &self.ks;
-        // Made durable by the shared journal sync below, with any row written beside it.
-        let mut batch = ks.db.batch().durability(None);
+        // Durable before visible: fjall fsyncs the journal before it applies the batch to the
+        // memtables, so no reader (a console's backfill by sequence number, the duplicate
+        // check) sees a row that a crash could still take back. Not through `JournalSync`,
+        // whose writers are visible before their fsync: an alert change read then and lost in
+        // a crash would leave its sequence number to another alert after the restart.
+        let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
         let mut results = Vec::with_capacity(jobs.len());
         for job in jobs {
             // Sealed first: a job goes into the batch whole or not at all.
@@ -679,7 +685,7 @@ impl Backend for Fjall {
             }
             results.push(Ok(()));
         }
-        match batch.commit().and_then(|()| ks.journal.sync(&ks.db)) {
+        match batch.commit() {
             Ok(()) => results,
             Err(e) => {
                 if ks.write_failure.set(e.to_string()).is_ok() {
