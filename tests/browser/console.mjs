@@ -529,7 +529,13 @@ async function phonePhase() {
   await t.tap();
   const btn = page.locator('#p-alerts button.ack[aria-disabled="false"]').first();
   await btn.waitFor({ timeout: 10000 });
-  const box = await btn.boundingBox();
+  // Live frames re-render the alert cards: the button can be replaced between the wait and
+  // the measurement (seen in CI as a null box), so it is measured again once re-rendered.
+  let box = await btn.boundingBox();
+  for (let tries = 0; !box && tries < 50; tries++) {
+    await sleep(100);
+    box = await btn.boundingBox();
+  }
   check(box && box.x >= 0 && box.x + box.width <= 390, `Acknowledge button outside the screen: ${JSON.stringify(box)}`);
   const panelWide = await page.evaluate(() => document.querySelector("#patient").scrollWidth - document.querySelector("#patient").clientWidth);
   check((await wide()) <= 0 && panelWide <= 0, `patient panel scrolls sideways by ${panelWide} px`);
