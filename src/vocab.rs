@@ -197,7 +197,9 @@ struct Spelling {
 
 /// The loaded table.
 pub struct Vocabulary {
-    codes: HashMap<(CodeSystem, String), Canonical>,
+    /// Code -> analyte, one map per system (indexed by `CodeSystem as usize`), so a lookup
+    /// borrows the code instead of allocating a key (one per OBX).
+    codes: [HashMap<String, Canonical>; 2],
     /// Every unit spelling the table mentions, as written.
     spellings: HashMap<String, Spelling>,
     /// Lowercase spelling -> its meaning when every spelling that lowercases to it means the
@@ -329,12 +331,16 @@ impl Vocabulary {
                 }
             }
         }
-        Ok(Vocabulary { codes, spellings, folded, answers, names })
+        let mut by_system: [HashMap<String, Canonical>; 2] = Default::default();
+        for ((system, code), canonical) in codes {
+            by_system[system as usize].insert(code, canonical);
+        }
+        Ok(Vocabulary { codes: by_system, spellings, folded, answers, names })
     }
 
     /// The canonical name for a code.
     pub fn lookup(&self, system: CodeSystem, code: &str) -> Option<&Canonical> {
-        self.codes.get(&(system, code.to_string()))
+        self.codes[system as usize].get(code)
     }
 
     /// Canonical names, in table order (a bounded set: the labels of the dropped counter).

@@ -285,7 +285,7 @@ mod tests {
             };
             vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), policy: AlertPolicy::default(), verdict }]
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock).await.unwrap());
         for rr in [12.0, 24.0, 24.0, 31.0, 14.0] {
             router.ingest(event("100", rr, t0)).await.unwrap().wait().await.unwrap();
         }
@@ -345,7 +345,7 @@ mod tests {
             },
             ..event("300", 12.0, t0)
         };
-        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock).await.unwrap());
         let patient = PatientId("p-300".into());
         router.ingest(order("warfarin", 1)).await.unwrap().wait().await.unwrap();
         router.ingest(order("ibuprofen", 2)).await.unwrap().wait().await.unwrap();
@@ -381,7 +381,7 @@ mod tests {
             record.lock().unwrap().push((v.patient_id.clone().unwrap(), window));
             raises_at_30(v.latest("rr", 600.0))
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
         // Three patients with two readings each; the third's RR raises an alert.
         for minute in [0, 10] {
@@ -437,7 +437,7 @@ mod tests {
             record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
             Vec::new()
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
         let patient = PatientId("p-500".into());
         for (minute, rr) in [(0, 18.0), (10, 19.0), (20, 21.0)] {
@@ -476,7 +476,7 @@ mod tests {
                 rules_seen.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
                 Vec::new()
             }));
-            let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+            let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
             store.save_snapshot(&patient, &bytes).await.unwrap();
             let read_before = store.events_read();
             router.ingest(event("500", 23.0, at(93))).await.unwrap().wait().await.unwrap();
@@ -522,10 +522,12 @@ mod tests {
                 record.lock().unwrap().push(v.window("rr", 86_400.0).map(|s| s.value).collect());
                 Vec::new()
             }));
-            let router = Router::new(store.clone(), store.clone(), rules.clone(), clock.clone())
-                .await
-                .unwrap()
-                .with_snapshot_every(every);
+            let router = Arc::new(
+                Router::new(store.clone(), store.clone(), rules.clone(), clock.clone())
+                    .await
+                    .unwrap()
+                    .with_snapshot_every(every),
+            );
             let values: Vec<f64> = (0..25).map(|i| 10.0 + f64::from(i)).collect();
             for (i, rr) in values.iter().enumerate() {
                 *clock.0.lock().unwrap() = at(5 * i as i64);
@@ -544,10 +546,12 @@ mod tests {
             // A crash: the actor never stops cleanly (no snapshot at stop); a new router over
             // the same store rebuilds the patient on its next event.
             let crashed = router;
-            let router = Router::new(store.clone(), store.clone(), rules, clock.clone())
-                .await
-                .unwrap()
-                .with_snapshot_every(every);
+            let router = Arc::new(
+                Router::new(store.clone(), store.clone(), rules, clock.clone())
+                    .await
+                    .unwrap()
+                    .with_snapshot_every(every),
+            );
             let read_before = store.events_read();
             *clock.0.lock().unwrap() = at(125);
             router.ingest(event("600", 99.0, at(125))).await.unwrap().wait().await.unwrap();
@@ -587,7 +591,7 @@ mod tests {
             };
             vec![RuleOutcome { rule_id: "t.rr".into(), version: "v1".into(), policy: AlertPolicy::default(), verdict }]
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock).await.unwrap());
         let patient = PatientId("p-200".into());
         router.ingest(event("200", 24.0, t0)).await.unwrap().wait().await.unwrap();
         let id = publisher.published.lock().unwrap()[0].alert.id.clone();
@@ -656,7 +660,7 @@ mod tests {
             }
             Vec::new()
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock).await.unwrap());
         let routed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
             let slow = router.route_all(None, vec![event("100", 99.0, t0)]).await.unwrap();
             let after = router.route_all(None, vec![event("100", 12.0, t0)]).await.unwrap();
@@ -711,8 +715,9 @@ mod tests {
             failures: metrics::Counter::from_arc(failures.clone()),
             ..Default::default()
         };
-        let router =
-            Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap().with_start_timings(timings);
+        let router = Arc::new(
+            Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap().with_start_timings(timings),
+        );
         let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
         for (minute, rr) in [(0, 31.0), (1, 33.0)] {
             *clock.0.lock().unwrap() = at(minute);

@@ -137,7 +137,9 @@ mod tests {
         let clock = Arc::new(ManualClock(Mutex::new(t0)));
         let at = |minutes: i64| t0 + time::Duration::minutes(minutes);
         let seen: Seen = Arc::default();
-        let before = Router::new(store.clone(), store.clone(), recording_rules(&seen), clock.clone()).await.unwrap();
+        let before = std::sync::Arc::new(
+            Router::new(store.clone(), store.clone(), recording_rules(&seen), clock.clone()).await.unwrap(),
+        );
         for (minute, rr) in [(0, 18.0), (10, 19.0)] {
             for mrn in ["600", "601"] {
                 before.ingest(event(mrn, rr, at(minute))).await.unwrap().wait().await.unwrap();
@@ -238,7 +240,9 @@ mod tests {
         let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
         let clock = Arc::new(ManualClock(Mutex::new(t0)));
         let seen: Seen = Arc::default();
-        let before = Router::new(store.clone(), store.clone(), recording_rules(&seen), clock.clone()).await.unwrap();
+        let before = std::sync::Arc::new(
+            Router::new(store.clone(), store.clone(), recording_rules(&seen), clock.clone()).await.unwrap(),
+        );
         for mrn in ["700", "701", "702"] {
             before.ingest(event(mrn, 18.0, t0)).await.unwrap().wait().await.unwrap();
         }

@@ -238,7 +238,7 @@ mod tests {
                 },
             }]
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let event = crate::store::conformance::event(&vigil_actors::PatientId("p-esc".into()), "ESC-1", t0, 1.0);
         router.ingest(event).await.unwrap().wait().await.unwrap();
         let policy = EscalationPolicy::default();
@@ -291,7 +291,7 @@ mod tests {
                 },
             }]
         }));
-        let router = Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap();
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
         let event = crate::store::conformance::event(&vigil_actors::PatientId("p-chain".into()), "CH-1", t0, 1.0);
         router.ingest(event).await.unwrap().wait().await.unwrap();
         let policy = charge_then_rrt();

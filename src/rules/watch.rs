@@ -18,8 +18,12 @@ use super::RhaiRules;
 /// How often the directory is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// A fingerprint of everything a reload reads.
-pub fn fingerprint(dir: &Path) -> Vec<u8> {
+/// Polls between two content hashes when no file's size or modification time changed (a
+/// filesystem with coarse timestamps can hide an edit of the same size: at most 5 s).
+const REHASH_EVERY: u32 = 25;
+
+/// The files a reload reads, sorted.
+fn files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     for (sub, ext) in [(dir.to_path_buf(), "rhai"), (dir.join("data"), "json")] {
         if let Ok(entries) = std::fs::read_dir(&sub) {
@@ -29,8 +33,50 @@ pub fn fingerprint(dir: &Path) -> Vec<u8> {
         }
     }
     files.sort();
+    files
+}
+
+/// Each file with its size and modification time: cheap to read every poll.
+type Listing = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+fn listing(dir: &Path) -> Listing {
+    files(dir)
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            (f, len, meta.and_then(|m| m.modified().ok()))
+        })
+        .collect()
+}
+
+/// What the watcher knows between polls: the contents are hashed again only when the
+/// listing changed or every [`REHASH_EVERY`] polls, not five times a second (hashing the
+/// pack's data files on every poll cost about 15 M instructions a second).
+#[derive(Default)]
+struct Seen {
+    listing: Listing,
+    fingerprint: Vec<u8>,
+    polls: u32,
+}
+
+impl Seen {
+    fn poll(mut self, dir: &Path) -> Self {
+        let listing = listing(dir);
+        self.polls += 1;
+        if listing != self.listing || self.polls >= REHASH_EVERY || self.fingerprint.is_empty() {
+            self.fingerprint = fingerprint(dir);
+            self.polls = 0;
+        }
+        self.listing = listing;
+        self
+    }
+}
+
+/// A fingerprint of everything a reload reads.
+pub fn fingerprint(dir: &Path) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    for file in files {
+    for file in files(dir) {
         hasher.update(file.to_string_lossy().as_bytes());
         hasher.update(std::fs::read(&file).unwrap_or_default());
         hasher.update([0]);
@@ -45,7 +91,8 @@ pub fn spawn(rules: Arc<RhaiRules>, shutdown: CancellationToken, tasks: &TaskTra
     tasks.spawn(async move {
         let Some(dir) = rules.dir().map(Path::to_path_buf) else { return };
         let fp_dir = dir.clone();
-        let mut loaded = tokio::task::spawn_blocking(move || fingerprint(&fp_dir)).await.unwrap_or_default();
+        let mut seen = tokio::task::spawn_blocking(move || Seen::default().poll(&fp_dir)).await.unwrap_or_default();
+        let mut loaded = seen.fingerprint.clone();
         let mut pending: Option<Vec<u8>> = None;
         loop {
             tokio::select! {
@@ -53,7 +100,9 @@ pub fn spawn(rules: Arc<RhaiRules>, shutdown: CancellationToken, tasks: &TaskTra
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
             let fp_dir = dir.clone();
-            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&fp_dir)).await else { continue };
+            let Ok(polled) = tokio::task::spawn_blocking(move || seen.poll(&fp_dir)).await else { return };
+            seen = polled;
+            let now = seen.fingerprint.clone();
             if now == loaded {
                 pending = None;
                 continue;

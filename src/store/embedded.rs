@@ -726,6 +726,18 @@ fn bed_key(bed: &Location) -> Vec<u8> {
 impl EmbeddedStore {
     /// Seal and write one row outside the commit pipeline, then make it durable (device
     /// changes and quarantined readings are rare; each is acknowledged only once on disk).
+    /// A device-link row written into the journal (and visible) now, not yet synced: the
+    /// caller waits for [`DeviceStore::sync`] (the registry writes in the order of its
+    /// changes, then waits outside its lock, so concurrent changes share one fsync). Written
+    /// on the caller's thread, like an audit record: a memtable insert and a buffered journal
+    /// append, no fsync; a trip to the blocking pool under the registry's lock cost more than
+    /// the write (a burst of 500 new monitors queued behind 500 such trips).
+    async fn put_now(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        let ks = &self.inner.ks;
+        let sealed = seal(&ks.keys, DEVICE_LINKS, &key, &value)?;
+        ks.device_links.insert(key, sealed).map_err(engine("write device row"))
+    }
+
     async fn put_durably(&self, table: &'static str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
         self.blocking(move |ks| {
             let sealed = seal(&ks.keys, table, &key, &value)?;
@@ -772,6 +784,18 @@ impl DeviceStore for EmbeddedStore {
 
     async fn put_bed(&self, record: &BedRecord) -> Result<(), StoreError> {
         self.put_durably(DEVICE_LINKS, bed_key(&record.bed), encode("bed", record)?).await
+    }
+
+    async fn write_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+        self.put_now(device_key(&record.id), encode("device", record)?).await
+    }
+
+    async fn write_bed(&self, record: &BedRecord) -> Result<(), StoreError> {
+        self.put_now(bed_key(&record.bed), encode("bed", record)?).await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.blocking(|ks| ks.journal.sync(&ks.db).map_err(engine("persist device row"))).await
     }
 
     async fn beds(&self) -> Result<Vec<BedRecord>, StoreError> {

@@ -313,10 +313,12 @@ async fn a_rebuild_after_a_crash_reads_the_running_snapshot_from_the_embedded_st
             }],
         },
     };
-    let router = Router::new(counting.clone(), Arc::new(store.clone()), rules.clone(), clock.clone())
-        .await
-        .unwrap()
-        .with_snapshot_every(EVERY);
+    let router = Arc::new(
+        Router::new(counting.clone(), Arc::new(store.clone()), rules.clone(), clock.clone())
+            .await
+            .unwrap()
+            .with_snapshot_every(EVERY),
+    );
     let values: Vec<f64> = (0..25).map(|i| 10.0 + f64::from(i)).collect();
     for (i, rr) in values.iter().enumerate() {
         *clock.0.lock().unwrap() = at(5 * i as i64);
@@ -327,10 +329,12 @@ async fn a_rebuild_after_a_crash_reads_the_running_snapshot_from_the_embedded_st
 
     // The crash: the actor never stops cleanly; a new router rebuilds the patient.
     let crashed = router;
-    let router = Router::new(counting.clone(), Arc::new(store.clone()), rules, clock.clone())
-        .await
-        .unwrap()
-        .with_snapshot_every(EVERY);
+    let router = Arc::new(
+        Router::new(counting.clone(), Arc::new(store.clone()), rules, clock.clone())
+            .await
+            .unwrap()
+            .with_snapshot_every(EVERY),
+    );
     let read_before = counting.read.load(std::sync::atomic::Ordering::Relaxed);
     *clock.0.lock().unwrap() = at(125);
     router.ingest(event(99.0, at(125))).await.unwrap().wait().await.unwrap();

@@ -123,6 +123,21 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// Drop the quarantined readings received before `older_than`, then the oldest beyond the
     /// newest `keep`; how many were dropped.
     async fn trim_quarantine(&self, keep: usize, older_than: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Write a device's record now, in call order, without waiting until it is durable:
+    /// [`DeviceStore::sync`] waits. A store whose writes are durable on their own keeps the
+    /// default (the durable write).
+    async fn write_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+        self.put_device(record).await
+    }
+    /// [`DeviceStore::write_device`] for a bed's record.
+    async fn write_bed(&self, record: &BedRecord) -> Result<(), StoreError> {
+        self.put_bed(record).await
+    }
+    /// Wait until every record written before the call is durable (callers at the same time
+    /// may share one flush to disk).
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where association changes are audited.

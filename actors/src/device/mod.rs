@@ -20,6 +20,6 @@ pub use links::{
     QuarantinedReading,
 };
 pub use messages::DeviceMsg;
-pub use registry::{ChangedBy, DeviceError, DeviceRegistry, MAX_BEDS};
+pub use registry::{ChangedBy, DeviceError, DeviceRegistry, MAX_BEDS, Sighting};
 pub use state::{Attachment, DeviceConfig, DeviceState};
 pub use technical::{TechnicalCondition, TechnicalReport};

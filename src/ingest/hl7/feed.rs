@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use time::OffsetDateTime;
-use vigil_actors::device::{Attachment, ChangedBy, DeviceRegistry, QuarantinedReading, TechnicalReport};
+use vigil_actors::device::{Attachment, ChangedBy, DeviceRegistry, QuarantinedReading, Sighting, TechnicalReport};
 use vigil_actors::{ClinicalEvent, DeviceId, Envelope, EventKind, MessageKey, Observation, Phi};
 
 use super::ack::{AckCode, AckError, AckHeader, AckMode, ErrLocation, ErrSeverity, Refusal, build_ack};
@@ -83,12 +83,12 @@ fn devices_named(msg: &Message) -> Vec<DeviceId> {
         return devices;
     }
     let named = msg.segments().iter().filter_map(|s| match s.name() {
-        "OBR" if msg.message_type().1 == "R40" => Some(s.component(3, 3)),
-        "OBX" => Some(s.component(18, 1)),
+        "OBR" if msg.message_type().1 == "R40" => Some(s.value(3, 1, 3, 1)),
+        "OBX" => Some(s.value(18, 1, 1, 1)),
         _ => None,
     });
     for name in named {
-        let name = name.trim();
+        let name = name.as_str().trim();
         if name.is_empty() || devices.iter().any(|d| d.0 == name) {
             continue;
         }
@@ -142,6 +142,8 @@ pub enum Pending {
         mode: AckMode,
         /// For the ACK.
         feed: Arc<Hl7Feed>,
+        /// The devices the message was heard from, to finish before the ACK.
+        sightings: Vec<Sighting>,
     },
 }
 
@@ -151,9 +153,16 @@ impl Pending {
     pub async fn finish(self) -> Vec<String> {
         match self {
             Pending::Ready(acks) => acks,
-            Pending::Submitted { submission, header, mode, feed } => {
+            Pending::Submitted { submission, header, mode, feed, sightings } => {
                 let routed = std::time::Instant::now();
-                let outcome = submission.outcome().await;
+                let heard = async {
+                    if let Some(devices) = &feed.devices {
+                        for sighting in sightings {
+                            sighting.finish(devices).await;
+                        }
+                    }
+                };
+                let (outcome, ()) = tokio::join!(submission.outcome(), heard);
                 Stages::since(&feed.ingress.stages.commit_wait, routed);
                 if outcome == Outcome::NotStored {
                     tracing::error!(control_id = %header.control_id, "message not stored; sender told to resend");
@@ -224,11 +233,15 @@ impl Hl7Feed {
         }
         let received_at = self.ingress.clock().now();
         let (code, trigger, _) = msg.message_type();
-        if let Some(devices) = &self.devices {
-            let named = devices_named(&msg);
-            if code == "ORU" && trigger == "R01" && !named.is_empty() && names_no_patient(&msg) {
-                return self.device_reading(devices, &msg, header, mode, received_at, &named).await;
-            }
+        // The devices the message names, read once for the association and the reports.
+        let named = if self.devices.is_some() { devices_named(&msg) } else { Vec::new() };
+        if let Some(devices) = &self.devices
+            && code == "ORU"
+            && trigger == "R01"
+            && !named.is_empty()
+            && names_no_patient(&msg)
+        {
+            return self.device_reading(devices, &msg, header, mode, received_at, &named).await;
         }
         let mapping = std::time::Instant::now();
         let events = match FEEDS.iter().find(|f| f.code == code && f.trigger == trigger) {
@@ -272,7 +285,6 @@ impl Hl7Feed {
                     tracing::error!(control_id = %header.control_id, %error, "device associations not updated by census");
                 }
             }
-            let named = devices_named(&msg);
             let observations = match events.first().map(|e| &e.kind) {
                 Some(EventKind::Observations { observations }) => observations.as_slice(),
                 _ => &[],
@@ -283,18 +295,19 @@ impl Hl7Feed {
         if events.is_empty() {
             tracing::info!(control_id = %header.control_id, code, trigger, "message carried nothing to store");
         }
-        // The devices hear of it beside the submission, not before it: a device actor's reply
-        // is not on the path of the ACK (a round trip per message in arrival order, measured
-        // at 5,000 msg/s; docs/BENCHMARKS.md).
-        let heard = async {
-            if let Some(devices) = &self.devices {
-                for (device, report) in heard_by {
-                    devices.seen(ChangedBy::HL7, &device, named_patient.clone(), report).await;
-                }
+        // The devices hear of it in arrival order (the association it names made and
+        // written, each device's actor told); the rest, the association made durable and the
+        // actors' replies stored, is finished beside the commit, and the ACK waits for both.
+        // Neither is on the path of the connection's next message: a device actor's reply
+        // was a round trip per message in arrival order (measured at 5,000 msg/s), and a new
+        // monitor's association an fsync per message (docs/BENCHMARKS.md).
+        let mut sightings = Vec::with_capacity(heard_by.len());
+        if let Some(devices) = &self.devices {
+            for (device, report) in heard_by {
+                sightings.push(devices.sight(ChangedBy::HL7, &device, named_patient.clone(), report).await);
             }
-        };
-        let (pending, ()) = tokio::join!(self.submit(&msg, header, mode, received_at, events), heard);
-        pending
+        }
+        self.submit(&msg, header, mode, received_at, events, sightings).await
     }
 
     async fn submit(
@@ -304,6 +317,7 @@ impl Hl7Feed {
         mode: AckMode,
         received_at: OffsetDateTime,
         events: Vec<ClinicalEvent>,
+        sightings: Vec<Sighting>,
     ) -> Pending {
         let envelope = Envelope {
             key: MessageKey::hl7(format!("{}|{}", msg.sending_application(), msg.sending_facility()), msg.control_id()),
@@ -313,7 +327,7 @@ impl Hl7Feed {
         let routing = std::time::Instant::now();
         let submission = self.ingress.submit(envelope, events).await;
         Stages::since(&self.ingress.stages.route, routing);
-        Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self) }
+        Pending::Submitted { submission, header: Box::new(header), mode, feed: Arc::clone(self), sightings }
     }
 
     /// A PCD-01 report naming no patient: its readings go to the patient the first device it
@@ -357,7 +371,7 @@ impl Hl7Feed {
             }
             (None, None) => Vec::new(),
         };
-        self.submit(msg, header, mode, received_at, events).await
+        self.submit(msg, header, mode, received_at, events, Vec::new()).await
     }
 
     /// The reply to a frame over the size limit.

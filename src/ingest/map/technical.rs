@@ -46,12 +46,27 @@ fn condition_of(obx: &Segment) -> Option<TechnicalCondition> {
     })
 }
 
+/// Whether OBX-3 or OBX-5 as sent could name a technical condition: a field holding
+/// neither the event code nor `MDC_EVT_` (in any case) cannot, unless escapes hide text. Every
+/// numeric OBX of every report passes here, so this test reads the raw bytes only.
+fn may_name_one(obx: &Segment, escape: char) -> bool {
+    [3, 5].into_iter().filter_map(|n| obx.field(n)).any(|f| {
+        let raw = f.raw().as_bytes();
+        let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+        raw.contains(&(escape as u8)) && escape.is_ascii()
+            || !escape.is_ascii()
+            || TECHNICAL_CODES.iter().any(|c| has(c.as_bytes()))
+            || has(b"MDC_EVT_")
+    })
+}
+
 /// The technical conditions of a PCD-01 report, each with the device its OBX-18 names (empty:
 /// the report's first device).
 pub fn technical_conditions(msg: &Message) -> Vec<(String, TechnicalCondition)> {
+    let escape = msg.delimiters().escape;
     msg.segments()
         .iter()
-        .filter(|s| s.name() == "OBX")
+        .filter(|s| s.name() == "OBX" && may_name_one(s, escape))
         .filter_map(|obx| condition_of(obx).map(|c| (obx.component(18, 1).trim().to_string(), c)))
         .take(vigil_actors::device::technical::MAX_CONDITIONS * 4)
         .collect()

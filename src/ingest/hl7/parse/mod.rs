@@ -161,7 +161,13 @@ impl Field {
 
     /// Repetition `n` (1-based).
     pub fn repetition(&self, n: usize) -> Option<Repetition<'_>> {
-        self.repetitions().nth(n.checked_sub(1)?)
+        let raw = self.raw();
+        if raw.is_empty() {
+            return None;
+        }
+        let raw =
+            if self.literal { (n == 1).then_some(raw)? } else { nth_part(raw, self.shared.delimiters.repetition, n)? };
+        Some(Repetition { raw, shared: &self.shared, literal: self.literal })
     }
 
     pub fn repetition_count(&self) -> usize {
@@ -251,8 +257,26 @@ impl<'a> Repetition<'a> {
     }
 }
 
+/// Part `n` (1-based) of `text` split at `sep`. Delimiters are ASCII in practice and the
+/// parts short, so a byte scan beats a general `split` (every OBX field goes through here).
 fn nth_part(text: &str, sep: char, n: usize) -> Option<&str> {
-    text.split(sep).nth(n.checked_sub(1)?)
+    let n = n.checked_sub(1)?;
+    if !sep.is_ascii() {
+        return text.split(sep).nth(n);
+    }
+    let sep = sep as u8;
+    let (mut start, mut seen) = (0, 0);
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if b == sep {
+            if seen == n {
+                // An ASCII byte is always a char boundary.
+                return text.get(start..i);
+            }
+            seen += 1;
+            start = i + 1;
+        }
+    }
+    (seen == n).then(|| text.get(start..)).flatten()
 }
 
 fn leaf_value<'a>(raw: &'a str, shared: &Shared) -> Value<'a> {
