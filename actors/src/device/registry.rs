@@ -487,6 +487,61 @@ mod tests {
         }
     }
 
+    /// Sightings begun one after another, as a connection begins its messages, and finished
+    /// later in any order (their ACKs wait on them): each device's rows reach the store in the
+    /// order of the changes (the latest association is the one kept), every new device's row
+    /// is there once its sighting is finished, and the association changes are audited once each.
+    #[tokio::test]
+    async fn sightings_begun_in_a_row_store_every_association_in_change_order_whatever_order_they_finish_in() {
+        #[derive(Default)]
+        struct Audited(Mutex<Vec<String>>);
+        impl AssociationAudit for Audited {
+            fn association_changed(&self, user: &str, _role: &str, change: &super::super::links::AssociationChange) {
+                let after = change.after.as_ref().map(|(p, _)| p.0.clone()).unwrap_or_default();
+                self.0.lock().unwrap().push(format!("{user} {} -> {after}", change.device.0));
+            }
+        }
+        let store = Arc::new(MemoryStore::default());
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock(Mutex::new(t0)));
+        let rules = Arc::new(FnRules(|_: &crate::ports::PatientView, _: &[&str]| Vec::new()));
+        let router = Arc::new(Router::new(store.clone(), store.clone(), rules, clock.clone()).await.unwrap());
+        let rows = Arc::new(MemoryDeviceStore::default());
+        let audit = Arc::new(Audited::default());
+        let devices = DeviceRegistry::new(Arc::clone(&router), clock.clone(), DeviceConfig::default(), rows.clone())
+            .with_audit(audit.clone());
+        let first = attachment();
+        let second = Attachment { patient_id: PatientId("p-dev-2".into()), ..attachment() };
+        let moved = DeviceId("MON-MOVED".into());
+        let mut sightings = vec![
+            devices.sight(ChangedBy::HL7, &moved, Some(first.clone()), None).await,
+            devices.sight(ChangedBy::HL7, &moved, Some(second.clone()), None).await,
+        ];
+        for n in 0..20 {
+            sightings
+                .push(devices.sight(ChangedBy::HL7, &DeviceId(format!("MON-{n}")), Some(first.clone()), None).await);
+        }
+        // Finished newest first: the order of the writes is the order of the changes anyway.
+        let mut reported = Vec::new();
+        for sighting in sightings.into_iter().rev() {
+            reported.push(sighting.finish(&devices).await.map(|a| a.patient_id.0));
+        }
+        assert_eq!(
+            reported.last().unwrap().as_deref(),
+            Some("p-dev"),
+            "the first message's readings go to its patient"
+        );
+        let stored = rows.devices().await.unwrap();
+        assert_eq!(stored.len(), 21, "every new device's row is stored once its sighting is finished");
+        let kept = stored.iter().find(|r| r.id == moved).and_then(|r| r.association.as_ref());
+        assert_eq!(kept.map(|a| a.patient.patient_id.0.as_str()), Some("p-dev-2"), "the latest association is kept");
+        let audited = audit.0.lock().unwrap().clone();
+        assert_eq!(audited.len(), 22, "{audited:?}");
+        assert_eq!(audited[..2], ["feed:hl7 MON-MOVED -> p-dev", "feed:hl7 MON-MOVED -> p-dev-2"]);
+        assert_eq!(devices.current(&moved).await.map(|a| a.patient_id.0), Some("p-dev-2".into()));
+        router.shutdown().await;
+    }
+
     #[tokio::test]
     async fn the_quarantine_keeps_its_newest_readings_within_count_and_age_and_counts_the_dropped() {
         let store = Arc::new(MemoryStore::default());
