@@ -84,6 +84,17 @@ pub enum CodeSystem {
 }
 
 impl CodeSystem {
+    /// How many systems there are (the vocabulary keeps a map per system).
+    const COUNT: usize = 2;
+
+    /// This system's place among [`CodeSystem::COUNT`] (a new system fails to compile here).
+    fn slot(self) -> usize {
+        match self {
+            CodeSystem::Mdc => 0,
+            CodeSystem::Loinc => 1,
+        }
+    }
+
     /// From an HL7 v2 coding-system name (CWE-3) or a FHIR system URI.
     pub fn parse(system: &str) -> Option<CodeSystem> {
         match system {
@@ -197,9 +208,9 @@ struct Spelling {
 
 /// The loaded table.
 pub struct Vocabulary {
-    /// Code -> analyte, one map per system (indexed by `CodeSystem as usize`), so a lookup
-    /// borrows the code instead of allocating a key (one per OBX).
-    codes: [HashMap<String, Canonical>; 2],
+    /// Code -> analyte, one map per system ([`CodeSystem::slot`]), so a lookup borrows the
+    /// code instead of allocating a key (one per OBX).
+    codes: [HashMap<String, Canonical>; CodeSystem::COUNT],
     /// Every unit spelling the table mentions, as written.
     spellings: HashMap<String, Spelling>,
     /// Lowercase spelling -> its meaning when every spelling that lowercases to it means the
@@ -331,16 +342,16 @@ impl Vocabulary {
                 }
             }
         }
-        let mut by_system: [HashMap<String, Canonical>; 2] = Default::default();
+        let mut by_system: [HashMap<String, Canonical>; CodeSystem::COUNT] = Default::default();
         for ((system, code), canonical) in codes {
-            by_system[system as usize].insert(code, canonical);
+            by_system[system.slot()].insert(code, canonical);
         }
         Ok(Vocabulary { codes: by_system, spellings, folded, answers, names })
     }
 
     /// The canonical name for a code.
     pub fn lookup(&self, system: CodeSystem, code: &str) -> Option<&Canonical> {
-        self.codes[system as usize].get(code)
+        self.codes[system.slot()].get(code)
     }
 
     /// Canonical names, in table order (a bounded set: the labels of the dropped counter).

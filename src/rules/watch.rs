@@ -65,7 +65,7 @@ impl Seen {
         let listing = listing(dir);
         self.polls += 1;
         if listing != self.listing || self.polls >= REHASH_EVERY || self.fingerprint.is_empty() {
-            self.fingerprint = fingerprint(dir);
+            self.fingerprint = fingerprint_of(listing.iter().map(|(file, ..)| file));
             self.polls = 0;
         }
         self.listing = listing;
@@ -75,10 +75,15 @@ impl Seen {
 
 /// A fingerprint of everything a reload reads.
 pub fn fingerprint(dir: &Path) -> Vec<u8> {
+    fingerprint_of(files(dir).iter())
+}
+
+/// A fingerprint of `files` (sorted): their names and contents.
+fn fingerprint_of<'a>(files: impl Iterator<Item = &'a PathBuf>) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    for file in files(dir) {
+    for file in files {
         hasher.update(file.to_string_lossy().as_bytes());
-        hasher.update(std::fs::read(&file).unwrap_or_default());
+        hasher.update(std::fs::read(file).unwrap_or_default());
         hasher.update([0]);
     }
     hasher.finalize().to_vec()

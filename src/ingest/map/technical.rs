@@ -53,8 +53,8 @@ fn may_name_one(obx: &Segment, escape: char) -> bool {
     [3, 5].into_iter().filter_map(|n| obx.field(n)).any(|f| {
         let raw = f.raw().as_bytes();
         let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
-        raw.contains(&(escape as u8)) && escape.is_ascii()
-            || !escape.is_ascii()
+        !escape.is_ascii()
+            || raw.contains(&(escape as u8))
             || TECHNICAL_CODES.iter().any(|c| has(c.as_bytes()))
             || has(b"MDC_EVT_")
     })

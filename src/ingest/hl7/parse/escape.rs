@@ -22,9 +22,10 @@ pub fn unescape<'a>(text: &'a str, d: &Delimiters) -> Cow<'a, str> {
 ///   sets we do not accept) are dropped.
 /// - Unknown sequences and an unterminated escape are kept literally.
 pub fn unescape_with<'a>(text: &'a str, d: &Delimiters, charset: Charset) -> Cow<'a, str> {
+    // A byte search (memchr) where the escape character is ASCII, as it is in practice.
     let escaped =
-        if d.escape.is_ascii() { text.as_bytes().contains(&(d.escape as u8)) } else { text.contains(d.escape) };
-    if !d.has_escape() || !escaped {
+        || if d.escape.is_ascii() { text.as_bytes().contains(&(d.escape as u8)) } else { text.contains(d.escape) };
+    if !d.has_escape() || !escaped() {
         return Cow::Borrowed(text);
     }
     let esc = d.escape;
