@@ -823,49 +823,91 @@ pub struct PatientSummary {
 /// A rule's details: a JSON document kept as the text the rule host wrote. Compared as text,
 /// stored and sent verbatim (no tree is built for a value that is only ever passed on), and
 /// cheap to clone. `null` when a rule gives none.
+///
+/// A rule host may hand over details still to be written ([`Details::lazy`]): the text is
+/// written the first time anything reads it (a comparison, the store, a console) and kept.
+/// Most verdicts are read by nobody -- a score rule resolving on a patient with no open alert
+/// -- and those are never written.
 #[derive(Clone)]
-pub struct Details(std::sync::Arc<serde_json::value::RawValue>);
+pub struct Details(std::sync::Arc<DetailsText>);
+
+/// The text of [`Details`], written now or on first read.
+enum DetailsText {
+    Written(Box<serde_json::value::RawValue>),
+    Lazy { text: std::sync::OnceLock<Box<serde_json::value::RawValue>>, source: Box<dyn WriteDetails> },
+}
+
+/// Details a rule host writes as JSON when they are first read (see [`Details::lazy`]).
+pub trait WriteDetails: Send + Sync {
+    /// The details as JSON text. An error is written as `null` (the host checks what it can
+    /// before handing the details over).
+    fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error>;
+}
+
+fn null_text() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable!("null is JSON"))
+}
 
 impl Details {
     /// `null`.
     pub fn null() -> Self {
-        Details::from_json_text("null".into()).unwrap_or_else(|_| unreachable!("null is JSON"))
+        Details::from_raw(null_text())
     }
 
     /// Details from JSON text, checked.
     pub fn from_json_text(text: String) -> Result<Self, serde_json::Error> {
-        serde_json::value::RawValue::from_string(text).map(|raw| Details(raw.into()))
+        serde_json::value::RawValue::from_string(text).map(Details::from_raw)
     }
 
     /// Details from JSON text already written by a serializer (not parsed again).
     pub fn from_raw(raw: Box<serde_json::value::RawValue>) -> Self {
-        Details(raw.into())
+        Details(DetailsText::Written(raw).into())
+    }
+
+    /// Details written by `source` the first time they are read.
+    pub fn lazy(source: impl WriteDetails + 'static) -> Self {
+        Details(DetailsText::Lazy { text: std::sync::OnceLock::new(), source: Box::new(source) }.into())
     }
 
     /// Details from a JSON value.
     pub fn from_value(value: &serde_json::Value) -> Self {
-        serde_json::value::to_raw_value(value).map_or_else(|_| Details::null(), |raw| Details(raw.into()))
+        serde_json::value::to_raw_value(value).map_or_else(|_| Details::null(), Details::from_raw)
+    }
+
+    fn raw(&self) -> &serde_json::value::RawValue {
+        match &*self.0 {
+            DetailsText::Written(raw) => raw,
+            DetailsText::Lazy { text, source } => text.get_or_init(|| source.write_json().unwrap_or_else(|_| null_text())),
+        }
     }
 
     /// The JSON text.
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        self.raw().get()
     }
 
     /// Parsed (for tests and for reading a field).
     pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(self.as_str()).unwrap_or(serde_json::Value::Null)
     }
 
     /// The details read as `T`, which names only the fields it needs (the rest are skipped, not
     /// built); `None` when they do not fit.
     pub fn read<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_str(self.0.get()).ok()
+        serde_json::from_str(self.as_str()).ok()
     }
 
     /// Whether the details are `null`.
     pub fn is_null(&self) -> bool {
-        self.0.get() == "null"
+        self.as_str() == "null"
+    }
+
+    /// Whether the text has been written (always, unless made [`Details::lazy`] and not read).
+    pub fn is_written(&self) -> bool {
+        match &*self.0 {
+            DetailsText::Written(_) => true,
+            DetailsText::Lazy { text, .. } => text.get().is_some(),
+        }
     }
 }
 
@@ -877,19 +919,19 @@ impl Default for Details {
 
 impl PartialEq for Details {
     fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.as_str() == other.as_str()
     }
 }
 
 impl fmt::Debug for Details {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
+        f.write_str(self.as_str())
     }
 }
 
 impl Serialize for Details {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        self.raw().serialize(s)
     }
 }
 
@@ -898,5 +940,50 @@ impl<'de> Deserialize<'de> for Details {
         // Through a value, so any deserializer works (a raw value only comes from JSON text).
         let value = serde_json::Value::deserialize(d)?;
         Ok(Details::from_value(&value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counted(Arc<AtomicUsize>, &'static str);
+
+    impl WriteDetails for Counted {
+        fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            serde_json::value::RawValue::from_string(self.1.to_string())
+        }
+    }
+
+    #[test]
+    fn lazy_details_are_written_once_when_first_read_and_compare_as_their_text() {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let lazy = Details::lazy(Counted(Arc::clone(&writes), r#"{"score":3}"#));
+        let copy = lazy.clone();
+        assert!(!lazy.is_written());
+        assert_eq!(writes.load(Ordering::SeqCst), 0, "nothing read, nothing written");
+        assert_eq!(copy, Details::from_json_text(r#"{"score":3}"#.into()).unwrap());
+        assert!(lazy.is_written(), "clones share the written text");
+        assert_eq!(lazy.as_str(), r#"{"score":3}"#);
+        assert_eq!(serde_json::to_string(&lazy).unwrap(), r#"{"score":3}"#, "stored verbatim");
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "written once");
+        assert_ne!(lazy, Details::null());
+    }
+
+    #[test]
+    fn lazy_details_that_fail_to_write_read_as_null() {
+        struct Broken;
+        impl WriteDetails for Broken {
+            fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+                serde_json::value::RawValue::from_string("{".into())
+            }
+        }
+        let details = Details::lazy(Broken);
+        assert!(details.is_null());
+        assert_eq!(details.to_value(), serde_json::Value::Null);
     }
 }

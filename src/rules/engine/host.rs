@@ -300,6 +300,20 @@ mod tests {
     }
 
     #[test]
+    fn a_verdicts_details_are_written_when_first_read_with_what_the_rule_returned() {
+        let engine = hardened_engine();
+        let src = r#"fn meta() { #{ id: "t.l", severity: "low", triggers: ["rr"] } }
+            fn evaluate(p) { let d = #{ score: 1, partial: true }; let r = resolve("fine", d); d.score = 7; r }"#;
+        let host = RhaiRules::new(hardened_engine(), vec![load_rule(&engine, Path::new("l"), src).unwrap()]);
+        let out = host.evaluate(&view(&[("rr", 20.0)]), &["rr"]);
+        let RuleVerdict::Resolve { details, partial, .. } = &out[0].verdict else { panic!("{out:?}") };
+        assert!(*partial, "partial is read when the verdict is made");
+        assert!(!details.is_written(), "a resolve nobody reads is never written");
+        assert_eq!(details.to_value(), serde_json::json!({ "score": 1, "partial": true }), "as returned");
+        assert!(details.is_written());
+    }
+
+    #[test]
     fn window_statistics_and_coded_values() {
         let now = time::OffsetDateTime::now_utc();
         let mut series = HashMap::new();

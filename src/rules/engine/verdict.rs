@@ -2,7 +2,7 @@
 //! verdicts: bounded findings, partial data, scores, and details as JSON text.
 
 use rhai::{Dynamic, Map};
-use vigil_actors::{Details, RuleVerdict, Severity};
+use vigil_actors::{Details, RuleVerdict, Severity, WriteDetails};
 
 use super::super::api::Verdict;
 use super::super::scores::Scored;
@@ -39,14 +39,14 @@ fn verdict(result: Dynamic) -> Result<RuleVerdict, String> {
                 score,
                 summary: summary.to_string(),
                 partial: is_partial(&details),
-                details: details_json(&details)?,
+                details: details_json(details),
             })
         }
         Verdict::Resolve { finding: f, reason, details } => Ok(RuleVerdict::Resolve {
             finding: finding(f)?,
             reason: reason.to_string(),
             partial: is_partial(&details),
-            details: details_json(&details)?,
+            details: details_json(details),
         }),
     }
 }
@@ -76,9 +76,21 @@ fn score_of(details: &Dynamic) -> Option<f64> {
     score.as_float().ok().or_else(|| score.as_int().ok().map(|i| i as f64))
 }
 
-/// A rule's details as JSON text, written straight from the script's values.
-fn details_json(details: &Dynamic) -> Result<Details, String> {
-    serde_json::value::to_raw_value(&DynJson(details)).map(Details::from_raw).map_err(|e| format!("details: {e}"))
+/// A rule's details, written as JSON text straight from the script's values when first read:
+/// a verdict nobody reads (a score rule resolving with no alert open) is never written.
+fn details_json(details: Dynamic) -> Details {
+    Details::lazy(ScriptDetails(details))
+}
+
+/// The script value a rule returned as its details, written by [`DynJson`] on first read.
+/// `DynJson` has no failing case for what a script can hold (an unknown custom type is written
+/// through Rhai's serde as its type name).
+struct ScriptDetails(Dynamic);
+
+impl WriteDetails for ScriptDetails {
+    fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        serde_json::value::to_raw_value(&DynJson(&self.0))
+    }
 }
 
 /// A script value as JSON: maps, arrays, text, numbers (non-finite as `null`), booleans,
