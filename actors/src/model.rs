@@ -877,7 +877,9 @@ impl Details {
     fn raw(&self) -> &serde_json::value::RawValue {
         match &*self.0 {
             DetailsText::Written(raw) => raw,
-            DetailsText::Lazy { text, source } => text.get_or_init(|| source.write_json().unwrap_or_else(|_| null_text())),
+            DetailsText::Lazy { text, source } => {
+                text.get_or_init(|| source.write_json().unwrap_or_else(|_| null_text()))
+            }
         }
     }
 
