@@ -831,10 +831,14 @@ pub struct PatientSummary {
 #[derive(Clone)]
 pub struct Details(std::sync::Arc<DetailsText>);
 
-/// The text of [`Details`], written now or on first read.
+/// The text of [`Details`], written now or on first read. A lazy source is dropped once it has
+/// written the text: an open alert keeps its details as text, not the script's values too.
 enum DetailsText {
     Written(Box<serde_json::value::RawValue>),
-    Lazy { text: std::sync::OnceLock<Box<serde_json::value::RawValue>>, source: Box<dyn WriteDetails> },
+    Lazy {
+        text: std::sync::OnceLock<Box<serde_json::value::RawValue>>,
+        source: std::sync::Mutex<Option<Box<dyn WriteDetails>>>,
+    },
 }
 
 /// Details a rule host writes as JSON when they are first read (see [`Details::lazy`]).
@@ -866,7 +870,8 @@ impl Details {
 
     /// Details written by `source` the first time they are read.
     pub fn lazy(source: impl WriteDetails + 'static) -> Self {
-        Details(DetailsText::Lazy { text: std::sync::OnceLock::new(), source: Box::new(source) }.into())
+        let source: Box<dyn WriteDetails> = Box::new(source);
+        Details(DetailsText::Lazy { text: std::sync::OnceLock::new(), source: Some(source).into() }.into())
     }
 
     /// Details from a JSON value.
@@ -877,9 +882,11 @@ impl Details {
     fn raw(&self) -> &serde_json::value::RawValue {
         match &*self.0 {
             DetailsText::Written(raw) => raw,
-            DetailsText::Lazy { text, source } => {
-                text.get_or_init(|| source.write_json().unwrap_or_else(|_| null_text()))
-            }
+            DetailsText::Lazy { text, source } => text.get_or_init(|| {
+                // Runs once: the source is taken, written and dropped.
+                let source = source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                source.and_then(|s| s.write_json().ok()).unwrap_or_else(null_text)
+            }),
         }
     }
 
@@ -954,6 +961,12 @@ mod tests {
 
     struct Counted(Arc<AtomicUsize>, &'static str);
 
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(100, Ordering::SeqCst);
+        }
+    }
+
     impl WriteDetails for Counted {
         fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
             self.0.fetch_add(1, Ordering::SeqCst);
@@ -972,7 +985,7 @@ mod tests {
         assert!(lazy.is_written(), "clones share the written text");
         assert_eq!(lazy.as_str(), r#"{"score":3}"#);
         assert_eq!(serde_json::to_string(&lazy).unwrap(), r#"{"score":3}"#, "stored verbatim");
-        assert_eq!(writes.load(Ordering::SeqCst), 1, "written once");
+        assert_eq!(writes.load(Ordering::SeqCst), 101, "written once, then the source dropped");
         assert_ne!(lazy, Details::null());
     }
 

@@ -1,5 +1,6 @@
 //! What a rule returned (`alert(...)`, `resolve(...)`, a list of them, or nothing) as
-//! verdicts: bounded findings, partial data, scores, and details as JSON text.
+//! verdicts: bounded findings, partial data, scores, and details written as JSON text when
+//! first read.
 
 use rhai::{Dynamic, Map};
 use vigil_actors::{Details, RuleVerdict, Severity, WriteDetails};
