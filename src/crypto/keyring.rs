@@ -2,7 +2,15 @@
 //! (event records, alert records, raw messages) passes through [`KeyRing::seal`] on its way to
 //! disk and [`KeyRing::open`] on its way back.
 //!
-//! Sealed format: `0x01 | key id (u32 BE) | nonce (12 bytes, random) | ciphertext + tag`.
+//! Sealed format: `format | key id (u32 BE) | nonce (12 bytes, random) | ciphertext + tag`.
+//! Format `0x01`: the ciphertext is the plaintext's. Format `0x02`: it is the plaintext
+//! compressed (a zstd frame), for values of [`COMPRESS_FROM`] bytes or more that compression
+//! shrinks — an event row or a raw message is JSON or HL7 text, about a third of its size
+//! compressed, and encrypted bytes no longer compress, so the store engines' own compression
+//! cannot do it. Both formats are read; the format byte is bound into the associated data, so
+//! it cannot be flipped. Compressing before encrypting lets a value's length say a little about
+//! its content; these are rows at rest, no attacker mixes chosen text into them and watches
+//! lengths, so the bytes saved (on disk and in every fsync) are worth it.
 //! The associated data binds a ciphertext to its table, row key and column, so a value copied
 //! into another row or column fails to decrypt instead of being read as someone else's data.
 //!
@@ -19,6 +27,8 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use super::CryptoError;
 
 const FORMAT_V1: u8 = 1;
+/// Compressed (zstd), then encrypted.
+const FORMAT_V2: u8 = 2;
 const NONCE_LEN: usize = 12;
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 
@@ -33,11 +43,60 @@ pub struct Aad<'a> {
     pub column: &'a str,
 }
 
+/// Plaintexts this long or longer are compressed when that makes them shorter.
+pub const COMPRESS_FROM: usize = 256;
+/// zstd's level: its fastest standard level; on the rows of a PCD-01 message it saves nearly
+/// what level 3 does (docs/BENCHMARKS.md, issue 14).
+const ZSTD_LEVEL: i32 = 1;
+/// The most a compressed value may expand to when opened (a guard: values are authenticated,
+/// so only this server wrote them).
+const MAX_OPENED: usize = 256 << 20;
+
+thread_local! {
+    /// A compression context per thread: making one is far dearer than compressing a row.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `plaintext` compressed, when it is long enough and compression makes it shorter.
+fn compress(plaintext: &[u8]) -> Option<Vec<u8>> {
+    if plaintext.len() < COMPRESS_FROM {
+        return None;
+    }
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
+        }
+        let compressed = cell.as_mut()?.compress(plaintext).ok()?;
+        (compressed.len() < plaintext.len()).then_some(compressed)
+    })
+}
+
+fn decompress(compressed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let bad = |what: &str| CryptoError::Open(format!("compressed value: {what}"));
+    let size = zstd::zstd_safe::get_frame_content_size(compressed)
+        .map_err(|_| bad("not a zstd frame"))?
+        .ok_or_else(|| bad("no content size"))?;
+    let size = usize::try_from(size).ok().filter(|s| *s <= MAX_OPENED).ok_or_else(|| bad("too large"))?;
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| bad(&e.to_string()))?);
+        }
+        let decompressor = cell.as_mut().ok_or_else(|| bad("no context"))?;
+        let out = decompressor.decompress(compressed, size).map_err(|e| bad(&e.to_string()))?;
+        if out.len() == size { Ok(out) } else { Err(bad("length differs from its header")) }
+    })
+}
+
 impl Aad<'_> {
-    fn encode(&self) -> Vec<u8> {
-        // Length-prefixed, so ("ab", "c") and ("a", "bc") never collide.
+    fn encode(&self, format: u8) -> Vec<u8> {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") never collide. The format is bound
+        // too (`vigil/v1`, `vigil/v2`): a compressed value never opens as a plain one.
         let mut out = Vec::with_capacity(16 + self.table.len() + self.key.len() + self.column.len());
-        out.extend_from_slice(b"vigil/v1");
+        out.extend_from_slice(b"vigil/v");
+        out.push(b'0' + format);
         for part in [self.table.as_bytes(), self.key, self.column.as_bytes()] {
             out.extend_from_slice(&(part.len() as u32).to_be_bytes());
             out.extend_from_slice(part);
@@ -94,34 +153,47 @@ impl KeyRing {
         self.ciphers.keys().copied().collect()
     }
 
-    /// Encrypt `plaintext` with the active key and a fresh random nonce.
+    /// Encrypt `plaintext` (compressed first when that shortens it: see the module's doc) with
+    /// the active key and a fresh random nonce.
     pub fn seal(&self, aad: Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let compressed = compress(plaintext);
+        let (format, msg) = match &compressed {
+            Some(c) => (FORMAT_V2, c.as_slice()),
+            None => (FORMAT_V1, plaintext),
+        };
+        self.seal_as(format, aad, msg)
+    }
+
+    fn seal_as(&self, format: u8, aad: Aad<'_>, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let cipher = self.ciphers.get(&self.active).ok_or(CryptoError::Seal)?;
         let nonce: [u8; NONCE_LEN] = rand::random();
-        let aad = aad.encode();
-        let sealed =
-            cipher.encrypt(&nonce.into(), Payload { msg: plaintext, aad: &aad }).map_err(|_| CryptoError::Seal)?;
+        let aad = aad.encode(format);
+        let sealed = cipher.encrypt(&nonce.into(), Payload { msg, aad: &aad }).map_err(|_| CryptoError::Seal)?;
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
-        out.push(FORMAT_V1);
+        out.push(format);
         out.extend_from_slice(&self.active.to_be_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    /// Decrypt a value sealed by [`KeyRing::seal`] with any key of the ring.
+    /// Decrypt a value sealed by [`KeyRing::seal`] with any key of the ring (and expand it,
+    /// when it was compressed).
     pub fn open(&self, aad: Aad<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < HEADER_LEN || sealed[0] != FORMAT_V1 {
+        let format = sealed.first().copied();
+        if sealed.len() < HEADER_LEN || !matches!(format, Some(FORMAT_V1 | FORMAT_V2)) {
             return Err(CryptoError::Open("not a sealed value".into()));
         }
+        let format = sealed[0];
         let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
         let cipher = self.ciphers.get(&id).ok_or_else(|| CryptoError::Open(format!("unknown key id {id}")))?;
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[5..HEADER_LEN]);
-        let aad = aad.encode();
-        cipher
+        let aad = aad.encode(format);
+        let opened = cipher
             .decrypt(&nonce.into(), Payload { msg: &sealed[HEADER_LEN..], aad: &aad })
-            .map_err(|_| CryptoError::Open("authentication failed (wrong key, row or column)".into()))
+            .map_err(|_| CryptoError::Open("authentication failed (wrong key, row or column)".into()))?;
+        if format == FORMAT_V2 { decompress(&opened) } else { Ok(opened) }
     }
 }
 
@@ -212,6 +284,13 @@ mod tests {
         assert_eq!(second.open(AAD, &old).unwrap(), b"old");
         assert_eq!(second.open(AAD, &new).unwrap(), b"new");
         assert!(first.open(AAD, &new).is_err(), "a ring without key 2 cannot read it");
+        let long =
+            "OBX|1|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.150456|97|262688^MDC_DIM_PERCENT^MDC|||||R\r".repeat(8);
+        assert_eq!(
+            second.open(AAD, &first.seal(AAD, long.as_bytes()).unwrap()).unwrap(),
+            long.as_bytes(),
+            "compressed too"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -219,5 +298,39 @@ mod tests {
         }
         std::fs::write(&path, "1 abc\n").unwrap();
         assert!(matches!(KeyRing::load_or_create(&path), Err(CryptoError::Malformed(_))));
+    }
+
+    /// A row of a PCD-01 message's size is stored compressed (the bytes every fsync and every
+    /// compaction carry), opens to the same bytes, and still opens when it was written by a
+    /// build that did not compress (format 1); the format byte cannot be flipped.
+    #[test]
+    fn long_values_are_compressed_before_sealing_and_plain_ones_still_open() {
+        let ring = KeyRing::from_keys(&[(1, [7; 32])]).unwrap();
+        let row = format!(
+            "{{\"patient_id\":\"p-000123\",\"observations\":[{}]}}",
+            (0..8)
+                .map(|i| format!("{{\"name\":\"hr{i}\",\"value\":{},\"unit\":\"/min\",\"source_code\":\"MDC|147842\",\"observed_at\":\"2026-12-03T04:00:0{i}Z\"}}", 60 + i))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let sealed = ring.seal(AAD, row.as_bytes()).unwrap();
+        assert_eq!(sealed[0], FORMAT_V2);
+        assert!(sealed.len() < row.len() / 2, "{} sealed bytes for {} of JSON", sealed.len(), row.len());
+        assert_eq!(ring.open(AAD, &sealed).unwrap(), row.as_bytes());
+
+        let plain = ring.seal_as(FORMAT_V1, AAD, row.as_bytes()).unwrap();
+        assert_eq!(ring.open(AAD, &plain).unwrap(), row.as_bytes(), "a row an older build wrote");
+
+        for (value, other) in [(&sealed, FORMAT_V1), (&plain, FORMAT_V2)] {
+            let mut flipped = value.clone();
+            flipped[0] = other;
+            assert!(ring.open(AAD, &flipped).is_err(), "format {other} forged");
+        }
+        // Short values, and those compression would not shrink, stay plain.
+        assert_eq!(ring.seal(AAD, b"Quartermaine^Zebulon").unwrap()[0], FORMAT_V1);
+        let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        let sealed = ring.seal(AAD, &noise).unwrap();
+        assert_eq!(sealed[0], FORMAT_V1);
+        assert_eq!(ring.open(AAD, &sealed).unwrap(), noise);
     }
 }
