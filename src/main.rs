@@ -70,7 +70,8 @@ enum Command {
     /// Check or read the audit log: `vigil audit verify`, `vigil audit list [--since T] [--until T]`.
     #[command(subcommand)]
     Audit(vigil::audit::cli::AuditCommand),
-    /// Check or recover the embedded store's journal: `vigil store check`, `vigil store recover`.
+    /// Check, recover or compact the embedded store: `vigil store check`, `vigil store recover`,
+    /// `vigil store compact`.
     #[command(subcommand)]
     Store(vigil::store::recover::cli::StoreCommand),
     /// Print a signed console token.

@@ -18,7 +18,7 @@ run() { # label binary rate
   kill -TERM $pid; wait $pid 2>/dev/null; rm -rf "$d"
 }
 for round in $(seq 1 "${ROUNDS:-2}"); do   # ROUNDS: alternated rounds (default 2)
-  for rate in 2000 5000; do
+  for rate in ${RATES:-2000 5000}; do   # RATES: msg/s, each measured per round
     run before $BEFORE_TARGET/release/vigil $rate $BEFORE_TREE
     run after ${AFTER_TARGET:-target}/release/vigil $rate $PWD
   done

@@ -246,6 +246,63 @@ fn await_compactions(db: &Database, deadline: std::time::Duration) -> bool {
     }
 }
 
+/// What `vigil store compact` did: the fjall directory's bytes before and after, and each
+/// keyspace's rows and table bytes after.
+#[derive(Debug, Clone)]
+pub struct Compacted {
+    /// Bytes before.
+    pub before: u64,
+    /// Bytes after.
+    pub after: u64,
+    /// The journal's bytes after: fjall keeps its active journal file (drops a journal only
+    /// once it has been rotated, at 64 MB); a bounded cost, not one per row.
+    pub journal: u64,
+    /// Per keyspace: name, rows, bytes of its tables.
+    pub keyspaces: Vec<(String, usize, u64)>,
+}
+
+/// `vigil store compact` (run with Vigil stopped: the store's lock refuses a second opener):
+/// every keyspace's memtable flushed and its tables merged (fjall's major compaction), so the
+/// journal is no longer needed and the directory holds what the store costs once settled
+/// (issue 14's bytes per message). Needs no key: rows are moved, not opened.
+pub fn compact(data_dir: &Path) -> Result<Compacted, StoreError> {
+    let path = data_dir.join("fjall");
+    if !path.is_dir() {
+        return Err(StoreError::Engine(format!("{}: no embedded store here", path.display())));
+    }
+    let before = dir_bytes(&path);
+    let db = Database::builder(&path).manual_journal_persist(true).open().map_err(engine("open"))?;
+    let mut opened = Vec::new();
+    for name in db.list_keyspace_names() {
+        let keyspace = db.keyspace(&name, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        keyspace.rotate_memtable_and_wait().map_err(engine("flush"))?;
+        keyspace.major_compact().map_err(engine("compact"))?;
+        opened.push((name.to_string(), keyspace));
+    }
+    await_compactions(&db, std::time::Duration::from_secs(120));
+    db.persist(PersistMode::SyncAll).map_err(engine("persist"))?;
+    let mut keyspaces = Vec::new();
+    for (name, keyspace) in opened {
+        keyspaces.push((name, keyspace.len().map_err(engine("count"))?, keyspace.disk_space()));
+    }
+    let journal = db.journal_disk_space().map_err(engine("journal size"))?;
+    drop(db);
+    Ok(Compacted { before, after: dir_bytes(&path), journal, keyspaces })
+}
+
+/// Bytes of the files under `dir` (unreadable entries count nothing).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 impl EmbeddedStore {
     /// Open (or create) the store under `dir` and start its committer. Values are sealed with
     /// `keys`; alert changes are handed to `publisher` once durable.
@@ -1059,6 +1116,46 @@ mod tests {
         assert!(reopened.accepted_message(&MessageKey::hl7("OTHER", &first.id)).await.unwrap().is_none());
         let fhir = MessageKey { source: vigil_actors::Source::Fhir, ..first };
         assert!(reopened.accepted_message(&fhir).await.unwrap().is_none(), "feeds do not share message ids");
+    }
+
+    /// `vigil store compact`: a store whose rows are all still in its journal is flushed and
+    /// merged into tables, takes less room, and reads the same afterwards; a second opener
+    /// while Vigil runs is refused (the store's lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_moves_the_journal_into_tables_and_every_row_reads_the_same() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open(
+            dir.path(),
+            EmbeddedStoreConfig::default(),
+            test_keys(),
+            Arc::new(CollectingPublisher::default()),
+        )
+        .unwrap();
+        let patient = PatientId("p1".into());
+        let t0 = OffsetDateTime::now_utc();
+        for i in 0..300 {
+            let event = test_event(&patient, t0 + time::Duration::milliseconds(i));
+            store.append_all(Some(&test_message(&event)), &[event], &[]).await.unwrap().wait().await.unwrap();
+        }
+        let stored = store.events_since(&patient, t0).await.unwrap();
+        assert!(compact(dir.path()).is_err(), "refused while the store is open");
+        drop(store);
+
+        let done = compact(dir.path()).unwrap();
+        let rows = |name: &str| done.keyspaces.iter().find(|k| k.0 == name).map(|k| (k.1, k.2)).unwrap();
+        assert_eq!(rows(EVENTS).0, 300, "{done:?}");
+        assert_eq!(rows(MESSAGES).0, 300, "{done:?}");
+        let tables: u64 = done.keyspaces.iter().map(|k| k.2).sum();
+        assert!(tables > 0 && tables < done.before, "{done:?}");
+        let reopened = EmbeddedStore::open(
+            dir.path(),
+            EmbeddedStoreConfig::default(),
+            test_keys(),
+            Arc::new(CollectingPublisher::default()),
+        )
+        .unwrap();
+        assert_eq!(reopened.events_since(&patient, t0).await.unwrap(), stored);
+        assert!(compact(&dir.path().join("nowhere")).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,7 +365,7 @@ pub mod cli {
 
     use crate::config::{Config, ServeArgs};
 
-    /// Check or recover the embedded store's files.
+    /// Check, recover or compact the embedded store's files.
     #[derive(Debug, Subcommand)]
     pub enum StoreCommand {
         /// Read every journal and report damaged batches (exit 1 if any). Read-only.
@@ -376,6 +376,12 @@ pub mod cli {
         /// Rewrite damaged journals without their damaged batches, keeping every intact one;
         /// originals go to `<data_dir>/quarantine/`. Run with Vigil stopped.
         Recover {
+            #[command(flatten)]
+            serve: ServeArgs,
+        },
+        /// Flush every keyspace and merge its tables (major compaction), then print the
+        /// store's size before and after. Run with Vigil stopped.
+        Compact {
             #[command(flatten)]
             serve: ServeArgs,
         },
@@ -420,6 +426,22 @@ pub mod cli {
                         r.quarantined.display()
                     );
                 }
+                Ok(0)
+            }
+            StoreCommand::Compact { serve } => {
+                let config = Config::load(&serve)?;
+                let done = crate::store::embedded::compact(&config.data_dir)?;
+                for (name, rows, bytes) in &done.keyspaces {
+                    println!("keyspace {name}: {rows} rows, {bytes} bytes");
+                }
+                println!(
+                    "{} keyspaces flushed and compacted: {} bytes before, {} bytes after (tables {}, journal {})",
+                    done.keyspaces.len(),
+                    done.before,
+                    done.after,
+                    done.keyspaces.iter().map(|k| k.2).sum::<u64>(),
+                    done.journal
+                );
                 Ok(0)
             }
         }
