@@ -25,9 +25,16 @@ impl RulePatient {
     }
 }
 
-/// Score tables evaluated for one view, by table name (a handful per pass).
+/// Score tables evaluated for one view, by table name (a handful per pass), and what the
+/// pass derives from the view's whole window ([`super::scores::Derived`]).
 #[derive(Clone, Default)]
-pub struct ScoreMemo(Arc<std::sync::Mutex<Vec<(ImmutableString, Scored)>>>);
+pub struct ScoreMemo(Arc<Memo>);
+
+#[derive(Default)]
+struct Memo {
+    scored: std::sync::Mutex<Vec<(ImmutableString, Scored)>>,
+    derived: super::scores::Derived,
+}
 
 impl ScoreMemo {
     fn get_or(
@@ -35,7 +42,7 @@ impl ScoreMemo {
         name: &str,
         evaluate: impl FnOnce() -> Result<Scored, Box<rhai::EvalAltResult>>,
     ) -> Result<Scored, Box<rhai::EvalAltResult>> {
-        let Ok(mut memo) = self.0.lock() else { return evaluate() };
+        let Ok(mut memo) = self.0.scored.lock() else { return evaluate() };
         if let Some((_, s)) = memo.iter().find(|(n, _)| n == name) {
             return Ok(s.clone());
         }
@@ -207,6 +214,11 @@ impl RulePatient {
             Some(span) if all && count >= 2 && span >= min_span => Dynamic::from_float(span),
             _ => Dynamic::UNIT,
         }
+    }
+
+    /// The view as this pass reads it.
+    fn pass(&self) -> super::scores::Pass<'_> {
+        super::scores::Pass::new(&self.0, &self.1.0.derived)
     }
 
     fn since_s(&self, at: OffsetDateTime) -> Dynamic {
@@ -767,7 +779,7 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
         p.1.get_or(name, || {
             let tables = current(&t);
             let table = tables.score(name).ok_or_else(|| format!("no score table `{name}` in data/scores.json"))?;
-            Ok(table.evaluate(&p.0))
+            Ok(table.evaluate_in(p.pass()))
         })
     });
     // Latest results of the analytes in `critical_values.json` that break a limit.
@@ -906,7 +918,8 @@ fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
                 let table =
                     |n: &str| tables.score(n).ok_or_else(|| format!("no score table `{n}` in data/scores.json"));
                 let within = within.num();
-                let at = super::scores::onset(&p.0, &[(table(a)?, min_a), (table(b)?, min_b)], within, 2.0 * within);
+                let at =
+                    super::scores::onset_in(p.pass(), &[(table(a)?, min_a), (table(b)?, min_b)], within, 2.0 * within);
                 Ok(at.map_or(Dynamic::UNIT, |at| p.since_s(at)))
             },
         );
@@ -925,7 +938,7 @@ fn register_episode_clocks(engine: &mut Engine, tables: SharedTables) {
                 let tables = current(&tables);
                 let t = tables.score(table).ok_or_else(|| format!("no score table `{table}` in data/scores.json"))?;
                 let run = t
-                    .abnormal_run(&p.0, key, lookback.num())
+                    .abnormal_run_in(p.pass(), key, lookback.num())
                     .ok_or_else(|| format!("score table `{table}` has no item `{key}`"))?;
                 let ago = |at: Option<OffsetDateTime>| at.map_or(Dynamic::UNIT, |at| p.since_s(at));
                 let mut m = Map::new();

@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 
 use rhai::{Array, Dynamic, ImmutableString};
 use serde_json::Value;
-use time::OffsetDateTime;
+use time::{OffsetDateTime, UtcDateTime};
 use vigil_actors::PatientView;
 
 /// One score table, parsed and checked.
@@ -152,9 +152,11 @@ pub fn sbp_baseline(view: &PatientView) -> Option<f64> {
         return Some(set);
     }
     let now = view.now?;
-    let recent = now - time::Duration::hours(6);
+    let recent = time_key(now - time::Duration::hours(6));
+    // Readings are in time order: those 6 to 24 h old are one stretch of the day's window.
+    let day = view.window("sbp", 86_400.0);
     let mut values: Vec<f64> =
-        view.window("sbp", 86_400.0).filter(|s| s.at <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
+        day.take_while(|s| time_key(s.at) <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
     if values.len() < 3 {
         return None;
     }
@@ -163,6 +165,42 @@ pub fn sbp_baseline(view: &PatientView) -> Option<f64> {
     let (below, upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
     let upper = *upper;
     Some(if len % 2 == 1 { upper } else { (below.iter().copied().fold(f64::MIN, f64::max) + upper) / 2.0 })
+}
+
+/// What one evaluation pass derives from a view's whole window, computed once however many
+/// charts, runs and onsets of the pass read it: the SBP baseline is a median over a day of
+/// readings, and was computed again for every chart and every run that reads `sbp_fall`.
+#[derive(Debug, Default)]
+pub struct Derived {
+    sbp_baseline: std::sync::OnceLock<Option<f64>>,
+}
+
+/// A view as one evaluation pass reads it (see [`Derived`]).
+#[derive(Clone, Copy)]
+pub struct Pass<'v> {
+    /// The patient's view.
+    pub view: &'v PatientView,
+    derived: &'v Derived,
+}
+
+impl<'v> Pass<'v> {
+    /// `view` read with what `derived` holds (one `Derived` per view).
+    pub fn new(view: &'v PatientView, derived: &'v Derived) -> Self {
+        Pass { view, derived }
+    }
+
+    /// [`sbp_baseline`], computed once per pass.
+    fn sbp_baseline(&self) -> Option<f64> {
+        *self.derived.sbp_baseline.get_or_init(|| sbp_baseline(self.view))
+    }
+}
+
+/// A reading's time as a sort key: comparing two `OffsetDateTime`s converts both to UTC on
+/// every comparison, so sweeps over a day of readings convert each reading once (free for the
+/// UTC times the actors keep). Out of range in UTC (year 9999 with a negative offset): the
+/// range's end.
+fn time_key(at: OffsetDateTime) -> UtcDateTime {
+    at.checked_to_utc().unwrap_or(if at.year() < 0 { UtcDateTime::MIN } else { UtcDateTime::MAX })
 }
 
 /// 23.0 reads "23", 38.25 reads "38.25" (whole numbers, the common case, without float
@@ -196,24 +234,25 @@ impl Band {
 }
 
 impl Input {
-    fn read<'v>(&self, view: &'v PatientView) -> Option<Reading<'v>> {
+    fn read<'v>(&self, pass: Pass<'v>) -> Option<Reading<'v>> {
+        let view = pass.view;
         match self.kind {
             Kind::Numeric => view.latest(&self.name, self.max_age_s).map(Reading::Number),
             Kind::Coded => view.latest_coded(&self.name, self.max_age_s).map(Reading::Text),
             Kind::OnOxygen => oxygen_status(view, self.max_age_s).map(|on| Reading::Number(if on { 1.0 } else { 0.0 })),
             Kind::SbpFall => {
                 let sbp = view.latest("sbp", self.max_age_s)?;
-                sbp_baseline(view).map(|b| Reading::Number(b - sbp))
+                pass.sbp_baseline().map(|b| Reading::Number(b - sbp))
             }
         }
     }
 
     /// The series behind this input and how one of its samples becomes the input's value
     /// (`None` for inputs without a numeric series: coded values, oxygen status).
-    fn series(&self, view: &PatientView) -> Option<(&str, Option<f64>)> {
+    fn series(&self, pass: Pass<'_>) -> Option<(&str, Option<f64>)> {
         match self.kind {
             Kind::Numeric => Some((self.name.as_str(), None)),
-            Kind::SbpFall => sbp_baseline(view).map(|b| ("sbp", Some(b))),
+            Kind::SbpFall => pass.sbp_baseline().map(|b| ("sbp", Some(b))),
             Kind::Coded | Kind::OnOxygen => None,
         }
     }
@@ -250,6 +289,12 @@ impl Input {
 impl ScoreTable {
     /// Evaluate the table for `view` (see [`Scored`]).
     pub fn evaluate(&self, view: &PatientView) -> Scored {
+        self.evaluate_in(Pass::new(view, &Derived::default()))
+    }
+
+    /// [`ScoreTable::evaluate`] within a pass.
+    pub fn evaluate_in(&self, pass: Pass<'_>) -> Scored {
+        let view = pass.view;
         let mut out = Chart::default();
         let mut oxygen: Option<Option<bool>> = None;
         for item in &self.items {
@@ -269,7 +314,7 @@ impl ScoreTable {
             // The scoring input: the first fresh one (`first`) or the one scoring most.
             let mut best: Option<(i64, &Input, Reading<'_>, &Band)> = None;
             for input in &item.inputs {
-                let Some(reading) = input.read(view) else { continue };
+                let Some(reading) = input.read(pass) else { continue };
                 if !out.values.iter().any(|(n, _)| *n == input.name) {
                     out.values.push((input.name.clone(), input.value(reading)));
                 }
@@ -353,25 +398,38 @@ impl ScoreTable {
     /// inputs, those taken at the same instant being one reading) that score > 0, over the last
     /// `lookback_s` seconds; `None` when the table has no such item. See [`Run`].
     pub fn abnormal_run(&self, view: &PatientView, key: &str, lookback_s: f64) -> Option<Run> {
+        self.abnormal_run_in(Pass::new(view, &Derived::default()), key, lookback_s)
+    }
+
+    /// [`ScoreTable::abnormal_run`] within a pass.
+    pub fn abnormal_run_in(&self, pass: Pass<'_>, key: &str, lookback_s: f64) -> Option<Run> {
+        let view = pass.view;
         let item = self.applicable(view).into_iter().find(|i| i.key == key)?;
         // Each series once, abnormal when any input reading it scores (SBP and SBP fall share
         // the SBP series); series are in time order, so the sort merges a few sorted runs.
         let inputs: Vec<(&str, Option<f64>, &Input)> =
-            item.inputs.iter().filter_map(|i| i.series(view).map(|(s, b)| (s, b, i))).collect();
-        let mut readings: Vec<(OffsetDateTime, bool)> = Vec::new();
+            item.inputs.iter().filter_map(|i| i.series(pass).map(|(s, b)| (s, b, i))).collect();
+        // (time, abnormal)
+        let mut readings: Vec<(UtcDateTime, bool)> = Vec::new();
+        let mut merged = 0;
         for (i, (series, ..)) in inputs.iter().enumerate() {
             if inputs[..i].iter().any(|(s, ..)| s == series) {
                 continue;
             }
+            merged += 1;
+            readings.reserve(view.series.get(*series).map_or(0, |s| s.len()));
             let on_series: Vec<&(&str, Option<f64>, &Input)> = inputs.iter().filter(|(s, ..)| s == series).collect();
             for s in view.window(series, lookback_s) {
                 let abnormal = on_series
                     .iter()
                     .any(|(_, baseline, input)| input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0);
-                readings.push((s.at, abnormal));
+                readings.push((time_key(s.at), abnormal));
             }
         }
-        readings.sort_by_key(|r| r.0);
+        // One series is in time order already.
+        if merged > 1 {
+            readings.sort_by_key(|r| r.0);
+        }
         // One reading per instant: abnormal when any input taken then is.
         readings.dedup_by(|later, earlier| {
             let same = later.0 == earlier.0;
@@ -380,27 +438,24 @@ impl ScoreTable {
             }
             same
         });
-        let initial = readings.windows(2).find(|w| w[0].1 && w[1].1).map(|w| w[1].0);
-        let run: Vec<OffsetDateTime> = readings.iter().rev().take_while(|r| r.1).map(|r| r.0).collect();
-        Some(Run { readings: run.len(), first: run.last().copied(), last: run.first().copied(), initial })
+        let at = |r: &(UtcDateTime, bool)| OffsetDateTime::from(r.0);
+        let initial = readings.windows(2).find(|w| w[0].1 && w[1].1).map(|w| at(&w[1]));
+        let run = readings.iter().rev().take_while(|r| r.1).count();
+        let first = run.checked_sub(1).and_then(|_| readings.get(readings.len() - run)).map(at);
+        let last = (run > 0).then(|| readings.last().map(at)).flatten();
+        Some(Run { readings: run, first, last, initial })
     }
 
     /// Times at which an item of this table was met (scored > 0) by a numeric reading of the
     /// last `lookback_s` seconds, as `(time, part, key position)`.
-    fn met_events(
-        &self,
-        view: &PatientView,
-        lookback_s: f64,
-        part: usize,
-        out: &mut Vec<(OffsetDateTime, usize, usize)>,
-    ) -> usize {
-        let items = self.applicable(view);
+    fn met_events(&self, pass: Pass<'_>, lookback_s: f64, part: usize, out: &mut Vec<Met>) -> usize {
+        let items = self.applicable(pass.view);
         for (k, item) in items.iter().enumerate() {
             for input in &item.inputs {
-                let Some((series, baseline)) = input.series(view) else { continue };
-                for s in view.window(series, lookback_s) {
+                let Some((series, baseline)) = input.series(pass) else { continue };
+                for s in pass.view.window(series, lookback_s) {
                     if input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0 {
-                        out.push((s.at, part, k));
+                        out.push(Met { at: time_key(s.at), part: part as u32, item: k as u32 });
                     }
                 }
             }
@@ -441,7 +496,17 @@ pub fn onset(
     within_s: f64,
     lookback_s: f64,
 ) -> Option<OffsetDateTime> {
-    let now = view.now?;
+    onset_in(Pass::new(view, &Derived::default()), parts, within_s, lookback_s)
+}
+
+/// [`onset`] within a pass.
+pub fn onset_in(
+    pass: Pass<'_>,
+    parts: &[(&ScoreTable, i64)],
+    within_s: f64,
+    lookback_s: f64,
+) -> Option<OffsetDateTime> {
+    let now = time_key(pass.view.now?);
     let within = time::Duration::checked_seconds_f64(within_s.max(0.0))?;
     let mut events = Vec::new();
     let mut sweep = Sweep {
@@ -451,30 +516,40 @@ pub fn onset(
         tail: 0,
     };
     for (i, (table, _)) in parts.iter().enumerate() {
-        let keys = table.met_events(view, lookback_s, i, &mut events);
+        let keys = table.met_events(pass, lookback_s, i, &mut events);
         sweep.counts.push(vec![0; keys]);
     }
-    events.sort_by_key(|e| e.0);
+    events.sort_by_key(|e| e.at);
     let (mut start, mut fell, mut next) = (None, None, 0usize);
     while next < events.len() {
-        let at = events[next].0;
+        let at = events[next].at;
         if let Some(f) = sweep.expire(&events, next, at, within) {
             fell = fell.or(Some(f));
         }
-        while next < events.len() && events[next].0 == at {
-            sweep.add(events[next]);
+        while next < events.len() && events[next].at == at {
+            sweep.add(&events[next]);
             next += 1;
         }
         if sweep.holds() {
             // Met again after a gap of `within` or more: a new episode.
             if start.is_none() || fell.is_some_and(|f| at - f >= within) {
-                start = Some(at);
+                start = Some(OffsetDateTime::from(at));
             }
             fell = None;
         }
     }
     sweep.expire(&events, next, now, within);
     if sweep.holds() { start } else { None }
+}
+
+/// An item of a table met by a reading (see [`onset`]).
+struct Met {
+    /// The reading's time ([`time_key`]).
+    at: UtcDateTime,
+    /// Which of the parts the table is.
+    part: u32,
+    /// The item's position among the table's applicable items.
+    item: u32,
 }
 
 /// Items met within the sliding window, per part (see [`onset`]).
@@ -490,33 +565,29 @@ impl Sweep {
         self.met.iter().zip(&self.mins).all(|(m, min)| m >= min)
     }
 
-    fn add(&mut self, (_, part, key): (OffsetDateTime, usize, usize)) {
-        if self.counts[part][key] == 0 {
+    fn add(&mut self, e: &Met) {
+        let (part, item) = (e.part as usize, e.item as usize);
+        if self.counts[part][item] == 0 {
             self.met[part] += 1;
         }
-        self.counts[part][key] += 1;
+        self.counts[part][item] += 1;
     }
 
     /// Drop the events (before `upto`) older than `within` before `at`; the moment the
     /// criteria stopped holding, when a drop ended them.
-    fn expire(
-        &mut self,
-        events: &[(OffsetDateTime, usize, usize)],
-        upto: usize,
-        at: OffsetDateTime,
-        within: time::Duration,
-    ) -> Option<OffsetDateTime> {
+    fn expire(&mut self, events: &[Met], upto: usize, at: UtcDateTime, within: time::Duration) -> Option<UtcDateTime> {
         let cutoff = at.checked_sub(within)?;
         let mut fell = None;
-        while self.tail < upto && events[self.tail].0 < cutoff {
+        while self.tail < upto && events[self.tail].at < cutoff {
             let held = self.holds();
-            let (when, part, key) = events[self.tail];
-            self.counts[part][key] -= 1;
-            if self.counts[part][key] == 0 {
+            let e = &events[self.tail];
+            let (part, item) = (e.part as usize, e.item as usize);
+            self.counts[part][item] -= 1;
+            if self.counts[part][item] == 0 {
                 self.met[part] -= 1;
             }
             if held && !self.holds() {
-                fell = fell.or(when.checked_add(within));
+                fell = fell.or(e.at.checked_add(within));
             }
             self.tail += 1;
         }
@@ -1008,6 +1079,45 @@ mod tests {
         // Not met now: no time zero.
         let v = timed(&[("temp", 30, 38.5), ("hr", 30, 80.0), ("lactate", 30, 2.5)], &[]);
         assert_eq!(onset_min(&v), None);
+    }
+
+    #[test]
+    fn runs_and_onset_order_readings_by_instant_whatever_their_offset() {
+        let (sirs, organ) = sep1_like();
+        let v = timed(
+            &[
+                ("sbp", 900, 150.0),
+                ("sbp", 700, 148.0),
+                ("sbp", 400, 152.0),
+                ("sbp", 200, 85.0),
+                ("sbp", 100, 85.0),
+                ("map", 60, 60.0),
+                ("hr", 50, 120.0),
+                ("temp", 40, 38.6),
+                ("sbp", 10, 86.0),
+            ],
+            &[],
+        );
+        // The same readings, each in another offset (as a monitor in another zone might stamp
+        // them): SBP 2 h ahead of UTC, MAP 5 h behind, HR 9 h 30 ahead. An SBP at +02:00 whose
+        // wall clock reads later than a UTC MAP was still taken earlier.
+        let mut shifted = v.clone();
+        for (name, series) in shifted.series.iter_mut() {
+            let offset = match name.as_str() {
+                "sbp" => time::UtcOffset::from_hms(2, 0, 0),
+                "map" => time::UtcOffset::from_hms(-5, 0, 0),
+                _ => time::UtcOffset::from_hms(9, 30, 0),
+            }
+            .unwrap();
+            series.iter_mut().for_each(|s| s.at = s.at.to_offset(offset));
+        }
+        for view in [&v, &shifted] {
+            let r = organ.abnormal_run(view, "sbp", 86_400.0).unwrap();
+            let ago = |t: Option<OffsetDateTime>| t.map(|t| (view.now.unwrap() - t).whole_minutes());
+            assert_eq!((r.readings, ago(r.first), ago(r.last), ago(r.initial)), (4, Some(200), Some(10), Some(100)));
+            let t0 = onset(view, &[(&sirs, 2), (&organ, 1)], 21_600.0, 43_200.0);
+            assert_eq!(t0.map(|t| (view.now.unwrap() - t).whole_minutes()), Some(40));
+        }
     }
 
     #[test]
