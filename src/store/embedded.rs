@@ -1100,13 +1100,7 @@ mod tests {
         assert_eq!(read.len(), 200);
         assert!(read.windows(2).all(|w| w[0].received_at <= w[1].received_at));
         drop(store);
-        let reopened = EmbeddedStore::open(
-            dir.path(),
-            EmbeddedStoreConfig::default(),
-            test_keys(),
-            Arc::new(CollectingPublisher::default()),
-        )
-        .unwrap();
+        let reopened = open_default(dir.path());
         assert_eq!(reopened.events_since(&patient, t0).await.unwrap().len(), 200);
         assert!(reopened.events_since(&PatientId("p2".into()), t0).await.unwrap().is_empty());
         let first = test_message(&read[0]).envelope.key.clone();
@@ -1124,13 +1118,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compaction_moves_the_journal_into_tables_and_every_row_reads_the_same() {
         let dir = tempdir();
-        let store = EmbeddedStore::open(
-            dir.path(),
-            EmbeddedStoreConfig::default(),
-            test_keys(),
-            Arc::new(CollectingPublisher::default()),
-        )
-        .unwrap();
+        let store = open_default(dir.path());
         let patient = PatientId("p1".into());
         let t0 = OffsetDateTime::now_utc();
         for i in 0..300 {
@@ -1147,13 +1135,7 @@ mod tests {
         assert_eq!(rows(MESSAGES).0, 300, "{done:?}");
         let tables: u64 = done.keyspaces.iter().map(|k| k.2).sum();
         assert!(tables > 0 && tables < done.before, "{done:?}");
-        let reopened = EmbeddedStore::open(
-            dir.path(),
-            EmbeddedStoreConfig::default(),
-            test_keys(),
-            Arc::new(CollectingPublisher::default()),
-        )
-        .unwrap();
+        let reopened = open_default(dir.path());
         assert_eq!(reopened.events_since(&patient, t0).await.unwrap(), stored);
         assert!(compact(&dir.path().join("nowhere")).is_err());
     }
@@ -1161,13 +1143,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_message_with_ten_orders_is_logged_once_beside_its_ten_events() {
         let dir = tempdir();
-        let store = EmbeddedStore::open(
-            dir.path(),
-            EmbeddedStoreConfig::default(),
-            test_keys(),
-            Arc::new(CollectingPublisher::default()),
-        )
-        .unwrap();
+        let store = open_default(dir.path());
         let patient = PatientId("p-rde".into());
         let t0 = OffsetDateTime::now_utc();
         // One RDE^O11 with ten orders: one message, ten events.
@@ -1299,6 +1275,12 @@ mod tests {
     }
 
     /// A directory removed when the test ends.
+    /// The store in `dir` with the default settings and the test keys.
+    fn open_default(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(dir, EmbeddedStoreConfig::default(), test_keys(), Arc::new(CollectingPublisher::default()))
+            .unwrap()
+    }
+
     pub(crate) fn tempdir() -> tempfile::TempDir {
         tempfile::Builder::new().prefix("vigil-test-").tempdir().unwrap()
     }
