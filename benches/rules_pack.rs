@@ -233,14 +233,28 @@ fn bench(c: &mut Criterion) {
     // (`valgrind --tool=callgrind` counts instructions, repeatable on a noisy machine).
     // `VIGIL_BENCH_PROFILE_EVENT` picks them: `vitals` (the 24 h patient's vitals event),
     // `order` (its new order), `ward` (the load harness's patient: stable vitals, an hour of
-    // them every 30 s); unset: N vitals and N order evaluations.
+    // them every 30 s), `board` (`ward` and the unit board's read of the NEWS2 score); unset:
+    // N vitals and N order evaluations.
     if let Some(n) = std::env::var("VIGIL_BENCH_PROFILE").ok().and_then(|n| n.parse::<usize>().ok()) {
         let event = std::env::var("VIGIL_BENCH_PROFILE_EVENT").unwrap_or_default();
-        let ward_view = (event == "ward").then(|| ward_patient(start));
+        let ward_view = (event == "ward" || event == "board").then(|| ward_patient(start));
         for _ in 0..n {
             match event.as_str() {
                 "order" => black_box(rules.evaluate(&order_view, &["order"])),
                 "ward" => black_box(rules.evaluate(ward_view.as_ref().unwrap(), &VITALS)),
+                // The ward event as the actor finishes it: the unit board's NEWS2 fields read.
+                "board" => {
+                    let out = rules.evaluate(ward_view.as_ref().unwrap(), &VITALS);
+                    let news2 = out.iter().find(|o| o.rule_id == "news2").map(|o| match &o.verdict {
+                        vigil_actors::RuleVerdict::Fire { details, .. }
+                        | vigil_actors::RuleVerdict::Resolve { details, .. } => {
+                            (details.field("score"), details.field("band"), details.field("partial"))
+                        }
+                        _ => (None, None, None),
+                    });
+                    assert!(news2.is_some_and(|n| n.0.is_some()), "the board reads a NEWS2 score");
+                    black_box(out)
+                }
                 "vitals" => black_box(rules.evaluate(&vitals_view, &VITALS)),
                 _ => {
                     black_box(rules.evaluate(&order_view, &["order"]));

@@ -846,6 +846,20 @@ pub trait WriteDetails: Send + Sync {
     /// The details as JSON text. An error is written as `null` (the host checks what it can
     /// before handing the details over).
     fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error>;
+
+    /// A top-level field of the details, as [`Details::field`] reads it from the written text
+    /// (`None` when absent or when the details are not an object). A host that can answer
+    /// without writing the whole document overrides this; by default the document is written
+    /// (not kept) and parsed.
+    fn field(&self, name: &str) -> Option<serde_json::Value> {
+        let text = self.write_json().ok()?;
+        field_of(text.get(), name)
+    }
+}
+
+/// A top-level field of the JSON object `text`.
+fn field_of(text: &str, name: &str) -> Option<serde_json::Value> {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok()?.remove(name)
 }
 
 fn null_text() -> Box<serde_json::value::RawValue> {
@@ -904,6 +918,22 @@ impl Details {
     /// built); `None` when they do not fit.
     pub fn read<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_str(self.as_str()).ok()
+    }
+
+    /// A top-level field (`None` when absent, or when the details are not an object). Details
+    /// not yet written are asked for the field and stay unwritten: the unit board reads a
+    /// NEWS2 verdict's score on every vitals event, and nothing else reads most of them.
+    pub fn field(&self, name: &str) -> Option<serde_json::Value> {
+        if let DetailsText::Lazy { text, source } = &*self.0
+            && text.get().is_none()
+        {
+            let source = source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(source) = source.as_ref() {
+                return source.field(name);
+            }
+            // Taken meanwhile: the text is being written; read it below.
+        }
+        field_of(self.as_str(), name)
     }
 
     /// Whether the details are `null`.
@@ -987,6 +1017,40 @@ mod tests {
         assert_eq!(serde_json::to_string(&lazy).unwrap(), r#"{"score":3}"#, "stored verbatim");
         assert_eq!(writes.load(Ordering::SeqCst), 101, "written once, then the source dropped");
         assert_ne!(lazy, Details::null());
+    }
+
+    #[test]
+    fn a_field_of_lazy_details_is_read_without_writing_them_and_as_the_text_has_it() {
+        struct Fields(Arc<AtomicUsize>);
+        impl WriteDetails for Fields {
+            fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                serde_json::value::RawValue::from_string(r#"{"score":3,"band":"low"}"#.into())
+            }
+            fn field(&self, name: &str) -> Option<serde_json::Value> {
+                match name {
+                    "score" => Some(3.into()),
+                    "band" => Some("low".into()),
+                    _ => None,
+                }
+            }
+        }
+        let writes = Arc::new(AtomicUsize::new(0));
+        let lazy = Details::lazy(Fields(Arc::clone(&writes)));
+        assert_eq!(lazy.field("score"), Some(3.into()));
+        assert_eq!(lazy.field("band"), Some("low".into()));
+        assert_eq!(lazy.field("partial"), None);
+        assert!(!lazy.is_written() && writes.load(Ordering::SeqCst) == 0, "read without writing");
+        // Written, the same fields from the text; a source without its own reader writes once per read.
+        assert_eq!(lazy.as_str(), r#"{"score":3,"band":"low"}"#);
+        assert_eq!(
+            (lazy.field("score"), lazy.field("band"), lazy.field("partial")),
+            (Some(3.into()), Some("low".into()), None)
+        );
+        let counted = Details::lazy(Counted(Arc::new(AtomicUsize::new(0)), r#"{"score":4}"#));
+        assert_eq!(counted.field("score"), Some(4.into()));
+        assert!(!counted.is_written());
+        assert_eq!(Details::from_json_text("[1]".into()).unwrap().field("score"), None, "not an object");
     }
 
     #[test]

@@ -769,6 +769,16 @@ impl Scored {
         }
     }
 
+    /// The property `name` as the details object [`Scored::serialize_with`] writes has it, or
+    /// `None` when that object has no such field (`ceiling` and the plain `flagged` are read as
+    /// properties but not written).
+    pub fn field(&self, name: &str) -> Option<Dynamic> {
+        let set = self.extra.iter().any(|(k, _)| k == name);
+        let scored = matches!(name, "score" | "partial" | "subscores" | "values" | "met" | "missing")
+            || self.chart.flagged_as.as_deref() == Some(name);
+        (set || scored && !self.removed.iter().any(|k| k == name)).then(|| self.get(name))
+    }
+
     /// The value an input read (`s.value("lactate")`), or `()`.
     pub fn value(&self, name: &str) -> Dynamic {
         self.chart.values.iter().find(|(k, _)| k == name).map_or(Dynamic::UNIT, |(_, v)| v.clone())
@@ -994,6 +1004,31 @@ mod tests {
         }
         let settings = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         PatientView { now: Some(now), series, settings, ..PatientView::default() }
+    }
+
+    #[test]
+    fn a_field_is_what_the_written_details_hold_under_that_name() {
+        let t = table(
+            r#"{ "flag_at": 3, "flagged_as": "red", "items": [
+                { "key": "rr", "inputs": [ { "name": "rr", "max_age_s": 3600, "points": [[">", 24, 3], [">", 20, 2], ["else", 0]] } ] },
+                { "key": "hr", "inputs": [ { "name": "hr", "max_age_s": 3600, "points": [[">", 130, 3], ["else", 0]] } ] }
+            ] }"#,
+        );
+        let mut s = t.evaluate(&view(&[("rr", 25.0)], &[], &[]));
+        s.set("band", Dynamic::from(ImmutableString::from("high")));
+        assert!(s.remove("met").is_array());
+        assert!(s.remove("missing").is_array());
+        s.set("missing", Dynamic::from_int(1));
+        let json = json_of(&s);
+        let names =
+            ["score", "partial", "ceiling", "subscores", "values", "met", "missing", "flagged", "red", "band", "other"];
+        for name in names {
+            assert_eq!(s.field(name).is_some(), json.get(name).is_some(), "{name}: {json}");
+        }
+        assert_eq!(s.field("score").and_then(|d| d.as_int().ok()), Some(3));
+        assert_eq!(s.field("partial").and_then(|d| d.as_bool().ok()), Some(true), "HR is missing");
+        assert_eq!(s.field("band").map(|d| d.to_string()), Some("high".into()));
+        assert_eq!(s.field("missing").and_then(|d| d.as_int().ok()), Some(1), "set again after its removal");
     }
 
     #[test]

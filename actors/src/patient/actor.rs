@@ -141,23 +141,16 @@ const NEWS2_RULE: &str = "news2";
 /// The score a NEWS2 verdict gives: a fired or resolving verdict's details carry it; a rule
 /// that does not apply, or details without a score, give none (shown as "no score").
 fn news2_now(verdict: &RuleVerdict) -> Option<News2Now> {
-    /// The three fields the board shows, read without building the rest of the details.
-    #[derive(serde::Deserialize)]
-    struct Shown {
-        score: i64,
-        band: String,
-        partial: Option<serde_json::Value>,
-    }
     let details = match verdict {
         RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details,
         RuleVerdict::NotApplicable { .. } | RuleVerdict::Quiet => return None,
     };
-    let shown: Shown = details.read()?;
-    Some(News2Now {
-        score: shown.score,
-        band: shown.band,
-        partial: shown.partial.as_ref().and_then(serde_json::Value::as_bool).unwrap_or(false),
-    })
+    // The three fields the board shows, read without writing the details (most are never
+    // written: nobody else reads a NEWS2 verdict with no alert open).
+    let score = details.field("score")?.as_i64()?;
+    let band = details.field("band")?.as_str()?.to_string();
+    let partial = details.field("partial").and_then(|p| p.as_bool()).unwrap_or(false);
+    Some(News2Now { score, band, partial })
 }
 
 impl Actor for PatientActor {

@@ -309,6 +309,9 @@ mod tests {
         let RuleVerdict::Resolve { details, partial, .. } = &out[0].verdict else { panic!("{out:?}") };
         assert!(*partial, "partial is read when the verdict is made");
         assert!(!details.is_written(), "a resolve nobody reads is never written");
+        assert_eq!(details.field("score"), Some(1.into()), "a field, as returned");
+        assert_eq!((details.field("partial"), details.field("band")), (Some(true.into()), None));
+        assert!(!details.is_written(), "reading a field writes nothing");
         assert_eq!(details.to_value(), serde_json::json!({ "score": 1, "partial": true }), "as returned");
         assert!(details.is_written());
     }

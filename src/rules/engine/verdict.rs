@@ -92,6 +92,18 @@ impl WriteDetails for ScriptDetails {
     fn write_json(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
         serde_json::value::to_raw_value(&DynJson(&self.0))
     }
+
+    fn field(&self, name: &str) -> Option<serde_json::Value> {
+        let value = if let Some(map) = self.0.read_lock::<Map>() {
+            map.get(name)?.clone()
+        } else if let Some(scored) = self.0.read_lock::<Scored>() {
+            scored.field(name)?
+        } else {
+            // Not an object when written: no fields.
+            return None;
+        };
+        serde_json::to_value(DynJson(&value)).ok()
+    }
 }
 
 /// A script value as JSON: maps, arrays, text, numbers (non-finite as `null`), booleans,
