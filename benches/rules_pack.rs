@@ -248,11 +248,11 @@ fn bench(c: &mut Criterion) {
                     let news2 = out.iter().find(|o| o.rule_id == "news2").map(|o| match &o.verdict {
                         vigil_actors::RuleVerdict::Fire { details, .. }
                         | vigil_actors::RuleVerdict::Resolve { details, .. } => {
-                            (details.field("score"), details.field("band"), details.field("partial"))
+                            details.fields(["score", "band", "partial"])
                         }
-                        _ => (None, None, None),
+                        _ => [None, None, None],
                     });
-                    assert!(news2.is_some_and(|n| n.0.is_some()), "the board reads a NEWS2 score");
+                    assert!(news2.is_some_and(|n| n[0].is_some()), "the board reads a NEWS2 score");
                     black_box(out)
                 }
                 "vitals" => black_box(rules.evaluate(&vitals_view, &VITALS)),

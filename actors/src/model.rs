@@ -853,13 +853,14 @@ pub trait WriteDetails: Send + Sync {
     /// (not kept) and parsed.
     fn field(&self, name: &str) -> Option<serde_json::Value> {
         let text = self.write_json().ok()?;
-        field_of(text.get(), name)
+        fields_of(text.get(), [name]).into_iter().next().flatten()
     }
 }
 
-/// A top-level field of the JSON object `text`.
-fn field_of(text: &str, name: &str) -> Option<serde_json::Value> {
-    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok()?.remove(name)
+/// Top-level fields of the JSON object `text`, by name (one parse for all of them).
+fn fields_of<const N: usize>(text: &str, names: [&str; N]) -> [Option<serde_json::Value>; N] {
+    let mut object = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).unwrap_or_default();
+    names.map(|name| object.remove(name))
 }
 
 fn null_text() -> Box<serde_json::value::RawValue> {
@@ -924,16 +925,23 @@ impl Details {
     /// not yet written are asked for the field and stay unwritten: the unit board reads a
     /// NEWS2 verdict's score on every vitals event, and nothing else reads most of them.
     pub fn field(&self, name: &str) -> Option<serde_json::Value> {
+        let [value] = self.fields([name]);
+        value
+    }
+
+    /// Several top-level fields at once (see [`Details::field`]): written details are parsed
+    /// once for all of them, unwritten ones are asked for each and stay unwritten.
+    pub fn fields<const N: usize>(&self, names: [&str; N]) -> [Option<serde_json::Value>; N] {
         if let DetailsText::Lazy { text, source } = &*self.0
             && text.get().is_none()
         {
             let source = source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(source) = source.as_ref() {
-                return source.field(name);
+                return names.map(|name| source.field(name));
             }
             // Taken meanwhile: the text is being written; read it below.
         }
-        field_of(self.as_str(), name)
+        fields_of(self.as_str(), names)
     }
 
     /// Whether the details are `null`.
@@ -1047,6 +1055,7 @@ mod tests {
             (lazy.field("score"), lazy.field("band"), lazy.field("partial")),
             (Some(3.into()), Some("low".into()), None)
         );
+        assert_eq!(lazy.fields(["band", "score", "partial"]), [Some("low".into()), Some(3.into()), None], "one parse");
         let counted = Details::lazy(Counted(Arc::new(AtomicUsize::new(0)), r#"{"score":4}"#));
         assert_eq!(counted.field("score"), Some(4.into()));
         assert!(!counted.is_written());

@@ -147,10 +147,12 @@ fn news2_now(verdict: &RuleVerdict) -> Option<News2Now> {
     };
     // The three fields the board shows, read without writing the details (most are never
     // written: nobody else reads a NEWS2 verdict with no alert open).
-    let score = details.field("score")?.as_i64()?;
-    let band = details.field("band")?.as_str()?.to_string();
-    let partial = details.field("partial").and_then(|p| p.as_bool()).unwrap_or(false);
-    Some(News2Now { score, band, partial })
+    let [score, band, partial] = details.fields(["score", "band", "partial"]);
+    Some(News2Now {
+        score: score?.as_i64()?,
+        band: band?.as_str()?.to_string(),
+        partial: partial.and_then(|p| p.as_bool()).unwrap_or(false),
+    })
 }
 
 impl Actor for PatientActor {
