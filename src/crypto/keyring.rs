@@ -7,8 +7,12 @@
 //! compressed (a zstd frame), for values of [`COMPRESS_FROM`] bytes or more that compression
 //! shrinks — an event row or a raw message is JSON or HL7 text, about a third of its size
 //! compressed, and encrypted bytes no longer compress, so the store engines' own compression
-//! cannot do it. Both formats are read; the format byte is bound into the associated data, so
-//! it cannot be flipped. Compressing before encrypting lets a value's length say a little about
+//! cannot do it. Format `0x03` (what is written now): compressed with the rows dictionary
+//! [`ROWS_DICTIONARY`], zstd's dictionary of what rows hold (HL7 segments, MDC and LOINC codes,
+//! the stored events' JSON keys); a row of a few hundred bytes shares little with itself, so a
+//! dictionary is what makes it small, and matching against one is faster than building a
+//! row's own entropy tables (docs/BENCHMARKS.md, issue 14). Every format is read; the format
+//! byte is bound into the associated data, so it cannot be flipped. Compressing before encrypting lets a value's length say a little about
 //! its content; these are rows at rest, no attacker mixes chosen text into them and watches
 //! lengths, so the bytes saved (on disk and in every fsync) are worth it.
 //! The associated data binds a ciphertext to its table, row key and column, so a value copied
@@ -29,6 +33,12 @@ use super::CryptoError;
 const FORMAT_V1: u8 = 1;
 /// Compressed (zstd), then encrypted.
 const FORMAT_V2: u8 = 2;
+/// Compressed (zstd with [`ROWS_DICTIONARY`]), then encrypted.
+const FORMAT_V3: u8 = 3;
+/// The dictionary of format 3, part of the format: rows sealed with it open only with it, so
+/// it never changes (`the_rows_dictionary_is_the_one_format_3_was_written_with`). A better one is
+/// a new format beside this one; `store::dictionary` trains one from synthetic rows.
+pub const ROWS_DICTIONARY: &[u8] = include_bytes!("rows-v3.dict");
 const NONCE_LEN: usize = 12;
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
 
@@ -52,48 +62,87 @@ const ZSTD_LEVEL: i32 = 1;
 /// so only this server wrote them).
 const MAX_OPENED: usize = 256 << 20;
 
+/// The rows dictionary digested once for compressing and once for expanding (each thread's
+/// context refers to these).
+static ENCODER_DICTIONARY: std::sync::LazyLock<zstd::dict::EncoderDictionary<'static>> =
+    std::sync::LazyLock::new(|| zstd::dict::EncoderDictionary::copy(ROWS_DICTIONARY, ZSTD_LEVEL));
+static DECODER_DICTIONARY: std::sync::LazyLock<zstd::dict::DecoderDictionary<'static>> =
+    std::sync::LazyLock::new(|| zstd::dict::DecoderDictionary::copy(ROWS_DICTIONARY));
+
+type Compressor = zstd::bulk::Compressor<'static>;
+type Decompressor = zstd::bulk::Decompressor<'static>;
+
 thread_local! {
-    /// A compression context per thread: making one is far dearer than compressing a row.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    /// Compression contexts per thread and format: making one is far dearer than compressing
+    /// a row.
+    static COMPRESSOR: std::cell::RefCell<Option<Compressor>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<Decompressor>> = const { std::cell::RefCell::new(None) };
+    static DICT_DECOMPRESSOR: std::cell::RefCell<Option<Decompressor>> = const { std::cell::RefCell::new(None) };
 }
 
-/// `plaintext` compressed, when it is long enough and compression makes it shorter.
-fn compress(plaintext: &[u8]) -> Option<Vec<u8>> {
+/// A format 3 compressor: the dictionary's id is left out of each frame (the format names it).
+fn dictionary_compressor() -> std::io::Result<Compressor> {
+    let mut compressor = Compressor::with_prepared_dictionary(&ENCODER_DICTIONARY)?;
+    compressor.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))?;
+    Ok(compressor)
+}
+
+/// `plaintext` compressed as `format` (2: on its own; 3: with the rows dictionary), when it is
+/// long enough and compression makes it shorter.
+fn compress(format: u8, plaintext: &[u8]) -> Option<Vec<u8>> {
     if plaintext.len() < COMPRESS_FROM {
         return None;
     }
-    COMPRESSOR.with(|cell| {
+    let compressed = if format == FORMAT_V3 {
+        with_context(&COMPRESSOR, dictionary_compressor, |c| c.compress(plaintext))
+    } else {
+        zstd::bulk::compress(plaintext, ZSTD_LEVEL)
+    };
+    compressed.ok().filter(|c| c.len() < plaintext.len())
+}
+
+/// `f` with this thread's context in `cell`, made by `make` on first use.
+fn with_context<C: 'static, T>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<C>>>,
+    make: impl FnOnce() -> std::io::Result<C>,
+    f: impl FnOnce(&mut C) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    cell.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            *cell = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
+            *cell = Some(make()?);
         }
-        let compressed = cell.as_mut()?.compress(plaintext).ok()?;
-        (compressed.len() < plaintext.len()).then_some(compressed)
+        match cell.as_mut() {
+            Some(context) => f(context),
+            None => Err(std::io::Error::other("no compression context")),
+        }
     })
 }
 
-fn decompress(compressed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn decompress(format: u8, compressed: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let bad = |what: &str| CryptoError::Open(format!("compressed value: {what}"));
     let size = zstd::zstd_safe::get_frame_content_size(compressed)
         .map_err(|_| bad("not a zstd frame"))?
         .ok_or_else(|| bad("no content size"))?;
     let size = usize::try_from(size).ok().filter(|s| *s <= MAX_OPENED).ok_or_else(|| bad("too large"))?;
-    DECOMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| bad(&e.to_string()))?);
-        }
-        let decompressor = cell.as_mut().ok_or_else(|| bad("no context"))?;
-        let out = decompressor.decompress(compressed, size).map_err(|e| bad(&e.to_string()))?;
-        if out.len() == size { Ok(out) } else { Err(bad("length differs from its header")) }
-    })
+    let out = if format == FORMAT_V3 {
+        with_context(
+            &DICT_DECOMPRESSOR,
+            || Decompressor::with_prepared_dictionary(&DECODER_DICTIONARY),
+            |d| d.decompress(compressed, size),
+        )
+    } else {
+        with_context(&DECOMPRESSOR, Decompressor::new, |d| d.decompress(compressed, size))
+    };
+    let out = out.map_err(|e| bad(&e.to_string()))?;
+    if out.len() == size { Ok(out) } else { Err(bad("length differs from its header")) }
 }
 
 impl Aad<'_> {
     fn encode(&self, format: u8) -> Vec<u8> {
         // Length-prefixed, so ("ab", "c") and ("a", "bc") never collide. The format is bound
-        // too (`vigil/v1`, `vigil/v2`): a compressed value never opens as a plain one.
+        // too (`vigil/v1`, `vigil/v2`, `vigil/v3`): a compressed value never opens as a plain one,
+        // nor with the other compression.
         let mut out = Vec::with_capacity(16 + self.table.len() + self.key.len() + self.column.len());
         out.extend_from_slice(b"vigil/v");
         out.push(b'0' + format);
@@ -156,12 +205,15 @@ impl KeyRing {
     /// Encrypt `plaintext` (compressed first when that shortens it: see the module's doc) with
     /// the active key and a fresh random nonce.
     pub fn seal(&self, aad: Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let compressed = compress(plaintext);
-        let (format, msg) = match &compressed {
-            Some(c) => (FORMAT_V2, c.as_slice()),
-            None => (FORMAT_V1, plaintext),
-        };
-        self.seal_as(format, aad, msg)
+        self.seal_compressed(FORMAT_V3, aad, plaintext)
+    }
+
+    /// [`KeyRing::seal`] compressed as `format` (2 or 3), or plain (1) when that is no shorter.
+    fn seal_compressed(&self, format: u8, aad: Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match compress(format, plaintext) {
+            Some(compressed) => self.seal_as(format, aad, &compressed),
+            None => self.seal_as(FORMAT_V1, aad, plaintext),
+        }
     }
 
     fn seal_as(&self, format: u8, aad: Aad<'_>, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -181,7 +233,7 @@ impl KeyRing {
     /// when it was compressed).
     pub fn open(&self, aad: Aad<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let format = sealed.first().copied();
-        if sealed.len() < HEADER_LEN || !matches!(format, Some(FORMAT_V1 | FORMAT_V2)) {
+        if sealed.len() < HEADER_LEN || !matches!(format, Some(FORMAT_V1 | FORMAT_V2 | FORMAT_V3)) {
             return Err(CryptoError::Open("not a sealed value".into()));
         }
         let format = sealed[0];
@@ -193,7 +245,7 @@ impl KeyRing {
         let opened = cipher
             .decrypt(&nonce.into(), Payload { msg: &sealed[HEADER_LEN..], aad: &aad })
             .map_err(|_| CryptoError::Open("authentication failed (wrong key, row or column)".into()))?;
-        if format == FORMAT_V2 { decompress(&opened) } else { Ok(opened) }
+        if format == FORMAT_V1 { Ok(opened) } else { decompress(format, &opened) }
     }
 }
 
@@ -302,7 +354,8 @@ mod tests {
 
     /// A row of a PCD-01 message's size is stored compressed (the bytes every fsync and every
     /// compaction carry), opens to the same bytes, and still opens when it was written by a
-    /// build that did not compress (format 1); the format byte cannot be flipped.
+    /// build that did not compress (format 1) or compressed without the dictionary (format
+    /// 2); the format byte cannot be flipped.
     #[test]
     fn long_values_are_compressed_before_sealing_and_plain_ones_still_open() {
         let ring = KeyRing::from_keys(&[(1, [7; 32])]).unwrap();
@@ -314,17 +367,24 @@ mod tests {
                 .join(",")
         );
         let sealed = ring.seal(AAD, row.as_bytes()).unwrap();
-        assert_eq!(sealed[0], FORMAT_V2);
+        assert_eq!(sealed[0], FORMAT_V3);
         assert!(sealed.len() < row.len() / 2, "{} sealed bytes for {} of JSON", sealed.len(), row.len());
         assert_eq!(ring.open(AAD, &sealed).unwrap(), row.as_bytes());
+
+        let alone = ring.seal_compressed(FORMAT_V2, AAD, row.as_bytes()).unwrap();
+        assert_eq!(alone[0], FORMAT_V2);
+        assert!(alone.len() < row.len() / 2, "{} sealed bytes for {} of JSON", alone.len(), row.len());
+        assert_eq!(ring.open(AAD, &alone).unwrap(), row.as_bytes(), "a row the previous build wrote");
 
         let plain = ring.seal_as(FORMAT_V1, AAD, row.as_bytes()).unwrap();
         assert_eq!(ring.open(AAD, &plain).unwrap(), row.as_bytes(), "a row an older build wrote");
 
-        for (value, other) in [(&sealed, FORMAT_V1), (&plain, FORMAT_V2)] {
-            let mut flipped = value.clone();
-            flipped[0] = other;
-            assert!(ring.open(AAD, &flipped).is_err(), "format {other} forged");
+        for value in [&sealed, &alone, &plain] {
+            for other in [FORMAT_V1, FORMAT_V2, FORMAT_V3].into_iter().filter(|f| *f != value[0]) {
+                let mut flipped = value.clone();
+                flipped[0] = other;
+                assert!(ring.open(AAD, &flipped).is_err(), "format {} forged as {other}", value[0]);
+            }
         }
         // Short values, and those compression would not shrink, stay plain.
         assert_eq!(ring.seal(AAD, b"Quartermaine^Zebulon").unwrap()[0], FORMAT_V1);
@@ -332,5 +392,16 @@ mod tests {
         let sealed = ring.seal(AAD, &noise).unwrap();
         assert_eq!(sealed[0], FORMAT_V1);
         assert_eq!(ring.open(AAD, &sealed).unwrap(), noise);
+    }
+
+    /// Rows sealed in format 3 open only with the dictionary they were compressed with: the
+    /// shipped one is pinned (a retrained dictionary is a new format, `store::dictionary`).
+    #[test]
+    fn the_rows_dictionary_is_the_one_format_3_was_written_with() {
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(ROWS_DICTIONARY)),
+            "d200b82bcb5fa32a4efff904217550a8e356def74b59f2302e8dbd8a8bc7613b"
+        );
     }
 }

@@ -449,6 +449,11 @@ struct MessageRecord {
     raw: String,
 }
 
+/// The JSON of a message-log row: when and for whom `raw` was accepted.
+pub(super) fn message_row(accepted: AcceptedMessage, raw: String) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&MessageRecord { accepted, raw }).map_err(|e| StoreError::Engine(format!("encode message: {e}")))
+}
+
 /// Events are keyed by patient, then time, then a counter: one patient's recent window is a
 /// single range scan in time order.
 fn event_key(patient: &PatientId, at: OffsetDateTime, counter: u32) -> Vec<u8> {
@@ -482,9 +487,7 @@ impl EmbeddedStore {
                 let accepted =
                     AcceptedMessage { patient_id: event.patient_id.clone(), received_at: envelope.received_at };
                 let mut entry = |key: &MessageKey, raw: String| -> Result<(), StoreError> {
-                    let record = MessageRecord { accepted: accepted.clone(), raw };
-                    let value =
-                        serde_json::to_vec(&record).map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+                    let value = message_row(accepted.clone(), raw)?;
                     let key = message_key(key);
                     let value = seal(keys, MESSAGES, &key, &value)?;
                     messages.push((key, value));

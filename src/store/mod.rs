@@ -5,6 +5,8 @@
 pub mod commit;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(test)]
+mod dictionary;
 pub mod embedded;
 pub mod health;
 pub mod recover;
