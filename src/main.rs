@@ -93,6 +93,9 @@ enum Command {
     },
 }
 
+/// What is logged when `VIGIL_LOG` is not set.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn,ractor=warn";
+
 /// Logs to stderr, filtered by `VIGIL_LOG`, each call site held to [`log_limit::BUDGET`] lines
 /// per [`log_limit::WINDOW`] (call inside the runtime: a task reports what was suppressed).
 fn init_logging() {
@@ -100,8 +103,11 @@ fn init_logging() {
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // ractor opens an INFO span around every actor's message loop, entered and left on every
+    // message; Vigil's own logs name the patient or device instead, so the span is left off
+    // (docs/BENCHMARKS.md, issue 12 (d)). `VIGIL_LOG=info,ractor=info` turns it back on.
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let limit = log_limit::PerCallsite::new(log_limit::BUDGET, log_limit::WINDOW);
     // The level filter first, so events it drops never reach the limiter's lock.
     let layer = tracing_subscriber::fmt::layer().with_target(false).with_filter(filter.and(limit.clone()));

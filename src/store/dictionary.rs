@@ -116,7 +116,8 @@ fn samples(seed: u64, patients: u64, per_patient: u64) -> Vec<Vec<u8>> {
         }
         let raw = lab_panel(&p, &id("LAB", 0), rng.next(), at);
         out.extend(rows_of(&mapper, &raw, "LAB^HOSP", &id("LAB", 0), at));
-        let drugs = if n.is_multiple_of(5) { &INTERACTING_PAIR[..] } else { &PLAIN_DRUGS[(n % 3) as usize..=(n % 3) as usize] };
+        let drugs =
+            if n.is_multiple_of(5) { &INTERACTING_PAIR[..] } else { &PLAIN_DRUGS[(n % 3) as usize..=(n % 3) as usize] };
         let raw = pharmacy_order(&p, &id("RDE", 0), drugs, at);
         out.extend(rows_of(&mapper, &raw, "PHARM^HOSP", &id("RDE", 0), at));
         if n.is_multiple_of(4) {
