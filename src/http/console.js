@@ -533,15 +533,20 @@ function apply(alert, route) {
 // ---- the patient panel: the bundle ----
 const VITALS = [["hr", "HR", "/min", [51, 90]], ["rr", "RR", "/min", [12, 20]], ["spo2", "SpO2", "%", [96, 100]], ["sbp", "SBP", "mmHg", [111, 219]],
   ["map", "MAP", "mmHg", [65, 110]], ["temp", "Temp", "°C", [36.1, 38.0]], ["gcs", "GCS", "", [15, 15]]];
-let patient = null, openedFrom = null;
+// `wanted`: the patient the user asked to open. Asked while the connection is down, or lost
+// with a connection that closed before the summary came, it is asked again on reconnecting:
+// a click on a tile is never silently dropped. A summary for any other patient (one asked
+// for before, arriving late) does not open the panel.
+let patient = null, openedFrom = null, wanted = null;
 function openPatient(id, from) {
   openedFrom = from || document.activeElement;
-  if (send({ type: "watch", patient: id })) {
-    for (const a of alerts.values()) if (a.patient.id === id && a.status !== "resolved") receipt(a, "opened");
-  }
+  wanted = id;
+  if (!ws || ws.readyState !== 1) { toast("Not connected: the patient opens when the connection is back"); return; }
+  ws.send(JSON.stringify({ type: "watch", patient: id }));
+  for (const a of alerts.values()) if (a.patient.id === id && a.status !== "resolved") receipt(a, "opened");
 }
 function closePatient() {
-  patient = null; $("patient").hidden = true;
+  patient = null; wanted = null; $("patient").hidden = true;
   if (ws && ws.readyState === 1) ws.send(JSON.stringify({ type: "unwatch" }));
   if (openedFrom && document.contains(openedFrom)) openedFrom.focus();
   else { const t = document.querySelector(".tile"); if (t) t.focus(); }
@@ -845,7 +850,7 @@ function onFrame(f) {
       showAssign();
     }
   } else if (f.type === "error") { toast(f.message); }
-  else if (f.type === "patient") { patient = f.summary; for (const a of patient.open_alerts) if (!alerts.has(a.id)) apply(a); renderPatient(); }
+  else if (f.type === "patient") { if (f.summary.id !== wanted) return; patient = f.summary; for (const a of patient.open_alerts) if (!alerts.has(a.id)) apply(a); renderPatient(); }
   else if (f.type === "vitals") { onVitals(f); }
   scheduleRender();
 }
@@ -863,7 +868,8 @@ function connect() {
     const sub = { type: "subscribe", units: [] };
     if (lastSeq !== null) sub.since = lastSeq;
     sock.send(JSON.stringify(sub));
-    if (patient) sock.send(JSON.stringify({ type: "watch", patient: patient.id }));
+    const again = patient ? patient.id : wanted;
+    if (again) sock.send(JSON.stringify({ type: "watch", patient: again }));
   };
   sock.onmessage = (ev) => onFrame(JSON.parse(ev.data));
   sock.onclose = async () => {

@@ -472,7 +472,12 @@ async function boardPhase() {
   const pids = await page.evaluate(() => [...document.querySelectorAll("#units-board .tile")].map((t) => t.dataset.patient));
   const first = pids[0];
   await page.locator(`#units-board .tile[data-patient="${first}"]`).click();
-  await page.locator("#p-silence-go").waitFor({ timeout: 60000 });
+  await page.locator("#p-silence-go").waitFor({ timeout: 60000 }).catch(async (e) => {
+    // Say what the nurse would have seen: a toast, the reconnecting banner, the panel.
+    const seen = await page.evaluate(() => { const $ = (id) => document.getElementById(id); return { toast: $("toast").hidden ? null : $("toast").textContent,
+      reconnecting: !$("banner").hidden, panel: !$("patient").hidden }; });
+    throw new Error(`${e.message}\nconsole: ${JSON.stringify(seen)}`);
+  });
   await page.selectOption("#p-sil-minutes", "15");
   await page.selectOption("#p-sil-reason", "rrt_at_bedside");
   await page.click("#p-silence-go");
