@@ -12,9 +12,10 @@
 //! the stored events' JSON keys); a row of a few hundred bytes shares little with itself, so a
 //! dictionary is what makes it small, and matching against one is faster than building a
 //! row's own entropy tables (docs/BENCHMARKS.md, issue 14). Every format is read; the format
-//! byte is bound into the associated data, so it cannot be flipped. Compressing before encrypting lets a value's length say a little about
-//! its content; these are rows at rest, no attacker mixes chosen text into them and watches
-//! lengths, so the bytes saved (on disk and in every fsync) are worth it.
+//! byte is bound into the associated data, so it cannot be flipped. Format 2 is no longer
+//! written (only its test writes it). Compressing before encrypting lets a value's length say
+//! a little about its content; these are rows at rest, no attacker mixes chosen text into them
+//! and watches lengths, so the bytes saved (on disk and in every fsync) are worth it.
 //! The associated data binds a ciphertext to its table, row key and column, so a value copied
 //! into another row or column fails to decrypt instead of being read as someone else's data.
 //!
@@ -109,13 +110,11 @@ fn with_context<C: 'static, T>(
 ) -> std::io::Result<T> {
     cell.with(|cell| {
         let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = Some(make()?);
-        }
-        match cell.as_mut() {
-            Some(context) => f(context),
-            None => Err(std::io::Error::other("no compression context")),
-        }
+        let context = match cell.as_mut() {
+            Some(context) => context,
+            None => cell.insert(make()?),
+        };
+        f(context)
     })
 }
 
