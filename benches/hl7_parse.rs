@@ -101,6 +101,17 @@ fn hl7(c: &mut Criterion) {
     let debug = format!("{:?}", events[0].kind);
     assert_eq!(debug.matches("observed_at").count(), 7, "all 7 metrics map: {debug}");
 
+    // `VIGIL_BENCH_PROFILE=N`: only N parses and maps of the message, nothing else, for a
+    // profiler: `valgrind --tool=callgrind` counts instructions exactly on a noisy machine
+    // (run N = 0 and N = 1000; the difference / 1000 is one message). docs/BENCHMARKS.md.
+    if let Some(n) = std::env::var("VIGIL_BENCH_PROFILE").ok().and_then(|n| n.parse::<usize>().ok()) {
+        for _ in 0..n {
+            let m = Message::parse(black_box(&msg)).unwrap();
+            black_box(mapper.oru_r01(&m, now).unwrap());
+        }
+        std::process::exit(0);
+    }
+
     let mut g = c.benchmark_group("hl7");
     g.throughput(Throughput::Bytes(msg.len() as u64));
     g.bench_function("baseline/split", |b| b.iter(|| naive_split(black_box(&msg))));

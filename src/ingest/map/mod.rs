@@ -204,7 +204,7 @@ fn coded(rep: &Repetition<'_>) -> Option<String> {
     for (code, system) in [(1, 3), (4, 6)] {
         let c = rep.component(code);
         if !c.is_empty() {
-            return Some(format!("{}|{}", rep.component(system), c));
+            return Some([&*rep.get(system), &c].join("|"));
         }
     }
     None

@@ -2,6 +2,8 @@
 //! OBX-18 device) and lab results (LOINC; NM, SN, ST, CWE; units, reference ranges, abnormal
 //! flags; OBX-11 status with corrections and deletions keyed by filler order, code and sub-id).
 
+use std::borrow::Cow;
+
 use time::OffsetDateTime;
 use vigil_actors::{ClinicalEvent, EventKind, Observation, ResultStatus};
 
@@ -16,6 +18,24 @@ struct OrderContext {
     order_number: String,
     /// OBR-7 observation date/time.
     observed_at: Option<OffsetDateTime>,
+}
+
+/// OBX-14 of the row before: a monitor stamps every row of a report with the same time, so
+/// it is parsed once per report, not once per row.
+#[derive(Default)]
+struct LastTime {
+    text: String,
+    at: Option<OffsetDateTime>,
+}
+
+impl LastTime {
+    fn parse(&mut self, mapper: &Mapper, text: &str) -> Option<OffsetDateTime> {
+        if self.text != text {
+            text.clone_into(&mut self.text);
+            self.at = mapper.timestamp(text);
+        }
+        self.at
+    }
 }
 
 impl Mapper {
@@ -35,16 +55,18 @@ impl Mapper {
     pub fn oru_observations(&self, msg: &Message, received_at: OffsetDateTime) -> Vec<Observation> {
         let mut observations = Vec::new();
         let mut order = OrderContext { order_number: String::new(), observed_at: None };
+        let mut times = LastTime::default();
         for segment in msg.segments() {
             match segment.name() {
                 "OBR" => {
-                    let filler = segment.component(3, 1);
+                    let filler = segment.get(3, 1);
+                    let number = if filler.is_empty() { segment.get(2, 1) } else { filler };
                     order = OrderContext {
-                        order_number: if filler.is_empty() { segment.component(2, 1) } else { filler },
-                        observed_at: self.timestamp(&segment.text(7)),
+                        order_number: number.into_owned(),
+                        observed_at: self.timestamp(&segment.get(7, 1)),
                     };
                 }
-                "OBX" => match self.observation(segment, &order, received_at) {
+                "OBX" => match self.observation(segment, &order, &mut times, received_at) {
                     Ok(Some(o)) => observations.push(o),
                     Ok(None) => {}
                     Err((name, reason)) => {
@@ -70,8 +92,8 @@ impl Mapper {
     /// The canonical analyte of OBX-3: the primary triplet, else the alternate one (a LIS
     /// often sends its local code first and LOINC second).
     fn obx_analyte(&self, obx: &Segment) -> Option<(&Canonical, String)> {
-        let triplets = [(1, 3), (4, 6)].map(|(code, system)| (obx.component(3, system), obx.component(3, code)));
-        self.analyte(triplets.iter().map(|(s, c)| (s.as_str(), c.as_str())))
+        let triplets = [(1, 3), (4, 6)].map(|(code, system)| (obx.get(3, system), obx.get(3, code)));
+        self.analyte(triplets.iter().map(|(s, c)| (&**s, &**c)))
     }
 
     /// One OBX as an observation; `Ok(None)` for a row that is not one (an unmapped code, a
@@ -81,9 +103,10 @@ impl Mapper {
         &self,
         obx: &Segment,
         order: &OrderContext,
+        times: &mut LastTime,
         received_at: OffsetDateTime,
     ) -> Result<Option<Observation>, (String, DropReason)> {
-        let status = match obx.text(11).as_str() {
+        let status = match &*obx.get(11, 1) {
             // R is a monitor's real-time value (PCD-01); an empty status is taken as final.
             "F" | "R" | "" => ResultStatus::Final,
             "P" | "I" | "S" => ResultStatus::Preliminary,
@@ -94,8 +117,8 @@ impl Mapper {
         };
         let Some((canonical, source_code)) = self.obx_analyte(obx) else { return Ok(None) };
         let refuse = |reason: DropReason| (canonical.name.clone(), reason);
-        let result_key = format!("{}|{}|{}", order.order_number, obx.component(3, 1), obx.text(4));
-        let observed_at = self.timestamp(&obx.text(14)).or(order.observed_at).unwrap_or(received_at);
+        let result_key = [&order.order_number, &*obx.get(3, 1), &*obx.get(4, 1)].join("|");
+        let observed_at = times.parse(self, &obx.get(14, 1)).or(order.observed_at).unwrap_or(received_at);
         let mut observation = Observation {
             name: canonical.name.clone(),
             value: None,
@@ -103,13 +126,13 @@ impl Mapper {
             unit: canonical.unit.clone(),
             observed_at,
             source_code,
-            device: Some(obx.component(18, 1)).filter(|d| !d.is_empty()),
+            device: Some(obx.get(18, 1)).filter(|d| !d.is_empty()).map(Cow::into_owned),
             status,
             result_key,
             reference_range: None,
             abnormal_flags: obx
                 .field(8)
-                .map(|f| f.repetitions().map(|r| r.component(1)).filter(|s| !s.is_empty()).collect())
+                .map(|f| f.repetitions().map(|r| r.get(1)).filter(|s| !s.is_empty()).map(Cow::into_owned).collect())
                 .unwrap_or_default(),
         };
         if status == ResultStatus::Deleted {
@@ -126,7 +149,7 @@ impl Mapper {
                 }
             }
             ValueType::Numeric => {
-                if obx.text(5).trim().is_empty() {
+                if obx.get(5, 1).trim().is_empty() {
                     return Ok(None);
                 }
                 let (value, comparator) = numeric(obx).ok_or_else(|| refuse(DropReason::NotNumeric))?;
@@ -135,7 +158,7 @@ impl Mapper {
                 let convert = |v: f64| v * measured.scale + measured.offset;
                 observation.value = Some(measured.value);
                 observation.text = comparator.map(|c| format!("{c}{}", trim_float(measured.value)));
-                observation.reference_range = reference_range(&obx.text(7), &convert);
+                observation.reference_range = reference_range(&obx.get(7, 1), &convert);
             }
         }
         Ok(Some(observation))
@@ -143,7 +166,7 @@ impl Mapper {
 
     /// The unit of OBX-6 (`code^text^system`; either part may be the one the table knows).
     fn obx_unit(&self, obx: &Segment, canonical: &Canonical) -> UnitMatch {
-        self.unit_of(canonical, [obx.component(6, 1).as_str(), obx.component(6, 2).as_str()])
+        self.unit_of(canonical, [&*obx.get(6, 1), &*obx.get(6, 2)])
     }
 }
 
@@ -151,23 +174,23 @@ impl Mapper {
 /// `<=^0.01`), or an ST that is a plain number; with the comparator when there is one.
 fn numeric(obx: &Segment) -> Option<(f64, Option<String>)> {
     let parse = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite());
-    match obx.text(2).as_str() {
-        "NM" | "" => parse(&obx.text(5)).map(|v| (v, None)),
+    match &*obx.get(2, 1) {
+        "NM" | "" => parse(&obx.get(5, 1)).map(|v| (v, None)),
         "SN" => {
             // comparator ^ num1 ^ separator/suffix ^ num2: a range or ratio is not one number.
-            if !obx.component(5, 3).is_empty() || !obx.component(5, 4).is_empty() {
+            if !obx.get(5, 3).is_empty() || !obx.get(5, 4).is_empty() {
                 return None;
             }
-            let comparator = obx.component(5, 1);
-            let comparator = match comparator.as_str() {
+            let comparator = obx.get(5, 1);
+            let comparator = match &*comparator {
                 "" | "=" => None,
-                ">" | "<" | ">=" | "<=" | "<>" => Some(comparator),
+                ">" | "<" | ">=" | "<=" | "<>" => Some(comparator.into_owned()),
                 _ => return None,
             };
-            parse(&obx.component(5, 2)).map(|v| (v, comparator))
+            parse(&obx.get(5, 2)).map(|v| (v, comparator))
         }
         "ST" => {
-            let text = obx.text(5);
+            let text = obx.get(5, 1);
             let text = text.trim();
             for c in [">=", "<=", ">", "<"] {
                 if let Some(rest) = text.strip_prefix(c) {

@@ -14,7 +14,7 @@ impl Mapper {
     pub fn analyte<'s>(&self, codings: impl IntoIterator<Item = (&'s str, &'s str)>) -> Option<(&Canonical, String)> {
         codings.into_iter().find_map(|(system, code)| {
             let canonical = self.vocab.lookup(CodeSystem::parse(system.trim())?, code.trim())?;
-            Some((canonical, format!("{system}|{code}")))
+            Some((canonical, [system, code].join("|")))
         })
     }
 

@@ -109,6 +109,7 @@ struct Shared {
     /// Latin-1 decoding changes byte lengths, so error positions must be
     /// mapped back to input offsets by counting chars.
     widened: bool,
+    levels: Option<Levels>,
 }
 
 impl Shared {
@@ -183,7 +184,13 @@ impl Field {
 
     /// Value at repetition/component/subcomponent (all 1-based).
     pub fn value(&self, rep: usize, comp: usize, sub: usize) -> Value<'_> {
-        self.repetition(rep).map_or(Value::Empty, |r| r.value(comp, sub))
+        if self.literal {
+            return self.repetition(rep).map_or(Value::Empty, |r| r.value(comp, sub));
+        }
+        match locate(self.raw(), &self.shared, rep, comp, sub) {
+            None | Some("") => Value::Empty,
+            Some(v) => leaf_value(v, &self.shared),
+        }
     }
 
     /// First repetition, component and subcomponent, unescaped; `""` when
@@ -238,12 +245,19 @@ impl<'a> Repetition<'a> {
     }
 
     pub fn value(&self, c: usize, s: usize) -> Value<'a> {
-        match self.sub_raw(c, s) {
+        let found = if self.literal { self.sub_raw(c, s) } else { locate(self.raw, self.shared, 1, c, s) };
+        match found {
             None => Value::Empty,
             Some("") => Value::Empty,
             Some(v) if self.literal => Value::Text(Cow::Borrowed(v)),
             Some(v) => leaf_value(v, self.shared),
         }
+    }
+
+    /// Subcomponent 1 of component `c`, unescaped, borrowed unless an escape was decoded;
+    /// `""` when empty or null.
+    pub fn get(&self, c: usize) -> Cow<'a, str> {
+        self.value(c, 1).into_text().unwrap_or(Cow::Borrowed(""))
     }
 
     /// Subcomponent 1 of component `c`, unescaped; `""` when empty or null.
@@ -258,7 +272,8 @@ impl<'a> Repetition<'a> {
 }
 
 /// Part `n` (1-based) of `text` split at `sep`. Delimiters are ASCII in practice and the
-/// parts short, so a byte scan beats a general `split` (every OBX field goes through here).
+/// parts short, so a byte scan beats both a general `split` and memchr (whose set-up costs
+/// more than a 20-byte component).
 fn nth_part(text: &str, sep: char, n: usize) -> Option<&str> {
     let n = n.checked_sub(1)?;
     if !sep.is_ascii() {
@@ -277,6 +292,67 @@ fn nth_part(text: &str, sep: char, n: usize) -> Option<&str> {
         }
     }
     (seen == n).then(|| text.get(start..)).flatten()
+}
+
+/// Which level each byte separates inside a field: 0 for none, then repetition, component,
+/// subcomponent. Built once per message, so finding a value is one pass over its field with
+/// one table load per byte, instead of a split per level.
+#[derive(Debug)]
+struct Levels([u8; 256]);
+
+impl Levels {
+    const REPETITION: u8 = 1;
+    const COMPONENT: u8 = 2;
+
+    /// `None` when a delimiter is not ASCII (never, for a parsed message: they are checked).
+    fn new(d: &Delimiters) -> Option<Levels> {
+        let mut table = [0u8; 256];
+        // Innermost first: a level the sender did not declare shares its parent's character
+        // (a missing subcomponent is the component), and then it is the parent's level.
+        for (c, level) in [(d.subcomponent, 3), (d.component, Self::COMPONENT), (d.repetition, Self::REPETITION)] {
+            if !c.is_ascii() {
+                return None;
+            }
+            table[usize::from(c as u8)] = level;
+        }
+        Some(Levels(table))
+    }
+}
+
+/// The text of a field at repetition `rep`, component `comp` and subcomponent `sub` (1-based),
+/// as sent (escaped); `None` when the field has no such part.
+fn locate<'t>(raw: &'t str, shared: &Shared, rep: usize, comp: usize, sub: usize) -> Option<&'t str> {
+    if rep == 0 || comp == 0 || sub == 0 {
+        return None;
+    }
+    let Some(levels) = &shared.levels else {
+        let d = &shared.delimiters;
+        let part = nth_part(raw, d.repetition, rep)?;
+        return nth_part(nth_part(part, d.component, comp)?, d.subcomponent, sub);
+    };
+    let want = [rep, comp, sub];
+    let mut at = [1, 1, 1];
+    let mut start = 0;
+    for (i, &b) in raw.as_bytes().iter().enumerate() {
+        let level = levels.0[usize::from(b)];
+        if level == 0 {
+            continue;
+        }
+        if at == want {
+            // Separators are ASCII, so every cut is a char boundary.
+            return raw.get(start..i);
+        }
+        at = match level {
+            Levels::REPETITION => [at[0] + 1, 1, 1],
+            Levels::COMPONENT => [at[0], at[1] + 1, 1],
+            _ => [at[0], at[1], at[2] + 1],
+        };
+        if at > want {
+            return None;
+        }
+        start = i + 1;
+    }
+    (at == want).then(|| raw.get(start..)).flatten()
 }
 
 fn leaf_value<'a>(raw: &'a str, shared: &Shared) -> Value<'a> {
@@ -330,6 +406,13 @@ impl Segment {
     /// `""` when absent, empty or null.
     pub fn text(&self, n: usize) -> String {
         self.value(n, 1, 1, 1).into_string()
+    }
+
+    /// Subcomponent 1 of component `c` in repetition 1 of field `n`, unescaped, borrowed
+    /// unless an escape was decoded (the mappers' reads, without a `String` each); `""` when
+    /// absent, empty or null.
+    pub fn get(&self, n: usize, c: usize) -> Cow<'_, str> {
+        self.value(n, 1, c, 1).into_text().unwrap_or(Cow::Borrowed(""))
     }
 
     /// Subcomponent 1 of component `c` in repetition 1 of field `n`.
@@ -441,7 +524,8 @@ impl Message {
             )
         })?;
 
-        let shared = Arc::new(Shared { text, delimiters, charset, base, widened });
+        let levels = Levels::new(&delimiters);
+        let shared = Arc::new(Shared { text, delimiters, charset, base, widened, levels });
         let segments = split_segments(&shared, limits)?;
         let header = segments.first().map(Header::from_msh).unwrap_or_default();
         Ok(Message { shared, segments, header })
@@ -730,7 +814,7 @@ fn split_segments(shared: &Arc<Shared>, limits: &ParseLimits) -> Result<Vec<Segm
     let mut line_start = 0;
     while line_start < bytes.len() {
         let rest = bytes.get(line_start..).unwrap_or_default();
-        let len = rest.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(rest.len());
+        let len = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
         let line = rest.get(..len).unwrap_or_default();
         // Leading blanks are never part of a segment name (delimiters cannot be
         // blank), so dropping them is safe and forgives sloppy senders.
@@ -798,7 +882,7 @@ fn parse_segment(
     };
 
     // One cheap counting pass avoids repeated reallocation while pushing.
-    let separators = line.iter().filter(|&&b| b == fs).count();
+    let separators = memchr::memchr_iter(fs, line).count();
     let mut fields: Vec<Field> = Vec::with_capacity((separators + 1).min(limits.max_fields_per_segment));
     let mut next = None;
     if line.len() > 3 {
@@ -837,6 +921,7 @@ fn parse_segment(
             fields.push(field(from, to, false));
             Ok(())
         };
+        // A byte loop: fields are short, and memchr's set-up per field costs more than this.
         for (i, &b) in line.iter().enumerate().skip(from) {
             if b == fs {
                 push(&mut fields, from, i, reps)?;

@@ -368,3 +368,32 @@ fn debug_output_is_linear() {
     assert!(dbg.len() < ADT.len() * 3, "debug output is {} bytes", dbg.len());
     assert!(dbg.contains("PV1|1|I|W1^101^A"));
 }
+
+proptest::proptest! {
+    /// The one-pass lookup (`locate`) finds what splitting level by level finds (repetition,
+    /// then component, then subcomponent), for every position, including past the end, and
+    /// with the subcomponent or repetition delimiter left undeclared.
+    #[test]
+    fn one_pass_lookup_agrees_with_splitting_each_level(
+        field in "[a-c~^&\\\\]{0,24}",
+        encoding in proptest::sample::select(vec!["^~\\&", "^~\\", "^"]),
+        rep in 0usize..4, comp in 0usize..5, sub in 0usize..4,
+    ) {
+        let m = msg(&format!("MSH|{encoding}|A|B|C|D|||ORU^R01|1|P|2.6\rOBX|1||{field}\r"));
+        let d = *m.delimiters();
+        let obx = m.segment("OBX").expect("obx");
+        let split = || -> Option<&str> {
+            let r = nth_part(&field, d.repetition, rep)?;
+            nth_part(nth_part(r, d.component, comp)?, d.subcomponent, sub)
+        };
+        let expected = match split() {
+            None | Some("") => Value::Empty,
+            Some(v) => leaf_value(v, &m.shared),
+        };
+        proptest::prop_assert_eq!(obx.value(3, rep, comp, sub), expected.clone());
+        if rep == 1 {
+            let first = obx.field(3).and_then(|f| f.repetition(1));
+            proptest::prop_assert_eq!(first.map_or(Value::Empty, |r| r.value(comp, sub)), expected);
+        }
+    }
+}
