@@ -408,19 +408,31 @@ impl Hl7Feed {
     }
 }
 
-/// `YYYYMMDDHHMMSS+ZZZZ`.
+/// `YYYYMMDDHHMMSS+ZZZZ`. Written digit by digit: every ACK carries one, and `format!` cost
+/// more than the rest of the ACK.
 pub fn hl7_timestamp(t: OffsetDateTime) -> String {
     let (h, m, _) = t.offset().as_hms();
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}{}{:02}{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        if h < 0 || m < 0 { '-' } else { '+' },
-        h.unsigned_abs(),
-        m.unsigned_abs()
-    )
+    let sign = if h < 0 || m < 0 { '-' } else { '+' };
+    let Ok(year) = u32::try_from(t.year()) else {
+        // A year before 1 (never from a clock): the general formatter, sign and all.
+        let (month, day, (hh, mm, ss)) = (u8::from(t.month()), t.day(), t.to_hms());
+        let (oh, om) = (h.unsigned_abs(), m.unsigned_abs());
+        return format!("{:04}{month:02}{day:02}{hh:02}{mm:02}{ss:02}{sign}{oh:02}{om:02}", t.year());
+    };
+    let mut out = String::with_capacity(19);
+    let push = |out: &mut String, value: u32, width: u32| {
+        for place in (0..width).rev() {
+            let digit = (value / 10u32.pow(place)) % 10;
+            out.push(char::from_digit(digit, 10).unwrap_or('0'));
+        }
+    };
+    push(&mut out, year, 4);
+    push(&mut out, u32::from(u8::from(t.month())), 2);
+    for part in [t.day(), t.hour(), t.minute(), t.second()] {
+        push(&mut out, u32::from(part), 2);
+    }
+    out.push(sign);
+    push(&mut out, u32::from(h.unsigned_abs()), 2);
+    push(&mut out, u32::from(m.unsigned_abs()), 2);
+    out
 }

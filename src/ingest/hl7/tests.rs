@@ -212,3 +212,13 @@ fn samples_are_valid() {
         assert!(walk(&m) > 0);
     }
 }
+
+#[test]
+fn ack_timestamps_are_fourteen_digits_and_the_offset() {
+    use time::macros::datetime;
+    assert_eq!(hl7_timestamp(datetime!(2026-12-03 04:05:06 UTC)), "20261203040506+0000");
+    assert_eq!(hl7_timestamp(datetime!(0987-01-31 23:59:59 +05:30)), "09870131235959+0530");
+    assert_eq!(hl7_timestamp(datetime!(2026-07-01 00:00:00 -03:30)), "20260701000000-0330");
+    assert_eq!(hl7_timestamp(datetime!(2026-07-01 00:00:00 -00:30)), "20260701000000-0030");
+    assert_eq!(hl7_timestamp(datetime!(-0001-03-04 05:06:07 UTC)), "-0010304050607+0000");
+}
