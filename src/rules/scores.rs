@@ -868,13 +868,13 @@ impl<V: serde::Serialize> serde::Serialize for Pairs<'_, V> {
 mod tests {
     use super::*;
     use rhai::Map;
-    use std::collections::{HashMap, VecDeque};
+    use std::collections::VecDeque;
     use time::OffsetDateTime;
-    use vigil_actors::{CodedSample, Sample};
+    use vigil_actors::{CodedSample, NameMap, Sample};
 
     fn view(values: &[(&str, f64)], coded: &[(&str, &str)], settings: &[(&str, &str)]) -> PatientView {
         let now = OffsetDateTime::now_utc();
-        let mut series = HashMap::new();
+        let mut series = NameMap::default();
         for (name, value) in values {
             series.insert(name.to_string(), VecDeque::from([Sample { at: now, value: *value }]));
         }
@@ -993,7 +993,7 @@ mod tests {
     /// A view at `now` with samples `(name, minutes before now, value)`.
     fn timed(samples: &[(&str, i64, f64)], settings: &[(&str, &str)]) -> PatientView {
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-        let mut series: HashMap<String, VecDeque<Sample>> = HashMap::new();
+        let mut series: NameMap<VecDeque<Sample>> = NameMap::default();
         let mut sorted = samples.to_vec();
         sorted.sort_by_key(|s| -s.1);
         for (name, ago, value) in sorted {

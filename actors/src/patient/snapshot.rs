@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::model::{Allergy, Demographics, Location, Medication, PatientId, PatientKey};
-use crate::ports::{ActiveMedication, CodedSample, PatientView, Sample};
+use crate::ports::{ActiveMedication, CodedSample, NameMap, PatientView, Sample};
 
 use super::state::PatientState;
 
@@ -180,13 +180,13 @@ impl PatientState {
         }
         let time = |at: Instant| unpack(at).ok_or(SnapshotRefused::BadTime);
         let through = time(record.through)?;
-        let mut series = HashMap::with_capacity(record.series.len());
+        let mut series = NameMap::with_capacity_and_hasher(record.series.len(), Default::default());
         for (name, samples) in record.series {
             let samples: Result<VecDeque<Sample>, _> =
                 samples.into_iter().map(|(at, value)| Ok(Sample { at: time(at)?, value })).collect();
             series.insert(name, samples?);
         }
-        let mut coded = HashMap::with_capacity(record.coded.len());
+        let mut coded = NameMap::with_capacity_and_hasher(record.coded.len(), Default::default());
         for (name, samples) in record.coded {
             let samples: Result<VecDeque<CodedSample>, _> =
                 samples.into_iter().map(|(at, text)| Ok(CodedSample { at: time(at)?, text })).collect();

@@ -240,14 +240,14 @@ impl RuleEngine for RhaiRules {
 mod tests {
     use super::super::hardened_engine;
     use super::*;
-    use std::collections::{HashMap, VecDeque};
+    use std::collections::VecDeque;
     use time::OffsetDateTime;
-    use vigil_actors::Sample;
     use vigil_actors::{Details, Severity};
+    use vigil_actors::{NameMap, Sample};
 
     fn view(values: &[(&str, f64)]) -> Arc<PatientView> {
         let now = OffsetDateTime::now_utc();
-        let mut series = HashMap::new();
+        let mut series = NameMap::default();
         for (name, value) in values {
             series.insert(name.to_string(), VecDeque::from([Sample { at: now, value: *value }]));
         }
@@ -319,11 +319,11 @@ mod tests {
     #[test]
     fn window_statistics_and_coded_values() {
         let now = time::OffsetDateTime::now_utc();
-        let mut series = HashMap::new();
+        let mut series = NameMap::default();
         let samples =
             (0..5).map(|i| Sample { at: now - time::Duration::minutes(30 * (4 - i)), value: 100.0 + 10.0 * i as f64 });
         series.insert("sbp".to_string(), samples.collect::<VecDeque<_>>());
-        let mut coded = HashMap::new();
+        let mut coded = NameMap::default();
         coded.insert(
             "consciousness".to_string(),
             VecDeque::from([vigil_actors::CodedSample { at: now, text: "V".into() }]),
