@@ -2,9 +2,10 @@
 //! escapes and errors beside it) -> the HL7 feed maps it; hl7::ack builds the reply.
 //!
 //! The parser decodes the whole message once into a `String` and then only
-//! records byte spans (segments and fields). Repetitions, components and
-//! subcomponents are split on access, and escape sequences are decoded on
-//! access into a `Cow`, so a value without an escape character never allocates.
+//! records byte spans (segments and fields). A value (repetition, component,
+//! subcomponent) is found on access in one pass over its field (`locate`), and
+//! escape sequences are decoded on access into a `Cow`, so a value without an
+//! escape character never allocates.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -109,6 +110,7 @@ struct Shared {
     /// Latin-1 decoding changes byte lengths, so error positions must be
     /// mapped back to input offsets by counting chars.
     widened: bool,
+    /// Which byte separates which level inside a field (`locate`).
     levels: Option<Levels>,
 }
 
@@ -303,13 +305,16 @@ struct Levels([u8; 256]);
 impl Levels {
     const REPETITION: u8 = 1;
     const COMPONENT: u8 = 2;
+    const SUBCOMPONENT: u8 = 3;
 
     /// `None` when a delimiter is not ASCII (never, for a parsed message: they are checked).
     fn new(d: &Delimiters) -> Option<Levels> {
         let mut table = [0u8; 256];
         // Innermost first: a level the sender did not declare shares its parent's character
         // (a missing subcomponent is the component), and then it is the parent's level.
-        for (c, level) in [(d.subcomponent, 3), (d.component, Self::COMPONENT), (d.repetition, Self::REPETITION)] {
+        let innermost_first =
+            [(d.subcomponent, Self::SUBCOMPONENT), (d.component, Self::COMPONENT), (d.repetition, Self::REPETITION)];
+        for (c, level) in innermost_first {
             if !c.is_ascii() {
                 return None;
             }
