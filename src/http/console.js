@@ -174,8 +174,8 @@ setInterval(() => {
 
 // ---- commands ----
 const acking = new Set();
-function send(frame) {
-  if (!ws || ws.readyState !== 1) { toast("Not connected: try again in a moment"); return false; }
+function send(frame, offline) {
+  if (!ws || ws.readyState !== 1) { toast(offline || "Not connected: try again in a moment"); return false; }
   ws.send(JSON.stringify(frame)); return true;
 }
 function command(type, alertId, extra) {
@@ -541,8 +541,7 @@ let patient = null, openedFrom = null, wanted = null;
 function openPatient(id, from) {
   openedFrom = from || document.activeElement;
   wanted = id;
-  if (!ws || ws.readyState !== 1) { toast("Not connected: the patient opens when the connection is back"); return; }
-  ws.send(JSON.stringify({ type: "watch", patient: id }));
+  if (!send({ type: "watch", patient: id }, "Not connected: the patient opens when the connection is back")) return;
   for (const a of alerts.values()) if (a.patient.id === id && a.status !== "resolved") receipt(a, "opened");
 }
 function closePatient() {
