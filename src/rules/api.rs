@@ -764,10 +764,11 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     let t = Arc::clone(&tables);
     engine.register_type_with_name::<Scored>("Score");
     engine.register_indexer_get(|s: &mut Scored, name: &str| -> Dynamic { s.get(name) });
-    // The scored properties as getters (a property without one falls back to the indexer,
-    // after a failed lookup that costs as much again).
+    // The scored properties as getters and setters (a property without one falls back to the
+    // indexer, after a failed lookup that costs as much again: `s.partial = false`).
     for name in ["score", "partial", "ceiling", "subscores", "values", "met", "missing", "flagged"] {
         engine.register_get(name, move |s: &mut Scored| -> Dynamic { s.get(name) });
+        engine.register_set(name, move |s: &mut Scored, value: Dynamic| s.set(name, value));
     }
     engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
     engine.register_fn("value", |s: &mut Scored, name: &str| -> Dynamic { s.value(name) });

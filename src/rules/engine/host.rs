@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use rhai::{CallFnOptions, Dynamic, Engine, Scope};
+use rhai::Engine;
 use vigil_actors::{PatientView, RuleEngine, RuleOutcome, RuleVerdict};
 
 use super::super::api::RulePatient;
@@ -172,11 +172,7 @@ impl RhaiRules {
     }
 
     fn run(&self, rule: &LoadedRule, patient: &RulePatient) -> Result<Vec<RuleVerdict>, String> {
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        let result: Dynamic = self
-            .engine
-            .call_fn_with_options(options, &mut Scope::new(), &rule.ast, "evaluate", (patient.clone(),))
-            .map_err(|e| e.to_string())?;
+        let result = rule.call_evaluate(&self.engine, patient.clone()).map_err(|e| e.to_string())?;
         verdicts(result)
     }
 

@@ -2,11 +2,10 @@
 //! run against synthetic patients, and a directory of rules loaded whole or refused.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
-use rhai::{AST, CallFnOptions, Dynamic, Engine, Map, Scope};
+use rhai::{AST, Caches, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 use sha2::{Digest, Sha256};
 use vigil_actors::{AlertPolicy, PatientView, Severity};
 
@@ -43,6 +42,9 @@ pub struct LoadedRule {
     /// The source text.
     pub source: String,
     pub(super) ast: AST,
+    /// Function resolutions found by earlier evaluations (one set per evaluation running at
+    /// once), so that an evaluation does not search the engine's modules for every call again.
+    resolutions: Mutex<Vec<Caches>>,
     pub(super) failures: AtomicU64,
     pub(super) last_error: Mutex<Option<String>>,
 }
@@ -62,6 +64,51 @@ impl LoadedRule {
     /// The last evaluation error (engine and rule text only, never patient data).
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Run the rule's `evaluate(p)`: what `Engine::call_fn` does, with the same errors, but
+    /// keeping the rule's function resolutions for its next evaluation. `call_fn` starts each
+    /// call with an empty resolution cache, so every function a rule calls was looked up in
+    /// every module of the engine on every event (12 % of the rule pack's instructions,
+    /// docs/BENCHMARKS.md). A resolution depends only on the engine's functions (fixed once it
+    /// is built) and the rule's own (fixed per `LoadedRule`), so it stays right for the rule.
+    pub(super) fn call_evaluate(&self, engine: &Engine, patient: RulePatient) -> Result<Dynamic, Box<EvalAltResult>> {
+        /// The most resolution sets kept (one per evaluation running at once; more are
+        /// dropped after use).
+        const KEPT: usize = 16;
+        static CALL: LazyLock<AST> = LazyLock::new(|| {
+            let mut engine = Engine::new_raw();
+            engine.set_optimization_level(rhai::OptimizationLevel::None);
+            engine.compile("evaluate(p)").expect("a function call compiles")
+        });
+        let mut caches = self.resolutions.lock().ok().and_then(|mut kept| kept.pop()).unwrap_or_else(|| {
+            let mut caches = Caches::new();
+            // A resolution cache below every block, so the blocks' own (popped at their end) are
+            // not where resolutions go.
+            caches.push_fn_resolution_cache();
+            caches
+        });
+        // A new state per evaluation, as `call_fn`: the operation limit counts each alone.
+        let mut global = engine.new_global_runtime_state();
+        global.lib.push(self.ast.shared_lib().clone());
+        let mut scope = Scope::new();
+        scope.push("p", patient);
+        #[allow(deprecated)] // the one entry point that takes the caches (rhai 1.x `internals`)
+        let result = engine.eval_statements_raw(&mut global, &mut caches, &mut scope, CALL.statements());
+        if let Ok(mut kept) = self.resolutions.lock()
+            && kept.len() < KEPT
+        {
+            kept.push(caches);
+        }
+        // The errors `call_fn` gives: an error inside `evaluate` unwrapped; the others (the
+        // sandbox's limits) carry the position of the call, which is not in the rule: cleared.
+        result.map_err(|error| match *error {
+            EvalAltResult::ErrorInFunctionCall(name, _, inner, _) if name == "evaluate" => inner,
+            mut other => {
+                other.set_position(Position::NONE);
+                Box::new(other)
+            }
+        })
     }
 }
 
@@ -164,6 +211,7 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
         path: path.to_path_buf(),
         source: source.to_string(),
         ast,
+        resolutions: Mutex::new(Vec::new()),
         failures: AtomicU64::new(0),
         last_error: Mutex::new(None),
     })
@@ -228,15 +276,8 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
 /// Run `rule` against the lint views; the first error, with its position, rejects it.
 pub fn lint_rule(engine: &Engine, rule: &LoadedRule) -> Result<(), RuleError> {
     for (what, view) in lint_views() {
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
-        let result = engine
-            .call_fn_with_options::<Dynamic>(
-                options,
-                &mut Scope::new(),
-                &rule.ast,
-                "evaluate",
-                (RulePatient::new(view),),
-            )
+        let result = rule
+            .call_evaluate(engine, RulePatient::new(view))
             .map_err(|e| invalid(&rule.path, e.position(), format!("evaluate(p) with {what}: {e}")))?;
         verdicts(result)
             .map_err(|e| invalid(&rule.path, rhai::Position::NONE, format!("evaluate(p) with {what}: {e}")))?;
@@ -289,5 +330,42 @@ mod tests {
         let RuleError::Invalid { line, column, .. } = err else { panic!("{err}") };
         assert_eq!(line, 2);
         assert!(column > 0);
+    }
+
+    /// `call_evaluate` keeps resolutions between evaluations: what it returns, and every error
+    /// (text and position), is what `Engine::call_fn` gives, on every evaluation, for rules whose
+    /// helper functions share names but not bodies.
+    #[test]
+    fn evaluate_with_kept_resolutions_answers_as_call_fn_does() {
+        let engine = hardened_engine();
+        let rule = |id: &str, body: &str| {
+            let src = format!("fn meta() {{ #{{ id: \"t.{id}\", severity: \"low\", triggers: [\"rr\"] }} }}\n{body}");
+            load_rule(&engine, Path::new(id), &src).unwrap()
+        };
+        let rules = [
+            rule("a", "fn helper(x) { x + 1 }\nfn evaluate(p) { let s = p.score(\"qsofa\"); helper(40) }"),
+            rule("b", "fn helper(x) { `text ${x}` }\nfn evaluate(p) { helper(40) }"),
+            rule("c", "fn helper(x) { x.nothing_here() }\nfn evaluate(p) {\n  helper(1)\n}"),
+            rule("d", "fn evaluate(p) { throw \"boom\" }"),
+            rule("e", "fn evaluate(p) { loop { } }"),
+            rule("f", "fn evaluate(p) { let v = p.latest(\"rr\", 60); if v == () { \"none\" } else { v } }"),
+            rule("g", "fn evaluate(p) { exit(7); 8 }"),
+        ];
+        let view = Arc::new(PatientView::default());
+        for rule in &rules {
+            let expected = engine.call_fn::<Dynamic>(
+                &mut Scope::new(),
+                &rule.ast,
+                "evaluate",
+                (RulePatient::new(Arc::clone(&view)),),
+            );
+            let expected = expected.map(|v| v.to_string()).map_err(|e| (e.to_string(), e.position()));
+            for round in 0..3 {
+                let got = rule.call_evaluate(&engine, RulePatient::new(Arc::clone(&view)));
+                let got = got.map(|v| v.to_string()).map_err(|e| (e.to_string(), e.position()));
+                assert_eq!(got, expected, "rule {}, evaluation {round}", rule.id);
+            }
+        }
+        assert!(rules[0].resolutions.lock().unwrap().len() == 1, "one set kept, reused");
     }
 }
