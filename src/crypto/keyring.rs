@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 
 use super::CryptoError;
 
@@ -42,6 +42,8 @@ const FORMAT_V3: u8 = 3;
 pub const ROWS_DICTIONARY: &[u8] = include_bytes!("rows-v3.dict");
 const NONCE_LEN: usize = 12;
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+/// AES-GCM's authentication tag, after the ciphertext.
+const TAG_LEN: usize = 16;
 
 /// Where a sealed value sits: the associated data of its ciphertext.
 #[derive(Clone, Copy, Debug)]
@@ -88,18 +90,31 @@ fn dictionary_compressor() -> std::io::Result<Compressor> {
     Ok(compressor)
 }
 
-/// `plaintext` compressed as `format` (2: on its own; 3: with the rows dictionary), when it is
-/// long enough and compression makes it shorter.
-fn compress(format: u8, plaintext: &[u8]) -> Option<Vec<u8>> {
+/// `plaintext` compressed as `format` (2: on its own; 3: with the rows dictionary) into `out`
+/// after what it holds, when it is long enough and compression makes it shorter; whether it was.
+/// The space offered is one byte short of the plaintext, so a frame that would not be shorter
+/// fails instead of being written.
+fn compress_into(format: u8, plaintext: &[u8], out: &mut Vec<u8>) -> bool {
     if plaintext.len() < COMPRESS_FROM {
-        return None;
+        return false;
     }
-    let compressed = if format == FORMAT_V3 {
-        with_context(&COMPRESSOR, dictionary_compressor, |c| c.compress(plaintext))
+    let start = out.len();
+    out.resize(start + plaintext.len() - 1, 0);
+    let written = if format == FORMAT_V3 {
+        with_context(&COMPRESSOR, dictionary_compressor, |c| c.compress_to_buffer(plaintext, &mut out[start..]))
     } else {
-        zstd::bulk::compress(plaintext, ZSTD_LEVEL)
+        zstd::bulk::compress_to_buffer(plaintext, &mut out[start..], ZSTD_LEVEL)
     };
-    compressed.ok().filter(|c| c.len() < plaintext.len())
+    match written {
+        Ok(n) => {
+            out.truncate(start + n);
+            true
+        }
+        Err(_) => {
+            out.truncate(start);
+            false
+        }
+    }
 }
 
 /// `f` with this thread's context in `cell`, made by `make` on first use.
@@ -207,14 +222,30 @@ impl KeyRing {
         self.seal_compressed(FORMAT_V3, aad, plaintext)
     }
 
-    /// [`KeyRing::seal`] compressed as `format` (2 or 3), or plain (1) when that is no shorter.
+    /// [`KeyRing::seal`] compressed as `format` (2 or 3), or plain (1) when that is no shorter:
+    /// written and encrypted in one buffer (header, then the text, then the tag).
     fn seal_compressed(&self, format: u8, aad: Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        match compress(format, plaintext) {
-            Some(compressed) => self.seal_as(format, aad, &compressed),
-            None => self.seal_as(FORMAT_V1, aad, plaintext),
+        let cipher = self.ciphers.get(&self.active).ok_or(CryptoError::Seal)?;
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        out.push(format);
+        out.extend_from_slice(&self.active.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        if !compress_into(format, plaintext, &mut out) {
+            out[0] = FORMAT_V1;
+            out.extend_from_slice(plaintext);
         }
+        let aad = aad.encode(out[0]);
+        let tag = cipher
+            .encrypt_inout_detached(&nonce.into(), &aad, (&mut out[HEADER_LEN..]).into())
+            .map_err(|_| CryptoError::Seal)?;
+        out.extend_from_slice(&tag);
+        Ok(out)
     }
 
+    /// `msg` sealed as `format` the way builds before the one-buffer seal wrote it (a separate
+    /// ciphertext and tag from `Aead::encrypt`): rows an older build wrote must still open.
+    #[cfg(test)]
     fn seal_as(&self, format: u8, aad: Aad<'_>, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let cipher = self.ciphers.get(&self.active).ok_or(CryptoError::Seal)?;
         let nonce: [u8; NONCE_LEN] = rand::random();
