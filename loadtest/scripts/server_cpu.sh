@@ -4,7 +4,7 @@
 # rules it loads), the harness's `rate` load at RATE msg/s for SECS s, then the server's CPU
 # time (utime+stime from /proc/PID/stat, and each alone) and context switches (every thread's voluntary and
 # involuntary switches) over the run, its thread count, and the harness's ACK p50/p99.
-# Usage: LABEL=after BIN=target/release/vigil bash loadtest/scripts/server_cpu.sh
+# Usage: LABEL=after BIN=target/release/vigil [WARMUP=5] bash loadtest/scripts/server_cpu.sh
 set -u
 LABEL=${LABEL:-run}
 BIN=$(realpath "${BIN:-target/release/vigil}")
@@ -21,6 +21,11 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$HTTP_PORT/healthz > /dev/nu
 switches() { cat /proc/$pid/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 user() { awk '{print $14}' /proc/$pid/stat; }
 system() { awk '{print $15}' /proc/$pid/stat; }
+# WARMUP seconds of the same load first, outside the measured window (the patients' actors are
+# created and their stores read there, not in the steady state measured).
+if [ "${WARMUP:-0}" -gt 0 ]; then
+  "$LT" rate --mllp 127.0.0.1:$MLLP_PORT --rate "$RATE" --duration "$WARMUP" > /dev/null 2>&1
+fi
 u0=$(user); s0=$(system); c0=$(switches)
 latency=$("$LT" rate --mllp 127.0.0.1:$MLLP_PORT --rate "$RATE" --duration "$SECS" 2>/dev/null \
   | grep -E "latency p(50|99) " | awk -F'|' '{gsub(/ +/, " "); printf "%s=%s ", $2, $3}')
