@@ -343,7 +343,7 @@ mod tests {
             load_rule(&engine, Path::new(id), &src).unwrap()
         };
         let rules = [
-            rule("a", "fn helper(x) { x + 1 }\nfn evaluate(p) { let s = p.score(\"qsofa\"); helper(40) }"),
+            rule("a", "fn helper(x) { x + 1 }\nfn evaluate(p) { helper(40) }"),
             rule("b", "fn helper(x) { `text ${x}` }\nfn evaluate(p) { helper(40) }"),
             rule("c", "fn helper(x) { x.nothing_here() }\nfn evaluate(p) {\n  helper(1)\n}"),
             rule("d", "fn evaluate(p) { throw \"boom\" }"),
@@ -366,6 +366,7 @@ mod tests {
                 assert_eq!(got, expected, "rule {}, evaluation {round}", rule.id);
             }
         }
+        assert_eq!(rules[0].call_evaluate(&engine, RulePatient::new(view)).unwrap().as_int(), Ok(41), "its own helper");
         assert!(rules[0].resolutions.lock().unwrap().len() == 1, "one set kept, reused");
     }
 }
