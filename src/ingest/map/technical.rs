@@ -50,13 +50,23 @@ fn condition_of(obx: &Segment) -> Option<TechnicalCondition> {
 /// neither the event code nor `MDC_EVT_` (in any case) cannot, unless escapes hide text. Every
 /// numeric OBX of every report passes here, so this test reads the raw bytes only.
 fn may_name_one(obx: &Segment, escape: char) -> bool {
-    [3, 5].into_iter().filter_map(|n| obx.field(n)).any(|f| {
-        let raw = f.raw().as_bytes();
-        let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
-        !escape.is_ascii()
-            || raw.contains(&(escape as u8))
-            || TECHNICAL_CODES.iter().any(|c| has(c.as_bytes()))
-            || has(b"MDC_EVT_")
+    [3, 5]
+        .into_iter()
+        .filter_map(|n| obx.field(n))
+        .any(|f| !escape.is_ascii() || may_name(f.raw().as_bytes(), escape as u8))
+}
+
+/// Whether `raw` holds `escape`, an event code, or `MDC_EVT_` in any case. One pass: only a
+/// byte that can start one of them (the escape, an underscore, a code's first digit) is looked
+/// at further, and `MDC_EVT_` is found from its underscore, which has no case.
+fn may_name(raw: &[u8], escape: u8) -> bool {
+    raw.iter().enumerate().any(|(i, &b)| {
+        b == escape
+            || (b == b'_'
+                && i >= 3
+                && raw[i - 3..i].eq_ignore_ascii_case(b"MDC")
+                && raw.get(i + 1..i + 5).is_some_and(|w| w.eq_ignore_ascii_case(b"EVT_")))
+            || TECHNICAL_CODES.iter().any(|c| c.as_bytes()[0] == b && raw[i..].starts_with(c.as_bytes()))
     })
 }
 
@@ -104,5 +114,56 @@ mod tests {
         assert_eq!(found[0].1.code, "MDC|196876");
         assert_eq!(found[0].1.source, "1.1.1.2");
         assert_eq!((found[1].0.as_str(), found[1].1.text.as_str()), ("", "MDC_EVT_PROBE_DISCONN"));
+    }
+
+    /// The event codes are digits, so finding them exactly is finding them in any case (as
+    /// the window-by-window test before it did), and a byte that is not a digit cannot start one.
+    #[test]
+    fn technical_codes_are_digits() {
+        assert!(TECHNICAL_CODES.iter().all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())));
+    }
+
+    /// What `may_name` decides, as it was written before the one-pass scan: any window holding
+    /// an event code or `MDC_EVT_` in any case, or the escape character anywhere.
+    fn may_name_by_windows(raw: &[u8], escape: u8) -> bool {
+        let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+        raw.contains(&escape) || TECHNICAL_CODES.iter().any(|c| has(c.as_bytes())) || has(b"MDC_EVT_")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// Over texts made of the names' letters in both cases, underscores, digits of the code
+        /// and others.
+        #[test]
+        fn one_pass_agrees_with_every_window(raw in proptest::collection::vec(
+            proptest::sample::select(b"MDCEVTmdcevt__^|196876x\\".to_vec()), 0..40)) {
+            proptest::prop_assert_eq!(may_name(&raw, b'\\'), may_name_by_windows(&raw, b'\\'));
+            proptest::prop_assert_eq!(may_name(&raw, b'#'), may_name_by_windows(&raw, b'#'));
+        }
+
+        /// The same around the names themselves: `MDC_EVT_` in mixed case and the event code,
+        /// either with one byte changed, between random texts.
+        #[test]
+        fn names_in_any_case_or_nearly_are_judged_as_every_window_would(
+            before in proptest::collection::vec(proptest::sample::select(b"MDC_EVT^x19".to_vec()), 0..12),
+            upper in proptest::bits::u8::ANY,
+            code in proptest::bool::ANY,
+            changed in proptest::option::of((0usize..8, proptest::sample::select(b"_CXe^7".to_vec()))),
+            after in proptest::collection::vec(proptest::sample::select(b"MDC_EVT^x68".to_vec()), 0..12),
+        ) {
+            let mut name: Vec<u8> = if code {
+                TECHNICAL_CODES[0].as_bytes().to_vec()
+            } else {
+                b"mdc_evt_".iter().enumerate()
+                    .map(|(i, b)| if upper & (1 << i) != 0 { b.to_ascii_uppercase() } else { *b })
+                    .collect()
+            };
+            if let Some((at, byte)) = changed {
+                let at = at % name.len();
+                name[at] = byte;
+            }
+            let raw = [before, name, after].concat();
+            proptest::prop_assert_eq!(may_name(&raw, b'\\'), may_name_by_windows(&raw, b'\\'));
+        }
     }
 }
