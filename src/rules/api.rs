@@ -773,6 +773,9 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     engine.register_indexer_set(|s: &mut Scored, name: &str, value: Dynamic| s.set(name, value));
     engine.register_fn("value", |s: &mut Scored, name: &str| -> Dynamic { s.value(name) });
     engine.register_fn("remove", |s: &mut Scored, name: &str| -> Dynamic { s.remove(name) });
+    engine.register_fn("settle_below", |s: &mut Scored, threshold: i64| s.settle_below(threshold as f64));
+    engine.register_fn("settle_below", |s: &mut Scored, threshold: f64| s.settle_below(threshold));
+    engine.register_fn("add_missing", |s: &mut Scored, other: Scored| s.add_missing(&other));
     // `s += #{ stage: "...", ... }` / `s.mixin(map)`: set several properties in one step.
     engine.register_fn("mixin", |s: &mut Scored, map: Map| s.mixin(map));
     engine.register_fn("+=", |s: &mut Scored, map: Map| s.mixin(map));

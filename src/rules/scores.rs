@@ -295,7 +295,12 @@ impl ScoreTable {
     /// [`ScoreTable::evaluate`] within a pass.
     pub fn evaluate_in(&self, pass: Pass<'_>) -> Scored {
         let view = pass.view;
-        let mut out = Chart::default();
+        // Sized once: a chart scores each item and reads about one input per item.
+        let mut out = Chart {
+            subscores: Vec::with_capacity(self.items.len()),
+            values: Vec::with_capacity(self.items.len()),
+            ..Chart::default()
+        };
         let mut oxygen: Option<Option<bool>> = None;
         for item in &self.items {
             if out.subscores.iter().any(|(k, _)| *k == item.key) {
@@ -799,6 +804,44 @@ impl Scored {
         }
     }
 
+    /// `s.settle_below(threshold)`, for a score below `threshold`: it stays `partial` only while
+    /// its missing items could still reach the threshold (`ceiling >= threshold`); otherwise the
+    /// missing data cannot change the answer and `partial` becomes false. A rule's
+    /// `if s.partial && s.ceiling < 2 { s.partial = false; }` in one call.
+    pub fn settle_below(&mut self, threshold: f64) {
+        let partial = self.get("partial").as_bool().unwrap_or(false);
+        if partial && (self.chart.ceiling as f64) < threshold {
+            self.set("partial", Dynamic::FALSE);
+        }
+    }
+
+    /// `s.add_missing(other)`: the items `other` is missing join this score's `missing` (after
+    /// its own, each once), and `partial` says whether any is missing: one screen's details
+    /// from two charts (SEP-1: SIRS and organ dysfunction).
+    pub fn add_missing(&mut self, other: &Scored) {
+        let mut missing = self.missing_items();
+        for item in other.missing_items() {
+            if !missing.contains(&item) {
+                missing.push(item);
+            }
+        }
+        let partial = !missing.is_empty();
+        self.set("missing", missing.into_iter().map(Dynamic::from).collect::<Array>().into());
+        self.set("partial", Dynamic::from_bool(partial));
+    }
+
+    /// The `missing` property's texts: the chart's, or what the rule set it to (its texts).
+    fn missing_items(&self) -> Vec<ImmutableString> {
+        match self.extra.iter().rev().find(|(k, _)| k == "missing") {
+            Some((_, set)) => set
+                .read_lock::<Array>()
+                .map(|list| list.iter().filter_map(|m| m.read_lock::<ImmutableString>().map(|m| m.clone())).collect())
+                .unwrap_or_default(),
+            None if self.removed.iter().any(|k| k == "missing") => Vec::new(),
+            None => self.chart.missing.clone(),
+        }
+    }
+
     /// Set (or override) a property.
     pub fn set(&mut self, name: &str, value: Dynamic) {
         match self.extra.iter_mut().find(|(k, _)| k == name) {
@@ -1060,6 +1103,44 @@ mod tests {
         assert_eq!(gcs.get("ceiling").as_int().unwrap(), 3);
         let complete = t.evaluate(&view(&[("rr", 25.0)], &[("consciousness", "A")], &[]));
         assert_eq!(complete.get("ceiling").as_int().unwrap(), 2, "nothing missing: the ceiling is the score");
+    }
+
+    #[test]
+    fn settle_below_clears_partial_only_when_the_missing_items_cannot_reach_the_threshold() {
+        let (sirs, organ) = sep1_like();
+        let texts = |s: &Scored| s.get("missing").into_typed_array::<ImmutableString>().unwrap();
+        // Temperature missing, HR 80: score 0, ceiling 1.
+        let mut low = sirs.evaluate(&view(&[("hr", 80.0)], &[], &[]));
+        assert!(low.get("partial").as_bool().unwrap());
+        low.settle_below(2.0);
+        assert!(!low.get("partial").as_bool().unwrap(), "1 at most: below 2 whatever the temperature");
+        // (`json_of` writes what a rule set as text.)
+        assert_eq!(json_of(&low)["partial"], "false", "and the details say so");
+        assert_eq!(texts(&low), vec!["temp"], "still listed as missing");
+        // HR 100: score 1, ceiling 2: the missing temperature could make it 2.
+        let mut open = sirs.evaluate(&view(&[("hr", 100.0)], &[], &[]));
+        open.settle_below(2.0);
+        assert!(open.get("partial").as_bool().unwrap(), "the missing item could reach 2: stays partial");
+        // Nothing missing: never made partial.
+        let mut complete = sirs.evaluate(&view(&[("hr", 80.0), ("temp", 37.0)], &[], &[]));
+        complete.settle_below(2.0);
+        assert!(!complete.get("partial").as_bool().unwrap());
+
+        // add_missing: the other chart's missing items after this one's, each once; partial follows.
+        let v = view(&[("hr", 80.0), ("sbp", 120.0)], &[], &[]);
+        let mut d = organ.evaluate(&v);
+        let s = sirs.evaluate(&v);
+        assert_eq!(texts(&d), vec!["lactate"]);
+        d.add_missing(&s);
+        assert_eq!(texts(&d), vec!["lactate", "temp"]);
+        assert!(d.get("partial").as_bool().unwrap());
+        d.add_missing(&s);
+        assert_eq!(texts(&d), vec!["lactate", "temp"], "an item already listed is not listed twice");
+        assert_eq!(json_of(&d)["missing"], r#"["lactate", "temp"]"#, "the details hold the joined list");
+        let full = view(&[("hr", 80.0), ("temp", 37.0), ("sbp", 120.0), ("lactate", 1.0)], &[], &[]);
+        let mut none = organ.evaluate(&full);
+        none.add_missing(&sirs.evaluate(&full));
+        assert!(texts(&none).is_empty() && !none.get("partial").as_bool().unwrap(), "nothing missing: not partial");
     }
 
     fn sep1_like() -> (ScoreTable, ScoreTable) {
