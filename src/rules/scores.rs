@@ -830,16 +830,13 @@ impl Scored {
         self.set("partial", Dynamic::from_bool(partial));
     }
 
-    /// The `missing` property's texts: the chart's, or what the rule set it to (its texts).
+    /// The `missing` property's texts, as [`Scored::get`] reads it (what the rule set, else the
+    /// chart's, none when removed).
     fn missing_items(&self) -> Vec<ImmutableString> {
-        match self.extra.iter().rev().find(|(k, _)| k == "missing") {
-            Some((_, set)) => set
-                .read_lock::<Array>()
-                .map(|list| list.iter().filter_map(|m| m.read_lock::<ImmutableString>().map(|m| m.clone())).collect())
-                .unwrap_or_default(),
-            None if self.removed.iter().any(|k| k == "missing") => Vec::new(),
-            None => self.chart.missing.clone(),
-        }
+        let list = self.get("missing");
+        list.read_lock::<Array>()
+            .map(|l| l.iter().filter_map(|m| m.read_lock::<ImmutableString>().map(|m| m.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Set (or override) a property.
