@@ -728,6 +728,16 @@ pub struct Scored {
     removed: Vec<ImmutableString>,
 }
 
+/// Where a [`Scored`] property's value comes from (see [`Scored::source`]).
+enum Source<'a> {
+    /// The rule set it.
+    Set(&'a Dynamic),
+    /// The rule removed it.
+    Removed,
+    /// The chart scored it.
+    Chart,
+}
+
 /// The scored chart itself.
 #[derive(Debug, Default)]
 struct Chart {
@@ -750,27 +760,37 @@ fn texts(list: &[ImmutableString]) -> Array {
 impl Scored {
     /// A property: one the rule set, else a scored one, else `()`.
     pub fn get(&self, name: &str) -> Dynamic {
+        match self.source(name) {
+            Source::Set(v) => v.clone(),
+            Source::Removed => Dynamic::UNIT,
+            Source::Chart => match name {
+                "score" => Dynamic::from_int(self.chart.score),
+                "partial" => Dynamic::from_bool(!self.chart.missing.is_empty()),
+                "ceiling" => Dynamic::from_int(self.chart.ceiling),
+                "subscores" => Dynamic::from_map(
+                    self.chart.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect(),
+                ),
+                "values" => {
+                    Dynamic::from_map(self.chart.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect())
+                }
+                "met" => texts(&self.chart.met).into(),
+                "missing" => texts(&self.chart.missing).into(),
+                "flagged" => texts(&self.chart.flagged).into(),
+                _ if self.chart.flagged_as.as_deref() == Some(name) => texts(&self.chart.flagged).into(),
+                _ => Dynamic::UNIT,
+            },
+        }
+    }
+
+    /// Where property `name` comes from: the one precedence rule of [`Scored::get`] (what the
+    /// rule set wins, then a removal, then the chart).
+    fn source(&self, name: &str) -> Source<'_> {
         if let Some((_, v)) = self.extra.iter().rev().find(|(k, _)| k == name) {
-            return v.clone();
-        }
-        if self.removed.iter().any(|k| k == name) {
-            return Dynamic::UNIT;
-        }
-        match name {
-            "score" => Dynamic::from_int(self.chart.score),
-            "partial" => Dynamic::from_bool(!self.chart.missing.is_empty()),
-            "ceiling" => Dynamic::from_int(self.chart.ceiling),
-            "subscores" => Dynamic::from_map(
-                self.chart.subscores.iter().map(|(k, p)| (k.as_str().into(), Dynamic::from_int(*p))).collect(),
-            ),
-            "values" => {
-                Dynamic::from_map(self.chart.values.iter().map(|(k, v)| (k.as_str().into(), v.clone())).collect())
-            }
-            "met" => texts(&self.chart.met).into(),
-            "missing" => texts(&self.chart.missing).into(),
-            "flagged" => texts(&self.chart.flagged).into(),
-            _ if self.chart.flagged_as.as_deref() == Some(name) => texts(&self.chart.flagged).into(),
-            _ => Dynamic::UNIT,
+            Source::Set(v)
+        } else if self.removed.iter().any(|k| k == name) {
+            Source::Removed
+        } else {
+            Source::Chart
         }
     }
 
@@ -820,23 +840,33 @@ impl Scored {
     /// from two charts (SEP-1: SIRS and organ dysfunction).
     pub fn add_missing(&mut self, other: &Scored) {
         let mut missing = self.missing_items();
+        let own = missing.len();
         for item in other.missing_items() {
             if !missing.contains(&item) {
                 missing.push(item);
             }
         }
         let partial = !missing.is_empty();
-        self.set("missing", missing.into_iter().map(Dynamic::from).collect::<Array>().into());
-        self.set("partial", Dynamic::from_bool(partial));
+        // Written only when it changes: what `get` then reads (and the details hold) is the same.
+        if missing.len() > own {
+            self.set("missing", missing.into_iter().map(Dynamic::from).collect::<Array>().into());
+        }
+        if self.get("partial").as_bool() != Ok(partial) {
+            self.set("partial", Dynamic::from_bool(partial));
+        }
     }
 
     /// The `missing` property's texts, as [`Scored::get`] reads it (what the rule set, else the
-    /// chart's, none when removed).
+    /// chart's, none when removed), without building the script's array for the chart's.
     fn missing_items(&self) -> Vec<ImmutableString> {
-        let list = self.get("missing");
-        list.read_lock::<Array>()
-            .map(|l| l.iter().filter_map(|m| m.read_lock::<ImmutableString>().map(|m| m.clone())).collect())
-            .unwrap_or_default()
+        match self.source("missing") {
+            Source::Set(list) => list
+                .read_lock::<Array>()
+                .map(|l| l.iter().filter_map(|m| m.read_lock::<ImmutableString>().map(|m| m.clone())).collect())
+                .unwrap_or_default(),
+            Source::Removed => Vec::new(),
+            Source::Chart => self.chart.missing.clone(),
+        }
     }
 
     /// Set (or override) a property.
