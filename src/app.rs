@@ -247,26 +247,34 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let index_key = load_or_create_key(&config.store.index_key_file())?;
     let keys = Arc::new(KeyRing::load_or_create(&config.store.keys_file)?);
     let hub = AlertHub::new(config.hub_capacity);
+    let metrics = crate::http::metrics::Metrics::default();
     let store = match config.store.backend {
         Backend::Embedded => Store::Embedded(
-            EmbeddedStore::open(&config.data_dir, EmbeddedStoreConfig::default(), keys, Arc::new(hub.clone()))
-                .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?,
+            EmbeddedStore::open(
+                &config.data_dir,
+                EmbeddedStoreConfig { write_timer: metrics.store_write_timer(), ..EmbeddedStoreConfig::default() },
+                keys,
+                Arc::new(hub.clone()),
+            )
+            .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?,
         ),
         Backend::Scylla => {
             let local = fjall::Database::builder(config.data_dir.join("local"))
                 .open()
                 .context("opening the node-local database (audit, webhook cursors)")?;
-            let scylla =
-                ScyllaStore::connect(ScyllaStoreConfig::from_settings(&config.store), keys, Arc::new(hub.clone()))
-                    .await
-                    .context("connecting to ScyllaDB")?;
+            let scylla_config = ScyllaStoreConfig {
+                write_timer: metrics.store_write_timer(),
+                ..ScyllaStoreConfig::from_settings(&config.store)
+            };
+            let scylla = ScyllaStore::connect(scylla_config, keys, Arc::new(hub.clone()))
+                .await
+                .context("connecting to ScyllaDB")?;
             Store::Scylla(scylla, local)
         }
     };
     let (events, alerts, message_log) = store.ports();
     let rules = Arc::new(load_rules(&config.rules_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metrics = crate::http::metrics::Metrics::default();
     let stages = metrics.stages();
     let live = crate::alerts::live::LiveHub::new(1024);
     let router = Arc::new(

@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub baseline: bool,
     /// Run against an in-process echo server only.
     pub echo_only: bool,
+    /// Measure the disk's flush floor (`fdatasync` latency) in this directory before the run:
+    /// the server's data directory, or any directory on its filesystem.
+    pub fsync_dir: Option<PathBuf>,
     /// Objectives.
     pub slo: Vec<Slo>,
     /// JSON report path.
@@ -81,6 +84,9 @@ pub fn load_scenario(o: &RunOptions) -> anyhow::Result<Scenario> {
     Ok(s)
 }
 
+/// Flushes in the disk probe of `run --fsync-dir` (about 2 s on a disk that flushes in 4 ms).
+pub const FSYNC_PROBES: usize = 500;
+
 /// Run, report, and say whether every objective was met.
 pub async fn run_scenario(o: RunOptions) -> anyhow::Result<bool> {
     let report = run_report(&o).await?;
@@ -107,6 +113,16 @@ pub async fn run_report(o: &RunOptions) -> anyhow::Result<RunReport> {
     } else {
         None
     };
+    // Before the measured run, with the server idle: the disk's own floor, not one the run's
+    // writes share.
+    let floor = match &o.fsync_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let floor = tokio::task::spawn_blocking(move || crate::disk::probe(&dir, FSYNC_PROBES)).await??;
+            Some(floor)
+        }
+        None => None,
+    };
     let mut report = match (o.echo_only, baseline) {
         (true, Some(echo)) => RunReport::new(&scenario, "echo", &echo, None),
         (_, baseline) => {
@@ -114,6 +130,7 @@ pub async fn run_report(o: &RunOptions) -> anyhow::Result<RunReport> {
             RunReport::new(&scenario, "vigil", &measured, baseline.as_ref())
         }
     };
+    report.fsync_floor = floor;
     report.check(&o.slo);
     Ok(report)
 }

@@ -282,7 +282,20 @@ pub fn render(r: &RunReport) -> String {
     if let Some(b) = &r.baseline {
         h.push_str(&latency_row("echo ACK", &b.ack));
     }
+    if let Some(f) = &r.fsync_floor {
+        h.push_str(&latency_row("disk flush (fdatasync)", &Some(f.fsync.clone())));
+    }
     h.push_str("</table>");
+    if let Some(f) = &r.fsync_floor {
+        let _ = write!(
+            h,
+            "<p>Disk flush: <code>fdatasync</code> after a {} B append in {}, measured before the run with the \
+             server idle. A durable ACK waits for at least one such flush: this is the floor under the ACK \
+             latency on this machine.</p>",
+            f.write_bytes,
+            esc(&f.dir)
+        );
+    }
 
     let secs = |x: f64| format!("{x:.0} s");
     let over_time = [
@@ -341,6 +354,12 @@ pub fn render(r: &RunReport) -> String {
             );
         }
         h.push_str("</table>");
+        if let Some(per) = r.messages_per_store_write() {
+            let _ = write!(
+                h,
+                "<p><code>store_write</code> is timed once per group commit: {per:.1} messages per batch.</p>"
+            );
+        }
         let max = r.stages.iter().map(|s| s.mean_us).fold(0.0, f64::max).max(1e-9);
         let bar_h = 22.0;
         let height = TOP + bar_h * r.stages.len() as f64 + 10.0;

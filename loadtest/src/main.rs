@@ -125,10 +125,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2576")]
         listen: String,
     },
+    /// The disk's flush floor on its own: `fdatasync` after each 4 KiB append in a scratch file
+    /// in DIR (removed after). No durable ACK is faster than one flush of the disk that holds
+    /// the server's data.
+    FsyncProbe {
+        /// A directory on the disk to measure (the server's data directory).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Flushes to time (at most 16,384).
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
     /// Run a scenario file (loadtest/scenarios/*.toml) against Vigil: live progress, then a
     /// terminal table, and optionally JSON and a self-contained HTML report; `--slo` sets the
     /// exit code (2 when an objective is not met).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Open-loop load test; prints a Markdown report.
     Rate {
         /// Vigil MLLP listener (host:port).
@@ -207,6 +218,11 @@ struct RunArgs {
     /// Run against an in-process echo server only (no Vigil): the harness's own ceiling.
     #[arg(long, conflicts_with = "baseline")]
     echo: bool,
+    /// Before the run, time 500 `fdatasync`s of 4 KiB appends in this directory (the server's
+    /// data directory, or one on the same disk) and report them beside the ACK latency: the
+    /// floor under every durable ACK. Metric `fsync.p99` etc. in `--slo`.
+    #[arg(long)]
+    fsync_dir: Option<PathBuf>,
     /// Objectives, e.g. `ack.p99<=10ms`, `alert.p99<=20ms`, `errors==0` (repeat or separate
     /// with commas); any not met exits with 2.
     #[arg(long, value_delimiter = ',')]
@@ -318,6 +334,15 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::FsyncProbe { dir, count } => {
+            let floor = tokio::task::spawn_blocking(move || vigil_loadtest::disk::probe(&dir, count)).await??;
+            let l = &floor.fsync;
+            println!(
+                "fdatasync after a {} B append in {}, {} times: mean {:.3} ms, p50 {:.3} ms, p90 {:.3} ms, \
+                 p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+                floor.write_bytes, floor.dir, l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
         Command::EchoServer { listen } => {
             let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
             tracing::info!(addr = %listener.local_addr()?, "echo server answering AA; Ctrl-C stops");
@@ -376,6 +401,7 @@ impl RunArgs {
             fhir_rate: self.fhir_rate,
             baseline: self.baseline,
             echo_only: self.echo,
+            fsync_dir: self.fsync_dir,
             slo: self.slo,
             json: self.json,
             html: self.html,

@@ -189,6 +189,9 @@ pub struct RunReport {
     pub stages: Vec<Stage>,
     /// The echo baseline, when run.
     pub baseline: Option<Baseline>,
+    /// The disk's flush floor (`fdatasync` latency where the server keeps its data), when
+    /// probed: no durable ACK can be faster than one flush.
+    pub fsync_floor: Option<crate::disk::FsyncFloor>,
     /// Objectives checked.
     pub slo: Vec<SloResult>,
 }
@@ -293,6 +296,7 @@ impl RunReport {
             server,
             stages,
             baseline,
+            fsync_floor: None,
             slo: Vec::new(),
         }
     }
@@ -348,6 +352,10 @@ impl RunReport {
         if let Some(b) = &self.baseline {
             row("echo ms", &b.ack);
         }
+        if let Some(f) = &self.fsync_floor {
+            row("fsync ms", &Some(f.fsync.clone()));
+            let _ = writeln!(s, "(fsync: fdatasync after a {} B append in {}, before the run)", f.write_bytes, f.dir);
+        }
         if self.alerts_expected > 0 {
             let _ = writeln!(
                 s,
@@ -372,6 +380,9 @@ impl RunReport {
                     st.name, st.count, st.mean_us, st.p50_us, st.p99_us
                 );
             }
+            if let Some(per) = self.messages_per_store_write() {
+                let _ = writeln!(s, "(store_write: once per group commit, {per:.1} messages per batch)");
+            }
         }
         for r in &self.slo {
             let measured = r.measured.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"));
@@ -380,14 +391,24 @@ impl RunReport {
         s
     }
 
+    /// Messages per group commit: `commit_wait` (one per message) over `store_write` (one per
+    /// batch), when the server reported both.
+    pub fn messages_per_store_write(&self) -> Option<f64> {
+        let count = |name: &str| self.stages.iter().find(|s| s.name == name).map(|s| s.count);
+        let (messages, batches) = (count("commit_wait")?, count("store_write")?);
+        (batches > 0).then(|| messages as f64 / batches as f64)
+    }
+
     /// One self-contained HTML page: tables and inline SVG plots, no script.
     pub fn to_html(&self) -> String {
         crate::html::render(self)
     }
 }
 
-/// Server stages in data-flow order (the names the server exports).
-pub const STAGE_ORDER: [&str; 7] = ["decode", "parse", "map", "route", "rules", "commit_wait", "ack_write"];
+/// Server stages in data-flow order (the names the server exports). `store_write` is per group
+/// commit (a batch of messages), the others per message or per rule evaluation.
+pub const STAGE_ORDER: [&str; 8] =
+    ["decode", "parse", "map", "route", "rules", "commit_wait", "store_write", "ack_write"];
 
 /// A service-level objective: `<metric> <op> <value>`, e.g. `ack.p99<=10ms`, `alert.p99<=20ms`,
 /// `errors==0`, `throughput>=1000`, `echo.fraction>=0.25`. Latencies are compared in ms
@@ -450,7 +471,7 @@ impl Slo {
             "errors" | "throughput" | "echo.fraction" | "echo.throughput" | "alerts.missing" | "rss_mib" | "cpu_pct"
         ) || m.starts_with("errors.")
             || m.split_once('.').is_some_and(|(what, stat)| {
-                matches!(what, "ack" | "alert" | "fhir" | "echo") && Latency::default().value(stat).is_some()
+                matches!(what, "ack" | "alert" | "fhir" | "echo" | "fsync") && Latency::default().value(stat).is_some()
             })
     }
 
@@ -474,6 +495,7 @@ impl Slo {
                     "alert" => r.alert.as_ref(),
                     "fhir" => r.fhir.as_ref(),
                     "echo" => r.baseline.as_ref().and_then(|b| b.ack.as_ref()),
+                    "fsync" => r.fsync_floor.as_ref().map(|f| &f.fsync),
                     _ => None,
                 }?;
                 latency.value(stat)
@@ -613,6 +635,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_store_write_stage_says_how_many_messages_a_group_commit_carried() {
+        let mut r = sample_report();
+        assert_eq!(r.messages_per_store_write(), None, "no stages read");
+        let stage = |name: &str, count: u64| Stage { name: name.into(), count, mean_us: 1.0, p50_us: 1.0, p99_us: 1.0 };
+        r.stages = vec![stage("commit_wait", 900)];
+        assert_eq!(r.messages_per_store_write(), None, "a server without the stage");
+        r.stages.push(stage("store_write", 0));
+        assert_eq!(r.messages_per_store_write(), None, "no batch in the window");
+        r.stages[1].count = 60;
+        assert_eq!(r.messages_per_store_write(), Some(15.0));
+        assert!(r.to_table().contains("15.0 messages per batch"), "{}", r.to_table());
+        assert!(r.to_html().contains("15.0 messages per batch"));
+    }
+
+    #[test]
     fn objectives_parse_and_decide() {
         let mut r = sample_report();
         let slo = |s: &str| s.parse::<Slo>().unwrap();
@@ -630,6 +667,23 @@ pub(crate) mod tests {
         assert!(!r.check(&[slo("fhir.p99<=1000ms")]));
         assert_eq!(r.slo[0].measured, None);
         assert!(r.to_table().contains("FAILED"));
+        // The disk's flush floor: an objective on it fails while it was not probed.
+        assert!(!r.check(&[slo("fsync.p99<=100ms")]));
+        let mut flush = new_histogram();
+        flush.record(4_000).unwrap();
+        flush.record(8_500).unwrap();
+        r.fsync_floor = Some(crate::disk::FsyncFloor {
+            dir: "/data".into(),
+            write_bytes: crate::disk::WRITE_BYTES,
+            fsync: Latency::of(&flush).unwrap(),
+        });
+        assert!(r.check(&[slo("fsync.p50<=5ms"), slo("fsync.max<=9ms")]));
+        assert!(!r.check(&[slo("fsync.p99<=5ms")]));
+        let table = r.to_table();
+        assert!(table.contains("fsync ms") && table.contains("in /data, before the run"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["fsync_floor"]["fsync"]["count"], 2);
+        assert!(r.to_html().contains("disk flush (fdatasync)"));
         for bad in ["ack.p99", "ack.p98<=1ms", "nothing<=3", "ack.p99<=fast", "errors=0"] {
             assert!(bad.parse::<Slo>().is_err(), "{bad}");
         }

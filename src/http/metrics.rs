@@ -72,6 +72,11 @@ pub const STAGE_SECONDS: &str = "vigil_stage_seconds";
 /// mailbox); one rule evaluation in a patient actor; from routed to durable (the actor's queue,
 /// rules, the store's group commit); writing the ACK frame to the socket.
 pub const STAGES: [&str; 7] = ["decode", "parse", "map", "route", "rules", "commit_wait", "ack_write"];
+/// The store's own stage, per batch rather than per message: one group commit's write through
+/// the backend (fjall: the write batch and its fsync; ScyllaDB: the batch's writes). What
+/// `commit_wait` waits on at least once; its count beside `commit_wait`'s gives the messages
+/// per batch.
+pub const STORE_WRITE_STAGE: &str = "store_write";
 /// Bucket bounds of [`STAGE_SECONDS`], seconds: 1 µs to 10 s.
 pub const STAGE_BUCKETS: [f64; 22] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
@@ -229,6 +234,13 @@ impl Metrics {
             let stage = |name: &'static str| metrics::histogram!(STAGE_SECONDS, "stage" => name);
             let [decode, parse, map, route, rules, commit_wait, ack_write] = STAGES.map(stage);
             Stages { decode, parse, map, route, rules, commit_wait, ack_write }
+        })
+    }
+
+    /// The store pipeline's timer of each batch's write ([`STORE_WRITE_STAGE`]).
+    pub fn store_write_timer(&self) -> crate::store::commit::WriteTimer {
+        self.record(|| {
+            crate::store::commit::WriteTimer::new(metrics::histogram!(STAGE_SECONDS, "stage" => STORE_WRITE_STAGE))
         })
     }
 

@@ -77,6 +77,32 @@ pub trait Backend: Send + 'static {
     async fn finish(&mut self) {}
 }
 
+/// Times each batch's write through the backend: the `store_write` stage (fjall: the write
+/// batch and its fsync; ScyllaDB: the batch's writes). Once per batch, not per message: the
+/// stage's count beside `commit_wait`'s says how many messages a batch carried. Records nowhere
+/// by default.
+#[derive(Clone, Default)]
+pub struct WriteTimer(Option<metrics::Histogram>);
+
+impl WriteTimer {
+    /// Record into `histogram`.
+    pub fn new(histogram: metrics::Histogram) -> Self {
+        WriteTimer(Some(histogram))
+    }
+
+    fn since(&self, started: std::time::Instant) {
+        if let Some(h) = &self.0 {
+            h.record(started.elapsed());
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "WriteTimer(recording)" } else { "WriteTimer(off)" })
+    }
+}
+
 /// Tuning of the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineConfig {
@@ -105,6 +131,7 @@ pub struct Pipeline<B: Backend> {
     /// forgotten once committed): the idempotence check without a read per change.
     latest: HashMap<String, SequencedAlert>,
     config: PipelineConfig,
+    write_timer: WriteTimer,
 }
 
 /// A job after staging.
@@ -124,7 +151,21 @@ impl<B: Backend> Pipeline<B> {
         config: PipelineConfig,
     ) -> Self {
         let next_seq = last_seq.load(Ordering::Acquire);
-        Pipeline { backend, publisher, last_seq, next_seq, latest: HashMap::new(), config }
+        Pipeline {
+            backend,
+            publisher,
+            last_seq,
+            next_seq,
+            latest: HashMap::new(),
+            config,
+            write_timer: WriteTimer::default(),
+        }
+    }
+
+    /// Time each batch's write into `timer`.
+    pub fn with_write_timer(mut self, timer: WriteTimer) -> Self {
+        self.write_timer = timer;
+        self
     }
 
     /// Commit batches until the queue closes (or a [`Job::Close`] arrives), then finish.
@@ -232,7 +273,14 @@ impl<B: Backend> Pipeline<B> {
                 Some((i, Staged { rows, changes: &p.changes }))
             })
             .unzip();
-        let written = if batch.is_empty() { Vec::new() } else { self.backend.write(&batch).await };
+        let written = if batch.is_empty() {
+            Vec::new()
+        } else {
+            let started = std::time::Instant::now();
+            let written = self.backend.write(&batch).await;
+            self.write_timer.since(started);
+            written
+        };
         drop(batch);
         let mut outcome: Vec<Result<(), StoreError>> =
             prepared.iter().map(|p| p.as_ref().map(|_| ()).map_err(Clone::clone)).collect();

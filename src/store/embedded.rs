@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use super::commit::{self, Backend, Pipeline, PipelineConfig, Staged};
+use super::commit::{self, Backend, Pipeline, PipelineConfig, Staged, WriteTimer};
 use crate::crypto::{Aad, KeyRing};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -34,11 +34,13 @@ pub struct EmbeddedStoreConfig {
     pub queue_capacity: usize,
     /// Most writes made durable by one fsync.
     pub max_batch: usize,
+    /// Times each batch's write and fsync (the `store_write` stage on /metrics).
+    pub write_timer: WriteTimer,
 }
 
 impl Default for EmbeddedStoreConfig {
     fn default() -> Self {
-        EmbeddedStoreConfig { queue_capacity: 16_384, max_batch: 4_096 }
+        EmbeddedStoreConfig { queue_capacity: 16_384, max_batch: 4_096, write_timer: WriteTimer::default() }
     }
 }
 
@@ -361,7 +363,8 @@ impl EmbeddedStore {
                 publisher,
                 Arc::clone(&last_seq),
                 PipelineConfig { max_batch: config.max_batch.max(1), ..PipelineConfig::default() },
-            );
+            )
+            .with_write_timer(config.write_timer.clone());
             // The engine's calls block (fsync): the pipeline runs on a thread of its own.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()

@@ -44,6 +44,7 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
         fhir_rate: None,
         baseline: false,
         echo_only: false,
+        fsync_dir: Some(dir.to_path_buf()),
         slo: CI_OBJECTIVES.iter().map(|s| s.parse::<Slo>().unwrap()).collect(),
         json: None,
         html: None,
@@ -70,7 +71,14 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
         assert!(stage(name) >= measured * 9 / 10, "{name}: {:?}", report.stages);
     }
     assert!(stage("rules") > 0, "{:?}", report.stages);
+    // Group commits, timed once per batch (alert-only batches included).
+    assert!(stage("store_write") > 0, "{:?}", report.stages);
+    assert!(report.messages_per_store_write().is_some(), "{:?}", report.stages);
     assert!(report.server.as_ref().is_some_and(|s| s.peak_rss_mib > 0.0));
+    // The disk's flush floor, probed in the server's data directory before the run.
+    let floor = report.fsync_floor.as_ref().expect("the disk's flush floor probed");
+    assert_eq!(floor.fsync.count, vigil_loadtest::cli::FSYNC_PROBES as u64);
+    assert!(report.to_table().contains("fsync ms"), "{}", report.to_table());
     server.shutdown().await;
 }
 
@@ -107,6 +115,7 @@ async fn harness_fhir_gateway_and_console_fanout_are_measured() {
         fhir_rate: Some(10.0),
         baseline: false,
         echo_only: false,
+        fsync_dir: None,
         slo: vec!["errors==0".parse().unwrap(), "alerts.missing==0".parse().unwrap()],
         json: None,
         html: None,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use scylla::statement::Consistency;
 
 use crate::config::{Retention, StoreSettings};
+use crate::store::commit::WriteTimer;
 
 /// Replication of the keyspace.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct ScyllaStoreConfig {
     /// Wait for schema agreement after DDL (on for real clusters; kassandra's system tables
     /// break it, so its test support turns it off).
     pub await_schema_agreement: bool,
+    /// Times each batch's writes (the `store_write` stage on /metrics).
+    pub write_timer: WriteTimer,
 }
 
 impl ScyllaStoreConfig {
@@ -67,6 +70,7 @@ impl ScyllaStoreConfig {
             queue_capacity: 16_384,
             max_batch: 1_024,
             await_schema_agreement: s.await_schema_agreement,
+            write_timer: WriteTimer::default(),
         }
     }
 
@@ -81,6 +85,7 @@ impl ScyllaStoreConfig {
             queue_capacity: 16_384,
             max_batch: 1_024,
             await_schema_agreement: true,
+            write_timer: WriteTimer::default(),
         }
     }
 }

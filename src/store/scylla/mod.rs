@@ -180,7 +180,8 @@ impl ScyllaStore {
             publisher,
             Arc::clone(&shared.last_seq),
             PipelineConfig { max_batch: config.max_batch.max(1), ..PipelineConfig::default() },
-        );
+        )
+        .with_write_timer(config.write_timer.clone());
         let committer = tokio::spawn(pipeline.run(rx));
         Ok(ScyllaStore { shared, tx, committer: Arc::new(Mutex::new(Some(committer))) })
     }
