@@ -85,7 +85,7 @@ fn rows_of(mapper: &Mapper, raw: &str, sender: &str, control_id: &str, at: Offse
         events.iter().map(|e| super::event_body(e, Some(&message)).expect("an event encodes")).collect();
     if let Some(first) = events.first() {
         let accepted = AcceptedMessage { patient_id: first.patient_id.clone(), received_at: at };
-        rows.push(super::embedded::message_row(accepted, raw.to_string()).expect("a message row encodes"));
+        rows.push(super::embedded::message_row(&accepted, raw).expect("a message row encodes"));
     }
     rows
 }
@@ -124,7 +124,7 @@ fn samples(seed: u64, patients: u64, per_patient: u64) -> Vec<Vec<u8>> {
             let observations = vigil_loadtest::fhir::observations(&p, &device, &vitals(&mut rng), &id("FHIR", 0), at);
             let bundle = vigil_loadtest::fhir::transaction(observations, &id("FHIR", 0));
             let accepted = AcceptedMessage { patient_id: vigil_actors::PatientId(format!("p-{n}")), received_at: at };
-            out.push(super::embedded::message_row(accepted, bundle.to_string()).expect("a message row encodes"));
+            out.push(super::embedded::message_row(&accepted, &bundle.to_string()).expect("a message row encodes"));
         }
     }
     out

@@ -9,6 +9,7 @@
 //! An alert upsert identical to the alert's stored state is a no-op (same sequence number, no
 //! publication): replaying events after a crash never alerts twice.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -445,16 +446,59 @@ fn message_key(key: &MessageKey) -> Vec<u8> {
     out
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+/// A message-log row of the JSON form: when and for whom `raw` was accepted, and the message.
+#[derive(serde::Deserialize)]
 struct MessageRecord {
     #[serde(flatten)]
     accepted: AcceptedMessage,
     raw: String,
 }
 
-/// The JSON of a message-log row: when and for whom `raw` was accepted.
-pub(super) fn message_row(accepted: AcceptedMessage, raw: String) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&MessageRecord { accepted, raw }).map_err(|e| StoreError::Engine(format!("encode message: {e}")))
+/// The first byte of a message-log row written since the thirteenth session: the acceptance as
+/// JSON, then the raw message as it came, not escaped into a JSON string (escaping every
+/// segment's `\r` and every `\\` of an HL7 message cost more than any other step of storing
+/// it). Rows written before are one JSON object (`{...accepted, "raw": "..."}`, first byte
+/// `{`) and are still read.
+const MESSAGE_ROW_RAW: u8 = 0x02;
+
+/// A message-log row (plaintext, before sealing): [`MESSAGE_ROW_RAW`], the length of the
+/// acceptance's JSON (u32, big-endian), that JSON, then `raw`'s bytes to the end of the row.
+pub(super) fn message_row(accepted: &AcceptedMessage, raw: &str) -> Result<Vec<u8>, StoreError> {
+    let head = serde_json::to_vec(accepted).map_err(|e| StoreError::Engine(format!("encode message: {e}")))?;
+    let len = u32::try_from(head.len()).map_err(|_| StoreError::Engine("encode message: header too long".into()))?;
+    let mut row = Vec::with_capacity(1 + 4 + head.len() + raw.len());
+    row.push(MESSAGE_ROW_RAW);
+    row.extend_from_slice(&len.to_be_bytes());
+    row.extend_from_slice(&head);
+    row.extend_from_slice(raw.as_bytes());
+    Ok(row)
+}
+
+/// Decode a message-log row of either form (see [`MESSAGE_ROW_RAW`]): the acceptance and the
+/// raw message.
+fn decode_message_row(row: &[u8]) -> Result<(AcceptedMessage, Cow<'_, str>), StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("{MESSAGES}: {what}"));
+    match row.split_first() {
+        Some((b'{', _)) => {
+            let record: MessageRecord = serde_json::from_slice(row).map_err(|e| corrupt(&e.to_string()))?;
+            Ok((record.accepted, Cow::Owned(record.raw)))
+        }
+        Some((&MESSAGE_ROW_RAW, rest)) => {
+            let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(|| corrupt("row too short"))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let (head, raw) = rest.split_at_checked(len).ok_or_else(|| corrupt("header longer than the row"))?;
+            let accepted = serde_json::from_slice(head).map_err(|e| corrupt(&e.to_string()))?;
+            let raw = std::str::from_utf8(raw).map_err(|_| corrupt("raw message not UTF-8"))?;
+            Ok((accepted, Cow::Borrowed(raw)))
+        }
+        _ => Err(corrupt("unknown row format")),
+    }
+}
+
+/// Open a sealed message-log row: its plaintext, for [`decode_message_row`].
+fn open_message_row(keys: &KeyRing, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    keys.open(Aad { table: MESSAGES, key, column: "record" }, sealed)
+        .map_err(|e| StoreError::Corrupt(format!("{MESSAGES}: {e}")))
 }
 
 /// Events are keyed by patient, then time, then a counter: one patient's recent window is a
@@ -489,18 +533,18 @@ impl EmbeddedStore {
             if let Some(FromMessage { envelope, logs_message, parts }) = log.take() {
                 let accepted =
                     AcceptedMessage { patient_id: event.patient_id.clone(), received_at: envelope.received_at };
-                let mut entry = |key: &MessageKey, raw: String| -> Result<(), StoreError> {
-                    let value = message_row(accepted.clone(), raw)?;
+                let mut entry = |key: &MessageKey, raw: &str| -> Result<(), StoreError> {
+                    let value = message_row(&accepted, raw)?;
                     let key = message_key(key);
                     let value = seal(keys, MESSAGES, &key, &value)?;
                     messages.push((key, value));
                     Ok(())
                 };
                 if *logs_message {
-                    entry(&envelope.key, envelope.raw.expose().clone())?;
+                    entry(&envelope.key, envelope.raw.expose())?;
                 }
                 for part in parts {
-                    entry(part, format!("part of {}", envelope.key.id))?;
+                    entry(part, &format!("part of {}", envelope.key.id))?;
                 }
             }
             records.push(EventRecord { key, value, messages });
@@ -609,8 +653,8 @@ impl MessageLog for EmbeddedStore {
         let Some(bytes) = self.inner.ks.messages.get(&key).map_err(engine("read message log"))? else {
             return Ok(None);
         };
-        let record: MessageRecord = open_json(&self.inner.ks.keys, MESSAGES, &key, &bytes)?;
-        Ok(Some(record.accepted))
+        let row = open_message_row(&self.inner.ks.keys, &key, &bytes)?;
+        Ok(Some(decode_message_row(&row)?.0))
     }
 }
 
@@ -1200,9 +1244,46 @@ mod tests {
             .collect();
         assert_eq!(logged.len(), 2, "one message-log entry per message, not per event");
         let rde = logged.iter().find(|(key, _)| key.ends_with(b"RDE-10")).expect("the RDE is logged");
-        let record: MessageRecord = open_json(&store.inner.ks.keys, MESSAGES, &rde.0, &rde.1).unwrap();
-        assert_eq!(record.raw, raw, "the raw message, once");
+        let row = open_message_row(&store.inner.ks.keys, &rde.0, &rde.1).unwrap();
+        assert_eq!(decode_message_row(&row).unwrap().1, raw, "the raw message, once");
         assert!(store.accepted_message(&MessageKey::hl7("S", "RDE-10")).await.unwrap().is_some());
+    }
+
+    /// A message-log row keeps the raw message byte for byte (segment `\r`s, HL7 escapes,
+    /// non-ASCII text) after the acceptance, and a row of the JSON form written before still
+    /// reads; a damaged row is reported corrupt, never a panic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn message_rows_keep_the_raw_text_and_rows_written_as_json_still_read() {
+        let at = time::macros::datetime!(2026-12-03 10:00 -5);
+        let accepted = AcceptedMessage { patient_id: PatientId("p-7".into()), received_at: at };
+        let raw = "MSH|^~\\&|MON|ICU|||20261203100000||ORU^R01|C1|P|2.6\rPID|||M1^^^H^MR||Zoë^Test\rOBX|1|NM|x\\T\\y||\"7\"\r";
+        let row = message_row(&accepted, raw).unwrap();
+        assert_eq!(row[0], MESSAGE_ROW_RAW);
+        assert!(row.ends_with(raw.as_bytes()), "the raw text is stored as it came, not escaped");
+        let (decoded, text) = decode_message_row(&row).unwrap();
+        assert_eq!((decoded, text.as_ref()), (accepted.clone(), raw));
+
+        // The JSON form (every row before this format), through the store's read path.
+        let dir = tempdir();
+        let store = open_default(dir.path());
+        let legacy = serde_json::to_vec(&serde_json::json!({
+            "patient_id": "p-7", "received_at": "2026-12-03T10:00:00-05:00", "raw": raw,
+        }))
+        .unwrap();
+        assert_eq!(decode_message_row(&legacy).unwrap().1, raw);
+        let key = message_key(&MessageKey::hl7("OLD", "C0"));
+        let sealed = seal(&store.inner.ks.keys, MESSAGES, &key, &legacy).unwrap();
+        store.inner.ks.messages.insert(&key, sealed).unwrap();
+        assert_eq!(store.accepted_message(&MessageKey::hl7("OLD", "C0")).await.unwrap(), Some(accepted));
+
+        // Damaged rows: an error each.
+        let mut long_header = row.clone();
+        long_header[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut not_utf8 = row.clone();
+        not_utf8.push(0xFF);
+        for bad in [&[][..], &[MESSAGE_ROW_RAW, 0, 0][..], &long_header, &not_utf8, b"\x07abc", b"{not json"] {
+            assert!(matches!(decode_message_row(bad), Err(StoreError::Corrupt(_))), "{bad:?}");
+        }
     }
 
     pub(crate) fn test_keys() -> Arc<KeyRing> {
