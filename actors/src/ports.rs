@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-pub use crate::series::{Reading, Readings, Samples, Series};
+pub use crate::series::{Reading, Readings, Samples, Series, seconds_between};
 
 use crate::model::{
     AcceptedMessage, Alert, AlertId, Allergy, ClinicalEvent, Details, FromMessage, Location, Medication, MessageKey,
@@ -294,8 +294,10 @@ pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 impl PatientView {
     /// Latest value of `name` no older than `max_age` seconds before `now`.
     pub fn latest(&self, name: &str, max_age_secs: f64) -> Option<f64> {
-        let sample = self.series.get(name)?.back()?;
-        self.fresh(sample.at, max_age_secs).then_some(sample.value)
+        let newest = self.series.get(name)?.newest()?;
+        // `fresh` on the reading's instant key: the same seconds without building its date.
+        let age = self.now.map_or(0.0, |now| seconds_between(now.unix_timestamp_nanos(), newest.unix_nanos()));
+        (age <= max_age_secs).then_some(newest.value)
     }
 
     /// Latest coded value of `name` no older than `max_age` seconds before `now`.

@@ -65,6 +65,7 @@ struct Entry {
 
 impl Entry {
     /// The index in `spilled`, for a spilled sample.
+    #[inline]
     fn spill(self) -> Option<usize> {
         (self.code & SCALE_MASK == SPILL).then_some((self.code >> SCALE_BITS) as usize)
     }
@@ -88,6 +89,7 @@ fn encode_value(value: f64) -> Option<u32> {
 }
 
 /// The value of a code that is not a spill.
+#[inline]
 fn decode_value(code: u32) -> f64 {
     // The arithmetic shift brings the mantissa's sign back.
     let mantissa = (code as i32) >> SCALE_BITS;
@@ -146,6 +148,7 @@ impl Series {
     }
 
     /// How many samples it holds.
+    #[inline]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -190,12 +193,19 @@ impl Series {
         self.entries.back().map(|e| self.sample(*e))
     }
 
+    /// The newest sample as a reading (its time decoded only on request).
+    #[inline]
+    pub fn newest(&self) -> Option<Reading<'_>> {
+        self.entries.back().map(|e| Reading { value: self.value_of(*e), entry: *e, series: self })
+    }
+
     /// The samples, oldest first.
     pub fn iter(&self) -> Samples<'_> {
         Samples(self.readings(0..))
     }
 
     /// The readings from `range.start` on, oldest first (values decoded, times on request).
+    #[inline]
     pub fn readings(&self, range: RangeFrom<usize>) -> Readings<'_> {
         let start = range.start.min(self.entries.len());
         Readings { series: self, entries: self.entries.range(start..) }
@@ -263,6 +273,7 @@ impl Series {
         decode_with(self.base, &self.spilled, entry)
     }
 
+    #[inline]
     fn value_of(&self, entry: Entry) -> f64 {
         match entry.spill() {
             Some(i) => self.spilled[i].value,
@@ -270,6 +281,7 @@ impl Series {
         }
     }
 
+    #[inline]
     fn at_of(&self, entry: Entry) -> OffsetDateTime {
         match entry.spill() {
             Some(i) => self.spilled[i].at,
@@ -277,6 +289,7 @@ impl Series {
         }
     }
 
+    #[inline]
     fn nanos_of(&self, entry: Entry) -> i128 {
         match entry.spill() {
             Some(i) => self.spilled[i].at.unix_timestamp_nanos(),
@@ -413,6 +426,18 @@ impl Series {
     }
 }
 
+/// Seconds from `earlier` to `later` (both in nanoseconds since the Unix epoch): the number
+/// `(later - earlier).as_seconds_f64()` gives for the `OffsetDateTime`s (the same whole seconds
+/// and nanoseconds), without building dates or dividing 128-bit numbers in the common case.
+#[inline]
+pub fn seconds_between(later: i128, earlier: i128) -> f64 {
+    let nanos = later - earlier;
+    match i64::try_from(nanos) {
+        Ok(n) => (n / 1_000_000_000) as f64 + (n % 1_000_000_000) as f64 / 1e9,
+        Err(_) => Duration::nanoseconds_i128(nanos).as_seconds_f64(),
+    }
+}
+
 /// Whole milliseconds in `nanos` (not negative), rounded up.
 fn ceil_ms(nanos: i128) -> i64 {
     ((nanos + NANOS_PER_MS - 1) / NANOS_PER_MS) as i64
@@ -447,17 +472,20 @@ pub struct Reading<'a> {
 
 impl Reading<'_> {
     /// When measured, with the UTC offset it came with.
+    #[inline]
     pub fn at(&self) -> OffsetDateTime {
         self.series.at_of(self.entry)
     }
 
     /// When measured, in nanoseconds since the Unix epoch: orders, subtracts and compares like
     /// [`Reading::at`] without building a date (a base plus milliseconds).
+    #[inline]
     pub fn unix_nanos(&self) -> i128 {
         self.series.nanos_of(self.entry)
     }
 
     /// The sample.
+    #[inline]
     pub fn sample(&self) -> Sample {
         Sample { at: self.at(), value: self.value }
     }
@@ -471,6 +499,7 @@ pub struct Readings<'a> {
 }
 
 impl<'a> Readings<'a> {
+    #[inline]
     fn reading(&self, entry: Entry) -> Reading<'a> {
         Reading { value: self.series.value_of(entry), entry, series: self.series }
     }
@@ -479,6 +508,7 @@ impl<'a> Readings<'a> {
 impl<'a> Iterator for Readings<'a> {
     type Item = Reading<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Reading<'a>> {
         let entry = *self.entries.next()?;
         Some(self.reading(entry))
@@ -503,6 +533,7 @@ impl<'a> Iterator for Readings<'a> {
 }
 
 impl DoubleEndedIterator for Readings<'_> {
+    #[inline]
     fn next_back(&mut self) -> Option<Self::Item> {
         let entry = *self.entries.next_back()?;
         Some(self.reading(entry))
@@ -781,6 +812,26 @@ mod tests {
         series.retain(|_| false);
         assert!(series.is_empty());
         assert_eq!(series.allocated_bytes(), series.capacity() * 8, "nothing spilled is kept");
+    }
+
+    #[test]
+    fn seconds_between_is_the_durations_own_figure() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let offsets = [
+            Duration::ZERO,
+            Duration::nanoseconds(1),
+            Duration::nanoseconds(-1),
+            Duration::seconds(86_400) + Duration::nanoseconds(123_456_789),
+            -Duration::seconds(3) - Duration::nanoseconds(999_999_999),
+            Duration::days(200 * 365),
+            -Duration::days(300 * 365),
+        ];
+        for d in offsets {
+            let (later, earlier) = (t0 + d, t0);
+            let want = (later - earlier).as_seconds_f64();
+            let got = seconds_between(later.unix_timestamp_nanos(), earlier.unix_timestamp_nanos());
+            assert_eq!(got.to_bits(), want.to_bits(), "{d}");
+        }
     }
 
     #[test]

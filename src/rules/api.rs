@@ -147,7 +147,7 @@ fn numbers3(
 /// as `(now - reading.at()).as_seconds_f64()` (the same exact duration), without building the
 /// reading's date.
 fn seconds_since(now_nanos: i128, reading: &Reading<'_>) -> f64 {
-    Duration::nanoseconds_i128(now_nanos - reading.unix_nanos()).as_seconds_f64()
+    vigil_actors::seconds_between(now_nanos, reading.unix_nanos())
 }
 
 fn opt_float(v: Option<f64>) -> Dynamic {

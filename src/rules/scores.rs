@@ -199,30 +199,46 @@ impl<'v> Pass<'v> {
 /// [`UtcDateTime`] (year 9999 with a negative offset is out of range in UTC: the range's end).
 /// Comparing two `OffsetDateTime`s converts both to UTC on every comparison, and a series
 /// builds a reading's `OffsetDateTime` from its base ([`vigil_actors::Series`]), so sweeps
-/// over a day of readings key each reading once, cheaply ([`reading_key`]).
-type TimeKey = i128;
+/// over a day of readings key each reading once, cheaply ([`reading_key`]). The `i128` is kept
+/// as two 64-bit halves (the derived order, high half first, is the `i128`'s): 8-byte aligned,
+/// the vectors of readings sorted per evaluation stay small and grow in place.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct TimeKey {
+    high: i64,
+    low: u64,
+}
+
+impl TimeKey {
+    fn from_nanos(nanos: i128) -> Self {
+        TimeKey { high: (nanos >> 64) as i64, low: nanos as u64 }
+    }
+
+    fn nanos(self) -> i128 {
+        (i128::from(self.high) << 64) | i128::from(self.low)
+    }
+}
 
 /// The range of [`TimeKey`]: the instants a [`UtcDateTime`] holds.
-const KEY_MIN: TimeKey = UtcDateTime::MIN.unix_timestamp_nanos();
-const KEY_MAX: TimeKey = UtcDateTime::MAX.unix_timestamp_nanos();
+const KEY_MIN: i128 = UtcDateTime::MIN.unix_timestamp_nanos();
+const KEY_MAX: i128 = UtcDateTime::MAX.unix_timestamp_nanos();
 
 fn time_key(at: OffsetDateTime) -> TimeKey {
-    at.unix_timestamp_nanos().clamp(KEY_MIN, KEY_MAX)
+    TimeKey::from_nanos(at.unix_timestamp_nanos().clamp(KEY_MIN, KEY_MAX))
 }
 
 fn reading_key(reading: &Sampled<'_>) -> TimeKey {
-    reading.unix_nanos().clamp(KEY_MIN, KEY_MAX)
+    TimeKey::from_nanos(reading.unix_nanos().clamp(KEY_MIN, KEY_MAX))
 }
 
 /// The instant of a key (keys are in range; the range's ends otherwise).
 fn key_time(key: TimeKey) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(key)
-        .unwrap_or_else(|_| OffsetDateTime::from(if key < 0 { UtcDateTime::MIN } else { UtcDateTime::MAX }))
+    OffsetDateTime::from_unix_timestamp_nanos(key.nanos())
+        .unwrap_or_else(|_| OffsetDateTime::from(if key.high < 0 { UtcDateTime::MIN } else { UtcDateTime::MAX }))
 }
 
 /// `key` moved by `by` nanoseconds, when still in range (as `UtcDateTime::checked_add`).
 fn key_add(key: TimeKey, by: i128) -> Option<TimeKey> {
-    key.checked_add(by).filter(|k| (KEY_MIN..=KEY_MAX).contains(k))
+    key.nanos().checked_add(by).filter(|k| (KEY_MIN..=KEY_MAX).contains(k)).map(TimeKey::from_nanos)
 }
 
 /// 23.0 reads "23", 38.25 reads "38.25" (whole numbers, the common case, without float
@@ -559,7 +575,7 @@ pub fn onset_in(
         }
         if sweep.holds() {
             // Met again after a gap of `within` or more: a new episode.
-            if start.is_none() || fell.is_some_and(|f| at - f >= within) {
+            if start.is_none() || fell.is_some_and(|f| at.nanos() - f.nanos() >= within) {
                 start = Some(key_time(at));
             }
             fell = None;
