@@ -193,6 +193,12 @@ impl Series {
         self.entries.back().map(|e| self.sample(*e))
     }
 
+    /// The oldest sample as a reading (its time decoded only on request).
+    #[inline]
+    pub fn oldest(&self) -> Option<Reading<'_>> {
+        self.entries.front().map(|e| Reading { value: self.value_of(*e), entry: *e, series: self })
+    }
+
     /// The newest sample as a reading (its time decoded only on request).
     #[inline]
     pub fn newest(&self) -> Option<Reading<'_>> {
@@ -213,13 +219,18 @@ impl Series {
 
     /// How many samples are older than `at` (the index of the first at or after it).
     pub fn count_before(&self, at: OffsetDateTime) -> usize {
-        let key = self.key_ms(at);
+        let key = self.key_ms(at.unix_timestamp_nanos());
         self.entries.partition_point(|e| self.cmp_to(*e, key, at).is_lt())
     }
 
     /// How many samples are at or before `at`.
     pub fn count_at_or_before(&self, at: OffsetDateTime) -> usize {
-        let key = self.key_ms(at);
+        let nanos = at.unix_timestamp_nanos();
+        // The common case, a sample newer than all: no search.
+        if self.newest().is_some_and(|newest| newest.unix_nanos() <= nanos) {
+            return self.entries.len();
+        }
+        let key = self.key_ms(nanos);
         self.entries.partition_point(|e| self.cmp_to(*e, key, at).is_le())
     }
 
@@ -231,8 +242,9 @@ impl Series {
     /// Insert `sample` at `index` (the caller keeps the order), rebasing first when its time
     /// is before the base, past the `u32` range, or in another frame than most of the series.
     pub fn insert(&mut self, index: usize, sample: Sample) {
-        self.fit_base(sample.at);
-        let entry = self.encode(sample);
+        let nanos = sample.at.unix_timestamp_nanos();
+        self.fit_base(sample.at, nanos);
+        let entry = self.encode(sample, nanos);
         self.entries.insert(index, entry);
     }
 
@@ -241,20 +253,20 @@ impl Series {
         if index >= self.entries.len() {
             return false;
         }
-        self.fit_base(sample.at);
-        let entry = self.encode(sample);
+        let nanos = sample.at.unix_timestamp_nanos();
+        self.fit_base(sample.at, nanos);
+        let entry = self.encode(sample, nanos);
         let Some(slot) = self.entries.get_mut(index) else { return false };
         let old = std::mem::replace(slot, entry);
         self.release(old);
         true
     }
 
-    /// Remove and return the oldest sample.
-    pub fn pop_front(&mut self) -> Option<Sample> {
-        let entry = self.entries.pop_front()?;
-        let sample = self.sample(entry);
+    /// Remove the oldest sample; `false` when there is none.
+    pub fn drop_oldest(&mut self) -> bool {
+        let Some(entry) = self.entries.pop_front() else { return false };
         self.release(entry);
-        Some(sample)
+        true
     }
 
     /// Keep only the samples `keep` says so of, in order.
@@ -297,10 +309,11 @@ impl Series {
         }
     }
 
-    /// Whole milliseconds from the base to `at`, rounded down and held to the `u32` range: an
-    /// order-keeping key (`a <= b` gives `key(a) <= key(b)`), exact for compact entries.
-    fn key_ms(&self, at: OffsetDateTime) -> u32 {
-        let ms = (at.unix_timestamp_nanos() - self.base_nanos).div_euclid(NANOS_PER_MS);
+    /// Whole milliseconds from the base to the instant `nanos` (since the Unix epoch), rounded
+    /// down and held to the `u32` range: an order-keeping key (`a <= b` gives
+    /// `key(a) <= key(b)`), exact for compact entries.
+    fn key_ms(&self, nanos: i128) -> u32 {
+        let (ms, _) = split_ms(nanos - self.base_nanos);
         ms.clamp(0, i128::from(u32::MAX)) as u32
     }
 
@@ -310,33 +323,35 @@ impl Series {
         entry.ms.cmp(&key).then_with(|| self.at_of(entry).cmp(&at))
     }
 
-    /// The milliseconds of `at` when it decodes back exactly (same instant, same offset).
-    fn compact_ms(&self, at: OffsetDateTime) -> Option<u32> {
+    /// The milliseconds of `at` (the instant `nanos`) from the base, when it is in the base's
+    /// frame (its UTC offset, a whole number of milliseconds after it, within the `u32` range).
+    fn compact_ms(&self, at: OffsetDateTime, nanos: i128) -> Option<u32> {
         if at.offset() != self.base.offset() {
             return None;
         }
-        let nanos = at.unix_timestamp_nanos() - self.base_nanos;
-        if nanos % NANOS_PER_MS != 0 {
+        let (ms, rest) = split_ms(nanos - self.base_nanos);
+        if rest != 0 {
             return None;
         }
-        let ms = u32::try_from(nanos / NANOS_PER_MS).ok()?;
-        let decoded = self.base.checked_add(Duration::milliseconds(i64::from(ms)))?;
-        (decoded == at && decoded.offset() == at.offset()).then_some(ms)
+        u32::try_from(ms).ok()
     }
 
-    /// The entry for `sample`: compact when decoding it gives `sample` back exactly (the same
-    /// value bit for bit, the same instant with the same UTC offset), else a spill.
-    fn encode(&mut self, sample: Sample) -> Entry {
-        let compact = self.compact_ms(sample.at).zip(encode_value(sample.value)).map(|(ms, code)| Entry { ms, code });
-        if let Some(entry) = compact
-            && identical(self.sample(entry), sample)
+    /// The entry for `sample` (at the instant `nanos`): compact when decoding it gives `sample`
+    /// back exactly (the same value bit for bit, the same instant with the same UTC offset,
+    /// checked by decoding), else a spill.
+    fn encode(&mut self, sample: Sample, nanos: i128) -> Entry {
+        if let (Some(ms), Some(code)) = (self.compact_ms(sample.at, nanos), encode_value(sample.value))
+            && self
+                .base
+                .checked_add(Duration::milliseconds(i64::from(ms)))
+                .is_some_and(|at| identical(Sample { at, value: decode_value(code) }, sample))
         {
-            return entry;
+            return Entry { ms, code };
         }
         let index = self.spilled.len();
         assert!(index < MAX_SPILLED, "a series spills at most {MAX_SPILLED} samples");
         self.spilled.push(sample);
-        Entry { ms: self.key_ms(sample.at), code: ((index as u32) << SCALE_BITS) | SPILL }
+        Entry { ms: self.key_ms(nanos), code: ((index as u32) << SCALE_BITS) | SPILL }
     }
 
     /// An entry left the series: its spilled sample (if any) is dead.
@@ -365,7 +380,7 @@ impl Series {
     }
 
     /// Move the base when `at` does not fit it (see the module documentation).
-    fn fit_base(&mut self, at: OffsetDateTime) {
+    fn fit_base(&mut self, at: OffsetDateTime, at_nanos: i128) {
         self.unchecked += 1;
         if self.entries.is_empty() {
             // A fresh start: the first sample is the base.
@@ -375,7 +390,7 @@ impl Series {
             self.set_base(at);
             return;
         }
-        let nanos = at.unix_timestamp_nanos() - self.base_nanos;
+        let nanos = at_nanos - self.base_nanos;
         if nanos < 0 {
             // Back by whole milliseconds: the offset and sub-millisecond part stay.
             let back = Duration::milliseconds(ceil_ms(-nanos));
@@ -386,7 +401,7 @@ impl Series {
             if oldest != self.base {
                 self.rebase(oldest);
             }
-        } else if self.unchecked >= self.entries.len() / 4 && self.compact_ms(at).is_none() {
+        } else if self.unchecked >= self.entries.len() / 4 && self.compact_ms(at, at_nanos).is_none() {
             // Another frame (UTC offset or sub-millisecond part) than the base's. Checked at
             // most once every quarter of a series of inserts, so that samples in no common
             // frame (sub-millisecond times from a device) cost no rebase per insert.
@@ -394,12 +409,17 @@ impl Series {
             let misframed = self
                 .entries
                 .iter()
-                .filter(|e| e.spill().is_some_and(|i| self.compact_ms(self.spilled[i].at).is_none()))
+                .filter(|e| {
+                    e.spill().is_some_and(|i| {
+                        let at = self.spilled[i].at;
+                        self.compact_ms(at, at.unix_timestamp_nanos()).is_none()
+                    })
+                })
                 .count();
             if misframed * 2 > self.entries.len() {
                 // Most of the series is in other frames: take this one, back to the oldest.
                 let oldest = self.entries.front().map_or(at, |e| self.at_of(*e));
-                let back = (at.unix_timestamp_nanos() - oldest.unix_timestamp_nanos()).max(0);
+                let back = (at_nanos - oldest.unix_timestamp_nanos()).max(0);
                 let back = Duration::milliseconds(ceil_ms(back));
                 self.rebase(at.checked_sub(back).unwrap_or(at));
             }
@@ -420,7 +440,7 @@ impl Series {
         self.unchecked = 0;
         self.set_base(base);
         for sample in samples {
-            let entry = self.encode(sample);
+            let entry = self.encode(sample, sample.at.unix_timestamp_nanos());
             self.entries.push_back(entry);
         }
     }
@@ -435,6 +455,15 @@ pub fn seconds_between(later: i128, earlier: i128) -> f64 {
     match i64::try_from(nanos) {
         Ok(n) => (n / 1_000_000_000) as f64 + (n % 1_000_000_000) as f64 / 1e9,
         Err(_) => Duration::nanoseconds_i128(nanos).as_seconds_f64(),
+    }
+}
+
+/// Whole milliseconds in `nanos`, rounded down, and the nanoseconds left (0 to 999,999); in
+/// 64 bits when the number fits (a series spans at most days), without 128-bit division.
+fn split_ms(nanos: i128) -> (i128, i128) {
+    match i64::try_from(nanos) {
+        Ok(n) => (i128::from(n.div_euclid(1_000_000)), i128::from(n.rem_euclid(1_000_000))),
+        Err(_) => (nanos.div_euclid(NANOS_PER_MS), nanos.rem_euclid(NANOS_PER_MS)),
     }
 }
 
@@ -751,7 +780,7 @@ mod tests {
         let mut series = Series::new();
         series.push_back(sample(t0, 1.0));
         series.push_back(sample(t0 + Duration::days(40), 2.0));
-        series.pop_front();
+        series.drop_oldest();
         // 60 days from the first base: past 49.7 days of milliseconds.
         series.push_back(sample(t0 + Duration::days(60), 3.0));
         assert_eq!(series.spilled(), 0, "rebased to the oldest sample");
@@ -763,8 +792,8 @@ mod tests {
         assert_eq!(series.count_at_or_before(t0 + Duration::days(100)), 3);
         assert!(identical(series.back().unwrap(), sample(t0 + Duration::days(100), 4.0)));
         // Once the old samples leave, the series rebases again.
-        series.pop_front();
-        series.pop_front();
+        series.drop_oldest();
+        series.drop_oldest();
         series.push_back(sample(t0 + Duration::days(100) + Duration::minutes(1), 5.0));
         assert_eq!(series.spilled(), 0, "the spilled sample became the base");
         assert_holds(
@@ -798,7 +827,7 @@ mod tests {
         for i in 0..1000 {
             series.push_back(sample(t0 + Duration::minutes(i), fahrenheit(i)));
             if series.len() > 100 {
-                series.pop_front();
+                series.drop_oldest();
             }
             assert!(series.spilled() <= 2 * series.len() + 1, "{} spilled for {}", series.spilled(), series.len());
         }

@@ -726,15 +726,19 @@ fn growth(len: usize, capacity: usize) -> Option<usize> {
 const WINDOW_MIN_GROWTH: usize = 4;
 
 /// Insert keeping time order (monitors resend and interfaces reorder), then trim the window.
+/// Times are compared as instants in nanoseconds ([`crate::ports::Reading::unix_nanos`]):
+/// the same comparisons as on `OffsetDateTime`s, without building each sample's date.
 fn insert_ordered(series: &mut Series, sample: Sample) {
+    let at = sample.at.unix_timestamp_nanos();
+    let max_age = WINDOW_MAX_AGE.whole_nanoseconds();
     // What the window drops once the sample is in, it drops first (the same samples: the
     // oldest, more than `WINDOW_MAX_AGE` before a sample that will be in the window), so a
     // series that must rebase for the sample re-encodes only what stays.
-    while series.front().is_some_and(|f| sample.at - f.at > WINDOW_MAX_AGE) {
-        series.pop_front();
+    while series.oldest().is_some_and(|f| at - f.unix_nanos() > max_age) {
+        series.drop_oldest();
     }
     let pos = series.count_at_or_before(sample.at);
-    if pos > 0 && series.get(pos - 1).is_some_and(|s| s.at == sample.at) {
+    if pos > 0 && series.readings(pos - 1..).next().is_some_and(|s| s.unix_nanos() == at) {
         // The same measurement sent again replaces the old one instead of doubling it.
         series.replace(pos - 1, sample);
     } else {
@@ -743,11 +747,11 @@ fn insert_ordered(series: &mut Series, sample: Sample) {
         }
         series.insert(pos, sample);
     }
-    let newest = series.back().map(|s| s.at);
+    let newest = series.newest().map(|s| s.unix_nanos());
     while series.len() > WINDOW_MAX_SAMPLES
-        || newest.zip(series.front()).is_some_and(|(n, f)| n - f.at > WINDOW_MAX_AGE)
+        || newest.zip(series.oldest()).is_some_and(|(n, f)| n - f.unix_nanos() > max_age)
     {
-        series.pop_front();
+        series.drop_oldest();
     }
 }
 
@@ -1302,6 +1306,70 @@ mod tests {
             std::mem::size_of::<Series>(),
             state_bytes(&state),
         );
+    }
+
+    /// The window as it was kept before [`Series`] (24-byte samples in a `VecDeque`): the
+    /// reference the compact window must match sample for sample.
+    fn reference_insert(series: &mut VecDeque<Sample>, sample: Sample) {
+        let pos = series.iter().rposition(|s| s.at <= sample.at).map_or(0, |p| p + 1);
+        if pos > 0 && series.get(pos - 1).is_some_and(|s| s.at == sample.at) {
+            if let Some(slot) = series.get_mut(pos - 1) {
+                *slot = sample;
+            }
+        } else {
+            series.insert(pos, sample);
+        }
+        let newest = series.back().map(|s| s.at);
+        while series.len() > WINDOW_MAX_SAMPLES
+            || newest.zip(series.front()).is_some_and(|(n, f)| n - f.at > WINDOW_MAX_AGE)
+        {
+            series.pop_front();
+        }
+    }
+
+    #[test]
+    fn the_compact_window_keeps_what_the_sample_window_kept() {
+        let t0 = datetime!(2026-03-29 00:00 +01:00);
+        let (mut compact, mut reference) = (Series::new(), VecDeque::new());
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut clock = t0;
+        for i in 0..6000 {
+            // Mostly a minute on; sometimes back (a resend or a late message), a gap of days,
+            // a sub-millisecond time, another offset, a value with no short decimal.
+            let step = match next(40) {
+                0 => -Duration::minutes(next(600) as i64),
+                1 => Duration::days(next(3) as i64 + 1),
+                2 => Duration::nanoseconds(next(1_000_000) as i64),
+                _ => Duration::minutes(1),
+            };
+            clock += step;
+            let at = match next(30) {
+                0 => clock.to_offset(time::UtcOffset::UTC),
+                1 => clock.to_offset(time::UtcOffset::from_hms(-4, 30, 0).unwrap()),
+                _ => clock,
+            };
+            let value = match next(20) {
+                0 => (f64::from(next(300) as u32) - 32.0) * 5.0 / 9.0,
+                1 => -0.0,
+                _ => f64::from(next(2000) as u32) / 10.0,
+            };
+            let sample = Sample { at, value };
+            insert_ordered(&mut compact, sample);
+            reference_insert(&mut reference, sample);
+            assert_eq!(compact.len(), reference.len(), "insert {i}");
+            let same = compact
+                .iter()
+                .zip(&reference)
+                .all(|(a, b)| a.at == b.at && a.at.offset() == b.at.offset() && a.value.to_bits() == b.value.to_bits());
+            assert!(same, "insert {i}: the windows differ");
+            assert!(compact.spilled() <= 2 * compact.len() + 1);
+        }
     }
 
     #[test]
