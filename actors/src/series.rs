@@ -108,9 +108,9 @@ pub struct Series {
     /// Samples with no compact form, referred to by their entries' codes.
     spilled: Vec<Sample>,
     /// Samples of `spilled` that no entry refers to any more.
-    dead: usize,
+    dead: u32,
     /// Inserts since the base's frame was last checked (see [`Series::fit_base`]).
-    unchecked: usize,
+    unchecked: u32,
 }
 
 impl Default for Series {
@@ -361,14 +361,15 @@ impl Series {
 
     /// `n` more spilled samples are dead: drop the dead ones when they are most of `spilled`.
     fn note_dead(&mut self, n: usize) {
-        self.dead += n;
-        if n > 0 && self.dead * 2 > self.spilled.len() {
+        // At most `MAX_SPILLED` (2^28) spilled samples: the count fits.
+        self.dead += n as u32;
+        if n > 0 && self.dead as usize * 2 > self.spilled.len() {
             self.compact_spilled();
         }
     }
 
     fn compact_spilled(&mut self) {
-        let mut live = Vec::with_capacity(self.spilled.len() - self.dead);
+        let mut live = Vec::with_capacity(self.spilled.len() - self.dead as usize);
         for entry in &mut self.entries {
             if let Some(i) = entry.spill() {
                 entry.code = ((live.len() as u32) << SCALE_BITS) | SPILL;
@@ -381,7 +382,7 @@ impl Series {
 
     /// Move the base when `at` does not fit it (see the module documentation).
     fn fit_base(&mut self, at: OffsetDateTime, at_nanos: i128) {
-        self.unchecked += 1;
+        self.unchecked = self.unchecked.saturating_add(1);
         if self.entries.is_empty() {
             // A fresh start: the first sample is the base.
             self.spilled = Vec::new();
@@ -395,13 +396,13 @@ impl Series {
             // Back by whole milliseconds: the offset and sub-millisecond part stay.
             let back = Duration::milliseconds(ceil_ms(-nanos));
             self.rebase(self.base.checked_sub(back).unwrap_or(at));
-        } else if nanos / NANOS_PER_MS > i128::from(u32::MAX) {
+        } else if split_ms(nanos).0 > i128::from(u32::MAX) {
             // Up to the oldest sample (a compact one keeps the frame).
             let oldest = self.entries.front().map_or(at, |e| self.at_of(*e));
             if oldest != self.base {
                 self.rebase(oldest);
             }
-        } else if self.unchecked >= self.entries.len() / 4 && self.compact_ms(at, at_nanos).is_none() {
+        } else if self.unchecked as usize >= self.entries.len() / 4 && self.compact_ms(at, at_nanos).is_none() {
             // Another frame (UTC offset or sub-millisecond part) than the base's. Checked at
             // most once every quarter of a series of inserts, so that samples in no common
             // frame (sub-millisecond times from a device) cost no rebase per insert.
