@@ -12,6 +12,7 @@ pub mod patient;
 pub mod ports;
 pub mod prewarm;
 pub mod router;
+pub mod series;
 
 pub use census::{Census, CensusBed, CensusChange, News2Now};
 pub use model::*;

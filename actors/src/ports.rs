@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+pub use crate::series::{Reading, Readings, Samples, Series, seconds_between};
+
 use crate::model::{
     AcceptedMessage, Alert, AlertId, Allergy, ClinicalEvent, Details, FromMessage, Location, Medication, MessageKey,
     Observation, PatientId, SequencedAlert, Severity,
@@ -263,8 +265,8 @@ pub struct PatientView {
     pub sex: String,
     /// Age in whole years at `now`, when the birth date is known.
     pub age_years: Option<i64>,
-    /// Recent numeric samples per canonical name, oldest first.
-    pub series: NameMap<VecDeque<Sample>>,
+    /// Recent numeric samples per canonical name, oldest first, about 8 bytes each ([`Series`]).
+    pub series: NameMap<Series>,
     /// Recent coded samples per canonical name, oldest first.
     pub coded: NameMap<VecDeque<CodedSample>>,
     /// Medications: running orders, one-off doses and recently stopped drugs (see
@@ -292,8 +294,10 @@ pub type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 impl PatientView {
     /// Latest value of `name` no older than `max_age` seconds before `now`.
     pub fn latest(&self, name: &str, max_age_secs: f64) -> Option<f64> {
-        let sample = self.series.get(name)?.back()?;
-        self.fresh(sample.at, max_age_secs).then_some(sample.value)
+        let newest = self.series.get(name)?.newest()?;
+        // `fresh` on the reading's instant key: the same seconds without building its date.
+        let age = self.now.map_or(0.0, |now| seconds_between(now.unix_timestamp_nanos(), newest.unix_nanos()));
+        (age <= max_age_secs).then_some(newest.value)
     }
 
     /// Latest coded value of `name` no older than `max_age` seconds before `now`.
@@ -303,18 +307,20 @@ impl PatientView {
     }
 
     /// Samples of `name` within the last `secs` seconds before `now`, oldest first.
-    pub fn window(&self, name: &str, secs: f64) -> impl DoubleEndedIterator<Item = &Sample> {
-        let series = self.series.get(name);
-        // Samples are kept in time order: find the window's start by binary search instead of
-        // testing every sample of a 24 h series.
-        let start = match (series, self.now) {
+    pub fn window(&self, name: &str, secs: f64) -> Readings<'_> {
+        const EMPTY: &Series = &Series::new();
+        let series = self.series.get(name).unwrap_or(EMPTY);
+        // Samples are kept in time order: find the window's start by binary search (on the
+        // series' millisecond keys, the cutoff converted once) instead of testing every
+        // sample of a 24 h series.
+        let start = match self.now {
             // A rule may pass any number: out of range or NaN means the whole series.
-            (Some(s), Some(now)) => time::Duration::checked_seconds_f64(secs.max(0.0))
+            Some(now) => time::Duration::checked_seconds_f64(secs.max(0.0))
                 .and_then(|d| now.checked_sub(d))
-                .map_or(0, |cutoff| s.partition_point(|x| x.at < cutoff)),
-            _ => 0,
+                .map_or(0, |cutoff| series.count_before(cutoff)),
+            None => 0,
         };
-        series.into_iter().flat_map(move |s| s.range(start..))
+        series.readings(start..)
     }
 
     fn fresh(&self, at: OffsetDateTime, max_age_secs: f64) -> bool {

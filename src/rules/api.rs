@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rhai::{Array, Dynamic, Engine, FuncRegistration, ImmutableString, Map};
 use time::{Duration, OffsetDateTime};
-use vigil_actors::{ActiveMedication, Allergy, Medication, PatientView, Sample};
+use vigil_actors::{ActiveMedication, Allergy, Medication, PatientView, Reading};
 
 use super::data::{Ingredient, SharedTables, Tables, rxnorm_code};
 use super::scores::Scored;
@@ -143,6 +143,13 @@ fn numbers3(
     one::<f64, f64, f64>(engine, name, f);
 }
 
+/// Seconds from `reading` to `now_nanos` (nanoseconds since the Unix epoch): the same number
+/// as `(now - reading.at()).as_seconds_f64()` (the same exact duration), without building the
+/// reading's date.
+fn seconds_since(now_nanos: i128, reading: &Reading<'_>) -> f64 {
+    vigil_actors::seconds_between(now_nanos, reading.unix_nanos())
+}
+
 fn opt_float(v: Option<f64>) -> Dynamic {
     v.map_or(Dynamic::UNIT, Dynamic::from_float)
 }
@@ -158,7 +165,7 @@ impl RulePatient {
 
     /// Samples of `name` no older than `secs`, newest first (the view's window, which finds its
     /// start by binary search, so a 24 h series costs only what the window holds).
-    fn recent(&self, name: &str, secs: f64) -> impl Iterator<Item = &Sample> {
+    fn recent(&self, name: &str, secs: f64) -> impl Iterator<Item = Reading<'_>> {
         self.0.window(name, secs).rev()
     }
 
@@ -168,9 +175,9 @@ impl RulePatient {
     }
 
     fn trend_per_hour(&self, name: &str, secs: f64) -> Option<f64> {
-        let now = self.now()?;
+        let now = self.now()?.unix_timestamp_nanos();
         let points: Vec<(f64, f64)> =
-            self.recent(name, secs).map(|s| (-(now - s.at).as_seconds_f64() / 3600.0, s.value)).collect();
+            self.recent(name, secs).map(|s| (-seconds_since(now, &s) / 3600.0, s.value)).collect();
         if points.len() < 2 {
             return None;
         }
@@ -206,7 +213,7 @@ impl RulePatient {
         let (mut count, mut oldest, mut all) = (0usize, None, true);
         for s in self.0.window(name, window) {
             count += 1;
-            oldest.get_or_insert(s.at);
+            oldest.get_or_insert_with(|| s.at());
             all &= holds(s.value, threshold);
         }
         let span = oldest.map(|at| (now - at).as_seconds_f64());
@@ -562,15 +569,15 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
     secs_fn(engine, "span", |p, name, secs| {
         // Seconds from the oldest sample in the window to now.
         let now = p.now();
-        opt_float(p.recent(name, secs).last().zip(now).map(|(s, n)| (n - s.at).as_seconds_f64()))
+        opt_float(p.recent(name, secs).last().zip(now).map(|(s, n)| (n - s.at()).as_seconds_f64()))
     });
     secs_fn(engine, "window", |p, name, secs| -> Array {
-        let now = p.now();
+        let now = p.now().map(OffsetDateTime::unix_timestamp_nanos);
         let mut out: Array = p
             .recent(name, secs)
             .map(|s| {
                 let mut m = Map::new();
-                let ago = now.map_or(0.0, |n| (n - s.at).as_seconds_f64());
+                let ago = now.map_or(0.0, |n| seconds_since(n, &s));
                 m.insert("ago_s".into(), Dynamic::from_float(ago));
                 m.insert("value".into(), Dynamic::from_float(s.value));
                 Dynamic::from_map(m)
@@ -608,7 +615,7 @@ pub fn register(engine: &mut Engine, tables: SharedTables) {
             };
             let threshold = threshold.num();
             let first = p.0.window(name, window.num()).find(|s| test(s.value, threshold));
-            Ok::<_, Box<rhai::EvalAltResult>>(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at)))
+            Ok::<_, Box<rhai::EvalAltResult>>(first.map_or(Dynamic::UNIT, |s| p.since_s(s.at())))
         });
     }
     since_first::<i64, i64>(engine);

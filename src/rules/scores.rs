@@ -27,7 +27,7 @@ use std::fmt::Write as _;
 use rhai::{Array, Dynamic, ImmutableString};
 use serde_json::Value;
 use time::{OffsetDateTime, UtcDateTime};
-use vigil_actors::PatientView;
+use vigil_actors::{PatientView, Reading as Sampled};
 
 /// One score table, parsed and checked.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ pub fn sbp_baseline(view: &PatientView) -> Option<f64> {
     // Readings are in time order: those 6 to 24 h old are one stretch of the day's window.
     let day = view.window("sbp", 86_400.0);
     let mut values: Vec<f64> =
-        day.take_while(|s| time_key(s.at) <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
+        day.take_while(|s| reading_key(s) <= recent).map(|s| s.value).filter(|v| v.is_finite()).collect();
     if values.len() < 3 {
         return None;
     }
@@ -195,12 +195,50 @@ impl<'v> Pass<'v> {
     }
 }
 
-/// A reading's time as a sort key: comparing two `OffsetDateTime`s converts both to UTC on
-/// every comparison, so sweeps over a day of readings convert each reading once (free for the
-/// UTC times the actors keep). Out of range in UTC (year 9999 with a negative offset): the
-/// range's end.
-fn time_key(at: OffsetDateTime) -> UtcDateTime {
-    at.checked_to_utc().unwrap_or(if at.year() < 0 { UtcDateTime::MIN } else { UtcDateTime::MAX })
+/// A reading's time as a sort key: nanoseconds since the Unix epoch, held to the range of
+/// [`UtcDateTime`] (year 9999 with a negative offset is out of range in UTC: the range's end).
+/// Comparing two `OffsetDateTime`s converts both to UTC on every comparison, and a series
+/// builds a reading's `OffsetDateTime` from its base ([`vigil_actors::Series`]), so sweeps
+/// over a day of readings key each reading once, cheaply ([`reading_key`]). The `i128` is kept
+/// as two 64-bit halves (the derived order, high half first, is the `i128`'s): 8-byte aligned,
+/// the vectors of readings sorted per evaluation stay small and grow in place.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct TimeKey {
+    high: i64,
+    low: u64,
+}
+
+impl TimeKey {
+    fn from_nanos(nanos: i128) -> Self {
+        TimeKey { high: (nanos >> 64) as i64, low: nanos as u64 }
+    }
+
+    fn nanos(self) -> i128 {
+        (i128::from(self.high) << 64) | i128::from(self.low)
+    }
+}
+
+/// The range of [`TimeKey`]: the instants a [`UtcDateTime`] holds.
+const KEY_MIN: i128 = UtcDateTime::MIN.unix_timestamp_nanos();
+const KEY_MAX: i128 = UtcDateTime::MAX.unix_timestamp_nanos();
+
+fn time_key(at: OffsetDateTime) -> TimeKey {
+    TimeKey::from_nanos(at.unix_timestamp_nanos().clamp(KEY_MIN, KEY_MAX))
+}
+
+fn reading_key(reading: &Sampled<'_>) -> TimeKey {
+    TimeKey::from_nanos(reading.unix_nanos().clamp(KEY_MIN, KEY_MAX))
+}
+
+/// The instant of a key (keys are in range; the range's ends otherwise).
+fn key_time(key: TimeKey) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(key.nanos())
+        .unwrap_or_else(|_| OffsetDateTime::from(if key.high < 0 { UtcDateTime::MIN } else { UtcDateTime::MAX }))
+}
+
+/// `key` moved by `by` nanoseconds, when still in range (as `UtcDateTime::checked_add`).
+fn key_add(key: TimeKey, by: i128) -> Option<TimeKey> {
+    key.nanos().checked_add(by).filter(|k| (KEY_MIN..=KEY_MAX).contains(k)).map(TimeKey::from_nanos)
 }
 
 /// 23.0 reads "23", 38.25 reads "38.25" (whole numbers, the common case, without float
@@ -415,7 +453,7 @@ impl ScoreTable {
         let inputs: Vec<(&str, Option<f64>, &Input)> =
             item.inputs.iter().filter_map(|i| i.series(pass).map(|(s, b)| (s, b, i))).collect();
         // (time, abnormal)
-        let mut readings: Vec<(UtcDateTime, bool)> = Vec::new();
+        let mut readings: Vec<(TimeKey, bool)> = Vec::new();
         let mut merged = 0;
         for (i, (series, ..)) in inputs.iter().enumerate() {
             if inputs[..i].iter().any(|(s, ..)| s == series) {
@@ -428,7 +466,7 @@ impl ScoreTable {
                 let abnormal = on_series
                     .iter()
                     .any(|(_, baseline, input)| input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0);
-                readings.push((time_key(s.at), abnormal));
+                readings.push((reading_key(&s), abnormal));
             }
         }
         // One series is in time order already.
@@ -443,7 +481,7 @@ impl ScoreTable {
             }
             same
         });
-        let at = |r: &(UtcDateTime, bool)| OffsetDateTime::from(r.0);
+        let at = |r: &(TimeKey, bool)| key_time(r.0);
         let initial = readings.windows(2).find(|w| w[0].1 && w[1].1).map(|w| at(&w[1]));
         let run = readings.iter().rev().take_while(|r| r.1).count();
         let first = run.checked_sub(1).and_then(|_| readings.get(readings.len() - run)).map(at);
@@ -460,7 +498,7 @@ impl ScoreTable {
                 let Some((series, baseline)) = input.series(pass) else { continue };
                 for s in pass.view.window(series, lookback_s) {
                     if input.points_of(baseline.map_or(s.value, |b| b - s.value)) > 0 {
-                        out.push(Met { at: time_key(s.at), part: part as u32, item: k as u32 });
+                        out.push(Met { at: reading_key(&s), part: part as u32, item: k as u32 });
                     }
                 }
             }
@@ -512,7 +550,7 @@ pub fn onset_in(
     lookback_s: f64,
 ) -> Option<OffsetDateTime> {
     let now = time_key(pass.view.now?);
-    let within = time::Duration::checked_seconds_f64(within_s.max(0.0))?;
+    let within = time::Duration::checked_seconds_f64(within_s.max(0.0))?.whole_nanoseconds();
     let mut events = Vec::new();
     let mut sweep = Sweep {
         counts: Vec::with_capacity(parts.len()),
@@ -537,8 +575,8 @@ pub fn onset_in(
         }
         if sweep.holds() {
             // Met again after a gap of `within` or more: a new episode.
-            if start.is_none() || fell.is_some_and(|f| at - f >= within) {
-                start = Some(OffsetDateTime::from(at));
+            if start.is_none() || fell.is_some_and(|f| at.nanos() - f.nanos() >= within) {
+                start = Some(key_time(at));
             }
             fell = None;
         }
@@ -550,7 +588,7 @@ pub fn onset_in(
 /// An item of a table met by a reading (see [`onset`]).
 struct Met {
     /// The reading's time ([`time_key`]).
-    at: UtcDateTime,
+    at: TimeKey,
     /// Which of the parts the table is.
     part: u32,
     /// The item's position among the table's applicable items.
@@ -580,8 +618,9 @@ impl Sweep {
 
     /// Drop the events (before `upto`) older than `within` before `at`; the moment the
     /// criteria stopped holding, when a drop ended them.
-    fn expire(&mut self, events: &[Met], upto: usize, at: UtcDateTime, within: time::Duration) -> Option<UtcDateTime> {
-        let cutoff = at.checked_sub(within)?;
+    /// `within` is in nanoseconds.
+    fn expire(&mut self, events: &[Met], upto: usize, at: TimeKey, within: i128) -> Option<TimeKey> {
+        let cutoff = key_add(at, -within)?;
         let mut fell = None;
         while self.tail < upto && events[self.tail].at < cutoff {
             let held = self.holds();
@@ -592,7 +631,7 @@ impl Sweep {
                 self.met[part] -= 1;
             }
             if held && !self.holds() {
-                fell = fell.or(e.at.checked_add(within));
+                fell = fell.or(key_add(e.at, within));
             }
             self.tail += 1;
         }
@@ -940,13 +979,13 @@ mod tests {
     use rhai::Map;
     use std::collections::VecDeque;
     use time::OffsetDateTime;
-    use vigil_actors::{CodedSample, NameMap, Sample};
+    use vigil_actors::{CodedSample, NameMap, Sample, Series};
 
     fn view(values: &[(&str, f64)], coded: &[(&str, &str)], settings: &[(&str, &str)]) -> PatientView {
         let now = OffsetDateTime::now_utc();
         let mut series = NameMap::default();
         for (name, value) in values {
-            series.insert(name.to_string(), VecDeque::from([Sample { at: now, value: *value }]));
+            series.insert(name.to_string(), Series::from_iter([Sample { at: now, value: *value }]));
         }
         let coded = coded
             .iter()
@@ -1063,7 +1102,7 @@ mod tests {
     /// A view at `now` with samples `(name, minutes before now, value)`.
     fn timed(samples: &[(&str, i64, f64)], settings: &[(&str, &str)]) -> PatientView {
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-        let mut series: NameMap<VecDeque<Sample>> = NameMap::default();
+        let mut series: NameMap<Series> = NameMap::default();
         let mut sorted = samples.to_vec();
         sorted.sort_by_key(|s| -s.1);
         for (name, ago, value) in sorted {
@@ -1252,7 +1291,7 @@ mod tests {
                 _ => time::UtcOffset::from_hms(9, 30, 0),
             }
             .unwrap();
-            series.iter_mut().for_each(|s| s.at = s.at.to_offset(offset));
+            *series = series.iter().map(|s| Sample { at: s.at.to_offset(offset), ..s }).collect();
         }
         for view in [&v, &shifted] {
             let r = organ.abnormal_run(view, "sbp", 86_400.0).unwrap();

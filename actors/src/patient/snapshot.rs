@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::model::{Allergy, Demographics, Location, Medication, PatientId, PatientKey};
-use crate::ports::{ActiveMedication, CodedSample, NameMap, PatientView, Sample};
+use crate::ports::{ActiveMedication, CodedSample, NameMap, PatientView, Sample, Series};
 
 use super::state::PatientState;
 
@@ -182,7 +182,7 @@ impl PatientState {
         let through = time(record.through)?;
         let mut series = NameMap::with_capacity_and_hasher(record.series.len(), Default::default());
         for (name, samples) in record.series {
-            let samples: Result<VecDeque<Sample>, _> =
+            let samples: Result<Series, _> =
                 samples.into_iter().map(|(at, value)| Ok(Sample { at: time(at)?, value })).collect();
             series.insert(name, samples?);
         }

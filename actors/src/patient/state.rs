@@ -1,7 +1,7 @@
 //! A patient actor's state: identity, location, bounded windows of recent values and the
 //! alerts currently open per rule.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
@@ -13,7 +13,7 @@ use crate::model::{
 };
 use crate::ports::{
     ActiveMedication, AlertPolicy, CodedSample, MAX_MEDICATIONS, MEDICATION_MEMORY, OpenAlertRef, PatientView,
-    RuleOutcome, RuleVerdict, Sample,
+    RuleOutcome, RuleVerdict, Sample, Series,
 };
 
 /// Why an action on an alert was refused.
@@ -623,7 +623,9 @@ fn apply_observation(view: &mut PatientView, o: &Observation) {
                     series.remove(pos - 1);
                     series.insert(pos - 1, CodedSample { at: o.observed_at, text: text.clone() });
                 } else {
-                    reserve_one(series);
+                    if let Some(room) = growth(series.len(), series.capacity()) {
+                        series.reserve_exact(room);
+                    }
                     series.insert(pos, CodedSample { at: o.observed_at, text: text.clone() });
                 }
                 while series.len() > WINDOW_MAX_SAMPLES {
@@ -706,46 +708,57 @@ fn age_years(birth_date: &str, now: OffsetDateTime) -> Option<i64> {
     (0..=150).contains(&age).then_some(age)
 }
 
-/// Make room for one more sample, growing by an eighth (at least [`WINDOW_MIN_GROWTH`], never
-/// past [`WINDOW_MAX_SAMPLES`] + 1) instead of doubling: a day of minute samples (1,440) held
-/// 2,048 slots when the window doubled, 30 % of it empty in every series of every patient.
-/// Each sample is copied about eight times over a series' growth (24 bytes each, once per
-/// growth step), which the rules' microseconds dwarf.
-fn reserve_one<T>(series: &mut VecDeque<T>) {
-    if series.len() < series.capacity() {
-        return;
+/// The room to add before one more sample fits, growing by an eighth (at least
+/// [`WINDOW_MIN_GROWTH`], never past [`WINDOW_MAX_SAMPLES`] + 1) instead of doubling: a day of
+/// minute samples (1,440) held 2,048 slots when the window doubled, 30 % of it empty in every
+/// series of every patient. Each sample is copied about eight times over a series' growth
+/// (8 bytes each in a [`Series`], once per growth step), which the rules' microseconds dwarf.
+/// `None` while there is room.
+fn growth(len: usize, capacity: usize) -> Option<usize> {
+    if len < capacity {
+        return None;
     }
-    let room = (series.len() / 8).max(WINDOW_MIN_GROWTH);
-    let room = room.min((WINDOW_MAX_SAMPLES + 1).saturating_sub(series.len())).max(1);
-    series.reserve_exact(room);
+    let room = (len / 8).max(WINDOW_MIN_GROWTH);
+    Some(room.min((WINDOW_MAX_SAMPLES + 1).saturating_sub(len)).max(1))
 }
 
 /// The fewest slots a window grows by (the first allocation of a series).
 const WINDOW_MIN_GROWTH: usize = 4;
 
 /// Insert keeping time order (monitors resend and interfaces reorder), then trim the window.
-fn insert_ordered(series: &mut VecDeque<Sample>, sample: Sample) {
-    let pos = series.iter().rposition(|s| s.at <= sample.at).map_or(0, |p| p + 1);
-    if pos > 0 && series.get(pos - 1).is_some_and(|s| s.at == sample.at) {
+/// Times are compared as instants in nanoseconds ([`crate::ports::Reading::unix_nanos`]):
+/// the same comparisons as on `OffsetDateTime`s, without building each sample's date.
+fn insert_ordered(series: &mut Series, sample: Sample) {
+    let at = sample.at.unix_timestamp_nanos();
+    let max_age = WINDOW_MAX_AGE.whole_nanoseconds();
+    // What the window drops once the sample is in, it drops first (the same samples: the
+    // oldest, more than `WINDOW_MAX_AGE` before a sample that will be in the window), so a
+    // series that must rebase for the sample re-encodes only what stays.
+    while series.oldest().is_some_and(|f| at - f.unix_nanos() > max_age) {
+        series.drop_oldest();
+    }
+    let pos = series.count_at_or_before(sample.at);
+    if pos > 0 && series.readings(pos - 1..).next().is_some_and(|s| s.unix_nanos() == at) {
         // The same measurement sent again replaces the old one instead of doubling it.
-        if let Some(slot) = series.get_mut(pos - 1) {
-            *slot = sample;
-        }
+        series.replace(pos - 1, sample);
     } else {
-        reserve_one(series);
+        if let Some(room) = growth(series.len(), series.capacity()) {
+            series.reserve_exact(room);
+        }
         series.insert(pos, sample);
     }
-    let newest = series.back().map(|s| s.at);
+    let newest = series.newest().map(|s| s.unix_nanos());
     while series.len() > WINDOW_MAX_SAMPLES
-        || newest.zip(series.front()).is_some_and(|(n, f)| n - f.at > WINDOW_MAX_AGE)
+        || newest.zip(series.oldest()).is_some_and(|(n, f)| n - f.unix_nanos() > max_age)
     {
-        series.pop_front();
+        series.drop_oldest();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
     use time::macros::datetime;
 
     #[test]
@@ -1039,7 +1052,7 @@ mod tests {
 
     #[test]
     fn window_stays_ordered_bounded_and_deduplicated() {
-        let mut s = VecDeque::new();
+        let mut s = Series::new();
         let t0 = datetime!(2026-01-01 00:00 UTC);
         insert_ordered(&mut s, Sample { at: t0 + Duration::minutes(2), value: 2.0 });
         insert_ordered(&mut s, Sample { at: t0, value: 0.0 });
@@ -1189,8 +1202,7 @@ mod tests {
     fn state_bytes(state: &PatientState) -> usize {
         let text = |s: &String| s.capacity();
         let view = &state.view;
-        let series: usize =
-            view.series.iter().map(|(name, s)| text(name) + s.capacity() * std::mem::size_of::<Sample>()).sum();
+        let series: usize = view.series.iter().map(|(name, s)| text(name) + s.allocated_bytes()).sum();
         let coded: usize = view
             .coded
             .iter()
@@ -1200,7 +1212,7 @@ mod tests {
                     + s.iter().map(|c| text(&c.text)).sum::<usize>()
             })
             .sum();
-        let entry = std::mem::size_of::<(String, VecDeque<Sample>)>();
+        let entry = std::mem::size_of::<(String, Series)>();
         let identity = text(&state.id.0)
             + state.key.as_ref().map_or(0, |k| text(&k.authority) + text(k.mrn.expose()))
             + text(state.demographics.name.expose())
@@ -1253,10 +1265,11 @@ mod tests {
     const SIX_VITALS: [(&str, f64); 6] =
         [("hr", 80.0), ("rr", 16.0), ("spo2", 97.0), ("sbp", 120.0), ("temp", 37.0), ("dbp", 70.0)];
 
-    /// Issue 14: a monitored patient with 24 h of minute vitals (6 parameters, 8,640 samples).
-    /// The samples themselves are 8,640 x 24 bytes (207 KB, the floor with this `Sample`);
-    /// a window that doubled held 2,048 slots for 1,440 samples in each series (295 KB). Run
-    /// with `--nocapture` for the figures (docs/BENCHMARKS.md, "memory per patient").
+    /// Issue 14: a monitored patient with 24 h of minute vitals (6 parameters, 8,640 samples)
+    /// costs at most 100 KB. The samples themselves are 8,640 x 8 bytes in a [`Series`] (69 KB,
+    /// the floor; 207 KB as 24-byte `Sample`s in a `VecDeque`, 230 KB with the window's room);
+    /// a window that doubled held 2,048 slots for 1,440 samples in each series. Run with
+    /// `--nocapture` for the figures (docs/BENCHMARKS.md, "memory per patient").
     #[test]
     fn a_day_of_minute_vitals_holds_at_most_an_eighth_of_its_window_empty() {
         let t0 = datetime!(2026-01-01 00:00 UTC);
@@ -1267,34 +1280,102 @@ mod tests {
         for minute in 1..(24 * 60) {
             state.apply(&vitals(t0 + Duration::minutes(minute), &SIX_VITALS));
         }
-        let samples: usize = state.view.series.values().map(VecDeque::len).sum();
+        let samples: usize = state.view.series.values().map(Series::len).sum();
         assert_eq!(samples, 8_640);
-        let slots: usize = state.view.series.values().map(VecDeque::capacity).sum();
+        assert_eq!(state.view.series.values().map(Series::spilled).sum::<usize>(), 0, "every sample is compact");
+        let slots: usize = state.view.series.values().map(Series::capacity).sum();
         assert!(slots <= samples + samples / 8 + 6 * WINDOW_MIN_GROWTH, "{slots} slots for {samples} samples");
         let day = state_bytes(&state);
-        let floor = samples * std::mem::size_of::<Sample>();
+        let slot_bytes = state.view.series.values().map(Series::allocated_bytes).sum::<usize>() / slots;
+        let floor = samples * slot_bytes;
         assert!(day < floor + floor / 8 + 4096, "{day} bytes for a {floor}-byte floor");
+        assert!(day <= 100_000, "issue 14: {day} bytes for a day of minute vitals");
         // A day on, the window keeps 24 h: the same size, no growth.
         for minute in (24 * 60)..(48 * 60) {
             state.apply(&vitals(t0 + Duration::minutes(minute), &SIX_VITALS));
         }
-        assert_eq!(state.view.series.values().map(VecDeque::len).sum::<usize>(), 6 * (24 * 60 + 1));
-        assert!(state_bytes(&state) <= day + 6 * (24 * 60 / 8 + WINDOW_MIN_GROWTH) * std::mem::size_of::<Sample>());
+        assert_eq!(state.view.series.values().map(Series::len).sum::<usize>(), 6 * (24 * 60 + 1));
+        assert!(state_bytes(&state) <= day + 6 * (24 * 60 / 8 + WINDOW_MIN_GROWTH) * slot_bytes);
         eprintln!(
-            "size_of: PatientState {} PatientView {} Sample {}; one message (6 vitals): {after_one} bytes; \
-             24 h of minute vitals: {samples} samples in {slots} slots, {day} bytes ({floor} of samples); \
-             48 h on: {} bytes",
+            "size_of: PatientState {} PatientView {} Sample {} Series {}; {slot_bytes} bytes a sample; one message \
+             (6 vitals): {after_one} bytes; 24 h of minute vitals: {samples} samples in {slots} slots, {day} bytes \
+             ({floor} of samples); 48 h on: {} bytes",
             std::mem::size_of::<PatientState>(),
             std::mem::size_of::<PatientView>(),
             std::mem::size_of::<Sample>(),
+            std::mem::size_of::<Series>(),
             state_bytes(&state),
         );
+    }
+
+    /// The window as it was kept before [`Series`] (24-byte samples in a `VecDeque`): the
+    /// reference the compact window must match sample for sample.
+    fn reference_insert(series: &mut VecDeque<Sample>, sample: Sample) {
+        let pos = series.iter().rposition(|s| s.at <= sample.at).map_or(0, |p| p + 1);
+        if pos > 0 && series.get(pos - 1).is_some_and(|s| s.at == sample.at) {
+            if let Some(slot) = series.get_mut(pos - 1) {
+                *slot = sample;
+            }
+        } else {
+            series.insert(pos, sample);
+        }
+        let newest = series.back().map(|s| s.at);
+        while series.len() > WINDOW_MAX_SAMPLES
+            || newest.zip(series.front()).is_some_and(|(n, f)| n - f.at > WINDOW_MAX_AGE)
+        {
+            series.pop_front();
+        }
+    }
+
+    #[test]
+    fn the_compact_window_keeps_what_the_sample_window_kept() {
+        let t0 = datetime!(2026-03-29 00:00 +01:00);
+        let (mut compact, mut reference) = (Series::new(), VecDeque::new());
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut clock = t0;
+        for i in 0..6000 {
+            // Mostly a minute on; sometimes back (a resend or a late message), a gap of days,
+            // a sub-millisecond time, another offset, a value with no short decimal.
+            let step = match next(40) {
+                0 => -Duration::minutes(next(600) as i64),
+                1 => Duration::days(next(3) as i64 + 1),
+                2 => Duration::nanoseconds(next(1_000_000) as i64),
+                _ => Duration::minutes(1),
+            };
+            clock += step;
+            let at = match next(30) {
+                0 => clock.to_offset(time::UtcOffset::UTC),
+                1 => clock.to_offset(time::UtcOffset::from_hms(-4, 30, 0).unwrap()),
+                _ => clock,
+            };
+            let value = match next(20) {
+                0 => (f64::from(next(300) as u32) - 32.0) * 5.0 / 9.0,
+                1 => -0.0,
+                _ => f64::from(next(2000) as u32) / 10.0,
+            };
+            let sample = Sample { at, value };
+            insert_ordered(&mut compact, sample);
+            reference_insert(&mut reference, sample);
+            assert_eq!(compact.len(), reference.len(), "insert {i}");
+            let same = compact
+                .iter()
+                .zip(&reference)
+                .all(|(a, b)| a.at == b.at && a.at.offset() == b.at.offset() && a.value.to_bits() == b.value.to_bits());
+            assert!(same, "insert {i}: the windows differ");
+            assert!(compact.spilled() <= 2 * compact.len() + 1);
+        }
     }
 
     #[test]
     fn a_window_never_grows_past_its_bound() {
         let t0 = datetime!(2026-01-01 00:00 UTC);
-        let mut s = VecDeque::new();
+        let mut s = Series::new();
         for i in 0..(3 * WINDOW_MAX_SAMPLES) {
             insert_ordered(&mut s, Sample { at: t0 + Duration::seconds(i as i64), value: 0.0 });
             assert!(s.capacity() <= WINDOW_MAX_SAMPLES + 1 + WINDOW_MIN_GROWTH, "capacity {}", s.capacity());

@@ -239,13 +239,13 @@ mod tests {
     use std::collections::VecDeque;
     use time::OffsetDateTime;
     use vigil_actors::{Details, Severity};
-    use vigil_actors::{NameMap, Sample};
+    use vigil_actors::{NameMap, Sample, Series};
 
     fn view(values: &[(&str, f64)]) -> Arc<PatientView> {
         let now = OffsetDateTime::now_utc();
         let mut series = NameMap::default();
         for (name, value) in values {
-            series.insert(name.to_string(), VecDeque::from([Sample { at: now, value: *value }]));
+            series.insert(name.to_string(), Series::from_iter([Sample { at: now, value: *value }]));
         }
         Arc::new(PatientView { now: Some(now), series, ..PatientView::default() })
     }
@@ -318,7 +318,7 @@ mod tests {
         let mut series = NameMap::default();
         let samples =
             (0..5).map(|i| Sample { at: now - time::Duration::minutes(30 * (4 - i)), value: 100.0 + 10.0 * i as f64 });
-        series.insert("sbp".to_string(), samples.collect::<VecDeque<_>>());
+        series.insert("sbp".to_string(), samples.collect::<Series>());
         let mut coded = NameMap::default();
         coded.insert(
             "consciousness".to_string(),

@@ -222,7 +222,7 @@ pub fn load_rule(engine: &Engine, path: &Path, source: &str) -> Result<LoadedRul
 /// and runaway loops at load time instead of on a patient.
 fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
     use std::collections::VecDeque;
-    use vigil_actors::{ActiveMedication, Allergy, CodedSample, Medication, Sample};
+    use vigil_actors::{ActiveMedication, Allergy, CodedSample, Medication, Sample, Series};
     let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
     let empty = PatientView { now: Some(now), ..PatientView::default() };
     let mut full = empty.clone();
@@ -254,7 +254,7 @@ fn lint_views() -> Vec<(&'static str, Arc<PatientView>)> {
     ];
     for (name, value) in normal {
         let samples = (0..3).map(|i| Sample { at: now - time::Duration::minutes(i * 30), value }).rev();
-        full.series.insert(name.into(), samples.collect::<VecDeque<_>>());
+        full.series.insert(name.into(), samples.collect::<Series>());
     }
     full.coded.insert("consciousness".into(), VecDeque::from([CodedSample { at: now, text: "A".into() }]));
     full.age_years = Some(60);
