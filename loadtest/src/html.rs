@@ -277,6 +277,7 @@ pub fn render(r: &RunReport) -> String {
     }
     h.push_str("<h2>Latency (ms)</h2><table><tr><th></th><th>count</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
     h.push_str(&latency_row("ACK", &r.ack));
+    h.push_str(&latency_row("harness send lag (part of the ACK)", &r.send_lag));
     h.push_str(&latency_row("alert (console)", &r.alert));
     h.push_str(&latency_row("FHIR response", &r.fhir));
     if let Some(b) = &r.baseline {

@@ -91,6 +91,10 @@ pub struct Measured {
     pub errors: BTreeMap<String, u64>,
     /// ACK latency (µs) of messages intended within the measured window.
     pub ack: Histogram<u64>,
+    /// The harness's own lateness (µs): from a measured message's intended send time to when
+    /// its connection's sender woke to write it. Part of every ACK latency; a server cannot
+    /// be faster than this, and a large one says the harness (or the machine) fell behind.
+    pub send_lag: Histogram<u64>,
     /// Replies to messages intended within the measured window.
     pub measured_acked: u64,
     /// Seconds from the start of measuring to the last reply to a measured message (at least
@@ -248,6 +252,7 @@ struct ConnResult {
     by_code: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
     hist: Histogram<u64>,
+    send_lag: Histogram<u64>,
     timeline: Vec<Option<Histogram<u64>>>,
     replies_per_slot: Vec<u64>,
 }
@@ -255,6 +260,8 @@ struct ConnResult {
 /// A sent message as its reply's reader needs it.
 struct Sent {
     intended: Instant,
+    /// When the sender woke to write the batch it went in.
+    woke: Instant,
 }
 
 /// A histogram for latencies in µs.
@@ -394,6 +401,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         by_code: BTreeMap::new(),
         errors: BTreeMap::new(),
         ack: new_histogram(),
+        send_lag: new_histogram(),
         measured_acked: 0,
         measured_secs: scenario.load.duration_s,
         alert: new_histogram(),
@@ -418,6 +426,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         merge_counts(&mut m.by_code, r.by_code);
         merge_counts(&mut m.errors, r.errors);
         m.ack.add(&r.hist).context("merging histograms")?;
+        m.send_lag.add(&r.send_lag).context("merging histograms")?;
         for (slot, h) in r.timeline.into_iter().enumerate() {
             if let Some(h) = h {
                 m.timeline[slot].add(&h).context("merging histograms")?;
@@ -523,7 +532,7 @@ async fn write_loop(conn: u64, mut writer: OwnedWriteHalf, tx: mpsc::Sender<Sent
             }
             push_frame(&mut out, &msg);
             // The reader must know the intended time before the reply can arrive.
-            if tx.send(Sent { intended }).await.is_err() {
+            if tx.send(Sent { intended, woke: now }).await.is_err() {
                 // The reader has stopped: what it was handed it counts as lost.
                 return sent + batch;
             }
@@ -570,6 +579,7 @@ async fn read_loop(mut reader: OwnedReadHalf, mut rx: mpsc::Receiver<Sent>, plan
         by_code: BTreeMap::new(),
         errors: BTreeMap::new(),
         hist: new_histogram(),
+        send_lag: new_histogram(),
         timeline: (0..plan.slots).map(|_| None).collect(),
         replies_per_slot: vec![0; plan.slots],
     };
@@ -593,6 +603,7 @@ async fn read_loop(mut reader: OwnedReadHalf, mut rx: mpsc::Receiver<Sent>, plan
                 r.replies_per_slot[plan.slot_of(now)] += 1;
                 if sent.intended >= plan.measure_from && sent.intended < plan.measure_until {
                     r.hist.saturating_record(us);
+                    r.send_lag.saturating_record(micros(sent.woke.saturating_duration_since(sent.intended)));
                     r.measured_replies += 1;
                     r.last_measured_reply = Some(now);
                 }

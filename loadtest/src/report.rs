@@ -169,6 +169,9 @@ pub struct RunReport {
     pub throughput: f64,
     /// ACK latency from the intended send time, measured window.
     pub ack: Option<Latency>,
+    /// The harness's own lateness: intended send to its sender waking to write it (part of
+    /// every ACK latency).
+    pub send_lag: Option<Latency>,
     /// Alert latency: console receipt minus the intended send of the causing message.
     pub alert: Option<Latency>,
     /// Alerts the run was to cause, and alert frames the consoles received.
@@ -286,6 +289,7 @@ impl RunReport {
             error_total: m.errors.values().sum(),
             throughput,
             ack: Latency::of(&m.ack),
+            send_lag: Latency::of(&m.send_lag),
             alert: Latency::of(&m.alert),
             alerts_expected: m.alerts_expected,
             alert_frames: m.alert_frames,
@@ -347,6 +351,7 @@ impl RunReport {
             }
         };
         row("ack ms", &self.ack);
+        row("lag ms", &self.send_lag);
         row("alert ms", &self.alert);
         row("fhir ms", &self.fhir);
         if let Some(b) = &self.baseline {
@@ -355,6 +360,9 @@ impl RunReport {
         if let Some(f) = &self.fsync_floor {
             row("fsync ms", &Some(f.fsync.clone()));
             let _ = writeln!(s, "(fsync: fdatasync after a {} B append in {}, before the run)", f.write_bytes, f.dir);
+        }
+        if self.send_lag.is_some() {
+            let _ = writeln!(s, "(lag: the harness's own, intended send to its sender waking; part of every ACK)");
         }
         if self.alerts_expected > 0 {
             let _ = writeln!(
@@ -471,7 +479,8 @@ impl Slo {
             "errors" | "throughput" | "echo.fraction" | "echo.throughput" | "alerts.missing" | "rss_mib" | "cpu_pct"
         ) || m.starts_with("errors.")
             || m.split_once('.').is_some_and(|(what, stat)| {
-                matches!(what, "ack" | "alert" | "fhir" | "echo" | "fsync") && Latency::default().value(stat).is_some()
+                matches!(what, "ack" | "alert" | "fhir" | "echo" | "fsync" | "send_lag")
+                    && Latency::default().value(stat).is_some()
             })
     }
 
@@ -496,6 +505,7 @@ impl Slo {
                     "fhir" => r.fhir.as_ref(),
                     "echo" => r.baseline.as_ref().and_then(|b| b.ack.as_ref()),
                     "fsync" => r.fsync_floor.as_ref().map(|f| &f.fsync),
+                    "send_lag" => r.send_lag.as_ref(),
                     _ => None,
                 }?;
                 latency.value(stat)
@@ -551,6 +561,9 @@ pub(crate) mod tests {
         }
         let mut alert = new_histogram();
         alert.record(15_000).unwrap();
+        let mut send_lag = new_histogram();
+        send_lag.record(300).unwrap();
+        send_lag.record(2_000).unwrap();
         let mut timeline: Vec<Histogram<u64>> = (0..5).map(|_| new_histogram()).collect();
         timeline[1].record(2_000).unwrap();
         timeline[3].record(9_000).unwrap();
@@ -560,6 +573,7 @@ pub(crate) mod tests {
             by_code: [("AA".to_owned(), 298), ("AE".to_owned(), 1)].into(),
             errors: [("nak_AE".to_owned(), 1), ("closed".to_owned(), 1)].into(),
             ack,
+            send_lag,
             measured_acked: 200,
             measured_secs: 2.0,
             alert,
@@ -586,6 +600,7 @@ pub(crate) mod tests {
             by_code: m.by_code.clone(),
             errors: m.errors.clone(),
             ack: m.ack.clone(),
+            send_lag: m.send_lag.clone(),
             measured_acked: m.measured_acked,
             measured_secs: m.measured_secs,
             alert: m.alert.clone(),
@@ -616,6 +631,9 @@ pub(crate) mod tests {
         assert!((ack.p99_ms - 9.9).abs() < 0.01, "{}", ack.p99_ms);
         assert_eq!(ack.distribution.len(), DISTRIBUTION.len());
         assert!((r.alert.as_ref().unwrap().p99_ms - 15.0).abs() < 0.02);
+        let lag = r.send_lag.as_ref().unwrap();
+        assert_eq!(lag.count, 2);
+        assert!((lag.p50_ms - 0.3).abs() < 0.01 && (lag.max_ms - 2.0).abs() < 0.01, "{lag:?}");
         // The trailing empty step is cut; steps without latency keep their replies.
         assert_eq!(r.timeline.len(), 4);
         assert_eq!(r.timeline[0].p99_ms, None);
@@ -629,6 +647,8 @@ pub(crate) mod tests {
         assert!(table.contains("fraction of echo"), "{table}");
         assert!(table.contains("25.0%"), "{table}");
         assert!(table.contains("nak_AE"), "{table}");
+        assert!(table.contains("lag ms") && table.contains("the harness's own"), "{table}");
+        assert!(r.to_html().contains("harness send lag"));
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["baseline"]["fraction"], 0.25);
         assert_eq!(json["errors"]["closed"], 1);
@@ -660,6 +680,8 @@ pub(crate) mod tests {
             slo("echo.fraction>=25%")
         ]));
         assert!(r.check(&[slo("ack.p50<5010us"), slo("ack.max<=0.02s"), slo("errors.nak_AE==1"), slo("rss_mib<=120")]));
+        assert!(r.check(&[slo("send_lag.p99<=2.1ms")]));
+        assert!(!r.check(&[slo("send_lag.max<1ms")]));
         assert!(!r.check(&[slo("errors==0")]));
         assert_eq!(r.slo[0].measured, Some(2.0));
         assert!(!r.check(&[slo("ack.p99<=9ms")]));

@@ -75,6 +75,8 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
     assert!(stage("store_write") > 0, "{:?}", report.stages);
     assert!(report.messages_per_store_write().is_some(), "{:?}", report.stages);
     assert!(report.server.as_ref().is_some_and(|s| s.peak_rss_mib > 0.0));
+    // The harness's own lateness, part of every ACK latency, measured per measured message.
+    assert_eq!(report.send_lag.as_ref().map(|l| l.count), Some(measured), "{}", report.to_table());
     // The disk's flush floor, probed in the server's data directory before the run.
     let floor = report.fsync_floor.as_ref().expect("the disk's flush floor probed");
     assert_eq!(floor.fsync.count, vigil_loadtest::cli::FSYNC_PROBES as u64);
