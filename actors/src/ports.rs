@@ -295,15 +295,14 @@ impl PatientView {
     /// Latest value of `name` no older than `max_age` seconds before `now`.
     pub fn latest(&self, name: &str, max_age_secs: f64) -> Option<f64> {
         let newest = self.series.get(name)?.newest()?;
-        // `fresh` on the reading's instant key: the same seconds without building its date.
-        let age = self.now.map_or(0.0, |now| seconds_between(now.unix_timestamp_nanos(), newest.unix_nanos()));
-        (age <= max_age_secs).then_some(newest.value)
+        // On the reading's instant key: no date built for it.
+        self.fresh(newest.unix_nanos(), max_age_secs).then_some(newest.value)
     }
 
     /// Latest coded value of `name` no older than `max_age` seconds before `now`.
     pub fn latest_coded(&self, name: &str, max_age_secs: f64) -> Option<&str> {
         let sample = self.coded.get(name)?.back()?;
-        self.fresh(sample.at, max_age_secs).then_some(sample.text.as_str())
+        self.fresh(sample.at.unix_timestamp_nanos(), max_age_secs).then_some(sample.text.as_str())
     }
 
     /// Samples of `name` within the last `secs` seconds before `now`, oldest first.
@@ -323,9 +322,12 @@ impl PatientView {
         series.readings(start..)
     }
 
-    fn fresh(&self, at: OffsetDateTime, max_age_secs: f64) -> bool {
-        let now = self.now.unwrap_or(at);
-        (now - at).as_seconds_f64() <= max_age_secs
+    /// Whether a value taken at `at_nanos` (nanoseconds since the Unix epoch) is no older than
+    /// `max_age_secs` at `now` (fresh when there is no `now`): one rule for numeric and coded
+    /// values. [`seconds_between`] gives the seconds `(now - at).as_seconds_f64()` would.
+    fn fresh(&self, at_nanos: i128, max_age_secs: f64) -> bool {
+        let age = self.now.map_or(0.0, |now| seconds_between(now.unix_timestamp_nanos(), at_nanos));
+        age <= max_age_secs
     }
 }
 
