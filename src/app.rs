@@ -27,7 +27,9 @@ use crate::ingest::Ingress;
 use crate::ingest::hl7::Hl7Feed;
 use crate::ingest::map::Mapper;
 use crate::rules::RhaiRules;
-use crate::store::{EmbeddedStore, EmbeddedStoreConfig, ScyllaStore, ScyllaStoreConfig};
+use crate::store::{EmbeddedStore, EmbeddedStoreConfig};
+#[cfg(feature = "scylla")]
+use crate::store::{ScyllaStore, ScyllaStoreConfig};
 use crate::vocab::Vocabulary;
 
 /// The key that signs console tokens, with the configured lifetime cap and audience.
@@ -106,6 +108,7 @@ const TASKS_DEADLINE: Duration = Duration::from_secs(5);
 /// The adapter in use; dropping it flushes.
 enum Store {
     Embedded(EmbeddedStore),
+    #[cfg(feature = "scylla")]
     Scylla(ScyllaStore, fjall::Database),
 }
 
@@ -113,6 +116,7 @@ impl Store {
     fn ports(&self) -> (Arc<dyn EventStore>, Arc<dyn AlertStore>, Arc<dyn MessageLog>) {
         match self {
             Store::Embedded(s) => (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone())),
+            #[cfg(feature = "scylla")]
             Store::Scylla(s, _) => (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s.clone())),
         }
     }
@@ -121,6 +125,7 @@ impl Store {
     fn devices(&self) -> Arc<dyn vigil_actors::device::DeviceStore> {
         match self {
             Store::Embedded(s) => Arc::new(s.clone()),
+            #[cfg(feature = "scylla")]
             Store::Scylla(s, _) => Arc::new(s.clone()),
         }
     }
@@ -129,6 +134,7 @@ impl Store {
     fn console(&self) -> Arc<dyn crate::console::ConsoleStore> {
         match self {
             Store::Embedded(s) => Arc::new(s.clone()),
+            #[cfg(feature = "scylla")]
             Store::Scylla(s, _) => Arc::new(s.clone()),
         }
     }
@@ -138,6 +144,7 @@ impl Store {
     fn local(&self) -> fjall::Database {
         match self {
             Store::Embedded(s) => s.database(),
+            #[cfg(feature = "scylla")]
             Store::Scylla(_, db) => db.clone(),
         }
     }
@@ -258,6 +265,12 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
             )
             .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?,
         ),
+        #[cfg(not(feature = "scylla"))]
+        Backend::Scylla => anyhow::bail!(
+            "store.backend is `scylla`, but this vigil was built without ScyllaDB support: \
+             build it with `cargo build --release --features scylla` (deploy/Dockerfile does)"
+        ),
+        #[cfg(feature = "scylla")]
         Backend::Scylla => {
             let local = fjall::Database::builder(config.data_dir.join("local"))
                 .open()
@@ -487,6 +500,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
             let s = s.clone();
             Some(Arc::new(move || s.write_failure()))
         }
+        #[cfg(feature = "scylla")]
         Store::Scylla(..) => None,
     };
     tasks.spawn(crate::store::health::probe(probed_log, writable, store_up, Arc::clone(&ready), intake.clone()));
@@ -629,6 +643,7 @@ impl Running {
                 tokio::task::spawn_blocking(move || drop(store)).await.ok();
             }
             // Everything queued is acknowledged by the cluster before this returns.
+            #[cfg(feature = "scylla")]
             Store::Scylla(store, local) => {
                 store.close().await;
                 if let Err(e) = local.persist(fjall::PersistMode::SyncAll) {

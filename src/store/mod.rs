@@ -10,9 +10,11 @@ mod dictionary;
 pub mod embedded;
 pub mod health;
 pub mod recover;
+#[cfg(feature = "scylla")]
 pub mod scylla;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
+#[cfg(feature = "scylla")]
 pub use scylla::{ScyllaStore, ScyllaStoreConfig};
 
 use serde::{Deserialize, Serialize};
