@@ -135,6 +135,78 @@ impl Running {
     }
 }
 
+impl Running {
+    /// One message: the body of [`PatientActor`]'s `handle`, boxed there.
+    async fn handle(&mut self, myself: ActorRef<PatientMsg>, msg: PatientMsg) {
+        if matches!(msg, PatientMsg::Ingest { .. } | PatientMsg::Act { .. }) {
+            self.last_active = self.ports.clock.now();
+        }
+        match msg {
+            PatientMsg::Ingest { message, events, reply } => {
+                // Rules run first (microseconds), so the events and the alert changes they
+                // cause are committed together: the ACK, which waits on this ticket, then means
+                // both are durable. If queuing fails the sender is told to resend; the state
+                // already holds the values, and re-applying the same samples replaces them.
+                let mut changes = Vec::new();
+                for event in &events {
+                    changes.extend(self.on_event(event).await);
+                }
+                let queued = match self.ports.events.append_all(message.as_ref(), &events, &changes).await {
+                    Ok(ticket) => Ok(self.snapshot_after(events.len(), ticket)),
+                    Err(error) => {
+                        tracing::error!(patient = %self.state.id, %error, "message and its alert changes not queued");
+                        self.unlogged = true;
+                        Err(error)
+                    }
+                };
+                self.publish_census();
+                // The sender may have hung up; its message is durable anyway.
+                let _ = reply.send(queued);
+            }
+            PatientMsg::Act { alert_id, action, reply } => {
+                let now = self.ports.clock.now();
+                let result = match self.state.act(&alert_id, action, now) {
+                    Ok((alert, notify)) => match self.ports.alerts.upsert_alert(&alert, notify).await {
+                        Ok(ticket) => Ok((alert, ticket)),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(refused) => Err(refused.into()),
+                };
+                let _ = reply.send(result);
+            }
+            PatientMsg::Passivate { idle_for, reply } => {
+                let now = self.ports.clock.now();
+                let idle = now - self.last_active >= idle_for && self.state.can_passivate(now);
+                let _ = reply.send(idle);
+                if idle {
+                    // Everything it holds is in the store: its next event rebuilds it. Draining
+                    // finishes what is queued already; later sends are refused with the message,
+                    // which the router hands to a successor.
+                    let _ = myself.drain();
+                }
+            }
+            PatientMsg::Summary { reply } => {
+                let now = self.ports.clock.now();
+                let mut summary = self.state.summary(now);
+                let view = self.state.view_now(now);
+                for outcome in self.ports.rules.evaluate_all(&view) {
+                    let details = match outcome.verdict {
+                        RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details,
+                        RuleVerdict::NotApplicable { reason } => {
+                            Details::from_value(&serde_json::json!({ "applies": false, "reason": reason }))
+                        }
+                        RuleVerdict::Quiet => continue,
+                    };
+                    if !details.is_null() {
+                        summary.scores.insert(outcome.rule_id, details);
+                    }
+                }
+                let _ = reply.send(summary);
+            }
+        }
+    }
+}
+
 /// The rule whose score the unit board shows.
 const NEWS2_RULE: &str = "news2";
 
@@ -217,72 +289,11 @@ impl Actor for PatientActor {
         msg: PatientMsg,
         run: &mut Running,
     ) -> Result<(), ActorProcessingErr> {
-        if matches!(msg, PatientMsg::Ingest { .. } | PatientMsg::Act { .. }) {
-            run.last_active = run.ports.clock.now();
-        }
-        match msg {
-            PatientMsg::Ingest { message, events, reply } => {
-                // Rules run first (microseconds), so the events and the alert changes they
-                // cause are committed together: the ACK, which waits on this ticket, then means
-                // both are durable. If queuing fails the sender is told to resend; the state
-                // already holds the values, and re-applying the same samples replaces them.
-                let mut changes = Vec::new();
-                for event in &events {
-                    changes.extend(run.on_event(event).await);
-                }
-                let queued = match run.ports.events.append_all(message.as_ref(), &events, &changes).await {
-                    Ok(ticket) => Ok(run.snapshot_after(events.len(), ticket)),
-                    Err(error) => {
-                        tracing::error!(patient = %run.state.id, %error, "message and its alert changes not queued");
-                        run.unlogged = true;
-                        Err(error)
-                    }
-                };
-                run.publish_census();
-                // The sender may have hung up; its message is durable anyway.
-                let _ = reply.send(queued);
-            }
-            PatientMsg::Act { alert_id, action, reply } => {
-                let now = run.ports.clock.now();
-                let result = match run.state.act(&alert_id, action, now) {
-                    Ok((alert, notify)) => match run.ports.alerts.upsert_alert(&alert, notify).await {
-                        Ok(ticket) => Ok((alert, ticket)),
-                        Err(e) => Err(e.into()),
-                    },
-                    Err(refused) => Err(refused.into()),
-                };
-                let _ = reply.send(result);
-            }
-            PatientMsg::Passivate { idle_for, reply } => {
-                let now = run.ports.clock.now();
-                let idle = now - run.last_active >= idle_for && run.state.can_passivate(now);
-                let _ = reply.send(idle);
-                if idle {
-                    // Everything it holds is in the store: its next event rebuilds it. Draining
-                    // finishes what is queued already; later sends are refused with the message,
-                    // which the router hands to a successor.
-                    let _ = myself.drain();
-                }
-            }
-            PatientMsg::Summary { reply } => {
-                let now = run.ports.clock.now();
-                let mut summary = run.state.summary(now);
-                let view = run.state.view_now(now);
-                for outcome in run.ports.rules.evaluate_all(&view) {
-                    let details = match outcome.verdict {
-                        RuleVerdict::Fire { details, .. } | RuleVerdict::Resolve { details, .. } => details,
-                        RuleVerdict::NotApplicable { reason } => {
-                            Details::from_value(&serde_json::json!({ "applies": false, "reason": reason }))
-                        }
-                        RuleVerdict::Quiet => continue,
-                    };
-                    if !details.is_null() {
-                        summary.scores.insert(outcome.rule_id, details);
-                    }
-                }
-                let _ = reply.send(summary);
-            }
-        }
+        // ractor boxes each actor's message loop once and keeps it for the actor's life, sized
+        // for the largest message future it may hold: inline, this one (about 1.5 KB, counted
+        // twice by the loop) made every idle patient carry about 3.5 KB of future. Boxed per
+        // message, an idle patient carries a pointer (docs/BENCHMARKS.md, memory).
+        Box::pin(run.handle(myself, msg)).await;
         Ok(())
     }
 }
