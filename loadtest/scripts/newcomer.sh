@@ -13,7 +13,8 @@ export CARGO_HOME="$W/cargo"
 mkdir -p "$CARGO_HOME"
 CARGO=$(command -v cargo)
 start=$(date +%s.%N)
-("$CARGO" run --release -- demo > "$W/demo.log" 2>&1) &
+"$CARGO" run --release -- demo > "$W/demo.log" 2>&1 &
+CARGO_PID=$!
 until curl -sf -o /dev/null http://127.0.0.1:8080/; do
   sleep 1
   jobs -r | grep -q . || { echo "the demo exited:"; tail -20 "$W/demo.log"; rm -rf "$W"; exit 1; }
@@ -22,6 +23,7 @@ end=$(date +%s.%N)
 echo "rev $(git rev-parse --short HEAD): the console answered after $(python3 -c "print(round($end - $start, 1))") s"
 echo "crates downloaded: $(grep -c 'Downloaded ' "$W/demo.log")"
 grep -E 'Finished' "$W/demo.log"
-pkill -TERM -f "$W/vigil/target/release/vigil demo"
-sleep 3
+# `cargo run` replaces itself with the demo (exec): this pid is the demo now.
+kill -TERM "$CARGO_PID"
+wait "$CARGO_PID" 2>/dev/null
 rm -rf "$W"
