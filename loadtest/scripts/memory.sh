@@ -35,7 +35,7 @@ IDLE=$(rss)
 echo "### $LABEL: $PATIENTS patients, $RATE msg/s for $DURATION s, pid $PID, $(uptime | sed 's/.*load/load/')"
 echo "rss_idle_mib $IDLE"
 nice -n 19 ionice -c3 "$LT" rate --mllp 127.0.0.1:$MLLP_PORT --rate "$RATE" --duration "$DURATION" \
-  --connections 8 --patients "$PATIENTS" 2>&1 | grep -E "^\|" | head -8
+  --connections 8 --patients "$PATIENTS" 2>&1 | grep -E "^\|"   # totals, latency, ACK codes, errors by kind
 sleep 5
 LOADED=$(rss); LIVE=$(actors)
 echo "rss_loaded_mib $LOADED"

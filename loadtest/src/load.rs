@@ -559,7 +559,8 @@ async fn write_loop(conn: u64, mut writer: OwnedWriteHalf, tx: mpsc::Sender<Sent
     sent
 }
 
-fn error_kind(e: &MllpClientError) -> &'static str {
+/// A failure's name in reports (`run` and `rate`).
+pub(crate) fn error_kind(e: &MllpClientError) -> &'static str {
     match e {
         MllpClientError::Io(_) => "io",
         MllpClientError::Timeout(_) => "ack_timeout",

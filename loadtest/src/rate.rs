@@ -55,6 +55,10 @@ pub struct Report {
     pub acked: u64,
     /// Messages that got no reply (connection lost, reply timeout).
     pub errors: u64,
+    /// [`Report::errors`] by kind: the failure that ended a connection under its own name
+    /// (`ack_timeout`, `closed`, `io`, ...), the messages it left unanswered as
+    /// `unanswered_after_<kind>`.
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// Reply count per MSA-1 code; `?` for replies without one.
     pub by_code: BTreeMap<String, u64>,
     /// Median ACK latency.
@@ -96,6 +100,12 @@ impl Report {
         for (code, n) in &self.by_code {
             let _ = writeln!(s, "| {code} | {n} |");
         }
+        if !self.errors_by_kind.is_empty() {
+            let _ = writeln!(s, "\n| error | count |\n| --- | ---: |");
+            for (kind, n) in &self.errors_by_kind {
+                let _ = writeln!(s, "| {kind} | {n} |");
+            }
+        }
         let _ = writeln!(
             s,
             "\nLatency is measured from each message's scheduled send time (open loop), \
@@ -133,6 +143,7 @@ struct ConnResult {
     sent: u64,
     replies: u64,
     errors: u64,
+    errors_by_kind: BTreeMap<String, u64>,
     by_code: BTreeMap<String, u64>,
     hist: Histogram<u64>,
     last_reply: Option<Instant>,
@@ -178,6 +189,7 @@ pub async fn run_rate(cfg: RateConfig) -> anyhow::Result<Report> {
         sent: 0,
         acked: 0,
         errors: 0,
+        errors_by_kind: BTreeMap::new(),
         by_code: BTreeMap::new(),
         p50_us: 0,
         p90_us: 0,
@@ -192,6 +204,9 @@ pub async fn run_rate(cfg: RateConfig) -> anyhow::Result<Report> {
         report.sent += r.sent;
         report.acked += r.replies;
         report.errors += r.errors;
+        for (kind, n) in r.errors_by_kind {
+            *report.errors_by_kind.entry(kind).or_default() += n;
+        }
         for (code, n) in r.by_code {
             *report.by_code.entry(code).or_default() += n;
         }
@@ -297,6 +312,7 @@ async fn read_loop(
         sent: 0,
         replies: 0,
         errors: 0,
+        errors_by_kind: BTreeMap::new(),
         by_code: BTreeMap::new(),
         hist: new_histogram()?,
         last_reply: None,
@@ -315,10 +331,17 @@ async fn read_loop(
             Err(e) => {
                 tracing::warn!(conn, error = %e, "reply read failed; connection abandoned");
                 // Everything still scheduled on this connection will never be answered.
+                let kind = crate::load::error_kind(&e);
                 r.errors += 1;
+                *r.errors_by_kind.entry(kind.to_owned()).or_default() += 1;
                 rx.close();
+                let mut unanswered = 0;
                 while rx.recv().await.is_some() {
-                    r.errors += 1;
+                    unanswered += 1;
+                }
+                if unanswered > 0 {
+                    r.errors += unanswered;
+                    r.errors_by_kind.insert(format!("unanswered_after_{kind}"), unanswered);
                 }
                 break;
             }
@@ -357,6 +380,7 @@ mod tests {
         assert_eq!(report.sent, 600, "{report:?}");
         assert_eq!(report.acked, 600);
         assert_eq!(report.errors, 0);
+        assert!(report.errors_by_kind.is_empty());
         assert_eq!(report.by_code.get("AA"), Some(&600));
         assert!(report.p50_us > 0);
         assert!(report.p50_us <= report.p90_us && report.p90_us <= report.p99_us);
@@ -385,6 +409,12 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(20), run_rate(cfg)).await.expect("load test hung").unwrap();
         assert_eq!(report.acked, 5, "{report:?}");
         assert!(report.errors >= 1, "{report:?}");
+        // The server hung up (a FIN, or a reset if it left our writes unread): the one
+        // connection's end is named, and every error has a kind.
+        let ends: Vec<_> = report.errors_by_kind.iter().filter(|(k, _)| !k.starts_with("unanswered_after_")).collect();
+        assert!(matches!(ends[..], [(kind, 1)] if kind == "closed" || kind == "io"), "{report:?}");
+        assert_eq!(report.errors_by_kind.values().sum::<u64>(), report.errors, "{report:?}");
+        assert!(report.to_markdown().contains(&format!("| {} | 1 |", ends[0].0)));
     }
 
     #[tokio::test]
