@@ -268,7 +268,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
         #[cfg(not(feature = "scylla"))]
         Backend::Scylla => anyhow::bail!(
             "store.backend is `scylla`, but this vigil was built without ScyllaDB support: \
-             build it with `cargo build --release --features scylla` (deploy/Dockerfile does)"
+             build it with `cargo build --profile dist --features scylla` (deploy/Dockerfile does)"
         ),
         #[cfg(feature = "scylla")]
         Backend::Scylla => {

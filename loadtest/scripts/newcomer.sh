@@ -8,7 +8,7 @@ set -u
 REPO=$(git rev-parse --show-toplevel)
 REV=${1:-HEAD}
 W=$(mktemp -d /tmp/newcomer.XXXX)
-git clone -q "$REPO" "$W/vigil" && cd "$W/vigil" && git checkout -q "$REV" || exit 1
+git clone -q "$REPO" "$W/vigil" && cd "$W/vigil" && git checkout -q "$REV" || { rm -rf "$W"; exit 1; }
 export CARGO_HOME="$W/cargo"
 mkdir -p "$CARGO_HOME"
 CARGO=$(command -v cargo)

@@ -133,9 +133,7 @@ impl Running {
         });
         self.ports.census.set(&state.id, bed);
     }
-}
 
-impl Running {
     /// One message: the body of [`PatientActor`]'s `handle`, boxed there.
     async fn handle(&mut self, myself: ActorRef<PatientMsg>, msg: PatientMsg) {
         if matches!(msg, PatientMsg::Ingest { .. } | PatientMsg::Act { .. }) {
