@@ -255,11 +255,18 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let keys = Arc::new(KeyRing::load_or_create(&config.store.keys_file)?);
     let hub = AlertHub::new(config.hub_capacity);
     let metrics = crate::http::metrics::Metrics::default();
+    // Messages taken in and not yet answered: what a commit waits for under load.
+    let expected = crate::store::commit::Expected::default();
     let store = match config.store.backend {
         Backend::Embedded => Store::Embedded(
             EmbeddedStore::open(
                 &config.data_dir,
-                EmbeddedStoreConfig { write_timer: metrics.store_write_timer(), ..EmbeddedStoreConfig::default() },
+                EmbeddedStoreConfig {
+                    write_timer: metrics.store_write_timer(),
+                    commit_interval: config.store.commit_interval,
+                    expected: expected.clone(),
+                    ..EmbeddedStoreConfig::default()
+                },
                 keys,
                 Arc::new(hub.clone()),
             )
@@ -328,6 +335,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let ingress = Arc::new(
         Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits)
             .with_stages(stages)
+            .with_expected(expected)
             .with_store_gate(crate::store::health::StoreGate::new(store_up_rx, config.store.unavailable_ack_delay)),
     );
     let fhir = Arc::new(

@@ -435,6 +435,10 @@ pub struct StoreFileConfig {
     /// While the store is unreachable, how long a new message waits for it before it is
     /// answered AE (default 10 s; 0: AE at once). `/readyz` is 503 meanwhile.
     pub unavailable_ack_delay_secs: Option<u64>,
+    /// Embedded store, under load: how long after a commit began the next may wait for the
+    /// messages still on their way, so one fsync serves them all (default 1,000 µs; 0: never
+    /// wait; at most 100,000). A sender with one message in flight is never held by it.
+    pub commit_interval_us: Option<u64>,
     /// `[store.scylla]`
     #[serde(default)]
     pub scylla: ScyllaFileConfig,
@@ -645,6 +649,9 @@ impl Default for Retention {
 /// Six years, in days (leap days included).
 pub const MIN_AUDIT_DAYS: u32 = 2192;
 
+/// Longest `store.commit_interval_us`: past it the wait would show in every ACK under load.
+pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// ScyllaDB connection settings.
 #[derive(Debug, Clone)]
 pub struct ScyllaSettings {
@@ -679,6 +686,8 @@ pub struct StoreSettings {
     pub scylla: ScyllaSettings,
     /// While the store is unreachable, how long a new message waits before AE.
     pub unavailable_ack_delay: Duration,
+    /// Embedded store: how long a commit may wait for messages on their way.
+    pub commit_interval: Duration,
 }
 
 impl StoreSettings {
@@ -764,6 +773,9 @@ impl Config {
                 audit_days: store_file.retention_audit_days.unwrap_or(MIN_AUDIT_DAYS),
             },
             unavailable_ack_delay: Duration::from_secs(store_file.unavailable_ack_delay_secs.unwrap_or(10)),
+            commit_interval: store_file
+                .commit_interval_us
+                .map_or(crate::store::commit::DEFAULT_COMMIT_INTERVAL, Duration::from_micros),
             scylla: ScyllaSettings {
                 nodes: env_string("VIGIL_SCYLLA_NODES")
                     .map(|v| v.split(',').map(|n| n.trim().to_string()).collect())
@@ -866,6 +878,9 @@ impl Config {
         }
         if self.mllp.min_frame_bytes_per_sec == 0 {
             bail!("mllp.min_frame_bytes_per_sec must be at least 1");
+        }
+        if self.store.commit_interval > MAX_COMMIT_INTERVAL {
+            bail!("store.commit_interval_us must be at most {} (a tenth of a second)", MAX_COMMIT_INTERVAL.as_micros());
         }
         if self.mllp.max_in_flight_per_connection == 0 {
             bail!("mllp.max_in_flight_per_connection must be at least 1");
@@ -1029,6 +1044,22 @@ mod tests {
         std::fs::write(&path, "[mllp]\nmax_frame_bytes = 10\n").unwrap();
         let err = format!("{:#}", Config::load(&args).unwrap_err());
         assert!(err.contains("mllp.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_commit_interval_defaults_to_a_millisecond_may_be_off_and_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("vigil.toml");
+        let args = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(Config::load(&args).unwrap().store.commit_interval, Duration::from_millis(1));
+        std::fs::write(&path, "[store]\ncommit_interval_us = 0\n").unwrap();
+        assert_eq!(Config::load(&args).unwrap().store.commit_interval, Duration::ZERO);
+        std::fs::write(&path, "[store]\ncommit_interval_us = 2500\n").unwrap();
+        assert_eq!(Config::load(&args).unwrap().store.commit_interval, Duration::from_micros(2500));
+        std::fs::write(&path, "[store]\ncommit_interval_us = 100001\n").unwrap();
+        let err = format!("{:#}", Config::load(&args).unwrap_err());
+        assert!(err.contains("store.commit_interval_us"), "{err}");
     }
 
     #[test]

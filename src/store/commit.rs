@@ -13,13 +13,21 @@
 //!    [`AlertPublisher`] (consoles, webhooks) — only after they are durable;
 //! 4. **completes** the tickets the senders' ACKs and the consoles' replies wait on.
 //!
+//! Under load a batch waits, up to [`PipelineConfig::commit_interval`] after the last one
+//! began, for the writes the ingress says are on their way ([`Expected`]): each fsync costs
+//! the kernel about as much CPU as a message's rules, and without the wait most batches carry
+//! one or two messages (docs/BENCHMARKS.md, "commit interval"). A batch never waits when
+//! everything in flight is already queued, so a sender with one message in flight is not
+//! slowed.
+//!
 //! A number handed to a change whose write failed is not reused (a gap in the alert log;
 //! readers never assume the sequence is contiguous), because a partial write may have left it
 //! somewhere.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
@@ -103,6 +111,38 @@ impl std::fmt::Debug for WriteTimer {
     }
 }
 
+/// Writes on their way to the pipeline: the ingress counts each message it has taken in and
+/// not yet answered. A batch waits for them (up to its interval) instead of leaving them to an
+/// fsync of their own. A pipeline that is told of none never waits.
+#[derive(Debug, Clone, Default)]
+pub struct Expected(Arc<AtomicUsize>);
+
+impl Expected {
+    /// One more write on its way, until the guard is dropped.
+    pub fn add(&self) -> ExpectedGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ExpectedGuard(Arc::clone(&self.0))
+    }
+
+    /// Writes on their way now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One write counted by [`Expected`]; dropping it uncounts it.
+#[derive(Debug)]
+pub struct ExpectedGuard(Arc<AtomicUsize>);
+
+impl Drop for ExpectedGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The commit interval Vigil runs with unless configured (`[store] commit_interval_us`).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Tuning of the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineConfig {
@@ -111,11 +151,14 @@ pub struct PipelineConfig {
     /// Most alert states remembered for the idempotence check; beyond it the memory is
     /// cleared and states are read from the store again.
     pub max_remembered: usize,
+    /// How long after a batch began the next may wait for writes still on their way
+    /// ([`Expected`]); zero: it never waits.
+    pub commit_interval: Duration,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { max_batch: 4_096, max_remembered: 16_384 }
+        PipelineConfig { max_batch: 4_096, max_remembered: 16_384, commit_interval: Duration::ZERO }
     }
 }
 
@@ -132,6 +175,7 @@ pub struct Pipeline<B: Backend> {
     latest: HashMap<String, SequencedAlert>,
     config: PipelineConfig,
     write_timer: WriteTimer,
+    expected: Expected,
 }
 
 /// A job after staging.
@@ -159,7 +203,14 @@ impl<B: Backend> Pipeline<B> {
             latest: HashMap::new(),
             config,
             write_timer: WriteTimer::default(),
+            expected: Expected::default(),
         }
+    }
+
+    /// Wait for the writes `expected` counts (up to the commit interval).
+    pub fn with_expected(mut self, expected: Expected) -> Self {
+        self.expected = expected;
+        self
     }
 
     /// Time each batch's write into `timer`.
@@ -173,18 +224,33 @@ impl<B: Backend> Pipeline<B> {
         let max_batch = self.config.max_batch.max(1);
         let mut jobs = Vec::with_capacity(max_batch);
         let mut close = None;
+        let mut last_start: Option<Instant> = None;
         while let Some(first) = rx.recv().await {
+            // After a quiet spell the deadline has passed: the batch starts at once.
+            let deadline = last_start.map(|started| started + self.config.commit_interval);
             let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Close(reply) => close = Some(reply),
-                    job => jobs.push(job),
+            loop {
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Close(reply) => close = Some(reply),
+                        job => jobs.push(job),
+                    }
+                    if close.is_some() || jobs.len() >= max_batch {
+                        break;
+                    }
+                    next = rx.try_recv().ok();
                 }
-                if close.is_some() || jobs.len() >= max_batch {
-                    break;
+                let full = close.is_some() || jobs.len() >= max_batch;
+                // Everything in flight is here (a lone sender's next message waits on this
+                // batch's ACK): waiting would gain nothing.
+                let all_here = self.expected.get() <= jobs.len();
+                let (Some(deadline), false, false) = (deadline, full, all_here) else { break };
+                match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                    Ok(Some(job)) => next = Some(job),
+                    Ok(None) | Err(_) => break,
                 }
-                next = rx.try_recv().ok();
             }
+            last_start = Some(Instant::now());
             self.commit(&mut jobs).await;
             if close.is_some() {
                 break;
@@ -343,12 +409,14 @@ mod tests {
     use vigil_actors::fakes::CollectingPublisher;
     use vigil_actors::{Durable, Severity};
 
-    /// A backend in memory that fails the jobs it is told to.
+    /// A backend in memory that fails the jobs it is told to, and records how many jobs each
+    /// batch carried.
     #[derive(Default)]
     struct Flaky {
         stored: Arc<Mutex<HashMap<String, SequencedAlert>>>,
         fail_next_write: Arc<Mutex<bool>>,
         corrupt: Arc<Mutex<Vec<String>>>,
+        batches: Arc<Mutex<Vec<usize>>>,
     }
 
     #[async_trait]
@@ -363,6 +431,7 @@ mod tests {
         }
 
         async fn write(&mut self, batch: &[Staged<'_, ()>]) -> Vec<Result<(), StoreError>> {
+            self.batches.lock().unwrap().push(batch.len());
             if std::mem::take(&mut *self.fail_next_write.lock().unwrap()) {
                 return batch.iter().map(|_| Err(StoreError::Engine("write".into()))).collect();
             }
@@ -417,5 +486,74 @@ mod tests {
         tx.send(Job::Close(closed)).await.unwrap();
         wait.await.unwrap();
         task.await.unwrap();
+    }
+
+    /// A pipeline waiting up to `interval` for the writes `expected` counts.
+    fn waiting(interval: Duration, expected: &Expected) -> (mpsc::Sender<Job<()>>, Arc<Mutex<Vec<usize>>>) {
+        let backend = Flaky::default();
+        let batches = Arc::clone(&backend.batches);
+        let config = PipelineConfig { commit_interval: interval, ..PipelineConfig::default() };
+        let publisher = Arc::new(CollectingPublisher::default());
+        let pipeline =
+            Pipeline::new(backend, publisher, Arc::new(AtomicU64::new(0)), config).with_expected(expected.clone());
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(pipeline.run(rx));
+        (tx, batches)
+    }
+
+    /// Queue an alert change without waiting for it.
+    async fn queue(tx: &mpsc::Sender<Job<()>>, id: &str) -> Durable<u64> {
+        let (done, ticket): (_, Durable<u64>) = Durable::channel();
+        tx.send(Job::Alert { alert: Box::new(alert(id, Severity::High)), notify: true, done }).await.unwrap();
+        ticket
+    }
+
+    #[tokio::test]
+    async fn under_load_a_batch_waits_for_the_writes_on_their_way_so_one_write_serves_them() {
+        let expected = Expected::default();
+        // An interval no test outlasts: only the arrivals end the wait.
+        let (tx, batches) = waiting(Duration::from_secs(600), &expected);
+        let first = expected.add();
+        queue(&tx, "a").await.wait().await.unwrap();
+        drop(first);
+        // Two messages in flight; one reaches the pipeline now, the other later.
+        let (b, c) = (expected.add(), expected.add());
+        let b_done = queue(&tx, "b").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c_done = queue(&tx, "c").await;
+        b_done.wait().await.unwrap();
+        c_done.wait().await.unwrap();
+        drop((b, c));
+        assert_eq!(*batches.lock().unwrap(), vec![1, 2], "b waited for c: one write for both");
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_nothing_when_everything_in_flight_is_queued() {
+        let expected = Expected::default();
+        let (tx, batches) = waiting(Duration::from_secs(600), &expected);
+        // A lone sender: each message's ACK waits on its commit, so nothing else is coming.
+        for id in ["a", "b", "c"] {
+            let _in_flight = expected.add();
+            let ticket = queue(&tx, id).await;
+            tokio::time::timeout(Duration::from_secs(60), ticket.wait())
+                .await
+                .expect("committed without waiting out the interval")
+                .unwrap();
+        }
+        assert_eq!(*batches.lock().unwrap(), vec![1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_no_longer_than_the_interval_for_writes_that_do_not_come() {
+        let expected = Expected::default();
+        let (tx, batches) = waiting(Duration::from_millis(20), &expected);
+        let _announced = [expected.add(), expected.add(), expected.add()];
+        queue(&tx, "a").await.wait().await.unwrap();
+        // Two announced writes never come: the next batch goes at the interval.
+        tokio::time::timeout(Duration::from_secs(60), queue(&tx, "b").await.wait())
+            .await
+            .expect("the interval bounds the wait")
+            .unwrap();
+        assert_eq!(*batches.lock().unwrap(), vec![1, 1]);
     }
 }

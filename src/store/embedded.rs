@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use super::commit::{self, Backend, Pipeline, PipelineConfig, Staged, WriteTimer};
+use super::commit::{self, Backend, Expected, Pipeline, PipelineConfig, Staged, WriteTimer};
 use crate::crypto::{Aad, KeyRing};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -37,11 +37,22 @@ pub struct EmbeddedStoreConfig {
     pub max_batch: usize,
     /// Times each batch's write and fsync (the `store_write` stage on /metrics).
     pub write_timer: WriteTimer,
+    /// How long after a batch began the next may wait for the writes `expected` counts.
+    pub commit_interval: std::time::Duration,
+    /// Writes on their way (the ingress's messages in flight); none by default, and then no
+    /// batch waits.
+    pub expected: Expected,
 }
 
 impl Default for EmbeddedStoreConfig {
     fn default() -> Self {
-        EmbeddedStoreConfig { queue_capacity: 16_384, max_batch: 4_096, write_timer: WriteTimer::default() }
+        EmbeddedStoreConfig {
+            queue_capacity: 16_384,
+            max_batch: 4_096,
+            write_timer: WriteTimer::default(),
+            commit_interval: commit::DEFAULT_COMMIT_INTERVAL,
+            expected: Expected::default(),
+        }
     }
 }
 
@@ -363,11 +374,18 @@ impl EmbeddedStore {
                 backend,
                 publisher,
                 Arc::clone(&last_seq),
-                PipelineConfig { max_batch: config.max_batch.max(1), ..PipelineConfig::default() },
+                PipelineConfig {
+                    max_batch: config.max_batch.max(1),
+                    commit_interval: config.commit_interval,
+                    ..PipelineConfig::default()
+                },
             )
-            .with_write_timer(config.write_timer.clone());
-            // The engine's calls block (fsync): the pipeline runs on a thread of its own.
+            .with_write_timer(config.write_timer.clone())
+            .with_expected(config.expected.clone());
+            // The engine's calls block (fsync): the pipeline runs on a thread of its own, with
+            // a timer for the commit interval.
             let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
                 .build()
                 .map_err(|e| StoreError::Engine(format!("start committer: {e}")))?;
             std::thread::Builder::new()
