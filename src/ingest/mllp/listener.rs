@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -309,22 +309,38 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 pending.push_back(ack_future(reply));
             }
             Some(acks) = pending.next(), if !pending.is_empty() => {
-                for ack in acks {
-                    if accepts(&ack) {
-                        // A sender that delivers messages keeps its slot when newcomers crowd in.
-                        slot.prove();
+                // One commit answers many messages at once: the ACKs of the later messages
+                // already decided go out in the same write, in order (at most
+                // `max_in_flight_per_connection` messages' ACKs), one system call instead of one
+                // each.
+                let mut out = Vec::new();
+                let mut frames = 0;
+                let mut next = Some(acks);
+                while let Some(acks) = next.take() {
+                    for ack in acks {
+                        if accepts(&ack) {
+                            // A sender that delivers messages keeps its slot when newcomers crowd in.
+                            slot.prove();
+                        }
+                        out.extend_from_slice(&frame(ack.as_bytes()));
+                        frames += 1;
                     }
-                    let writing = std::time::Instant::now();
-                    match tokio::time::timeout(settings.frame_timeout, stream.write_all(&frame(ack.as_bytes()))).await {
-                        Ok(written) => {
-                            written?;
-                            Stages::since(&ingress.ingress().stages.ack_write, writing);
+                    next = pending.next().now_or_never().flatten();
+                }
+                let writing = std::time::Instant::now();
+                match tokio::time::timeout(settings.frame_timeout, stream.write_all(&out)).await {
+                    Ok(written) => {
+                        written?;
+                        // Each ACK took the write that carried it.
+                        let took = writing.elapsed();
+                        for _ in 0..frames {
+                            ingress.ingress().stages.ack_write.record(took);
                         }
-                        Err(_) => {
-                            // A peer that does not read its ACKs keeps no slot.
-                            ListenerMetrics::bump(&metrics.write_timeouts);
-                            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "ack write timed out"));
-                        }
+                    }
+                    Err(_) => {
+                        // A peer that does not read its ACKs keeps no slot.
+                        ListenerMetrics::bump(&metrics.write_timeouts);
+                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "ack write timed out"));
                     }
                 }
                 active = Instant::now();
