@@ -256,7 +256,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let hub = AlertHub::new(config.hub_capacity);
     let metrics = crate::http::metrics::Metrics::default();
     // Messages taken in and not yet answered: what a commit waits for under load.
-    let expected = crate::store::commit::Expected::default();
+    let expected = crate::store::commit::Expected::new(config.ingest_permits);
     let store = match config.store.backend {
         Backend::Embedded => Store::Embedded(
             EmbeddedStore::open(
@@ -335,7 +335,7 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let ingress = Arc::new(
         Ingress::new(Arc::clone(&router), message_log, Arc::clone(&clock), config.ingest_permits)
             .with_stages(stages)
-            .with_expected(expected)
+            .with_expected(&expected)
             .with_store_gate(crate::store::health::StoreGate::new(store_up_rx, config.store.unavailable_ack_delay)),
     );
     let fhir = Arc::new(

@@ -13,7 +13,7 @@ pub mod mllp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::store::commit::{Expected, ExpectedGuard};
+use crate::store::commit::Expected;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -66,9 +66,9 @@ pub enum Submission {
     Durable {
         /// Resolve on commit, one per patient bundle, in routing order.
         tickets: Vec<Routed>,
-        /// Held until answered: bounds messages in flight across all connections and feeds,
-        /// and counts the message as on its way to the commit pipeline.
-        permit: (OwnedSemaphorePermit, ExpectedGuard),
+        /// Held until answered: bounds messages in flight across all connections and feeds
+        /// (and tells the commit pipeline what is on its way, see [`Ingress::with_expected`]).
+        permit: OwnedSemaphorePermit,
         /// Tells resends waiting on this message how it ended.
         inflight: InFlight,
     },
@@ -157,8 +157,6 @@ pub struct Ingress {
     inflight: DashMap<MessageKey, watch::Receiver<Option<Outcome>>>,
     clock: Arc<dyn Clock>,
     permits: Arc<Semaphore>,
-    /// Messages taken in and not yet answered, for the commit pipeline to wait for.
-    expected: Expected,
     /// Whether the store answers; without it, always assumed.
     gate: Option<crate::store::health::StoreGate>,
     /// Counters.
@@ -176,7 +174,6 @@ impl Ingress {
             inflight: DashMap::new(),
             clock,
             permits: Arc::new(Semaphore::new(permits.max(1))),
-            expected: Expected::default(),
             gate: None,
             metrics: IngestMetrics::default(),
             stages: crate::http::metrics::Stages::default(),
@@ -189,9 +186,10 @@ impl Ingress {
         self
     }
 
-    /// Count the messages in flight in `expected` (the commit pipeline waits for them).
-    pub fn with_expected(mut self, expected: Expected) -> Self {
-        self.expected = expected;
+    /// Take the permits for messages in flight from `expected`, which the commit pipeline
+    /// reads to wait for them (its capacity replaces the `permits` given to [`Ingress::new`]).
+    pub fn with_expected(mut self, expected: &Expected) -> Self {
+        self.permits = Arc::clone(expected.permits());
         self
     }
 
@@ -282,7 +280,6 @@ impl Ingress {
         let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             return (Submission::Done(inflight.settle(Outcome::NotStored)), resent);
         };
-        let permit = (permit, self.expected.add());
         // One bundle per patient, in message order: a patient's events of one message are
         // stored atomically (an A01 with its AL1 allergies, an RDE with several orders). A
         // part's key goes with the bundle of its last event: never logged before all of them.

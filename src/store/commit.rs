@@ -26,11 +26,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use vigil_actors::{Alert, AlertPublisher, AlertStatus, DurableSender, SequencedAlert, StoreError};
 
 /// A write queued for the pipeline. `R` is the backend's sealed event rows.
@@ -111,32 +111,38 @@ impl std::fmt::Debug for WriteTimer {
     }
 }
 
-/// Writes on their way to the pipeline: the ingress counts each message it has taken in and
-/// not yet answered. A batch waits for them (up to its interval) instead of leaving them to an
-/// fsync of their own. A pipeline that is told of none never waits.
-#[derive(Debug, Clone, Default)]
-pub struct Expected(Arc<AtomicUsize>);
+/// Writes on their way to the pipeline: the ingress's messages in flight, counted by the
+/// permits it holds for them from the moment a message is taken in until it is answered. A
+/// batch waits for them (up to its interval) instead of leaving them to an fsync of their own.
+/// A pipeline that is told of none never waits.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
 
 impl Expected {
-    /// One more write on its way, until the guard is dropped.
-    pub fn add(&self) -> ExpectedGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        ExpectedGuard(Arc::clone(&self.0))
+    /// At most `capacity` messages in flight (the ingress's permits, `ingest_permits`).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Expected { permits: Arc::new(Semaphore::new(capacity)), capacity }
     }
 
-    /// Writes on their way now.
+    /// The permits the ingress takes for each message in flight.
+    pub fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
+    }
+
+    /// Writes on their way now: the permits held.
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.capacity - self.permits.available_permits()
     }
 }
 
-/// One write counted by [`Expected`]; dropping it uncounts it.
-#[derive(Debug)]
-pub struct ExpectedGuard(Arc<AtomicUsize>);
-
-impl Drop for ExpectedGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Default for Expected {
+    /// None, ever.
+    fn default() -> Self {
+        Expected { permits: Arc::new(Semaphore::new(0)), capacity: 0 }
     }
 }
 
@@ -227,7 +233,8 @@ impl<B: Backend> Pipeline<B> {
         let mut last_start: Option<Instant> = None;
         while let Some(first) = rx.recv().await {
             // After a quiet spell the deadline has passed: the batch starts at once.
-            let deadline = last_start.map(|started| started + self.config.commit_interval);
+            let interval = self.config.commit_interval;
+            let deadline = last_start.filter(|_| !interval.is_zero()).map(|started| started + interval);
             let mut next = Some(first);
             loop {
                 while let Some(job) = next.take() {
@@ -240,11 +247,12 @@ impl<B: Backend> Pipeline<B> {
                     }
                     next = rx.try_recv().ok();
                 }
-                let full = close.is_some() || jobs.len() >= max_batch;
-                // Everything in flight is here (a lone sender's next message waits on this
-                // batch's ACK): waiting would gain nothing.
-                let all_here = self.expected.get() <= jobs.len();
-                let (Some(deadline), false, false) = (deadline, full, all_here) else { break };
+                // Full, or everything in flight is here (a lone sender's next message waits on
+                // this batch's ACK): waiting would gain nothing.
+                let Some(deadline) = deadline else { break };
+                if close.is_some() || jobs.len() >= max_batch || self.expected.get() <= jobs.len() {
+                    break;
+                }
                 match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
                     Ok(Some(job)) => next = Some(job),
                     Ok(None) | Err(_) => break,
@@ -501,6 +509,11 @@ mod tests {
         (tx, batches)
     }
 
+    /// One message taken in by the ingress, until the permit is dropped.
+    fn in_flight(expected: &Expected) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(expected.permits()).try_acquire_owned().unwrap()
+    }
+
     /// Queue an alert change without waiting for it.
     async fn queue(tx: &mpsc::Sender<Job<()>>, id: &str) -> Durable<u64> {
         let (done, ticket): (_, Durable<u64>) = Durable::channel();
@@ -510,14 +523,14 @@ mod tests {
 
     #[tokio::test]
     async fn under_load_a_batch_waits_for_the_writes_on_their_way_so_one_write_serves_them() {
-        let expected = Expected::default();
+        let expected = Expected::new(16);
         // An interval no test outlasts: only the arrivals end the wait.
         let (tx, batches) = waiting(Duration::from_secs(600), &expected);
-        let first = expected.add();
+        let first = in_flight(&expected);
         queue(&tx, "a").await.wait().await.unwrap();
         drop(first);
         // Two messages in flight; one reaches the pipeline now, the other later.
-        let (b, c) = (expected.add(), expected.add());
+        let (b, c) = (in_flight(&expected), in_flight(&expected));
         let b_done = queue(&tx, "b").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let c_done = queue(&tx, "c").await;
@@ -529,11 +542,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_waits_for_nothing_when_everything_in_flight_is_queued() {
-        let expected = Expected::default();
+        let expected = Expected::new(16);
         let (tx, batches) = waiting(Duration::from_secs(600), &expected);
         // A lone sender: each message's ACK waits on its commit, so nothing else is coming.
         for id in ["a", "b", "c"] {
-            let _in_flight = expected.add();
+            let _in_flight = in_flight(&expected);
             let ticket = queue(&tx, id).await;
             tokio::time::timeout(Duration::from_secs(60), ticket.wait())
                 .await
@@ -545,9 +558,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_waits_no_longer_than_the_interval_for_writes_that_do_not_come() {
-        let expected = Expected::default();
+        let expected = Expected::new(16);
         let (tx, batches) = waiting(Duration::from_millis(20), &expected);
-        let _announced = [expected.add(), expected.add(), expected.add()];
+        let _announced = [in_flight(&expected), in_flight(&expected), in_flight(&expected)];
         queue(&tx, "a").await.wait().await.unwrap();
         // Two announced writes never come: the next batch goes at the interval.
         tokio::time::timeout(Duration::from_secs(60), queue(&tx, "b").await.wait())

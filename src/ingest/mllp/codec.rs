@@ -127,10 +127,15 @@ fn find_end(buf: &[u8], from: usize) -> Option<usize> {
 /// Wrap a payload in an MLLP frame.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 3);
+    frame_into(&mut out, payload);
+    out
+}
+
+/// [`frame`], appended to `out` (several frames in one write).
+pub fn frame_into(out: &mut Vec<u8>, payload: &[u8]) {
     out.push(SB);
     out.extend_from_slice(payload);
     out.extend_from_slice(&[EB, CR]);
-    out
 }
 
 #[cfg(test)]

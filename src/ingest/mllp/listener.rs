@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{Decoded, MllpDecoder, frame};
+use super::codec::{Decoded, MllpDecoder, frame_into};
 use super::slots::{Admission, Slot, Slots};
 use crate::config::MllpSettings;
 use crate::http::metrics::Stages;
@@ -322,7 +322,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // A sender that delivers messages keeps its slot when newcomers crowd in.
                             slot.prove();
                         }
-                        out.extend_from_slice(&frame(ack.as_bytes()));
+                        frame_into(&mut out, ack.as_bytes());
                         frames += 1;
                     }
                     next = pending.next().now_or_never().flatten();
