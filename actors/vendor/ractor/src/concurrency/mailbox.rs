@@ -139,6 +139,13 @@ impl<T> MailboxReceiver<T> {
     /// The next value, waiting for one; `None` once the queue is empty and the mailbox is
     /// closed or has no sender left. Cancel safe.
     pub async fn recv(&mut self) -> Option<T> {
+        // Take part in tokio's cooperative budget as its channels do: an actor whose mailbox
+        // never runs dry still yields its worker to other tasks every so often.
+        #[cfg(all(
+            feature = "tokio_runtime",
+            not(all(target_arch = "wasm32", target_os = "unknown"))
+        ))]
+        tokio::task::coop::consume_budget().await;
         loop {
             match self.try_recv() {
                 Ok(value) => return Some(value),
@@ -270,6 +277,24 @@ mod tests {
         tx.send(3).unwrap();
         // ... takes nothing: the value waits for the next recv.
         assert_eq!(rx.recv().await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_that_never_runs_dry_still_yields_to_other_tasks() {
+        let (tx, mut rx) = mailbox::<u32>();
+        for i in 0..10_000 {
+            tx.send(i).unwrap();
+        }
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = ran.clone();
+        tokio::spawn(async move { other.store(true, std::sync::atomic::Ordering::SeqCst) });
+        // On this current-thread runtime the other task runs only when this one yields.
+        let mut ran_before_the_end = false;
+        for _ in 0..10_000 {
+            rx.recv().await.unwrap();
+            ran_before_the_end |= ran.load(std::sync::atomic::Ordering::SeqCst);
+        }
+        assert!(ran_before_the_end);
     }
 
     #[test]
