@@ -11,28 +11,14 @@
 //! cargo run --release -p vigil-actors --example actor_memory -- 200000 task
 //! ```
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::Actor;
+
+#[path = "common/counter.rs"]
+mod counter;
+use counter::{Counter, Msg};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// An actor with no state to speak of: what is measured is the runtime's part.
-struct Idle;
-
-impl Actor for Idle {
-    type Msg = u64;
-    type State = u64;
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<u64>, _: ()) -> Result<u64, ActorProcessingErr> {
-        Ok(0)
-    }
-
-    async fn handle(&self, _: ActorRef<u64>, message: u64, state: &mut u64) -> Result<(), ActorProcessingErr> {
-        *state += message;
-        Ok(())
-    }
-}
 
 /// Resident set size of this process, bytes.
 fn rss() -> u64 {
@@ -64,11 +50,11 @@ async fn main() {
             let _ = tx.send(1);
             held.push(Box::new(tx));
         } else {
-            let Ok((actor, _)) = Actor::spawn(None, Idle, ()).await else {
+            let Ok((actor, _)) = Actor::spawn(None, Counter, ()).await else {
                 eprintln!("spawn failed");
                 return;
             };
-            let _ = actor.cast(1);
+            let _ = actor.cast(Msg::Add(1));
             held.push(Box::new(actor));
         }
     }

@@ -10,7 +10,11 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/actor_messages 100000
 //! ```
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::Actor;
+
+#[path = "common/counter.rs"]
+mod counter;
+use counter::{Counter, Msg};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,37 +22,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Casts sent before the sender yields to the actor.
 const BURST: u64 = 8;
 
-enum Msg {
-    Add(u64),
-    Total(RpcReplyPort<u64>),
-}
-
-struct Sum;
-
-impl Actor for Sum {
-    type Msg = Msg;
-    type State = u64;
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<Msg>, _: ()) -> Result<u64, ActorProcessingErr> {
-        Ok(0)
-    }
-
-    async fn handle(&self, _: ActorRef<Msg>, message: Msg, state: &mut u64) -> Result<(), ActorProcessingErr> {
-        match message {
-            Msg::Add(n) => *state += n,
-            Msg::Total(reply) => {
-                let _ = reply.send(*state);
-            }
-        }
-        Ok(())
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let Ok((actor, handle)) = Actor::spawn(None, Sum, ()).await else {
+    let Ok((actor, handle)) = Actor::spawn(None, Counter, ()).await else {
         eprintln!("spawn failed");
         return;
     };

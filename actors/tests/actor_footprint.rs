@@ -9,8 +9,12 @@
 
 use std::alloc::System;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::Actor;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[path = "../examples/common/counter.rs"]
+mod counter;
+use counter::{Counter, Msg};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -24,39 +28,12 @@ const ACTORS: usize = 2_000;
 /// with compiler and dependency versions.
 const MAX_BYTES_PER_ACTOR: usize = 3_000;
 
-enum Msg {
-    Add(u64),
-    Total(RpcReplyPort<u64>),
-}
-
-struct Idle;
-
-impl Actor for Idle {
-    type Msg = Msg;
-    type State = u64;
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<Msg>, _: ()) -> Result<u64, ActorProcessingErr> {
-        Ok(0)
-    }
-
-    async fn handle(&self, _: ActorRef<Msg>, message: Msg, state: &mut u64) -> Result<(), ActorProcessingErr> {
-        match message {
-            Msg::Add(n) => *state += n,
-            Msg::Total(reply) => {
-                let _ = reply.send(*state);
-            }
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn an_idle_actor_that_handled_a_message_holds_little_of_the_heap() {
     let mut actors = Vec::with_capacity(ACTORS);
     let region = Region::new(GLOBAL);
     for _ in 0..ACTORS {
-        let (actor, _) = Actor::spawn(None, Idle, ()).await.expect("spawn");
+        let (actor, _) = Actor::spawn(None, Counter, ()).await.expect("spawn");
         actor.cast(Msg::Add(1)).expect("cast");
         actors.push(actor);
     }
