@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -51,7 +52,8 @@ impl StoreError {
 /// Resolves once a write is durable (the batch it went into has been fsynced).
 #[derive(Debug)]
 pub struct Durable<T = ()> {
-    rx: oneshot::Receiver<Result<T, StoreError>>,
+    /// The outcome, and when the committer decided it.
+    rx: oneshot::Receiver<(Result<T, StoreError>, Instant)>,
 }
 
 impl<T> Durable<T> {
@@ -63,20 +65,29 @@ impl<T> Durable<T> {
 
     /// Wait until the write is durable, or learn that it failed.
     pub async fn wait(self) -> Result<T, StoreError> {
-        self.rx.await.unwrap_or_else(|_| Err(StoreError::Unavailable("committer stopped".into())))
+        self.wait_timed().await.0
+    }
+
+    /// As [`Durable::wait`], with when the ticket was completed (`None`: the committer went
+    /// away without completing it): the time from then to now is the waiter's own wake-up.
+    pub async fn wait_timed(self) -> (Result<T, StoreError>, Option<Instant>) {
+        match self.rx.await {
+            Ok((result, completed)) => (result, Some(completed)),
+            Err(_) => (Err(StoreError::Unavailable("committer stopped".into())), None),
+        }
     }
 }
 
 /// The committer's half of a [`Durable`] ticket.
 #[derive(Debug)]
 pub struct DurableSender<T = ()> {
-    tx: oneshot::Sender<Result<T, StoreError>>,
+    tx: oneshot::Sender<(Result<T, StoreError>, Instant)>,
 }
 
 impl<T> DurableSender<T> {
     /// Complete the ticket. A waiter that went away (a dropped connection) is not an error.
     pub fn complete(self, result: Result<T, StoreError>) {
-        let _ = self.tx.send(result);
+        let _ = self.tx.send((result, Instant::now()));
     }
 }
 

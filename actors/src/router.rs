@@ -58,7 +58,19 @@ impl Routed {
 
     /// Wait until the events are durable.
     pub async fn durable(self) -> Result<(), IngestError> {
-        Ok(self.taken().await?.wait().await?)
+        self.durable_timed().await.0
+    }
+
+    /// As [`Routed::durable`], with when the committer completed the ticket
+    /// ([`Durable::wait_timed`]; `None` when it never was).
+    pub async fn durable_timed(self) -> (Result<(), IngestError>, Option<std::time::Instant>) {
+        match self.taken().await {
+            Ok(ticket) => {
+                let (result, completed) = ticket.wait_timed().await;
+                (result.map_err(IngestError::from), completed)
+            }
+            Err(e) => (Err(e), None),
+        }
     }
 }
 

@@ -414,9 +414,10 @@ impl RunReport {
 }
 
 /// Server stages in data-flow order (the names the server exports). `store_write` is per group
-/// commit (a batch of messages), the others per message or per rule evaluation.
-pub const STAGE_ORDER: [&str; 8] =
-    ["decode", "parse", "map", "route", "rules", "commit_wait", "store_write", "ack_write"];
+/// commit (a batch of messages), the others per message or per rule evaluation; `ack_wake` is
+/// the last part of `commit_wait`.
+pub const STAGE_ORDER: [&str; 9] =
+    ["decode", "parse", "map", "route", "rules", "commit_wait", "store_write", "ack_wake", "ack_write"];
 
 /// A service-level objective: `<metric> <op> <value>`, e.g. `ack.p99<=10ms`, `alert.p99<=20ms`,
 /// `errors==0`, `throughput>=1000`, `echo.fraction>=0.25`. Latencies are compared in ms

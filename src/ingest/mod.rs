@@ -12,6 +12,7 @@ pub mod mllp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::store::commit::Expected;
 use dashmap::DashMap;
@@ -120,13 +121,23 @@ pub struct Part {
 impl Submission {
     /// The outcome, once decided: for a stored message, once every event is durable.
     pub async fn outcome(self) -> Outcome {
+        self.outcome_timed().await.0
+    }
+
+    /// As [`Submission::outcome`], with when the store completed the last of its writes
+    /// (`None` when no write of this message was waited on): from then to the outcome's arrival
+    /// is the waiting task's wake-up, the `ack_wake` stage.
+    pub async fn outcome_timed(self) -> (Outcome, Option<Instant>) {
         match self {
-            Submission::Done(outcome) => outcome,
+            Submission::Done(outcome) => (outcome, None),
             Submission::Durable { tickets, permit, inflight } => {
                 // Every event must be durable before anything is acknowledged.
                 let mut stored = true;
+                let mut last = None;
                 for ticket in tickets {
-                    if let Err(e) = ticket.durable().await {
+                    let (result, completed) = ticket.durable_timed().await;
+                    last = last.max(completed);
+                    if let Err(e) = result {
                         if stored {
                             tracing::error!(error = %e, "message not stored; sender told to resend");
                         }
@@ -134,7 +145,7 @@ impl Submission {
                     }
                 }
                 drop(permit);
-                inflight.settle(if stored { Outcome::Stored } else { Outcome::NotStored })
+                (inflight.settle(if stored { Outcome::Stored } else { Outcome::NotStored }), last)
             }
             Submission::InFlightDuplicate { mut first, ingress } => {
                 let outcome = match first.wait_for(Option::is_some).await.map(|v| *v) {
@@ -142,7 +153,7 @@ impl Submission {
                     _ => Outcome::NotStored,
                 };
                 ingress.count(outcome);
-                outcome
+                (outcome, None)
             }
         }
     }

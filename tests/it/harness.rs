@@ -67,9 +67,12 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
     // /metrics is read at the window's start and after the last reply: about the window's
     // messages, give or take those in flight at its start.
     let measured = report.ack.as_ref().unwrap().count;
-    for name in ["decode", "parse", "map", "route", "commit_wait", "ack_write"] {
+    for name in ["decode", "parse", "map", "route", "commit_wait", "ack_wake", "ack_write"] {
         assert!(stage(name) >= measured * 9 / 10, "{name}: {:?}", report.stages);
     }
+    // The task's wake-up after the store completed the write is the last part of the commit wait.
+    let mean = |name: &str| report.stages.iter().find(|s| s.name == name).map_or(f64::NAN, |s| s.mean_us);
+    assert!(mean("ack_wake") <= mean("commit_wait"), "{:?}", report.stages);
     assert!(stage("rules") > 0, "{:?}", report.stages);
     // Group commits, timed once per batch (alert-only batches included).
     assert!(stage("store_write") > 0, "{:?}", report.stages);

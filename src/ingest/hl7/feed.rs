@@ -162,8 +162,11 @@ impl Pending {
                         }
                     }
                 };
-                let (outcome, ()) = tokio::join!(submission.outcome(), heard);
+                let ((outcome, completed), ()) = tokio::join!(submission.outcome_timed(), heard);
                 Stages::since(&feed.ingress.stages.commit_wait, routed);
+                if let Some(completed) = completed {
+                    Stages::since(&feed.ingress.stages.ack_wake, completed);
+                }
                 if outcome == Outcome::NotStored {
                     tracing::error!(control_id = %header.control_id, "message not stored; sender told to resend");
                 }
