@@ -54,13 +54,25 @@ impl StoreError {
 pub struct Durable<T = ()> {
     /// The outcome, and when the committer decided it.
     rx: oneshot::Receiver<(Result<T, StoreError>, Instant)>,
+    /// When the ticket was made: the write was queued then.
+    queued: Instant,
+}
+
+/// When a [`Durable`] ticket's write was queued, and when the committer completed it (`None`:
+/// it went away without completing it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableTiming {
+    /// The ticket was made (its write queued).
+    pub queued: Instant,
+    /// The committer completed it.
+    pub completed: Option<Instant>,
 }
 
 impl<T> Durable<T> {
     /// A ticket and the handle the committer completes it with.
     pub fn channel() -> (DurableSender<T>, Durable<T>) {
         let (tx, rx) = oneshot::channel();
-        (DurableSender { tx }, Durable { rx })
+        (DurableSender { tx }, Durable { rx, queued: Instant::now() })
     }
 
     /// Wait until the write is durable, or learn that it failed.
@@ -68,12 +80,15 @@ impl<T> Durable<T> {
         self.wait_timed().await.0
     }
 
-    /// As [`Durable::wait`], with when the ticket was completed (`None`: the committer went
-    /// away without completing it): the time from then to now is the waiter's own wake-up.
-    pub async fn wait_timed(self) -> (Result<T, StoreError>, Option<Instant>) {
+    /// As [`Durable::wait`], with when the write was queued and when the ticket was completed:
+    /// from then to now is the waiter's own wake-up.
+    pub async fn wait_timed(self) -> (Result<T, StoreError>, DurableTiming) {
+        let queued = self.queued;
         match self.rx.await {
-            Ok((result, completed)) => (result, Some(completed)),
-            Err(_) => (Err(StoreError::Unavailable("committer stopped".into())), None),
+            Ok((result, completed)) => (result, DurableTiming { queued, completed: Some(completed) }),
+            Err(_) => {
+                (Err(StoreError::Unavailable("committer stopped".into())), DurableTiming { queued, completed: None })
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::patient::{
     ActFailure, PatientActor, PatientArgs, PatientMsg, PatientState, PatientSupervisor, SupervisorMsg, SupervisorState,
     WINDOW_MAX_AGE,
 };
-use crate::ports::{AlertStore, Clock, Durable, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
+use crate::ports::{AlertStore, Clock, Durable, DurableTiming, EventStore, LiveFeed, Ports, RuleEngine, StoreError};
 
 /// How long shutdown waits for patient actors to finish their queued messages.
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -61,13 +61,13 @@ impl Routed {
         self.durable_timed().await.0
     }
 
-    /// As [`Routed::durable`], with when the committer completed the ticket
-    /// ([`Durable::wait_timed`]; `None` when it never was).
-    pub async fn durable_timed(self) -> (Result<(), IngestError>, Option<std::time::Instant>) {
+    /// As [`Routed::durable`], with when the append was queued and when the committer
+    /// completed it ([`Durable::wait_timed`]; `None` when no append was queued).
+    pub async fn durable_timed(self) -> (Result<(), IngestError>, Option<DurableTiming>) {
         match self.taken().await {
             Ok(ticket) => {
-                let (result, completed) = ticket.wait_timed().await;
-                (result.map_err(IngestError::from), completed)
+                let (result, timing) = ticket.wait_timed().await;
+                (result.map_err(IngestError::from), Some(timing))
             }
             Err(e) => (Err(e), None),
         }

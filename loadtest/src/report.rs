@@ -414,10 +414,21 @@ impl RunReport {
 }
 
 /// Server stages in data-flow order (the names the server exports). `store_write` is per group
-/// commit (a batch of messages), the others per message or per rule evaluation; `ack_wake` is
-/// the last part of `commit_wait`.
-pub const STAGE_ORDER: [&str; 9] =
-    ["decode", "parse", "map", "route", "rules", "commit_wait", "store_write", "ack_wake", "ack_write"];
+/// commit (a batch of messages), the others per message or per rule evaluation; `in_actor`,
+/// `in_store` and `ack_wake` are the parts of `commit_wait`, in turn.
+pub const STAGE_ORDER: [&str; 11] = [
+    "decode",
+    "parse",
+    "map",
+    "route",
+    "rules",
+    "commit_wait",
+    "in_actor",
+    "in_store",
+    "store_write",
+    "ack_wake",
+    "ack_write",
+];
 
 /// A service-level objective: `<metric> <op> <value>`, e.g. `ack.p99<=10ms`, `alert.p99<=20ms`,
 /// `errors==0`, `throughput>=1000`, `echo.fraction>=0.25`. Latencies are compared in ms

@@ -70,10 +70,13 @@ pub const STAGE_SECONDS: &str = "vigil_stage_seconds";
 /// The stages, in data-flow order: MLLP frame decode; HL7 parse; mapping to events; routing
 /// (resend check, the in-flight permit, handing each patient's bundle to its actor's bounded
 /// mailbox); one rule evaluation in a patient actor; from routed to durable (the actor's queue,
-/// rules, the store's group commit, until the connection's task sees it); of that, the part
-/// after the store completed the write (the task's wake-up: `ack_wake`); writing the ACK frame
-/// to the socket.
-pub const STAGES: [&str; 8] = ["decode", "parse", "map", "route", "rules", "commit_wait", "ack_wake", "ack_write"];
+/// rules, the store's group commit, until the connection's task sees it), and its three parts:
+/// until the actor has queued the append (`in_actor`: its mailbox, the rules, sealing), until
+/// the store completed the write (`in_store`: the committer's queue, the batch's wait, the
+/// write and fsync), until the connection's task sees it (`ack_wake`); writing the ACK frame to
+/// the socket.
+pub const STAGES: [&str; 10] =
+    ["decode", "parse", "map", "route", "rules", "commit_wait", "in_actor", "in_store", "ack_wake", "ack_write"];
 /// The store's own stage, per batch rather than per message: one group commit's write through
 /// the backend (fjall: the write batch and its fsync; ScyllaDB: the batch's writes). What
 /// `commit_wait` waits on at least once; its count beside `commit_wait`'s gives the messages
@@ -118,6 +121,10 @@ pub struct Stages {
     pub rules: metrics::Histogram,
     /// Routed to durable (as the connection's task sees it).
     pub commit_wait: metrics::Histogram,
+    /// Of `commit_wait`, until the actor queued the append.
+    pub in_actor: metrics::Histogram,
+    /// Of `commit_wait`, from the append queued to the store completing the write.
+    pub in_store: metrics::Histogram,
     /// Of `commit_wait`, from the store completing the write to the connection's task seeing it.
     pub ack_wake: metrics::Histogram,
     /// ACK frame write.
@@ -126,9 +133,9 @@ pub struct Stages {
 
 impl Default for Stages {
     fn default() -> Self {
-        let [decode, parse, map, route, rules, commit_wait, ack_wake, ack_write] =
+        let [decode, parse, map, route, rules, commit_wait, in_actor, in_store, ack_wake, ack_write] =
             STAGES.map(|_| metrics::Histogram::noop());
-        Stages { decode, parse, map, route, rules, commit_wait, ack_wake, ack_write }
+        Stages { decode, parse, map, route, rules, commit_wait, in_actor, in_store, ack_wake, ack_write }
     }
 }
 
@@ -239,8 +246,9 @@ impl Metrics {
     pub fn stages(&self) -> Stages {
         self.record(|| {
             let stage = |name: &'static str| metrics::histogram!(STAGE_SECONDS, "stage" => name);
-            let [decode, parse, map, route, rules, commit_wait, ack_wake, ack_write] = STAGES.map(stage);
-            Stages { decode, parse, map, route, rules, commit_wait, ack_wake, ack_write }
+            let [decode, parse, map, route, rules, commit_wait, in_actor, in_store, ack_wake, ack_write] =
+                STAGES.map(stage);
+            Stages { decode, parse, map, route, rules, commit_wait, in_actor, in_store, ack_wake, ack_write }
         })
     }
 

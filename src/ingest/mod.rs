@@ -12,13 +12,14 @@ pub mod mllp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use crate::store::commit::Expected;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use vigil_actors::{ClinicalEvent, Clock, Envelope, FromMessage, MessageKey, MessageLog, Routed, Router};
+use vigil_actors::{
+    ClinicalEvent, Clock, DurableTiming, Envelope, FromMessage, MessageKey, MessageLog, Routed, Router,
+};
 
 pub use hl7::hl7_timestamp;
 
@@ -124,19 +125,23 @@ impl Submission {
         self.outcome_timed().await.0
     }
 
-    /// As [`Submission::outcome`], with when the store completed the last of its writes
-    /// (`None` when no write of this message was waited on): from then to the outcome's arrival
-    /// is the waiting task's wake-up, the `ack_wake` stage.
-    pub async fn outcome_timed(self) -> (Outcome, Option<Instant>) {
+    /// As [`Submission::outcome`], with when the last of its writes to complete was queued and
+    /// completed (`None` when no write of this message was waited on): the `in_actor`,
+    /// `in_store` and `ack_wake` stages.
+    pub async fn outcome_timed(self) -> (Outcome, Option<DurableTiming>) {
         match self {
             Submission::Done(outcome) => (outcome, None),
             Submission::Durable { tickets, permit, inflight } => {
                 // Every event must be durable before anything is acknowledged.
                 let mut stored = true;
-                let mut last = None;
+                let mut last: Option<DurableTiming> = None;
                 for ticket in tickets {
-                    let (result, completed) = ticket.durable_timed().await;
-                    last = last.max(completed);
+                    let (result, timing) = ticket.durable_timed().await;
+                    if let Some(timing) = timing
+                        && last.is_none_or(|l| timing.completed > l.completed)
+                    {
+                        last = Some(timing);
+                    }
                     if let Err(e) = result {
                         if stored {
                             tracing::error!(error = %e, "message not stored; sender told to resend");

@@ -162,10 +162,14 @@ impl Pending {
                         }
                     }
                 };
-                let ((outcome, completed), ()) = tokio::join!(submission.outcome_timed(), heard);
-                Stages::since(&feed.ingress.stages.commit_wait, routed);
-                if let Some(completed) = completed {
-                    Stages::since(&feed.ingress.stages.ack_wake, completed);
+                let ((outcome, timing), ()) = tokio::join!(submission.outcome_timed(), heard);
+                let seen = std::time::Instant::now();
+                let stages = &feed.ingress.stages;
+                stages.commit_wait.record(seen.saturating_duration_since(routed));
+                if let Some(vigil_actors::DurableTiming { queued, completed: Some(completed) }) = timing {
+                    stages.in_actor.record(queued.saturating_duration_since(routed));
+                    stages.in_store.record(completed.saturating_duration_since(queued));
+                    stages.ack_wake.record(seen.saturating_duration_since(completed));
                 }
                 if outcome == Outcome::NotStored {
                     tracing::error!(control_id = %header.control_id, "message not stored; sender told to resend");
