@@ -75,6 +75,14 @@ impl<T> Durable<T> {
         (DurableSender { tx }, Durable { rx, queued: Instant::now() })
     }
 
+    /// A second ticket for the same write, for a holder that must act between the write and
+    /// its waiter (the patient actor's snapshot): complete it with [`DurableSender::relay`], so
+    /// it carries this ticket's times and the relay adds none of its own.
+    pub fn relayed(&self) -> (DurableSender<T>, Durable<T>) {
+        let (tx, rx) = oneshot::channel();
+        (DurableSender { tx }, Durable { rx, queued: self.queued })
+    }
+
     /// Wait until the write is durable, or learn that it failed.
     pub async fn wait(self) -> Result<T, StoreError> {
         self.wait_timed().await.0
@@ -103,6 +111,15 @@ impl<T> DurableSender<T> {
     /// Complete the ticket. A waiter that went away (a dropped connection) is not an error.
     pub fn complete(self, result: Result<T, StoreError>) {
         let _ = self.tx.send((result, Instant::now()));
+    }
+
+    /// Complete this ticket (made by [`Durable::relayed`]) with `ticket`'s outcome, as of when
+    /// the committer completed `ticket`; whether the write is durable.
+    pub async fn relay(self, ticket: Durable<T>) -> bool {
+        let (result, timing) = ticket.wait_timed().await;
+        let durable = result.is_ok();
+        let _ = self.tx.send((result, timing.completed.unwrap_or_else(Instant::now)));
+        durable
     }
 }
 
@@ -474,4 +491,32 @@ pub struct Ports {
     /// A running patient actor writes its state snapshot after every this many events (once
     /// they are durable), besides when it stops cleanly; 0: only when it stops.
     pub snapshot_every: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relayed ticket carries the first one's times: the relay's own wake-up is not counted
+    /// as the store's, and its outcome is the first one's.
+    #[tokio::test]
+    async fn a_relayed_ticket_carries_the_times_of_the_write_it_relays() {
+        let (done, first) = Durable::<()>::channel();
+        let queued = first.queued;
+        let (relay, second) = first.relayed();
+        done.complete(Ok(()));
+        let completed_before_relay = Instant::now();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(relay.relay(first).await);
+        let (result, timing) = second.wait_timed().await;
+        assert!(result.is_ok());
+        assert_eq!(timing.queued, queued);
+        assert!(timing.completed.is_some_and(|c| c <= completed_before_relay), "{timing:?}");
+
+        let (done, first) = Durable::<()>::channel();
+        let (relay, second) = first.relayed();
+        done.complete(Err(StoreError::Unavailable("test".into())));
+        assert!(!relay.relay(first).await);
+        assert!(second.wait().await.is_err());
+    }
 }

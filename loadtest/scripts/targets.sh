@@ -3,7 +3,7 @@
 # directory, the echo baseline measured in the same run (`--baseline`):
 #   (1) capacity: the ward scenario offered 30,000 msg/s, 60 s measured, no consoles, with the
 #       objectives throughput>=30000, echo.fraction>=25%, errors==0;
-#   (2) 5,000 msg/s for 30 s with 4 consoles timing 20 deteriorating patients' alerts, and the
+#   (2) 5,000 msg/s for 30 s with 4 consoles timing 200 deteriorating patients' alerts, and the
 #       objectives ack.p99<=5ms, alert.p99<=10ms, errors==0.
 #   BIN=target/dist/vigil LT=target/dist/vigil-loadtest OUT=/tmp/targets bash loadtest/scripts/targets.sh
 # Writes OUT/capacity.{txt,json,html} and OUT/5000.{txt,json,html}, then prints both tables.

@@ -71,10 +71,11 @@ async fn harness_ci_scenario_meets_its_loose_objectives() {
         assert!(stage(name) >= measured * 9 / 10, "{name}: {:?}", report.stages);
     }
     // The actor, the store and the task's wake-up after the write are the parts of the commit
-    // wait, in turn: their means add up to its mean (each recorded once per stored message).
+    // wait, in turn: their means add up to its mean (each recorded once per stored message, the
+    // parts cut from the same interval; 2 % for messages recorded across a read of /metrics).
     let mean = |name: &str| report.stages.iter().find(|s| s.name == name).map_or(f64::NAN, |s| s.mean_us);
     let parts = mean("in_actor") + mean("in_store") + mean("ack_wake");
-    assert!(parts <= mean("commit_wait") * 1.05 && parts >= mean("commit_wait") * 0.5, "{:?}", report.stages);
+    assert!((parts - mean("commit_wait")).abs() <= mean("commit_wait") * 0.02, "{:?}", report.stages);
     assert!(stage("rules") > 0, "{:?}", report.stages);
     // Group commits, timed once per batch (alert-only batches included).
     assert!(stage("store_write") > 0, "{:?}", report.stages);

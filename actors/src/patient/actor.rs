@@ -101,12 +101,10 @@ impl Running {
             }
         };
         self.since_snapshot = 0;
-        let (done, ticket) = Durable::channel();
+        let (done, ticket) = queued.relayed();
         let (events, id, previous) = (self.ports.events.clone(), self.state.id.clone(), self.snapshot_write.take());
         self.snapshot_write = Some(tokio::spawn(async move {
-            let outcome = queued.wait().await;
-            let durable = outcome.is_ok();
-            done.complete(outcome);
+            let durable = done.relay(queued).await;
             if let Some(previous) = previous {
                 let _ = previous.await;
             }

@@ -167,9 +167,13 @@ impl Pending {
                 let stages = &feed.ingress.stages;
                 stages.commit_wait.record(seen.saturating_duration_since(routed));
                 if let Some(vigil_actors::DurableTiming { queued, completed: Some(completed) }) = timing {
-                    stages.in_actor.record(queued.saturating_duration_since(routed));
-                    stages.in_store.record(completed.saturating_duration_since(queued));
-                    stages.ack_wake.record(seen.saturating_duration_since(completed));
+                    // The three parts of [routed, seen], in turn: an actor may queue the append
+                    // before this future is first polled, so each instant is held inside it.
+                    let queued = queued.clamp(routed, seen);
+                    let completed = completed.clamp(queued, seen);
+                    stages.in_actor.record(queued - routed);
+                    stages.in_store.record(completed - queued);
+                    stages.ack_wake.record(seen - completed);
                 }
                 if outcome == Outcome::NotStored {
                     tracing::error!(control_id = %header.control_id, "message not stored; sender told to resend");
