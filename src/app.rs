@@ -255,8 +255,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     let keys = Arc::new(KeyRing::load_or_create(&config.store.keys_file)?);
     let hub = AlertHub::new(config.hub_capacity);
     let metrics = crate::http::metrics::Metrics::default();
-    // Messages taken in and not yet answered: what a commit waits for under load.
-    let expected = crate::store::commit::Expected::new(config.ingest_permits);
+    // Messages taken in whose writes are not yet queued: what a commit waits for under load.
+    let expected = crate::store::commit::Expected::new();
     let store = match config.store.backend {
         Backend::Embedded => Store::Embedded(
             EmbeddedStore::open(

@@ -61,7 +61,7 @@ impl EventStore for MemoryStore {
         alerts: &[(Alert, bool)],
     ) -> Result<Durable, StoreError> {
         self.events.lock().map_err(|_| poisoned())?.extend(events.iter().cloned());
-        if let (Some(FromMessage { envelope, logs_message, parts }), Some(first)) = (message, events.first()) {
+        if let (Some(FromMessage { envelope, logs_message, parts, .. }), Some(first)) = (message, events.first()) {
             let accepted = AcceptedMessage { patient_id: first.patient_id.clone(), received_at: envelope.received_at };
             let mut messages = self.messages.lock().map_err(|_| poisoned())?;
             if *logs_message {

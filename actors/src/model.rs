@@ -456,6 +456,10 @@ pub struct FromMessage {
     /// same atomic write as the events, so a resend of the part alone, or inside another
     /// message, is recognised — and never without the events it stands for.
     pub parts: Vec<MessageKey>,
+    /// Counts the message as on its way to the store until its write is queued
+    /// ([`crate::InTransit::arrived`]) or every copy of this is dropped; `None` when nobody
+    /// counts (replays, tests).
+    pub in_transit: Option<std::sync::Arc<crate::InTransit>>,
 }
 
 /// A stored event with the message it came from (`None` for events stored before messages

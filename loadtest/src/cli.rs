@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub ramp: Option<f64>,
     /// Connections override.
     pub connections: Option<usize>,
+    /// Pacing override.
+    pub pacing: Option<crate::pace::Pacing>,
     /// Consoles override (0: none).
     pub consoles: Option<usize>,
     /// FHIR Observations/s override (of a scenario with a `[fhir]` section).
@@ -71,6 +73,9 @@ pub fn load_scenario(o: &RunOptions) -> anyhow::Result<Scenario> {
     }
     if let Some(c) = o.connections {
         s.load.connections = c;
+    }
+    if let Some(p) = o.pacing {
+        s.load.pacing = p;
     }
     if let (Some(rate), Some(fhir)) = (o.fhir_rate, s.fhir.as_mut()) {
         fhir.rate = rate;

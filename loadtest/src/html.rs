@@ -222,7 +222,7 @@ pub fn render(r: &RunReport) -> String {
     let _ = write!(
         h,
         "<p>Offered {:.0} msg/s over {} MLLP connections to {} patients; ramp {} s, warm-up {} s, measured {} s \
-         (window {:.0}-{:.0} s from the start). Latency counts from each message's intended send time (open loop).</p>",
+         (window {:.0}-{:.0} s from the start), {} pacing. Latency counts from each message's intended send time (open loop).</p>",
         r.offered_rate,
         l.connections,
         r.config.patients(),
@@ -230,7 +230,8 @@ pub fn render(r: &RunReport) -> String {
         l.warmup_s,
         l.duration_s,
         r.window_s.0,
-        r.window_s.1
+        r.window_s.1,
+        l.pacing.name()
     );
     h.push_str("<h2>Summary</h2><table>");
     let _ = write!(h, "<tr><th>sent / acked</th><td>{} / {}</td></tr>", r.sent, r.acked);

@@ -15,6 +15,7 @@ pub mod html;
 pub mod load;
 pub mod mllp;
 pub mod orders;
+pub mod pace;
 pub mod pcd01;
 pub mod rate;
 pub mod report;

@@ -150,6 +150,7 @@ struct Plan {
     interaction_every: u64,
     book: Option<Arc<AlertBook>>,
     live: Arc<Live>,
+    pacing: crate::pace::Pacing,
 }
 
 impl Plan {
@@ -354,6 +355,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         interaction_every: scenario.mix.interaction_every,
         book: book.clone(),
         live: Arc::clone(&live),
+        pacing: scenario.load.pacing,
     });
 
     let sampler = target.pid.map(|pid| ProcSampler::spawn(pid, start));
@@ -383,6 +385,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
             (start, plan.measure_until),
             Arc::clone(book),
             Arc::clone(&live),
+            scenario.load.pacing,
         ))),
         _ => None,
     };
@@ -521,7 +524,7 @@ async fn write_loop(conn: u64, mut writer: OwnedWriteHalf, tx: mpsc::Sender<Sent
     let mut sent = 0u64;
     let mut i = conn;
     while i < plan.total {
-        tokio::time::sleep_until(plan.intended(i)).await;
+        plan.pacing.until(plan.intended(i)).await;
         let now = Instant::now();
         let mut batch = 0u64;
         while i < plan.total && plan.intended(i) <= now && out.len() < WRITE_CHUNK {
@@ -654,6 +657,7 @@ async fn deteriorate(
     (start, end): (Instant, Instant),
     book: Arc<AlertBook>,
     live: Arc<Live>,
+    pacing: crate::pace::Pacing,
 ) -> BTreeMap<String, u64> {
     let mut errors = BTreeMap::new();
     let fail = |kind: &str, errors: &mut BTreeMap<String, u64>| {
@@ -686,7 +690,7 @@ async fn deteriorate(
     for (k, p) in patients.into_iter().enumerate() {
         let intended = crossing(k);
         book.expect(p.mrn.clone(), intended);
-        tokio::time::sleep_until(intended).await;
+        pacing.until(intended).await;
         let msg = oru_r01(
             &p,
             &format!("DT-{k}"),
@@ -845,7 +849,7 @@ async fn fhir_load(
             let mut j = c;
             while j < total && !stop.load(Ordering::Relaxed) {
                 let intended = plan.start + intended_offset(j, rate, plan.ramp);
-                tokio::time::sleep_until(intended).await;
+                plan.pacing.until(intended).await;
                 let body = fhir_observation(j, patients, plan.run_id).to_string();
                 if client.is_none() {
                     client = crate::fhir::HttpClient::connect(&http, IO_TIMEOUT).await.ok();
@@ -923,6 +927,7 @@ mod tests {
                 ramp_s: ramp,
                 warmup_s: warmup,
                 duration_s: duration,
+                pacing: crate::pace::Pacing::default(),
             },
             mix,
             deterioration: None,
@@ -996,6 +1001,7 @@ mod tests {
             interaction_every: 0,
             book: None,
             live: Arc::default(),
+            pacing: crate::pace::Pacing::default(),
         };
         let kinds: Vec<Kind> = (0..4000).map(|i| plan.kind(i)).collect();
         let labs = kinds.iter().filter(|k| **k == Kind::Lab).count();

@@ -205,6 +205,10 @@ struct RunArgs {
     /// Override the MLLP connections.
     #[arg(long)]
     connections: Option<usize>,
+    /// Override how senders wait for each intended send time: `precise` (a timer thread of
+    /// the harness's own) or `tick` (tokio's millisecond timer, as before).
+    #[arg(long, value_enum)]
+    pacing: Option<vigil_loadtest::pace::Pacing>,
     /// Override the number of consoles (0: none).
     #[arg(long)]
     consoles: Option<usize>,
@@ -397,6 +401,7 @@ impl RunArgs {
             warmup: self.warmup,
             ramp: self.ramp,
             connections: self.connections,
+            pacing: self.pacing,
             consoles: self.consoles,
             fhir_rate: self.fhir_rate,
             baseline: self.baseline,

@@ -323,8 +323,12 @@ impl RunReport {
         let _ = writeln!(s, "scenario {} -> {} ({})", self.scenario, self.target, self.started_at);
         let _ = writeln!(
             s,
-            "offered {:.0} msg/s, {} connections, window {:.0}-{:.0} s",
-            self.offered_rate, self.config.load.connections, self.window_s.0, self.window_s.1
+            "offered {:.0} msg/s, {} connections, window {:.0}-{:.0} s, pacing {}",
+            self.offered_rate,
+            self.config.load.connections,
+            self.window_s.0,
+            self.window_s.1,
+            self.config.load.pacing.name()
         );
         let _ = writeln!(s, "{:<28} {:>14}", "sent / acked", format!("{} / {}", self.sent, self.acked));
         let _ = writeln!(s, "{:<28} {:>14.1}", "throughput (msg/s)", self.throughput);
@@ -561,6 +565,7 @@ pub(crate) mod tests {
                 ramp_s: 1.0,
                 warmup_s: 1.0,
                 duration_s: 2.0,
+                pacing: crate::pace::Pacing::default(),
             },
             mix: Mix::default(),
             deterioration: None,

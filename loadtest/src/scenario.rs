@@ -60,6 +60,10 @@ pub struct Load {
     pub warmup_s: f64,
     /// Seconds measured at the full rate.
     pub duration_s: f64,
+    /// How senders wait for each intended send time: `precise` (default) or `tick` (tokio's
+    /// millisecond timer, as before the eighteenth session; `crate::pace`).
+    #[serde(default)]
+    pub pacing: crate::pace::Pacing,
 }
 
 fn default_connections() -> usize {

@@ -68,8 +68,7 @@ pub enum Submission {
     Durable {
         /// Resolve on commit, one per patient bundle, in routing order.
         tickets: Vec<Routed>,
-        /// Held until answered: bounds messages in flight across all connections and feeds
-        /// (and tells the commit pipeline what is on its way, see [`Ingress::with_expected`]).
+        /// Held until answered: bounds messages in flight across all connections and feeds.
         permit: OwnedSemaphorePermit,
         /// Tells resends waiting on this message how it ended.
         inflight: InFlight,
@@ -173,6 +172,9 @@ pub struct Ingress {
     inflight: DashMap<MessageKey, watch::Receiver<Option<Outcome>>>,
     clock: Arc<dyn Clock>,
     permits: Arc<Semaphore>,
+    /// Counts each message on its way to the store, for the commit pipeline to wait for
+    /// ([`Ingress::with_expected`]); nobody reads it unless given.
+    transit: Arc<vigil_actors::Transit>,
     /// Whether the store answers; without it, always assumed.
     gate: Option<crate::store::health::StoreGate>,
     /// Counters.
@@ -190,6 +192,7 @@ impl Ingress {
             inflight: DashMap::new(),
             clock,
             permits: Arc::new(Semaphore::new(permits.max(1))),
+            transit: Arc::default(),
             gate: None,
             metrics: IngestMetrics::default(),
             stages: crate::http::metrics::Stages::default(),
@@ -202,10 +205,10 @@ impl Ingress {
         self
     }
 
-    /// Take the permits for messages in flight from `expected`, which the commit pipeline
-    /// reads to wait for them (its capacity replaces the `permits` given to [`Ingress::new`]).
+    /// Count each message taken in on `expected` until its actor has queued its write, so the
+    /// commit pipeline waits for the writes on their way, and only for those.
     pub fn with_expected(mut self, expected: &Expected) -> Self {
-        self.permits = Arc::clone(expected.permits());
+        self.transit = Arc::clone(expected.transit());
         self
     }
 
@@ -317,8 +320,12 @@ impl Ingress {
         let last = bundles.len() - 1;
         let envelope = Arc::new(envelope);
         let mut tickets = Vec::with_capacity(bundles.len());
+        // The last bundle carries the count: the batch it may join is the one that answers.
+        let mut in_transit = Some(self.transit.enter());
         for (i, (bundle, part_keys)) in bundles.into_iter().enumerate() {
-            let message = FromMessage { envelope: Arc::clone(&envelope), logs_message: i == last, parts: part_keys };
+            let in_transit = if i == last { in_transit.take() } else { None };
+            let message =
+                FromMessage { envelope: Arc::clone(&envelope), logs_message: i == last, parts: part_keys, in_transit };
             // The last bundle (the one that logs the message) is handed over without waiting
             // for its actor, so the connection can begin its next message meanwhile (a
             // patient's messages still reach its actor in order). A bundle before it waits until

@@ -65,7 +65,7 @@ pub fn message(control_id: &str, at: OffsetDateTime) -> FromMessage {
         raw: Phi(format!("MSH|^~\\&|CONF|LAB|||||ORU^R01|{control_id}|P|2.6")),
         received_at: at,
     };
-    FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() }
+    FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new(), in_transit: None }
 }
 
 /// A small observation event.
@@ -169,7 +169,7 @@ async fn parts_logged_with_their_events(events: &Arc<dyn EventStore>, log: &Arc<
     // carries one part and the message's entry.
     let bundles = [(&first, false, vec![part(0), part(1)]), (&second, true, vec![part(2)])];
     for (patient, logs_message, parts) in bundles {
-        let message = FromMessage { envelope: Arc::clone(&envelope), logs_message, parts };
+        let message = FromMessage { envelope: Arc::clone(&envelope), logs_message, parts, in_transit: None };
         let e = event(patient, "MRN-CONF", t0, 1.0);
         events.append_all(Some(&message), &[e], &[]).await.unwrap().wait().await.expect("durable");
     }

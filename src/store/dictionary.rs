@@ -80,7 +80,7 @@ fn rows_of(mapper: &Mapper, raw: &str, sender: &str, control_id: &str, at: Offse
     let feed = FEEDS.iter().find(|f| f.code == code && f.trigger == trigger).expect("a mapped message type");
     let events: Vec<ClinicalEvent> = (feed.map)(mapper, &msg, at).expect("the harness's messages map");
     let envelope = Envelope { key: MessageKey::hl7(sender, control_id), raw: Phi(raw.to_string()), received_at: at };
-    let message = FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() };
+    let message = FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new(), in_transit: None };
     let mut rows: Vec<Vec<u8>> =
         events.iter().map(|e| super::event_body(e, Some(&message)).expect("an event encodes")).collect();
     if let Some(first) = events.first() {

@@ -548,7 +548,7 @@ impl EmbeddedStore {
             let value = super::event_body(event, message)?;
             let value = seal(keys, EVENTS, &key, &value)?;
             let mut messages = Vec::new();
-            if let Some(FromMessage { envelope, logs_message, parts }) = log.take() {
+            if let Some(FromMessage { envelope, logs_message, parts, .. }) = log.take() {
                 let accepted =
                     AcceptedMessage { patient_id: event.patient_id.clone(), received_at: envelope.received_at };
                 let mut entry = |key: &MessageKey, raw: &str| -> Result<(), StoreError> {
@@ -1234,7 +1234,8 @@ mod tests {
             .collect();
         let envelope =
             Envelope { key: MessageKey::hl7("S", "RDE-10"), raw: vigil_actors::Phi(raw.clone()), received_at: t0 };
-        let message = FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() };
+        let message =
+            FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new(), in_transit: None };
         let records = store.records_of(Some(&message), &events).unwrap();
         assert_eq!(records.len(), 10);
         assert_eq!(
@@ -1340,7 +1341,8 @@ mod tests {
             raw: vigil_actors::Phi("{\"resourceType\":\"Bundle\"}".into()),
             received_at: t0,
         };
-        let message = FromMessage { envelope: Arc::new(envelope), logs_message: false, parts: parts.clone() };
+        let message =
+            FromMessage { envelope: Arc::new(envelope), logs_message: false, parts: parts.clone(), in_transit: None };
         let events = [test_event(&patient, t0), test_event(&patient, t0 + time::Duration::milliseconds(1))];
         let records = store.records_of(Some(&message), &events).unwrap();
         let logged: Vec<usize> = records.iter().map(|r| r.messages.len()).collect();
@@ -1409,6 +1411,6 @@ mod tests {
             raw: vigil_actors::Phi("MSH|...".into()),
             received_at: event.received_at,
         };
-        FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new() }
+        FromMessage { envelope: Arc::new(envelope), logs_message: true, parts: Vec::new(), in_transit: None }
     }
 }

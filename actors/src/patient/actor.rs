@@ -147,7 +147,12 @@ impl Running {
                 for event in &events {
                     changes.extend(self.on_event(event).await);
                 }
-                let queued = match self.ports.events.append_all(message.as_ref(), &events, &changes).await {
+                let queued = self.ports.events.append_all(message.as_ref(), &events, &changes).await;
+                // Queued (or refused): the commit under way no longer waits for it.
+                if let Some(transit) = message.as_ref().and_then(|m| m.in_transit.as_ref()) {
+                    transit.arrived();
+                }
+                let queued = match queued {
                     Ok(ticket) => Ok(self.snapshot_after(events.len(), ticket)),
                     Err(error) => {
                         tracing::error!(patient = %self.state.id, %error, "message and its alert changes not queued");

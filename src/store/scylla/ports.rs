@@ -37,7 +37,7 @@ impl EventStore for ScyllaStore {
             let json = super::super::event_body(event, message)?;
             let body = seal(keys, "events", &row_key, "body", &json)?;
             let mut messages = Vec::new();
-            if let Some(FromMessage { envelope: m, logs_message, parts }) = log.take() {
+            if let Some(FromMessage { envelope: m, logs_message, parts, .. }) = log.take() {
                 // The message's entry, then its parts' (their raw text: a pointer to the message).
                 let entries = logs_message
                     .then(|| (&m.key, m.raw.expose().clone()))
