@@ -656,22 +656,27 @@ mod tests {
         ticket
     }
 
+    /// Queue an alert change for a message on its way, then mark it arrived, as its patient
+    /// actor does once the write is queued.
+    async fn queue_arrived(tx: &mpsc::Sender<Job<()>>, message: &vigil_actors::InTransit, id: &str) -> Durable<u64> {
+        let ticket = queue(tx, id).await;
+        message.arrived();
+        ticket
+    }
+
     #[tokio::test]
     async fn under_load_a_batch_waits_for_the_writes_on_their_way_so_one_write_serves_them() {
         let expected = Expected::new();
         // An interval no test outlasts: only the arrivals end the wait.
         let (tx, batches) = waiting(Duration::from_secs(600), &expected);
         let first = in_flight(&expected);
-        let a_done = queue(&tx, "a").await;
-        first.arrived();
+        let a_done = queue_arrived(&tx, &first, "a").await;
         a_done.wait().await.unwrap();
         // Two messages in flight; one reaches the pipeline now, the other later.
         let (b, c) = (in_flight(&expected), in_flight(&expected));
-        let b_done = queue(&tx, "b").await;
-        b.arrived();
+        let b_done = queue_arrived(&tx, &b, "b").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let c_done = queue(&tx, "c").await;
-        c.arrived();
+        let c_done = queue_arrived(&tx, &c, "c").await;
         b_done.wait().await.unwrap();
         c_done.wait().await.unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![1, 2], "b waited for c: one write for both");
@@ -684,8 +689,7 @@ mod tests {
         // A lone sender: each message's ACK waits on its commit, so nothing else is coming.
         for id in ["a", "b", "c"] {
             let in_flight = in_flight(&expected);
-            let ticket = queue(&tx, id).await;
-            in_flight.arrived();
+            let ticket = queue_arrived(&tx, &in_flight, id).await;
             tokio::time::timeout(Duration::from_secs(60), ticket.wait())
                 .await
                 .expect("committed without waiting out the interval")
@@ -704,8 +708,7 @@ mod tests {
         let mut answering = Vec::new();
         for id in ["a", "b", "c", "d"] {
             let in_flight = in_flight(&expected);
-            let ticket = queue(&tx, id).await;
-            in_flight.arrived();
+            let ticket = queue_arrived(&tx, &in_flight, id).await;
             tokio::time::timeout(Duration::from_secs(60), ticket.wait())
                 .await
                 .expect("committed without waiting for writes already made")
@@ -722,8 +725,7 @@ mod tests {
     /// does).
     async fn prime(tx: &mpsc::Sender<Job<()>>, expected: &Expected) {
         let in_flight = in_flight(expected);
-        let ticket = queue(tx, "primer").await;
-        in_flight.arrived();
+        let ticket = queue_arrived(tx, &in_flight, "primer").await;
         ticket.wait().await.unwrap();
     }
 
@@ -733,21 +735,18 @@ mod tests {
         let (tx, batches) = waiting(Duration::from_secs(600), &expected);
         prime(&tx, &expected).await;
         let (b, c) = (in_flight(&expected), in_flight(&expected));
-        let b_done = queue(&tx, "b").await;
-        b.arrived();
+        let b_done = queue_arrived(&tx, &b, "b").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         // d is taken in while b's batch waits for c: at a steady rate there is always a next
         // one, and a batch that waited for it would wait out its interval every time.
         let d = in_flight(&expected);
-        let c_done = queue(&tx, "c").await;
-        c.arrived();
+        let c_done = queue_arrived(&tx, &c, "c").await;
         tokio::time::timeout(Duration::from_secs(60), b_done.wait())
             .await
             .expect("b's batch went with c, without waiting for d")
             .unwrap();
         c_done.wait().await.unwrap();
-        let d_done = queue(&tx, "d").await;
-        d.arrived();
+        let d_done = queue_arrived(&tx, &d, "d").await;
         d_done.wait().await.unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![1, 2, 1]);
     }
@@ -759,12 +758,10 @@ mod tests {
         prime(&tx, &expected).await;
         // Nothing on its way when a is queued; b comes 50 ms later, and shares a's fsync.
         let a = in_flight(&expected);
-        let a_done = queue(&tx, "a").await;
-        a.arrived();
+        let a_done = queue_arrived(&tx, &a, "a").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let b = in_flight(&expected);
-        let b_done = queue(&tx, "b").await;
-        b.arrived();
+        let b_done = queue_arrived(&tx, &b, "b").await;
         a_done.wait().await.unwrap();
         b_done.wait().await.unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![1, 2], "one write for both");
@@ -777,8 +774,7 @@ mod tests {
         prime(&tx, &expected).await;
         let a = in_flight(&expected);
         let b = in_flight(&expected);
-        let a_done = queue(&tx, "a").await;
-        a.arrived();
+        let a_done = queue_arrived(&tx, &a, "a").await;
         // b is refused before its actor queues it (the store down, the sender gone): its guard
         // is dropped, and a's batch goes without waiting out the interval.
         drop(b);
