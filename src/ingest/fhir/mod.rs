@@ -534,11 +534,23 @@ impl FhirFeed {
                 }
             }
         }
-        let mut responses = Vec::with_capacity(submitted.len());
-        for s in submitted {
+        // Every entry's outcome is awaited at once, not in turn: an entry settles (frees its key
+        // for other messages) only when its outcome is awaited, and an earlier entry may be a
+        // resend waiting on a transaction that itself waits for a later entry's key. Awaited in
+        // turn, the batch and that transaction waited on each other for ever (seen once in CI:
+        // a batch [e-6, e-7] beside a transaction [e-7, e-6] that had claimed e-6).
+        let outcomes = futures_util::future::join_all(submitted.into_iter().map(|s| async move {
+            match s {
+                Ok((submission, pending)) => Ok((submission.outcome().await, pending)),
+                Err(e) => Err(e),
+            }
+        }))
+        .await;
+        let mut responses = Vec::with_capacity(outcomes.len());
+        for s in outcomes {
             let response = match s {
-                Ok((submission, pending)) => {
-                    let answer = self.answer(pending, submission.outcome().await);
+                Ok((outcome, pending)) => {
+                    let answer = self.answer(pending, outcome);
                     let mut r = json!({ "status": status_line(answer.status) });
                     if let Some(location) = answer.location {
                         r["location"] = json!(location);
