@@ -13,12 +13,14 @@
 //!    [`AlertPublisher`] (consoles, webhooks) — only after they are durable;
 //! 4. **completes** the tickets the senders' ACKs and the consoles' replies wait on.
 //!
-//! Under load a batch waits, up to [`PipelineConfig::commit_interval`] after the last one
-//! began, for the writes the ingress says are on their way ([`Expected`]): each fsync costs
-//! the kernel about 100 µs of CPU on our VMs, and without the wait most batches carried one to
-//! eight messages (docs/BENCHMARKS.md, "commit interval"). A batch never waits when
-//! everything in flight is already queued, so a sender with one message in flight is not
-//! slowed.
+//! Under load a batch may wait, up to [`PipelineConfig::commit_interval`] after the last one
+//! began: each fsync costs the kernel about 100 µs of CPU on our VMs, and without the wait most
+//! batches carried one to eight messages (docs/BENCHMARKS.md, "commit interval"). With CPU to
+//! spare it waits only for the writes that were on their way when it began waiting
+//! ([`Expected`]: taken in by the ingress, not yet queued by their actors); when the process
+//! uses most of the machine's cores (`CpuGauge`) it waits out the interval. A batch never
+//! waits when nothing is on its way and the CPU is not the limit, so a sender with one message
+//! in flight is not slowed.
 //!
 //! A number handed to a change whose write failed is not reused (a gap in the alert log;
 //! readers never assume the sequence is contiguous), because a partial write may have left it
