@@ -445,7 +445,7 @@ pub struct Envelope {
 
 /// The message a bundle of events came from, as the store records it: every event row names
 /// its message, and the one bundle that carries the message-log entry says so.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FromMessage {
     /// The message.
     pub envelope: std::sync::Arc<Envelope>,
@@ -456,10 +456,10 @@ pub struct FromMessage {
     /// same atomic write as the events, so a resend of the part alone, or inside another
     /// message, is recognised — and never without the events it stands for.
     pub parts: Vec<MessageKey>,
-    /// Counts the message as on its way to the store until its write is queued
-    /// ([`crate::InTransit::arrived`]) or every copy of this is dropped; `None` when nobody
-    /// counts (replays, tests).
-    pub in_transit: Option<std::sync::Arc<crate::InTransit>>,
+    /// Counts the message as on its way to the store until its patient actor has queued its
+    /// write (and drops this) or it is abandoned; `None` when nobody counts (replays, tests).
+    /// Not `Clone` for that reason: one message, one count.
+    pub in_transit: Option<crate::InTransit>,
 }
 
 /// A stored event with the message it came from (`None` for events stored before messages

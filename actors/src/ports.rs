@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -107,27 +107,29 @@ impl<T> Durable<T> {
 /// none waits for a write that is not coming. Counted by [`InTransit`] guards.
 ///
 /// A message counts from when the ingress takes it in until the patient actor has queued its
-/// write ([`InTransit::arrived`]) or it is abandoned (the guard dropped). A message whose write
-/// is committed and whose ACK is still being written no longer counts: nothing of it is coming.
+/// write or it is abandoned (its guard dropped, either way). A message whose write is committed
+/// and whose ACK is still being written no longer counts: nothing of it is coming.
 #[derive(Debug, Default)]
 pub struct Transit {
-    count: AtomicUsize,
-    /// Messages that have stopped counting, ever.
+    /// Messages taken in, ever.
+    entered: AtomicU64,
+    /// Messages that have stopped counting, ever (never more than `entered`).
     left: AtomicU64,
     /// Woken when a message stops counting.
     departed: tokio::sync::Notify,
 }
 
 impl Transit {
-    /// One message more on its way, until the guard says it arrived or is dropped.
-    pub fn enter(self: &Arc<Self>) -> Arc<InTransit> {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        Arc::new(InTransit { transit: Arc::clone(self), spent: AtomicBool::new(false) })
+    /// One message more on its way, until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> InTransit {
+        self.entered.fetch_add(1, Ordering::AcqRel);
+        InTransit { transit: Arc::clone(self) }
     }
 
-    /// Messages on their way now.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+    /// Messages taken in since the count began: once [`Transit::left`] reaches this, every one
+    /// of them has stopped counting.
+    pub fn entered(&self) -> u64 {
+        self.entered.load(Ordering::Acquire)
     }
 
     /// Messages that have stopped counting since the count began.
@@ -135,41 +137,31 @@ impl Transit {
         self.left.load(Ordering::Acquire)
     }
 
+    /// Messages on their way now.
+    pub fn count(&self) -> u64 {
+        // `left` first: read after it, `entered` is at least as large.
+        let left = self.left();
+        self.entered().saturating_sub(left)
+    }
+
     /// Resolves once a message has stopped counting since the last time it resolved (or at
-    /// once, when one did meanwhile): re-read the count.
+    /// once, when one did meanwhile): re-read the counts.
     pub async fn departed(&self) {
         self.departed.notified().await;
     }
-
-    fn leave(&self) {
-        // The count falls first: a reader of `left`, then `count`, never counts this message
-        // both as on its way and as gone.
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.left.fetch_add(1, Ordering::AcqRel);
-        self.departed.notify_one();
-    }
 }
 
-/// One message counted by a [`Transit`], carried with it ([`FromMessage::in_transit`]).
+/// One message counted by a [`Transit`], carried with it ([`FromMessage::in_transit`]): it
+/// stops counting when this is dropped.
 #[derive(Debug)]
 pub struct InTransit {
     transit: Arc<Transit>,
-    spent: AtomicBool,
-}
-
-impl InTransit {
-    /// The message's write is queued (or will never be): it no longer counts. Only the first
-    /// call (or the drop) counts.
-    pub fn arrived(&self) {
-        if !self.spent.swap(true, Ordering::AcqRel) {
-            self.transit.leave();
-        }
-    }
 }
 
 impl Drop for InTransit {
     fn drop(&mut self) {
-        self.arrived();
+        self.transit.left.fetch_add(1, Ordering::AcqRel);
+        self.transit.departed.notify_one();
     }
 }
 

@@ -120,6 +120,10 @@ pub struct Part {
 
 impl Submission {
     /// The outcome, once decided: for a stored message, once every event is durable.
+    ///
+    /// The message's keys stay in flight (other messages with a part in common wait on them)
+    /// until this is awaited: a caller holding several submissions awaits them together, never
+    /// one behind another, or two messages can wait on each other (the FHIR batch did).
     pub async fn outcome(self) -> Outcome {
         self.outcome_timed().await.0
     }

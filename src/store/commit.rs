@@ -133,13 +133,8 @@ impl Expected {
     }
 
     /// Writes on their way now.
-    pub fn get(&self) -> usize {
+    pub fn get(&self) -> u64 {
         self.0.count()
-    }
-
-    /// Writes that have arrived (or were abandoned) since the count began.
-    fn left(&self) -> u64 {
-        self.0.left()
     }
 }
 
@@ -309,7 +304,8 @@ impl<B: Backend> Pipeline<B> {
             let interval = self.config.commit_interval;
             let deadline = last_start.filter(|_| !interval.is_zero()).map(|started| started + interval);
             let mut next = Some(first);
-            // How many writes must have arrived, ever, before this batch stops waiting.
+            // How many writes must have arrived, ever, before this batch stops waiting (`None`
+            // until it begins waiting; `u64::MAX`: it waits out the interval).
             let mut awaiting: Option<u64> = None;
             loop {
                 while let Some(job) = next.take() {
@@ -328,19 +324,14 @@ impl<B: Backend> Pipeline<B> {
                 if close.is_some() || jobs.len() >= max_batch {
                     break;
                 }
-                // The batch waits for the writes on their way when it began waiting, not for
+                // The batch waits for the writes taken in before it began waiting, not for
                 // those taken in since (each would let the next one in, and the batch would
-                // wait out its interval at any steady rate): as many arrivals as there were
-                // writes on their way then, whichever arrive.
-                // With the CPU the limit, it waits out the interval (see `CpuGauge`).
-                let awaited = *awaiting.get_or_insert_with(|| {
-                    if self.cpu.busy(Instant::now()) {
-                        u64::MAX
-                    } else {
-                        self.expected.left() + self.expected.get() as u64
-                    }
-                });
-                if self.expected.left() >= awaited {
+                // wait out its interval at any steady rate). With the CPU the limit, it waits
+                // out the interval (see `CpuGauge`).
+                let transit = self.expected.transit();
+                let awaited = *awaiting
+                    .get_or_insert_with(|| if self.cpu.busy(Instant::now()) { u64::MAX } else { transit.entered() });
+                if transit.left() >= awaited {
                     // A write is queued before it stops counting: whatever arrived since the
                     // drain above goes in too.
                     next = rx.try_recv().ok();
@@ -354,7 +345,9 @@ impl<B: Backend> Pipeline<B> {
                         Some(job) => next = Some(job),
                         None => break,
                     },
-                    () = self.expected.0.departed() => {}
+                    // A departure can end only a wait for arrivals: waiting out the interval,
+                    // the committer is not woken for each message.
+                    () = transit.departed(), if awaited != u64::MAX => {}
                     () = tokio::time::sleep_until(deadline.into()) => break,
                 }
             }
@@ -646,8 +639,8 @@ mod tests {
         (tx, batches)
     }
 
-    /// One message taken in by the ingress: on its way until `arrived` (or dropped).
-    fn in_flight(expected: &Expected) -> Arc<vigil_actors::InTransit> {
+    /// One message taken in by the ingress: on its way until dropped.
+    fn in_flight(expected: &Expected) -> vigil_actors::InTransit {
         expected.transit().enter()
     }
 
@@ -658,11 +651,11 @@ mod tests {
         ticket
     }
 
-    /// Queue an alert change for a message on its way, then mark it arrived, as its patient
+    /// Queue an alert change for a message on its way, then drop its count, as its patient
     /// actor does once the write is queued.
-    async fn queue_arrived(tx: &mpsc::Sender<Job<()>>, message: &vigil_actors::InTransit, id: &str) -> Durable<u64> {
+    async fn queue_arrived(tx: &mpsc::Sender<Job<()>>, message: vigil_actors::InTransit, id: &str) -> Durable<u64> {
         let ticket = queue(tx, id).await;
-        message.arrived();
+        drop(message);
         ticket
     }
 
@@ -672,13 +665,13 @@ mod tests {
         // An interval no test outlasts: only the arrivals end the wait.
         let (tx, batches) = waiting(Duration::from_secs(600), &expected);
         let first = in_flight(&expected);
-        let a_done = queue_arrived(&tx, &first, "a").await;
+        let a_done = queue_arrived(&tx, first, "a").await;
         a_done.wait().await.unwrap();
         // Two messages in flight; one reaches the pipeline now, the other later.
         let (b, c) = (in_flight(&expected), in_flight(&expected));
-        let b_done = queue_arrived(&tx, &b, "b").await;
+        let b_done = queue_arrived(&tx, b, "b").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let c_done = queue_arrived(&tx, &c, "c").await;
+        let c_done = queue_arrived(&tx, c, "c").await;
         b_done.wait().await.unwrap();
         c_done.wait().await.unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![1, 2], "b waited for c: one write for both");
@@ -691,43 +684,24 @@ mod tests {
         // A lone sender: each message's ACK waits on its commit, so nothing else is coming.
         for id in ["a", "b", "c"] {
             let in_flight = in_flight(&expected);
-            let ticket = queue_arrived(&tx, &in_flight, id).await;
+            let ticket = queue_arrived(&tx, in_flight, id).await;
             tokio::time::timeout(Duration::from_secs(60), ticket.wait())
                 .await
                 .expect("committed without waiting out the interval")
                 .unwrap();
         }
         assert_eq!(*batches.lock().unwrap(), vec![1, 1, 1]);
-    }
-
-    #[tokio::test]
-    async fn a_batch_does_not_wait_for_messages_whose_writes_are_already_queued() {
-        let expected = Expected::new();
-        let (tx, batches) = waiting(Duration::from_secs(600), &expected);
-        // Eight connections: each message is committed, and its ACK is still on its way out
-        // (its message held) when the next connection's message comes. Nothing of the earlier
-        // ones is coming, so none of the later waits for them.
-        let mut answering = Vec::new();
-        for id in ["a", "b", "c", "d"] {
-            let in_flight = in_flight(&expected);
-            let ticket = queue_arrived(&tx, &in_flight, id).await;
-            tokio::time::timeout(Duration::from_secs(60), ticket.wait())
-                .await
-                .expect("committed without waiting for writes already made")
-                .unwrap();
-            answering.push(in_flight);
-        }
-        assert_eq!(*batches.lock().unwrap(), vec![1, 1, 1, 1]);
+        // A committed message whose ACK is still on its way out holds nothing that counts: its
+        // count went when its write was queued, once.
         assert_eq!(expected.get(), 0, "arrived messages no longer count");
-        drop(answering);
-        assert_eq!(expected.get(), 0, "and their drop does not count them twice");
+        assert_eq!(expected.transit().left(), expected.transit().entered(), "each counted out once");
     }
 
     /// Commit one lone message, so the next batch may wait (the first after a quiet spell never
     /// does).
     async fn prime(tx: &mpsc::Sender<Job<()>>, expected: &Expected) {
         let in_flight = in_flight(expected);
-        let ticket = queue_arrived(tx, &in_flight, "primer").await;
+        let ticket = queue_arrived(tx, in_flight, "primer").await;
         ticket.wait().await.unwrap();
     }
 
@@ -737,18 +711,18 @@ mod tests {
         let (tx, batches) = waiting(Duration::from_secs(600), &expected);
         prime(&tx, &expected).await;
         let (b, c) = (in_flight(&expected), in_flight(&expected));
-        let b_done = queue_arrived(&tx, &b, "b").await;
+        let b_done = queue_arrived(&tx, b, "b").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         // d is taken in while b's batch waits for c: at a steady rate there is always a next
         // one, and a batch that waited for it would wait out its interval every time.
         let d = in_flight(&expected);
-        let c_done = queue_arrived(&tx, &c, "c").await;
+        let c_done = queue_arrived(&tx, c, "c").await;
         tokio::time::timeout(Duration::from_secs(60), b_done.wait())
             .await
             .expect("b's batch went with c, without waiting for d")
             .unwrap();
         c_done.wait().await.unwrap();
-        let d_done = queue_arrived(&tx, &d, "d").await;
+        let d_done = queue_arrived(&tx, d, "d").await;
         d_done.wait().await.unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![1, 2, 1]);
     }
@@ -760,10 +734,10 @@ mod tests {
         prime(&tx, &expected).await;
         // Nothing on its way when a is queued; b comes 50 ms later, and shares a's fsync.
         let a = in_flight(&expected);
-        let a_done = queue_arrived(&tx, &a, "a").await;
+        let a_done = queue_arrived(&tx, a, "a").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let b = in_flight(&expected);
-        let b_done = queue_arrived(&tx, &b, "b").await;
+        let b_done = queue_arrived(&tx, b, "b").await;
         a_done.wait().await.unwrap();
         b_done.wait().await.unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![1, 2], "one write for both");
@@ -776,7 +750,7 @@ mod tests {
         prime(&tx, &expected).await;
         let a = in_flight(&expected);
         let b = in_flight(&expected);
-        let a_done = queue_arrived(&tx, &a, "a").await;
+        let a_done = queue_arrived(&tx, a, "a").await;
         // b is refused before its actor queues it (the store down, the sender gone): its guard
         // is dropped, and a's batch goes without waiting out the interval.
         drop(b);

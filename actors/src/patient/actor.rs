@@ -138,7 +138,7 @@ impl Running {
             self.last_active = self.ports.clock.now();
         }
         match msg {
-            PatientMsg::Ingest { message, events, reply } => {
+            PatientMsg::Ingest { mut message, events, reply } => {
                 // Rules run first (microseconds), so the events and the alert changes they
                 // cause are committed together: the ACK, which waits on this ticket, then means
                 // both are durable. If queuing fails the sender is told to resend; the state
@@ -149,9 +149,7 @@ impl Running {
                 }
                 let queued = self.ports.events.append_all(message.as_ref(), &events, &changes).await;
                 // Queued (or refused): the commit under way no longer waits for it.
-                if let Some(transit) = message.as_ref().and_then(|m| m.in_transit.as_ref()) {
-                    transit.arrived();
-                }
+                drop(message.as_mut().and_then(|m| m.in_transit.take()));
                 let queued = match queued {
                     Ok(ticket) => Ok(self.snapshot_after(events.len(), ticket)),
                     Err(error) => {
