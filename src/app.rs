@@ -258,7 +258,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
     // Messages taken in whose writes are not yet queued: what a commit waits for under load.
     let expected = crate::store::commit::Expected::new();
     let store = match config.store.backend {
-        Backend::Embedded => Store::Embedded(
+        Backend::Embedded => Store::Embedded({
+            crate::store::writeback::advise(crate::store::writeback::Threshold::of_host());
             EmbeddedStore::open(
                 &config.data_dir,
                 EmbeddedStoreConfig {
@@ -270,8 +271,8 @@ pub async fn start_with_token_clock(config: &Config, token_clock: Arc<dyn Clock>
                 keys,
                 Arc::new(hub.clone()),
             )
-            .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?,
-        ),
+            .map_err(|e| crate::store::recover::explain_open_failure(&config.data_dir, e))?
+        }),
         #[cfg(not(feature = "scylla"))]
         Backend::Scylla => anyhow::bail!(
             "store.backend is `scylla`, but this vigil was built without ScyllaDB support: \

@@ -274,6 +274,12 @@ impl RunReport {
         {
             machine.insert("cpu".to_owned(), model.1.trim().to_owned());
         }
+        let sysctl = |name: &str| std::fs::read_to_string(format!("/proc/sys/vm/{name}")).ok();
+        if let (Some(bytes), Some(ratio)) = (sysctl("dirty_background_bytes"), sysctl("dirty_background_ratio"))
+            && let Some(writeback) = writeback(&bytes, &ratio)
+        {
+            machine.insert("writeback".to_owned(), writeback);
+        }
         RunReport {
             scenario: scenario.name.clone(),
             description: scenario.description.clone(),
@@ -544,6 +550,17 @@ impl Slo {
     }
 }
 
+/// The host's background writeback threshold as the kernel applies it (the byte count when set,
+/// else the ratio): with the default ratio, a store's table flush waits in memory for its fsync,
+/// and on ext4 the durable ACKs committed meanwhile wait with it (docs/storage.md), so a
+/// report's latencies say which the host had.
+fn writeback(bytes: &str, ratio: &str) -> Option<String> {
+    match bytes.trim().parse::<u64>().ok()? {
+        0 => Some(format!("vm.dirty_background_ratio {} %", ratio.trim().parse::<u64>().ok()?)),
+        b => Some(format!("vm.dirty_background_bytes {} MiB", b as f64 / 1_048_576.0)),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
@@ -632,6 +649,14 @@ pub(crate) mod tests {
             stages: m.stages.clone(),
             started_at: m.started_at,
         }
+    }
+
+    #[test]
+    fn the_machine_names_the_writeback_threshold_the_kernel_applies() {
+        assert_eq!(writeback("0\n", "10\n").as_deref(), Some("vm.dirty_background_ratio 10 %"));
+        assert_eq!(writeback("16777216\n", "0\n").as_deref(), Some("vm.dirty_background_bytes 16 MiB"));
+        assert_eq!(writeback("1572864", "0").as_deref(), Some("vm.dirty_background_bytes 1.5 MiB"));
+        assert_eq!(writeback("", "10"), None);
     }
 
     #[test]

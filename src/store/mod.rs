@@ -12,6 +12,7 @@ pub mod health;
 pub mod recover;
 #[cfg(feature = "scylla")]
 pub mod scylla;
+pub mod writeback;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreConfig};
 #[cfg(feature = "scylla")]
