@@ -12,6 +12,14 @@ set -u
 BIN=${BIN:-target/dist/vigil}; LT=${LT:-target/dist/vigil-loadtest}; OUT=${OUT:-/tmp/targets}
 RUNS=${RUNS:-capacity 5000}; DURATION1=${DURATION1:-60}
 mkdir -p "$OUT"
+# The host's writeback threshold decides whether each table flush stalls the durable ACKs committed
+# meanwhile (docs/storage.md, "Host writeback"); every report's machine line names it too.
+wb=$(cat /proc/sys/vm/dirty_background_bytes 2>/dev/null || echo 0)
+if [ "$wb" = 0 ]; then
+  echo "host writeback: vm.dirty_background_ratio $(cat /proc/sys/vm/dirty_background_ratio 2>/dev/null) % (deploy/sysctl.d/90-vigil.conf sets 16 MiB)"
+else
+  echo "host writeback: vm.dirty_background_bytes $wb"
+fi
 for run in $RUNS; do
   d=$(mktemp -d)
   printf '[fhir.identifier_systems]\nVIGIL_SIM = "http://vigil.example.org/sim/mrn"\n' > "$d/vigil.toml"
