@@ -38,6 +38,9 @@ pub const HTTP_RATE_LIMITED: &str = "vigil_http_connections_rate_limited_total";
 pub const PATIENTS: &str = "vigil_patient_actors";
 /// Last alert sequence number committed.
 pub const ALERT_SEQ: &str = "vigil_alert_last_seq";
+/// The host's background writeback threshold in bytes (docs/storage.md, "Host writeback"):
+/// 64 MiB or more, and each table the embedded store flushes stalls the ACKs committed meanwhile.
+pub const HOST_WRITEBACK: &str = "vigil_host_writeback_background_bytes";
 /// Alert changes a webhook endpoint accepted (2xx).
 pub const WEBHOOK_DELIVERED: &str = "vigil_webhook_delivered_total";
 /// Webhook attempts that failed and were retried.
@@ -211,6 +214,11 @@ impl Metrics {
             metrics::describe_counter!(MLLP_DISCARDED, "bytes received outside MLLP frames and discarded");
             metrics::describe_gauge!(PATIENTS, "live patient actors");
             metrics::describe_gauge!(ALERT_SEQ, "last alert sequence number committed");
+            metrics::describe_gauge!(
+                HOST_WRITEBACK,
+                metrics::Unit::Bytes,
+                "the host's background writeback threshold (vm.dirty_background_*); 64 MiB or more stalls durable ACKs at each table flush"
+            );
             metrics::describe_counter!(WEBHOOK_DELIVERED, "alert changes a webhook endpoint accepted");
             metrics::describe_counter!(WEBHOOK_RETRIED, "webhook attempts that failed and were retried");
             metrics::describe_counter!(WEBHOOK_DEAD_LETTERED, "alert changes written to the webhook dead letters");
@@ -348,6 +356,9 @@ pub async fn render(
                 .absolute(n);
         }
         metrics::gauge!(WEBSOCKET_SESSIONS).set(state.ws_sessions.count() as f64);
+        if let Some(threshold) = crate::store::writeback::Threshold::of_host() {
+            metrics::gauge!(HOST_WRITEBACK).set(threshold.bytes() as f64);
+        }
         if let Some(axum::Extension(devices)) = &devices {
             metrics::gauge!(DEVICES_LIVE).set(devices.device_count() as f64);
             metrics::gauge!(DEVICES_OFFLINE).set(devices.offline_count() as f64);

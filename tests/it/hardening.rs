@@ -195,6 +195,12 @@ async fn http_connections_past_a_peers_rate_are_closed_at_once_and_other_peers_a
         text.lines().any(|l| l == format!("vigil_http_connections_rate_limited_total {limited}")),
         "rate-limited connections not exported:\n{text}"
     );
+    // The host's writeback threshold, which decides whether table flushes stall durable ACKs.
+    if vigil::store::writeback::Threshold::of_host().is_some() {
+        let bytes: Option<f64> =
+            text.lines().find_map(|l| l.strip_prefix("vigil_host_writeback_background_bytes ")?.parse().ok());
+        assert!(bytes.is_some_and(|b| b > 0.0), "writeback threshold not exported:\n{text}");
+    }
     server.shutdown().await;
 }
 
