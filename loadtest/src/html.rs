@@ -257,6 +257,15 @@ pub fn render(r: &RunReport) -> String {
             r.alerts_expected, r.alert_frames
         );
     }
+    for a in r.slowest_alerts.iter().take(5) {
+        let ms: Vec<String> = a.ms.iter().map(|ms| format!("{ms:.2}")).collect();
+        let _ = write!(
+            h,
+            "<tr><th>slow alert, sent at {:.2} s</th><td>{} ms (each console)</td></tr>",
+            a.at_s,
+            ms.join(" / ")
+        );
+    }
     if let Some(u) = &r.server {
         let _ = write!(h, "<tr><th>server peak RSS</th><td>{:.1} MiB</td></tr>", u.peak_rss_mib);
         let _ = write!(h, "<tr><th>server mean CPU (window)</th><td>{:.0} % of a core</td></tr>", u.mean_cpu_pct);

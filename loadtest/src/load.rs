@@ -106,6 +106,8 @@ pub struct Measured {
     pub alerts_expected: u64,
     /// Alert frames the consoles received in all.
     pub alert_frames: u64,
+    /// The slowest alerts, on each console.
+    pub slowest_alerts: Vec<SlowAlert>,
     /// FHIR response latency (µs), measured window.
     pub fhir: Histogram<u64>,
     /// FHIR answers 201 in the measured window.
@@ -410,6 +412,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         alert: new_histogram(),
         alerts_expected: 0,
         alert_frames: 0,
+        slowest_alerts: Vec::new(),
         fhir: new_histogram(),
         fhir_created: 0,
         slot,
@@ -469,13 +472,16 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         }
         let _ = stop_consoles.send(true);
         let mut timed = 0u64;
+        let mut samples = Vec::new();
         while let Some(res) = console_tasks.join_next().await {
             let c = res.context("console task failed")?;
             timed += c.hist.len();
+            samples.extend(c.timed.into_iter().map(|(mrn, at, us)| (c.n, mrn, at, us)));
             m.alert.add(&c.hist).context("merging histograms")?;
             m.alert_frames += c.frames;
             merge_counts(&mut m.errors, c.errors);
         }
+        m.slowest_alerts = slowest_alerts(&samples, plan.start, SLOWEST_ALERTS);
         let missing = (m.alerts_expected * c.count as u64).saturating_sub(timed);
         if missing > 0 {
             *m.errors.entry("alert_missing".to_owned()).or_default() += missing;
@@ -720,9 +726,48 @@ async fn send_checked(client: &mut MllpClient, addr: &str, msg: &str, errors: &m
 }
 
 struct ConsoleResult {
+    n: usize,
     hist: Histogram<u64>,
+    /// Each timed alert: the patient, the causing message's intended send, the latency (µs).
+    timed: Vec<(String, Instant, u64)>,
     frames: u64,
     errors: BTreeMap<String, u64>,
+}
+
+/// One of a run's slowest alerts, as every console saw it: whether an alert was slow on every
+/// console (the server's path) or on one (that console's session, or the harness's own task).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SlowAlert {
+    /// The causing message's intended send time, seconds from the start of the schedule (the
+    /// timeline's seconds).
+    pub at_s: f64,
+    /// Latency in ms on each console that timed it, in console order.
+    pub ms: Vec<f64>,
+}
+
+/// Slowest alerts shown in a report.
+pub const SLOWEST_ALERTS: usize = 10;
+
+/// The `keep` alerts whose slowest console was slowest, from each console's timed alerts
+/// (console number, patient, intended send, latency µs), slowest first.
+pub fn slowest_alerts(timed: &[(usize, String, Instant, u64)], origin: Instant, keep: usize) -> Vec<SlowAlert> {
+    /// Per patient: the causing message's intended send, and (console, latency µs) per console.
+    type Seen = (Instant, Vec<(usize, u64)>);
+    let mut by_patient: HashMap<&str, Seen> = HashMap::new();
+    for (console, mrn, intended, us) in timed {
+        by_patient.entry(mrn).or_insert_with(|| (*intended, Vec::new())).1.push((*console, *us));
+    }
+    let mut alerts: Vec<(u64, SlowAlert)> = by_patient
+        .into_values()
+        .map(|(intended, mut seen)| {
+            seen.sort_unstable();
+            let worst = seen.iter().map(|(_, us)| *us).max().unwrap_or(0);
+            let at_s = intended.saturating_duration_since(origin).as_secs_f64();
+            (worst, SlowAlert { at_s, ms: seen.iter().map(|(_, us)| *us as f64 / 1000.0).collect() })
+        })
+        .collect();
+    alerts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.at_s.total_cmp(&b.1.at_s)));
+    alerts.into_iter().take(keep).map(|(_, a)| a).collect()
 }
 
 /// One console session: subscribes to every unit of its token, and on the first `active`
@@ -741,7 +786,7 @@ async fn console(
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-    let mut result = ConsoleResult { hist: new_histogram(), frames: 0, errors: BTreeMap::new() };
+    let mut result = ConsoleResult { n, hist: new_histogram(), timed: Vec::new(), frames: 0, errors: BTreeMap::new() };
     let fail = |kind: &str, result: &mut ConsoleResult| {
         *result.errors.entry(format!("console_{kind}")).or_default() += 1;
         live.errors.fetch_add(1, Ordering::Relaxed);
@@ -810,7 +855,9 @@ async fn console(
                 }
                 if let Some(intended) = book.intended(mrn) {
                     timed.insert(mrn.to_owned());
-                    result.hist.saturating_record(micros(now.saturating_duration_since(intended)));
+                    let us = micros(now.saturating_duration_since(intended));
+                    result.hist.saturating_record(us);
+                    result.timed.push((mrn.to_owned(), intended, us));
                     live.alerts.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -934,6 +981,27 @@ mod tests {
             fhir: None,
             consoles: None,
         }
+    }
+
+    #[test]
+    fn the_slowest_alerts_are_those_whose_slowest_console_was_slowest_with_every_console_beside() {
+        let origin = Instant::now();
+        let at = |s: f64| origin + Duration::from_secs_f64(s);
+        let timed = vec![
+            (1, "p1".to_owned(), at(6.0), 2_000),
+            (0, "p1".to_owned(), at(6.0), 1_500),
+            (0, "p2".to_owned(), at(6.1), 1_000),
+            (1, "p2".to_owned(), at(6.1), 30_000),
+            (0, "p3".to_owned(), at(6.2), 9_000),
+            (1, "p3".to_owned(), at(6.2), 9_500),
+        ];
+        let slow = slowest_alerts(&timed, origin, 2);
+        assert_eq!(slow.len(), 2);
+        // p2: one console slow (30 ms), the other not: console order kept.
+        assert!((slow[0].at_s - 6.1).abs() < 1e-9, "{slow:?}");
+        assert_eq!(slow[0].ms, vec![1.0, 30.0]);
+        assert_eq!(slow[1].ms, vec![9.0, 9.5]);
+        assert!(slowest_alerts(&[], origin, 10).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

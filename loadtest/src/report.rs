@@ -178,6 +178,8 @@ pub struct RunReport {
     pub alerts_expected: u64,
     /// Alert frames received by all consoles.
     pub alert_frames: u64,
+    /// The slowest alerts (at most [`crate::load::SLOWEST_ALERTS`]), with each console's latency.
+    pub slowest_alerts: Vec<crate::load::SlowAlert>,
     /// FHIR response latency, measured window.
     pub fhir: Option<Latency>,
     /// FHIR Observations stored per second in the measured window.
@@ -299,6 +301,7 @@ impl RunReport {
             alert: Latency::of(&m.alert),
             alerts_expected: m.alerts_expected,
             alert_frames: m.alert_frames,
+            slowest_alerts: m.slowest_alerts.clone(),
             fhir: Latency::of(&m.fhir),
             fhir_throughput: scenario.fhir.as_ref().map(|_| m.fhir_created as f64 / scenario.load.duration_s),
             timeline,
@@ -380,6 +383,13 @@ impl RunReport {
                 "alerts expected {} (x consoles), frames received {}",
                 self.alerts_expected, self.alert_frames
             );
+        }
+        if !self.slowest_alerts.is_empty() {
+            let _ = writeln!(s, "slowest alerts (causing message's second of the run: ms on each console)");
+            for a in self.slowest_alerts.iter().take(5) {
+                let ms: Vec<String> = a.ms.iter().map(|ms| format!("{ms:.2}")).collect();
+                let _ = writeln!(s, "  {:>7.2} s: {}", a.at_s, ms.join(" "));
+            }
         }
         if let Some(u) = &self.server {
             let _ = writeln!(
@@ -613,6 +623,7 @@ pub(crate) mod tests {
             alert,
             alerts_expected: 1,
             alert_frames: 3,
+            slowest_alerts: vec![crate::load::SlowAlert { at_s: 1.25, ms: vec![9.0, 8.5, 12.25] }],
             fhir: new_histogram(),
             fhir_created: 0,
             slot: Duration::from_secs(1),
@@ -640,6 +651,7 @@ pub(crate) mod tests {
             alert: m.alert.clone(),
             alerts_expected: m.alerts_expected,
             alert_frames: m.alert_frames,
+            slowest_alerts: m.slowest_alerts.clone(),
             fhir: m.fhir.clone(),
             fhir_created: m.fhir_created,
             slot: m.slot,
@@ -691,9 +703,12 @@ pub(crate) mod tests {
         assert!(table.contains("nak_AE"), "{table}");
         assert!(table.contains("lag ms") && table.contains("the harness's own"), "{table}");
         assert!(r.to_html().contains("harness send lag"));
+        assert!(r.to_html().contains("slow alert, sent at 1.25 s</th><td>9.00 / 8.50 / 12.25 ms"));
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["baseline"]["fraction"], 0.25);
         assert_eq!(json["errors"]["closed"], 1);
+        assert!(table.contains("slowest alerts") && table.contains("   1.25 s: 9.00 8.50 12.25"), "{table}");
+        assert_eq!(json["slowest_alerts"][0]["ms"][2], 12.25);
     }
 
     #[test]
