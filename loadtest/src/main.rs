@@ -161,6 +161,10 @@ enum Command {
         /// fraction of the echo's.
         #[arg(long)]
         baseline: bool,
+        /// How senders wait for each intended send time: `precise` (a timer thread of the
+        /// harness's own) or `tick` (tokio's millisecond timer).
+        #[arg(long, value_enum, default_value_t = vigil_loadtest::pace::Pacing::Precise)]
+        pacing: vigil_loadtest::pace::Pacing,
     },
 }
 
@@ -311,13 +315,14 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             print!("{}", report.to_markdown());
         }
-        Command::Rate { mllp, rate, duration, connections, patients, baseline } => {
+        Command::Rate { mllp, rate, duration, connections, patients, baseline, pacing } => {
             let cfg = RateConfig {
                 addr: mllp,
                 rate_per_sec: rate,
                 duration: Duration::from_secs(duration),
                 connections,
                 patients,
+                pacing,
             };
             let echo = if baseline {
                 let (addr, stop, _task) = vigil_loadtest::echo::spawn("127.0.0.1:0").await?;

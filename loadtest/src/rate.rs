@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::mllp::{ack_code, push_frame, read_frame_timeout};
+use crate::pace::Pacing;
 use crate::pcd01::{PatientDemo, Vitals, oru_r01};
 use crate::ward::SimRng;
 
@@ -32,6 +33,8 @@ pub struct RateConfig {
     pub connections: usize,
     /// Distinct synthetic patients the messages cycle through.
     pub patients: usize,
+    /// How senders wait for each intended send time (as `run`'s `--pacing`).
+    pub pacing: Pacing,
 }
 
 impl Default for RateConfig {
@@ -42,6 +45,7 @@ impl Default for RateConfig {
             duration: Duration::from_secs(10),
             connections: 4,
             patients: 100,
+            pacing: Pacing::default(),
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Report {
     pub max_us: u64,
     /// Replies per second from the first scheduled send to the last reply.
     pub achieved_rate: f64,
+    /// How the senders were paced.
+    pub pacing: Pacing,
 }
 
 impl Report {
@@ -88,6 +94,7 @@ impl Report {
         let _ = writeln!(s, "| acked | {} |", self.acked);
         let _ = writeln!(s, "| errors | {} |", self.errors);
         let _ = writeln!(s, "| achieved rate | {:.1} msg/s |", self.achieved_rate);
+        let _ = writeln!(s, "| pacing | {} |", self.pacing.name());
         for (name, v) in [
             ("p50", self.p50_us),
             ("p90", self.p90_us),
@@ -131,6 +138,7 @@ struct Shared {
     patients: Vec<PatientDemo>,
     run_id: u64,
     start: Instant,
+    pacing: Pacing,
 }
 
 impl Shared {
@@ -177,6 +185,7 @@ pub async fn run_rate(cfg: RateConfig) -> anyhow::Result<Report> {
         run_id: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         // A short lead so the first scheduled sends are not already late.
         start: Instant::now() + Duration::from_millis(20),
+        pacing: cfg.pacing,
     });
     tracing::info!(rate = cfg.rate_per_sec, total, connections, "open-loop load test starting");
 
@@ -197,6 +206,7 @@ pub async fn run_rate(cfg: RateConfig) -> anyhow::Result<Report> {
         p999_us: 0,
         max_us: 0,
         achieved_rate: 0.0,
+        pacing: cfg.pacing,
     };
     let mut last_reply: Option<Instant> = None;
     while let Some(res) = tasks.join_next().await {
@@ -267,7 +277,7 @@ async fn write_loop(conn: u64, mut writer: OwnedWriteHalf, tx: mpsc::Sender<Inst
     let mut sent = 0u64;
     let mut i = conn;
     while i < shared.total {
-        tokio::time::sleep_until(shared.intended(i)).await;
+        shared.pacing.until(shared.intended(i)).await;
         let now = Instant::now();
         let mut batch = 0u64;
         while i < shared.total && shared.intended(i) <= now && out.len() < WRITE_CHUNK {
@@ -366,8 +376,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_loop_run_against_ack_server() {
         let (addr, rec) = start(Mode::Ack).await;
-        let cfg =
-            RateConfig { addr, rate_per_sec: 400, duration: Duration::from_millis(1500), connections: 3, patients: 7 };
+        let cfg = RateConfig {
+            addr,
+            rate_per_sec: 400,
+            duration: Duration::from_millis(1500),
+            connections: 3,
+            patients: 7,
+            pacing: Pacing::Precise,
+        };
         let report =
             tokio::time::timeout(Duration::from_secs(20), run_rate(cfg)).await.expect("load test hung").unwrap();
         assert_eq!(report.sent, 600, "{report:?}");
@@ -391,13 +407,20 @@ mod tests {
         assert!(md.contains("| sent | 600 |"));
         assert!(md.contains("| AA | 600 |"));
         assert!(md.contains("latency p99.9"));
+        assert!(md.contains("| pacing | precise |"), "{md}");
     }
 
     #[tokio::test]
     async fn lost_connection_counts_errors_and_returns() {
         let (addr, _) = start(Mode::DropAfter(5)).await;
-        let cfg =
-            RateConfig { addr, rate_per_sec: 500, duration: Duration::from_millis(400), connections: 1, patients: 1 };
+        let cfg = RateConfig {
+            addr,
+            rate_per_sec: 500,
+            duration: Duration::from_millis(400),
+            connections: 1,
+            patients: 1,
+            pacing: Pacing::Tick,
+        };
         let report =
             tokio::time::timeout(Duration::from_secs(20), run_rate(cfg)).await.expect("load test hung").unwrap();
         assert_eq!(report.acked, 5, "{report:?}");
