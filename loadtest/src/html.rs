@@ -289,6 +289,7 @@ pub fn render(r: &RunReport) -> String {
     h.push_str(&latency_row("ACK", &r.ack));
     h.push_str(&latency_row("harness send lag (part of the ACK)", &r.send_lag));
     h.push_str(&latency_row("alert (console)", &r.alert));
+    h.push_str(&latency_row("ACK of the messages that alerted", &r.alert_ack));
     h.push_str(&latency_row("FHIR response", &r.fhir));
     if let Some(b) = &r.baseline {
         h.push_str(&latency_row("echo ACK", &b.ack));

@@ -108,6 +108,9 @@ pub struct Measured {
     pub alert_frames: u64,
     /// The slowest alerts, on each console.
     pub slowest_alerts: Vec<SlowAlert>,
+    /// ACK latency (µs) of the deterioration's crossing messages, the ones each timed alert
+    /// answers: an alert's latency less this is its way from durable to the console.
+    pub alert_ack: Histogram<u64>,
     /// FHIR response latency (µs), measured window.
     pub fhir: Histogram<u64>,
     /// FHIR answers 201 in the measured window.
@@ -413,6 +416,7 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         alerts_expected: 0,
         alert_frames: 0,
         slowest_alerts: Vec::new(),
+        alert_ack: new_histogram(),
         fhir: new_histogram(),
         fhir_created: 0,
         slot,
@@ -446,7 +450,9 @@ pub async fn run(scenario: &Scenario, target: &Target, live: Arc<Live>, only_mll
         m.measured_secs = m.measured_secs.max(last.saturating_duration_since(plan.measure_from).as_secs_f64());
     }
     if let Some(task) = deterioration {
-        merge_counts(&mut m.errors, task.await.context("deterioration task failed")?);
+        let (errors, acks) = task.await.context("deterioration task failed")?;
+        merge_counts(&mut m.errors, errors);
+        m.alert_ack = acks;
     }
     if let Some(task) = fhir {
         let (hist, created, errors) = task.await.context("FHIR task failed")?;
@@ -664,8 +670,9 @@ async fn deteriorate(
     book: Arc<AlertBook>,
     live: Arc<Live>,
     pacing: crate::pace::Pacing,
-) -> BTreeMap<String, u64> {
+) -> (BTreeMap<String, u64>, Histogram<u64>) {
     let mut errors = BTreeMap::new();
+    let mut acks = new_histogram();
     let fail = |kind: &str, errors: &mut BTreeMap<String, u64>| {
         *errors.entry(kind.to_owned()).or_default() += 1;
         live.errors.fetch_add(1, Ordering::Relaxed);
@@ -676,7 +683,7 @@ async fn deteriorate(
             for _ in 0..d.patients {
                 fail("deterioration_connect", &mut errors);
             }
-            return errors;
+            return (errors, acks);
         }
     };
     let crossing = |k: usize| start + Duration::from_secs_f64(d.first_at_s + d.every_s * k as f64);
@@ -704,14 +711,23 @@ async fn deteriorate(
             &format!("D{run_id:x}-{k}-1"),
             OffsetDateTime::now_utc(),
         );
-        send_checked(&mut client, &addr, &msg, &mut errors, &live).await;
+        if send_checked(&mut client, &addr, &msg, &mut errors, &live).await {
+            acks.saturating_record(micros(Instant::now().saturating_duration_since(intended)));
+        }
     }
-    errors
+    (errors, acks)
 }
 
-async fn send_checked(client: &mut MllpClient, addr: &str, msg: &str, errors: &mut BTreeMap<String, u64>, live: &Live) {
+/// Sends `msg` and reads its ACK; whether it was accepted (a failure is counted in `errors`).
+async fn send_checked(
+    client: &mut MllpClient,
+    addr: &str,
+    msg: &str,
+    errors: &mut BTreeMap<String, u64>,
+    live: &Live,
+) -> bool {
     let kind = match client.send(msg).await {
-        Ok(ack) if matches!(ack_code(&ack), Some("AA" | "CA")) => return,
+        Ok(ack) if matches!(ack_code(&ack), Some("AA" | "CA")) => return true,
         Ok(_) => "deterioration_nak",
         Err(e) => {
             // One reconnect per failure: the crossings that follow still get their chance.
@@ -723,6 +739,7 @@ async fn send_checked(client: &mut MllpClient, addr: &str, msg: &str, errors: &m
     };
     *errors.entry(format!("deterioration_{kind}")).or_default() += 1;
     live.errors.fetch_add(1, Ordering::Relaxed);
+    false
 }
 
 struct ConsoleResult {

@@ -180,6 +180,9 @@ pub struct RunReport {
     pub alert_frames: u64,
     /// The slowest alerts (at most [`crate::load::SLOWEST_ALERTS`]), with each console's latency.
     pub slowest_alerts: Vec<crate::load::SlowAlert>,
+    /// ACK latency of the messages whose alerts were timed (the alert less this: durable to
+    /// console).
+    pub alert_ack: Option<Latency>,
     /// FHIR response latency, measured window.
     pub fhir: Option<Latency>,
     /// FHIR Observations stored per second in the measured window.
@@ -302,6 +305,7 @@ impl RunReport {
             alerts_expected: m.alerts_expected,
             alert_frames: m.alert_frames,
             slowest_alerts: m.slowest_alerts.clone(),
+            alert_ack: Latency::of(&m.alert_ack),
             fhir: Latency::of(&m.fhir),
             fhir_throughput: scenario.fhir.as_ref().map(|_| m.fhir_created as f64 / scenario.load.duration_s),
             timeline,
@@ -366,6 +370,7 @@ impl RunReport {
         row("ack ms", &self.ack);
         row("lag ms", &self.send_lag);
         row("alert ms", &self.alert);
+        row("alert ack", &self.alert_ack);
         row("fhir ms", &self.fhir);
         if let Some(b) = &self.baseline {
             row("echo ms", &b.ack);
@@ -605,6 +610,8 @@ pub(crate) mod tests {
         }
         let mut alert = new_histogram();
         alert.record(15_000).unwrap();
+        let mut alert_ack = new_histogram();
+        alert_ack.record(4_000).unwrap();
         let mut send_lag = new_histogram();
         send_lag.record(300).unwrap();
         send_lag.record(2_000).unwrap();
@@ -624,6 +631,7 @@ pub(crate) mod tests {
             alerts_expected: 1,
             alert_frames: 3,
             slowest_alerts: vec![crate::load::SlowAlert { at_s: 1.25, ms: vec![9.0, 8.5, 12.25] }],
+            alert_ack,
             fhir: new_histogram(),
             fhir_created: 0,
             slot: Duration::from_secs(1),
@@ -652,6 +660,7 @@ pub(crate) mod tests {
             alerts_expected: m.alerts_expected,
             alert_frames: m.alert_frames,
             slowest_alerts: m.slowest_alerts.clone(),
+            alert_ack: m.alert_ack.clone(),
             fhir: m.fhir.clone(),
             fhir_created: m.fhir_created,
             slot: m.slot,
@@ -703,10 +712,13 @@ pub(crate) mod tests {
         assert!(table.contains("nak_AE"), "{table}");
         assert!(table.contains("lag ms") && table.contains("the harness's own"), "{table}");
         assert!(r.to_html().contains("harness send lag"));
+        assert!(r.to_html().contains("ACK of the messages that alerted"));
         assert!(r.to_html().contains("slow alert, sent at 1.25 s</th><td>9.00 / 8.50 / 12.25 ms"));
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["baseline"]["fraction"], 0.25);
         assert_eq!(json["errors"]["closed"], 1);
+        assert!(table.contains("alert ack          1"), "{table}");
+        assert!((r.alert_ack.as_ref().unwrap().p50_ms - 4.0).abs() < 0.01);
         assert!(table.contains("slowest alerts") && table.contains("   1.25 s: 9.00 8.50 12.25"), "{table}");
         assert_eq!(json["slowest_alerts"][0]["ms"][2], 12.25);
     }
