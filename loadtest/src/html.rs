@@ -257,13 +257,12 @@ pub fn render(r: &RunReport) -> String {
             r.alerts_expected, r.alert_frames
         );
     }
-    for a in r.slowest_alerts.iter().take(5) {
-        let ms: Vec<String> = a.ms.iter().map(|ms| format!("{ms:.2}")).collect();
+    for a in r.slowest_alerts.iter().take(crate::load::SlowAlert::SHOWN) {
         let _ = write!(
             h,
             "<tr><th>slow alert, sent at {:.2} s</th><td>{} ms (each console)</td></tr>",
             a.at_s,
-            ms.join(" / ")
+            a.ms_text(" / ")
         );
     }
     if let Some(u) = &r.server {

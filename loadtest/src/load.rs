@@ -762,7 +762,17 @@ pub struct SlowAlert {
     pub ms: Vec<f64>,
 }
 
-/// Slowest alerts shown in a report.
+impl SlowAlert {
+    /// How many of a report's slowest alerts the text and HTML reports show (the JSON has all).
+    pub const SHOWN: usize = 5;
+
+    /// Each console's latency, `sep` between them (`9.95 10.45`).
+    pub fn ms_text(&self, sep: &str) -> String {
+        self.ms.iter().map(|ms| format!("{ms:.2}")).collect::<Vec<_>>().join(sep)
+    }
+}
+
+/// Slowest alerts kept in a report.
 pub const SLOWEST_ALERTS: usize = 10;
 
 /// The `keep` alerts whose slowest console was slowest, from each console's timed alerts

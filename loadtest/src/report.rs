@@ -391,9 +391,8 @@ impl RunReport {
         }
         if !self.slowest_alerts.is_empty() {
             let _ = writeln!(s, "slowest alerts (causing message's second of the run: ms on each console)");
-            for a in self.slowest_alerts.iter().take(5) {
-                let ms: Vec<String> = a.ms.iter().map(|ms| format!("{ms:.2}")).collect();
-                let _ = writeln!(s, "  {:>7.2} s: {}", a.at_s, ms.join(" "));
+            for a in self.slowest_alerts.iter().take(crate::load::SlowAlert::SHOWN) {
+                let _ = writeln!(s, "  {:>7.2} s: {}", a.at_s, a.ms_text(" "));
             }
         }
         if let Some(u) = &self.server {

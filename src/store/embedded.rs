@@ -28,6 +28,17 @@ use vigil_actors::{
 };
 use vigil_actors::{DeviceId, Location};
 
+/// Each keyspace's memtable size (fjall's default, stated here so one constant says it): a
+/// flush writes a table of up to this much, and the host's writeback threshold is judged
+/// against it (`super::writeback`). Kept by a store as created: an existing store keeps its
+/// own.
+pub const MEMTABLE_BYTES: u64 = 64 << 20;
+
+/// How the store creates its keyspaces.
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
+
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStoreConfig {
@@ -327,10 +338,10 @@ impl EmbeddedStore {
         publisher: Arc<dyn AlertPublisher>,
     ) -> Result<Self, StoreError> {
         let db = Database::builder(dir.join("fjall")).manual_journal_persist(true).open().map_err(engine("open"))?;
-        let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let messages = db.keyspace("messages", KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let alerts = db.keyspace("alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let alert_log = db.keyspace("alert_log", KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let events = db.keyspace("events", keyspace_options).map_err(engine("open"))?;
+        let messages = db.keyspace("messages", keyspace_options).map_err(engine("open"))?;
+        let alerts = db.keyspace("alerts", keyspace_options).map_err(engine("open"))?;
+        let alert_log = db.keyspace("alert_log", keyspace_options).map_err(engine("open"))?;
         let last_seq = match alert_log.last_key_value() {
             Some(guard) => {
                 let key = guard.key().map_err(engine("recover"))?;
@@ -342,11 +353,11 @@ impl EmbeddedStore {
             }
             None => 0,
         };
-        let open_index = db.keyspace("open_alerts", KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let device_links = db.keyspace(DEVICE_LINKS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let quarantine = db.keyspace(QUARANTINE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let snapshots = db.keyspace(SNAPSHOTS, KeyspaceCreateOptions::default).map_err(engine("open"))?;
-        let console = db.keyspace(CONSOLE, KeyspaceCreateOptions::default).map_err(engine("open"))?;
+        let open_index = db.keyspace("open_alerts", keyspace_options).map_err(engine("open"))?;
+        let device_links = db.keyspace(DEVICE_LINKS, keyspace_options).map_err(engine("open"))?;
+        let quarantine = db.keyspace(QUARANTINE, keyspace_options).map_err(engine("open"))?;
+        let snapshots = db.keyspace(SNAPSHOTS, keyspace_options).map_err(engine("open"))?;
+        let console = db.keyspace(CONSOLE, keyspace_options).map_err(engine("open"))?;
         let quarantine_len = quarantine.len().map_err(engine("count quarantine"))?;
         flush_recovered_journal(&db)?;
         let ks = Arc::new(Keyspaces {

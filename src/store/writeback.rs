@@ -16,9 +16,9 @@
 
 use std::path::Path;
 
-/// A memtable's size in the embedded store (fjall's default): a threshold at or above it lets
-/// a whole flush stay in memory until its fsync.
-pub const MEMTABLE_BYTES: u64 = 64 << 20;
+/// A memtable's size in the embedded store: a threshold at or above it lets a whole flush stay
+/// in memory until its fsync.
+pub use super::embedded::MEMTABLE_BYTES;
 
 /// The value `deploy/sysctl.d/90-vigil.conf` sets (`vm.dirty_background_bytes`).
 pub const ADVISED_BYTES: u64 = 16 << 20;
